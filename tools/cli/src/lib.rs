@@ -1,0 +1,1 @@
+//! The `skiff` CLI (cilium-dbg style: status, service list, ct list, …); it arrives with skiff-agent.

@@ -1,0 +1,80 @@
+//! A named network namespace (`ip netns`), and running code or commands inside it.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+};
+
+use crate::LabError;
+
+/// A network namespace created with `ip netns add`; `/run/netns/<name>` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub(crate) fn new(name: String) -> Self {
+        Netns { name }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `program args…` inside the namespace and returns its output; a non-zero exit is
+    /// an error that quotes the command and its stderr.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output, LabError> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        crate::checked(&mut cmd)
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, and returns its result.
+    /// Sockets it opens and interface names it resolves belong to the namespace; file
+    /// descriptors it returns (sockets, BPF links) stay usable from any thread. A panic in `f`
+    /// is propagated to the caller.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
+        let ns = File::open(format!("/run/netns/{}", self.name))
+            .map_err(|e| LabError::Netns { name: self.name.clone(), source: e })?;
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(move || {
+                // SAFETY: setns only changes this (new, unshared) thread's network namespace;
+                // `ns` is an open namespace file that outlives the call.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(f())
+            });
+            match thread.join() {
+                Ok(result) => result.map_err(|e| LabError::Netns { name: self.name.clone(), source: e }),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    /// Sets sysctls (`key=value`) inside the namespace.
+    pub fn sysctl(&self, settings: &[&str]) -> Result<(), LabError> {
+        let mut args = vec!["-q", "-w"];
+        args.extend_from_slice(settings);
+        self.exec("sysctl", &args).map(drop)
+    }
+
+    /// Reads an interface statistic (`/sys/class/net/<iface>/statistics/<stat>`) in the namespace.
+    pub fn link_stat(&self, iface: &str, stat: &str) -> Result<u64, LabError> {
+        let out = self.exec("cat", &[&format!("/sys/class/net/{iface}/statistics/{stat}")])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .map_err(|_| LabError::Parse { what: format!("{iface} {stat}"), text: text.into() })
+    }
+}
