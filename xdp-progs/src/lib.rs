@@ -19,9 +19,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error("loading the eBPF object into the kernel: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(#[from] Box<aya::EbpfError>),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program { name: &'static str, source: Box<aya::programs::ProgramError> },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error("map {0} is missing from the eBPF object")]
@@ -29,7 +29,7 @@ pub enum XdpError {
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("attaching {program} to {iface} in {mode} mode: {source}")]
-    Attach { program: &'static str, iface: String, mode: XdpMode, source: aya::programs::ProgramError },
+    Attach { program: &'static str, iface: String, mode: XdpMode, source: Box<aya::programs::ProgramError> },
 }
 
 /// How to attach: `auto` tries native (driver) XDP and falls back to generic (SKB) XDP.
@@ -71,7 +71,7 @@ pub struct XdpObject {
 impl XdpObject {
     /// Loads the embedded object (maps are created, programs not yet verified).
     pub fn load() -> Result<Self, XdpError> {
-        Ok(XdpObject { ebpf: Ebpf::load(OBJECT)? })
+        Ok(XdpObject { ebpf: Ebpf::load(OBJECT).map_err(Box::new)? })
     }
 
     /// Verifies and loads the counting program and attaches it to `iface`. Returns the mode
@@ -83,9 +83,9 @@ impl XdpObject {
             .program_mut(name)
             .ok_or(XdpError::MissingProgram(name))?
             .try_into()
-            .map_err(|source| XdpError::Program { name, source })?;
+            .map_err(|source| XdpError::Program { name, source: Box::new(source) })?;
         if program.fd().is_err() {
-            program.load().map_err(|source| XdpError::Program { name, source })?;
+            program.load().map_err(|source| XdpError::Program { name, source: Box::new(source) })?;
         }
         let attach = |program: &mut Xdp, mode: XdpMode| {
             let aya_mode = if mode == XdpMode::Native { AyaMode::Driver } else { AyaMode::Skb };
@@ -93,7 +93,7 @@ impl XdpObject {
                 program: name,
                 iface: iface.to_owned(),
                 mode,
-                source,
+                source: Box::new(source),
             })
         };
         match mode {

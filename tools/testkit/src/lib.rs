@@ -1,1 +1,17 @@
+//! skiff-testkit: what tests and benches build packets and fixtures with.
+//!
+//! - [`builder`]: `eth().ipv4(a, b).tcp(1234, 80).syn().payload(b"..").build()`, with VLAN
+//!   tags, IPv6 extension headers, ICMP, and `.vxlan(vni)` / `.geneve(vni, options)` to start an
+//!   encapsulated frame inside the current one.
+//! - [`pcap`]: read and write classic pcap files (fixtures captured in the lab with tcpdump).
+//! - [`fixture`]: the `{description, input, expected verdict, expected output}` table that the
+//!   engine, the XDP tests and the benches share.
+//! - [`raw`]: an AF_PACKET socket to put built frames on a lab interface and read frames back.
 
+pub mod builder;
+pub mod fixture;
+pub mod pcap;
+pub mod raw;
+
+pub use builder::{Builder, eth};
+pub use fixture::{Fixture, Verdict};

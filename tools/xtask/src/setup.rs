@@ -12,6 +12,7 @@ use crate::{output_of, run};
 /// libbpf (m4 … zlib1g-dev), and Debian's LLVM 22, which bpf-linker links against.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
+    "iputils-ping",
     "ethtool",
     "procps",
     "nftables",

@@ -1,0 +1,455 @@
+//! A fluent packet builder over skiff-wire's `Repr::emit`, so built packets are exactly what
+//! the parsers accept. Layers are listed outermost first and emitted innermost first, so each
+//! layer knows its payload: lengths, next-protocol fields and checksums are filled in.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use skiff_wire::{
+    IpProtocol,
+    arp::ArpRepr,
+    checksum::IpPair,
+    ethernet::{EtherType, EthernetRepr, Mac, Vlans},
+    geneve::{self, GeneveRepr},
+    icmp::{self, IcmpRepr},
+    ipv4::Ipv4Repr,
+    ipv6::Ipv6Repr,
+    tcp::{TcpFlags, TcpRepr},
+    udp::UdpRepr,
+    vxlan::VxlanRepr,
+};
+
+/// Default MACs: the lab's client → node uplink.
+pub const SRC_MAC: Mac = Mac([0x02, 0, 1, 0, 0, 2]);
+pub const DST_MAC: Mac = Mac([0x02, 0, 1, 0, 0, 1]);
+
+/// Starts a frame with an Ethernet header (lab MACs; change them with `src_mac`/`dst_mac`).
+pub fn eth() -> Builder {
+    Builder::empty().eth()
+}
+
+#[derive(Clone, Debug)]
+enum LayerSpec {
+    Eth {
+        src: Mac,
+        dst: Mac,
+        vlans: Vec<u16>,
+    },
+    Arp(ArpRepr),
+    Ipv4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ttl: u8,
+        ident: u16,
+        dont_frag: bool,
+        more_frags: bool,
+        frag_offset: u16,
+        protocol: Option<u8>,
+    },
+    Ipv6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        flow_label: u32,
+    },
+    /// An IPv6 extension header: its number and its body after the two first bytes (for the
+    /// fragment header: offset/flags and ident).
+    Ipv6Ext {
+        kind: IpProtocol,
+        body: Vec<u8>,
+    },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        seq: u32,
+        ack: u32,
+        flags: TcpFlags,
+        window: u16,
+        options: Vec<u8>,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
+    Icmp {
+        msg_type: u8,
+        code: u8,
+        rest: u32,
+    },
+    Vxlan {
+        vni: u32,
+    },
+    Geneve {
+        vni: u32,
+        options: Vec<u8>,
+        critical: bool,
+    },
+    Payload(Vec<u8>),
+}
+
+/// A frame under construction; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Builder {
+    layers: Vec<LayerSpec>,
+}
+
+impl Builder {
+    /// A builder with no layer yet: start with `.eth()` (the inner frame of a tunnel fixture).
+    pub fn empty() -> Self {
+        Builder { layers: Vec::new() }
+    }
+
+    fn push(mut self, l: LayerSpec) -> Self {
+        self.layers.push(l);
+        self
+    }
+    fn last_mut(&mut self) -> &mut LayerSpec {
+        self.layers.last_mut().expect("a builder always has a layer")
+    }
+
+    /// Another Ethernet header (the inner frame after `.vxlan()` or `.geneve()`).
+    pub fn eth(self) -> Self {
+        self.push(LayerSpec::Eth { src: SRC_MAC, dst: DST_MAC, vlans: Vec::new() })
+    }
+    pub fn src_mac(mut self, mac: Mac) -> Self {
+        if let LayerSpec::Eth { src, .. } = self.eth_mut() {
+            *src = mac;
+        }
+        self
+    }
+    pub fn dst_mac(mut self, mac: Mac) -> Self {
+        if let LayerSpec::Eth { dst, .. } = self.eth_mut() {
+            *dst = mac;
+        }
+        self
+    }
+    /// Adds a VLAN tag (TCI) inside the tags already there; two make a QinQ frame.
+    pub fn vlan(mut self, tci: u16) -> Self {
+        if let LayerSpec::Eth { vlans, .. } = self.eth_mut() {
+            vlans.push(tci);
+        }
+        self
+    }
+    fn eth_mut(&mut self) -> &mut LayerSpec {
+        self.layers.iter_mut().rev().find(|l| matches!(l, LayerSpec::Eth { .. })).expect("an Ethernet layer")
+    }
+
+    pub fn arp(self, repr: ArpRepr) -> Self {
+        self.push(LayerSpec::Arp(repr))
+    }
+
+    pub fn ipv4(self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+        self.push(LayerSpec::Ipv4 {
+            src,
+            dst,
+            ttl: 64,
+            ident: 0,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+            protocol: None,
+        })
+    }
+    pub fn ipv6(self, src: Ipv6Addr, dst: Ipv6Addr) -> Self {
+        self.push(LayerSpec::Ipv6 { src, dst, hop_limit: 64, flow_label: 0 })
+    }
+    /// IPv4 or IPv6 by the addresses' family (both must be of one family).
+    pub fn ip(self, src: IpAddr, dst: IpAddr) -> Self {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.ipv4(s, d),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.ipv6(s, d),
+            _ => panic!("mixed address families {src} {dst}"),
+        }
+    }
+    /// TTL or hop limit of the last IP layer.
+    pub fn ttl(mut self, v: u8) -> Self {
+        match self.ip_mut() {
+            LayerSpec::Ipv4 { ttl, .. } => *ttl = v,
+            LayerSpec::Ipv6 { hop_limit, .. } => *hop_limit = v,
+            _ => unreachable!(),
+        }
+        self
+    }
+    /// Makes the last IPv4 layer a fragment (`offset` in bytes, a multiple of 8).
+    pub fn fragment4(mut self, offset: u16, more: bool, id: u16) -> Self {
+        if let LayerSpec::Ipv4 { frag_offset, more_frags, dont_frag, ident, .. } = self.ip_mut() {
+            (*frag_offset, *more_frags, *dont_frag, *ident) = (offset, more, false, id);
+        }
+        self
+    }
+    /// Sets the IPv4 protocol field explicitly (otherwise it follows the next layer).
+    pub fn protocol(mut self, p: u8) -> Self {
+        if let LayerSpec::Ipv4 { protocol, .. } = self.ip_mut() {
+            *protocol = Some(p);
+        }
+        self
+    }
+    fn ip_mut(&mut self) -> &mut LayerSpec {
+        self.layers
+            .iter_mut()
+            .rev()
+            .find(|l| matches!(l, LayerSpec::Ipv4 { .. } | LayerSpec::Ipv6 { .. }))
+            .expect("an IP layer")
+    }
+
+    /// An IPv6 hop-by-hop header with a router-alert option (8 bytes).
+    pub fn hop_by_hop(self) -> Self {
+        self.push(LayerSpec::Ipv6Ext { kind: IpProtocol::HOP_BY_HOP, body: vec![5, 2, 0, 0, 1, 0] })
+    }
+    /// An IPv6 destination-options header of `len` bytes (a multiple of 8), PadN-filled.
+    pub fn dst_opts(self, len: usize) -> Self {
+        assert!(len >= 8 && len.is_multiple_of(8));
+        let mut body = vec![0; len - 2];
+        body[0] = 1; // PadN
+        // Fits: len - 4 <= 253 for any header this builder is asked for.
+        body[1] = u8::try_from(len - 4).expect("a small header");
+        self.push(LayerSpec::Ipv6Ext { kind: IpProtocol::DST_OPTS, body })
+    }
+    /// An IPv6 fragment header.
+    pub fn fragment6(self, offset: u16, more: bool, ident: u32) -> Self {
+        let mut body = (offset & 0xfff8 | u16::from(more)).to_be_bytes().to_vec();
+        body.extend_from_slice(&ident.to_be_bytes());
+        self.push(LayerSpec::Ipv6Ext { kind: IpProtocol::FRAGMENT, body })
+    }
+
+    pub fn tcp(self, src_port: u16, dst_port: u16) -> Self {
+        self.push(LayerSpec::Tcp {
+            src_port,
+            dst_port,
+            seq: 1,
+            ack: 0,
+            flags: TcpFlags::default(),
+            window: 64240,
+            options: Vec::new(),
+        })
+    }
+    pub fn syn(self) -> Self {
+        self.tcp_flag(TcpFlags::SYN)
+    }
+    /// Sets ACK with acknowledgment number `n`.
+    pub fn ack(mut self, n: u32) -> Self {
+        if let LayerSpec::Tcp { ack, .. } = self.last_mut() {
+            *ack = n;
+        }
+        self.tcp_flag(TcpFlags::ACK)
+    }
+    pub fn fin(self) -> Self {
+        self.tcp_flag(TcpFlags::FIN)
+    }
+    pub fn rst(self) -> Self {
+        self.tcp_flag(TcpFlags::RST)
+    }
+    pub fn psh(self) -> Self {
+        self.tcp_flag(TcpFlags::PSH)
+    }
+    pub fn seq(mut self, n: u32) -> Self {
+        if let LayerSpec::Tcp { seq, .. } = self.last_mut() {
+            *seq = n;
+        }
+        self
+    }
+    /// Raw TCP options (padded with NOPs to a multiple of 4).
+    pub fn tcp_options(mut self, opts: &[u8]) -> Self {
+        if let LayerSpec::Tcp { options, .. } = self.last_mut() {
+            *options = opts.to_vec();
+            while options.len() % 4 != 0 {
+                options.push(1);
+            }
+        }
+        self
+    }
+    fn tcp_flag(mut self, f: TcpFlags) -> Self {
+        match self.last_mut() {
+            LayerSpec::Tcp { flags, .. } => *flags = *flags | f,
+            other => panic!("TCP flag on {other:?}"),
+        }
+        self
+    }
+
+    pub fn udp(self, src_port: u16, dst_port: u16) -> Self {
+        self.push(LayerSpec::Udp { src_port, dst_port })
+    }
+    /// An ICMP (v4 or v6, by the IP layer) message with its four message-specific bytes.
+    pub fn icmp(self, msg_type: u8, code: u8, rest: u32) -> Self {
+        self.push(LayerSpec::Icmp { msg_type, code, rest })
+    }
+    /// An echo request of the IP layer's family.
+    pub fn echo_request(self, ident: u16, seq: u16) -> Self {
+        let ty = if self.is_v6() { icmp::v6::ECHO_REQUEST } else { icmp::v4::ECHO_REQUEST };
+        self.icmp(ty, 0, (u32::from(ident) << 16) | u32::from(seq))
+    }
+    fn is_v6(&self) -> bool {
+        matches!(
+            self.layers.iter().rev().find(|l| matches!(l, LayerSpec::Ipv4 { .. } | LayerSpec::Ipv6 { .. })),
+            Some(LayerSpec::Ipv6 { .. })
+        )
+    }
+
+    /// A VXLAN header after the current UDP layer; continue with `.eth()` for the inner frame.
+    pub fn vxlan(self, vni: u32) -> Self {
+        self.push(LayerSpec::Vxlan { vni })
+    }
+    /// A Geneve header with raw option TLVs (see `skiff_wire::geneve::GeneveOption::emit`);
+    /// continue with `.eth()`. The C bit is set when an option is critical.
+    pub fn geneve(self, vni: u32, options: &[u8]) -> Self {
+        let critical = geneve_options_critical(options);
+        self.push(LayerSpec::Geneve { vni, options: options.to_vec(), critical })
+    }
+
+    pub fn payload(self, bytes: &[u8]) -> Self {
+        self.push(LayerSpec::Payload(bytes.to_vec()))
+    }
+
+    /// Emits the frame.
+    pub fn build(&self) -> Vec<u8> {
+        let mut inner: Vec<u8> = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let next = self.layers.get(i + 1);
+            inner = self.emit_layer(i, layer, next, inner);
+        }
+        inner
+    }
+
+    /// The address pair of the IP layer enclosing layer `i`, for L4 checksums.
+    fn ips_before(&self, i: usize) -> IpPair {
+        self.layers[..i]
+            .iter()
+            .rev()
+            .find_map(|l| match *l {
+                LayerSpec::Ipv4 { src, dst, .. } => Some(IpPair::V4(src, dst)),
+                LayerSpec::Ipv6 { src, dst, .. } => Some(IpPair::V6(src, dst)),
+                _ => None,
+            })
+            .expect("an L4 layer needs an IP layer before it")
+    }
+
+    fn emit_layer(&self, i: usize, layer: &LayerSpec, next: Option<&LayerSpec>, inner: Vec<u8>) -> Vec<u8> {
+        let wrap = |header_len: usize, emit: &dyn Fn(&mut [u8])| {
+            let mut out = vec![0; header_len + inner.len()];
+            out[header_len..].copy_from_slice(&inner);
+            emit(&mut out);
+            out
+        };
+        match layer {
+            LayerSpec::Payload(bytes) => [bytes.as_slice(), &inner].concat(),
+            LayerSpec::Eth { src, dst, vlans } => {
+                let ethertype = match next {
+                    Some(LayerSpec::Ipv4 { .. }) => EtherType::IPV4,
+                    Some(LayerSpec::Ipv6 { .. }) => EtherType::IPV6,
+                    Some(LayerSpec::Arp(_)) => EtherType::ARP,
+                    _ => EtherType(0x88b5), // local experimental
+                };
+                let repr = EthernetRepr {
+                    src: *src,
+                    dst: *dst,
+                    vlans: Vlans::from_tcis(vlans).expect("at most 2 tags"),
+                    ethertype,
+                };
+                wrap(repr.header_len(), &|b| repr.emit(b))
+            }
+            LayerSpec::Arp(repr) => wrap(skiff_wire::arp::PACKET_LEN, &|b| repr.emit(b)),
+            LayerSpec::Ipv4 { src, dst, ttl, ident, dont_frag, more_frags, frag_offset, protocol } => {
+                let repr = Ipv4Repr {
+                    src: *src,
+                    dst: *dst,
+                    protocol: protocol.map_or_else(|| next_protocol(next, false), IpProtocol),
+                    payload_len: inner.len(),
+                    ttl: *ttl,
+                    dscp_ecn: 0,
+                    ident: *ident,
+                    dont_frag: *dont_frag,
+                    more_frags: *more_frags,
+                    frag_offset: *frag_offset,
+                };
+                wrap(repr.header_len(), &|b| repr.emit(b))
+            }
+            LayerSpec::Ipv6 { src, dst, hop_limit, flow_label } => {
+                let repr = Ipv6Repr {
+                    src: *src,
+                    dst: *dst,
+                    next_header: next_protocol(next, true),
+                    payload_len: inner.len(),
+                    hop_limit: *hop_limit,
+                    traffic_class: 0,
+                    flow_label: *flow_label,
+                };
+                wrap(repr.header_len(), &|b| repr.emit(b))
+            }
+            LayerSpec::Ipv6Ext { kind, body } => {
+                let len = 2 + body.len();
+                let hdr_ext_len = if *kind == IpProtocol::FRAGMENT {
+                    0
+                } else {
+                    u8::try_from(len / 8 - 1).expect("small header")
+                };
+                wrap(len, &|b| {
+                    b[0] = next_protocol(next, true).0;
+                    b[1] = hdr_ext_len;
+                    b[2..len].copy_from_slice(body);
+                })
+            }
+            LayerSpec::Tcp { src_port, dst_port, seq, ack, flags, window, options } => {
+                let repr = TcpRepr {
+                    src_port: *src_port,
+                    dst_port: *dst_port,
+                    seq: *seq,
+                    ack: *ack,
+                    flags: *flags,
+                    window: *window,
+                    urgent: 0,
+                    options,
+                    payload: &inner,
+                };
+                let mut out = vec![0; repr.buffer_len()];
+                repr.emit(&mut out, self.ips_before(i));
+                out
+            }
+            LayerSpec::Udp { src_port, dst_port } => {
+                let repr = UdpRepr { src_port: *src_port, dst_port: *dst_port, payload: &inner };
+                let mut out = vec![0; repr.buffer_len()];
+                repr.emit(&mut out, self.ips_before(i));
+                out
+            }
+            LayerSpec::Icmp { msg_type, code, rest } => {
+                let repr = IcmpRepr { msg_type: *msg_type, code: *code, rest: *rest, data: &inner };
+                let mut out = vec![0; repr.buffer_len()];
+                repr.emit(&mut out, self.ips_before(i));
+                out
+            }
+            LayerSpec::Vxlan { vni } => {
+                wrap(skiff_wire::vxlan::HEADER_LEN, &|b| VxlanRepr { vni: *vni }.emit(b))
+            }
+            LayerSpec::Geneve { vni, options, critical } => {
+                let repr = GeneveRepr {
+                    vni: *vni,
+                    protocol: geneve::PROTOCOL_ETHERNET,
+                    oam: false,
+                    critical: *critical,
+                    options,
+                };
+                wrap(repr.header_len(), &|b| repr.emit(b))
+            }
+        }
+    }
+}
+
+/// The protocol number that announces layer `next` inside an IPv4 (`v6` false) or IPv6 packet.
+fn next_protocol(next: Option<&LayerSpec>, v6: bool) -> IpProtocol {
+    match next {
+        Some(LayerSpec::Tcp { .. }) => IpProtocol::TCP,
+        Some(LayerSpec::Udp { .. }) => IpProtocol::UDP,
+        Some(LayerSpec::Icmp { .. }) if v6 => IpProtocol::ICMPV6,
+        Some(LayerSpec::Icmp { .. }) => IpProtocol::ICMP,
+        Some(LayerSpec::Ipv6Ext { kind, .. }) => *kind,
+        Some(LayerSpec::Ipv4 { .. }) => IpProtocol(4),
+        Some(LayerSpec::Ipv6 { .. }) => IpProtocol(41),
+        _ => IpProtocol::NO_NEXT_HEADER,
+    }
+}
+
+fn geneve_options_critical(options: &[u8]) -> bool {
+    let mut area = vec![0u8; geneve::HEADER_LEN];
+    area[0] = u8::try_from(options.len() / 4).expect("at most 252 bytes of options");
+    area.extend_from_slice(options);
+    geneve::Packet::new_checked(&area[..])
+        .is_ok_and(|p| p.options().any(|o| o.is_ok_and(|o| o.is_critical())))
+}

@@ -1,0 +1,99 @@
+//! Names of the programs and maps in the eBPF object, and where the maps are pinned.
+
+/// The pin root as a literal, so `concat!` can build each map's pin path from it.
+macro_rules! pin_root {
+    () => {
+        "/sys/fs/bpf/skiff"
+    };
+}
+
+/// The folder where skiff pins its maps (bpffs): pass it to aya's
+/// `EbpfLoader::map_pin_path`, which pins a `PinningType::ByName` map at `PIN_ROOT/NAME`. The
+/// full paths are in [`pins`].
+pub const PIN_ROOT: &str = pin_root!();
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    /// Counts every frame per CPU and passes it on.
+    pub const COUNT: &str = "skiff_xdp_count";
+}
+
+/// Declares each map's name (the same as the constant's, which is the name of the `static` in
+/// `skiff-xdp-ebpf`) and its pin path.
+macro_rules! map_names {
+    ($($(#[doc = $doc:literal])+ $name:ident;)+) => {
+        /// Names of the maps in the eBPF object: each is the name of the `static` in
+        /// `skiff-xdp-ebpf`, which is how the loader finds it.
+        pub mod maps {
+            $($(#[doc = $doc])+ pub const $name: &str = stringify!($name);)+
+        }
+
+        /// Pin path of each map: [`PIN_ROOT`]`/NAME`.
+        pub mod pins {
+            $(
+                #[doc = concat!(
+                    "Pin path of [`", stringify!($name), "`](crate::maps::", stringify!($name), ")."
+                )]
+                pub const $name: &str = concat!(pin_root!(), "/", stringify!($name));
+            )+
+        }
+
+        // The kernel keeps 15 bytes of a map name (BPF_OBJ_NAME_LEN with the NUL); a longer one
+        // would show cut short in bpftool.
+        $(const _: () = assert!(maps::$name.len() <= 15);)+
+    };
+}
+
+map_names! {
+    /// `PerCpuArray<Counter>` with one slot: what `skiff_xdp_count` saw.
+    COUNT;
+    /// `PerCpuArray<Counter>` indexed by [`Verdict`](crate::Verdict) code.
+    VERDICT_COUNTS;
+    /// `PerCpuArray<Counter>` indexed by [`DropReason`](crate::DropReason) code.
+    DROP_COUNTS;
+    /// `LpmTrie<[u8; 4], DenyEntry>` ([`LpmKey4`](crate::lpm::LpmKey4) layout): source
+    /// prefixes dropped on arrival.
+    DENY_V4;
+    /// `LpmTrie<[u8; 16], DenyEntry>` ([`LpmKey6`](crate::lpm::LpmKey6) layout): source
+    /// prefixes dropped on arrival.
+    DENY_V6;
+    /// `HashMap<ServiceKey4, ServiceValue>`: IPv4 service frontends.
+    SERVICES_V4;
+    /// `HashMap<ServiceKey6, ServiceValue>`: IPv6 service frontends.
+    SERVICES_V6;
+    /// `HashMap<BackendId, Backend>`: the backends of every service.
+    BACKENDS;
+    /// `Array<MaglevSlot>`: every service's Maglev table, one after another.
+    MAGLEV;
+    /// `LruHashMap<CtKey4, CtEntry>`: tracked IPv4 flows.
+    CT_V4;
+    /// `LruHashMap<CtKey6, CtEntry>`: tracked IPv6 flows.
+    CT_V6;
+    /// `LpmTrie<[u8; 4], Identity>`: the security identity of each known IPv4 prefix.
+    IPCACHE_V4;
+    /// `LpmTrie<[u8; 16], Identity>`: the security identity of each known IPv6 prefix.
+    IPCACHE_V6;
+    /// `HashMap<PolicyKey, PolicyVerdict>`: the policy of every local identity.
+    POLICY;
+    /// `LpmTrie<[u8; 4], TunnelEndpoint>`: the node hosting each remote IPv4 pod CIDR.
+    TUNNEL_EP_V4;
+    /// `LpmTrie<[u8; 16], TunnelEndpoint>`: the node hosting each remote IPv6 pod CIDR.
+    TUNNEL_EP_V6;
+    /// `XskMap` indexed by receive queue: the AF_XDP socket of each queue's worker.
+    XSKS;
+    /// `RingBuf` of [`DropEvent`](crate::event::DropEvent).
+    EVENTS;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_pins() {
+        assert_eq!(maps::COUNT, "COUNT");
+        assert_eq!(maps::CT_V4, "CT_V4");
+        assert_eq!(pins::CT_V4, "/sys/fs/bpf/skiff/CT_V4");
+        assert_eq!(pins::EVENTS.strip_prefix(PIN_ROOT), Some("/EVENTS"));
+    }
+}
