@@ -45,6 +45,10 @@ pub enum Problem {
 }
 
 /// A parse error: `layer` is where, `problem` is what.
+// Aligned so that results carrying it are moved as whole words: byte-aligned, the compiler
+// spliced it with neighbouring bytes at odd offsets and stalled store forwarding on the parse
+// hot path (measured with perf: half of `layers::parse`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Error {
     pub layer: Layer,

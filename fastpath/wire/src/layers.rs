@@ -1,22 +1,30 @@
 //! The layered parse of a whole frame, Ethernet to L4, into what the datapath decides on:
 //! offsets of each layer and the flow (addresses, protocol, ports). Structure is validated at
-//! every layer; checksums are not (a full sum reads the payload: the engine verifies them where
-//! it needs to).
+//! every layer, by the same views the rest of the crate uses; checksums are not (a full sum
+//! reads the payload: the engine verifies them where it needs to).
+//!
+//! This is the per-packet hot path, so it reads fixed headers through `&[u8; N]` (no bounds
+//! checks after the first) and builds its result once, from locals: building small structs
+//! piecewise and copying them cost more here than the parsing (store-forwarding stalls).
 
 use core::net::IpAddr;
 
 use crate::{
     Error, IpProtocol, Layer, Problem, Result, be16,
-    ethernet::{EtherType, EthernetRepr},
+    ethernet::{self, EtherType, Vlans},
     icmp, ipv4, ipv6,
     tcp::{self, TcpFlags},
     udp,
 };
 
-/// A frame parsed down to its transport header.
+/// A frame parsed down to its transport header: offsets and the scalars the datapath branches
+/// on. Addresses stay in the frame; [`Parsed::flow`] reads them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parsed {
-    pub eth: EthernetRepr,
+    /// The EtherType after any VLAN tags.
+    pub ethertype: EtherType,
+    /// The VLAN tags, outermost first (MACs are at the start of the frame, unparsed).
+    pub vlans: Vlans,
     /// Offset of the network header (after any VLAN tags).
     pub l3_offset: usize,
     pub l3: L3,
@@ -35,11 +43,10 @@ pub enum L3 {
     Other(EtherType),
 }
 
-/// What the datapath needs of an IPv4 or IPv6 header.
+/// What the datapath needs of an IPv4 or IPv6 header besides its addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpHeader {
-    pub src: IpAddr,
-    pub dst: IpAddr,
+    pub v6: bool,
     /// The upper-layer protocol (after IPv6 extension headers).
     pub protocol: IpProtocol,
     /// TTL or hop limit.
@@ -92,59 +99,46 @@ pub struct FlowKey {
 }
 
 impl Parsed {
-    /// The flow of an IP packet (ports are 0 for a later fragment or another protocol).
-    pub fn flow(&self) -> Option<FlowKey> {
+    /// Source and destination address of an IP packet, read from `frame` (the frame parsed).
+    pub fn addrs(&self, frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+        let L3::Ip(ip) = self.l3 else { return None };
+        let l3 = frame.get(self.l3_offset..)?;
+        if ip.v6 {
+            let a: &[u8; ipv6::HEADER_LEN] = l3.first_chunk()?;
+            let src: [u8; 16] = a[8..24].try_into().ok()?;
+            let dst: [u8; 16] = a[24..40].try_into().ok()?;
+            Some((IpAddr::V6(src.into()), IpAddr::V6(dst.into())))
+        } else {
+            let a: &[u8; ipv4::HEADER_LEN] = l3.first_chunk()?;
+            Some((
+                IpAddr::V4([a[12], a[13], a[14], a[15]].into()),
+                IpAddr::V4([a[16], a[17], a[18], a[19]].into()),
+            ))
+        }
+    }
+
+    /// The flow of an IP packet (ports are 0 for a later fragment or another protocol),
+    /// reading addresses from `frame` (the frame parsed).
+    pub fn flow(&self, frame: &[u8]) -> Option<FlowKey> {
         let L3::Ip(ip) = self.l3 else { return None };
         let (src_port, dst_port) = match self.l4 {
             L4::Tcp { src_port, dst_port, .. } | L4::Udp { src_port, dst_port } => (src_port, dst_port),
             L4::Icmp { ident, .. } => (ident, 0),
             L4::None => (0, 0),
         };
-        Some(FlowKey { src: ip.src, dst: ip.dst, protocol: ip.protocol, src_port, dst_port })
+        let (src, dst) = self.addrs(frame)?;
+        Some(FlowKey { src, dst, protocol: ip.protocol, src_port, dst_port })
     }
 }
 
 /// Parses Ethernet (and VLAN tags), IPv4/IPv6 (options, extension headers, fragments) and the
 /// TCP, UDP or ICMP header of `frame`.
 pub fn parse(frame: &[u8]) -> Result<Parsed> {
-    let (eth, l3_offset) = EthernetRepr::parse(frame)?;
+    let (ethertype, vlans, l3_offset) = ethernet_header(frame)?;
     let l3_bytes = &frame[l3_offset..];
-    let (l3, l4_rel) = match eth.ethertype {
-        EtherType::IPV4 => {
-            let p = ipv4::Packet::new_checked(l3_bytes)?;
-            let fragment = match (p.frag_offset(), p.more_frags()) {
-                (0, false) => Fragment::None,
-                (0, true) => Fragment::First,
-                _ => Fragment::Later,
-            };
-            let ip = IpHeader {
-                src: p.src().into(),
-                dst: p.dst().into(),
-                protocol: p.protocol(),
-                ttl: p.ttl(),
-                fragment,
-                len: usize::from(p.total_len()),
-            };
-            (L3::Ip(ip), p.header_len())
-        }
-        EtherType::IPV6 => {
-            let p = ipv6::Packet::new_checked(l3_bytes)?;
-            let up = p.upper_layer()?;
-            let fragment = match up.fragment {
-                None => Fragment::None,
-                Some(f) if f.is_first() => Fragment::First,
-                Some(_) => Fragment::Later,
-            };
-            let ip = IpHeader {
-                src: p.src().into(),
-                dst: p.dst().into(),
-                protocol: up.protocol,
-                ttl: p.hop_limit(),
-                fragment,
-                len: ipv6::HEADER_LEN + usize::from(p.payload_len()),
-            };
-            (L3::Ip(ip), ipv6::HEADER_LEN + up.offset)
-        }
+    let (l3, l4_rel) = match ethertype {
+        EtherType::IPV4 => ipv4_header(l3_bytes)?,
+        EtherType::IPV6 => ipv6_header(l3_bytes)?,
         EtherType::ARP => {
             crate::arp::Packet::new_checked(l3_bytes)?;
             (L3::Arp, crate::arp::PACKET_LEN)
@@ -154,28 +148,89 @@ pub fn parse(frame: &[u8]) -> Result<Parsed> {
     let l4_offset = l3_offset + l4_rel;
     let l4 = match l3 {
         L3::Ip(ip) if ip.fragment != Fragment::Later => {
-            transport(ip.protocol, &frame[l4_offset..l3_offset + ip.len], matches!(ip.src, IpAddr::V6(_)))?
+            transport(ip.protocol, &frame[l4_offset..l3_offset + ip.len], ip.v6)?
         }
         _ => L4::None,
     };
-    Ok(Parsed { eth, l3_offset, l3, l4_offset, l4 })
+    Ok(Parsed { ethertype, vlans, l3_offset, l3, l4_offset, l4 })
 }
 
+/// EtherType after the tags, the tags, and the offset of the network header.
+#[inline(always)]
+fn ethernet_header(frame: &[u8]) -> Result<(EtherType, Vlans, usize)> {
+    let eth: &[u8; ethernet::HEADER_LEN] =
+        frame.first_chunk().ok_or(Error::new(Layer::Ethernet, Problem::Truncated))?;
+    let ethertype = EtherType(be16(&eth[12..14]));
+    if !ethertype.is_vlan() {
+        return Ok((ethertype, Vlans::NONE, ethernet::HEADER_LEN));
+    }
+    // Tagged frames are rare on a node's links: the general parser handles them.
+    let (repr, offset) = ethernet::EthernetRepr::parse(frame)?;
+    Ok((repr.ethertype, repr.vlans, offset))
+}
+
+/// The IPv4 header, validated by `ipv4::Packet::new_checked`.
+#[inline(always)]
+fn ipv4_header(l3: &[u8]) -> Result<(L3, usize)> {
+    let p = ipv4::Packet::new_checked(l3)?;
+    let fragment = match (p.frag_offset(), p.more_frags()) {
+        (0, false) => Fragment::None,
+        (0, true) => Fragment::First,
+        _ => Fragment::Later,
+    };
+    let ip = IpHeader {
+        v6: false,
+        protocol: p.protocol(),
+        ttl: p.ttl(),
+        fragment,
+        len: usize::from(p.total_len()),
+    };
+    Ok((L3::Ip(ip), p.header_len()))
+}
+
+/// The IPv6 header and its extension headers, validated by `ipv6::Packet::new_checked`.
+#[inline(always)]
+fn ipv6_header(l3: &[u8]) -> Result<(L3, usize)> {
+    let p = ipv6::Packet::new_checked(l3)?;
+    let up = p.upper_layer()?;
+    let fragment = match up.fragment {
+        None => Fragment::None,
+        Some(f) if f.is_first() => Fragment::First,
+        Some(_) => Fragment::Later,
+    };
+    let len = ipv6::HEADER_LEN + usize::from(p.payload_len());
+    let ip = IpHeader { v6: true, protocol: up.protocol, ttl: p.hop_limit(), fragment, len };
+    Ok((L3::Ip(ip), ipv6::HEADER_LEN + up.offset))
+}
+
+#[inline(always)]
 fn transport(protocol: IpProtocol, l4: &[u8], v6: bool) -> Result<L4> {
-    Ok(match protocol {
+    // Reads the fields into locals and builds the enum once (see the module docs).
+    let (kind, a, b, c) = match protocol {
         IpProtocol::TCP => {
-            let t = tcp::Packet::new_checked(l4)?;
-            L4::Tcp { src_port: t.src_port(), dst_port: t.dst_port(), flags: t.flags() }
+            tcp::Packet::new_checked(l4)?;
+            let h: &[u8; tcp::HEADER_LEN] =
+                l4.first_chunk().ok_or(Error::new(Layer::Tcp, Problem::Truncated))?;
+            (0, be16(&h[0..2]), be16(&h[2..4]), h[13])
         }
         IpProtocol::UDP => {
-            let u = udp::Packet::new_checked(l4)?;
-            L4::Udp { src_port: u.src_port(), dst_port: u.dst_port() }
+            udp::Packet::new_checked(l4)?;
+            let h: &[u8; udp::HEADER_LEN] =
+                l4.first_chunk().ok_or(Error::new(Layer::Udp, Problem::Truncated))?;
+            (1, be16(&h[0..2]), be16(&h[2..4]), 0)
         }
         IpProtocol::ICMP | IpProtocol::ICMPV6 if v6 == (protocol == IpProtocol::ICMPV6) => {
             let layer = if v6 { Layer::Icmpv6 } else { Layer::Icmpv4 };
-            let h = l4.get(..icmp::HEADER_LEN).ok_or(Error::new(layer, Problem::Truncated))?;
-            L4::Icmp { msg_type: h[0], code: h[1], ident: be16(&h[4..6]) }
+            let h: &[u8; icmp::HEADER_LEN] = l4.first_chunk().ok_or(Error::new(layer, Problem::Truncated))?;
+            (2, be16(&h[0..2]), be16(&h[4..6]), 0)
         }
+        _ => (3, 0, 0, 0),
+    };
+    Ok(match kind {
+        0 => L4::Tcp { src_port: a, dst_port: b, flags: TcpFlags(c) },
+        1 => L4::Udp { src_port: a, dst_port: b },
+        // Type and code are the two bytes of `a`.
+        2 => L4::Icmp { msg_type: a.to_be_bytes()[0], code: a.to_be_bytes()[1], ident: b },
         _ => L4::None,
     })
 }

@@ -213,7 +213,7 @@ fn poke_every_parser(bytes: &[u8], ips: IpPair) {
         let _ = (p.options().count(), p.payload(), GeneveRepr::parse(&p));
     }
     if let Ok(parsed) = layers::parse(bytes) {
-        let _ = parsed.flow();
+        let _ = parsed.flow(bytes);
     }
     let _ = layers::parse_quoted(bytes, false);
     let _ = layers::parse_quoted(bytes, true);

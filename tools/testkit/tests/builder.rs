@@ -17,7 +17,7 @@ const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x19, 0, 0, 0, 0x10);
 
 fn flow_of(frame: &[u8]) -> (IpAddr, IpAddr, IpProtocol, u16, u16) {
-    let f = layers::parse(frame).unwrap().flow().unwrap();
+    let f = layers::parse(frame).unwrap().flow(frame).unwrap();
     (f.src, f.dst, f.protocol, f.src_port, f.dst_port)
 }
 

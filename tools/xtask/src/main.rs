@@ -1,7 +1,9 @@
 //! `cargo xtask <command>`: the project's own automation. Every command that builds or runs
 //! anything first runs `setup`, so a fresh machine needs nothing installed by hand.
 
+mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -14,7 +16,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   setup               install what a fresh machine lacks (apt packages, rust-src, bpf-linker)
   build               setup, then build the workspace and the XDP programs
   test                setup, build, run every test (the privileged lab tests too)
+  bench               setup, run the benchmarks, write target/bench-report/*.json
   demo                setup, build, run the demo in a lab of network namespaces
+  fuzz [TARGET] [SECS] run the wire fuzz targets (all, 60 s each by default)
   lab up [PODS]       bring up a lab (a node, a client, PODS pods serving HTTP; default 3)
   lab status          list the lab namespaces and their addresses
   lab down            remove every lab namespace (also what a crashed run left)";
@@ -39,7 +43,14 @@ fn dispatch(args: &[&str]) -> Result<ExitCode> {
             build()?;
         }
         ["test"] => return test::test(),
+        ["bench"] => bench::bench()?,
         ["demo"] => demo::demo()?,
+        ["fuzz"] => fuzz::fuzz(None, 60)?,
+        ["fuzz", target] => fuzz::fuzz(Some(target), 60)?,
+        ["fuzz", target, secs] => {
+            let target = (*target != "all").then_some(*target);
+            fuzz::fuzz(target, secs.parse().context("SECONDS must be a number")?)?
+        }
         ["lab", "up"] => lab_up(3)?,
         ["lab", "up", pods] => lab_up(pods.parse().context("PODS must be a number")?)?,
         ["lab", "status"] => lab_status()?,

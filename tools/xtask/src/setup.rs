@@ -124,6 +124,26 @@ fn rust_src() -> Result<Done> {
     Ok(Done::Installed)
 }
 
+/// cargo-fuzz, only for `cargo xtask fuzz` (tests do not need it).
+pub fn cargo_fuzz(version: &str) -> Result<()> {
+    step(&format!("cargo-fuzz {version}"), || {
+        let installed = Command::new("cargo").args(["fuzz", "--version"]).output();
+        if installed.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
+        {
+            return Ok(Done::Cached);
+        }
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--force",
+            "--version",
+            version,
+        ]))?;
+        Ok(Done::Installed)
+    })
+}
+
 fn bpf_linker() -> Result<Done> {
     // `--version` also fails when the LLVM it was linked against has gone away.
     let installed = Command::new("bpf-linker").arg("--version").output();

@@ -9,6 +9,6 @@ fuzz_target!(|data: &[u8]| {
         if let (L3::Ip(ip), L4::Tcp { .. } | L4::Udp { .. }) = (parsed.l3, parsed.l4) {
             assert!(parsed.l3_offset + ip.len <= data.len());
         }
-        let _ = parsed.flow();
+        let _ = parsed.flow(data);
     }
 });

@@ -1,0 +1,44 @@
+//! Writes `target/bench-report/<suite>.json` from criterion's estimates of the benches just
+//! run (`target/criterion/<group>/<bench>/new/estimates.json`), pairing each skiff figure with
+//! the baseline measured beside it. `cargo xtask bench` runs it after `cargo bench`.
+//!
+//! usage: bench-report TARGET_DIR
+
+use std::{fs, path::Path};
+
+use skiff_perf::{Record, write_report};
+
+/// (record name, criterion group, skiff bench, baseline bench)
+const WIRE: &[(&str, &str, &str, &str)] = &[
+    ("parse_eth_ipv4_tcp_headers", "parse/eth_ipv4_tcp", "skiff_headers", "etherparse"),
+    ("parse_eth_ipv4_tcp_flow_key", "parse/eth_ipv4_tcp", "skiff", "etherparse"),
+    ("parse_eth_ipv6_2ext_udp_headers", "parse/eth_ipv6_2ext_udp", "skiff_headers", "etherparse"),
+    ("parse_eth_ipv6_2ext_udp_flow_key", "parse/eth_ipv6_2ext_udp", "skiff", "etherparse"),
+    ("dnat_rewrite_payload_64", "dnat/payload_64", "incremental", "recompute"),
+    ("dnat_rewrite_payload_1400", "dnat/payload_1400", "incremental", "recompute"),
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let target = std::env::args().nth(1).ok_or("usage: bench-report TARGET_DIR")?;
+    let target = Path::new(&target);
+    let criterion = target.join("criterion");
+    let mut records = Vec::new();
+    for &(name, group, skiff, baseline) in WIRE {
+        let value = mean_ns(&criterion, group, skiff)?;
+        records.push(Record::new(name, value, "ns").with_baseline(mean_ns(&criterion, group, baseline)?));
+    }
+    write_report(&target.join("bench-report"), "wire", &records)?;
+    Ok(())
+}
+
+/// The mean of a bench's last run, in nanoseconds.
+fn mean_ns(criterion: &Path, group: &str, bench: &str) -> Result<f64, Box<dyn std::error::Error>> {
+    // Criterion stores a group "a/b" in the folder "a_b".
+    let path = criterion.join(group.replace('/', "_")).join(bench).join("new/estimates.json");
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("{}: {e} (run the benches first)", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    json["mean"]["point_estimate"]
+        .as_f64()
+        .ok_or_else(|| format!("{}: no mean.point_estimate", path.display()).into())
+}
