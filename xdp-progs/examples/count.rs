@@ -5,14 +5,14 @@
 
 use std::io::{BufRead, Write};
 
-use skiff_xdp::{XdpMode, XdpObject};
+use skiff_xdp::{CountProgram, XdpMode};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let iface = args.next().ok_or("usage: count IFACE [auto|native|generic]")?;
     let mode: XdpMode = args.next().as_deref().unwrap_or("auto").parse()?;
-    let mut object = XdpObject::load()?;
-    let active = object.attach_count(&iface, mode)?;
+    let mut object = CountProgram::load()?;
+    let active = object.attach(&iface, mode)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "attached skiff_xdp_count to {iface} in {active} mode")?;
     out.flush()?;

@@ -1,20 +1,23 @@
 //! skiff-xdp: loads skiff's XDP programs (embedded at build time), attaches them to
-//! interfaces in native or generic mode, and reads their maps with skiff-common types.
+//! interfaces in native or generic mode, and gives typed access to their maps.
+//!
+//! - [`CountProgram`]: per-CPU packet counter, passes everything (the toolchain check).
+//! - [`Ingress`]: the datapath's first line (prefilter, tunnel decap, redirect to AF_XDP).
 //!
 //! Interface names resolve in the network namespace of the calling thread: attach from a
 //! thread inside the namespace that owns the interface.
 
+pub mod bpffs;
+mod count;
+mod ingress;
+mod test_run;
+
 use std::{fmt, str::FromStr};
 
-use aya::{
-    Ebpf,
-    maps::PerCpuArray,
-    programs::{Xdp, XdpMode as AyaMode},
-};
-use skiff_common::{Counter, maps, programs};
-
-/// The eBPF object built from `xdp-progs/ebpf` by this crate's build script.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff-xdp"));
+use aya::programs::{Xdp, XdpMode as AyaMode};
+pub use count::CountProgram;
+pub use ingress::{DropCount, Ingress};
+pub use test_run::TestRun;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -27,9 +30,19 @@ pub enum XdpError {
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map { name: &'static str, source: Box<aya::maps::MapError> },
     #[error("attaching {program} to {iface} in {mode} mode: {source}")]
     Attach { program: &'static str, iface: String, mode: XdpMode, source: Box<aya::programs::ProgramError> },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl XdpError {
+    fn map(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
+        move |source| XdpError::Map { name, source: Box::new(source) }
+    }
 }
 
 /// How to attach: `auto` tries native (driver) XDP and falls back to generic (SKB) XDP.
@@ -63,52 +76,37 @@ impl FromStr for XdpMode {
     }
 }
 
-/// The loaded eBPF object. Dropping it detaches every program it attached.
-pub struct XdpObject {
-    ebpf: Ebpf,
+/// Verifies and loads program `name` of `ebpf` (once) and attaches it to `iface` through a
+/// bpf_link. Returns the mode that is active: never `Auto`.
+fn attach(ebpf: &mut aya::Ebpf, name: &'static str, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
+    let program_error = |source| XdpError::Program { name, source: Box::new(source) };
+    let program: &mut Xdp =
+        ebpf.program_mut(name).ok_or(XdpError::MissingProgram(name))?.try_into().map_err(program_error)?;
+    if program.fd().is_err() {
+        program.load().map_err(program_error)?;
+    }
+    let attach_in = |program: &mut Xdp, mode: XdpMode| {
+        let aya_mode = if mode == XdpMode::Native { AyaMode::Driver } else { AyaMode::Skb };
+        program.attach(iface, aya_mode).map(|_| mode).map_err(|source| XdpError::Attach {
+            program: name,
+            iface: iface.to_owned(),
+            mode,
+            source: Box::new(source),
+        })
+    };
+    match mode {
+        XdpMode::Auto => {
+            attach_in(program, XdpMode::Native).or_else(|_| attach_in(program, XdpMode::Generic))
+        }
+        explicit => attach_in(program, explicit),
+    }
 }
 
-impl XdpObject {
-    /// Loads the embedded object (maps are created, programs not yet verified).
-    pub fn load() -> Result<Self, XdpError> {
-        Ok(XdpObject { ebpf: Ebpf::load(OBJECT).map_err(Box::new)? })
-    }
-
-    /// Verifies and loads the counting program and attaches it to `iface`. Returns the mode
-    /// that is active: never `Auto`.
-    pub fn attach_count(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
-        let name = programs::COUNT;
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(XdpError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| XdpError::Program { name, source: Box::new(source) })?;
-        if program.fd().is_err() {
-            program.load().map_err(|source| XdpError::Program { name, source: Box::new(source) })?;
-        }
-        let attach = |program: &mut Xdp, mode: XdpMode| {
-            let aya_mode = if mode == XdpMode::Native { AyaMode::Driver } else { AyaMode::Skb };
-            program.attach(iface, aya_mode).map(|_| mode).map_err(|source| XdpError::Attach {
-                program: name,
-                iface: iface.to_owned(),
-                mode,
-                source: Box::new(source),
-            })
-        };
-        match mode {
-            XdpMode::Auto => attach(program, XdpMode::Native).or_else(|_| attach(program, XdpMode::Generic)),
-            explicit => attach(program, explicit),
-        }
-    }
-
-    /// What the counting program has seen, summed over CPUs.
-    pub fn count(&self) -> Result<Counter, XdpError> {
-        let name = maps::COUNT;
-        let map = self.ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
-        let array =
-            PerCpuArray::<_, Counter>::try_from(map).map_err(|source| XdpError::Map { name, source })?;
-        let per_cpu = array.get(&0, 0).map_err(|source| XdpError::Map { name, source })?;
-        Ok(per_cpu.iter().fold(Counter::default(), |sum, cpu| sum.plus(*cpu)))
-    }
+/// Sums a per-CPU counter slot over CPUs.
+fn per_cpu_sum(ebpf: &aya::Ebpf, name: &'static str, index: u32) -> Result<skiff_common::Counter, XdpError> {
+    let map = ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
+    let array =
+        aya::maps::PerCpuArray::<_, skiff_common::Counter>::try_from(map).map_err(XdpError::map(name))?;
+    let per_cpu = array.get(&index, 0).map_err(XdpError::map(name))?;
+    Ok(per_cpu.iter().fold(skiff_common::Counter::default(), |sum, cpu| sum.plus(*cpu)))
 }

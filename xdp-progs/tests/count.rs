@@ -6,7 +6,7 @@ mod privileged {
     use std::{net::UdpSocket, time::Duration};
 
     use skiff_lab::Topology;
-    use skiff_xdp::{XdpMode, XdpObject};
+    use skiff_xdp::{CountProgram, XdpMode};
 
     const DATAGRAMS: u64 = 500;
     const CHUNK: u64 = 50;
@@ -20,8 +20,8 @@ mod privileged {
         let iface = pod.node_iface.as_str();
         let rx_before = node.netns.link_stat(iface, "rx_packets").expect("stats");
 
-        let mut object = XdpObject::load().expect("load");
-        let active = node.netns.run(|| object.attach_count(iface, mode)).expect("netns").expect("attach");
+        let mut object = CountProgram::load().expect("load");
+        let active = node.netns.run(|| object.attach(iface, mode)).expect("netns").expect("attach");
         assert_eq!(active, mode);
         let link = node.netns.exec("ip", &["-d", "link", "show", iface]).expect("ip link");
         let link = String::from_utf8_lossy(&link.stdout);
@@ -77,13 +77,9 @@ mod privileged {
     fn auto_mode_picks_native_on_veth() {
         let lab = Topology::new().pods(1).build().expect("lab");
         let iface = lab.pods()[0].node_iface.clone();
-        let mut object = XdpObject::load().expect("load");
-        let active = lab
-            .node()
-            .netns
-            .run(|| object.attach_count(&iface, XdpMode::Auto))
-            .expect("netns")
-            .expect("attach");
+        let mut object = CountProgram::load().expect("load");
+        let active =
+            lab.node().netns.run(|| object.attach(&iface, XdpMode::Auto)).expect("netns").expect("attach");
         assert_eq!(active, XdpMode::Native);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod builder;
 pub mod fixture;
+pub mod ingress;
 pub mod pcap;
 pub mod raw;
 

@@ -142,9 +142,11 @@ macro_rules! pod {
 }
 
 pub mod addr;
+pub mod config;
 pub mod conntrack;
 pub mod counter;
 pub mod drop_reason;
+pub mod endpoint;
 pub mod event;
 pub mod lb;
 pub mod lpm;

@@ -16,6 +16,8 @@ pub const PIN_ROOT: &str = pin_root!();
 pub mod programs {
     /// Counts every frame per CPU and passes it on.
     pub const COUNT: &str = "skiff_xdp_count";
+    /// The ingress datapath: prefilter, tunnel decap, redirect to workers, pass.
+    pub const INGRESS: &str = "skiff_xdp_ingress";
 }
 
 /// Declares each map's name (the same as the constant's, which is the name of the `static` in
@@ -81,6 +83,15 @@ map_names! {
     TUNNEL_EP_V6;
     /// `XskMap` indexed by receive queue: the AF_XDP socket of each queue's worker.
     XSKS;
+    /// `HashMap<[u8; 4], EndpointInfo>`: local IPv4 pods whose traffic goes to a worker.
+    ENDPOINTS_V4;
+    /// `HashMap<[u8; 16], EndpointInfo>`: local IPv6 pods whose traffic goes to a worker.
+    ENDPOINTS_V6;
+    /// `Array<XdpConfig>` with one slot: the ingress program's settings.
+    CONFIG;
+    /// `PerCpuArray<Counter>` with one slot: frames that needed a worker but found no AF_XDP
+    /// socket on their queue, and went to the kernel instead.
+    NO_WORKER;
     /// `RingBuf` of [`DropEvent`](crate::event::DropEvent).
     EVENTS;
 }

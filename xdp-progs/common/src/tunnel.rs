@@ -14,6 +14,10 @@ pub const VXLAN_PORT: u16 = 8472;
 pub const GENEVE_PORT: u16 = 6081;
 /// The largest VNI: VXLAN and Geneve carry 24 bits.
 pub const VNI_MAX: u32 = (1 << 24) - 1;
+/// The Geneve option class skiff uses (RFC 8926 reserves 0xFFF0–0xFFFF for experiments).
+pub const GENEVE_OPT_CLASS: u16 = 0xfff0;
+/// Option type carrying the source security identity (4 bytes, host order); not critical.
+pub const GENEVE_OPT_IDENTITY: u8 = 0x01;
 
 /// An IPv4 pod CIDR: the key of [`TUNNEL_EP_V4`](crate::maps::TUNNEL_EP_V4).
 pub type TunnelKey4 = LpmKey4;

@@ -1,5 +1,9 @@
 //! `skiff_xdp_count`: counts every frame per CPU and passes it to the kernel.
 //! The smallest program that exercises the whole chain: build, load, attach, read a map.
+#![no_std]
+#![no_main]
+
+use skiff_xdp_ebpf as _;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -26,3 +30,8 @@ pub fn skiff_xdp_count(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_PASS
 }
+
+/// GPL-compatible, so the program may call GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,37 @@
+//! The ingress program's settings: one slot of [`CONFIG`](crate::maps::CONFIG), written by the
+//! agent before it attaches the program.
+
+/// What `skiff_xdp_ingress` needs to know about this node. Addresses are in network byte
+/// order; ports and counts in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct XdpConfig {
+    /// This node's tunnel (underlay) IPv6 address; all zero: no IPv6 tunnel endpoint.
+    pub tunnel_v6: [u8; 16],
+    /// This node's tunnel (underlay) IPv4 address; all zero: no IPv4 tunnel endpoint.
+    pub tunnel_v4: [u8; 4],
+    /// UDP port of VXLAN ([`VXLAN_PORT`](crate::tunnel::VXLAN_PORT) by default); 0 turns it off.
+    pub vxlan_port: u16,
+    /// UDP port of Geneve ([`GENEVE_PORT`](crate::tunnel::GENEVE_PORT) by default); 0 turns it off.
+    pub geneve_port: u16,
+    /// Send one drop in this many to the event ring (1: every drop; 0: none).
+    pub drop_sample_every: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<XdpConfig>() == 32 && align_of::<XdpConfig>() == 4);
+
+impl XdpConfig {
+    /// The defaults: tunnels on their usual ports, no tunnel address yet, every drop sampled
+    /// one in 16.
+    pub const DEFAULT: XdpConfig = XdpConfig {
+        tunnel_v6: [0; 16],
+        tunnel_v4: [0; 4],
+        vxlan_port: crate::tunnel::VXLAN_PORT,
+        geneve_port: crate::tunnel::GENEVE_PORT,
+        drop_sample_every: 16,
+        _pad: 0,
+    };
+}
+
+pod!(XdpConfig);

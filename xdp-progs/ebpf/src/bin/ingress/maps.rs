@@ -1,0 +1,47 @@
+//! The maps of `skiff_xdp_ingress`, named as in `skiff_common::maps` and pinned by name under
+//! the loader's pin folder, so a restarted agent finds them with their state.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap},
+};
+use skiff_common::{
+    Counter, DropReason, Verdict,
+    config::XdpConfig,
+    conntrack::{CtEntry, CtKey4, CtKey6},
+    endpoint::EndpointInfo,
+    lb::{ServiceKey4, ServiceKey6, ServiceValue},
+    lpm::DenyEntry,
+};
+
+/// Receive queues an agent can serve (one AF_XDP socket each).
+const MAX_QUEUES: u32 = 64;
+
+#[map]
+pub static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
+#[map]
+pub static VERDICT_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(Verdict::COUNT as u32, 0);
+#[map]
+pub static DROP_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(DropReason::COUNT as u32, 0);
+#[map]
+pub static DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::pinned(1 << 17, 0);
+#[map]
+pub static DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::pinned(1 << 17, 0);
+#[map]
+pub static SERVICES_V4: HashMap<ServiceKey4, ServiceValue> = HashMap::pinned(1 << 16, 0);
+#[map]
+pub static SERVICES_V6: HashMap<ServiceKey6, ServiceValue> = HashMap::pinned(1 << 16, 0);
+#[map]
+pub static ENDPOINTS_V4: HashMap<[u8; 4], EndpointInfo> = HashMap::pinned(1 << 16, 0);
+#[map]
+pub static ENDPOINTS_V6: HashMap<[u8; 16], EndpointInfo> = HashMap::pinned(1 << 16, 0);
+#[map]
+pub static CT_V4: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(1 << 17, 0);
+#[map]
+pub static CT_V6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(1 << 17, 0);
+#[map]
+pub static NO_WORKER: PerCpuArray<Counter> = PerCpuArray::pinned(1, 0);
+#[map]
+pub static XSKS: XskMap = XskMap::pinned(MAX_QUEUES, 0);
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);

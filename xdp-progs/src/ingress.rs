@@ -1,0 +1,241 @@
+//! `skiff_xdp_ingress` from userspace: load with pinned maps, attach, fill its tables, read
+//! its counters and drop events, and run it on test frames.
+
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
+    programs::Xdp,
+};
+use skiff_common::{
+    Counter, DropReason, Verdict,
+    config::XdpConfig,
+    conntrack::{CtEntry, CtKey4, CtKey6},
+    endpoint::EndpointInfo,
+    event::DropEvent,
+    lb::{ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
+    lpm::{DenyEntry, LpmKey4, LpmKey6},
+    maps, programs,
+};
+
+use crate::{TestRun, XdpError, XdpMode, attach, bpffs, per_cpu_sum, test_run::test_run};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress"));
+
+/// A drop reason and what it dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropCount {
+    pub reason: DropReason,
+    pub count: Counter,
+}
+
+/// The loaded ingress program (verified by the kernel) with its maps pinned in one folder.
+/// Dropping it detaches it everywhere; the pinned maps, and their state, stay for the next
+/// load (a restarted agent) until [`Ingress::remove_pins`].
+pub struct Ingress {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Ingress {
+    /// Loads the program, pinning its maps in `pin_dir` (a folder on bpffs, created if needed;
+    /// maps already pinned there are reused with their contents), and verifies it.
+    pub fn load(pin_dir: impl Into<PathBuf>) -> Result<Self, XdpError> {
+        let pin_dir = pin_dir.into();
+        let io = |what: &str| {
+            let what = format!("{what} {}", pin_dir.display());
+            move |source| XdpError::Io { what, source }
+        };
+        bpffs::ensure_mounted().map_err(io("mounting bpffs for"))?;
+        std::fs::create_dir_all(&pin_dir).map_err(io("creating the pin folder"))?;
+        let ebpf = EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT).map_err(Box::new)?;
+        let mut ingress = Ingress { ebpf, pin_dir };
+        let program = ingress.program_mut()?;
+        program
+            .load()
+            .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })?;
+        Ok(ingress)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches to `iface` (in the calling thread's network namespace); returns the mode.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
+        attach(&mut self.ebpf, programs::INGRESS, iface, mode)
+    }
+
+    /// Detaches everywhere, then removes the pinned maps and their folder.
+    pub fn remove_pins(self) -> Result<(), XdpError> {
+        let dir = self.pin_dir.clone();
+        drop(self);
+        bpffs::remove_pins(&dir)
+            .map_err(|source| XdpError::Io { what: format!("removing {}", dir.display()), source })
+    }
+
+    pub fn set_config(&mut self, config: &XdpConfig) -> Result<(), XdpError> {
+        let mut array: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
+        array.set(0, *config, 0).map_err(XdpError::map(maps::CONFIG))
+    }
+
+    /// Drops every packet from `addr/prefix_len` on arrival, as CIDR rule `rule_id`.
+    pub fn deny(&mut self, addr: IpAddr, prefix_len: u8, rule_id: u32) -> Result<(), XdpError> {
+        let entry = DenyEntry { rule_id };
+        match addr {
+            IpAddr::V4(a) => {
+                let k = LpmKey4::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
+                let mut trie: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
+                trie.insert(&Key::new(k.prefix_len, k.addr), entry, 0).map_err(XdpError::map(maps::DENY_V4))
+            }
+            IpAddr::V6(a) => {
+                let k = LpmKey6::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
+                let mut trie: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
+                trie.insert(&Key::new(k.prefix_len, k.addr), entry, 0).map_err(XdpError::map(maps::DENY_V6))
+            }
+        }
+    }
+
+    /// Removes a denied prefix.
+    pub fn undeny(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), XdpError> {
+        match addr {
+            IpAddr::V4(a) => {
+                let k = LpmKey4::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
+                let mut trie: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
+                trie.remove(&Key::new(k.prefix_len, k.addr)).map_err(XdpError::map(maps::DENY_V4))
+            }
+            IpAddr::V6(a) => {
+                let k = LpmKey6::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
+                let mut trie: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
+                trie.remove(&Key::new(k.prefix_len, k.addr)).map_err(XdpError::map(maps::DENY_V6))
+            }
+        }
+    }
+
+    /// Sends packets for service frontend `vip:port/proto` to the workers.
+    pub fn add_service(
+        &mut self,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+        value: ServiceValue,
+    ) -> Result<(), XdpError> {
+        match vip {
+            IpAddr::V4(a) => {
+                let mut m: HashMap<_, ServiceKey4, ServiceValue> = self.map_mut(maps::SERVICES_V4)?;
+                let key = ServiceKey4::new(a, port, proto, ServiceScope::External);
+                m.insert(key, value, 0).map_err(XdpError::map(maps::SERVICES_V4))
+            }
+            IpAddr::V6(a) => {
+                let mut m: HashMap<_, ServiceKey6, ServiceValue> = self.map_mut(maps::SERVICES_V6)?;
+                let key = ServiceKey6::new(a, port, proto, ServiceScope::External);
+                m.insert(key, value, 0).map_err(XdpError::map(maps::SERVICES_V6))
+            }
+        }
+    }
+
+    /// Records a local endpoint (pod); with `POLICY_ENFORCED`, packets to it go to the workers.
+    pub fn add_endpoint(&mut self, addr: IpAddr, info: EndpointInfo) -> Result<(), XdpError> {
+        match addr {
+            IpAddr::V4(a) => {
+                let mut m: HashMap<_, [u8; 4], EndpointInfo> = self.map_mut(maps::ENDPOINTS_V4)?;
+                m.insert(a.octets(), info, 0).map_err(XdpError::map(maps::ENDPOINTS_V4))
+            }
+            IpAddr::V6(a) => {
+                let mut m: HashMap<_, [u8; 16], EndpointInfo> = self.map_mut(maps::ENDPOINTS_V6)?;
+                m.insert(a.octets(), info, 0).map_err(XdpError::map(maps::ENDPOINTS_V6))
+            }
+        }
+    }
+
+    /// Marks an IPv4 flow as tracked (a worker NATs it): its packets go to the workers.
+    pub fn track_v4(&mut self, key: CtKey4, entry: CtEntry) -> Result<(), XdpError> {
+        let mut m: HashMap<_, CtKey4, CtEntry> = self.map_mut(maps::CT_V4)?;
+        m.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V4))
+    }
+
+    /// Marks an IPv6 flow as tracked.
+    pub fn track_v6(&mut self, key: CtKey6, entry: CtEntry) -> Result<(), XdpError> {
+        let mut m: HashMap<_, CtKey6, CtEntry> = self.map_mut(maps::CT_V6)?;
+        m.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V6))
+    }
+
+    /// Packets and bytes per verdict, summed over CPUs.
+    pub fn verdicts(&self) -> Result<Vec<(Verdict, Counter)>, XdpError> {
+        Verdict::ALL
+            .iter()
+            .map(|&v| Ok((v, per_cpu_sum(&self.ebpf, maps::VERDICT_COUNTS, v.code())?)))
+            .collect()
+    }
+
+    /// Frames that needed a worker but found no AF_XDP socket bound, and passed.
+    pub fn no_worker(&self) -> Result<Counter, XdpError> {
+        per_cpu_sum(&self.ebpf, maps::NO_WORKER, 0)
+    }
+
+    /// The reasons that dropped something, with their counts.
+    pub fn drops(&self) -> Result<Vec<DropCount>, XdpError> {
+        let mut out = Vec::new();
+        for &reason in &DropReason::ALL {
+            let count = per_cpu_sum(&self.ebpf, maps::DROP_COUNTS, reason.code().into())?;
+            if count.packets > 0 {
+                out.push(DropCount { reason, count });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drains the sampled drop events waiting in the ring buffer.
+    pub fn drop_events(&mut self) -> Result<Vec<DropEvent>, XdpError> {
+        let mut ring: RingBuf<&mut MapData> = self.map_mut(maps::EVENTS)?;
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() == size_of::<DropEvent>() {
+                events.push(bytemuck::pod_read_unaligned(&item));
+            }
+        }
+        Ok(events)
+    }
+
+    /// Runs the program on `frame` in the kernel (`BPF_PROG_TEST_RUN`), `repeat` times.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRun, XdpError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(programs::INGRESS)
+            .ok_or(XdpError::MissingProgram(programs::INGRESS))?
+            .try_into()
+            .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })?;
+        let fd = program
+            .fd()
+            .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })?;
+        test_run(fd.as_fd().as_raw_fd(), frame, repeat)
+            .map_err(|source| XdpError::Io { what: "BPF_PROG_TEST_RUN".into(), source })
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
+        self.ebpf
+            .program_mut(programs::INGRESS)
+            .ok_or(XdpError::MissingProgram(programs::INGRESS))?
+            .try_into()
+            .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })
+    }
+
+    /// A typed handle on map `name`.
+    fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, XdpError>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
+        M::try_from(map).map_err(XdpError::map(name))
+    }
+}
+
+fn bad_prefix(addr: IpAddr, prefix_len: u8) -> XdpError {
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    XdpError::Invalid(format!("CIDR {addr}/{prefix_len}: the prefix length must be in 0..={max}"))
+}
