@@ -3,6 +3,7 @@
 //!
 //! - [`CountProgram`]: per-CPU packet counter, passes everything (the toolchain check).
 //! - [`Ingress`]: the datapath's first line (prefilter, tunnel decap, redirect to AF_XDP).
+//! - [`TrafficGen`]: the lab's traffic generator (benchmarks).
 //!
 //! Interface names resolve in the network namespace of the calling thread: attach from a
 //! thread inside the namespace that owns the interface.
@@ -11,6 +12,7 @@ pub mod bpffs;
 mod count;
 mod ingress;
 mod test_run;
+mod trafficgen;
 
 use std::{fmt, str::FromStr};
 
@@ -18,6 +20,7 @@ use aya::programs::{Xdp, XdpMode as AyaMode};
 pub use count::CountProgram;
 pub use ingress::{DropCount, Ingress};
 pub use test_run::TestRun;
+pub use trafficgen::TrafficGen;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {

@@ -51,6 +51,8 @@ struct XdpMd {
 }
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames go out for real (redirects happen).
+const LIVE_FRAMES: u32 = 1 << 1;
 /// Room for frames the program grows (it may only shrink them today).
 const OUTPUT_ROOM: usize = 256;
 
@@ -84,4 +86,25 @@ pub fn test_run(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<TestRun
     output.truncate(attr.data_size_out as usize);
     let frame_out = output.split_off((ctx_out.data as usize).min(output.len()));
     Ok(TestRun { action: attr.retval, output: frame_out, meta: output, duration_ns: attr.duration })
+}
+
+/// Runs program `prog_fd` `repeat` times on live frames made from `frame`: whatever the program
+/// redirects is really sent (the mechanism of xdp-trafficgen). Interface indexes resolve in the
+/// calling thread's network namespace.
+pub fn live_frames(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<()> {
+    let mut attr = TestAttr {
+        prog_fd: u32::try_from(prog_fd).map_err(io::Error::other)?,
+        data_size_in: u32::try_from(frame.len()).map_err(io::Error::other)?,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        flags: LIVE_FRAMES,
+        ..TestAttr::default()
+    };
+    let attr_size = libc::c_uint::try_from(size_of::<TestAttr>()).map_err(io::Error::other)?;
+    // SAFETY: `attr` is a valid `bpf_attr.test` of the size passed; `frame` outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, attr_size) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

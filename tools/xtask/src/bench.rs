@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: runs the criterion benches and writes `target/bench-report/*.json`
-//! (records `{name, value, unit, baseline, ratio}`), printing each table.
+//! `cargo xtask bench`: runs the benches and writes `target/bench-report/*.json` (records
+//! `{name, value, unit, baseline, ratio}`), printing each table: `wire` (criterion) and `xdp`
+//! (BPF_PROG_TEST_RUN costs, and XDP_DROP against nftables in a lab; needs root).
 
 use anyhow::Result;
 
@@ -8,6 +9,7 @@ use crate::{cargo, run, setup, workspace_root};
 pub fn bench() -> Result<()> {
     setup::setup()?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "wire"]))?;
+    run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "xdp"]))?;
     let target = workspace_root().join("target");
     run(cargo()
         .args(["run", "--release", "-q", "-p", "skiff-perf", "--bin", "bench-report", "--"])

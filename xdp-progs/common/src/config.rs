@@ -34,4 +34,23 @@ impl XdpConfig {
     };
 }
 
-pod!(XdpConfig);
+
+/// The lab traffic generator's job (`skiff_trafficgen`): the 64-byte frame to send and the
+/// interface to send it from (its index in the generator's network namespace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct TrafficGen {
+    pub frame: [u8; 64],
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<TrafficGen>() == 68);
+
+// `Default` is derived only for arrays up to 32 elements.
+impl Default for TrafficGen {
+    fn default() -> Self {
+        TrafficGen { frame: [0; 64], ifindex: 0 }
+    }
+}
+
+pod!(XdpConfig, TrafficGen);

@@ -18,6 +18,8 @@ pub mod programs {
     pub const COUNT: &str = "skiff_xdp_count";
     /// The ingress datapath: prefilter, tunnel decap, redirect to workers, pass.
     pub const INGRESS: &str = "skiff_xdp_ingress";
+    /// The lab traffic generator (run with BPF_PROG_RUN and live frames).
+    pub const TRAFFICGEN: &str = "skiff_trafficgen";
 }
 
 /// Declares each map's name (the same as the constant's, which is the name of the `static` in
