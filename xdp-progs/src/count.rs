@@ -45,7 +45,7 @@ impl CountProgram {
 
     /// Attaches to `iface`; returns the active mode.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
-        attach(&mut self.ebpf, programs::COUNT, iface, mode)
+        attach(&mut self.ebpf, programs::COUNT, iface, mode).map(|(mode, _)| mode)
     }
 
     /// What the program has seen, summed over CPUs.

@@ -10,7 +10,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
-    programs::Xdp,
+    programs::{Xdp, xdp::XdpLinkId},
 };
 use skiff_common::{
     Counter, DropReason, Verdict,
@@ -40,6 +40,8 @@ pub struct DropCount {
 pub struct Ingress {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// The program's bpf_links, by interface.
+    links: Vec<(String, XdpLinkId)>,
 }
 
 impl Ingress {
@@ -54,7 +56,7 @@ impl Ingress {
         bpffs::ensure_mounted().map_err(io("mounting bpffs for"))?;
         std::fs::create_dir_all(&pin_dir).map_err(io("creating the pin folder"))?;
         let ebpf = EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT).map_err(Box::new)?;
-        let mut ingress = Ingress { ebpf, pin_dir };
+        let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new() };
         let program = ingress.program_mut()?;
         program
             .load()
@@ -68,7 +70,22 @@ impl Ingress {
 
     /// Attaches to `iface` (in the calling thread's network namespace); returns the mode.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
-        attach(&mut self.ebpf, programs::INGRESS, iface, mode)
+        let (mode, link) = attach(&mut self.ebpf, programs::INGRESS, iface, mode)?;
+        self.links.push((iface.to_owned(), link));
+        Ok(mode)
+    }
+
+    /// Moves every attachment of this program to `next` in place: each bpf_link is updated
+    /// (BPF_LINK_UPDATE), so no frame meets an interface without a program (an upgrade).
+    /// `next` must be loaded; this program is left attached nowhere.
+    pub fn hand_over(&mut self, next: &mut Ingress) -> Result<(), XdpError> {
+        let error = |source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) };
+        for (iface, id) in std::mem::take(&mut self.links) {
+            let link = self.program_mut()?.take_link(id).map_err(error)?;
+            let id = next.program_mut()?.attach_to_link(link).map_err(error)?;
+            next.links.push((iface, id));
+        }
+        Ok(())
     }
 
     /// Detaches everywhere, then removes the pinned maps and their folder.

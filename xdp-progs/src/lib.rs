@@ -80,8 +80,13 @@ impl FromStr for XdpMode {
 }
 
 /// Verifies and loads program `name` of `ebpf` (once) and attaches it to `iface` through a
-/// bpf_link. Returns the mode that is active: never `Auto`.
-fn attach(ebpf: &mut aya::Ebpf, name: &'static str, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
+/// bpf_link. Returns the mode that is active (never `Auto`) and the link.
+fn attach(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<(XdpMode, aya::programs::xdp::XdpLinkId), XdpError> {
     let program_error = |source| XdpError::Program { name, source: Box::new(source) };
     let program: &mut Xdp =
         ebpf.program_mut(name).ok_or(XdpError::MissingProgram(name))?.try_into().map_err(program_error)?;
@@ -90,7 +95,7 @@ fn attach(ebpf: &mut aya::Ebpf, name: &'static str, iface: &str, mode: XdpMode) 
     }
     let attach_in = |program: &mut Xdp, mode: XdpMode| {
         let aya_mode = if mode == XdpMode::Native { AyaMode::Driver } else { AyaMode::Skb };
-        program.attach(iface, aya_mode).map(|_| mode).map_err(|source| XdpError::Attach {
+        program.attach(iface, aya_mode).map(|link| (mode, link)).map_err(|source| XdpError::Attach {
             program: name,
             iface: iface.to_owned(),
             mode,

@@ -265,4 +265,33 @@ mod privileged {
     fn kernel_vxlan_is_decapsulated_in_generic_mode() {
         kernel_vxlan_is_decapsulated_to_the_node_stack(XdpMode::Generic);
     }
+
+    /// The id of the XDP program on `iface` in `ns`, as `ip` shows it; `None` when detached.
+    fn xdp_prog_id(ns: &skiff_lab::Netns, iface: &str) -> Option<u32> {
+        let out = ns.exec("ip", &["-d", "link", "show", iface]).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at = text.find("prog/xdp id ")? + "prog/xdp id ".len();
+        text[at..].split_whitespace().next()?.parse().ok()
+    }
+
+    #[test]
+    fn an_upgrade_swaps_the_program_in_place_and_dropping_detaches() {
+        let (lab, mut old) = on_uplink(XdpMode::Native);
+        let (node, iface) = (lab.node().netns.clone(), lab.client().node_iface.clone());
+        let old_id = xdp_prog_id(&node, &iface).expect("attached");
+        let mut new = Loaded::new();
+        new.get().set_config(&XdpConfig::DEFAULT).unwrap();
+        // Only the new program denies the client: traffic shows which one runs.
+        new.get().deny(lab.client().ipv4.into(), 32, 9).unwrap();
+        let node_addr: IpAddr = lab.node().ipv4.into();
+        assert_eq!(datagrams(&lab, lab.client().ipv4.into(), node_addr, 10), 10, "old program passes");
+        old.get().hand_over(new.get()).unwrap();
+        let new_id = xdp_prog_id(&node, &iface).expect("still attached");
+        assert_ne!(new_id, old_id, "the link now runs the new program");
+        assert_eq!(datagrams(&lab, lab.client().ipv4.into(), node_addr, 10), 0, "new program denies");
+        drop(old);
+        assert_eq!(xdp_prog_id(&node, &iface), Some(new_id), "the old program's exit does not detach");
+        drop(new);
+        assert_eq!(xdp_prog_id(&node, &iface), None, "dropping the program detaches it");
+    }
 }

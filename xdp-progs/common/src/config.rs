@@ -34,7 +34,6 @@ impl XdpConfig {
     };
 }
 
-
 /// The lab traffic generator's job (`skiff_trafficgen`): the 64-byte frame to send and the
 /// interface to send it from (its index in the generator's network namespace).
 #[repr(C)]
