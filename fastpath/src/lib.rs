@@ -1,1 +1,6 @@
+//! skiff-fastpath: the packet engine of the AF_XDP workers, one module per concern (as
+//! Cilium's `bpf/lib/`): [`lb`] (service load balancing, Maglev), then conntrack, NAT and the
+//! I/O backends as they land.
 
+pub mod hash;
+pub mod lb;

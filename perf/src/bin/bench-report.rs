@@ -1,6 +1,8 @@
-//! Writes `target/bench-report/<suite>.json` from criterion's estimates of the benches just
-//! run (`target/criterion/<group>/<bench>/new/estimates.json`), pairing each skiff figure with
-//! the baseline measured beside it. `cargo xtask bench` runs it after `cargo bench`.
+//! Writes `target/bench-report/<suite>.json` for the criterion suites (`wire`, `fastpath`)
+//! from criterion's estimates of the benches just run
+//! (`target/criterion/<group>/<bench>/new/estimates.json`), pairing each skiff figure with the
+//! baseline measured beside it where there is one. `cargo xtask bench` runs it after
+//! `cargo bench`.
 //!
 //! usage: bench-report TARGET_DIR
 
@@ -8,7 +10,7 @@ use std::{fs, path::Path};
 
 use skiff_perf::{Record, write_report};
 
-/// (record name, criterion group, skiff bench, baseline bench)
+/// (record name, criterion group, skiff bench, baseline bench or "")
 const WIRE: &[(&str, &str, &str, &str)] = &[
     ("parse_eth_ipv4_tcp_headers", "parse/eth_ipv4_tcp", "skiff_headers", "etherparse"),
     ("parse_eth_ipv4_tcp_flow_key", "parse/eth_ipv4_tcp", "skiff", "etherparse"),
@@ -18,16 +20,26 @@ const WIRE: &[(&str, &str, &str, &str)] = &[
     ("dnat_rewrite_payload_1400", "dnat/payload_1400", "incremental", "recompute"),
 ];
 
+const FASTPATH: &[(&str, &str, &str, &str)] = &[
+    ("maglev_build_1000_backends_m16381", "maglev_build_1000_backends", "m16381", ""),
+    ("maglev_build_1000_backends_m131071", "maglev_build_1000_backends", "m131071", ""),
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let target = std::env::args().nth(1).ok_or("usage: bench-report TARGET_DIR")?;
     let target = Path::new(&target);
     let criterion = target.join("criterion");
-    let mut records = Vec::new();
-    for &(name, group, skiff, baseline) in WIRE {
-        let value = mean_ns(&criterion, group, skiff)?;
-        records.push(Record::new(name, value, "ns").with_baseline(mean_ns(&criterion, group, baseline)?));
+    for (suite, table) in [("wire", WIRE), ("fastpath", FASTPATH)] {
+        let mut records = Vec::new();
+        for &(name, group, skiff, baseline) in table {
+            let mut record = Record::new(name, mean_ns(&criterion, group, skiff)?, "ns");
+            if !baseline.is_empty() {
+                record = record.with_baseline(mean_ns(&criterion, group, baseline)?);
+            }
+            records.push(record);
+        }
+        write_report(&target.join("bench-report"), suite, &records)?;
     }
-    write_report(&target.join("bench-report"), "wire", &records)?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: runs the benches and writes `target/bench-report/*.json` (records
-//! `{name, value, unit, baseline, ratio}`), printing each table: `wire` (criterion) and `xdp`
+//! `{name, value, unit, baseline, ratio}`), printing each table: `wire` and `fastpath` (criterion) and `xdp`
 //! (BPF_PROG_TEST_RUN costs, and XDP_DROP against nftables in a lab; needs root).
 
 use anyhow::Result;
@@ -9,6 +9,7 @@ use crate::{cargo, run, setup, workspace_root};
 pub fn bench() -> Result<()> {
     setup::setup()?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "wire"]))?;
+    run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "fastpath"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "xdp"]))?;
     let target = workspace_root().join("target");
     run(cargo()

@@ -1,0 +1,3 @@
+//! Service load balancing: choosing a backend for a new flow.
+
+pub mod maglev;
