@@ -2,5 +2,6 @@
 //! Cilium's `bpf/lib/`): [`lb`] (service load balancing, Maglev), then conntrack, NAT and the
 //! I/O backends as they land.
 
+pub mod conntrack;
 pub mod hash;
 pub mod lb;

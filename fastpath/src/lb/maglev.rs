@@ -128,7 +128,7 @@ mod tests {
         (1..=n)
             .map(|i| Weighted {
                 id: BackendId(i),
-                addr: Ipv4Addr::new(198, 18, 128, 9 + i as u8).into(),
+                addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 9)) + i).into(),
                 port: 8080,
                 weight: 1,
             })

@@ -1,0 +1,352 @@
+//! Connection tracking: the flows a worker has seen, both directions of each, their TCP state
+//! and when they expire.
+//!
+//! An entry has an original tuple (as the first packet had it) and a reply tuple (as its
+//! replies will have it: after NAT, the backend's address and port), both keys of one table
+//! pointing at it. The table is bounded: when it is full a new flow may evict an expired or a
+//! not-yet-established flow found within a few probes, but never an established one; failing
+//! that, the new flow is refused (`DropReason::CtTableFull`). Expiry runs incrementally
+//! ([`Conntrack::gc_step`], a few slots per receive batch), so no sweep ever pauses a worker.
+
+use std::net::IpAddr;
+
+use hashbrown::HashMap;
+use skiff_common::{conntrack::TcpState, lb::BackendId};
+
+/// One direction of a flow. IPv4 addresses are stored IPv4-mapped, so both families share one
+/// table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+}
+
+impl Tuple {
+    pub fn new(src: IpAddr, dst: IpAddr, protocol: u8, src_port: u16, dst_port: u16) -> Tuple {
+        Tuple { src: mapped(src), dst: mapped(dst), src_port, dst_port, protocol }
+    }
+    /// The same flow seen from the other end.
+    pub fn reversed(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+        }
+    }
+}
+
+fn mapped(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Which way a packet goes relative to its flow's first packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Original,
+    Reply,
+}
+
+/// Lifetimes after the last packet, in seconds (Cilium's defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_established: u64,
+    pub tcp_syn: u64,
+    pub tcp_closing: u64,
+    pub other: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { tcp_established: 6 * 3600, tcp_syn: 60, tcp_closing: 10, other: 60 }
+    }
+}
+
+/// A tracked flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub state: TcpState,
+    /// Seconds (of the caller's clock) at the last packet.
+    pub last_seen: u64,
+    pub seen_reply: bool,
+    /// The backend a service flow was given (`BackendId::NONE` otherwise).
+    pub backend: BackendId,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+/// The table is full of flows it may not evict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the connection-tracking table is full ({0} flows)")]
+pub struct TableFull(pub usize);
+
+/// The table of one worker. `now` is always the caller's clock in seconds.
+pub struct Conntrack {
+    keys: HashMap<Tuple, (u32, Direction)>,
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    capacity: usize,
+    timeouts: Timeouts,
+    /// Where the incremental sweep and the eviction probes continue.
+    cursor: usize,
+}
+
+/// Slots an insert into a full table examines for a victim.
+const EVICTION_PROBES: usize = 16;
+const TCP: u8 = 6;
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+impl Conntrack {
+    /// A table for at most `capacity` flows, allocated up front (no allocation per packet).
+    pub fn new(capacity: usize, timeouts: Timeouts) -> Conntrack {
+        Conntrack {
+            keys: HashMap::with_capacity(capacity * 2),
+            slots: Vec::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
+            capacity,
+            timeouts,
+            cursor: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The flow a packet with this tuple belongs to, and its direction.
+    #[inline]
+    pub fn lookup(&self, tuple: &Tuple) -> Option<(u32, Direction)> {
+        self.keys.get(tuple).copied()
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Entry> {
+        self.slots.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Starts tracking a flow seen first as `original`, whose replies will be `reply`. A TCP
+    /// flow's state follows its first packet's `tcp_flags`.
+    pub fn insert(
+        &mut self,
+        original: Tuple,
+        reply: Tuple,
+        tcp_flags: u8,
+        backend: BackendId,
+        now: u64,
+    ) -> Result<u32, TableFull> {
+        if self.len() >= self.capacity {
+            self.evict_one(now).ok_or(TableFull(self.capacity))?;
+        }
+        let state = if original.protocol != TCP {
+            TcpState::None
+        } else if tcp_flags & SYN != 0 && tcp_flags & ACK == 0 {
+            TcpState::SynSent
+        } else {
+            // Picked up mid-stream (an agent restart, a flow from before it): trust it.
+            TcpState::Established
+        };
+        let entry = Entry {
+            original,
+            reply,
+            state,
+            last_seen: now,
+            seen_reply: false,
+            backend,
+            packets: [0; 2],
+            bytes: [0; 2],
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(entry);
+                id
+            }
+            None => {
+                self.slots.push(Some(entry));
+                u32::try_from(self.slots.len() - 1).expect("capacity fits u32")
+            }
+        };
+        self.keys.insert(original, (id, Direction::Original));
+        self.keys.insert(reply, (id, Direction::Reply));
+        Ok(id)
+    }
+
+    /// Accounts a packet of flow `id` in `dir` and advances its TCP state; returns the state.
+    #[inline]
+    pub fn update(&mut self, id: u32, dir: Direction, tcp_flags: u8, len: usize, now: u64) -> TcpState {
+        let Some(e) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
+            return TcpState::Closed;
+        };
+        let d = dir as usize;
+        e.packets[d] += 1;
+        e.bytes[d] += len as u64;
+        e.last_seen = now;
+        if dir == Direction::Reply {
+            e.seen_reply = true;
+        }
+        if e.original.protocol == TCP {
+            e.state = next_state(e.state, dir, tcp_flags);
+        }
+        e.state
+    }
+
+    /// Whether flow `id` has outlived its timeout at `now`.
+    fn expired(&self, e: &Entry, now: u64) -> bool {
+        let timeout = match e.state {
+            TcpState::None => self.timeouts.other,
+            TcpState::SynSent | TcpState::SynRecv => self.timeouts.tcp_syn,
+            TcpState::Established => self.timeouts.tcp_established,
+            _ => self.timeouts.tcp_closing,
+        };
+        now.saturating_sub(e.last_seen) > timeout
+    }
+
+    /// Examines up to `budget` slots from where the last step stopped and removes the flows
+    /// that expired; returns how many it removed.
+    pub fn gc_step(&mut self, now: u64, budget: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget.min(self.slots.len()) {
+            self.cursor = (self.cursor + 1) % self.slots.len();
+            let id = self.cursor;
+            if self.slots[id].as_ref().is_some_and(|e| self.expired(e, now)) {
+                self.remove(id);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Frees one slot for a new flow: the first evictable flow within `EVICTION_PROBES` slots.
+    /// Established flows (and answered non-TCP ones) are never evicted.
+    fn evict_one(&mut self, now: u64) -> Option<()> {
+        for _ in 0..EVICTION_PROBES.min(self.slots.len()) {
+            self.cursor = (self.cursor + 1) % self.slots.len();
+            let id = self.cursor;
+            // Expired flows, handshakes and closing TCP flows, and unanswered non-TCP flows.
+            let evictable = self.slots[id].as_ref().is_some_and(|e| {
+                self.expired(e, now)
+                    || match e.state {
+                        TcpState::Established => false,
+                        TcpState::None => !e.seen_reply,
+                        _ => true,
+                    }
+            });
+            if evictable {
+                self.remove(id);
+                return Some(());
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, id: usize) {
+        if let Some(e) = self.slots[id].take() {
+            self.keys.remove(&e.original);
+            self.keys.remove(&e.reply);
+            self.free.push(u32::try_from(id).expect("capacity fits u32"));
+        }
+    }
+}
+
+/// The TCP state after a packet with `flags` in `dir` (a compact form of Linux's table).
+fn next_state(state: TcpState, dir: Direction, flags: u8) -> TcpState {
+    use TcpState::*;
+    if flags & RST != 0 {
+        return Closed;
+    }
+    match (state, dir) {
+        (SynSent, Direction::Reply) if flags & SYN != 0 && flags & ACK != 0 => SynRecv,
+        (SynRecv, Direction::Original) if flags & ACK != 0 && flags & FIN == 0 => Established,
+        (Established | SynRecv, _) if flags & FIN != 0 => FinWait,
+        (FinWait, _) if flags & FIN != 0 => TimeWait,
+        (Closed, _) if flags & SYN != 0 && flags & ACK == 0 => SynSent,
+        (s, _) => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn flow(n: u16) -> (Tuple, Tuple) {
+        let client: IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
+        let vip: IpAddr = Ipv4Addr::new(198, 19, 0, 10).into();
+        let backend: IpAddr = Ipv4Addr::new(198, 18, 128, 10).into();
+        (Tuple::new(client, vip, TCP, 40000 + n, 80), Tuple::new(backend, client, TCP, 8080, 40000 + n))
+    }
+
+    #[test]
+    fn handshake_to_close_and_both_directions_find_the_entry() {
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let (orig, reply) = flow(1);
+        let id = ct.insert(orig, reply, SYN, BackendId(3), 0).unwrap();
+        assert_eq!(ct.lookup(&reply), Some((id, Direction::Reply)));
+        assert_eq!(ct.update(id, Direction::Original, SYN, 60, 0), TcpState::SynSent);
+        assert_eq!(ct.update(id, Direction::Reply, SYN | ACK, 60, 0), TcpState::SynRecv);
+        assert_eq!(ct.update(id, Direction::Original, ACK, 52, 1), TcpState::Established);
+        assert_eq!(ct.update(id, Direction::Original, FIN | ACK, 52, 2), TcpState::FinWait);
+        assert_eq!(ct.update(id, Direction::Reply, FIN | ACK, 52, 2), TcpState::TimeWait);
+        let e = ct.get(id).unwrap();
+        assert_eq!((e.packets, e.seen_reply, e.backend), ([3, 2], true, BackendId(3)));
+    }
+
+    #[test]
+    fn timeouts_follow_the_state() {
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let (o1, r1) = flow(1);
+        let (o2, r2) = flow(2);
+        let syn = ct.insert(o1, r1, SYN, BackendId::NONE, 0).unwrap();
+        let est = ct.insert(o2, r2, ACK, BackendId::NONE, 0).unwrap();
+        assert_eq!(ct.gc_step(61, 8), 1, "the SYN-only flow expires after 60 s");
+        assert!(ct.get(syn).is_none() && ct.lookup(&o1).is_none() && ct.lookup(&r1).is_none());
+        assert_eq!(ct.gc_step(6 * 3600, 8), 0);
+        assert_eq!(ct.gc_step(6 * 3600 + 1, 8), 1);
+        assert!(ct.get(est).is_none());
+    }
+
+    #[test]
+    fn a_full_table_evicts_unestablished_flows_never_established_ones() {
+        let mut ct = Conntrack::new(4, Timeouts::default());
+        for n in 0..3 {
+            let (o, r) = flow(n);
+            ct.insert(o, r, ACK, BackendId::NONE, 0).unwrap();
+        }
+        let (o, r) = flow(3);
+        let half_open = ct.insert(o, r, SYN, BackendId::NONE, 0).unwrap();
+        // Full: the new flow takes the half-open flow's place.
+        let (o, r) = flow(4);
+        ct.insert(o, r, ACK, BackendId::NONE, 1).unwrap();
+        assert!(ct.get(half_open).is_none() || ct.get(half_open).unwrap().original == o);
+        assert_eq!(ct.len(), 4);
+        // Now all four are established: a fifth is refused and they all still work.
+        let (o, r) = flow(5);
+        assert_eq!(ct.insert(o, r, SYN, BackendId::NONE, 1), Err(TableFull(4)));
+        for n in [0, 1, 2, 4] {
+            assert!(ct.lookup(&flow(n).0).is_some(), "flow {n} still tracked");
+        }
+    }
+
+    #[test]
+    fn rst_closes_and_a_new_syn_reopens() {
+        let mut ct = Conntrack::new(2, Timeouts::default());
+        let (o, r) = flow(1);
+        let id = ct.insert(o, r, ACK, BackendId::NONE, 0).unwrap();
+        assert_eq!(ct.update(id, Direction::Reply, RST, 40, 0), TcpState::Closed);
+        assert_eq!(ct.update(id, Direction::Original, SYN, 60, 1), TcpState::SynSent);
+    }
+}
