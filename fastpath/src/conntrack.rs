@@ -28,6 +28,17 @@ impl Tuple {
     pub fn new(src: IpAddr, dst: IpAddr, protocol: u8, src_port: u16, dst_port: u16) -> Tuple {
         Tuple { src: mapped(src), dst: mapped(dst), src_port, dst_port, protocol }
     }
+    /// The fields in a fixed order, for hashing.
+    pub fn to_bytes(&self) -> [u8; 37] {
+        let mut b = [0u8; 37];
+        b[..16].copy_from_slice(&self.src);
+        b[16..32].copy_from_slice(&self.dst);
+        b[32..34].copy_from_slice(&self.src_port.to_be_bytes());
+        b[34..36].copy_from_slice(&self.dst_port.to_be_bytes());
+        b[36] = self.protocol;
+        b
+    }
+
     /// The same flow seen from the other end.
     pub fn reversed(&self) -> Tuple {
         Tuple {

@@ -3,5 +3,7 @@
 //! I/O backends as they land.
 
 pub mod conntrack;
+pub mod engine;
 pub mod hash;
 pub mod lb;
+pub mod nat;

@@ -1,11 +1,89 @@
-//! The packet engine's costs: Maglev table builds for 1000 backends at the default and the
-//! largest table size.
+//! The packet engine's costs: an established flow through DNAT and its reply through reverse
+//! NAT, a new flow (Maglev pick and conntrack insert), and Maglev table builds for 1000
+//! backends at the default and the largest table size.
 
-use std::{hint::black_box, net::Ipv4Addr};
+use std::{
+    hint::black_box,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZE_MAX};
-use skiff_fastpath::lb::maglev::{Maglev, Weighted};
+use skiff_fastpath::{
+    conntrack::Timeouts,
+    engine::{Engine, Frontend, Service, Tables, Verdict},
+    lb::maglev::{Maglev, Weighted},
+};
+use skiff_testkit::eth;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+
+fn engine(capacity: usize) -> Engine {
+    let backends: Vec<Weighted> = (0..10u32)
+        .map(|i| Weighted {
+            id: BackendId(i + 1),
+            addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 10)) + i).into(),
+            port: 8080,
+            weight: 1,
+        })
+        .collect();
+    let service = Service::new(backends, MAGLEV_TABLE_SIZE).expect("table");
+    let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
+    Engine::new(
+        Arc::new(Tables { services: [(frontend, service)].into_iter().collect() }),
+        capacity,
+        Timeouts::default(),
+    )
+}
+
+/// One established flow: a client packet through DNAT, and the backend's reply through
+/// reverse NAT. Each iteration copies both frames into fixed buffers (as a worker's UMEM
+/// frames) and processes them: no allocation.
+fn established(c: &mut Criterion) {
+    let mut e = engine(1024);
+    let request = eth().ipv4(CLIENT, VIP).tcp(45000, 80).ack(1).payload(&[0x41; 64]).build();
+    let mut first = request.clone();
+    let Verdict::Forward { next_hop: IpAddr::V4(backend) } = e.process(&mut first, 0) else {
+        panic!("not forwarded")
+    };
+    let reply = eth().ipv4(backend, CLIENT).tcp(8080, 45000).ack(1).payload(&[0x42; 64]).build();
+    let (mut req, mut rep) = (request.clone(), reply.clone());
+    c.bench_function("engine/established_dnat_and_reverse_nat", |b| {
+        b.iter(|| {
+            req.copy_from_slice(&request);
+            rep.copy_from_slice(&reply);
+            black_box(e.process(&mut req, 1));
+            black_box(e.process(&mut rep, 1));
+        })
+    });
+}
+
+/// A new flow every packet: parse, Maglev pick, conntrack insert, DNAT, over a million
+/// prebuilt SYNs from distinct ports and sources (a full table evicts half-open flows).
+fn new_flow(c: &mut Criterion) {
+    const FLOWS: u32 = 1 << 20;
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            eth()
+                .ipv4(Ipv4Addr::from(u32::from(CLIENT) + (i >> 16)), VIP)
+                .tcp(u16::try_from(i & 0xffff).expect("16 bits"), 80)
+                .syn()
+                .build()
+        })
+        .collect();
+    let mut e = engine(FLOWS as usize);
+    let mut buf = frames[0].clone();
+    let mut i = 0usize;
+    c.bench_function("engine/new_flow_maglev_and_ct_insert", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&frames[i % frames.len()]);
+            i += 1;
+            black_box(e.process(&mut buf, 0))
+        })
+    });
+}
 
 fn maglev_build(c: &mut Criterion) {
     let backends: Vec<Weighted> = (0..1000u32)
@@ -26,5 +104,5 @@ fn maglev_build(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, maglev_build);
+criterion_group!(benches, established, new_flow, maglev_build);
 criterion_main!(benches);

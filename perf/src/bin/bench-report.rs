@@ -10,7 +10,8 @@ use std::{fs, path::Path};
 
 use skiff_perf::{Record, write_report};
 
-/// (record name, criterion group, skiff bench, baseline bench or "")
+/// (record name, criterion group, skiff bench ("" for a bench outside a group), baseline bench
+/// or "")
 const WIRE: &[(&str, &str, &str, &str)] = &[
     ("parse_eth_ipv4_tcp_headers", "parse/eth_ipv4_tcp", "skiff_headers", "etherparse"),
     ("parse_eth_ipv4_tcp_flow_key", "parse/eth_ipv4_tcp", "skiff", "etherparse"),
@@ -21,6 +22,8 @@ const WIRE: &[(&str, &str, &str, &str)] = &[
 ];
 
 const FASTPATH: &[(&str, &str, &str, &str)] = &[
+    ("established_flow_dnat_plus_reverse_nat_2_packets", "engine/established_dnat_and_reverse_nat", "", ""),
+    ("new_flow_maglev_pick_and_ct_insert", "engine/new_flow_maglev_and_ct_insert", "", ""),
     ("maglev_build_1000_backends_m16381", "maglev_build_1000_backends", "m16381", ""),
     ("maglev_build_1000_backends_m131071", "maglev_build_1000_backends", "m131071", ""),
 ];

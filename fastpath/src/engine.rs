@@ -1,0 +1,195 @@
+//! The packet engine: what a worker does with one frame, with no I/O and no allocation.
+//!
+//! A frame to a service frontend starts a flow: a backend is picked by Maglev over the flow's
+//! hash, the flow is tracked with its post-NAT reply tuple, and the destination is rewritten
+//! to the backend (DNAT). Later packets of the flow follow its tracked backend, whatever the
+//! service's backends have become; replies get the frontend back as their source (reverse
+//! NAT). Every forwarded packet's TTL drops by one. Anything else passes to the kernel.
+
+use std::{net::IpAddr, sync::Arc};
+
+use hashbrown::HashMap;
+
+use skiff_common::{DropReason, lb::BackendId};
+use skiff_wire::{
+    Error as WireError, Layer, Problem,
+    layers::{self, Fragment, L3, L4, Parsed},
+};
+
+use crate::{
+    conntrack::{Conntrack, Direction, Timeouts, Tuple},
+    hash::hash64,
+    lb::maglev::{Maglev, Weighted},
+    nat::{self, Side},
+};
+
+/// A service frontend: address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub protocol: u8,
+}
+
+/// A service's backends and their Maglev table.
+#[derive(Clone, Debug)]
+pub struct Service {
+    backends: HashMap<BackendId, Weighted>,
+    maglev: Maglev,
+}
+
+impl Service {
+    /// A service over `backends`, with a Maglev table of `table_size` slots.
+    pub fn new(backends: Vec<Weighted>, table_size: u32) -> Result<Service, crate::lb::maglev::MaglevError> {
+        let maglev = Maglev::build(&backends, table_size)?;
+        Ok(Service { backends: backends.into_iter().map(|b| (b.id, b)).collect(), maglev })
+    }
+}
+
+/// What the control plane gives the workers: swapped whole, never edited in place.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    pub services: HashMap<Frontend, Service>,
+}
+
+/// What to do with a frame after [`Engine::process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten: send it towards `next_hop` (a backend, or the client of a reply).
+    Forward {
+        next_hop: IpAddr,
+    },
+    /// Not the engine's: hand it to the kernel.
+    Pass,
+    Drop(DropReason),
+}
+
+/// One worker's engine: the shared tables and its own connection tracking.
+pub struct Engine {
+    tables: Arc<Tables>,
+    conntrack: Conntrack,
+}
+
+impl Engine {
+    pub fn new(tables: Arc<Tables>, ct_capacity: usize, timeouts: Timeouts) -> Engine {
+        Engine { tables, conntrack: Conntrack::new(ct_capacity, timeouts) }
+    }
+
+    /// Installs new tables; tracked flows keep their backends.
+    pub fn set_tables(&mut self, tables: Arc<Tables>) {
+        self.tables = tables;
+    }
+
+    pub fn conntrack(&mut self) -> &mut Conntrack {
+        &mut self.conntrack
+    }
+
+    /// Processes one frame in place at time `now` (seconds).
+    pub fn process(&mut self, frame: &mut [u8], now: u64) -> Verdict {
+        match self.try_process(frame, now) {
+            Ok(v) => v,
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    fn try_process(&mut self, frame: &mut [u8], now: u64) -> Result<Verdict, DropReason> {
+        let p = layers::parse(frame).map_err(drop_reason)?;
+        let L3::Ip(ip) = p.l3 else { return Ok(Verdict::Pass) };
+        let (src, dst) = p.addrs(frame).ok_or(DropReason::Internal)?;
+        if ip.fragment == Fragment::Later {
+            // No ports: a fragment of a service flow cannot be balanced without reassembly.
+            let to_service = self.tables.services.keys().any(|f| f.addr == dst);
+            return Ok(if to_service { Verdict::Drop(DropReason::Ipv4Fragment) } else { Verdict::Pass });
+        }
+        let (src_port, dst_port, tcp_flags) = match p.l4 {
+            L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0),
+            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+            L4::Icmp { ident, .. } => (ident, 0, 0),
+            L4::None => return Ok(Verdict::Pass),
+        };
+        let tuple = Tuple::new(src, dst, ip.protocol.0, src_port, dst_port);
+        let len = p.l3_offset + ip.len;
+        if let Some((id, dir)) = self.conntrack.lookup(&tuple) {
+            self.conntrack.update(id, dir, tcp_flags, len, now);
+            let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+            // The other end of the translation: the backend for the client's packets, the
+            // frontend for the backend's replies.
+            let (side, addr, port) = match dir {
+                Direction::Original => (Side::Destination, entry.reply.src, entry.reply.src_port),
+                Direction::Reply => (Side::Source, entry.original.dst, entry.original.dst_port),
+            };
+            return self.forward(frame, &p, side, unmap(addr, src), port);
+        }
+        let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
+        let Some(service) = self.tables.services.get(&frontend) else { return Ok(Verdict::Pass) };
+        let flow_hash = hash64(&tuple.to_bytes(), 0);
+        let backend_id = service.maglev.pick(flow_hash).ok_or(DropReason::ServiceWithoutBackends)?;
+        let backend = *service.backends.get(&backend_id).ok_or(DropReason::NoBackendMatch)?;
+        let reply = Tuple::new(backend.addr, src, ip.protocol.0, backend.port, src_port);
+        let id = self
+            .conntrack
+            .insert(tuple, reply, tcp_flags, backend_id, now)
+            .map_err(|_| DropReason::CtTableFull)?;
+        self.conntrack.update(id, Direction::Original, tcp_flags, len, now);
+        self.forward(frame, &p, Side::Destination, backend.addr, backend.port)
+    }
+
+    fn forward(
+        &self,
+        frame: &mut [u8],
+        p: &Parsed,
+        side: Side,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<Verdict, DropReason> {
+        nat::decrement_ttl(frame, p)?;
+        nat::rewrite(frame, p, side, addr, port)?;
+        let next_hop = match side {
+            Side::Destination => addr,
+            Side::Source => p.addrs(frame).ok_or(DropReason::Internal)?.1,
+        };
+        Ok(Verdict::Forward { next_hop })
+    }
+}
+
+/// A tuple address back as an `IpAddr` of the same family as `like`.
+fn unmap(a: [u8; 16], like: IpAddr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(a);
+    match (like, v6.to_ipv4_mapped()) {
+        (IpAddr::V4(_), Some(v4)) => v4.into(),
+        _ => v6.into(),
+    }
+}
+
+/// The counted reason for a frame the parser refused.
+pub fn drop_reason(e: WireError) -> DropReason {
+    use DropReason as D;
+    match (e.layer, e.problem) {
+        (Layer::Ethernet, _) => D::EthernetTruncated,
+        (Layer::Vlan, Problem::TooManyHeaders) => D::VlanTooDeep,
+        (Layer::Vlan, _) => D::VlanTruncated,
+        (Layer::Ipv4, Problem::BadVersion) => D::Ipv4BadVersion,
+        (Layer::Ipv4, Problem::BadHeaderLength) => D::Ipv4BadHeaderLength,
+        (Layer::Ipv4, Problem::BadLength) => D::Ipv4BadTotalLength,
+        (Layer::Ipv4, Problem::BadChecksum) => D::Ipv4BadChecksum,
+        (Layer::Ipv4, _) => D::Ipv4Truncated,
+        (Layer::Ipv6, Problem::BadVersion) => D::Ipv6BadVersion,
+        (Layer::Ipv6, Problem::Truncated) => D::Ipv6Truncated,
+        (Layer::Ipv6, _) => D::Ipv6BadPayloadLength,
+        (Layer::Ipv6Ext, Problem::TooManyHeaders) => D::Ipv6ExtHeaderLimit,
+        (Layer::Ipv6Ext, _) => D::Ipv6BadExtHeader,
+        (Layer::Tcp, Problem::BadHeaderLength) => D::TcpBadDataOffset,
+        (Layer::Tcp, Problem::BadChecksum) | (Layer::Udp, Problem::BadChecksum) => D::L4BadChecksum,
+        (Layer::Tcp, _) => D::TcpTruncated,
+        (Layer::Udp, Problem::BadLength) => D::UdpBadLength,
+        (Layer::Udp, _) => D::UdpTruncated,
+        (Layer::Icmpv4 | Layer::Icmpv6, Problem::BadChecksum) => D::L4BadChecksum,
+        (Layer::Icmpv4 | Layer::Icmpv6, _) => D::IcmpTruncated,
+        (Layer::Arp, _) => D::UnsupportedEthertype,
+        (Layer::Vxlan, Problem::BadFlags) => D::VxlanBadFlags,
+        (Layer::Vxlan, _) => D::VxlanTruncated,
+        (Layer::Geneve, Problem::BadVersion) => D::GeneveBadVersion,
+        (Layer::Geneve, Problem::BadOption) => D::GeneveOptionOverflow,
+        (Layer::Geneve, _) => D::GeneveTruncated,
+    }
+}
