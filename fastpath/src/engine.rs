@@ -52,6 +52,28 @@ pub struct Tables {
     pub services: HashMap<Frontend, Service>,
 }
 
+/// The tables as the control plane publishes them: a new version replaces the old one
+/// atomically (arc-swap), and workers pick it up between batches. No lock on the packet path,
+/// and no packet ever sees a half-built table.
+#[derive(Clone, Default)]
+pub struct SharedTables(Arc<arc_swap::ArcSwap<Tables>>);
+
+impl SharedTables {
+    pub fn new(tables: Tables) -> SharedTables {
+        SharedTables(Arc::new(arc_swap::ArcSwap::from_pointee(tables)))
+    }
+
+    /// Replaces the tables every worker sees from its next batch on.
+    pub fn publish(&self, tables: Tables) {
+        self.0.store(Arc::new(tables));
+    }
+
+    /// The current version.
+    pub fn current(&self) -> Arc<Tables> {
+        self.0.load_full()
+    }
+}
+
 /// What to do with a frame after [`Engine::process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -78,6 +100,15 @@ impl Engine {
     /// Installs new tables; tracked flows keep their backends.
     pub fn set_tables(&mut self, tables: Arc<Tables>) {
         self.tables = tables;
+    }
+
+    /// Takes the newest published tables, if they changed: a worker calls this between
+    /// batches (one atomic load when nothing changed).
+    pub fn refresh(&mut self, shared: &SharedTables) {
+        let current = shared.0.load();
+        if !Arc::ptr_eq(&current, &self.tables) {
+            self.tables = arc_swap::Guard::into_inner(current);
+        }
     }
 
     pub fn conntrack(&mut self) -> &mut Conntrack {

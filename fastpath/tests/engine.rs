@@ -14,7 +14,7 @@ use hashbrown::HashMap as FastMap;
 use skiff_common::{DropReason, lb::BackendId};
 use skiff_fastpath::{
     conntrack::Timeouts,
-    engine::{Engine, Frontend, Service, Tables, Verdict},
+    engine::{Engine, Frontend, Service, SharedTables, Tables, Verdict},
     lb::maglev::Weighted,
 };
 use skiff_testkit::{Builder, eth};
@@ -144,4 +144,36 @@ fn other_traffic_passes_and_bad_input_is_dropped_with_its_reason() {
     let fragment = eth().ipv4(CLIENT, VIP).fragment4(1480, false, 1).protocol(6).payload(&[0; 8]).build();
     assert_eq!(run(&mut e, fragment).0, Verdict::Drop(DropReason::Ipv4Fragment));
     assert_eq!(run(&mut e, vec![0; 10]).0, Verdict::Drop(DropReason::EthernetTruncated));
+}
+
+/// The control plane publishes 200 table versions while a worker processes 20 000 packets of
+/// long-lived flows and new flows: every packet is forwarded, none waits for a lock, and every
+/// long-lived flow keeps its first backend throughout.
+#[test]
+fn table_swaps_under_traffic_lose_nothing() {
+    let shared = SharedTables::new((*tables(&[(VIP.into(), 6, vec![pod(0).into(), pod(1).into()])])).clone());
+    let publisher = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            for n in 0..200u8 {
+                let pods = (0..2 + n % 6).map(|i| pod(i).into()).collect();
+                shared.publish((*tables(&[(VIP.into(), 6, pods)])).clone());
+                std::thread::yield_now();
+            }
+        })
+    };
+    let mut e = Engine::new(shared.current(), 1 << 16, Timeouts::default());
+    let mut first: HashMap<u16, IpAddr> = HashMap::new();
+    for i in 0..20_000u32 {
+        e.refresh(&shared);
+        // Ports 1..=50 are long-lived flows; the rest are new flows.
+        let port = if i % 2 == 0 { 1 + (i / 2 % 50) as u16 } else { 1000 + (i % 30_000) as u16 };
+        let (v, _) = run(&mut e, eth().ipv4(CLIENT, VIP).tcp(port, 80).ack(1).build());
+        let backend = backend_of(v);
+        if port <= 50 {
+            assert_eq!(*first.entry(port).or_insert(backend), backend, "flow {port} moved");
+        }
+    }
+    publisher.join().unwrap();
+    assert_eq!(first.len(), 50);
 }

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use crate::{output_of, run};
 
 /// Debian packages: the lab and tests (iproute2 … python3), the C build of xsk-rs' libxdp and
-/// libbpf (m4 … zlib1g-dev), and Debian's LLVM 22, which bpf-linker links against.
+/// libbpf (m4 … libpcap-dev: libxdp's configure stops without pcap/dlt.h), and Debian's
+/// LLVM 22, which bpf-linker links against.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -27,6 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     "libelf-dev",
     "zlib1g-dev",
+    "libpcap-dev",
     "llvm-22-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
