@@ -5,5 +5,6 @@
 pub mod conntrack;
 pub mod engine;
 pub mod hash;
+pub mod io;
 pub mod lb;
 pub mod nat;

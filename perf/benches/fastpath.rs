@@ -2,11 +2,7 @@
 //! NAT, a new flow (Maglev pick and conntrack insert), and Maglev table builds for 1000
 //! backends at the default and the largest table size.
 
-use std::{
-    hint::black_box,
-    net::Ipv4Addr,
-    sync::Arc,
-};
+use std::{hint::black_box, net::Ipv4Addr, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZE_MAX};

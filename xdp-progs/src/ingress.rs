@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, RingBuf, XskMap, lpm_trie::Key},
     programs::{Xdp, xdp::XdpLinkId},
 };
 use skiff_common::{
@@ -180,6 +180,13 @@ impl Ingress {
     pub fn track_v6(&mut self, key: CtKey6, entry: CtEntry) -> Result<(), XdpError> {
         let mut m: HashMap<_, CtKey6, CtEntry> = self.map_mut(maps::CT_V6)?;
         m.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V6))
+    }
+
+    /// Hands receive queue `queue`'s redirected frames to the AF_XDP socket `fd` (bound to
+    /// that interface and queue).
+    pub fn set_worker(&mut self, queue: u32, fd: impl std::os::fd::AsRawFd) -> Result<(), XdpError> {
+        let mut xsks: XskMap<&mut MapData> = self.map_mut(maps::XSKS)?;
+        xsks.set(queue, fd, 0).map_err(XdpError::map(maps::XSKS))
     }
 
     /// Packets and bytes per verdict, summed over CPUs.

@@ -1,0 +1,3 @@
+//! Packet I/O for the workers.
+
+pub mod afxdp;
