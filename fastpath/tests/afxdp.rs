@@ -29,7 +29,11 @@ mod privileged {
             let iface = client.node_iface.clone();
             node.netns.run(|| ingress.attach(&iface, XdpMode::Native)).unwrap().unwrap();
             let mut port = node.netns.run(|| XskPort::bind(&iface, 0, 64)).unwrap().unwrap();
-            ingress.set_worker(0, port.fd()).unwrap();
+            let ifindex = String::from_utf8(
+                node.netns.exec("cat", &[&format!("/sys/class/net/{iface}/ifindex")]).unwrap().stdout,
+            )
+            .unwrap();
+            ingress.set_worker(ifindex.trim().parse().unwrap(), 0, port.fd()).unwrap();
 
             let sender = client.netns.run(|| UdpSocket::bind((client.ipv4, 0))).unwrap().unwrap();
             let mut got = Vec::new();

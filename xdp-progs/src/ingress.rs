@@ -14,7 +14,7 @@ use aya::{
 };
 use skiff_common::{
     Counter, DropReason, Verdict,
-    config::XdpConfig,
+    config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CtEntry, CtKey4, CtKey6},
     endpoint::EndpointInfo,
     event::DropEvent,
@@ -182,11 +182,35 @@ impl Ingress {
         m.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V6))
     }
 
-    /// Hands receive queue `queue`'s redirected frames to the AF_XDP socket `fd` (bound to
-    /// that interface and queue).
-    pub fn set_worker(&mut self, queue: u32, fd: impl std::os::fd::AsRawFd) -> Result<(), XdpError> {
+    /// Hands the frames redirected on interface `ifindex`, receive queue `queue`, to the
+    /// AF_XDP socket `fd` (bound to that interface and queue).
+    pub fn set_worker(
+        &mut self,
+        ifindex: u32,
+        queue: u32,
+        fd: impl std::os::fd::AsRawFd,
+    ) -> Result<(), XdpError> {
+        if queue >= XSK_QUEUES_PER_IF {
+            return Err(XdpError::Invalid(format!(
+                "queue {queue}: workers serve queues 0..{XSK_QUEUES_PER_IF}"
+            )));
+        }
+        let mut slots: HashMap<&mut MapData, u32, u32> = self.map_mut(maps::IF_SLOTS)?;
+        let slot = match slots.get(&ifindex, 0) {
+            Ok(slot) => slot,
+            Err(_) => {
+                let slot = u32::try_from(slots.keys().count()).unwrap_or(u32::MAX);
+                if slot >= XSK_INTERFACES {
+                    return Err(XdpError::Invalid(format!(
+                        "more than {XSK_INTERFACES} interfaces with workers"
+                    )));
+                }
+                slots.insert(ifindex, slot, 0).map_err(XdpError::map(maps::IF_SLOTS))?;
+                slot
+            }
+        };
         let mut xsks: XskMap<&mut MapData> = self.map_mut(maps::XSKS)?;
-        xsks.set(queue, fd, 0).map_err(XdpError::map(maps::XSKS))
+        xsks.set(slot * XSK_QUEUES_PER_IF + queue, fd, 0).map_err(XdpError::map(maps::XSKS))
     }
 
     /// Packets and bytes per verdict, summed over CPUs.

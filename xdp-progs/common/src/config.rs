@@ -1,6 +1,11 @@
 //! The ingress program's settings: one slot of [`CONFIG`](crate::maps::CONFIG), written by the
 //! agent before it attaches the program.
 
+/// Receive queues per interface that can have a worker socket (`XSKS` slots per interface).
+pub const XSK_QUEUES_PER_IF: u32 = 16;
+/// Interfaces that can have worker sockets.
+pub const XSK_INTERFACES: u32 = 64;
+
 /// What `skiff_xdp_ingress` needs to know about this node. Addresses are in network byte
 /// order; ports and counts in host order.
 #[repr(C)]

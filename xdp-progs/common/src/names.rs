@@ -83,8 +83,11 @@ map_names! {
     TUNNEL_EP_V4;
     /// `LpmTrie<[u8; 16], TunnelEndpoint>`: the node hosting each remote IPv6 pod CIDR.
     TUNNEL_EP_V6;
-    /// `XskMap` indexed by receive queue: the AF_XDP socket of each queue's worker.
+    /// `XskMap` indexed by `slot * XSK_QUEUES_PER_IF + queue`: the AF_XDP socket of each
+    /// (interface, receive queue)'s worker.
     XSKS;
+    /// `HashMap<u32, u32>`: interface index → its slot in `XSKS`.
+    IF_SLOTS;
     /// `HashMap<[u8; 4], EndpointInfo>`: local IPv4 pods whose traffic goes to a worker.
     ENDPOINTS_V4;
     /// `HashMap<[u8; 16], EndpointInfo>`: local IPv6 pods whose traffic goes to a worker.

@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use skiff_common::{
     Counter, DropReason,
-    config::XdpConfig,
+    config::{XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CtKey4, CtKey6},
     endpoint::EndpointInfo,
     event::{CAPTURE_LEN, DropEvent},
@@ -421,13 +421,21 @@ fn under_policy(endpoint: Option<*const EndpointInfo>) -> bool {
     endpoint.is_some_and(|e| unsafe { (*e).flags } & EndpointInfo::POLICY_ENFORCED != 0)
 }
 
-/// To the AF_XDP socket of this receive queue; XDP_PASS (counted in `NO_WORKER`) when none
-/// is bound.
+/// To the AF_XDP socket of this interface's receive queue; XDP_PASS (counted in `NO_WORKER`)
+/// when none is bound.
 #[inline(always)]
 fn redirect(ctx: &XdpContext) -> u32 {
     // SAFETY: `ctx.ctx` is the program's valid xdp_md.
-    let queue = unsafe { (*ctx.ctx).rx_queue_index };
-    let action = XSKS.redirect(queue, u64::from(XDP_PASS)).unwrap_or(XDP_PASS);
+    let (ifindex, queue) = unsafe { ((*ctx.ctx).ingress_ifindex, (*ctx.ctx).rx_queue_index) };
+    let slot = IF_SLOTS.get_ptr(&ifindex);
+    let action = match slot {
+        Some(slot) if queue < XSK_QUEUES_PER_IF => {
+            // SAFETY: a pointer from a successful lookup, valid for this run.
+            let index = unsafe { *slot } * XSK_QUEUES_PER_IF + queue;
+            XSKS.redirect(index, u64::from(XDP_PASS)).unwrap_or(XDP_PASS)
+        }
+        _ => XDP_PASS,
+    };
     if action == XDP_PASS {
         count(&NO_WORKER, 0, len(ctx) as u64);
     }

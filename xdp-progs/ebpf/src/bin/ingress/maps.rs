@@ -7,15 +7,12 @@ use aya_ebpf::{
 };
 use skiff_common::{
     Counter, DropReason, Verdict,
-    config::XdpConfig,
+    config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CtEntry, CtKey4, CtKey6},
     endpoint::EndpointInfo,
     lb::{ServiceKey4, ServiceKey6, ServiceValue},
     lpm::DenyEntry,
 };
-
-/// Receive queues an agent can serve (one AF_XDP socket each).
-const MAX_QUEUES: u32 = 64;
 
 #[map]
 pub static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
@@ -42,6 +39,8 @@ pub static CT_V6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(1 << 17, 0);
 #[map]
 pub static NO_WORKER: PerCpuArray<Counter> = PerCpuArray::pinned(1, 0);
 #[map]
-pub static XSKS: XskMap = XskMap::pinned(MAX_QUEUES, 0);
+pub static XSKS: XskMap = XskMap::pinned(XSK_INTERFACES * XSK_QUEUES_PER_IF, 0);
+#[map]
+pub static IF_SLOTS: HashMap<u32, u32> = HashMap::pinned(XSK_INTERFACES, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
