@@ -23,6 +23,9 @@ use crate::{
     nat::{self, Side},
 };
 
+/// New flows remembered between two drains (a receive batch holds at most 64 frames).
+const NEW_FLOWS_PER_BATCH: usize = 256;
+
 /// A service frontend: address, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Frontend {
@@ -90,11 +93,18 @@ pub enum Verdict {
 pub struct Engine {
     tables: Arc<Tables>,
     conntrack: Conntrack,
+    /// Reply tuples of flows started since the last [`Engine::drain_new_flows`]: the XDP
+    /// program must learn them to steer the replies to the worker.
+    new_flows: Vec<Tuple>,
 }
 
 impl Engine {
     pub fn new(tables: Arc<Tables>, ct_capacity: usize, timeouts: Timeouts) -> Engine {
-        Engine { tables, conntrack: Conntrack::new(ct_capacity, timeouts) }
+        Engine {
+            tables,
+            conntrack: Conntrack::new(ct_capacity, timeouts),
+            new_flows: Vec::with_capacity(NEW_FLOWS_PER_BATCH),
+        }
     }
 
     /// Installs new tables; tracked flows keep their backends.
@@ -113,6 +123,14 @@ impl Engine {
 
     pub fn conntrack(&mut self) -> &mut Conntrack {
         &mut self.conntrack
+    }
+
+    /// Hands each reply tuple of the flows started since the last call to `f` (the worker
+    /// mirrors them into the XDP program's tracked flows, before their first packet leaves).
+    pub fn drain_new_flows(&mut self, mut f: impl FnMut(&Tuple)) {
+        for t in self.new_flows.drain(..) {
+            f(&t);
+        }
     }
 
     /// Processes one frame in place at time `now` (seconds).
@@ -162,6 +180,9 @@ impl Engine {
             .insert(tuple, reply, tcp_flags, backend_id, now)
             .map_err(|_| DropReason::CtTableFull)?;
         self.conntrack.update(id, Direction::Original, tcp_flags, len, now);
+        if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
+            self.new_flows.push(reply);
+        }
         self.forward(frame, &p, Side::Destination, backend.addr, backend.port)
     }
 

@@ -8,3 +8,4 @@ pub mod hash;
 pub mod io;
 pub mod lb;
 pub mod nat;
+pub mod worker;
