@@ -266,7 +266,7 @@ mod privileged {
         );
         let client = datapath.lab.client().netns.command("python3").args(["-c", &script]).output_async();
         std::thread::sleep(Duration::from_millis(500));
-        datapath.shared.publish(tables_for(&datapath.lab.pods().to_vec()));
+        datapath.shared.publish(tables_for(datapath.lab.pods()));
         let out = client.wait_with_output().unwrap();
         let names = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let names: Vec<&str> = names.split(',').collect();
