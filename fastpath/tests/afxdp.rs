@@ -221,9 +221,10 @@ mod privileged {
     /// curl through skiff: requests to a VIP that exists nowhere in the kernel are redirected
     /// by XDP to the worker, DNATed to a pod's HTTP server and sent on the pod's veth; replies
     /// come back on the pod veths, steered to the worker by the flows it mirrored into XDP,
-    /// reverse-NATed and sent to the client. Every request is answered and the spread over the
-    /// backends is within 15% of even.
-    fn requests_are_answered_and_spread(mode: XdpMode, requests: u32) {
+    /// reverse-NATed and sent to the client. Every request is answered, by every backend; with
+    /// `check_spread`, each backend's share is within 15% of even (curl's source ports are
+    /// random, so this needs enough requests: at 1000 the bound is 3.3 standard deviations).
+    fn requests_are_answered(mode: XdpMode, requests: u32, check_spread: bool) {
         let datapath = Datapath::start(mode, 3, 3);
         let mut answers: StdMap<String, u32> = StdMap::new();
         for _ in 0..requests {
@@ -236,7 +237,7 @@ mod privileged {
             ["pod0", "pod1", "pod2"].map(String::from).into()
         );
         let even = f64::from(requests) / 3.0;
-        for (pod, n) in &answers {
+        for (pod, n) in answers.iter().filter(|_| check_spread) {
             assert!(
                 (f64::from(*n) - even).abs() <= 0.15 * even,
                 "{pod} answered {n} of {requests}: {answers:?}"
@@ -248,12 +249,12 @@ mod privileged {
 
     #[test]
     fn a_thousand_requests_through_the_worker_in_native_mode() {
-        requests_are_answered_and_spread(XdpMode::Native, 1000);
+        requests_are_answered(XdpMode::Native, 1000, true);
     }
 
     #[test]
     fn requests_through_the_worker_in_generic_mode() {
-        requests_are_answered_and_spread(XdpMode::Generic, 300);
+        requests_are_answered(XdpMode::Generic, 300, false);
     }
 
     /// A keep-alive HTTP connection keeps its backend while the service grows from 3 to 5
