@@ -37,6 +37,9 @@ pub struct Stats {
 
 const FRAME_ROOM: usize = 2048;
 const BATCH: usize = 64;
+/// Conntrack slots examined for expiry per round: a full sweep of 512k slots every 8k rounds,
+/// never a pause.
+const GC_PER_ROUND: usize = 64;
 
 pub struct Worker {
     engine: Engine,
@@ -64,8 +67,10 @@ impl Worker {
         &mut self.engine
     }
 
-    /// One round: every port's waiting frames through the engine and out. `on_new_flow` gets
-    /// each new flow's reply tuple before any of its packets is sent. Returns frames received.
+    /// One round: every port's waiting frames through the engine and out, and a bounded step of
+    /// conntrack expiry. `now` is the clock conntrack expires flows by (seconds).
+    /// `on_new_flow` gets each new flow's reply tuple before any of its packets is sent.
+    /// Returns frames received.
     pub fn poll(&mut self, timeout_ms: i32, now: u64, mut on_new_flow: impl FnMut(&Tuple)) -> usize {
         let mut received = 0;
         let Worker { engine, ports, neighbors, arena, staged, stats } = self;
@@ -100,6 +105,7 @@ impl Worker {
             received += got.unwrap_or(0);
         }
         engine.drain_new_flows(&mut on_new_flow);
+        engine.conntrack().gc_step(now, GC_PER_ROUND);
         for (slot, &(port, len)) in staged.iter().enumerate() {
             let frame = &arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
             if ports.get_mut(port).is_some_and(|p| p.send(frame).is_ok()) {
