@@ -12,7 +12,7 @@ use hashbrown::HashMap;
 
 use skiff_common::{DropReason, lb::BackendId};
 use skiff_wire::{
-    Error as WireError, Layer, Problem,
+    Error as WireError, Layer, Problem, icmp,
     layers::{self, Fragment, L3, L4, Parsed},
 };
 
@@ -150,6 +150,11 @@ impl Engine {
             let to_service = self.tables.services.keys().any(|f| f.addr == dst);
             return Ok(if to_service { Verdict::Drop(DropReason::Ipv4Fragment) } else { Verdict::Pass });
         }
+        if let L4::Icmp { msg_type, .. } = p.l4
+            && icmp::is_error(ip.v6, msg_type)
+        {
+            return self.icmp_error(frame, &p, dst);
+        }
         let (src_port, dst_port, tcp_flags) = match p.l4 {
             L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0),
             L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
@@ -184,6 +189,37 @@ impl Engine {
             self.new_flows.push(reply);
         }
         self.forward(frame, &p, Side::Destination, backend.addr, backend.port)
+    }
+
+    /// An ICMP error quotes a packet as it was sent; the reverse of the quote is the direction
+    /// the error travels in. About a tracked flow it is translated like the flow (the client
+    /// must see it come from the frontend, the backend must see it about its own packet);
+    /// about no flow it is dropped if it targets a frontend address, and left alone otherwise.
+    fn icmp_error(&mut self, frame: &mut [u8], p: &Parsed, dst: IpAddr) -> Result<Verdict, DropReason> {
+        let L3::Ip(ip) = p.l3 else { return Ok(Verdict::Pass) };
+        let quote = frame
+            .get(p.l4_offset + icmp::HEADER_LEN..p.l3_offset + ip.len)
+            .ok_or(DropReason::IcmpTruncated)?;
+        let tracked = layers::parse_quoted(quote, ip.v6).ok().and_then(|q| {
+            let key = Tuple::new(q.dst, q.src, q.protocol.0, q.dst_port, q.src_port);
+            self.conntrack.lookup(&key)
+        });
+        let Some((id, dir)) = tracked else {
+            let to_service = self.tables.services.keys().any(|f| f.addr == dst);
+            return Ok(if to_service {
+                Verdict::Drop(DropReason::UnsolicitedIcmpError)
+            } else {
+                Verdict::Pass
+            });
+        };
+        let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        let (side, addr, port) = match dir {
+            Direction::Reply => (Side::Source, entry.original.dst, entry.original.dst_port),
+            Direction::Original => (Side::Destination, entry.reply.src, entry.reply.src_port),
+        };
+        nat::decrement_ttl(frame, p)?;
+        nat::translate_icmp_error(frame, p, side, unmap(addr, dst), port)?;
+        Ok(Verdict::Forward)
     }
 
     fn forward(

@@ -176,3 +176,25 @@ fn table_swaps_under_traffic_lose_nothing() {
     publisher.join().unwrap();
     assert_eq!(first.len(), 50);
 }
+
+/// A pod's port-unreachable about a DNATed datagram reaches the client as if the frontend had
+/// sent it, quote included (byte-identical to one built from scratch); an error about no flow,
+/// sent to a frontend, is dropped and counted.
+#[test]
+fn icmp_errors_follow_their_flow() {
+    let mut e = engine(&[(VIP.into(), 17, vec![pod(1).into()])]);
+    let (v, dnated) = run(&mut e, eth().ipv4(CLIENT, VIP).udp(5353, 80).payload(b"q").build());
+    assert_eq!(v, Verdict::Forward);
+    let unreachable =
+        |src, dst, quote: &[u8], ttl| eth().ipv4(src, dst).ttl(ttl).icmp(3, 3, 0).payload(quote).build();
+    let (v, out) = run(&mut e, unreachable(pod(1), CLIENT, &dnated[14..14 + 28], 64));
+    assert_eq!(v, Verdict::Forward);
+    let as_sent = eth().ipv4(CLIENT, VIP).ttl(63).udp(5353, 80).payload(b"q").build();
+    assert_eq!(out, unreachable(VIP, CLIENT, &as_sent[14..14 + 28], 63));
+
+    let stranger = eth().ipv4(CLIENT, VIP).udp(1, 9).payload(b"?").build();
+    let (v, _) = run(&mut e, unreachable(pod(2), VIP, &stranger[14..14 + 28], 64));
+    assert_eq!(v, Verdict::Drop(DropReason::UnsolicitedIcmpError));
+    let (v, _) = run(&mut e, unreachable(pod(2), pod(3), &stranger[14..14 + 28], 64));
+    assert_eq!(v, Verdict::Pass, "not about a service");
+}
