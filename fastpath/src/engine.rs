@@ -39,13 +39,27 @@ pub struct Frontend {
 pub struct Service {
     backends: HashMap<BackendId, Weighted>,
     maglev: Maglev,
+    /// `sessionAffinity: ClientIP`: new flows from a client go to its last backend for this
+    /// many seconds after its last new flow.
+    affinity_timeout: Option<u64>,
 }
 
 impl Service {
     /// A service over `backends`, with a Maglev table of `table_size` slots.
     pub fn new(backends: Vec<Weighted>, table_size: u32) -> Result<Service, crate::lb::maglev::MaglevError> {
         let maglev = Maglev::build(&backends, table_size)?;
-        Ok(Service { backends: backends.into_iter().map(|b| (b.id, b)).collect(), maglev })
+        Ok(Service {
+            backends: backends.into_iter().map(|b| (b.id, b)).collect(),
+            maglev,
+            affinity_timeout: None,
+        })
+    }
+
+    /// With `sessionAffinity: ClientIP` and its timeout in seconds (Kubernetes' default is
+    /// 10800).
+    pub fn with_client_affinity(mut self, timeout: u64) -> Service {
+        self.affinity_timeout = Some(timeout);
+        self
     }
 }
 
@@ -96,6 +110,8 @@ pub struct Engine {
     /// Reply tuples of flows started since the last [`Engine::drain_new_flows`]: the XDP
     /// program must learn them to steer the replies to the worker.
     new_flows: Vec<Tuple>,
+    /// Session affinity: (frontend, client) → (backend, seconds of the last new flow).
+    affinity: HashMap<(Frontend, IpAddr), (BackendId, u64)>,
 }
 
 impl Engine {
@@ -104,6 +120,8 @@ impl Engine {
             tables,
             conntrack: Conntrack::new(ct_capacity, timeouts),
             new_flows: Vec::with_capacity(NEW_FLOWS_PER_BATCH),
+            // As many clients as flows; preallocated so the packet path does not allocate.
+            affinity: HashMap::with_capacity(ct_capacity),
         }
     }
 
@@ -177,7 +195,23 @@ impl Engine {
         let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
         let Some(service) = self.tables.services.get(&frontend) else { return Ok(Verdict::Pass) };
         let flow_hash = hash64(&tuple.to_bytes(), 0);
-        let backend_id = service.maglev.pick(flow_hash).ok_or(DropReason::ServiceWithoutBackends)?;
+        let remembered = service.affinity_timeout.and_then(|timeout| {
+            let (id, at) = *self.affinity.get(&(frontend, src))?;
+            (now.saturating_sub(at) <= timeout && service.backends.get(&id).is_some_and(|b| b.weight > 0))
+                .then_some(id)
+        });
+        let backend_id = match remembered {
+            Some(id) => id,
+            None => service.maglev.pick(flow_hash).ok_or(DropReason::ServiceWithoutBackends)?,
+        };
+        // Past capacity new clients are not remembered (no allocation on the packet path);
+        // known clients are refreshed in place.
+        let key = (frontend, src);
+        if service.affinity_timeout.is_some()
+            && (self.affinity.len() < self.affinity.capacity() || self.affinity.contains_key(&key))
+        {
+            self.affinity.insert(key, (backend_id, now));
+        }
         let backend = *service.backends.get(&backend_id).ok_or(DropReason::NoBackendMatch)?;
         let reply = Tuple::new(backend.addr, src, ip.protocol.0, backend.port, src_port);
         let id = self

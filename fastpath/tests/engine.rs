@@ -198,3 +198,33 @@ fn icmp_errors_follow_their_flow() {
     let (v, _) = run(&mut e, unreachable(pod(2), pod(3), &stranger[14..14 + 28], 64));
     assert_eq!(v, Verdict::Pass, "not about a service");
 }
+
+/// sessionAffinity ClientIP: a client's new flows stick to its backend until the timeout has
+/// passed since its last new flow; other clients spread.
+#[test]
+fn client_ip_affinity_sticks_until_its_timeout() {
+    let pods: Vec<IpAddr> = (0..4).map(|i| pod(i).into()).collect();
+    let service = Service::new(backends(&pods), TABLE).unwrap().with_client_affinity(10);
+    let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
+    let mut e = Engine::new(
+        Arc::new(Tables { services: [(frontend, service)].into_iter().collect() }),
+        1024,
+        Timeouts::default(),
+    );
+    let syn = |client: Ipv4Addr, port: u16| eth().ipv4(client, VIP).tcp(port, 80).syn().build();
+    let at = |e: &mut Engine, frame: Vec<u8>, now: u64| {
+        let mut f = frame;
+        assert_eq!(e.process(&mut f, now), Verdict::Forward);
+        next_hop((Verdict::Forward, f))
+    };
+    let first = at(&mut e, syn(CLIENT, 1000), 0);
+    for port in 1001..1050 {
+        assert_eq!(at(&mut e, syn(CLIENT, port), 5), first, "within the timeout");
+    }
+    let others: std::collections::HashSet<IpAddr> =
+        (0..40).map(|i| at(&mut e, syn(Ipv4Addr::new(198, 18, 0, 100 + i), 2000), 5)).collect();
+    assert!(others.len() > 1, "other clients are not pinned to one backend");
+    let later: std::collections::HashSet<IpAddr> =
+        (0..40).map(|i| at(&mut e, syn(CLIENT, 3000 + i), 100 + 20 * u64::from(i))).collect();
+    assert!(later.len() > 1, "after the timeout a new backend may be chosen");
+}
