@@ -228,3 +228,23 @@ fn client_ip_affinity_sticks_until_its_timeout() {
         (0..40).map(|i| at(&mut e, syn(CLIENT, 3000 + i), 100 + 20 * u64::from(i))).collect();
     assert!(later.len() > 1, "after the timeout a new backend may be chosen");
 }
+
+/// A terminating backend (weight 0) keeps the flows it has and gets no new ones.
+#[test]
+fn a_terminating_backend_keeps_only_its_existing_flows() {
+    let pods: Vec<IpAddr> = (0..2).map(|i| pod(i).into()).collect();
+    let mut e = engine(&[(VIP.into(), 6, pods.clone())]);
+    let packet = |port: u16| eth().ipv4(CLIENT, VIP).tcp(port, 80).ack(1).build();
+    // Flows until one lands on pod 0.
+    let port = (1..100).find(|p| next_hop(run(&mut e, packet(*p))) == pods[0]).expect("a flow on pod 0");
+    let mut terminating = backends(&pods);
+    terminating[0].weight = 0;
+    let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
+    e.set_tables(Arc::new(Tables {
+        services: [(frontend, Service::new(terminating, TABLE).unwrap())].into_iter().collect(),
+    }));
+    assert_eq!(next_hop(run(&mut e, packet(port))), pods[0], "the existing flow stays");
+    for p in 1000..1100 {
+        assert_eq!(next_hop(run(&mut e, packet(p))), pods[1], "new flows avoid the terminating backend");
+    }
+}
