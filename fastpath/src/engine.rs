@@ -21,6 +21,7 @@ use crate::{
     hash::hash64,
     lb::maglev::{Maglev, Weighted},
     nat::{self, Side},
+    reply,
 };
 
 /// New flows remembered between two drains (a receive batch holds at most 64 frames).
@@ -98,6 +99,11 @@ pub enum Verdict {
     /// reply. (Carrying the address here cost a piecewise copy of a 17-byte `IpAddr` on every
     /// packet; the I/O layer reads it from the frame.)
     Forward,
+    /// Rewritten into an answer to its sender (a TCP RST, an ICMP unreachable), `len` bytes
+    /// long: send it back.
+    Reply {
+        len: usize,
+    },
     /// Not the engine's: hand it to the kernel.
     Pass,
     Drop(DropReason),
@@ -200,9 +206,8 @@ impl Engine {
             (now.saturating_sub(at) <= timeout && service.backends.get(&id).is_some_and(|b| b.weight > 0))
                 .then_some(id)
         });
-        let backend_id = match remembered {
-            Some(id) => id,
-            None => service.maglev.pick(flow_hash).ok_or(DropReason::ServiceWithoutBackends)?,
+        let Some(backend_id) = remembered.or_else(|| service.maglev.pick(flow_hash)) else {
+            return Ok(refuse(frame, &p));
         };
         // Past capacity new clients are not remembered (no allocation on the packet path);
         // known clients are refreshed in place.
@@ -268,6 +273,18 @@ impl Engine {
         nat::rewrite(frame, p, side, addr, port)?;
         Ok(Verdict::Forward)
     }
+}
+
+/// A service without backends answers: TCP with a RST, UDP with port unreachable (when the
+/// frame's buffer can hold it); anything else is dropped. Always counted as
+/// `ServiceWithoutBackends` by the caller's drop or reply accounting.
+fn refuse(frame: &mut [u8], p: &Parsed) -> Verdict {
+    let reply = match p.l4 {
+        L4::Tcp { .. } => reply::tcp_reset(frame, p),
+        L4::Udp { .. } => reply::port_unreachable(frame, p),
+        _ => None,
+    };
+    reply.map_or(Verdict::Drop(DropReason::ServiceWithoutBackends), |len| Verdict::Reply { len })
 }
 
 /// A tuple address back as an `IpAddr` of the same family as `like`.

@@ -8,4 +8,5 @@ pub mod hash;
 pub mod io;
 pub mod lb;
 pub mod nat;
+pub mod reply;
 pub mod worker;

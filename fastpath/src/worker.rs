@@ -29,6 +29,8 @@ pub struct Neighbor {
 pub struct Stats {
     pub received: u64,
     pub forwarded: u64,
+    /// Answers sent back (RSTs and ICMP errors for services without backends).
+    pub replied: u64,
     pub dropped: u64,
     /// Frames the engine left to the kernel, which an AF_XDP worker cannot give back.
     pub not_ours: u64,
@@ -78,8 +80,12 @@ impl Worker {
         for port in ports.iter_mut() {
             let got = port.recv(timeout_ms, |frame| {
                 stats.received += 1;
-                match engine.process(frame, now) {
-                    Verdict::Forward => {}
+                let frame = match engine.process(frame, now) {
+                    Verdict::Forward => frame,
+                    Verdict::Reply { len } => {
+                        stats.replied += 1;
+                        &mut frame[..len]
+                    }
                     Verdict::Pass => {
                         stats.not_ours += 1;
                         return;
@@ -88,7 +94,7 @@ impl Worker {
                         stats.dropped += 1;
                         return;
                     }
-                }
+                };
                 let next_hop = layers::parse(frame).ok().and_then(|p| p.addrs(frame)).map(|(_, dst)| dst);
                 let Some(n) = next_hop.and_then(|dst| neighbors.get(&dst)) else {
                     stats.no_neighbor += 1;

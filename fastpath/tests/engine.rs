@@ -17,7 +17,11 @@ use skiff_fastpath::{
     engine::{Engine, Frontend, Service, SharedTables, Tables, Verdict},
     lb::maglev::Weighted,
 };
-use skiff_testkit::{Builder, eth};
+use skiff_testkit::{
+    Builder,
+    builder::{DST_MAC, SRC_MAC},
+    eth,
+};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
@@ -133,8 +137,18 @@ fn other_traffic_passes_and_bad_input_is_dropped_with_its_reason() {
     ]);
     let (v, _) = run(&mut e, eth().ipv4(CLIENT, pod(3)).tcp(1, 22).build());
     assert_eq!(v, Verdict::Pass, "not a service");
-    let (v, _) = run(&mut e, eth().ipv4(CLIENT, VIP).tcp(1, 80).syn().build());
-    assert_eq!(v, Verdict::Drop(DropReason::ServiceWithoutBackends));
+    // A service without backends refuses: TCP with a RST, UDP with port unreachable.
+    let (v, out) = run(&mut e, eth().ipv4(CLIENT, VIP).tcp(1, 80).syn().build());
+    assert_eq!(v, Verdict::Reply { len: 54 });
+    let back = || eth().src_mac(DST_MAC).dst_mac(SRC_MAC).ipv4(VIP, CLIENT);
+    assert_eq!(out[..54], back().tcp(80, 1).seq(0).rst().ack(2).window(0).build()[..]);
+    let mut udp = engine(&[(VIP.into(), 17, vec![])]);
+    let datagram = eth().ipv4(CLIENT, VIP).udp(5353, 80).payload(&[7; 30]).build();
+    let (v, out) = run(&mut udp, datagram.clone());
+    assert_eq!(v, Verdict::Reply { len: 70 });
+    assert_eq!(out[..70], back().icmp(3, 3, 0).payload(&datagram[14..42]).build()[..]);
+    let (v, _) = run(&mut udp, eth().ipv4(CLIENT, VIP).udp(5353, 80).build());
+    assert_eq!(v, Verdict::Drop(DropReason::ServiceWithoutBackends), "too short to hold the answer");
     let mut bad = eth().ipv4(CLIENT, VIP).tcp(1, 80).build();
     bad[14] = 0x44;
     assert_eq!(run(&mut e, bad).0, Verdict::Drop(DropReason::Ipv4BadHeaderLength));

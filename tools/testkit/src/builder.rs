@@ -241,6 +241,12 @@ impl Builder {
     pub fn psh(self) -> Self {
         self.tcp_flag(TcpFlags::PSH)
     }
+    pub fn window(mut self, w: u16) -> Self {
+        if let LayerSpec::Tcp { window, .. } = self.last_mut() {
+            *window = w;
+        }
+        self
+    }
     pub fn seq(mut self, n: u32) -> Self {
         if let LayerSpec::Tcp { seq, .. } = self.last_mut() {
             *seq = n;
