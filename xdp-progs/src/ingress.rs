@@ -103,33 +103,42 @@ impl Ingress {
 
     /// Drops every packet from `addr/prefix_len` on arrival, as CIDR rule `rule_id`.
     pub fn deny(&mut self, addr: IpAddr, prefix_len: u8, rule_id: u32) -> Result<(), XdpError> {
-        let entry = DenyEntry { rule_id };
-        match addr {
-            IpAddr::V4(a) => {
-                let k = LpmKey4::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
-                let mut trie: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
-                trie.insert(&Key::new(k.prefix_len, k.addr), entry, 0).map_err(XdpError::map(maps::DENY_V4))
-            }
-            IpAddr::V6(a) => {
-                let k = LpmKey6::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
-                let mut trie: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
-                trie.insert(&Key::new(k.prefix_len, k.addr), entry, 0).map_err(XdpError::map(maps::DENY_V6))
-            }
-        }
+        self.edit_deny_list(addr, prefix_len, Some(DenyEntry { rule_id }))
     }
 
     /// Removes a denied prefix.
     pub fn undeny(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), XdpError> {
+        self.edit_deny_list(addr, prefix_len, None)
+    }
+
+    /// Inserts (`Some`) or removes (`None`) a prefix in the deny trie of its family.
+    fn edit_deny_list(
+        &mut self,
+        addr: IpAddr,
+        prefix_len: u8,
+        entry: Option<DenyEntry>,
+    ) -> Result<(), XdpError> {
+        let bad_prefix = || bad_prefix(addr, prefix_len);
         match addr {
             IpAddr::V4(a) => {
-                let k = LpmKey4::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
+                let k = LpmKey4::new(a, prefix_len.into()).ok_or_else(bad_prefix)?;
                 let mut trie: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
-                trie.remove(&Key::new(k.prefix_len, k.addr)).map_err(XdpError::map(maps::DENY_V4))
+                let key = Key::new(k.prefix_len, k.addr);
+                match entry {
+                    Some(e) => trie.insert(&key, e, 0),
+                    None => trie.remove(&key),
+                }
+                .map_err(XdpError::map(maps::DENY_V4))
             }
             IpAddr::V6(a) => {
-                let k = LpmKey6::new(a, prefix_len.into()).ok_or_else(|| bad_prefix(addr, prefix_len))?;
+                let k = LpmKey6::new(a, prefix_len.into()).ok_or_else(bad_prefix)?;
                 let mut trie: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
-                trie.remove(&Key::new(k.prefix_len, k.addr)).map_err(XdpError::map(maps::DENY_V6))
+                let key = Key::new(k.prefix_len, k.addr);
+                match entry {
+                    Some(e) => trie.insert(&key, e, 0),
+                    None => trie.remove(&key),
+                }
+                .map_err(XdpError::map(maps::DENY_V6))
             }
         }
     }

@@ -168,6 +168,11 @@ mod privileged {
         // A restarted agent: a new load from the same folder sees the deny list it left.
         loaded.ingress = Some(Ingress::load(&loaded.dir).unwrap());
         assert_eq!(loaded.get().test_run(&denied.input, 1).unwrap().action, Action::Drop.code());
+        // And lifting the rule lets the source through again.
+        loaded.get().undeny(Env::DENIED_V4.0.into(), Env::DENIED_V4.1).unwrap();
+        assert_eq!(loaded.get().test_run(&denied.input, 1).unwrap().action, Action::Pass.code());
+        let bad = loaded.get().deny(Env::DENIED_V4.0.into(), 33, 1).unwrap_err();
+        assert!(bad.to_string().contains("0..=32"), "{bad}");
     }
 
     /// The program on the node's uplink of a lab (client → node), with the node's uplink
