@@ -108,6 +108,15 @@ pub struct Entry {
 }
 
 /// The table is full of flows it may not evict.
+impl Entry {
+    /// Whether the flow's source was rewritten too (masquerading): its replies come back to
+    /// another address or port than the client's.
+    #[inline]
+    pub fn masqueraded(&self) -> bool {
+        self.original.src != self.reply.dst || self.original.src_port != self.reply.dst_port
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the connection-tracking table is full ({0} flows)")]
 pub struct TableFull(pub usize);

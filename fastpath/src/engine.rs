@@ -17,9 +17,9 @@ use skiff_wire::{
 };
 
 use crate::{
-    conntrack::{Conntrack, Direction, Timeouts, Tuple},
+    conntrack::{Conntrack, Direction, Entry, Timeouts, Tuple},
     hash::hash64,
-    lb::maglev::{Maglev, Weighted},
+    lb::{Algorithm, Backend, Selector, maglev::MaglevError},
     nat::{self, Side},
     reply,
 };
@@ -35,39 +35,108 @@ pub struct Frontend {
     pub protocol: u8,
 }
 
-/// A service's backends and their Maglev table.
+/// How a frontend exposes its service. Traffic to a ClusterIP follows the service's
+/// internalTrafficPolicy; traffic from outside the cluster to the others follows its
+/// externalTrafficPolicy and is masqueraded when it goes to another node's backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FrontendKind {
+    #[default]
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+/// Kubernetes' traffic policies: `Local` sends the flows it governs only to this node's
+/// backends (and keeps the client's address: no masquerading).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// How a frontend balances its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceConfig {
+    pub kind: FrontendKind,
+    pub algorithm: Algorithm,
+    /// The policy of this frontend's kind: internal for a ClusterIP, external otherwise.
+    pub traffic_policy: TrafficPolicy,
+    /// `sessionAffinity: ClientIP`: new flows from a client go to its last backend for this
+    /// many seconds after its last new flow (Kubernetes' default is 10800).
+    pub affinity_timeout: Option<u64>,
+}
+
+/// A frontend's backends and their selectors.
 #[derive(Clone, Debug)]
 pub struct Service {
-    backends: HashMap<BackendId, Weighted>,
-    maglev: Maglev,
-    /// `sessionAffinity: ClientIP`: new flows from a client go to its last backend for this
-    /// many seconds after its last new flow.
-    affinity_timeout: Option<u64>,
+    config: ServiceConfig,
+    backends: HashMap<BackendId, Backend>,
+    /// Over every backend.
+    all: Selector,
+    /// Over this node's backends, when a `Local` policy needs it.
+    local: Option<Selector>,
 }
 
 impl Service {
-    /// A service over `backends`, with a Maglev table of `table_size` slots.
-    pub fn new(backends: Vec<Weighted>, table_size: u32) -> Result<Service, crate::lb::maglev::MaglevError> {
-        let maglev = Maglev::build(&backends, table_size)?;
-        Ok(Service {
-            backends: backends.into_iter().map(|b| (b.id, b)).collect(),
-            maglev,
-            affinity_timeout: None,
-        })
+    pub fn new(backends: Vec<Backend>, config: ServiceConfig) -> Result<Service, MaglevError> {
+        let all = Selector::build(&backends, config.algorithm)?;
+        let local = (config.traffic_policy == TrafficPolicy::Local)
+            .then(|| Selector::build(backends.iter().filter(|b| b.local), config.algorithm))
+            .transpose()?;
+        Ok(Service { config, backends: backends.into_iter().map(|b| (b.id, b)).collect(), all, local })
     }
 
-    /// With `sessionAffinity: ClientIP` and its timeout in seconds (Kubernetes' default is
-    /// 10800).
-    pub fn with_client_affinity(mut self, timeout: u64) -> Service {
-        self.affinity_timeout = Some(timeout);
-        self
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
     }
+
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.values()
+    }
+
+    /// Whether a new flow from this client is bound to this node's backends.
+    fn local_only(&self, internal_client: bool) -> bool {
+        self.local.is_some() && (self.config.kind == FrontendKind::ClusterIp || !internal_client)
+    }
+}
+
+/// This node as the engine needs to know it.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    /// The source addresses of masqueraded flows.
+    pub masquerade_v4: Option<IpAddr>,
+    pub masquerade_v6: Option<IpAddr>,
+    /// The cluster's addresses (pod CIDRs, node addresses): clients inside them are internal.
+    pub cluster_prefixes: Vec<(IpAddr, u8)>,
+}
+
+impl Node {
+    fn masquerade(&self, like: IpAddr) -> Option<IpAddr> {
+        if like.is_ipv4() { self.masquerade_v4 } else { self.masquerade_v6 }
+    }
+
+    fn is_internal(&self, addr: IpAddr) -> bool {
+        self.cluster_prefixes.iter().any(|&(prefix, len)| in_prefix(addr, prefix, len))
+    }
+}
+
+fn in_prefix(addr: IpAddr, prefix: IpAddr, len: u8) -> bool {
+    let bits = |a: IpAddr| match a {
+        IpAddr::V4(a) => (u128::from(a.to_bits()) << 96, 32),
+        IpAddr::V6(a) => (a.to_bits(), 128),
+    };
+    let ((a, width), (p, prefix_width)) = (bits(addr), bits(prefix));
+    let mask = u128::MAX.checked_shl(128 - u32::from(len.min(width))).unwrap_or(0);
+    width == prefix_width && a & mask == p & mask
 }
 
 /// What the control plane gives the workers: swapped whole, never edited in place.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     pub services: HashMap<Frontend, Service>,
+    pub node: Node,
 }
 
 /// The tables as the control plane publishes them: a new version replaces the old one
@@ -109,15 +178,36 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// Source ports for masquerading: above the kernel's ephemeral range (32768–60999), so a
+/// masqueraded flow never takes the 5-tuple of one of the node's own connections.
+pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
+
+/// Which worker of how many an engine is: workers masquerade with disjoint sets of source ports
+/// (`port % count == index`), so their flows never collide and a reply's port names its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u16,
+    pub count: u16,
+}
+
+impl Default for Partition {
+    fn default() -> Partition {
+        Partition { index: 0, count: 1 }
+    }
+}
+
 /// One worker's engine: the shared tables and its own connection tracking.
 pub struct Engine {
     tables: Arc<Tables>,
     conntrack: Conntrack,
+    partition: Partition,
     /// Reply tuples of flows started since the last [`Engine::drain_new_flows`]: the XDP
     /// program must learn them to steer the replies to the worker.
     new_flows: Vec<Tuple>,
     /// Session affinity: (frontend, client) → (backend, seconds of the last new flow).
     affinity: HashMap<(Frontend, IpAddr), (BackendId, u64)>,
+    /// State of the random draws (`Algorithm::Random`).
+    random: u64,
 }
 
 impl Engine {
@@ -125,10 +215,19 @@ impl Engine {
         Engine {
             tables,
             conntrack: Conntrack::new(ct_capacity, timeouts),
+            partition: Partition::default(),
             new_flows: Vec::with_capacity(NEW_FLOWS_PER_BATCH),
             // As many clients as flows; preallocated so the packet path does not allocate.
             affinity: HashMap::with_capacity(ct_capacity),
+            random: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos())),
         }
+    }
+
+    /// Makes this engine worker `index` of `count`.
+    pub fn set_partition(&mut self, partition: Partition) {
+        self.partition = partition;
     }
 
     /// Installs new tables; tracked flows keep their backends.
@@ -190,35 +289,51 @@ impl Engine {
         if let Some((id, dir)) = self.conntrack.lookup(&tuple) {
             self.conntrack.update(id, dir, tcp_flags, len, now);
             let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
-            // The other end of the translation: the backend for the client's packets, the
-            // frontend for the backend's replies.
-            let (side, addr, port) = match dir {
-                Direction::Original => (Side::Destination, entry.reply.src, entry.reply.src_port),
-                Direction::Reply => (Side::Source, entry.original.dst, entry.original.dst_port),
-            };
-            return self.forward(frame, &p, side, unmap(addr, src), port);
+            nat::decrement_ttl(frame, &p)?;
+            translate(frame, &p, entry, dir, src, nat::rewrite)?;
+            return Ok(Verdict::Forward);
         }
         let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
         let Some(service) = self.tables.services.get(&frontend) else { return Ok(Verdict::Pass) };
+        let internal_client = self.tables.node.is_internal(src);
+        let local_only = service.local_only(internal_client);
+        let selector = if local_only { service.local.as_ref() } else { Some(&service.all) };
         let flow_hash = hash64(&tuple.to_bytes(), 0);
-        let remembered = service.affinity_timeout.and_then(|timeout| {
+        self.random = crate::hash::mix64(self.random.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        let timeout = service.config.affinity_timeout;
+        let remembered = timeout.and_then(|timeout| {
             let (id, at) = *self.affinity.get(&(frontend, src))?;
-            (now.saturating_sub(at) <= timeout && service.backends.get(&id).is_some_and(|b| b.weight > 0))
-                .then_some(id)
+            let b = service.backends.get(&id)?;
+            (now.saturating_sub(at) <= timeout && b.weight > 0 && (b.local || !local_only)).then_some(id)
         });
-        let Some(backend_id) = remembered.or_else(|| service.maglev.pick(flow_hash)) else {
+        let Some(backend_id) = remembered.or_else(|| selector?.pick(flow_hash, self.random)) else {
+            if local_only && !service.all.is_empty() {
+                // Backends elsewhere only: a Local policy drops rather than leave the node.
+                return Err(DropReason::NoLocalBackend);
+            }
             return Ok(refuse(frame, &p));
         };
         // Past capacity new clients are not remembered (no allocation on the packet path);
         // known clients are refreshed in place.
         let key = (frontend, src);
-        if service.affinity_timeout.is_some()
+        if timeout.is_some()
             && (self.affinity.len() < self.affinity.capacity() || self.affinity.contains_key(&key))
         {
             self.affinity.insert(key, (backend_id, now));
         }
         let backend = *service.backends.get(&backend_id).ok_or(DropReason::NoBackendMatch)?;
-        let reply = Tuple::new(backend.addr, src, ip.protocol.0, backend.port, src_port);
+        let masquerade =
+            (service.config.kind != FrontendKind::ClusterIp && !internal_client && !backend.local)
+                .then(|| self.tables.node.masquerade(src))
+                .flatten();
+        let proto = ip.protocol.0;
+        let reply = match masquerade {
+            Some(node) => {
+                let port = self.snat_port(backend.addr, node, proto, backend.port, flow_hash)?;
+                Tuple::new(backend.addr, node, proto, backend.port, port)
+            }
+            None => Tuple::new(backend.addr, src, proto, backend.port, src_port),
+        };
         let id = self
             .conntrack
             .insert(tuple, reply, tcp_flags, backend_id, now)
@@ -227,7 +342,35 @@ impl Engine {
         if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
             self.new_flows.push(reply);
         }
-        self.forward(frame, &p, Side::Destination, backend.addr, backend.port)
+        let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        nat::decrement_ttl(frame, &p)?;
+        translate(frame, &p, entry, Direction::Original, src, nat::rewrite)?;
+        Ok(Verdict::Forward)
+    }
+
+    /// A masquerading source port of this worker's share whose reply tuple no flow uses:
+    /// starting from the flow's hash, the first free one (nearly always the first tried).
+    fn snat_port(
+        &self,
+        backend: IpAddr,
+        node: IpAddr,
+        protocol: u8,
+        backend_port: u16,
+        flow_hash: u64,
+    ) -> Result<u16, DropReason> {
+        let Partition { index, count } = self.partition;
+        let (first, last) = (*SNAT_PORTS.start(), *SNAT_PORTS.end());
+        // Ports p with p % count == index, from the first at or above `first`.
+        let base = first + (index + count - first % count) % count;
+        let choices = (last - base) / count + 1;
+        let start = u16::try_from(flow_hash % u64::from(choices)).map_err(|_| DropReason::Internal)?;
+        for k in 0..choices {
+            let port = base + (start + k) % choices * count;
+            if self.conntrack.lookup(&Tuple::new(backend, node, protocol, backend_port, port)).is_none() {
+                return Ok(port);
+            }
+        }
+        Err(DropReason::NatPortExhausted)
     }
 
     /// An ICMP error quotes a packet as it was sent; the reverse of the quote is the direction
@@ -252,27 +395,43 @@ impl Engine {
             });
         };
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
-        let (side, addr, port) = match dir {
-            Direction::Reply => (Side::Source, entry.original.dst, entry.original.dst_port),
-            Direction::Original => (Side::Destination, entry.reply.src, entry.reply.src_port),
-        };
         nat::decrement_ttl(frame, p)?;
-        nat::translate_icmp_error(frame, p, side, unmap(addr, dst), port)?;
+        translate(frame, p, entry, dir, dst, nat::translate_icmp_error)?;
         Ok(Verdict::Forward)
     }
+}
 
-    fn forward(
-        &self,
-        frame: &mut [u8],
-        p: &Parsed,
-        side: Side,
-        addr: IpAddr,
-        port: u16,
-    ) -> Result<Verdict, DropReason> {
-        nat::decrement_ttl(frame, p)?;
-        nat::rewrite(frame, p, side, addr, port)?;
-        Ok(Verdict::Forward)
+/// [`nat::rewrite`] or [`nat::translate_icmp_error`].
+type Rewrite = fn(&mut [u8], &Parsed, Side, IpAddr, u16) -> Result<(), DropReason>;
+
+/// Rewrites a packet of a tracked flow going in `dir` with `rewrite` (of a packet, or of an
+/// ICMP error and its quote): it leaves looking like the other direction's tuple reversed.
+/// The far end always changes (the client's packets go to the backend, the backend's replies
+/// come from the frontend); the near end only for a masqueraded flow (from the node's port,
+/// back to the client's).
+fn translate(
+    frame: &mut [u8],
+    p: &Parsed,
+    entry: &Entry,
+    dir: Direction,
+    like: IpAddr,
+    rewrite: Rewrite,
+) -> Result<(), DropReason> {
+    let (other, far, near) = match dir {
+        Direction::Original => (&entry.reply, Side::Destination, Side::Source),
+        Direction::Reply => (&entry.original, Side::Source, Side::Destination),
+    };
+    let endpoint = |side| match side {
+        Side::Source => (other.dst, other.dst_port),
+        Side::Destination => (other.src, other.src_port),
+    };
+    let (addr, port) = endpoint(far);
+    rewrite(frame, p, far, unmap(addr, like), port)?;
+    if entry.masqueraded() {
+        let (addr, port) = endpoint(near);
+        rewrite(frame, p, near, unmap(addr, like), port)?;
     }
+    Ok(())
 }
 
 /// A service without backends answers: TCP with a RST, UDP with port unreachable (when the

@@ -20,8 +20,8 @@ mod privileged {
     };
     use skiff_fastpath::{
         conntrack::Timeouts,
-        engine::{Engine, Frontend, Service, SharedTables, Tables},
-        lb::maglev::Weighted,
+        engine::{Engine, Frontend, Node, Service, ServiceConfig, SharedTables, Tables},
+        lb::Backend,
         worker::{Neighbor, Stats, Worker},
     };
 
@@ -123,10 +123,17 @@ mod privileged {
         let backends = pods
             .iter()
             .zip(1..)
-            .map(|(p, id)| Weighted { id: BackendId(id), addr: p.ipv4.into(), port: 8080, weight: 1 })
+            .map(|(p, id)| Backend {
+                id: BackendId(id),
+                addr: p.ipv4.into(),
+                port: 8080,
+                weight: 1,
+                local: true,
+            })
             .collect();
         let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
-        Tables { services: [(frontend, Service::new(backends, 16381).unwrap())].into_iter().collect() }
+        let service = Service::new(backends, ServiceConfig::default()).unwrap();
+        Tables { services: [(frontend, service)].into_iter().collect(), node: Node::default() }
     }
 
     impl Datapath {

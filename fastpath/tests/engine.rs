@@ -14,8 +14,11 @@ use hashbrown::HashMap as FastMap;
 use skiff_common::{DropReason, lb::BackendId};
 use skiff_fastpath::{
     conntrack::Timeouts,
-    engine::{Engine, Frontend, Service, SharedTables, Tables, Verdict},
-    lb::maglev::Weighted,
+    engine::{
+        Engine, Frontend, FrontendKind, Node, Partition, SNAT_PORTS, Service, ServiceConfig, SharedTables,
+        Tables, TrafficPolicy, Verdict,
+    },
+    lb::{Algorithm, Backend},
 };
 use skiff_testkit::{
     Builder,
@@ -27,17 +30,22 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x19, 0, 0, 0, 0x10);
-const TABLE: u32 = 251;
+const MAGLEV: ServiceConfig = ServiceConfig {
+    kind: FrontendKind::ClusterIp,
+    algorithm: Algorithm::Maglev { table_size: 251 },
+    traffic_policy: TrafficPolicy::Cluster,
+    affinity_timeout: None,
+};
 
 fn pod(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 128, 10 + i)
 }
 
-fn backends(addrs: &[IpAddr]) -> Vec<Weighted> {
+fn backends(addrs: &[IpAddr]) -> Vec<Backend> {
     addrs
         .iter()
         .zip(1..)
-        .map(|(a, i)| Weighted { id: BackendId(i), addr: *a, port: 8080, weight: 1 })
+        .map(|(a, i)| Backend { id: BackendId(i), addr: *a, port: 8080, weight: 1, local: true })
         .collect()
 }
 
@@ -45,14 +53,18 @@ fn tables(services: &[(IpAddr, u8, Vec<IpAddr>)]) -> Arc<Tables> {
     let services: FastMap<_, _> = services
         .iter()
         .map(|(vip, proto, b)| {
-            (Frontend { addr: *vip, port: 80, protocol: *proto }, Service::new(backends(b), TABLE).unwrap())
+            (Frontend { addr: *vip, port: 80, protocol: *proto }, Service::new(backends(b), MAGLEV).unwrap())
         })
         .collect();
-    Arc::new(Tables { services })
+    Arc::new(Tables { services, node: Node::default() })
 }
 
 fn engine(services: &[(IpAddr, u8, Vec<IpAddr>)]) -> Engine {
     Engine::new(tables(services), 1024, Timeouts::default())
+}
+
+fn one_service(frontend: Frontend, service: Service, node: Node) -> Arc<Tables> {
+    Arc::new(Tables { services: [(frontend, service)].into_iter().collect(), node })
 }
 
 /// Runs `input` through the engine and returns the verdict and the frame after it.
@@ -218,13 +230,10 @@ fn icmp_errors_follow_their_flow() {
 #[test]
 fn client_ip_affinity_sticks_until_its_timeout() {
     let pods: Vec<IpAddr> = (0..4).map(|i| pod(i).into()).collect();
-    let service = Service::new(backends(&pods), TABLE).unwrap().with_client_affinity(10);
+    let service =
+        Service::new(backends(&pods), ServiceConfig { affinity_timeout: Some(10), ..MAGLEV }).unwrap();
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
-    let mut e = Engine::new(
-        Arc::new(Tables { services: [(frontend, service)].into_iter().collect() }),
-        1024,
-        Timeouts::default(),
-    );
+    let mut e = Engine::new(one_service(frontend, service, Node::default()), 1024, Timeouts::default());
     let syn = |client: Ipv4Addr, port: u16| eth().ipv4(client, VIP).tcp(port, 80).syn().build();
     let at = |e: &mut Engine, frame: Vec<u8>, now: u64| {
         let mut f = frame;
@@ -254,11 +263,178 @@ fn a_terminating_backend_keeps_only_its_existing_flows() {
     let mut terminating = backends(&pods);
     terminating[0].weight = 0;
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
-    e.set_tables(Arc::new(Tables {
-        services: [(frontend, Service::new(terminating, TABLE).unwrap())].into_iter().collect(),
-    }));
+    e.set_tables(one_service(frontend, Service::new(terminating, MAGLEV).unwrap(), Node::default()));
     assert_eq!(next_hop(run(&mut e, packet(port))), pods[0], "the existing flow stays");
     for p in 1000..1100 {
         assert_eq!(next_hop(run(&mut e, packet(p))), pods[1], "new flows avoid the terminating backend");
+    }
+}
+
+/// The node's address, as seen by an external client and by the other node.
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const NODE_PORT: u16 = 30080;
+
+/// A NodePort frontend over pod 0 (here) and pod 1 (on another node), for a node whose cluster
+/// is 198.18.128.0/17.
+fn node_port(policy: TrafficPolicy, algorithm: Algorithm) -> (Frontend, Arc<Tables>) {
+    let mut b = backends(&[pod(0).into(), pod(1).into()]);
+    b[1].local = false;
+    let frontend = Frontend { addr: NODE.into(), port: NODE_PORT, protocol: 6 };
+    let config = ServiceConfig { kind: FrontendKind::NodePort, traffic_policy: policy, algorithm, ..MAGLEV };
+    let node = Node {
+        masquerade_v4: Some(NODE.into()),
+        masquerade_v6: None,
+        cluster_prefixes: vec![(Ipv4Addr::new(198, 18, 128, 0).into(), 17)],
+    };
+    (frontend, one_service(frontend, Service::new(b, config).unwrap(), node))
+}
+
+/// Flows from external clients until one goes to `backend`; returns its client port and frame.
+fn flow_to(e: &mut Engine, client: Ipv4Addr, backend: Ipv4Addr) -> (u16, Vec<u8>) {
+    (1000..2000u16)
+        .find_map(|port| {
+            let (v, out) = run(e, eth().ipv4(client, NODE).tcp(port, NODE_PORT).syn().build());
+            (v == Verdict::Forward && next_hop((v, out.clone())) == IpAddr::from(backend))
+                .then_some((port, out))
+        })
+        .expect("a flow to the backend")
+}
+
+/// NodePort from outside to a backend on another node is masqueraded: the backend sees the
+/// node as the client, from a port of the SNAT range; its reply goes back to the client from
+/// the node port. Both byte-identical to frames built from scratch.
+#[test]
+fn node_port_masquerades_to_a_remote_backend_and_translates_the_reply_back() {
+    let (_, t) = node_port(TrafficPolicy::Cluster, Algorithm::default());
+    let mut e = Engine::new(t, 1024, Timeouts::default());
+    let (port, out) = flow_to(&mut e, CLIENT, pod(1));
+    let p = skiff_wire::layers::parse(&out).unwrap();
+    let flow = p.flow(&out).unwrap();
+    assert_eq!(flow.src, IpAddr::from(NODE), "masqueraded");
+    assert!(SNAT_PORTS.contains(&flow.src_port), "source port {} from the SNAT range", flow.src_port);
+    let snat = flow.src_port;
+    assert_eq!(out, eth().ipv4(NODE, pod(1)).ttl(63).tcp(snat, 8080).syn().build());
+
+    let reply = |src, sport, dst, dport, ttl| {
+        eth().ipv4(src, dst).ttl(ttl).tcp(sport, dport).syn().ack(1).payload(b"hi").build()
+    };
+    let (v, out) = run(&mut e, reply(pod(1), 8080, NODE, snat, 64));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(out, reply(NODE, NODE_PORT, CLIENT, port, 63), "reverse NAT of both ends");
+
+    // A local backend keeps the client's address.
+    let (port, out) = flow_to(&mut e, CLIENT, pod(0));
+    assert_eq!(out, eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(port, 8080).syn().build());
+    // So does a client inside the cluster, even to the remote backend.
+    let (port, out) = flow_to(&mut e, pod(7), pod(1));
+    assert_eq!(out, eth().ipv4(pod(7), pod(1)).ttl(63).tcp(port, 8080).syn().build());
+}
+
+/// An ICMP error from the remote backend about a masqueraded flow reaches the client about the
+/// packet the client sent.
+#[test]
+fn icmp_errors_about_masqueraded_flows_are_translated_at_both_ends() {
+    let (_, t) = node_port(TrafficPolicy::Cluster, Algorithm::default());
+    let mut e = Engine::new(t, 1024, Timeouts::default());
+    let (port, out) = flow_to(&mut e, CLIENT, pod(1));
+    let error =
+        |src, dst, quote: &[u8], ttl| eth().ipv4(src, dst).ttl(ttl).icmp(3, 4, 1400).payload(quote).build();
+    let (v, translated) = run(&mut e, error(pod(1), NODE, &out[14..14 + 40], 64));
+    assert_eq!(v, Verdict::Forward);
+    let as_sent = eth().ipv4(CLIENT, NODE).ttl(63).tcp(port, NODE_PORT).syn().build();
+    assert_eq!(translated, error(NODE, CLIENT, &as_sent[14..14 + 40], 63));
+}
+
+/// Masquerading ports: every concurrent flow to one backend gets its own, from the worker's
+/// share of the range only; when the share is used up, new flows are dropped with
+/// `NatPortExhausted` and existing ones keep working.
+#[test]
+fn snat_ports_never_collide_and_stay_in_the_workers_share() {
+    let (_, t) = node_port(TrafficPolicy::Cluster, Algorithm::default());
+    let workers = 1500; // 4536 ports: a share of 3 or 4 each
+    let mut e = Engine::new(t, 1 << 16, Timeouts::default());
+    e.set_partition(Partition { index: 7, count: workers });
+    let mut ports = std::collections::HashSet::new();
+    let mut exhausted = 0;
+    for client in 0..200u16 {
+        let c = Ipv4Addr::from(u32::from(CLIENT) + u32::from(client));
+        let (v, out) = run(&mut e, eth().ipv4(c, NODE).tcp(5000, NODE_PORT).syn().build());
+        match v {
+            Verdict::Forward => {
+                let flow = skiff_wire::layers::parse(&out).unwrap().flow(&out).unwrap();
+                if flow.dst == IpAddr::from(pod(1)) {
+                    assert_eq!(flow.src_port % workers, 7, "port {} outside the share", flow.src_port);
+                    assert!(ports.insert(flow.src_port), "port {} given twice", flow.src_port);
+                }
+            }
+            Verdict::Drop(DropReason::NatPortExhausted) => exhausted += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(ports.len() == 3 || ports.len() == 4, "the whole share used: {ports:?}");
+    assert!(exhausted > 50, "{exhausted} flows found no port");
+}
+
+/// externalTrafficPolicy Local: external clients reach only this node's backends, keep their
+/// address, and are dropped when there is none here; clients inside the cluster still use every
+/// backend.
+#[test]
+fn external_traffic_policy_local() {
+    let (frontend, t) = node_port(TrafficPolicy::Local, Algorithm::default());
+    let mut e = Engine::new(t.clone(), 1024, Timeouts::default());
+    for port in 1000..1100 {
+        let (v, out) = run(&mut e, eth().ipv4(CLIENT, NODE).tcp(port, NODE_PORT).syn().build());
+        assert_eq!(out, eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(port, 8080).syn().build(), "{v:?}");
+    }
+    let inside: std::collections::HashSet<IpAddr> = (1000..1100)
+        .map(|port| next_hop(run(&mut e, eth().ipv4(pod(7), NODE).tcp(port, NODE_PORT).syn().build())))
+        .collect();
+    assert_eq!(inside.len(), 2, "internal clients use both backends");
+
+    let mut remote_only = backends(&[pod(1).into()]);
+    remote_only[0].local = false;
+    let service = Service::new(remote_only, *t.services[&frontend].config()).unwrap();
+    e.set_tables(one_service(frontend, service, t.node.clone()));
+    let (v, _) = run(&mut e, eth().ipv4(CLIENT, NODE).tcp(3000, NODE_PORT).syn().build());
+    assert_eq!(v, Verdict::Drop(DropReason::NoLocalBackend));
+}
+
+/// internalTrafficPolicy Local: a ClusterIP sends every client to this node's backends only.
+#[test]
+fn internal_traffic_policy_local() {
+    let mut b = backends(&[pod(0).into(), pod(1).into(), pod(2).into()]);
+    b[0].local = false;
+    let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
+    let config = ServiceConfig { traffic_policy: TrafficPolicy::Local, ..MAGLEV };
+    let mut e = Engine::new(
+        one_service(frontend, Service::new(b, config).unwrap(), Node::default()),
+        1024,
+        Timeouts::default(),
+    );
+    let reached: std::collections::HashSet<IpAddr> = (1000..1300)
+        .map(|port| next_hop(run(&mut e, eth().ipv4(pod(7), VIP).tcp(port, 80).syn().build())))
+        .collect();
+    assert_eq!(reached, [pod(1).into(), pod(2).into()].into_iter().collect());
+}
+
+/// The random algorithm spreads new flows like Maglev does (each of 3 within ±15% of even over
+/// 1000 flows) and keeps each flow on its first backend.
+#[test]
+fn random_spreads_new_flows_and_keeps_established_ones() {
+    let pods: Vec<IpAddr> = (0..3).map(|i| pod(i).into()).collect();
+    let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
+    let config = ServiceConfig { algorithm: Algorithm::Random, ..MAGLEV };
+    let service = Service::new(backends(&pods), config).unwrap();
+    let mut e = Engine::new(one_service(frontend, service, Node::default()), 4096, Timeouts::default());
+    let mut count: HashMap<IpAddr, u32> = HashMap::new();
+    for port in 0..1000u16 {
+        let first = next_hop(run(&mut e, eth().ipv4(CLIENT, VIP).tcp(20000 + port, 80).syn().build()));
+        *count.entry(first).or_default() += 1;
+        let again = next_hop(run(&mut e, eth().ipv4(CLIENT, VIP).tcp(20000 + port, 80).ack(1).build()));
+        assert_eq!(first, again);
+    }
+    for p in &pods {
+        let n = f64::from(count[p]);
+        assert!((n - 333.3).abs() <= 0.15 * 333.3, "{p} got {n} of 1000 flows: {count:?}");
     }
 }

@@ -8,30 +8,32 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZE_MAX};
 use skiff_fastpath::{
     conntrack::Timeouts,
-    engine::{Engine, Frontend, Service, Tables, Verdict},
-    lb::maglev::{Maglev, Weighted},
+    engine::{Engine, Frontend, Node, Service, ServiceConfig, Tables, Verdict},
+    lb::{Backend, maglev::Maglev},
 };
 use skiff_testkit::eth;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 
-fn engine(capacity: usize) -> Engine {
-    let backends: Vec<Weighted> = (0..10u32)
-        .map(|i| Weighted {
+/// `n` backends at consecutive pod addresses.
+fn backends(n: u32) -> Vec<Backend> {
+    (0..n)
+        .map(|i| Backend {
             id: BackendId(i + 1),
             addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 10)) + i).into(),
             port: 8080,
             weight: 1,
+            local: true,
         })
-        .collect();
-    let service = Service::new(backends, MAGLEV_TABLE_SIZE).expect("table");
+        .collect()
+}
+
+fn engine(capacity: usize) -> Engine {
+    let service = Service::new(backends(10), ServiceConfig::default()).expect("table");
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
-    Engine::new(
-        Arc::new(Tables { services: [(frontend, service)].into_iter().collect() }),
-        capacity,
-        Timeouts::default(),
-    )
+    let tables = Tables { services: [(frontend, service)].into_iter().collect(), node: Node::default() };
+    Engine::new(Arc::new(tables), capacity, Timeouts::default())
 }
 
 /// One established flow: a client packet through DNAT, and the backend's reply through
@@ -82,14 +84,7 @@ fn new_flow(c: &mut Criterion) {
 }
 
 fn maglev_build(c: &mut Criterion) {
-    let backends: Vec<Weighted> = (0..1000u32)
-        .map(|i| Weighted {
-            id: BackendId(i + 1),
-            addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 0)) + i).into(),
-            port: 8080,
-            weight: 1,
-        })
-        .collect();
+    let backends = backends(1000);
     let mut g = c.benchmark_group("maglev_build_1000_backends");
     g.sample_size(10);
     for size in [MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZE_MAX] {

@@ -10,17 +10,8 @@ use std::net::IpAddr;
 
 use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE_MAX, MAGLEV_TABLE_SIZES};
 
+use super::Backend;
 use crate::hash::hash64;
-
-/// A backend as Maglev sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Weighted {
-    pub id: BackendId,
-    pub addr: IpAddr,
-    pub port: u16,
-    /// 0 leaves the backend out of the table (it keeps only the flows it already has).
-    pub weight: u16,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MaglevError {
@@ -40,12 +31,15 @@ const SEED_SKIP: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
 impl Maglev {
     /// Fills a table of `size` slots (a prime from `MAGLEV_TABLE_SIZES`). With no backend of
     /// non-zero weight the table is empty and [`Maglev::pick`] returns `None`.
-    pub fn build(backends: &[Weighted], size: u32) -> Result<Maglev, MaglevError> {
+    pub fn build<'a>(
+        backends: impl IntoIterator<Item = &'a Backend>,
+        size: u32,
+    ) -> Result<Maglev, MaglevError> {
         if !MAGLEV_TABLE_SIZES.contains(&size) || size > MAGLEV_TABLE_SIZE_MAX {
             return Err(MaglevError::TableSize(size));
         }
-        let mut active: Vec<(Weighted, [u8; 18])> =
-            backends.iter().filter(|b| b.weight > 0).map(|b| (*b, key(b))).collect();
+        let mut active: Vec<(Backend, [u8; 18])> =
+            backends.into_iter().filter(|b| b.weight > 0).map(|b| (*b, key(b))).collect();
         if active.is_empty() {
             return Ok(Maglev { slots: Vec::new() });
         }
@@ -105,7 +99,7 @@ const fn index(below_table_size: u64) -> usize {
 }
 
 /// What a backend's permutation hashes: its address (IPv4 mapped into 16 bytes) and port.
-fn key(b: &Weighted) -> [u8; 18] {
+fn key(b: &Backend) -> [u8; 18] {
     let mut k = [0u8; 18];
     let addr = match b.addr {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
@@ -124,13 +118,14 @@ mod tests {
 
     use super::*;
 
-    fn backends(n: u32) -> Vec<Weighted> {
+    fn backends(n: u32) -> Vec<Backend> {
         (1..=n)
-            .map(|i| Weighted {
+            .map(|i| Backend {
                 id: BackendId(i),
                 addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 9)) + i).into(),
                 port: 8080,
                 weight: 1,
+                local: true,
             })
             .collect()
     }

@@ -61,6 +61,8 @@ code_enum! {
         ServiceWithoutBackends = 61, "service-without-backends", "The service has no ready backend.";
         NoBackendMatch = 62, "no-backend-match",
             "The selected Maglev slot names a backend that does not exist.";
+        NoLocalBackend = 63, "no-local-backend",
+            "A Local traffic policy and no ready backend on this node.";
         // Connection tracking and NAT.
         CtTableFull = 70, "ct-table-full", "The connection-tracking table is full.";
         NatPortExhausted = 71, "nat-port-exhausted", "No free source port is left for SNAT.";
