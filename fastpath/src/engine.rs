@@ -161,6 +161,14 @@ impl SharedTables {
     }
 }
 
+/// A flow an engine started: as the client sent it, as its replies will come, and its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewFlow {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub backend: BackendId,
+}
+
 /// What to do with a frame after [`Engine::process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -201,9 +209,9 @@ pub struct Engine {
     tables: Arc<Tables>,
     conntrack: Conntrack,
     partition: Partition,
-    /// Reply tuples of flows started since the last [`Engine::drain_new_flows`]: the XDP
-    /// program must learn them to steer the replies to the worker.
-    new_flows: Vec<Tuple>,
+    /// Flows started since the last [`Engine::drain_new_flows`]: the XDP program must learn
+    /// their reply tuples to steer the replies to the worker.
+    new_flows: Vec<NewFlow>,
     /// Session affinity: (frontend, client) → (backend, seconds of the last new flow).
     affinity: HashMap<(Frontend, IpAddr), (BackendId, u64)>,
     /// State of the random draws (`Algorithm::Random`).
@@ -248,9 +256,9 @@ impl Engine {
         &mut self.conntrack
     }
 
-    /// Hands each reply tuple of the flows started since the last call to `f` (the worker
-    /// mirrors them into the XDP program's tracked flows, before their first packet leaves).
-    pub fn drain_new_flows(&mut self, mut f: impl FnMut(&Tuple)) {
+    /// Hands each flow started since the last call to `f` (the worker mirrors their reply
+    /// tuples into the XDP program's tracked flows, before their first packet leaves).
+    pub fn drain_new_flows(&mut self, mut f: impl FnMut(&NewFlow)) {
         for t in self.new_flows.drain(..) {
             f(&t);
         }
@@ -340,7 +348,7 @@ impl Engine {
             .map_err(|_| DropReason::CtTableFull)?;
         self.conntrack.update(id, Direction::Original, tcp_flags, len, now);
         if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
-            self.new_flows.push(reply);
+            self.new_flows.push(NewFlow { original: tuple, reply, backend: backend_id });
         }
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
         nat::decrement_ttl(frame, &p)?;

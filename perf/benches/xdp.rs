@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use skiff_common::{Verdict, config::XdpConfig, lb::ServiceValue};
+use skiff_common::{Verdict, config::XdpConfig};
 use skiff_lab::{Netns, Topology};
 use skiff_perf::{Record, write_report};
 use skiff_testkit::{
@@ -62,7 +62,7 @@ fn per_packet(dir: &PathBuf) -> Result<Vec<Record>> {
         ingress.deny(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 128, 0)) + i).into(), 32, i)?;
     }
     ingress.deny(Env::DENIED_V4.0.into(), Env::DENIED_V4.1, PREFIXES)?;
-    ingress.add_service(Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6, ServiceValue::default())?;
+    ingress.set_services(&[(Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6)])?;
     let floor = CountProgram::load()?;
 
     let cases = [

@@ -143,26 +143,20 @@ impl Ingress {
         }
     }
 
-    /// Sends packets for service frontend `vip:port/proto` to the workers.
-    pub fn add_service(
-        &mut self,
-        vip: IpAddr,
-        port: u16,
-        proto: u8,
-        value: ServiceValue,
-    ) -> Result<(), XdpError> {
-        match vip {
-            IpAddr::V4(a) => {
-                let mut m: HashMap<_, ServiceKey4, ServiceValue> = self.map_mut(maps::SERVICES_V4)?;
-                let key = ServiceKey4::new(a, port, proto, ServiceScope::External);
-                m.insert(key, value, 0).map_err(XdpError::map(maps::SERVICES_V4))
-            }
-            IpAddr::V6(a) => {
-                let mut m: HashMap<_, ServiceKey6, ServiceValue> = self.map_mut(maps::SERVICES_V6)?;
-                let key = ServiceKey6::new(a, port, proto, ServiceScope::External);
-                m.insert(key, value, 0).map_err(XdpError::map(maps::SERVICES_V6))
+    /// Makes the service frontends exactly `frontends` (address, port, protocol): adds the new,
+    /// removes the others.
+    pub fn set_services(&mut self, frontends: &[(IpAddr, u16, u8)]) -> Result<(), XdpError> {
+        let key4 = |a, port, proto| ServiceKey4::new(a, port, proto, ServiceScope::External);
+        let key6 = |a, port, proto| ServiceKey6::new(a, port, proto, ServiceScope::External);
+        let (mut want4, mut want6) = (Vec::new(), Vec::new());
+        for &(addr, port, proto) in frontends {
+            match addr {
+                IpAddr::V4(a) => want4.push(key4(a, port, proto)),
+                IpAddr::V6(a) => want6.push(key6(a, port, proto)),
             }
         }
+        sync(self.map_mut(maps::SERVICES_V4)?, &want4, maps::SERVICES_V4)?;
+        sync(self.map_mut(maps::SERVICES_V6)?, &want6, maps::SERVICES_V6)
     }
 
     /// Records a local endpoint (pod); with `POLICY_ENFORCED`, packets to it go to the workers.
@@ -179,16 +173,9 @@ impl Ingress {
         }
     }
 
-    /// Marks an IPv4 flow as tracked (a worker NATs it): its packets go to the workers.
-    pub fn track_v4(&mut self, key: CtKey4, entry: CtEntry) -> Result<(), XdpError> {
-        let mut m: HashMap<_, CtKey4, CtEntry> = self.map_mut(maps::CT_V4)?;
-        m.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V4))
-    }
-
-    /// Marks an IPv6 flow as tracked.
-    pub fn track_v6(&mut self, key: CtKey6, entry: CtEntry) -> Result<(), XdpError> {
-        let mut m: HashMap<_, CtKey6, CtEntry> = self.map_mut(maps::CT_V6)?;
-        m.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V6))
+    /// A handle on the tracked-flow maps for a worker of its own (opened from the pins).
+    pub fn tracked_flows(&self) -> Result<TrackedFlows, XdpError> {
+        TrackedFlows::open(&self.pin_dir)
     }
 
     /// Hands the frames redirected on interface `ifindex`, receive queue `queue`, to the
@@ -289,6 +276,53 @@ impl Ingress {
     {
         let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
         M::try_from(map).map_err(XdpError::map(name))
+    }
+}
+
+/// Makes the keys of `map` exactly `want`, all with the default value.
+fn sync<K: aya::Pod + PartialEq>(
+    mut map: HashMap<&mut MapData, K, ServiceValue>,
+    want: &[K],
+    name: &'static str,
+) -> Result<(), XdpError> {
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains(k)).collect();
+    for k in &stale {
+        map.remove(k).map_err(XdpError::map(name))?;
+    }
+    for k in want {
+        map.insert(k, ServiceValue::default(), 0).map_err(XdpError::map(name))?;
+    }
+    Ok(())
+}
+
+/// The XDP program's tracked flows (the reply tuples of the flows workers NAT, whose packets it
+/// redirects to them), opened from their pins: each worker holds its own handle.
+pub struct TrackedFlows {
+    v4: HashMap<MapData, CtKey4, CtEntry>,
+    v6: HashMap<MapData, CtKey6, CtEntry>,
+}
+
+impl TrackedFlows {
+    pub fn open(pin_dir: &Path) -> Result<TrackedFlows, XdpError> {
+        fn open<K: aya::Pod>(
+            pin_dir: &Path,
+            name: &'static str,
+        ) -> Result<HashMap<MapData, K, CtEntry>, XdpError> {
+            let data = MapData::from_pin(pin_dir.join(name)).map_err(XdpError::map(name))?;
+            let map = aya::maps::Map::from_map_data(data).map_err(XdpError::map(name))?;
+            HashMap::try_from(map).map_err(XdpError::map(name))
+        }
+        Ok(TrackedFlows { v4: open(pin_dir, maps::CT_V4)?, v6: open(pin_dir, maps::CT_V6)? })
+    }
+
+    /// Marks an IPv4 flow as tracked (a worker NATs it): its packets go to the workers.
+    pub fn track_v4(&mut self, key: CtKey4, entry: CtEntry) -> Result<(), XdpError> {
+        self.v4.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V4))
+    }
+
+    /// Marks an IPv6 flow as tracked.
+    pub fn track_v6(&mut self, key: CtKey6, entry: CtEntry) -> Result<(), XdpError> {
+        self.v6.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V6))
     }
 }
 

@@ -18,7 +18,7 @@ use std::{fmt, str::FromStr};
 
 use aya::programs::{Xdp, XdpMode as AyaMode};
 pub use count::CountProgram;
-pub use ingress::{DropCount, Ingress};
+pub use ingress::{DropCount, Ingress, TrackedFlows};
 pub use test_run::TestRun;
 pub use trafficgen::TrafficGen;
 

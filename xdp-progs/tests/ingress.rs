@@ -18,7 +18,6 @@ mod privileged {
         config::XdpConfig,
         conntrack::{CtEntry, CtKey4},
         endpoint::EndpointInfo,
-        lb::ServiceValue,
         meta::XdpMeta,
         policy::Identity,
     };
@@ -51,10 +50,10 @@ mod privileged {
             ingress.deny(Env::DENIED_V4.0.into(), Env::DENIED_V4.1, 1).unwrap();
             ingress.deny(Env::DENIED_V6.0.into(), Env::DENIED_V6.1, 2).unwrap();
             ingress
-                .add_service(Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6, ServiceValue::default())
-                .unwrap();
-            ingress
-                .add_service(Env::SERVICE_V6.into(), Env::SERVICE_PORT, 6, ServiceValue::default())
+                .set_services(&[
+                    (Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6),
+                    (Env::SERVICE_V6.into(), Env::SERVICE_PORT, 6),
+                ])
                 .unwrap();
             let pod = EndpointInfo { identity: Identity(300), flags: EndpointInfo::POLICY_ENFORCED };
             ingress.add_endpoint(Env::POLICY_POD_V4.into(), pod).unwrap();
@@ -67,7 +66,8 @@ mod privileged {
                 proto: 6,
                 _pad: [0; 3],
             };
-            ingress.track_v4(key, CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
+            let mut flows = ingress.tracked_flows().unwrap();
+            flows.track_v4(key, CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
             loaded
         }
         pub fn get(&mut self) -> &mut Ingress {

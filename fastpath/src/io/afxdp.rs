@@ -10,10 +10,27 @@ use std::{
     os::fd::{AsRawFd, RawFd},
 };
 
+use super::PacketIo;
 use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
     config::{LibxdpFlags, SocketConfig, UmemConfig},
 };
+
+/// Busy polling (`SO_PREFER_BUSY_POLL`): the worker drives the NIC's NAPI from its own
+/// receive calls instead of waiting for interrupts, trading a core for latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// `SO_BUSY_POLL`: microseconds to spin in the kernel per call.
+    pub usecs: u32,
+    /// `SO_BUSY_POLL_BUDGET`: frames per busy-poll round.
+    pub budget: u32,
+}
+
+impl Default for BusyPoll {
+    fn default() -> BusyPoll {
+        BusyPoll { usecs: 20, budget: 64 }
+    }
+}
 
 /// A bound AF_XDP socket.
 pub struct XskPort {
@@ -25,6 +42,8 @@ pub struct XskPort {
     rx_frames: Vec<FrameDesc>,
     /// Transmit frames not in flight.
     tx_free: Vec<FrameDesc>,
+    /// Transmit frames filled and waiting for [`PacketIo::flush`].
+    tx_queued: Vec<FrameDesc>,
     /// Scratch for completions.
     completed: Vec<FrameDesc>,
     /// Last: fields drop in declaration order, and the UMEM must outlive the socket.
@@ -37,8 +56,8 @@ fn other(what: &str) -> impl Fn(String) -> io::Error + '_ {
 
 impl XskPort {
     /// Binds to `iface` queue `queue` (in the calling thread's network namespace) with a UMEM
-    /// of `frames` frames (even, at least 4).
-    pub fn bind(iface: &str, queue: u32, frames: u32) -> io::Result<XskPort> {
+    /// of `frames` frames (even, at least 4), half for receiving and half for transmitting.
+    pub fn bind(iface: &str, queue: u32, frames: u32, busy_poll: Option<BusyPoll>) -> io::Result<XskPort> {
         let count = NonZeroU32::new(frames).ok_or_else(|| io::Error::other("frames must be > 0"))?;
         let (umem, mut descs) = Umem::new(UmemConfig::default(), count, false)
             .map_err(|e| other("creating the UMEM")(e.to_string()))?;
@@ -50,55 +69,19 @@ impl XskPort {
         let (tx, rx, fq_cq) = unsafe { Socket::new(config, &umem, &name, queue) }.map_err(|e| {
             other(&format!("binding an AF_XDP socket to {iface} queue {queue}"))(e.to_string())
         })?;
+        if let Some(b) = busy_poll {
+            let fd = rx.fd().as_raw_fd();
+            setsockopt(fd, libc::SO_PREFER_BUSY_POLL, 1)?;
+            setsockopt(fd, libc::SO_BUSY_POLL, b.usecs)?;
+            setsockopt(fd, libc::SO_BUSY_POLL_BUDGET, b.budget)?;
+        }
         let (mut fill, comp) = fq_cq.ok_or_else(|| io::Error::other("no fill and completion queue"))?;
         let tx_free = descs.split_off(descs.len() / 2);
         // SAFETY: these frames belong to this UMEM and are not in use elsewhere.
         unsafe { fill.produce(&descs) };
         let completed = tx_free.clone();
-        Ok(XskPort { rx, tx, fill, comp, rx_frames: descs, tx_free, completed, umem })
-    }
-
-    /// The socket's descriptor, for the XDP program's XSKMAP.
-    pub fn fd(&self) -> RawFd {
-        self.rx.fd().as_raw_fd()
-    }
-
-    /// Waits up to `timeout_ms` for frames and hands each one's bytes to `f` (which may edit
-    /// them in place); returns how many it received. The frames go back to the fill ring.
-    pub fn recv(&mut self, timeout_ms: i32, mut f: impl FnMut(&mut [u8])) -> io::Result<usize> {
-        // SAFETY: the descriptors are this UMEM's receive frames; each is read only between
-        // consume and produce, while the kernel does not own it.
-        let n = unsafe { self.rx.poll_and_consume(&mut self.rx_frames, timeout_ms) }?;
-        for desc in &mut self.rx_frames[..n] {
-            // SAFETY: as above.
-            let mut data = unsafe { self.umem.data_mut(desc) };
-            f(data.contents_mut());
-        }
-        // SAFETY: as above: the frames return to the kernel once handled.
-        unsafe { self.fill.produce(&self.rx_frames[..n]) };
-        Ok(n)
-    }
-
-    /// Transmits a copy of `frame`; fails when every transmit frame is in flight.
-    pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.reclaim();
-        let mut desc = self
-            .tx_free
-            .pop()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::WouldBlock, "no free transmit frame"))?;
-        {
-            // SAFETY: a transmit frame not in flight.
-            let mut data = unsafe { self.umem.data_mut(&mut desc) };
-            let mut cursor = data.cursor();
-            io::Write::write_all(&mut cursor, frame)?;
-        }
-        // SAFETY: the frame is filled and handed to the kernel; it comes back via completions.
-        let sent = unsafe { self.tx.produce_and_wakeup(std::slice::from_ref(&desc)) }?;
-        if sent == 0 {
-            self.tx_free.push(desc);
-            return Err(io::Error::new(io::ErrorKind::WouldBlock, "transmit ring full"));
-        }
-        Ok(())
+        let tx_queued = Vec::with_capacity(tx_free.len());
+        Ok(XskPort { rx, tx, fill, comp, rx_frames: descs, tx_free, tx_queued, completed, umem })
     }
 
     /// Returns completed transmit frames to the pool.
@@ -107,5 +90,74 @@ impl XskPort {
         // lengths are 0, so the pool keeps whole descriptors by address).
         let n = unsafe { self.comp.consume(&mut self.completed) };
         self.tx_free.extend_from_slice(&self.completed[..n]);
+    }
+}
+
+fn setsockopt(fd: RawFd, name: libc::c_int, value: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).map_err(|_| io::Error::other("socket option out of range"))?;
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
+    // SAFETY: `value` is a valid int for the duration of the call.
+    let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, name, (&raw const value).cast(), len) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+impl PacketIo for XskPort {
+    fn recv(&mut self, batch: usize, mut f: impl FnMut(&mut [u8])) -> io::Result<usize> {
+        let batch = batch.min(self.rx_frames.len());
+        // SAFETY: the descriptors are this UMEM's receive frames; each is read only between
+        // consume and produce, while the kernel does not own it.
+        let n = unsafe { self.rx.consume(&mut self.rx_frames[..batch]) };
+        for desc in &mut self.rx_frames[..n] {
+            // SAFETY: as above.
+            let mut data = unsafe { self.umem.data_mut(desc) };
+            f(data.contents_mut());
+        }
+        // SAFETY: as above: the frames return to the kernel once handled.
+        unsafe { self.fill.produce(&self.rx_frames[..n]) };
+        if self.fill.needs_wakeup() {
+            self.fill.wakeup(self.rx.fd_mut(), 0)?;
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.tx_free.is_empty() {
+            self.reclaim();
+        }
+        let mut desc = self
+            .tx_free
+            .pop()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::WouldBlock, "no free transmit frame"))?;
+        {
+            // SAFETY: a transmit frame not in flight.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            io::Write::write_all(&mut data.cursor(), frame)?;
+        }
+        self.tx_queued.push(desc);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.reclaim();
+        if self.tx_queued.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the queued frames are filled and handed to the kernel; they come back via
+        // completions.
+        let sent = unsafe { self.tx.produce_and_wakeup(&self.tx_queued) }?;
+        // What the ring had no room for goes back to the pool (those frames are dropped).
+        let unsent = self.tx_queued.len() - sent;
+        self.tx_free.extend(self.tx_queued.drain(..).skip(sent));
+        if unsent > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("transmit ring full: {unsent} dropped"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.rx.fd().as_raw_fd())
     }
 }

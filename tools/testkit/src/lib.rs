@@ -6,13 +6,11 @@
 //! - [`pcap`]: read and write classic pcap files (fixtures captured in the lab with tcpdump).
 //! - [`fixture`]: the `{description, input, expected verdict, expected output}` table that the
 //!   engine, the XDP tests and the benches share.
-//! - [`raw`]: an AF_PACKET socket to put built frames on a lab interface and read frames back.
 
 pub mod builder;
 pub mod fixture;
 pub mod ingress;
 pub mod pcap;
-pub mod raw;
 
 pub use builder::{Builder, eth};
 pub use fixture::{Fixture, Verdict};

@@ -9,8 +9,9 @@ mod privileged {
         time::Duration,
     };
 
+    use skiff_fastpath::io::{PacketIo, packet::PacketPort, wait_readable};
     use skiff_lab::{Host, Lab, Topology};
-    use skiff_testkit::{eth, raw::PacketSocket};
+    use skiff_testkit::eth;
     use skiff_wire::{
         checksum::IpPair,
         ethernet::Mac,
@@ -22,13 +23,48 @@ mod privileged {
     const WAIT: Duration = Duration::from_secs(3);
 
     /// A lab with one pod, and a raw socket on the node's end of the pod's veth.
-    fn setup() -> (Lab, Host, PacketSocket) {
+    fn setup() -> (Lab, Host, Raw) {
         let lab = Topology::new().pods(1).build().expect("lab");
         let pod = lab.pods()[0].clone();
         let iface = pod.node_iface.clone();
-        let raw =
-            lab.node().netns.run(move || PacketSocket::bind(&iface)).expect("netns").expect("raw socket");
-        (lab, pod, raw)
+        let raw = lab
+            .node()
+            .netns
+            .run(move || PacketPort::open(&iface, false))
+            .expect("netns")
+            .expect("raw socket");
+        (lab, pod, Raw(std::cell::RefCell::new(raw)))
+    }
+
+    /// The fast path's AF_PACKET port, used frame by frame.
+    struct Raw(std::cell::RefCell<PacketPort>);
+
+    impl Raw {
+        fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+            self.0.borrow_mut().send_now(frame)
+        }
+
+        /// Receives frames until `pred` accepts one or `timeout` passes; returns the accepted one.
+        fn recv_until(
+            &self,
+            timeout: Duration,
+            mut pred: impl FnMut(&[u8]) -> bool,
+        ) -> std::io::Result<Option<Vec<u8>>> {
+            let deadline = std::time::Instant::now() + timeout;
+            let mut port = self.0.borrow_mut();
+            let fd = port.fd().expect("a socket");
+            let mut found = None;
+            while found.is_none() && std::time::Instant::now() < deadline {
+                if wait_readable(&[fd], 50)? {
+                    port.recv(64, |f| {
+                        if found.is_none() && pred(f) {
+                            found = Some(f.to_vec());
+                        }
+                    })?;
+                }
+            }
+            Ok(found)
+        }
     }
 
     /// The client's and the pod's address of one family: replies route back through the node.

@@ -74,6 +74,7 @@ code_enum! {
         NoTxSpace = 83, "no-tx-space", "The transmit ring is full.";
         NoXskSocket = 84, "no-xsk-socket", "No AF_XDP socket is bound to the receive queue.";
         Internal = 85, "internal", "A map or helper call that should not fail did.";
+        SlowPathBusy = 86, "slow-path-busy", "The slow path's queue is full; the frame is dropped.";
     }
 }
 
@@ -84,7 +85,7 @@ mod tests {
     #[test]
     fn well_formed() {
         DropReason::assert_well_formed();
-        assert_eq!(DropReason::COUNT, 86);
+        assert_eq!(DropReason::COUNT, 87);
     }
 
     #[test]

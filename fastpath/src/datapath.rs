@@ -1,0 +1,355 @@
+//! The running fast path: one worker per receive queue, each on its own core, fed by AF_XDP
+//! sockets behind skiff's XDP program or by AF_PACKET sockets; the tables they share; and the
+//! channels that carry what leaves the hot path (new flows for observers, exceptions for the
+//! slow path).
+//!
+//! Worker `q` serves queue `q` of every interface, so a flow's packets meet one engine as long
+//! as the NIC steers both directions to one queue (one queue per interface, as on veth, always
+//! does).
+
+use std::{
+    fs::File,
+    io,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use crossbeam_channel::{Receiver, Sender};
+use hashbrown::HashMap;
+use skiff_common::conntrack::{CtEntry, CtKey4, CtKey6};
+use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
+
+use crate::{
+    conntrack::{Timeouts, Tuple},
+    engine::{Engine, NewFlow, Partition, SharedTables, Tables},
+    io::{
+        BATCH, PacketIo,
+        afxdp::{BusyPoll, XskPort},
+        packet::{PacketPort, Steering},
+    },
+    worker::{Neighbor, Stats, Worker},
+};
+
+/// Where the workers' frames come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// AF_XDP sockets fed by skiff's XDP program attached in this mode.
+    AfXdp(XdpMode),
+    /// AF_PACKET sockets, with nftables steering (no AF_XDP needed).
+    AfPacket,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub io: Io,
+    /// Workers, one per receive queue.
+    pub workers: u16,
+    /// Cores to pin workers to, worker `q` on `cores[q % len]`; empty: every core in turn.
+    pub cores: Vec<usize>,
+    /// UMEM frames per AF_XDP socket.
+    pub umem_frames: u32,
+    pub batch: usize,
+    pub busy_poll: Option<BusyPoll>,
+    /// Conntrack entries per worker.
+    pub ct_capacity: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            interfaces: Vec::new(),
+            io: Io::AfXdp(XdpMode::Auto),
+            workers: 1,
+            cores: Vec::new(),
+            umem_frames: 4096,
+            batch: BATCH,
+            busy_poll: None,
+            ct_capacity: 512 * 1024,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("the XDP program: {0}")]
+    Xdp(#[from] XdpError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("AF_XDP needs the loaded XDP program")]
+    NoIngress,
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Io { what, source }
+}
+
+/// Frames a worker's channels hold before it drops (new flows) or counts (exceptions) more.
+const CHANNEL_DEPTH: usize = 4096;
+/// Rounds between two publications of a busy worker's counters.
+const STATS_EVERY: u32 = 1024;
+
+pub struct Datapath {
+    shared: SharedTables,
+    config: Config,
+    /// The network namespace the datapath was started in, for steering changes made later
+    /// from other threads.
+    netns: File,
+    ingress: Option<Mutex<Ingress>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<Mutex<Stats>>>,
+    /// Flows the workers started, as they start (bounded: an observer that lags misses some).
+    pub flows: Receiver<NewFlow>,
+    /// Frames for the slow path: what the engine left to a kernel that never saw them.
+    pub exceptions: Receiver<Vec<u8>>,
+}
+
+impl Datapath {
+    /// Starts the workers on `config.interfaces` in the calling thread's network namespace,
+    /// with `tables` and the next hops in `neighbors` (their `port` is the interface's index in
+    /// `config.interfaces`). AF_XDP needs `ingress`, the loaded XDP program, which is attached
+    /// to every interface. Returns once every socket is bound.
+    pub fn start(
+        config: Config,
+        tables: Tables,
+        neighbors: HashMap<IpAddr, Neighbor>,
+        ingress: Option<Ingress>,
+    ) -> Result<Datapath, DatapathError> {
+        let netns =
+            File::open("/proc/thread-self/ns/net").map_err(io_error("opening the network namespace"))?;
+        let (flows_tx, flows) = crossbeam_channel::bounded(CHANNEL_DEPTH);
+        let (exceptions_tx, exceptions) = crossbeam_channel::bounded(CHANNEL_DEPTH);
+        let cores = if config.cores.is_empty() {
+            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
+        } else {
+            config.cores.clone()
+        };
+        let mut datapath = Datapath {
+            shared: SharedTables::new(Tables::default()),
+            netns,
+            ingress: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            workers: Vec::new(),
+            stats: Vec::new(),
+            flows,
+            exceptions,
+            config: config.clone(),
+        };
+        match config.io {
+            Io::AfXdp(mode) => {
+                let mut ingress = ingress.ok_or(DatapathError::NoIngress)?;
+                for iface in &config.interfaces {
+                    ingress.attach(iface, mode)?;
+                }
+                let mut per_worker = Vec::new();
+                for q in 0..config.workers {
+                    let mut ports = Vec::new();
+                    for iface in &config.interfaces {
+                        let port = XskPort::bind(iface, q.into(), config.umem_frames, config.busy_poll)
+                            .map_err(io_error(format!("AF_XDP socket on {iface} queue {q}")))?;
+                        let fd = port.fd().expect("an AF_XDP port has a socket");
+                        ingress.set_worker(ifindex(iface)?, q.into(), fd)?;
+                        ports.push(port);
+                    }
+                    per_worker.push((ports, Some(ingress.tracked_flows()?)));
+                }
+                datapath.ingress = Some(Mutex::new(ingress));
+                datapath.publish(tables)?;
+                for (q, (ports, mirror)) in per_worker.into_iter().enumerate() {
+                    let worker = datapath.worker(q, ports, &neighbors).with_exceptions(exceptions_tx.clone());
+                    datapath.spawn(q, worker, mirror, flows_tx.clone(), &cores);
+                }
+            }
+            Io::AfPacket => {
+                datapath.publish(tables)?;
+                for q in 0..usize::from(config.workers) {
+                    let ports = config
+                        .interfaces
+                        .iter()
+                        .map(|iface| {
+                            PacketPort::open(iface, config.workers > 1)
+                                .map_err(io_error(format!("AF_PACKET socket on {iface}")))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let worker = datapath.worker(q, ports, &neighbors);
+                    datapath.spawn(q, worker, None, flows_tx.clone(), &cores);
+                }
+            }
+        }
+        Ok(datapath)
+    }
+
+    fn worker<P: PacketIo>(
+        &self,
+        q: usize,
+        ports: Vec<P>,
+        neighbors: &HashMap<IpAddr, Neighbor>,
+    ) -> Worker<P> {
+        let mut engine = Engine::new(self.shared.current(), self.config.ct_capacity, self.config.timeouts);
+        let index = u16::try_from(q).unwrap_or(u16::MAX);
+        engine.set_partition(Partition { index, count: self.config.workers });
+        Worker::new(engine, ports, neighbors.clone()).with_batch(self.config.batch)
+    }
+
+    fn spawn<P: PacketIo + Send + 'static>(
+        &mut self,
+        q: usize,
+        mut worker: Worker<P>,
+        mut mirror: Option<TrackedFlows>,
+        flows: Sender<NewFlow>,
+        cores: &[usize],
+    ) {
+        let (stop, shared) = (self.stop.clone(), self.shared.clone());
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        self.stats.push(stats.clone());
+        let core = (!cores.is_empty()).then(|| core_affinity::CoreId { id: cores[q % cores.len()] });
+        self.workers.push(std::thread::spawn(move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            let started = Instant::now();
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                worker.engine().refresh(&shared);
+                let got = worker.poll(10, started.elapsed().as_secs(), |flow| {
+                    if let Some(m) = mirror.as_mut() {
+                        // A flow whose replies the program cannot steer would be lost: the
+                        // failure is counted by the program's NO_WORKER/pass counters.
+                        let _ = track(m, &flow.reply);
+                    }
+                    let _ = flows.try_send(*flow);
+                });
+                rounds = rounds.wrapping_add(1);
+                if got == 0 || rounds.is_multiple_of(STATS_EVERY) {
+                    *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
+                }
+            }
+            *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
+        }));
+    }
+
+    /// Makes `tables` the workers' tables (from their next batch on) and steers the frontends'
+    /// frames to them: into the XDP program's service map, or into the nftables steering.
+    pub fn publish(&self, tables: Tables) -> Result<(), DatapathError> {
+        let frontends: Vec<(IpAddr, u16, u8)> =
+            tables.services.keys().map(|f| (f.addr, f.port, f.protocol)).collect();
+        let steering = Steering {
+            interfaces: self.config.interfaces.clone(),
+            frontends: frontends.iter().map(|&(a, port, proto)| (a, proto, port)).collect(),
+            backends: tables
+                .services
+                .iter()
+                .flat_map(|(f, s)| s.backends().map(move |b| (b.addr, f.protocol, b.port)))
+                .collect(),
+            masquerade: [tables.node.masquerade_v4, tables.node.masquerade_v6]
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        self.shared.publish(tables);
+        match &self.ingress {
+            Some(ingress) => {
+                ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).set_services(&frontends)?
+            }
+            None => self.in_netns(|| steering.apply()).map_err(io_error("steering frames to the workers"))?,
+        }
+        Ok(())
+    }
+
+    /// The workers' counters, summed (as of their last publication: at most a moment old).
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for s in &self.stats {
+            total.add(&s.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
+        total
+    }
+
+    /// Stops the workers, removes the steering, detaches the XDP program (its pinned maps
+    /// stay), and returns the counters.
+    pub fn stop(mut self) -> Stats {
+        self.halt();
+        self.stats()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if self.config.io == Io::AfPacket {
+            let _ = self.in_netns(Steering::remove);
+        }
+        self.ingress = None;
+    }
+
+    /// Runs `f` in the datapath's network namespace (on a helper thread: `setns` changes only
+    /// the calling thread).
+    fn in_netns<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        let fd = self.netns.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on this helper thread only, with a namespace descriptor we hold.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("steering thread panicked")))
+        })
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32, DatapathError> {
+    let name = std::ffi::CString::new(iface)
+        .map_err(|_| io_error(iface)(io::Error::new(io::ErrorKind::InvalidInput, "interface name")))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io_error(format!("interface {iface}"))(io::Error::last_os_error())),
+        i => Ok(i),
+    }
+}
+
+/// Tells the XDP program that packets with this tuple belong to a worker's flow.
+fn track(mirror: &mut TrackedFlows, reply: &Tuple) -> Result<(), XdpError> {
+    let entry = CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() };
+    let v4 = |a: &[u8; 16]| a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if v4(&reply.src) && v4(&reply.dst) {
+        let key = CtKey4 {
+            saddr: [reply.src[12], reply.src[13], reply.src[14], reply.src[15]],
+            daddr: [reply.dst[12], reply.dst[13], reply.dst[14], reply.dst[15]],
+            sport: reply.src_port.to_be(),
+            dport: reply.dst_port.to_be(),
+            proto: reply.protocol,
+            _pad: [0; 3],
+        };
+        mirror.track_v4(key, entry)
+    } else {
+        let key = CtKey6 {
+            saddr: reply.src,
+            daddr: reply.dst,
+            sport: reply.src_port.to_be(),
+            dport: reply.dst_port.to_be(),
+            proto: reply.protocol,
+            _pad: [0; 3],
+        };
+        mirror.track_v6(key, entry)
+    }
+}

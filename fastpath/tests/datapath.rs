@@ -1,0 +1,267 @@
+//! The whole fast path in the lab, with real TCP: a client curls a ClusterIP and a NodePort of a
+//! service backed by pods running HTTP servers, through `Datapath` over AF_XDP (native and
+//! generic XDP) and over the AF_PACKET fallback. Neither frontend exists in the kernel's
+//! tables: every answer went through a worker both ways.
+
+mod privileged {
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        net::Ipv4Addr,
+        process::{Child, Stdio},
+        time::Duration,
+    };
+
+    use hashbrown::HashMap;
+    use skiff_common::{DropReason, config::XdpConfig, lb::BackendId};
+    use skiff_fastpath::{
+        datapath::{Config, Datapath, Io},
+        engine::{Frontend, FrontendKind, Node, SNAT_PORTS, Service, ServiceConfig, Tables},
+        lb::Backend,
+        worker::Neighbor,
+    };
+    use skiff_lab::{Host, Lab, Topology};
+    use skiff_xdp::{Ingress, XdpMode, bpffs};
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+    const NODE_PORT: u16 = 30080;
+
+    /// A lab whose node runs the datapath; stops it and removes its pins on drop.
+    struct LabDatapath {
+        datapath: Option<Datapath>,
+        pins: Option<String>,
+        lab: Lab,
+    }
+
+    impl Drop for LabDatapath {
+        fn drop(&mut self) {
+            drop(self.datapath.take());
+            if let Some(dir) = &self.pins {
+                let _ = bpffs::remove_pins(std::path::Path::new(dir));
+            }
+        }
+    }
+
+    fn mac(ns: &skiff_lab::Netns, iface: &str) -> [u8; 6] {
+        let out = ns.exec("cat", &[&format!("/sys/class/net/{iface}/address")]).unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let bytes: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+        bytes.try_into().unwrap()
+    }
+
+    /// The service over `local` pods of the node and `remote` pods of node2: its ClusterIP
+    /// `VIP:80` and its NodePort `node:30080`.
+    fn tables(lab: &Lab, local: usize, remote: usize) -> Tables {
+        let pods = lab.pods()[..local].iter().map(|p| (p, true));
+        let remote = lab.node2_pods().iter().take(remote).map(|p| (p, false));
+        let backends: Vec<Backend> = pods
+            .chain(remote)
+            .zip(1..)
+            .map(|((p, local), id)| Backend {
+                id: BackendId(id),
+                addr: p.ipv4.into(),
+                port: 8080,
+                weight: 1,
+                local,
+            })
+            .collect();
+        let node = lab.node().ipv4;
+        let mut services = hashbrown::HashMap::new();
+        for (frontend, kind) in [
+            (Frontend { addr: VIP.into(), port: 80, protocol: 6 }, FrontendKind::ClusterIp),
+            (Frontend { addr: node.into(), port: NODE_PORT, protocol: 6 }, FrontendKind::NodePort),
+        ] {
+            let config = ServiceConfig { kind, ..ServiceConfig::default() };
+            services.insert(frontend, Service::new(backends.clone(), config).unwrap());
+        }
+        let cluster = Ipv4Addr::new(198, 18, 128, 0);
+        Tables {
+            services,
+            node: Node {
+                masquerade_v4: Some(node.into()),
+                masquerade_v6: None,
+                cluster_prefixes: vec![(cluster.into(), 17)],
+            },
+        }
+    }
+
+    /// Starts the datapath on the node's uplink and pod veths (and its link to node2, if any),
+    /// over the first `local` pods and `remote` node2 pods, all serving HTTP on 8080.
+    fn start(io: Io, pods: usize, local: usize, remote: usize) -> LabDatapath {
+        let mut topology = Topology::new().pods(pods);
+        if remote > 0 {
+            topology = topology.second_node(remote);
+        }
+        let mut lab = topology.build().expect("lab");
+        for pod in lab.pods().iter().chain(lab.node2_pods()).cloned().collect::<Vec<Host>>() {
+            lab.serve_http(&pod, 8080).unwrap();
+        }
+        let (node, client) = (lab.node().clone(), lab.client().clone());
+        let mut interfaces = vec![client.node_iface.clone()];
+        let mut neighbors = HashMap::new();
+        neighbors
+            .insert(client.ipv4.into(), Neighbor { port: 0, src_mac: client.node_mac, dst_mac: client.mac });
+        for pod in lab.pods() {
+            neighbors.insert(
+                pod.ipv4.into(),
+                Neighbor { port: interfaces.len(), src_mac: pod.node_mac, dst_mac: pod.mac },
+            );
+            interfaces.push(pod.node_iface.clone());
+        }
+        if let Some(node2) = lab.node2() {
+            let (ours, theirs) = (mac(&node.netns, "peer"), mac(&node2.netns, "peer"));
+            for pod in lab.node2_pods() {
+                neighbors.insert(
+                    pod.ipv4.into(),
+                    Neighbor { port: interfaces.len(), src_mac: ours, dst_mac: theirs },
+                );
+            }
+            interfaces.push("peer".into());
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pins = matches!(io, Io::AfXdp(_))
+            .then(|| format!("/sys/fs/bpf/skiff-test-datapath-{}-{n}", std::process::id()));
+        let mut guard = LabDatapath { datapath: None, pins: pins.clone(), lab };
+        let ingress = pins.map(|dir| {
+            let mut ingress = Ingress::load(dir).unwrap();
+            ingress.set_config(&XdpConfig::DEFAULT).unwrap();
+            ingress
+        });
+        let config = Config { interfaces, io, ct_capacity: 1 << 16, ..Config::default() };
+        let tables = tables(&guard.lab, local, remote);
+        let datapath = node.netns.run(move || Datapath::start(config, tables, neighbors, ingress)).unwrap();
+        guard.datapath = Some(datapath.expect("the datapath starts"));
+        guard
+    }
+
+    impl LabDatapath {
+        fn datapath(&self) -> &Datapath {
+            self.datapath.as_ref().expect("started")
+        }
+
+        /// `n` HTTP requests to `url`, each on its own TCP connection, from one curl; returns
+        /// the answering pods' names and how often each answered.
+        fn get(&self, url: &str, n: usize) -> BTreeMap<String, usize> {
+            let mut args = vec!["-sS", "--max-time", "5", "-H", "Connection: close"];
+            args.extend(std::iter::repeat_n(url, n));
+            let out = self.lab.client().netns.exec("curl", &args).unwrap();
+            let mut answers = BTreeMap::new();
+            for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                *answers.entry(name.to_owned()).or_default() += 1;
+            }
+            assert_eq!(
+                answers.values().sum::<usize>(),
+                n,
+                "every request to {url} answered: {answers:?}; curl said {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            answers
+        }
+
+        /// A keep-alive connection making 12 requests 0.1 s apart, in the background.
+        fn keep_alive(&self, url_host: &str, port: u16) -> Child {
+            let script = format!(
+                "import http.client, time\nc = http.client.HTTPConnection('{url_host}', {port}, timeout=3)\nnames = []\nfor i in range(12):\n    c.request('GET', '/')\n    names.append(c.getresponse().read().decode().strip())\n    time.sleep(0.1)\nprint(','.join(names))\n"
+            );
+            self.lab
+                .client()
+                .netns
+                .command("python3")
+                .args(["-c", &script])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        }
+    }
+
+    /// Each pod's share of `answers` is within ±15% of even (curl's source ports are random:
+    /// at 1000 requests over 3 pods the bound is 3.3 standard deviations).
+    fn assert_even(answers: &BTreeMap<String, usize>, pods: &[&str]) {
+        assert_eq!(
+            answers.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+            pods.iter().copied().collect()
+        );
+        let total: usize = answers.values().sum();
+        let even = total as f64 / pods.len() as f64;
+        for (pod, n) in answers {
+            assert!((*n as f64 - even).abs() <= 0.15 * even, "{pod} answered {n} of {total}: {answers:?}");
+        }
+    }
+
+    /// The whole check for one I/O backend: 1000 requests to the ClusterIP and 1000 to
+    /// the NodePort all answered and evenly spread over 3 pods; a keep-alive connection keeps
+    /// its pod while the service grows to 5; new connections then reach all 5.
+    fn serves_a_service(io: Io) {
+        let lab = start(io, 5, 3, 0);
+        let three = ["pod0", "pod1", "pod2"];
+        assert_even(&lab.get(&format!("http://{VIP}/"), 1000), &three);
+        let node = lab.lab.node().ipv4;
+        assert_even(&lab.get(&format!("http://{node}:{NODE_PORT}/"), 1000), &three);
+
+        let client = lab.keep_alive(&VIP.to_string(), 80);
+        std::thread::sleep(Duration::from_millis(500));
+        let datapath = lab.datapath();
+        lab.lab.node().netns.run(|| datapath.publish(tables(&lab.lab, 5, 0))).unwrap().unwrap();
+        let out = client.wait_with_output().unwrap();
+        let names = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let names: Vec<&str> = names.split(',').collect();
+        assert_eq!(
+            names.len(),
+            12,
+            "every request answered: {names:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(names.iter().all(|n| *n == names[0]), "one backend throughout: {names:?}");
+        assert_eq!(lab.get(&format!("http://{VIP}/"), 100).len(), 5, "new connections reach all 5");
+
+        let stats = lab.datapath().stats();
+        assert_eq!(stats.dropped, 0, "{stats:?}");
+        assert!(stats.forwarded >= 2100 * 8, "both directions of every connection: {stats:?}");
+    }
+
+    #[test]
+    fn serves_a_service_over_af_xdp_native() {
+        serves_a_service(Io::AfXdp(XdpMode::Native));
+    }
+
+    #[test]
+    fn serves_a_service_over_af_xdp_generic() {
+        serves_a_service(Io::AfXdp(XdpMode::Generic));
+    }
+
+    #[test]
+    fn serves_a_service_over_af_packet() {
+        serves_a_service(Io::AfPacket);
+    }
+
+    /// NodePort to pods on another node: the worker masquerades (the pods see the node, from a
+    /// SNAT port), their replies come back to the node and reach the client from the NodePort.
+    fn masquerades_to_another_node(io: Io) {
+        let lab = start(io, 1, 0, 2);
+        let node = lab.lab.node().ipv4;
+        let answers = lab.get(&format!("http://{node}:{NODE_PORT}/"), 200);
+        assert_eq!(answers.keys().map(String::as_str).collect::<Vec<_>>(), ["node2-pod0", "node2-pod1"]);
+        let flows: Vec<_> = lab.datapath().flows.try_iter().collect();
+        assert_eq!(flows.len(), 200, "one new flow per connection");
+        for f in &flows {
+            assert_eq!(f.reply.dst, node.to_ipv6_mapped().octets(), "replies go to the node");
+            assert!(SNAT_PORTS.contains(&f.reply.dst_port), "from a SNAT port: {f:?}");
+        }
+        let ports: BTreeSet<([u8; 16], u16)> =
+            flows.iter().map(|f| (f.reply.src, f.reply.dst_port)).collect();
+        assert_eq!(ports.len(), 200, "no two flows to one backend share a port");
+        let stats = lab.datapath().stats();
+        assert_eq!((stats.dropped, stats.drops_of(DropReason::NatPortExhausted)), (0, 0), "{stats:?}");
+    }
+
+    #[test]
+    fn masquerades_to_another_node_over_af_xdp() {
+        masquerades_to_another_node(Io::AfXdp(XdpMode::Native));
+    }
+
+    #[test]
+    fn masquerades_to_another_node_over_af_packet() {
+        masquerades_to_another_node(Io::AfPacket);
+    }
+}
