@@ -16,26 +16,25 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    time::Duration,
 };
 
 use skiff_common::{Verdict, config::XdpConfig};
-use skiff_lab::{Netns, Topology};
-use skiff_perf::{Record, write_report};
+use skiff_lab::Topology;
+use skiff_perf::{
+    Record,
+    lab::{FRAMES, Result, generate, ifindex, median, nft_counter, nft_drop_rule, split_layout},
+    write_report,
+};
 use skiff_testkit::{
     eth,
     ingress::{Env, fixtures},
 };
 use skiff_wire::ethernet::Mac;
-use skiff_xdp::{CountProgram, Ingress, TrafficGen, XdpMode, bpffs};
+use skiff_xdp::{CountProgram, Ingress, XdpMode, bpffs};
 
 const REPEAT: u32 = 2_000_000;
 const PREFIXES: u32 = 10_000;
-/// Frames per generator call (~20 ms of setup per call, so many).
-const FRAMES: u32 = 1 << 24;
 const ROUNDS: usize = 3;
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
@@ -99,9 +98,7 @@ fn packet_rates(dir: &PathBuf) -> Result<Vec<Record>> {
         .build()
         .try_into()
         .map_err(|f: Vec<u8>| format!("the frame is {} bytes, not 64", f.len()))?;
-    let ifindex: u32 = String::from_utf8(client.netns.exec("cat", &["/sys/class/net/eth0/ifindex"])?.stdout)?
-        .trim()
-        .parse()?;
+    let ifindex = ifindex(&client.netns, &client.iface)?;
     let (mut xdp, mut nft) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let mut ingress = Ingress::load(dir)?;
@@ -109,16 +106,16 @@ fn packet_rates(dir: &PathBuf) -> Result<Vec<Record>> {
         node.netns.run(|| ingress.attach(&client.node_iface, XdpMode::Native))??;
         split_layout(&node.netns, &client.node_iface)?;
         let before = dropped(&ingress)?;
-        let elapsed = generate(&client.netns, frame, ifindex)?;
+        let elapsed = generate(&client.netns, frame, ifindex, FRAMES)?;
         xdp.push((dropped(&ingress)? - before) as f64 / elapsed.as_secs_f64());
         ingress.remove_pins()?;
 
         let mut pass = CountProgram::load()?;
         node.netns.run(|| pass.attach(&client.node_iface, XdpMode::Native))??;
         split_layout(&node.netns, &client.node_iface)?;
-        nft_drop_rule(&node.netns, &client.node_iface, source)?;
-        let elapsed = generate(&client.netns, frame, ifindex)?;
-        nft.push(nft_dropped(&node.netns)? as f64 / elapsed.as_secs_f64());
+        nft_drop_rule(&node.netns, "skiffbench", &client.node_iface, source)?;
+        let elapsed = generate(&client.netns, frame, ifindex, FRAMES)?;
+        nft.push(nft_counter(&node.netns, "netdev", "skiffbench")? as f64 / elapsed.as_secs_f64());
         node.netns.exec("nft", &["delete", "table", "netdev", "skiffbench"])?;
     }
     let (xdp, nft) = (median(xdp), median(nft));
@@ -129,96 +126,4 @@ fn packet_rates(dir: &PathBuf) -> Result<Vec<Record>> {
 fn dropped(ingress: &Ingress) -> Result<u64> {
     let drop = ingress.verdicts()?.into_iter().find(|(v, _)| *v == Verdict::Drop);
     Ok(drop.map_or(0, |(_, c)| c.packets))
-}
-
-/// Sends `FRAMES` frames from the client, on CPU 0; returns how long it took.
-fn generate(client: &Netns, frame: [u8; 64], ifindex: u32) -> Result<Duration> {
-    let sent = client.run(move || -> std::result::Result<Duration, String> {
-        pin_to_cpu(0).map_err(|e| e.to_string())?;
-        let generator = TrafficGen::load(frame, ifindex).map_err(|e| e.to_string())?;
-        generator.send(FRAMES).map_err(|e| e.to_string())
-    })?;
-    Ok(sent?)
-}
-
-/// The veth's receive processing in a threaded NAPI, pinned to CPU 1 (the generator has CPU 0).
-/// A veth has NAPI only while an XDP program is attached: call it after each attach.
-fn split_layout(node: &Netns, iface: &str) -> Result<()> {
-    node.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{iface}/threaded")])?;
-    let name = format!("napi/{iface}-");
-    let mut pinned = 0;
-    for entry in std::fs::read_dir("/proc")? {
-        let path = entry?.path();
-        let Some(pid) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.starts_with(&name)) {
-            set_affinity(pid, 1)?;
-            pinned += 1;
-        }
-    }
-    if pinned == 0 {
-        return Err(format!("no {name}* NAPI thread found").into());
-    }
-    Ok(())
-}
-
-fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
-    set_affinity(0, cpu)
-}
-
-fn set_affinity(pid: i32, cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data (all-zero is empty); CPU_SET and sched_setaffinity only
-    // touch the set passed.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn nft_drop_rule(node: &Netns, iface: &str, source: Ipv4Addr) -> Result<()> {
-    let hook = format!("{{ type filter hook ingress device \"{iface}\" priority 0; policy accept; }}");
-    node.exec("nft", &["add", "table", "netdev", "skiffbench"])?;
-    node.exec("nft", &["add", "chain", "netdev", "skiffbench", "ingress", &hook])?;
-    node.exec(
-        "nft",
-        &[
-            "add",
-            "rule",
-            "netdev",
-            "skiffbench",
-            "ingress",
-            "ip",
-            "saddr",
-            &source.to_string(),
-            "counter",
-            "drop",
-        ],
-    )?;
-    Ok(())
-}
-
-/// The packets the bench rule's counter has dropped.
-fn nft_dropped(node: &Netns) -> Result<u64> {
-    let out = node.exec("nft", &["-j", "list", "table", "netdev", "skiffbench"])?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    fn counter(v: &serde_json::Value) -> Option<u64> {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.get("counter").and_then(|c| c["packets"].as_u64()).or_else(|| m.values().find_map(counter))
-            }
-            serde_json::Value::Array(a) => a.iter().find_map(counter),
-            _ => None,
-        }
-    }
-    counter(&json).ok_or_else(|| "no counter in the nftables table".into())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

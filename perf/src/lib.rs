@@ -5,6 +5,8 @@
 //! means skiff is faster) where a baseline was measured in the same run. This machine is
 //! noisy: compare ratios, not absolute figures.
 
+pub mod lab;
+
 use std::{fs, io, path::Path};
 
 /// One figure of a suite.

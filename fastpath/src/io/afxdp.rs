@@ -144,7 +144,15 @@ impl PacketIo for XskPort {
         }
         // SAFETY: the queued frames are filled and handed to the kernel; they come back via
         // completions.
-        let sent = unsafe { self.tx.produce_and_wakeup(&self.tx_queued) }?;
+        let sent = unsafe { self.tx.produce(&self.tx_queued) };
+        // In copy mode each wakeup transmits at most 32 frames (the kernel's TX_BATCH_SIZE):
+        // one per 32, or the ring backs up.
+        for _ in 0..sent.div_ceil(32) {
+            if !self.tx.needs_wakeup() {
+                break;
+            }
+            self.tx.wakeup()?;
+        }
         // What the ring had no room for goes back to the pool (those frames are dropped).
         let unsent = self.tx_queued.len() - sent;
         self.tx_free.extend(self.tx_queued.drain(..).skip(sent));

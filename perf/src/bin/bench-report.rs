@@ -1,7 +1,8 @@
 //! Writes `target/bench-report/<suite>.json` for the criterion suites (`wire`, `fastpath`)
 //! from criterion's estimates of the benches just run
 //! (`target/criterion/<group>/<bench>/new/estimates.json`), pairing each skiff figure with the
-//! baseline measured beside it where there is one. `cargo xtask bench` runs it after
+//! baseline measured beside it where there is one; `fastpath` also takes the lab's records
+//! (`fastpath-lab.json`, written by the `nat` bench). `cargo xtask bench` runs it after
 //! `cargo bench`.
 //!
 //! usage: bench-report TARGET_DIR
@@ -41,6 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             records.push(record);
         }
+        let lab = target.join("bench-report").join(format!("{suite}-lab.json"));
+        if let Ok(text) = fs::read_to_string(&lab) {
+            records.extend(read_records(&text).map_err(|e| format!("{}: {e}", lab.display()))?);
+        }
         write_report(&target.join("bench-report"), suite, &records)?;
     }
     Ok(())
@@ -56,4 +61,25 @@ fn mean_ns(criterion: &Path, group: &str, bench: &str) -> Result<f64, Box<dyn st
     json["mean"]["point_estimate"]
         .as_f64()
         .ok_or_else(|| format!("{}: no mean.point_estimate", path.display()).into())
+}
+
+/// The records of a report file (as `write_report` wrote them).
+fn read_records(text: &str) -> Result<Vec<Record>, Box<dyn std::error::Error>> {
+    let json: Vec<serde_json::Value> = serde_json::from_str(text)?;
+    json.iter()
+        .map(|r| {
+            let name = r["name"].as_str().ok_or("a record without a name")?;
+            let value = r["value"].as_f64().ok_or("a record without a value")?;
+            let unit = match r["unit"].as_str() {
+                Some("pps") => "pps",
+                Some("ns") => "ns",
+                other => return Err(format!("unit {other:?} of {name}").into()),
+            };
+            let record = Record::new(name, value, unit);
+            Ok(match r["baseline"].as_f64() {
+                Some(b) => record.with_baseline(b),
+                None => record,
+            })
+        })
+        .collect()
 }
