@@ -1,13 +1,20 @@
 //! The packet engine's costs: an established flow through DNAT and its reply through reverse
-//! NAT, a new flow (Maglev pick and conntrack insert), and Maglev table builds for 1000
-//! backends at the default and the largest table size.
+//! NAT, a new flow (Maglev pick and conntrack insert), Maglev table builds for 1000 backends at
+//! the default and the largest table size, and conntrack owned by a worker against shared.
 
-use std::{hint::black_box, net::Ipv4Addr, sync::Arc};
+use std::{
+    hint::black_box,
+    net::Ipv4Addr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZE_MAX};
 use skiff_fastpath::{
-    conntrack::Timeouts,
+    conntrack::{Conntrack, Timeouts, Tuple},
     engine::{Engine, Frontend, Node, Service, ServiceConfig, Tables, Verdict},
     lb::{Backend, maglev::Maglev},
 };
@@ -95,5 +102,77 @@ fn maglev_build(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, established, new_flow, maglev_build);
+/// How the reply direction reaches its flow's state: each worker owning its table (what skiff
+/// does) against one table shared by every worker, sharded 64 ways behind mutexes, with and
+/// without a second thread working the same shards. Each iteration looks up one of 64k
+/// established flows and accounts a packet to it.
+fn conntrack_ownership(c: &mut Criterion) {
+    const FLOWS: u16 = u16::MAX;
+    const SHARDS: usize = 64;
+    let flow = |i: u16| {
+        let t = Tuple::new(CLIENT.into(), VIP.into(), 6, i, 80);
+        (t, Tuple::new(VIP.into(), CLIENT.into(), 6, 80, i))
+    };
+    let shard = |t: &Tuple| usize::from(t.dst_port) % SHARDS;
+    // The flows whose reply tuple `keep` accepts.
+    let table = |capacity: usize, keep: &dyn Fn(&Tuple) -> bool| {
+        let mut ct = Conntrack::new(capacity, Timeouts::default());
+        for i in 0..FLOWS {
+            let (o, r) = flow(i);
+            if keep(&r) {
+                ct.insert(o, r, 0x10, BackendId(1), 0).expect("room");
+            }
+        }
+        ct
+    };
+    let replies: Vec<Tuple> = (0..FLOWS).map(|i| flow(i).1).collect();
+    let touch = |ct: &mut Conntrack, t: &Tuple| {
+        if let Some((id, dir)) = ct.lookup(t) {
+            ct.update(id, dir, 0x10, 64, 1);
+        }
+    };
+    let mut g = c.benchmark_group("conntrack_ownership");
+    let mut owned = table(usize::from(FLOWS), &|_| true);
+    let mut i = 0usize;
+    g.bench_function("owned", |b| {
+        b.iter(|| {
+            i = (i + 1) % replies.len();
+            touch(&mut owned, black_box(&replies[i]));
+        })
+    });
+    let shared: Arc<Vec<Mutex<Conntrack>>> = Arc::new(
+        (0..SHARDS).map(|k| Mutex::new(table(usize::from(FLOWS) / SHARDS + 1, &|t| shard(t) == k))).collect(),
+    );
+    g.bench_function("shared_uncontended", |b| {
+        b.iter(|| {
+            i = (i + 1) % replies.len();
+            let t = black_box(&replies[i]);
+            touch(&mut shared[shard(t)].lock().expect("lock"), t);
+        })
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = {
+        let (shared, stop, replies) = (shared.clone(), stop.clone(), replies.clone());
+        std::thread::spawn(move || {
+            let mut j = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                j = (j + 7) % replies.len();
+                let t = &replies[j];
+                touch(&mut shared[shard(t)].lock().expect("lock"), t);
+            }
+        })
+    };
+    g.bench_function("shared_contended", |b| {
+        b.iter(|| {
+            i = (i + 1) % replies.len();
+            let t = black_box(&replies[i]);
+            touch(&mut shared[shard(t)].lock().expect("lock"), t);
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    other.join().expect("the other worker");
+    g.finish();
+}
+
+criterion_group!(benches, established, new_flow, maglev_build, conntrack_ownership);
 criterion_main!(benches);

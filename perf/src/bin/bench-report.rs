@@ -27,6 +27,13 @@ const FASTPATH: &[(&str, &str, &str, &str)] = &[
     ("new_flow_maglev_pick_and_ct_insert", "engine/new_flow_maglev_and_ct_insert", "", ""),
     ("maglev_build_1000_backends_m16381", "maglev_build_1000_backends", "m16381", ""),
     ("maglev_build_1000_backends_m131071", "maglev_build_1000_backends", "m131071", ""),
+    (
+        "conntrack_reply_lookup_owned_vs_shared_uncontended",
+        "conntrack_ownership",
+        "owned",
+        "shared_uncontended",
+    ),
+    ("conntrack_reply_lookup_owned_vs_shared_contended", "conntrack_ownership", "owned", "shared_contended"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
