@@ -409,21 +409,19 @@ impl Engine {
     }
 }
 
-/// [`nat::rewrite`] or [`nat::translate_icmp_error`].
-type Rewrite = fn(&mut [u8], &Parsed, Side, IpAddr, u16) -> Result<(), DropReason>;
-
-/// Rewrites a packet of a tracked flow going in `dir` with `rewrite` (of a packet, or of an
-/// ICMP error and its quote): it leaves looking like the other direction's tuple reversed.
+/// Rewrites a packet of a tracked flow going in `dir` with `rewrite` ([`nat::rewrite`] of a
+/// packet, or [`nat::translate_icmp_error`] of an error and its quote; generic, so inlined): it leaves looking like the other direction's tuple reversed.
 /// The far end always changes (the client's packets go to the backend, the backend's replies
 /// come from the frontend); the near end only for a masqueraded flow (from the node's port,
 /// back to the client's).
+#[inline]
 fn translate(
     frame: &mut [u8],
     p: &Parsed,
     entry: &Entry,
     dir: Direction,
     like: IpAddr,
-    rewrite: Rewrite,
+    rewrite: impl Fn(&mut [u8], &Parsed, Side, IpAddr, u16) -> Result<(), DropReason>,
 ) -> Result<(), DropReason> {
     let (other, far, near) = match dir {
         Direction::Original => (&entry.reply, Side::Destination, Side::Source),
