@@ -109,12 +109,17 @@ pub struct Entry {
 
 /// The table is full of flows it may not evict.
 impl Entry {
-    /// Whether the flow's source was rewritten too (masquerading): its replies come back to
-    /// another address or port than the client's.
     #[inline]
     pub fn masqueraded(&self) -> bool {
-        self.original.src != self.reply.dst || self.original.src_port != self.reply.dst_port
+        masqueraded(&self.original, &self.reply)
     }
+}
+
+/// Whether a flow's source is rewritten too (masquerading): its replies come back to another
+/// address or port than the client's.
+#[inline]
+pub fn masqueraded(original: &Tuple, reply: &Tuple) -> bool {
+    original.src != reply.dst || original.src_port != reply.dst_port
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -130,7 +135,14 @@ pub struct Conntrack {
     timeouts: Timeouts,
     /// Where the incremental sweep and the eviction probes continue.
     cursor: usize,
+    /// Reply tuples of flows removed since the last [`Conntrack::drain_ended`] (bounded: the
+    /// XDP program's copies of any beyond it age out of its LRU map instead).
+    ended: Vec<Tuple>,
 }
+
+/// Ended flows remembered between two drains (a round removes at most `GC_PER_ROUND` + one
+/// eviction per new flow).
+const ENDED_PER_ROUND: usize = 256;
 
 /// Slots an insert into a full table examines for a victim.
 const EVICTION_PROBES: usize = 16;
@@ -150,6 +162,7 @@ impl Conntrack {
             capacity,
             timeouts,
             cursor: 0,
+            ended: Vec::with_capacity(ENDED_PER_ROUND),
         }
     }
 
@@ -284,10 +297,21 @@ impl Conntrack {
         None
     }
 
+    /// Hands the reply tuple of each flow removed (expired or evicted) since the last call to
+    /// `f`: the worker withdraws them from the XDP program's tracked flows.
+    pub fn drain_ended(&mut self, mut f: impl FnMut(&Tuple)) {
+        for t in self.ended.drain(..) {
+            f(&t);
+        }
+    }
+
     fn remove(&mut self, id: usize) {
         if let Some(e) = self.slots[id].take() {
             self.keys.remove(&e.original);
             self.keys.remove(&e.reply);
+            if self.ended.len() < ENDED_PER_ROUND {
+                self.ended.push(e.reply);
+            }
             self.free.push(u32::try_from(id).expect("capacity fits u32"));
         }
     }
@@ -345,6 +369,9 @@ mod tests {
         let syn = ct.insert(o1, r1, SYN, BackendId::NONE, 0).unwrap();
         let est = ct.insert(o2, r2, ACK, BackendId::NONE, 0).unwrap();
         assert_eq!(ct.gc_step(61, 8), 1, "the SYN-only flow expires after 60 s");
+        let mut ended = Vec::new();
+        ct.drain_ended(|t| ended.push(*t));
+        assert_eq!(ended.len(), 1, "its reply tuple is reported once");
         assert!(ct.get(syn).is_none() && ct.lookup(&o1).is_none() && ct.lookup(&r1).is_none());
         assert_eq!(ct.gc_step(6 * 3600, 8), 0);
         assert_eq!(ct.gc_step(6 * 3600 + 1, 8), 1);

@@ -22,18 +22,18 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender};
 use hashbrown::HashMap;
-use skiff_common::conntrack::{CtEntry, CtKey4, CtKey6};
+use skiff_common::conntrack::{CtEntry, CtKey, CtKey4, CtKey6};
 use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
 
 use crate::{
-    conntrack::{Timeouts, Tuple},
+    conntrack::{Timeouts, Tuple, masqueraded},
     engine::{Engine, NewFlow, Partition, SharedTables, Tables},
     io::{
         BATCH, PacketIo,
         afxdp::{BusyPoll, XskPort},
         packet::{PacketPort, Steering},
     },
-    worker::{Neighbor, Stats, Worker},
+    worker::{FlowEvent, Neighbor, Stats, Worker},
 };
 
 /// Where the workers' frames come from.
@@ -221,13 +221,26 @@ impl Datapath {
             let mut rounds = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 worker.engine().refresh(&shared);
-                let got = worker.poll(10, started.elapsed().as_secs(), |flow| {
-                    if let Some(m) = mirror.as_mut() {
-                        // A flow whose replies the program cannot steer would be lost: the
-                        // failure is counted by the program's NO_WORKER/pass counters.
-                        let _ = track(m, &flow.reply);
+                let got = worker.poll(10, started.elapsed().as_secs(), |event| match event {
+                    FlowEvent::Started(flow) => {
+                        if let Some(m) = mirror.as_mut() {
+                            // A flow whose replies the program cannot steer would be lost: the
+                            // failure shows in the program's pass counters.
+                            let nat = if masqueraded(&flow.original, &flow.reply) {
+                                CtEntry::NAT_DNAT | CtEntry::NAT_SNAT
+                            } else {
+                                CtEntry::NAT_DNAT
+                            };
+                            let _ =
+                                m.track(ct_key(&flow.reply), CtEntry { flags: nat, ..CtEntry::default() });
+                        }
+                        let _ = flows.try_send(*flow);
                     }
-                    let _ = flows.try_send(*flow);
+                    FlowEvent::Ended(reply) => {
+                        if let Some(m) = mirror.as_mut() {
+                            let _ = m.untrack(ct_key(reply));
+                        }
+                    }
                 });
                 rounds = rounds.wrapping_add(1);
                 if got == 0 || rounds.is_multiple_of(STATS_EVERY) {
@@ -327,29 +340,16 @@ fn ifindex(iface: &str) -> Result<u32, DatapathError> {
     }
 }
 
-/// Tells the XDP program that packets with this tuple belong to a worker's flow.
-fn track(mirror: &mut TrackedFlows, reply: &Tuple) -> Result<(), XdpError> {
-    let entry = CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() };
+/// The XDP program's key for a tuple.
+fn ct_key(t: &Tuple) -> CtKey {
     let v4 = |a: &[u8; 16]| a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-    if v4(&reply.src) && v4(&reply.dst) {
-        let key = CtKey4 {
-            saddr: [reply.src[12], reply.src[13], reply.src[14], reply.src[15]],
-            daddr: [reply.dst[12], reply.dst[13], reply.dst[14], reply.dst[15]],
-            sport: reply.src_port.to_be(),
-            dport: reply.dst_port.to_be(),
-            proto: reply.protocol,
-            _pad: [0; 3],
-        };
-        mirror.track_v4(key, entry)
+    let (sport, dport, proto, _pad) = (t.src_port.to_be(), t.dst_port.to_be(), t.protocol, [0; 3]);
+    if v4(&t.src) && v4(&t.dst) {
+        let (mut saddr, mut daddr) = ([0; 4], [0; 4]);
+        saddr.copy_from_slice(&t.src[12..]);
+        daddr.copy_from_slice(&t.dst[12..]);
+        CtKey::V4(CtKey4 { saddr, daddr, sport, dport, proto, _pad })
     } else {
-        let key = CtKey6 {
-            saddr: reply.src,
-            daddr: reply.dst,
-            sport: reply.src_port.to_be(),
-            dport: reply.dst_port.to_be(),
-            proto: reply.protocol,
-            _pad: [0; 3],
-        };
-        mirror.track_v6(key, entry)
+        CtKey::V6(CtKey6 { saddr: t.src, daddr: t.dst, sport, dport, proto, _pad })
     }
 }

@@ -17,6 +17,7 @@ use skiff_common::DropReason;
 use skiff_wire::layers;
 
 use crate::{
+    conntrack::Tuple,
     engine::{Engine, NewFlow, Verdict},
     io::{BATCH, PacketIo, wait_readable},
 };
@@ -28,6 +29,14 @@ pub struct Neighbor {
     pub port: usize,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+}
+
+/// A flow that started or ended in a worker's conntrack.
+#[derive(Clone, Copy, Debug)]
+pub enum FlowEvent<'a> {
+    Started(&'a NewFlow),
+    /// Expired or evicted: its reply tuple.
+    Ended(&'a Tuple),
 }
 
 /// What a worker did, for counters.
@@ -145,15 +154,18 @@ impl<P: PacketIo> Worker<P> {
 
     /// One round: every port's waiting frames through the engine and out, and a bounded step of
     /// conntrack expiry. When no frame waits, first sleeps up to `timeout_ms` until one does.
-    /// `now` is the clock conntrack expires flows by (seconds). `on_new_flow` gets each new
-    /// flow before any of its packets is sent. Returns frames received.
-    pub fn poll(&mut self, timeout_ms: i32, now: u64, mut on_new_flow: impl FnMut(&NewFlow)) -> usize {
+    /// `now` is the clock conntrack expires flows by (seconds). `on_flow` hears of each new
+    /// flow before any of its packets is sent, and of each flow removed. Returns frames
+    /// received.
+    pub fn poll(&mut self, timeout_ms: i32, now: u64, mut on_flow: impl FnMut(FlowEvent)) -> usize {
         let mut received = self.receive(now);
         if received == 0 && timeout_ms != 0 && wait_readable(&self.fds, timeout_ms).unwrap_or(false) {
             received = self.receive(now);
         }
-        self.engine.drain_new_flows(&mut on_new_flow);
-        self.engine.conntrack().gc_step(now, GC_PER_ROUND);
+        self.engine.drain_new_flows(|f| on_flow(FlowEvent::Started(f)));
+        let conntrack = self.engine.conntrack();
+        conntrack.gc_step(now, GC_PER_ROUND);
+        conntrack.drain_ended(|t| on_flow(FlowEvent::Ended(t)));
         let Worker { ports, arena, staged, stats, .. } = self;
         for (slot, &(port, len)) in staged.iter().enumerate() {
             let frame = &arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];

@@ -15,7 +15,7 @@ use aya::{
 use skiff_common::{
     Counter, DropReason, Verdict,
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
-    conntrack::{CtEntry, CtKey4, CtKey6},
+    conntrack::{CtEntry, CtKey, CtKey4, CtKey6},
     endpoint::EndpointInfo,
     event::DropEvent,
     lb::{ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
@@ -315,14 +315,31 @@ impl TrackedFlows {
         Ok(TrackedFlows { v4: open(pin_dir, maps::CT_V4)?, v6: open(pin_dir, maps::CT_V6)? })
     }
 
-    /// Marks an IPv4 flow as tracked (a worker NATs it): its packets go to the workers.
-    pub fn track_v4(&mut self, key: CtKey4, entry: CtEntry) -> Result<(), XdpError> {
-        self.v4.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V4))
+    /// Marks a flow as tracked (a worker NATs it): its packets go to the workers.
+    pub fn track(&mut self, key: CtKey, entry: CtEntry) -> Result<(), XdpError> {
+        match key {
+            CtKey::V4(k) => self.v4.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V4)),
+            CtKey::V6(k) => self.v6.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V6)),
+        }
     }
 
-    /// Marks an IPv6 flow as tracked.
-    pub fn track_v6(&mut self, key: CtKey6, entry: CtEntry) -> Result<(), XdpError> {
-        self.v6.insert(key, entry, 0).map_err(XdpError::map(maps::CT_V6))
+    /// Forgets a flow (its worker expired it). A key already gone is not an error.
+    pub fn untrack(&mut self, key: CtKey) -> Result<(), XdpError> {
+        let gone = |name| {
+            move |e| match e {
+                aya::maps::MapError::KeyNotFound => Ok(()),
+                aya::maps::MapError::SyscallError(ref e)
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(())
+                }
+                e => Err(XdpError::map(name)(e)),
+            }
+        };
+        match key {
+            CtKey::V4(k) => self.v4.remove(&k).or_else(gone(maps::CT_V4)),
+            CtKey::V6(k) => self.v6.remove(&k).or_else(gone(maps::CT_V6)),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ mod privileged {
     use skiff_common::{
         DropReason, Verdict as Action,
         config::XdpConfig,
-        conntrack::{CtEntry, CtKey4},
+        conntrack::{CtEntry, CtKey, CtKey4},
         endpoint::EndpointInfo,
         meta::XdpMeta,
         policy::Identity,
@@ -67,7 +67,7 @@ mod privileged {
                 _pad: [0; 3],
             };
             let mut flows = ingress.tracked_flows().unwrap();
-            flows.track_v4(key, CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
+            flows.track(CtKey::V4(key), CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
             loaded
         }
         pub fn get(&mut self) -> &mut Ingress {
@@ -81,6 +81,34 @@ mod privileged {
             skiff_xdp::bpffs::remove_pins(&self.dir)
                 .unwrap_or_else(|e| eprintln!("removing {}: {e}", self.dir.display()));
         }
+    }
+
+    /// A flow its worker expired is withdrawn: its replies pass to the kernel again, and
+    /// withdrawing it twice is not an error.
+    #[test]
+    fn an_untracked_flow_is_no_longer_redirected() {
+        let mut loaded = Loaded::new();
+        let ingress = loaded.get();
+        let reply = fixtures().into_iter().find(|f| f.description == "a tracked flow's reply").unwrap();
+        let redirected = |ingress: &Ingress| {
+            let before = ingress.no_worker().unwrap().packets;
+            assert_eq!(ingress.test_run(&reply.input, 1).unwrap().action, Action::Pass.code());
+            ingress.no_worker().unwrap().packets - before == 1
+        };
+        assert!(redirected(ingress), "tracked: to the workers");
+        let (src, sport, dst, dport) = Env::TRACKED_V4;
+        let key = CtKey4 {
+            saddr: src.octets(),
+            daddr: dst.octets(),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let mut flows = ingress.tracked_flows().unwrap();
+        flows.untrack(CtKey::V4(key)).unwrap();
+        assert!(!redirected(ingress), "untracked: to the kernel");
+        flows.untrack(CtKey::V4(key)).unwrap();
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub struct CtKey6 {
 const _: () = assert!(size_of::<CtKey6>() == 40 && align_of::<CtKey6>() == 2);
 const _: () = assert!(offset_of!(CtKey6, sport) == 32 && offset_of!(CtKey6, proto) == 36);
 
+/// A key of either family (not a map type itself: the maps are per family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtKey {
+    V4(CtKey4),
+    V6(CtKey6),
+}
+
 impl CtKey4 {
     /// The same flow seen from the other end: the key of its replies.
     #[must_use]
