@@ -342,14 +342,9 @@ fn ifindex(iface: &str) -> Result<u32, DatapathError> {
 
 /// The XDP program's key for a tuple.
 fn ct_key(t: &Tuple) -> CtKey {
-    let v4 = |a: &[u8; 16]| a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-    let (sport, dport, proto, _pad) = (t.src_port.to_be(), t.dst_port.to_be(), t.protocol, [0; 3]);
-    if v4(&t.src) && v4(&t.dst) {
-        let (mut saddr, mut daddr) = ([0; 4], [0; 4]);
-        saddr.copy_from_slice(&t.src[12..]);
-        daddr.copy_from_slice(&t.dst[12..]);
-        CtKey::V4(CtKey4 { saddr, daddr, sport, dport, proto, _pad })
-    } else {
-        CtKey::V6(CtKey6 { saddr: t.src, daddr: t.dst, sport, dport, proto, _pad })
+    let v4 = |a: &[u8; 16]| std::net::Ipv6Addr::from(*a).to_ipv4_mapped().map(|a| a.octets());
+    match (v4(&t.src), v4(&t.dst)) {
+        (Some(src), Some(dst)) => CtKey::V4(CtKey4::new(src, t.src_port, dst, t.dst_port, t.protocol)),
+        _ => CtKey::V6(CtKey6::new(t.src, t.src_port, t.dst, t.dst_port, t.protocol)),
     }
 }

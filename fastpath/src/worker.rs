@@ -71,7 +71,7 @@ impl Default for Stats {
 }
 
 impl Stats {
-    fn drop(&mut self, reason: DropReason) {
+    fn count_drop(&mut self, reason: DropReason) {
         self.dropped += 1;
         self.drops[usize::from(reason.code())] += 1;
     }
@@ -171,13 +171,13 @@ impl<P: PacketIo> Worker<P> {
             let frame = &arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
             match ports.get_mut(port).map(|p| p.send(frame)) {
                 Some(Ok(())) => stats.forwarded += 1,
-                _ => stats.drop(DropReason::NoTxSpace),
+                _ => stats.count_drop(DropReason::NoTxSpace),
             }
         }
         for port in ports.iter_mut() {
             if port.flush().is_err() {
                 // Frames the ring had no room for; the count is not reported per frame.
-                stats.drop(DropReason::NoTxSpace);
+                stats.count_drop(DropReason::NoTxSpace);
             }
         }
         received
@@ -203,19 +203,19 @@ impl<P: PacketIo> Worker<P> {
                             // Off the hot path: a copy for the slow path, dropped if it lags.
                             match slow.try_send(frame.to_vec()) {
                                 Ok(()) => stats.exceptions += 1,
-                                Err(_) => stats.drop(DropReason::SlowPathBusy),
+                                Err(_) => stats.count_drop(DropReason::SlowPathBusy),
                             }
                         }
                         return;
                     }
                     Verdict::Drop(reason) => {
-                        stats.drop(reason);
+                        stats.count_drop(reason);
                         return;
                     }
                 };
                 let next_hop = layers::parse(frame).ok().and_then(|p| p.addrs(frame)).map(|(_, dst)| dst);
                 let Some(n) = next_hop.and_then(|dst| neighbors.get(&dst)) else {
-                    stats.drop(DropReason::Unroutable);
+                    stats.count_drop(DropReason::Unroutable);
                     return;
                 };
                 frame[..6].copy_from_slice(&n.dst_mac);
@@ -225,7 +225,7 @@ impl<P: PacketIo> Worker<P> {
                     arena[slot * FRAME_ROOM..slot * FRAME_ROOM + frame.len()].copy_from_slice(frame);
                     staged.push((n.port, frame.len()));
                 } else {
-                    stats.drop(DropReason::MtuExceeded);
+                    stats.count_drop(DropReason::MtuExceeded);
                 }
             });
             received += got.unwrap_or(0);

@@ -57,22 +57,19 @@ mod privileged {
                 .unwrap();
             let pod = EndpointInfo { identity: Identity(300), flags: EndpointInfo::POLICY_ENFORCED };
             ingress.add_endpoint(Env::POLICY_POD_V4.into(), pod).unwrap();
-            let (src, sport, dst, dport) = Env::TRACKED_V4;
-            let key = CtKey4 {
-                saddr: src.octets(),
-                daddr: dst.octets(),
-                sport: sport.to_be(),
-                dport: dport.to_be(),
-                proto: 6,
-                _pad: [0; 3],
-            };
             let mut flows = ingress.tracked_flows().unwrap();
-            flows.track(CtKey::V4(key), CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
+            flows.track(tracked_key(), CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
             loaded
         }
         pub fn get(&mut self) -> &mut Ingress {
             self.ingress.as_mut().expect("loaded")
         }
+    }
+
+    /// The XDP key of the environment's tracked flow (a TCP reply).
+    fn tracked_key() -> CtKey {
+        let (src, sport, dst, dport) = Env::TRACKED_V4;
+        CtKey::V4(CtKey4::new(src.octets(), sport, dst.octets(), dport, 6))
     }
 
     impl Drop for Loaded {
@@ -96,19 +93,10 @@ mod privileged {
             ingress.no_worker().unwrap().packets - before == 1
         };
         assert!(redirected(ingress), "tracked: to the workers");
-        let (src, sport, dst, dport) = Env::TRACKED_V4;
-        let key = CtKey4 {
-            saddr: src.octets(),
-            daddr: dst.octets(),
-            sport: sport.to_be(),
-            dport: dport.to_be(),
-            proto: 6,
-            _pad: [0; 3],
-        };
         let mut flows = ingress.tracked_flows().unwrap();
-        flows.untrack(CtKey::V4(key)).unwrap();
+        flows.untrack(tracked_key()).unwrap();
         assert!(!redirected(ingress), "untracked: to the kernel");
-        flows.untrack(CtKey::V4(key)).unwrap();
+        flows.untrack(tracked_key()).unwrap();
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub enum CtKey {
 }
 
 impl CtKey4 {
+    /// The key of a flow from `saddr:sport` to `daddr:dport` (ports in host order).
+    pub const fn new(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, proto: u8) -> Self {
+        CtKey4 { saddr, daddr, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] }
+    }
+
     /// The same flow seen from the other end: the key of its replies.
     #[must_use]
     pub const fn reversed(self) -> Self {
@@ -55,6 +60,11 @@ impl CtKey4 {
 }
 
 impl CtKey6 {
+    /// The key of a flow from `[saddr]:sport` to `[daddr]:dport` (ports in host order).
+    pub const fn new(saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16, proto: u8) -> Self {
+        CtKey6 { saddr, daddr, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] }
+    }
+
     /// The same flow seen from the other end: the key of its replies.
     #[must_use]
     pub const fn reversed(self) -> Self {
