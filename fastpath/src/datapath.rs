@@ -21,7 +21,6 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use hashbrown::HashMap;
 use skiff_common::conntrack::{CtEntry, CtKey, CtKey4, CtKey6};
 use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
 
@@ -33,7 +32,7 @@ use crate::{
         afxdp::{BusyPoll, XskPort},
         packet::{PacketPort, Steering},
     },
-    worker::{FlowEvent, Neighbor, Stats, Worker},
+    worker::{FlowEvent, Stats, Worker},
 };
 
 /// Where the workers' frames come from.
@@ -116,13 +115,12 @@ pub struct Datapath {
 
 impl Datapath {
     /// Starts the workers on `config.interfaces` in the calling thread's network namespace,
-    /// with `tables` and the next hops in `neighbors` (their `port` is the interface's index in
+    /// with `tables` (whose next hops' `port` is the interface's index in
     /// `config.interfaces`). AF_XDP needs `ingress`, the loaded XDP program, which is attached
     /// to every interface. Returns once every socket is bound.
     pub fn start(
         config: Config,
         tables: Tables,
-        neighbors: HashMap<IpAddr, Neighbor>,
         ingress: Option<Ingress>,
     ) -> Result<Datapath, DatapathError> {
         let netns =
@@ -166,7 +164,7 @@ impl Datapath {
                 datapath.ingress = Some(Mutex::new(ingress));
                 datapath.publish(tables)?;
                 for (q, (ports, mirror)) in per_worker.into_iter().enumerate() {
-                    let worker = datapath.worker(q, ports, &neighbors).with_exceptions(exceptions_tx.clone());
+                    let worker = datapath.worker(q, ports).with_exceptions(exceptions_tx.clone());
                     datapath.spawn(q, worker, mirror, flows_tx.clone(), &cores);
                 }
             }
@@ -181,7 +179,7 @@ impl Datapath {
                                 .map_err(io_error(format!("AF_PACKET socket on {iface}")))
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    let worker = datapath.worker(q, ports, &neighbors);
+                    let worker = datapath.worker(q, ports);
                     datapath.spawn(q, worker, None, flows_tx.clone(), &cores);
                 }
             }
@@ -193,12 +191,11 @@ impl Datapath {
         &self,
         q: usize,
         ports: Vec<P>,
-        neighbors: &HashMap<IpAddr, Neighbor>,
     ) -> Worker<P> {
         let mut engine = Engine::new(self.shared.current(), self.config.ct_capacity, self.config.timeouts);
         let index = u16::try_from(q).unwrap_or(u16::MAX);
         engine.set_partition(Partition { index, count: self.config.workers });
-        Worker::new(engine, ports, neighbors.clone()).with_batch(self.config.batch)
+        Worker::new(engine, ports).with_batch(self.config.batch)
     }
 
     fn spawn<P: PacketIo + Send + 'static>(

@@ -68,10 +68,19 @@ pub struct ServiceConfig {
     pub affinity_timeout: Option<u64>,
 }
 
-/// A frontend's backends and their selectors.
+/// A frontend: its configuration and its backends' pool.
 #[derive(Clone, Debug)]
 pub struct Service {
     config: ServiceConfig,
+    pool: Arc<Pool>,
+}
+
+/// Backends and their selectors, shared by every frontend of one service port (its ClusterIP,
+/// NodePorts, load-balancer IPs): one Maglev table each, not one per frontend, and a table
+/// publish that keeps a service reuses it instead of rebuilding.
+#[derive(Debug)]
+struct Pool {
+    algorithm: Algorithm,
     backends: HashMap<BackendId, Backend>,
     /// Over every backend.
     all: Selector,
@@ -85,7 +94,20 @@ impl Service {
         let local = (config.traffic_policy == TrafficPolicy::Local)
             .then(|| Selector::build(backends.iter().filter(|b| b.local), config.algorithm))
             .transpose()?;
-        Ok(Service { config, backends: backends.into_iter().map(|b| (b.id, b)).collect(), all, local })
+        let backends = backends.into_iter().map(|b| (b.id, b)).collect();
+        Ok(Service { config, pool: Arc::new(Pool { algorithm: config.algorithm, backends, all, local }) })
+    }
+
+    /// Another frontend of the same backends: shares this one's selectors when `config` can
+    /// use them (same algorithm, and the local selector when its policy is `Local`).
+    pub fn sharing(&self, config: ServiceConfig) -> Result<Service, MaglevError> {
+        let pool = &self.pool;
+        if pool.algorithm == config.algorithm
+            && (config.traffic_policy == TrafficPolicy::Cluster || pool.local.is_some())
+        {
+            return Ok(Service { config, pool: pool.clone() });
+        }
+        Service::new(pool.backends.values().copied().collect(), config)
     }
 
     pub fn config(&self) -> &ServiceConfig {
@@ -93,12 +115,13 @@ impl Service {
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &Backend> {
-        self.backends.values()
+        self.pool.backends.values()
     }
 
     /// Whether a new flow from this client is bound to this node's backends.
     fn local_only(&self, internal_client: bool) -> bool {
-        self.local.is_some() && (self.config.kind == FrontendKind::ClusterIp || !internal_client)
+        self.config.traffic_policy == TrafficPolicy::Local
+            && (self.config.kind == FrontendKind::ClusterIp || !internal_client)
     }
 }
 
@@ -132,11 +155,22 @@ fn in_prefix(addr: IpAddr, prefix: IpAddr, len: u8) -> bool {
     width == prefix_width && a & mask == p & mask
 }
 
+/// How to reach an address: out of which port (the interface's index in the worker's ports,
+/// which is its index in the datapath's interfaces), with which MACs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbor {
+    pub port: usize,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
 /// What the control plane gives the workers: swapped whole, never edited in place.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     pub services: HashMap<Frontend, Service>,
     pub node: Node,
+    /// Where translated packets go, by destination address.
+    pub next_hops: HashMap<IpAddr, Neighbor>,
 }
 
 /// The tables as the control plane publishes them: a new version replaces the old one
@@ -239,6 +273,10 @@ impl Engine {
     }
 
     /// Installs new tables; tracked flows keep their backends.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
     pub fn set_tables(&mut self, tables: Arc<Tables>) {
         self.tables = tables;
     }
@@ -305,17 +343,18 @@ impl Engine {
         let Some(service) = self.tables.services.get(&frontend) else { return Ok(Verdict::Pass) };
         let internal_client = self.tables.node.is_internal(src);
         let local_only = service.local_only(internal_client);
-        let selector = if local_only { service.local.as_ref() } else { Some(&service.all) };
+        let pool = &*service.pool;
+        let selector = if local_only { pool.local.as_ref() } else { Some(&pool.all) };
         let flow_hash = hash64(&tuple.to_bytes(), 0);
         self.random = crate::hash::mix64(self.random.wrapping_add(0x9e37_79b9_7f4a_7c15));
         let timeout = service.config.affinity_timeout;
         let remembered = timeout.and_then(|timeout| {
             let (id, at) = *self.affinity.get(&(frontend, src))?;
-            let b = service.backends.get(&id)?;
+            let b = pool.backends.get(&id)?;
             (now.saturating_sub(at) <= timeout && b.weight > 0 && (b.local || !local_only)).then_some(id)
         });
         let Some(backend_id) = remembered.or_else(|| selector?.pick(flow_hash, self.random)) else {
-            if local_only && !service.all.is_empty() {
+            if local_only && !pool.all.is_empty() {
                 // Backends elsewhere only: a Local policy drops rather than leave the node.
                 return Err(DropReason::NoLocalBackend);
             }
@@ -329,7 +368,7 @@ impl Engine {
         {
             self.affinity.insert(key, (backend_id, now));
         }
-        let backend = *service.backends.get(&backend_id).ok_or(DropReason::NoBackendMatch)?;
+        let backend = *pool.backends.get(&backend_id).ok_or(DropReason::NoBackendMatch)?;
         let masquerade =
             (service.config.kind != FrontendKind::ClusterIp && !internal_client && !backend.local)
                 .then(|| self.tables.node.masquerade(src))

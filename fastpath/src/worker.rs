@@ -9,10 +9,9 @@
 //! to the kernel when the kernel has no copy) leave the hot path, through a bounded channel to
 //! the slow path.
 
-use std::{net::IpAddr, os::fd::RawFd};
+use std::os::fd::RawFd;
 
 use crossbeam_channel::Sender;
-use hashbrown::HashMap;
 use skiff_common::DropReason;
 use skiff_wire::layers;
 
@@ -21,15 +20,6 @@ use crate::{
     engine::{Engine, NewFlow, Verdict},
     io::{BATCH, PacketIo, wait_readable},
 };
-
-/// How to reach an address: out of which port (the interface's index in the worker's ports),
-/// with which MACs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Neighbor {
-    pub port: usize,
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
-}
 
 /// A flow that started or ended in a worker's conntrack.
 #[derive(Clone, Copy, Debug)]
@@ -104,7 +94,6 @@ pub struct Worker<P: PacketIo> {
     engine: Engine,
     ports: Vec<P>,
     fds: Vec<RawFd>,
-    neighbors: HashMap<IpAddr, Neighbor>,
     /// Frames per receive batch.
     batch: usize,
     /// Where frames the kernel never saw go when the engine passes them (the slow path);
@@ -116,13 +105,12 @@ pub struct Worker<P: PacketIo> {
 }
 
 impl<P: PacketIo> Worker<P> {
-    pub fn new(engine: Engine, ports: Vec<P>, neighbors: HashMap<IpAddr, Neighbor>) -> Worker<P> {
+    pub fn new(engine: Engine, ports: Vec<P>) -> Worker<P> {
         let room = ports.len().max(1) * BATCH;
         Worker {
             engine,
             fds: ports.iter().filter_map(PacketIo::fd).collect(),
             ports,
-            neighbors,
             batch: BATCH,
             exceptions: None,
             arena: vec![0; room * FRAME_ROOM],
@@ -186,7 +174,7 @@ impl<P: PacketIo> Worker<P> {
     /// Receives one batch per port and stages what goes out.
     fn receive(&mut self, now: u64) -> usize {
         let mut received = 0;
-        let Worker { engine, ports, neighbors, batch, exceptions, arena, staged, stats, .. } = self;
+        let Worker { engine, ports, batch, exceptions, arena, staged, stats, .. } = self;
         staged.clear();
         for port in ports.iter_mut() {
             let got = port.recv(*batch, |frame| {
@@ -214,7 +202,7 @@ impl<P: PacketIo> Worker<P> {
                     }
                 };
                 let next_hop = layers::parse(frame).ok().and_then(|p| p.addrs(frame)).map(|(_, dst)| dst);
-                let Some(n) = next_hop.and_then(|dst| neighbors.get(&dst)) else {
+                let Some(n) = next_hop.and_then(|dst| engine.tables().next_hops.get(&dst)) else {
                     stats.count_drop(DropReason::Unroutable);
                     return;
                 };

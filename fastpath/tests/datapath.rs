@@ -15,9 +15,8 @@ mod privileged {
     use skiff_common::{DropReason, config::XdpConfig, lb::BackendId};
     use skiff_fastpath::{
         datapath::{Config, Datapath, Io},
-        engine::{Frontend, FrontendKind, Node, SNAT_PORTS, Service, ServiceConfig, Tables},
+        engine::{Frontend, FrontendKind, Neighbor, Node, SNAT_PORTS, Service, ServiceConfig, Tables},
         lb::Backend,
-        worker::Neighbor,
     };
     use skiff_lab::{Host, Lab, Topology};
     use skiff_xdp::{Ingress, XdpMode, bpffs};
@@ -81,6 +80,7 @@ mod privileged {
                 masquerade_v6: None,
                 cluster_prefixes: vec![(cluster.into(), 17)],
             },
+            ..Tables::default()
         }
     }
 
@@ -128,8 +128,9 @@ mod privileged {
             ingress
         });
         let config = Config { interfaces, io, ct_capacity: 1 << 16, ..Config::default() };
-        let tables = tables(&guard.lab, local, remote);
-        let datapath = node.netns.run(move || Datapath::start(config, tables, neighbors, ingress)).unwrap();
+        let mut tables = tables(&guard.lab, local, remote);
+        tables.next_hops = neighbors;
+        let datapath = node.netns.run(move || Datapath::start(config, tables, ingress)).unwrap();
         guard.datapath = Some(datapath.expect("the datapath starts"));
         guard
     }

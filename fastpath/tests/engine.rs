@@ -56,7 +56,7 @@ fn tables(services: &[(IpAddr, u8, Vec<IpAddr>)]) -> Arc<Tables> {
             (Frontend { addr: *vip, port: 80, protocol: *proto }, Service::new(backends(b), MAGLEV).unwrap())
         })
         .collect();
-    Arc::new(Tables { services, node: Node::default() })
+    Arc::new(Tables { services, ..Tables::default() })
 }
 
 fn engine(services: &[(IpAddr, u8, Vec<IpAddr>)]) -> Engine {
@@ -64,7 +64,7 @@ fn engine(services: &[(IpAddr, u8, Vec<IpAddr>)]) -> Engine {
 }
 
 fn one_service(frontend: Frontend, service: Service, node: Node) -> Arc<Tables> {
-    Arc::new(Tables { services: [(frontend, service)].into_iter().collect(), node })
+    Arc::new(Tables { services: [(frontend, service)].into_iter().collect(), node, ..Tables::default() })
 }
 
 /// Runs `input` through the engine and returns the verdict and the frame after it.

@@ -4,18 +4,17 @@
 //! AF_PACKET in the lab (tests/datapath.rs).
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     sync::Arc,
 };
 
-use hashbrown::HashMap;
 use skiff_common::{DropReason, lb::BackendId};
 use skiff_fastpath::{
     conntrack::Timeouts,
-    engine::{Engine, Frontend, Node, Service, ServiceConfig, Tables},
+    engine::{Engine, Frontend, Neighbor, Node, Service, ServiceConfig, Tables},
     io::memory::MemoryPort,
     lb::Backend,
-    worker::{Neighbor, Worker},
+    worker::Worker,
 };
 use skiff_testkit::{Builder, Fixture, Verdict as V, eth};
 use skiff_wire::ethernet::Mac;
@@ -122,15 +121,17 @@ fn worker() -> Worker<MemoryPort> {
         (frontend(VIP, 53, 17), service(vec![backend(5353, 2)])),
         (frontend(EMPTY_VIP, 80, 6), service(vec![])),
     ];
-    let tables = Tables { services: services.into_iter().collect(), node: Node::default() };
-    let engine = Engine::new(Arc::new(tables), 1024, Timeouts::default());
-    let neighbors: HashMap<IpAddr, Neighbor> = [
+    let next_hops = [
         (CLIENT.into(), Neighbor { port: 0, src_mac: NODE_UPLINK, dst_mac: CLIENT_MAC }),
         (POD.into(), Neighbor { port: 1, src_mac: NODE_LXC, dst_mac: POD_MAC }),
-    ]
-    .into_iter()
-    .collect();
-    Worker::new(engine, vec![MemoryPort::new(), MemoryPort::new()], neighbors)
+    ];
+    let tables = Tables {
+        services: services.into_iter().collect(),
+        node: Node::default(),
+        next_hops: next_hops.into_iter().collect(),
+    };
+    let engine = Engine::new(Arc::new(tables), 1024, Timeouts::default());
+    Worker::new(engine, vec![MemoryPort::new(), MemoryPort::new()])
 }
 
 #[test]

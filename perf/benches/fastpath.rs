@@ -39,7 +39,7 @@ fn backends(n: u32) -> Vec<Backend> {
 fn engine(capacity: usize) -> Engine {
     let service = Service::new(backends(10), ServiceConfig::default()).expect("table");
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
-    let tables = Tables { services: [(frontend, service)].into_iter().collect(), node: Node::default() };
+    let tables = Tables { services: [(frontend, service)].into_iter().collect(), ..Tables::default() };
     Engine::new(Arc::new(tables), capacity, Timeouts::default())
 }
 

@@ -13,9 +13,8 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use skiff_common::{config::XdpConfig, lb::BackendId};
 use skiff_fastpath::{
     datapath::{Config, Datapath, Io},
-    engine::{Frontend, Service, ServiceConfig, Tables},
+    engine::{Frontend, Neighbor, Service, ServiceConfig, Tables},
     lb::Backend,
-    worker::Neighbor,
 };
 use skiff_lab::Topology;
 use skiff_perf::{
@@ -59,16 +58,19 @@ fn main() -> Result<()> {
         let backend = Backend { id: BackendId(1), addr: pod.ipv4.into(), port: 8080, weight: 1, local: true };
         let service = Service::new(vec![backend], ServiceConfig::default())?;
         let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 17 };
-        let tables = Tables { services: [(frontend, service)].into_iter().collect(), ..Tables::default() };
         let to_pod = Neighbor { port: 1, src_mac: pod.node_mac, dst_mac: pod.mac };
-        let neighbors = [(pod.ipv4.into(), to_pod)].into_iter().collect();
+        let tables = Tables {
+            services: [(frontend, service)].into_iter().collect(),
+            next_hops: [(pod.ipv4.into(), to_pod)].into_iter().collect(),
+            ..Tables::default()
+        };
         let config = Config {
             interfaces: vec![client.node_iface.clone(), pod.node_iface.clone()],
             io: Io::AfXdp(XdpMode::Native),
             cores: vec![1],
             ..Config::default()
         };
-        let datapath = node.netns.run(|| Datapath::start(config, tables, neighbors, Some(ingress)))??;
+        let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
         split_layout(&node.netns, &client.node_iface)?;
         let before = delivered()?;
         let elapsed = generate(&client.netns, frame, out, FRAMES)?;

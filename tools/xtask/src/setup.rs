@@ -30,6 +30,16 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libpcap-dev",
     "llvm-22-dev",
+    // A real API server for the control plane's tests: Go and the reflect2 fix to build
+    // kube-apiserver from Debian's source package (dpkg-dev unpacks it), etcd, openssl for
+    // its certificates.
+    "golang-go",
+    "golang-github-modern-go-reflect2-dev",
+    "dpkg-dev",
+    "rsync",
+    "etcd-server",
+    "etcd-client",
+    "openssl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).
@@ -40,6 +50,9 @@ pub fn setup() -> Result<()> {
     step("apt packages", apt_packages)?;
     step("nightly rust-src (eBPF build-std)", rust_src)?;
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"), bpf_linker)?;
+    step("kube-apiserver v1.20.2 (from Debian's source)", || {
+        Ok(if crate::kube::ensure()? { Done::Installed } else { Done::Cached })
+    })?;
     println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
