@@ -15,7 +15,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZE_MAX};
 use skiff_fastpath::{
     conntrack::{Conntrack, Timeouts, Tuple},
-    engine::{Engine, Frontend, Node, Service, ServiceConfig, Tables, Verdict},
+    engine::{Engine, Frontend, Service, ServiceConfig, Tables, Verdict},
     lb::{Backend, maglev::Maglev},
 };
 use skiff_testkit::eth;
