@@ -1,1 +1,22 @@
+//! skiff's control plane: Kubernetes objects, from a folder of YAML or an API server, checked
+//! and compiled into the tables the datapath runs on.
+//!
+//! ```text
+//!  source (dir | kube) ──► Store (validated, last good kept) ──► compile ──► Desired
+//!                                  └► rejections (status, Events)            │
+//!                                                                  Applier (diff, reuse)
+//!                                                                            ▼
+//!                                                                 Tables ──► Datapath::publish
+//! ```
 
+pub mod apply;
+pub mod compile;
+pub mod crd;
+pub mod objects;
+pub mod store;
+pub mod validate;
+pub mod api;
+pub mod controller;
+pub mod next_hops;
+pub mod source;
+pub mod agent;

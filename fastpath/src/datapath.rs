@@ -104,6 +104,8 @@ pub struct Datapath {
     /// from other threads.
     netns: File,
     ingress: Option<Mutex<Ingress>>,
+    /// The mode the XDP program got (auto resolves to native or generic).
+    xdp_mode: Option<XdpMode>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     stats: Vec<Arc<Mutex<Stats>>>,
@@ -136,6 +138,7 @@ impl Datapath {
             shared: SharedTables::new(Tables::default()),
             netns,
             ingress: None,
+            xdp_mode: None,
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             stats: Vec::new(),
@@ -147,7 +150,7 @@ impl Datapath {
             Io::AfXdp(mode) => {
                 let mut ingress = ingress.ok_or(DatapathError::NoIngress)?;
                 for iface in &config.interfaces {
-                    ingress.attach(iface, mode)?;
+                    datapath.xdp_mode = Some(ingress.attach(iface, mode)?);
                 }
                 let mut per_worker = Vec::new();
                 for q in 0..config.workers {
@@ -277,6 +280,11 @@ impl Datapath {
     }
 
     /// The workers' counters, summed (as of their last publication: at most a moment old).
+    /// The mode XDP was attached in, with AF_XDP.
+    pub fn xdp_mode(&self) -> Option<XdpMode> {
+        self.xdp_mode
+    }
+
     pub fn stats(&self) -> Stats {
         let mut total = Stats::default();
         for s in &self.stats {

@@ -126,7 +126,7 @@ impl Service {
 }
 
 /// This node as the engine needs to know it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Node {
     /// The source addresses of masqueraded flows.
     pub masquerade_v4: Option<IpAddr>,
@@ -169,8 +169,21 @@ pub struct Neighbor {
 pub struct Tables {
     pub services: HashMap<Frontend, Service>,
     pub node: Node,
-    /// Where translated packets go, by destination address.
+    /// Where translated packets go, by destination address; the unspecified address of a
+    /// family is its default route.
     pub next_hops: HashMap<IpAddr, Neighbor>,
+}
+
+impl Tables {
+    pub fn next_hop(&self, dst: IpAddr) -> Option<&Neighbor> {
+        self.next_hops.get(&dst).or_else(|| {
+            let any = match dst {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            self.next_hops.get(&any)
+        })
+    }
 }
 
 /// The tables as the control plane publishes them: a new version replaces the old one

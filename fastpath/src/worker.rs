@@ -202,7 +202,7 @@ impl<P: PacketIo> Worker<P> {
                     }
                 };
                 let next_hop = layers::parse(frame).ok().and_then(|p| p.addrs(frame)).map(|(_, dst)| dst);
-                let Some(n) = next_hop.and_then(|dst| engine.tables().next_hops.get(&dst)) else {
+                let Some(n) = next_hop.and_then(|dst| engine.tables().next_hop(dst)) else {
                     stats.count_drop(DropReason::Unroutable);
                     return;
                 };

@@ -1,0 +1,148 @@
+//! From the desired state to the tables the workers run on. Diffed against what was applied:
+//! a service port whose backends did not change keeps its backend pool (and Maglev table),
+//! so one endpoint change rebuilds one pool, and applying the same state twice changes
+//! nothing. Backend ids are stable while a backend exists, so existing flows and session
+//! affinity keep pointing at the right backend across updates.
+
+use std::{
+    collections::{BTreeMap, HashMap, hash_map::Entry},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+use skiff_common::lb::BackendId;
+use skiff_fastpath::{
+    engine::{Frontend, Service, Tables},
+    lb::{Algorithm, Backend},
+};
+
+use crate::compile::{BackendSpec, Desired, FrontendKey, FrontendSpec, ServicePort};
+
+/// What an apply changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+    /// Backend pools (Maglev tables) built by this apply.
+    pub pools_built: usize,
+}
+
+impl ApplyReport {
+    pub fn is_noop(&self) -> bool {
+        self.added == 0 && self.removed == 0 && self.changed == 0
+    }
+}
+
+/// One service port's backends of one address family: its frontends share them.
+type PoolKey = (ServicePort, bool);
+
+/// A pool as last built; its `service` lends the pool to every frontend.
+struct Pool {
+    backends: Vec<BackendSpec>,
+    algorithm: Algorithm,
+    service: Service,
+}
+
+impl Pool {
+    fn serves(&self, spec: &FrontendSpec) -> bool {
+        self.backends == spec.backends && self.algorithm == spec.config.algorithm
+    }
+}
+
+#[derive(Default)]
+pub struct Applier {
+    applied: BTreeMap<FrontendKey, FrontendSpec>,
+    pools: HashMap<PoolKey, Pool>,
+    ids: HashMap<(IpAddr, u16), BackendId>,
+    next_id: u32,
+    services: hashbrown::HashMap<Frontend, Service>,
+}
+
+impl Applier {
+    /// Builds the tables for `desired`, reusing what did not change since the last apply.
+    pub fn apply(&mut self, desired: &Desired) -> (Tables, ApplyReport) {
+        let mut report = ApplyReport::default();
+        for key in self.applied.keys() {
+            if !desired.frontends.contains_key(key) {
+                report.removed += 1;
+                self.services.remove(&frontend(key));
+            }
+        }
+        let mut pools: HashMap<PoolKey, Pool> = HashMap::new();
+        for (key, spec) in &desired.frontends {
+            let before = self.applied.get(key);
+            let unchanged = before == Some(spec);
+            match before {
+                None => report.added += 1,
+                Some(_) if unchanged => report.unchanged += 1,
+                Some(_) => report.changed += 1,
+            }
+            let pool_key = (spec.service.clone(), key.0.is_ipv4());
+            let pool = match pools.entry(pool_key) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let kept = self.pools.remove(e.key()).filter(|p| p.serves(spec));
+                    e.insert(kept.unwrap_or_else(|| {
+                        report.pools_built += 1;
+                        self.build_pool(spec)
+                    }))
+                }
+            };
+            if !unchanged {
+                let service = if pool.serves(spec) {
+                    pool.service.sharing(spec.config)
+                } else {
+                    Service::new(self.backends(spec), spec.config)
+                };
+                self.services.insert(frontend(key), service.expect("the table size was checked at start"));
+            }
+        }
+        self.pools = pools;
+        self.applied = desired.frontends.clone();
+        self.release_ids();
+        let tables = Tables { services: self.services.clone(), node: desired.node.clone(), ..Tables::default() };
+        (tables, report)
+    }
+
+    fn build_pool(&mut self, spec: &FrontendSpec) -> Pool {
+        let service = Service::new(self.backends(spec), spec.config).expect("the table size was checked at start");
+        Pool { backends: spec.backends.clone(), algorithm: spec.config.algorithm, service }
+    }
+
+    /// The frontend's backends with their ids (a new backend gets the next one).
+    fn backends(&mut self, spec: &FrontendSpec) -> Vec<Backend> {
+        spec
+            .backends
+            .iter()
+            .map(|b| {
+                let id = *self.ids.entry((b.addr, b.port)).or_insert_with(|| {
+                    self.next_id += 1;
+                    BackendId(self.next_id)
+                });
+                Backend { id, addr: b.addr, port: b.port, weight: b.weight, local: b.local }
+            })
+            .collect()
+    }
+
+    /// Forgets the ids of backends no frontend uses any more.
+    fn release_ids(&mut self) {
+        let used: std::collections::HashSet<(IpAddr, u16)> =
+            self.applied.values().flat_map(|f| f.backends.iter().map(|b| (b.addr, b.port))).collect();
+        self.ids.retain(|k, _| used.contains(k));
+    }
+
+    pub fn applied(&self) -> &BTreeMap<FrontendKey, FrontendSpec> {
+        &self.applied
+    }
+
+    /// The backend id a backend has in the applied tables.
+    pub fn backend_id(&self, addr: IpAddr, port: u16) -> Option<BackendId> {
+        self.ids.get(&(addr, port)).copied()
+    }
+}
+
+fn frontend(&(addr, port, protocol): &FrontendKey) -> Frontend {
+    Frontend { addr, port, protocol }
+}

@@ -1,0 +1,287 @@
+//! From objects to the desired datapath state: service frontends with their backends and
+//! settings, this node's addresses and the cluster's prefixes, security identities from pod
+//! labels, and tunnel endpoints towards the other nodes. Pure: the same objects give the
+//! same state, whatever their order.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use k8s_openapi::api::{core::v1, discovery::v1::EndpointSlice};
+use serde::Serialize;
+use skiff_fastpath::{
+    engine::{FrontendKind, Node, ServiceConfig, TrafficPolicy},
+    lb::Algorithm,
+};
+
+use crate::{
+    objects::Object,
+    validate::{LB_ALGORITHM, parse_cidr},
+};
+
+/// What the compiler needs to know about the node it runs on.
+#[derive(Clone, Debug)]
+pub struct NodeContext {
+    /// The Node object's name (`--node-name`).
+    pub name: String,
+    /// Addresses NodePorts listen on besides the Node object's (`--node-address`).
+    pub addresses: Vec<IpAddr>,
+    /// Maglev table size for every service (a prime, `--maglev-table-size`).
+    pub maglev_table_size: u32,
+}
+
+/// A frontend's identity in the desired state: address, port, protocol (sortable).
+pub type FrontendKey = (IpAddr, u16, u8);
+
+/// Which service port a frontend belongs to; its frontends share one backend pool.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    /// The port's name ("" for a single unnamed port).
+    pub port: String,
+    pub protocol: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct BackendSpec {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// 0: terminating, kept for the flows it has.
+    pub weight: u16,
+    pub local: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrontendSpec {
+    pub service: ServicePort,
+    pub config: ServiceConfig,
+    pub backends: Vec<BackendSpec>,
+}
+
+/// Another node's pod network, reached through a tunnel to its address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Tunnel {
+    pub node: String,
+    pub pod_cidr: String,
+    pub endpoint: IpAddr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub frontends: BTreeMap<FrontendKey, FrontendSpec>,
+    pub node: Node,
+    /// Distinct label sets of pods (namespace included), the unit Cilium gives an identity.
+    pub label_sets: BTreeSet<BTreeMap<String, String>>,
+    pub tunnels: Vec<Tunnel>,
+    /// Policies in effect (NetworkPolicy and Cilium's), for the policy tables to come.
+    pub policies: usize,
+}
+
+pub fn compile<'a>(objects: impl IntoIterator<Item = &'a Object>, ctx: &NodeContext) -> Desired {
+    let mut services = Vec::new();
+    let mut slices: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut nodes = Vec::new();
+    let mut desired = Desired::default();
+    for object in objects {
+        match object {
+            Object::Service(s) => services.push(&**s),
+            Object::EndpointSlice(s) => {
+                let labels = s.metadata.labels.as_ref();
+                if let Some(service) = labels.and_then(|l| l.get("kubernetes.io/service-name")) {
+                    let ns = s.metadata.namespace.clone().unwrap_or_default();
+                    slices.entry((ns, service.clone())).or_default().push(s);
+                }
+            }
+            Object::Pod(p) => {
+                let mut labels = p.metadata.labels.clone().unwrap_or_default();
+                labels.insert(
+                    "io.kubernetes.pod.namespace".into(),
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                );
+                desired.label_sets.insert(labels);
+            }
+            Object::Node(n) => nodes.push(&**n),
+            Object::NetworkPolicy(_) | Object::CiliumNetworkPolicy(_) | Object::CiliumClusterwideNetworkPolicy(_) => {
+                desired.policies += 1
+            }
+        }
+    }
+    let node_addresses = node_addresses(&nodes, ctx);
+    desired.node = Node {
+        masquerade_v4: node_addresses.iter().copied().find(IpAddr::is_ipv4),
+        masquerade_v6: node_addresses.iter().copied().find(IpAddr::is_ipv6),
+        cluster_prefixes: cluster_prefixes(&nodes),
+    };
+    desired.tunnels = tunnels(&nodes, ctx);
+    for service in services {
+        let key = (service.metadata.namespace.clone().unwrap_or_default(), service.metadata.name.clone().unwrap_or_default());
+        let slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+        frontends(&mut desired, service, slices, &node_addresses, ctx);
+    }
+    desired
+}
+
+fn node_addresses(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<IpAddr> {
+    let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
+    let mut addresses = ctx.addresses.clone();
+    for a in ours.iter().flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten())) {
+        if let ("InternalIP" | "ExternalIP", Ok(ip)) = (a.type_.as_str(), a.address.parse()) {
+            if !addresses.contains(&ip) {
+                addresses.push(ip);
+            }
+        }
+    }
+    addresses
+}
+
+/// Pod CIDRs and node addresses: clients inside are the cluster's own.
+fn cluster_prefixes(nodes: &[&v1::Node]) -> Vec<(IpAddr, u8)> {
+    let mut prefixes = BTreeSet::new();
+    for n in nodes {
+        let spec = n.spec.as_ref();
+        let cidrs = spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().chain(spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()));
+        prefixes.extend(cidrs.filter_map(|c| parse_cidr(c)));
+        for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+            if let ("InternalIP", Ok(ip)) = (a.type_.as_str(), a.address.parse::<IpAddr>()) {
+                prefixes.insert((ip, if ip.is_ipv4() { 32 } else { 128 }));
+            }
+        }
+    }
+    prefixes.into_iter().collect()
+}
+
+fn tunnels(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<Tunnel> {
+    let mut tunnels = Vec::new();
+    for n in nodes.iter().filter(|n| n.metadata.name.as_deref() != Some(&ctx.name)) {
+        let addresses = n.status.iter().flat_map(|s| s.addresses.iter().flatten());
+        let Some(endpoint) = addresses.filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse().ok()) else {
+            continue;
+        };
+        let spec = n.spec.as_ref();
+        let mut cidrs: BTreeSet<&String> = spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()).collect();
+        cidrs.extend(spec.and_then(|s| s.pod_cidr.as_ref()));
+        for cidr in cidrs {
+            tunnels.push(Tunnel { node: n.metadata.name.clone().unwrap_or_default(), pod_cidr: cidr.clone(), endpoint });
+        }
+    }
+    tunnels.sort();
+    tunnels
+}
+
+fn protocol_number(name: Option<&str>) -> u8 {
+    match name.unwrap_or("TCP") {
+        "UDP" => 17,
+        "SCTP" => 132,
+        _ => 6,
+    }
+}
+
+/// Every frontend of a service: its cluster IPs, NodePorts on this node's addresses,
+/// load-balancer ingress IPs and external IPs, for every port.
+fn frontends(
+    desired: &mut Desired,
+    service: &v1::Service,
+    slices: &[&EndpointSlice],
+    node_addresses: &[IpAddr],
+    ctx: &NodeContext,
+) {
+    let Some(spec) = &service.spec else { return };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        return;
+    }
+    let algorithm = match service.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM)).map(String::as_str) {
+        Some("random") => Algorithm::Random,
+        _ => Algorithm::Maglev { table_size: ctx.maglev_table_size },
+    };
+    let policy = |p: &Option<String>| {
+        if p.as_deref() == Some("Local") { TrafficPolicy::Local } else { TrafficPolicy::Cluster }
+    };
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        let timeout = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+        timeout.map_or(10800, |t| u64::try_from(t).unwrap_or(10800))
+    });
+    let mut cluster_ips: Vec<IpAddr> = spec.cluster_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
+    if let Some(ip) = spec.cluster_ip.as_ref().and_then(|ip| ip.parse().ok()) {
+        if !cluster_ips.contains(&ip) {
+            cluster_ips.push(ip);
+        }
+    }
+    let lb_ips: Vec<IpAddr> = service
+        .status
+        .iter()
+        .filter_map(|s| s.load_balancer.as_ref())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter_map(|i| i.ip.as_ref()?.parse().ok())
+        .collect();
+    let external_ips: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
+    for port in spec.ports.iter().flatten() {
+        let protocol = protocol_number(port.protocol.as_deref());
+        let name = port.name.clone().unwrap_or_default();
+        let service_port = ServicePort {
+            namespace: service.metadata.namespace.clone().unwrap_or_default(),
+            name: service.metadata.name.clone().unwrap_or_default(),
+            port: name.clone(),
+            protocol,
+        };
+        let backends = backends(slices, &name, protocol, &ctx.name);
+        let mut add = |addr: IpAddr, number: i32, kind: FrontendKind, traffic_policy| {
+            let Ok(number) = u16::try_from(number) else { return };
+            let config = ServiceConfig { kind, algorithm, traffic_policy, affinity_timeout };
+            // An address family the backends do not have gets no frontend.
+            let family: Vec<BackendSpec> = backends.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect();
+            let spec = FrontendSpec { service: service_port.clone(), config, backends: family };
+            desired.frontends.insert((addr, number, protocol), spec);
+        };
+        let internal = policy(&spec.internal_traffic_policy);
+        let external = policy(&spec.external_traffic_policy);
+        for &ip in &cluster_ips {
+            add(ip, port.port, FrontendKind::ClusterIp, internal);
+        }
+        if let (Some(node_port), "NodePort" | "LoadBalancer") = (port.node_port, kind) {
+            for &ip in node_addresses {
+                add(ip, node_port, FrontendKind::NodePort, external);
+            }
+        }
+        for &ip in &lb_ips {
+            add(ip, port.port, FrontendKind::LoadBalancer, external);
+        }
+        for &ip in &external_ips {
+            add(ip, port.port, FrontendKind::ExternalIp, external);
+        }
+    }
+}
+
+/// A service port's backends from its EndpointSlices: ready endpoints take new flows;
+/// terminating ones that still serve keep their flows (weight 0), or take new ones when no
+/// endpoint is ready (as kube-proxy does).
+fn backends(slices: &[&EndpointSlice], port_name: &str, protocol: u8, node: &str) -> Vec<BackendSpec> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices.iter().filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6")) {
+        let port = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name && protocol_number(p.protocol.as_deref()) == protocol
+        });
+        let Some(port) = port.and_then(|p| u16::try_from(p.port?).ok()) else { continue };
+        for e in &slice.endpoints {
+            let c = e.conditions.as_ref();
+            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+            let local = e.node_name.as_deref() == Some(node);
+            for addr in e.addresses.iter().filter_map(|a| a.parse().ok()) {
+                let backend = BackendSpec { addr, port, weight: 1, local };
+                if is_ready {
+                    ready.insert(backend);
+                } else if serving {
+                    terminating.insert(backend);
+                }
+            }
+        }
+    }
+    let fallback = ready.is_empty();
+    let terminating = terminating.difference(&ready).map(|&b| BackendSpec { weight: u16::from(fallback), ..b });
+    let terminating: Vec<BackendSpec> = terminating.collect();
+    ready.into_iter().chain(terminating).collect()
+}

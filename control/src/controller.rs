@@ -1,0 +1,248 @@
+//! The control loop's state: events from a source go into the store; a reconcile compiles
+//! what changed, applies it and publishes the tables to the datapath (a [`Sink`]), then
+//! refreshes the snapshot the local API serves.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+use skiff_fastpath::{
+    engine::{FrontendKind, Tables, TrafficPolicy},
+    lb::Algorithm,
+};
+
+use crate::{
+    api::{BackendView, LastApply, RejectionView, ServiceView, Snapshot, Status, WorkerView},
+    apply::{ApplyReport, Applier},
+    compile::{Desired, NodeContext, compile},
+    objects::{Kind, Object, ObjectKey, Rejection},
+    store::Store,
+    validate::Limits,
+};
+
+/// What a source reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A complete listing of `kinds` (a folder read, a watcher's initial list or relist):
+    /// what it leaves out is gone.
+    Resync { kinds: Vec<Kind>, objects: Vec<(String, Result<Object, Rejection>)> },
+    Upsert { origin: String, object: Result<Object, Rejection> },
+    Delete(ObjectKey),
+    /// The source became reachable, or stopped being so (the tables stay as they are).
+    Connected(bool),
+}
+
+/// Where the tables go: the running datapath, or a recorder in tests.
+pub trait Sink: Send {
+    fn publish(&mut self, tables: Tables) -> Result<()>;
+    /// Periodic upkeep between changes (next hops re-read); `Ok(true)` if it republished.
+    fn refresh(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+    fn describe(&self) -> String;
+    fn next_hops(&self) -> usize {
+        0
+    }
+    fn stats(&self) -> Option<WorkerView> {
+        None
+    }
+}
+
+/// A sink that keeps what was published (tests, benchmarks, `--no-datapath`).
+#[derive(Clone, Default)]
+pub struct Recorder(pub Arc<RwLock<(u64, Tables)>>);
+
+impl Sink for Recorder {
+    fn publish(&mut self, tables: Tables) -> Result<()> {
+        let mut slot = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = (slot.0 + 1, tables);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "none (tables recorded, not forwarded)".into()
+    }
+}
+
+pub struct Controller {
+    store: Store,
+    ctx: NodeContext,
+    applier: Applier,
+    sink: Box<dyn Sink>,
+    snapshot: Arc<RwLock<Snapshot>>,
+    source: String,
+    connected: bool,
+    applied_generation: Option<u64>,
+    applies: u64,
+    last_apply: Option<LastApply>,
+    /// When the oldest change not yet applied arrived.
+    pending_since: Option<Instant>,
+    desired: Desired,
+    /// The node part of the last published tables (its changes publish too).
+    published_node: Option<skiff_fastpath::engine::Node>,
+}
+
+impl Controller {
+    pub fn new(ctx: NodeContext, limits: Limits, sink: Box<dyn Sink>, source: String) -> Controller {
+        Controller {
+            store: Store::new(limits),
+            ctx,
+            applier: Applier::default(),
+            sink,
+            snapshot: Arc::default(),
+            source,
+            connected: false,
+            applied_generation: None,
+            applies: 0,
+            last_apply: None,
+            pending_since: None,
+            desired: Desired::default(),
+            published_node: None,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<RwLock<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Takes a source's event; returns the rejections it caused (for Kubernetes Events).
+    pub fn handle(&mut self, event: Event) -> Vec<Rejection> {
+        self.pending_since.get_or_insert_with(Instant::now);
+        match event {
+            Event::Resync { kinds, objects } => {
+                let before: Vec<Rejection> = self.store.rejections().cloned().collect();
+                self.store.resync(&kinds, objects);
+                return self.store.rejections().filter(|r| !before.contains(r)).cloned().collect();
+            }
+            Event::Upsert { origin, object } => {
+                return self.store.upsert(&origin, object).cloned().into_iter().collect();
+            }
+            Event::Delete(key) => self.store.delete(&key),
+            Event::Connected(up) => self.connected = up,
+        }
+        Vec::new()
+    }
+
+    /// Applies what changed since the last reconcile (nothing if nothing did) and refreshes
+    /// the snapshot. Returns the apply's report when the tables were published.
+    pub fn reconcile(&mut self) -> Result<Option<ApplyReport>> {
+        let started = self.pending_since.take();
+        let mut report = None;
+        if self.applied_generation != Some(self.store.generation()) {
+            self.desired = compile(self.store.objects(), &self.ctx);
+            let (tables, r) = self.applier.apply(&self.desired);
+            if !r.is_noop() || self.published_node.as_ref() != Some(&tables.node) {
+                self.sink.publish(tables)?;
+                self.applies += 1;
+                let micros = started.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                let unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                self.last_apply = Some(LastApply { report: r, micros, unix_seconds });
+                report = Some(r);
+            }
+            self.published_node = Some(self.desired.node.clone());
+            self.applied_generation = Some(self.store.generation());
+        }
+        self.refresh_snapshot();
+        Ok(report)
+    }
+
+    /// Periodic upkeep: lets the sink re-read what it derives from the kernel.
+    pub fn tick(&mut self) -> Result<()> {
+        self.sink.refresh()?;
+        self.refresh_snapshot();
+        Ok(())
+    }
+
+    fn refresh_snapshot(&self) {
+        let mut objects = BTreeMap::new();
+        for o in self.store.objects() {
+            *objects.entry(o.kind().to_string()).or_insert(0) += 1;
+        }
+        let applied = self.applier.applied();
+        let status = Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node: self.ctx.name.clone(),
+            source: self.source.clone(),
+            connected: self.connected,
+            datapath: self.sink.describe(),
+            objects,
+            rejections: self.store.rejections().map(RejectionView::from).collect(),
+            frontends: applied.len(),
+            backends: applied.values().flat_map(|f| f.backends.iter().map(|b| (b.addr, b.port))).collect::<std::collections::HashSet<_>>().len(),
+            identities: self.desired.label_sets.len(),
+            tunnels: self.desired.tunnels.iter().map(Into::into).collect(),
+            policies: self.desired.policies,
+            next_hops: self.sink.next_hops(),
+            applies: self.applies,
+            last_apply: self.last_apply.clone(),
+            workers: self.sink.stats(),
+        };
+        let services = applied
+            .iter()
+            .map(|(&(addr, port, protocol), spec)| {
+                let c = spec.config;
+                ServiceView {
+                    frontend: format!("{}:{port}/{}", bracket(addr), protocol_name(protocol)),
+                    kind: match c.kind {
+                        FrontendKind::ClusterIp => "ClusterIP",
+                        FrontendKind::NodePort => "NodePort",
+                        FrontendKind::LoadBalancer => "LoadBalancer",
+                        FrontendKind::ExternalIp => "ExternalIP",
+                    }
+                    .into(),
+                    service: format!(
+                        "{}/{}{}",
+                        spec.service.namespace,
+                        spec.service.name,
+                        if spec.service.port.is_empty() { String::new() } else { format!(":{}", spec.service.port) }
+                    ),
+                    algorithm: match c.algorithm {
+                        Algorithm::Maglev { table_size } => format!("maglev/{table_size}"),
+                        Algorithm::Random => "random".into(),
+                    },
+                    traffic_policy: match c.traffic_policy {
+                        TrafficPolicy::Cluster => "Cluster",
+                        TrafficPolicy::Local => "Local",
+                    }
+                    .into(),
+                    affinity_seconds: c.affinity_timeout,
+                    backends: spec
+                        .backends
+                        .iter()
+                        .map(|b| BackendView {
+                            id: self.applier.backend_id(b.addr, b.port).map_or(0, |id| id.0),
+                            address: format!("{}:{}", bracket(b.addr), b.port),
+                            weight: b.weight,
+                            local: b.local,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot { status, services };
+    }
+}
+
+fn bracket(addr: std::net::IpAddr) -> String {
+    if addr.is_ipv6() { format!("[{addr}]") } else { addr.to_string() }
+}
+
+fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "?",
+    }
+}

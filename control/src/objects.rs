@@ -1,0 +1,267 @@
+//! The Kubernetes objects the control plane reads, decoded from JSON or YAML into their typed
+//! form (k8s-openapi's, and ours for Cilium's policies). A document that does not decode is a
+//! [`Rejection`] naming the object and the field, never a panic.
+
+use std::fmt;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Pod, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::crd::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Pod,
+    Node,
+    NetworkPolicy,
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::Node,
+        Kind::NetworkPolicy,
+        Kind::CiliumNetworkPolicy,
+        Kind::CiliumClusterwideNetworkPolicy,
+    ];
+
+    /// The API versions skiff reads a kind in.
+    fn api_versions(self) -> &'static [&'static str] {
+        match self {
+            Kind::Service | Kind::Pod | Kind::Node => &["v1"],
+            // 1.20 API servers serve only v1beta1; its fields are converted (see `decode`).
+            Kind::EndpointSlice => &["discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"],
+            Kind::NetworkPolicy => &["networking.k8s.io/v1"],
+            Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy => &["cilium.io/v2"],
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Node | Kind::CiliumClusterwideNetworkPolicy)
+    }
+
+    fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| format!("{k:?}") == name)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Kind, namespace (empty for cluster-scoped kinds) and name: what identifies an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Pod(Box<Pod>),
+    Node(Box<Node>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
+    CiliumClusterwideNetworkPolicy(Box<CiliumClusterwideNetworkPolicy>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Pod(_) => Kind::Pod,
+            Object::Node(_) => Kind::Node,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::CiliumNetworkPolicy(_) => Kind::CiliumNetworkPolicy,
+            Object::CiliumClusterwideNetworkPolicy(_) => Kind::CiliumClusterwideNetworkPolicy,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::CiliumNetworkPolicy(o) => &o.metadata,
+            Object::CiliumClusterwideNetworkPolicy(o) => &o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        ObjectKey {
+            kind: self.kind(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// One field that is wrong: its path (`spec.ports[0].port`) and what is wrong with it,
+/// including the allowed values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// An object that did not take effect, and why. `key` is `None` only when the document does
+/// not even say which object it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub key: Option<ObjectKey>,
+    /// Where it came from: `web.yaml#2` (the second document of a file) or `api`.
+    pub origin: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key} ({}): ", self.origin)?,
+            None => write!(f, "{}: ", self.origin)?,
+        }
+        for (i, e) in self.errors.iter().enumerate() {
+            write!(f, "{}{e}", if i == 0 { "" } else { "; " })?;
+        }
+        Ok(())
+    }
+}
+
+impl Rejection {
+    pub fn new(key: Option<ObjectKey>, origin: &str, field: &str, message: impl Into<String>) -> Rejection {
+        Rejection {
+            key,
+            origin: origin.to_owned(),
+            errors: vec![FieldError { field: field.to_owned(), message: message.into() }],
+        }
+    }
+}
+
+/// Decodes one object from its JSON form (a YAML document converts losslessly). Namespaced
+/// objects without a namespace land in `default`, as `kubectl apply` puts them.
+pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
+    let text = |v: &Value, field: &str| v.pointer(field).and_then(Value::as_str).map(str::to_owned);
+    let (api_version, kind_name) = (text(&value, "/apiVersion"), text(&value, "/kind"));
+    let Some(kind_name) = kind_name else {
+        return Err(Rejection::new(None, origin, "kind", "missing: every object needs a kind"));
+    };
+    let Some(kind) = Kind::from_name(&kind_name) else {
+        let allowed = Kind::ALL.map(|k| k.to_string()).join(", ");
+        return Err(Rejection::new(None, origin, "kind", format!("{kind_name:?} is not read by skiff ({allowed})")));
+    };
+    if kind.namespaced() && text(&value, "/metadata/namespace").is_none() {
+        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("namespace".into(), "default".into());
+        }
+    }
+    let key = ObjectKey {
+        kind,
+        namespace: text(&value, "/metadata/namespace").unwrap_or_default(),
+        name: text(&value, "/metadata/name").unwrap_or_default(),
+    };
+    let reject = |field: &str, message: String| Rejection::new(Some(key.clone()), origin, field, message);
+    let api_version = api_version.ok_or_else(|| reject("apiVersion", "missing".into()))?;
+    if !kind.api_versions().contains(&api_version.as_str()) {
+        let allowed = kind.api_versions().join(", ");
+        return Err(reject("apiVersion", format!("{api_version:?} is not one skiff reads ({allowed})")));
+    }
+    if api_version == "discovery.k8s.io/v1beta1" {
+        endpoint_slice_from_v1beta1(&mut value);
+    }
+    fn typed<T: DeserializeOwned>(value: Value) -> Result<Box<T>, (String, String)> {
+        serde_path_to_error::deserialize(value).map(Box::new).map_err(|e| {
+            let field = e.path().to_string();
+            // serde's message, less the position it repeats (the path names the field).
+            (field, e.into_inner().to_string())
+        })
+    }
+    let object = match kind {
+        Kind::Service => typed(value).map(Object::Service),
+        Kind::EndpointSlice => typed(value).map(Object::EndpointSlice),
+        Kind::Pod => typed(value).map(Object::Pod),
+        Kind::Node => typed(value).map(Object::Node),
+        Kind::NetworkPolicy => typed(value).map(Object::NetworkPolicy),
+        Kind::CiliumNetworkPolicy => typed(value).map(Object::CiliumNetworkPolicy),
+        Kind::CiliumClusterwideNetworkPolicy => typed(value).map(Object::CiliumClusterwideNetworkPolicy),
+    };
+    object.map_err(|(field, message)| reject(if field == "." { "(object)" } else { &field }, message))
+}
+
+/// discovery.k8s.io/v1beta1 → v1: the same object but for `topology`'s hostname, which v1
+/// calls `nodeName`.
+fn endpoint_slice_from_v1beta1(value: &mut Value) {
+    value["apiVersion"] = "discovery.k8s.io/v1".into();
+    if let Some(endpoints) = value.get_mut("endpoints").and_then(Value::as_array_mut) {
+        for endpoint in endpoints.iter_mut().filter_map(Value::as_object_mut) {
+            let host = endpoint.remove("topology").and_then(|t| t.get("kubernetes.io/hostname").cloned());
+            if let Some(host) = host {
+                endpoint.entry("nodeName").or_insert(host);
+            }
+        }
+    }
+}
+
+/// Every document of a YAML text, decoded, with its origin: `origin` names the text (a file
+/// name) and documents are numbered from 1 (`web.yaml#2`). Empty documents are skipped; a
+/// `List` is taken apart.
+pub fn decode_yaml(text: &str, origin: &str) -> Vec<(String, Result<Object, Rejection>)> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let origin = format!("{origin}#{}", i + 1);
+        match Value::deserialize(document) {
+            Ok(Value::Null) => {}
+            Ok(value) if value.get("kind").and_then(Value::as_str) == Some("List") => {
+                let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                out.extend(items.into_iter().map(|item| (origin.clone(), decode(item, &origin))));
+            }
+            Ok(value) => out.push((origin.clone(), decode(value, &origin))),
+            Err(e) => {
+                let error = Rejection::new(None, &origin, "(document)", format!("not YAML: {e}"));
+                out.push((origin, Err(error)));
+                // The parser cannot find the next document after a syntax error.
+                break;
+            }
+        }
+    }
+    out
+}
