@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,7 +21,7 @@ use skiff_xdp::{Ingress, XdpMode, bpffs};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
-    api::{self, WorkerView},
+    api::{self, LiveStats, WorkerView},
     compile::NodeContext,
     controller::{Controller, Recorder, Sink},
     next_hops,
@@ -336,15 +337,18 @@ impl Sink for DatapathSink {
         self.hops.len()
     }
 
-    fn stats(&self) -> Option<WorkerView> {
-        let s = self.datapath.stats();
-        let drops = (0..DropReason::COUNT)
-            .filter(|&i| s.drops[i] > 0)
-            .map(|i| {
-                let name = u8::try_from(i).ok().and_then(DropReason::from_u8).map_or("unknown", DropReason::name);
-                (name.to_owned(), s.drops[i])
-            })
-            .collect();
-        Some(WorkerView { received: s.received, forwarded: s.forwarded, replied: s.replied, dropped: s.dropped, drops })
+    fn stats(&self) -> Option<LiveStats> {
+        let handle = self.datapath.stats_handle();
+        Some(Arc::new(move || {
+            let s = handle.total();
+            let drops = (0..DropReason::COUNT)
+                .filter(|&i| s.drops[i] > 0)
+                .map(|i| {
+                    let name = u8::try_from(i).ok().and_then(DropReason::from_u8).map_or("unknown", DropReason::name);
+                    (name.to_owned(), s.drops[i])
+                })
+                .collect();
+            WorkerView { received: s.received, forwarded: s.forwarded, replied: s.replied, dropped: s.dropped, drops }
+        }))
     }
 }

@@ -45,7 +45,7 @@ pub struct RejectionView {
 impl From<&Rejection> for RejectionView {
     fn from(r: &Rejection) -> RejectionView {
         RejectionView {
-            object: r.key.as_ref().map_or_else(|| "(unknown object)".into(), ToString::to_string),
+            object: r.key.as_ref().map_or_else(|| "(document)".into(), ToString::to_string),
             origin: r.origin.clone(),
             errors: r.errors.iter().map(ToString::to_string).collect(),
         }
@@ -104,11 +104,15 @@ pub struct BackendView {
     pub local: bool,
 }
 
+/// The workers' counters, read when asked.
+pub type LiveStats = std::sync::Arc<dyn Fn() -> WorkerView + Send + Sync>;
+
 /// What the agent answers with; refreshed after every apply.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Default)]
 pub struct Snapshot {
     pub status: Status,
     pub services: Vec<ServiceView>,
+    pub live: Option<LiveStats>,
 }
 
 /// Serves `snapshot` on `path` until the task is dropped: the socket's folder is made 0700 and
@@ -131,7 +135,10 @@ pub async fn serve(path: &Path, snapshot: std::sync::Arc<std::sync::RwLock<Snaps
                 let answer = {
                     let s = snapshot.read().unwrap_or_else(std::sync::PoisonError::into_inner);
                     match line.trim() {
-                        "status" => serde_json::to_string(&s.status),
+                        "status" => {
+                            let workers = s.live.as_ref().map(|live| live());
+                            serde_json::to_string(&Status { workers, ..s.status.clone() })
+                        }
                         "services" => serde_json::to_string(&s.services),
                         other => serde_json::to_string(&serde_json::json!({
                             "error": format!("unknown request {other:?} (status, services)")

@@ -15,7 +15,7 @@ use skiff_fastpath::{
 };
 
 use crate::{
-    api::{BackendView, LastApply, RejectionView, ServiceView, Snapshot, Status, WorkerView},
+    api::{BackendView, LastApply, LiveStats, RejectionView, ServiceView, Snapshot, Status},
     apply::{ApplyReport, Applier},
     compile::{Desired, NodeContext, compile},
     objects::{Kind, Object, ObjectKey, Rejection},
@@ -46,7 +46,8 @@ pub trait Sink: Send {
     fn next_hops(&self) -> usize {
         0
     }
-    fn stats(&self) -> Option<WorkerView> {
+    /// A live view of the workers' counters, read at each status request.
+    fn stats(&self) -> Option<LiveStats> {
         None
     }
 }
@@ -159,8 +160,9 @@ impl Controller {
 
     /// Periodic upkeep: lets the sink re-read what it derives from the kernel.
     pub fn tick(&mut self) -> Result<()> {
-        self.sink.refresh()?;
-        self.refresh_snapshot();
+        if self.sink.refresh()? {
+            self.refresh_snapshot();
+        }
         Ok(())
     }
 
@@ -186,7 +188,7 @@ impl Controller {
             next_hops: self.sink.next_hops(),
             applies: self.applies,
             last_apply: self.last_apply.clone(),
-            workers: self.sink.stats(),
+            workers: None,
         };
         let services = applied
             .iter()
@@ -230,7 +232,8 @@ impl Controller {
                 }
             })
             .collect();
-        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot { status, services };
+        let live = self.sink.stats();
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot { status, services, live };
     }
 }
 

@@ -170,8 +170,9 @@ fn endpoint_slice(v: &mut Check, s: &EndpointSlice) {
         for (j, addr) in e.addresses.iter().enumerate() {
             let field = format!("{at}[{j}]");
             match (family, addr.parse::<IpAddr>()) {
-                ("IPv4", Ok(IpAddr::V4(_))) | ("IPv6", Ok(IpAddr::V6(_))) | ("FQDN", _) => {}
-                _ => v.error(&field, format!("{addr:?} is not an {family} address")),
+                ("IPv4", Ok(IpAddr::V4(_))) | ("IPv6", Ok(IpAddr::V6(_))) => {}
+                ("IPv4" | "IPv6", _) => v.error(&field, format!("{addr:?} is not an {family} address")),
+                _ => {}
             }
         }
     }
@@ -378,7 +379,9 @@ impl Check {
     }
 
     fn one_of(&mut self, field: &str, value: &str, allowed: &[&str]) {
-        if !allowed.contains(&value) {
+        if value.is_empty() {
+            self.error(field, format!("missing: one of {}", allowed.join(", ")));
+        } else if !allowed.contains(&value) {
             self.error(field, format!("{value:?} is not one of {}", allowed.join(", ")));
         }
     }

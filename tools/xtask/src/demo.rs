@@ -1,8 +1,10 @@
-//! `cargo xtask demo`: the XDP ingress program at work in a lab of network namespaces (until
-//! the rest of the datapath lands): a node whose uplink carries `skiff_xdp_ingress`, a client,
-//! three pods serving HTTP. The client reaches the pods through the node, a denied CIDR is
-//! dropped at the NIC and counted, VXLAN from the client's kernel is decapsulated by XDP, and
-//! the program's counters show it all. Everything is torn down at the end.
+//! `cargo xtask demo`: skiff at work in a lab of network namespaces, torn down at the end.
+//! First the XDP program alone at the node's uplink (it passes the node's traffic, drops a
+//! denied CIDR at the NIC, decapsulates VXLAN from the client's kernel); then skiff-agent on
+//! the node with `examples/demo` as the cluster: a client pod curls the ClusterIP and an
+//! external client the NodePort through skiff's workers, `skiff status` and `skiff service
+//! list` show it, a bad manifest is rejected while the service keeps forwarding, an endpoint
+//! removed from the folder leaves the service live, and SIGTERM stops the agent cleanly.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -10,31 +12,54 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use skiff_lab::{Host, Netns, Topology};
+use skiff_lab::{Host, Lab, Netns, Topology};
 
 use crate::{cargo, run, setup, workspace_root};
 
 pub fn demo() -> Result<()> {
     setup::setup()?;
-    println!("== building the XDP programs and their loader");
-    run(cargo().args(["build", "-p", "skiff-xdp", "--example", "ingress"]))?;
-    let loader = workspace_root().join("target/debug/examples/ingress");
+    println!("== building skiff-agent, the skiff CLI, the XDP programs and their loader");
+    run(cargo().args(["build", "-p", "skiff-control", "-p", "skiff", "-p", "skiff-xdp", "--bins", "--example", "ingress"]))?;
+    let bin = workspace_root().join("target/debug");
 
-    println!("== lab: a node, a client and 3 pods serving HTTP");
-    let mut lab = Topology::new().pods(3).build()?;
-    for pod in lab.pods().to_vec() {
-        lab.serve_http(&pod, 80)?;
+    println!("== lab: a node, an external client, 3 web pods serving HTTP on 8080, a client pod");
+    let mut lab = Topology::new().pods(4).build()?;
+    for pod in lab.pods()[..3].to_vec() {
+        lab.serve_http(&pod, 8080)?;
     }
     let (node, client) = (lab.node().clone(), lab.client().clone());
     let pods: Vec<String> = lab.pods().iter().map(|p| p.ipv4.to_string()).collect();
     println!(
-        "  client {} ── uplink ── node {} ── lxc0..2 ── pods {}",
+        "  client {} ── uplink ── node {} ── lxc0..3 ── pods {} (the last one is the client pod)",
         client.ipv4,
         node.ipv4,
         pods.join(", ")
     );
+    xdp_at_the_nic(&lab, &bin.join("examples/ingress"))?;
+    services_through_skiff(&lab, &bin)?;
 
-    println!("== attaching skiff_xdp_ingress to the node's uplink (mode auto)");
+    println!("== removing the lab");
+    let id = lab.id().to_owned();
+    drop(lab);
+    let left = skiff_lab::list(None)?;
+    if !left.is_empty() {
+        bail!("lab namespaces left behind: {}", left.join(" "));
+    }
+    for dir in [format!("/sys/fs/bpf/skiff-demo-{id}"), format!("/sys/fs/bpf/skiff-demo-agent-{id}")] {
+        if std::path::Path::new(&dir).exists() {
+            bail!("pinned maps left behind in {dir}");
+        }
+    }
+    println!("demo done: no lab namespaces or pinned maps left");
+    Ok(())
+}
+
+/// The XDP program alone at the node's uplink: it passes the node's traffic, drops a denied
+/// CIDR and decapsulates VXLAN from the client's kernel.
+fn xdp_at_the_nic(lab: &Lab, loader: &std::path::Path) -> Result<()> {
+    let (node, client) = (lab.node(), lab.client());
+    let pods: Vec<String> = lab.pods().iter().map(|p| p.ipv4.to_string()).collect();
+    println!("== XDP alone: attaching skiff_xdp_ingress to the node's uplink (mode auto)");
     let pin_dir = format!("/sys/fs/bpf/skiff-demo-{}", lab.id());
     let mut agent = node
         .netns
@@ -50,23 +75,20 @@ pub fn demo() -> Result<()> {
     };
     println!("  {}", control.line()?);
 
-    println!("== the client curls each pod through the node: XDP passes the node's traffic");
-    for pod in lab.pods() {
-        println!("  curl http://{}/ → {}", pod.ipv4, curl(&client.netns, None, pod)?);
+    println!("== the client curls each web pod through the node: XDP passes the node's traffic");
+    for pod in &lab.pods()[..3] {
+        println!("  curl http://{}:8080/ → {}", pod.ipv4, curl(&client.netns, None, &format!("{}:8080", pod.ipv4))?);
     }
 
     println!("== deny 198.18.0.64/28 at the NIC, then curl from the client's 198.18.0.66");
     control.ask("deny 198.18.0.64/28")?;
     client.netns.exec("ip", &["addr", "add", "198.18.0.66/32", "dev", "eth0"])?;
-    println!(
-        "  curl --interface 198.18.0.66 http://{}/ → {}",
-        pods[0],
-        curl(&client.netns, Some("198.18.0.66"), &lab.pods()[0])?
-    );
-    println!("  curl from 198.18.0.2 still → {}", curl(&client.netns, None, &lab.pods()[0])?);
+    let web0 = format!("{}:8080", pods[0]);
+    println!("  curl --interface 198.18.0.66 http://{web0}/ → {}", curl(&client.netns, Some("198.18.0.66"), &web0)?);
+    println!("  curl from 198.18.0.2 still → {}", curl(&client.netns, None, &web0)?);
 
     println!("== VXLAN: the client's kernel encapsulates pings to 198.19.42.1 (VNI 42, port 8472)");
-    vxlan_peer(&client, &node.netns)?;
+    vxlan_peer(client, &node.netns)?;
     let ping =
         client.netns.command("ping").args(["-c", "3", "-i", "0.2", "-W", "1", "198.19.42.1"]).output()?;
     let summary = String::from_utf8_lossy(&ping.stdout);
@@ -80,23 +102,154 @@ pub fn demo() -> Result<()> {
     for line in control.ask("stats")? {
         println!("  {line}");
     }
-
     drop(control);
     let status = agent.wait()?;
     if !status.success() {
         bail!("the XDP loader exited with {status}");
     }
-    println!("== detached, maps unpinned; removing the lab");
-    drop(lab);
-    let left = skiff_lab::list(None)?;
-    if !left.is_empty() {
-        bail!("lab namespaces left behind: {}", left.join(" "));
-    }
-    if std::path::Path::new(&pin_dir).exists() {
-        bail!("pinned maps left behind in {pin_dir}");
-    }
-    println!("demo done: no lab namespaces or pinned maps left");
+    println!("  detached, maps unpinned");
     Ok(())
+}
+
+/// skiff-agent on the node with examples/demo as the cluster: the ClusterIP from the client
+/// pod and the NodePort from outside through skiff's workers, the CLI's view, a rejected
+/// manifest that changes nothing, an endpoint removed live, and a clean SIGTERM.
+fn services_through_skiff(lab: &Lab, bin: &std::path::Path) -> Result<()> {
+    let (node, client) = (lab.node(), lab.client());
+    let client_pod = &lab.pods()[3];
+    let work = std::env::temp_dir().join(format!("skiff-demo-{}", lab.id()));
+    let state = work.join("state");
+    std::fs::create_dir_all(&state)?;
+    for file in ["node.yaml", "web.yaml", "pods.yaml"] {
+        std::fs::copy(workspace_root().join("examples/demo").join(file), state.join(file))?;
+    }
+    let socket = work.join("skiff.sock");
+    let pin_dir = format!("/sys/fs/bpf/skiff-demo-agent-{}", lab.id());
+    let mut args = vec!["--state-dir".to_owned(), state.display().to_string(), "--node-name".into(), "node1".into()];
+    for device in std::iter::once(&client.node_iface).chain(lab.pods().iter().map(|p| &p.node_iface)) {
+        args.extend(["--device".to_owned(), device.clone()]);
+    }
+    args.extend(["--socket".into(), socket.display().to_string(), "--pin-dir".into(), pin_dir]);
+    println!("== skiff-agent on the node, state from examples/demo");
+    println!("  skiff-agent {}", args.join(" "));
+    let mut agent = Agent(
+        node.netns
+            .command(bin.join("skiff-agent").to_str().context("path is UTF-8")?)
+            .args(&args)
+            .spawn()
+            .context("starting skiff-agent")?,
+    );
+    let skiff = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(bin.join("skiff"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("skiff {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let applies = || -> u64 {
+        let status = skiff(&["status", "-o", "json"]).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&status).ok().and_then(|s| s["applies"].as_u64()).unwrap_or(0)
+    };
+    wait_for("the first apply", || applies() >= 1)?;
+
+    println!("== 30 curls from the client pod ({}) to the ClusterIP 198.19.0.10:80", client_pod.ipv4);
+    println!("  answers by pod: {}", spread(&client_pod.netns, "198.19.0.10:80", 30)?);
+    println!("== 30 curls from the external client to the NodePort {}:30080", node.ipv4);
+    println!("  answers by pod: {}", spread(&client.netns, &format!("{}:30080", node.ipv4), 30)?);
+
+    println!("== skiff status");
+    print_indented(&skiff(&["status"])?);
+    println!("== skiff service list");
+    print_indented(&skiff(&["service", "list"])?);
+
+    println!("== a bad manifest arrives: a Service on port 65536");
+    std::fs::write(
+        state.join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  clusterIP: 198.19.0.11\n  ports: [{port: 65536, targetPort: 8080}]\n",
+    )?;
+    let rejected = || skiff(&["status", "-o", "json"]).is_ok_and(|s| s.contains("broken"));
+    wait_for("the rejection", rejected)?;
+    let status = skiff(&["status"])?;
+    print_indented(&status.lines().skip_while(|l| !l.starts_with("Rejections")).collect::<Vec<_>>().join("\n"));
+    println!("  the service keeps forwarding: {}", spread(&client_pod.netns, "198.19.0.10:80", 9)?);
+
+    println!("== web-2 goes away: its endpoint leaves the EndpointSlice");
+    let web = std::fs::read_to_string(state.join("web.yaml"))?;
+    let cut = web.find("  - addresses: [198.18.128.12]").context("web.yaml has web-2")?;
+    let before = applies();
+    std::fs::write(state.join("web.yaml"), &web[..cut])?;
+    wait_for("the endpoint change", || applies() > before)?;
+    print_indented(&skiff(&["service", "list"])?);
+    println!("  30 new connections: {}", spread(&client_pod.netns, "198.19.0.10:80", 30)?);
+
+    println!("== SIGTERM to skiff-agent");
+    agent.terminate()?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+/// skiff-agent, stopped with SIGTERM (and killed if a failure cuts the demo short).
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn terminate(&mut self) -> Result<()> {
+        let pid = i32::try_from(self.0.id())?;
+        // SAFETY: kill(2) on the agent we spawned and have not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.0.wait()?;
+        if !status.success() {
+            bail!("skiff-agent exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// `n` curls (new connections) to `target`, counted by the pod that answered.
+fn spread(from: &Netns, target: &str, n: usize) -> Result<String> {
+    let url = format!("http://{target}/");
+    let mut args = vec!["-sS", "--max-time", "3", "-H", "Connection: close"];
+    args.extend(std::iter::repeat_n(url.as_str(), n));
+    let out = from.command("curl").args(&args).output()?;
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        *answers.entry(name.to_owned()).or_default() += 1;
+    }
+    let answered: usize = answers.values().sum();
+    let mut text = answers.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+    if answered < n {
+        text.push_str(&format!(" — {} of {n} unanswered: {}", n - answered, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(text)
+}
+
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("  {line}");
+    }
 }
 
 /// The loader's stdin and stdout.
@@ -128,13 +281,13 @@ impl Control {
     }
 }
 
-fn curl(client: &Netns, from: Option<&str>, pod: &Host) -> Result<String> {
+fn curl(client: &Netns, from: Option<&str>, target: &str) -> Result<String> {
     let mut cmd = client.command("curl");
     cmd.args(["-sS", "--max-time", "2"]);
     if let Some(addr) = from {
         cmd.args(["--interface", addr]);
     }
-    let out = cmd.arg(format!("http://{}/", pod.ipv4)).output()?;
+    let out = cmd.arg(format!("http://{target}/")).output()?;
     Ok(if out.status.success() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     } else {

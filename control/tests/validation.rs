@@ -1,0 +1,96 @@
+//! The invalid-object corpus (`tests/invalid/`): each file holds one bad object and names, in
+//! its header, the object, field and message its rejection must carry. Each arrives on top of
+//! the demo's cluster: it must be rejected with that error, publish nothing (no partial
+//! apply), and leave the last good version of its object running.
+
+use std::path::Path;
+
+use skiff_control::{
+    compile::NodeContext,
+    controller::{Controller, Event, Recorder},
+    objects::{Kind, decode_yaml},
+    source::dir,
+    validate::Limits,
+};
+
+fn demo() -> (Controller, Recorder) {
+    let recorder = Recorder::default();
+    let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
+    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), "test".into());
+    let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    assert!(c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).is_empty(), "the demo is valid");
+    c.reconcile().unwrap();
+    (c, recorder)
+}
+
+/// The header line `# {name}: value`.
+fn header<'a>(text: &'a str, name: &str) -> &'a str {
+    let prefix = format!("# {name}: ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no `{prefix}` line"))
+}
+
+#[test]
+fn every_invalid_object_is_rejected_naming_object_field_and_range() {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 40, "the corpus has {} objects, at least 40 wanted", files.len());
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (object, field, message) = (header(&text, "object"), header(&text, "field"), header(&text, "message"));
+        let (mut c, recorder) = demo();
+        let published = recorder.0.read().unwrap().0;
+        let web = c.snapshot().read().unwrap().services.clone();
+
+        let mut rejections = Vec::new();
+        for (origin, decoded) in decode_yaml(&text, &name) {
+            rejections.extend(c.handle(Event::Upsert { origin, object: decoded }));
+        }
+        c.reconcile().unwrap();
+
+        assert_eq!(rejections.len(), 1, "{name}: one rejection, got {rejections:?}");
+        let r = &rejections[0];
+        let named = r.key.as_ref().map_or_else(|| "(document)".to_owned(), ToString::to_string);
+        assert_eq!(named, object, "{name}: names the object");
+        assert!(
+            r.errors.iter().any(|e| e.field == field && e.message.contains(message)),
+            "{name}: wanted `{field}: …{message}…`, got: {r}"
+        );
+        assert!(r.to_string().contains(field), "{name}: the message names the field: {r}");
+        let status = c.snapshot().read().unwrap().status.clone();
+        assert!(status.rejections.iter().any(|v| v.object == named), "{name}: shown in status");
+        assert_eq!(recorder.0.read().unwrap().0, published, "{name}: nothing was published");
+        let now = c.snapshot().read().unwrap().services.clone();
+        assert_eq!(
+            serde_json::to_string(&now).unwrap(),
+            serde_json::to_string(&web).unwrap(),
+            "{name}: the last good services keep running"
+        );
+    }
+}
+
+#[test]
+fn a_good_version_clears_the_rejection_and_a_delete_removes_the_object() {
+    let (mut c, recorder) = demo();
+    let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {ports: [{port: 65536}]}\n";
+    for (origin, object) in decode_yaml(bad, "bad.yaml") {
+        assert_eq!(c.handle(Event::Upsert { origin, object }).len(), 1);
+    }
+    c.reconcile().unwrap();
+    assert_eq!(c.snapshot().read().unwrap().status.rejections.len(), 1);
+    let good = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/web.yaml")).unwrap();
+    let fixed = good.replace("port: 80\n", "port: 8000\n");
+    for (origin, object) in decode_yaml(&fixed, "web.yaml") {
+        assert!(c.handle(Event::Upsert { origin, object }).is_empty());
+    }
+    c.reconcile().unwrap();
+    let snapshot = c.snapshot().read().unwrap().clone();
+    assert!(snapshot.status.rejections.is_empty(), "the good version clears the rejection");
+    assert!(snapshot.services.iter().any(|s| s.frontend == "198.19.0.10:8000/TCP"), "and takes effect");
+    let key = skiff_control::objects::ObjectKey { kind: Kind::Service, namespace: "demo".into(), name: "web".into() };
+    c.handle(Event::Delete(key));
+    c.reconcile().unwrap();
+    assert!(c.snapshot().read().unwrap().services.is_empty());
+    assert!(recorder.0.read().unwrap().1.services.is_empty(), "the delete reached the tables");
+}
