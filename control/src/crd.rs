@@ -1,8 +1,8 @@
 //! Cilium's policy custom resources, `cilium.io/v2` CiliumNetworkPolicy and
 //! CiliumClusterwideNetworkPolicy: the subset skiff reads (endpoint selectors, CIDR and
 //! endpoint peers, ports), with an openAPIV3Schema strict enough that the API server itself
-//! rejects a bad value such as port 65536. `crds/*.yaml` is generated from these types
-//! (`skiff-agent crds`); a test keeps the shipped files equal to the types.
+//! rejects a bad value such as port 65536. `control/crds/cilium.yaml` is generated from these
+//! types (`skiff-agent crds`); a test keeps the shipped file equal to the types.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -121,12 +121,10 @@ pub enum Protocol {
     ANY,
 }
 
-/// The shipped CustomResourceDefinitions, as YAML (one document each).
-pub fn crd_yaml() -> Vec<(&'static str, String)> {
+/// The CustomResourceDefinitions skiff reads, as multi-document YAML: what
+/// `control/crds/cilium.yaml` ships and `skiff-agent crds` prints.
+pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
     let yaml = |crd| serde_yaml::to_string(&crd).expect("a CRD serializes");
-    vec![
-        ("ciliumnetworkpolicies.yaml", yaml(CiliumNetworkPolicy::crd())),
-        ("ciliumclusterwidenetworkpolicies.yaml", yaml(CiliumClusterwideNetworkPolicy::crd())),
-    ]
+    format!("---\n{}---\n{}", yaml(CiliumNetworkPolicy::crd()), yaml(CiliumClusterwideNetworkPolicy::crd()))
 }

@@ -8,9 +8,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("crds") => {
-            for (_, yaml) in skiff_control::crd::crd_yaml() {
-                println!("---\n{yaml}");
-            }
+            print!("{}", skiff_control::crd::crds_yaml());
             Ok(())
         }
         Some("-h" | "--help" | "help") => {

@@ -1,0 +1,191 @@
+//! From objects to tables: what each kind of Kubernetes state becomes, and the applier's
+//! reuse of what did not change.
+
+use std::net::IpAddr;
+
+use skiff_control::{
+    apply::Applier,
+    compile::{BackendSpec, Desired, NodeContext, compile},
+    objects::{Object, decode_yaml},
+};
+use skiff_fastpath::{
+    engine::{FrontendKind, TrafficPolicy},
+    lb::Algorithm,
+};
+
+const DEMO: &[&str] = &[
+    include_str!("../../examples/demo/node.yaml"),
+    include_str!("../../examples/demo/web.yaml"),
+    include_str!("../../examples/demo/pods.yaml"),
+];
+
+fn objects(texts: &[&str]) -> Vec<Object> {
+    texts.iter().flat_map(|t| decode_yaml(t, "test")).map(|(_, o)| o.expect("valid")).collect()
+}
+
+fn ctx() -> NodeContext {
+    NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn desired(texts: &[&str]) -> Desired {
+    compile(&objects(texts), &ctx())
+}
+
+#[test]
+fn the_demo_becomes_a_cluster_ip_and_a_node_port_on_three_local_pods() {
+    let d = desired(DEMO);
+    let keys: Vec<_> = d.frontends.keys().copied().collect();
+    assert_eq!(keys, [(ip("198.18.0.1"), 30080, 6), (ip("198.19.0.10"), 80, 6)]);
+    let cluster_ip = &d.frontends[&(ip("198.19.0.10"), 80, 6)];
+    assert_eq!(cluster_ip.config.kind, FrontendKind::ClusterIp);
+    assert_eq!(d.frontends[&(ip("198.18.0.1"), 30080, 6)].config.kind, FrontendKind::NodePort);
+    let pods = ["198.18.128.10", "198.18.128.11", "198.18.128.12"];
+    let want: Vec<BackendSpec> = pods.iter().map(|a| BackendSpec { addr: ip(a), port: 8080, weight: 1, local: true }).collect();
+    assert_eq!(cluster_ip.backends, want);
+    assert_eq!(d.node.masquerade_v4, Some(ip("198.18.0.1")));
+    assert!(d.node.cluster_prefixes.contains(&(ip("198.18.128.0"), 24)), "the pod CIDR is the cluster's");
+    assert_eq!(d.label_sets.len(), 2, "web pods and the client pod");
+}
+
+#[test]
+fn load_balancer_external_ips_local_policy_and_affinity() {
+    let svc = "apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: demo, annotations: {service.cilium.io/lb-algorithm: random}}
+spec:
+  type: LoadBalancer
+  clusterIP: 198.19.0.20
+  externalIPs: [198.19.1.1]
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{name: dns, protocol: UDP, port: 53, nodePort: 30053}]
+status: {loadBalancer: {ingress: [{ip: 198.19.2.2}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: demo, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: dns, protocol: UDP, port: 5353}]
+endpoints:
+- {addresses: [198.18.128.10], nodeName: node1}
+- {addresses: [198.18.129.10], nodeName: node2}
+";
+    let d = desired(&[DEMO[0], svc]);
+    let kinds: Vec<_> = d.frontends.iter().map(|(k, f)| (k.0.to_string(), k.1, f.config.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("198.18.0.1".into(), 30053, FrontendKind::NodePort),
+            ("198.19.0.20".into(), 53, FrontendKind::ClusterIp),
+            ("198.19.1.1".into(), 53, FrontendKind::ExternalIp),
+            ("198.19.2.2".into(), 53, FrontendKind::LoadBalancer),
+        ]
+    );
+    for f in d.frontends.values() {
+        assert_eq!(f.config.algorithm, Algorithm::Random);
+        assert_eq!(f.config.affinity_timeout, Some(60));
+        assert_eq!(f.config.traffic_policy, TrafficPolicy::Local);
+        let local: Vec<bool> = f.backends.iter().map(|b| b.local).collect();
+        assert_eq!(local, [true, false], "only node1's endpoint is local");
+    }
+}
+
+#[test]
+fn terminating_endpoints_keep_their_flows_and_serve_when_nothing_is_ready() {
+    let slice = |a: &str, b: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-abcde, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- {{addresses: [198.18.128.10], conditions: {a}}}
+- {{addresses: [198.18.128.11], conditions: {b}}}
+- {{addresses: [198.18.128.12], conditions: {{ready: false, serving: false, terminating: true}}}}
+"
+        )
+    };
+    let terminating = "{ready: false, serving: true, terminating: true}";
+    let weights = |text: &str| -> Vec<(String, u16)> {
+        let d = desired(&[DEMO[0], DEMO[1].split("---").next().unwrap(), text]);
+        d.frontends[&(ip("198.19.0.10"), 80, 6)].backends.iter().map(|b| (b.addr.to_string(), b.weight)).collect()
+    };
+    assert_eq!(
+        weights(&slice("{ready: true}", terminating)),
+        [("198.18.128.10".into(), 1), ("198.18.128.11".into(), 0)],
+        "a ready endpoint takes new flows, the terminating one only keeps its own, the dead one is gone"
+    );
+    assert_eq!(
+        weights(&slice(terminating, terminating)),
+        [("198.18.128.10".into(), 1), ("198.18.128.11".into(), 1)],
+        "with nothing ready, serving terminating endpoints take new flows"
+    );
+}
+
+#[test]
+fn endpoint_slices_of_kubernetes_1_20_are_read_as_v1() {
+    let beta = "apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata: {name: web-abcde, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.128.10], topology: {kubernetes.io/hostname: node1}}
+- {addresses: [198.18.129.10], topology: {kubernetes.io/hostname: node2}}
+";
+    let d = desired(&[DEMO[0], DEMO[1].split("---").next().unwrap(), beta]);
+    let backends = &d.frontends[&(ip("198.19.0.10"), 80, 6)].backends;
+    let local: Vec<_> = backends.iter().map(|b| (b.addr.to_string(), b.local)).collect();
+    assert_eq!(local, [("198.18.128.10".into(), true), ("198.18.129.10".into(), false)]);
+}
+
+#[test]
+fn other_nodes_become_tunnel_endpoints() {
+    let node2 = "apiVersion: v1
+kind: Node
+metadata: {name: node2}
+spec: {podCIDRs: [198.18.129.0/24, 'fd00:0:0:129::/64']}
+status: {addresses: [{type: InternalIP, address: 198.18.2.2}]}
+";
+    let d = desired(&[DEMO[0], node2]);
+    let tunnels: Vec<_> = d.tunnels.iter().map(|t| (t.node.as_str(), t.pod_cidr.as_str(), t.endpoint)).collect();
+    assert_eq!(tunnels, [("node2", "198.18.129.0/24", ip("198.18.2.2")), ("node2", "fd00:0:0:129::/64", ip("198.18.2.2"))]);
+}
+
+#[test]
+fn applying_the_same_state_changes_nothing_and_one_endpoint_rebuilds_one_pool() {
+    let mut applier = Applier::default();
+    let (tables, first) = applier.apply(&desired(DEMO));
+    assert_eq!((first.added, first.pools_built), (2, 1), "two frontends share one pool");
+    assert_eq!(tables.services.len(), 2);
+    let (_, again) = applier.apply(&desired(DEMO));
+    assert!(again.is_noop() && again.pools_built == 0, "idempotent: {again:?}");
+    let id = applier.backend_id(ip("198.18.128.11"), 8080);
+
+    let fewer = DEMO[1].replace("  - addresses: [198.18.128.12]", "  - addresses: [198.18.128.13]");
+    let (tables, changed) = applier.apply(&desired(&[DEMO[0], &fewer, DEMO[2]]));
+    assert_eq!((changed.changed, changed.unchanged, changed.pools_built), (2, 0, 1));
+    assert_eq!(applier.backend_id(ip("198.18.128.11"), 8080), id, "a backend keeps its id");
+    assert_eq!(applier.backend_id(ip("198.18.128.12"), 8080), None, "a removed backend's id is released");
+    let service = tables.services.values().next().unwrap();
+    let mut addrs: Vec<String> = service.backends().map(|b| b.addr.to_string()).collect();
+    addrs.sort();
+    assert_eq!(addrs, ["198.18.128.10", "198.18.128.11", "198.18.128.13"]);
+}
+
+#[test]
+fn the_shipped_crds_are_the_types() {
+    let shipped = include_str!("../crds/cilium.yaml");
+    assert_eq!(
+        shipped,
+        skiff_control::crd::crds_yaml(),
+        "control/crds/cilium.yaml is stale: regenerate it with `skiff-agent crds > control/crds/cilium.yaml`"
+    );
+}
