@@ -109,7 +109,7 @@ where
             Ok(Some(event)) => event,
             Ok(None) => return Ok(()),
             Err(e) => {
-                eprintln!("skiff-agent: watching {kind}s: {e}");
+                eprintln!("skiff-agent: watching {kind}: {e}");
                 events.send(Event::Connected(false)).await?;
                 continue;
             }

@@ -24,6 +24,7 @@
 //! [`Lab`] guard removes everything it created in `Drop`, also when a test panics;
 //! [`remove`] removes what a crashed run left behind.
 
+pub mod apiserver;
 mod netns;
 
 use std::{

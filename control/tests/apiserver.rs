@@ -1,0 +1,256 @@
+//! skiff-agent against a real kube-apiserver (v1.20.2 with etcd, on loopback; built by
+//! `cargo xtask setup`): objects created, changed and deleted through the API reach the
+//! applied tables; the CRDs install and the API server itself rejects a bad policy; skiff's
+//! own rejections show in status and as Kubernetes Events while the last good version runs;
+//! the API server killed and restarted: the tables stay, then converge. Also reports the
+//! write → apply latency over 200 updates.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Node, Pod, Service},
+        networking::v1::NetworkPolicy,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams},
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use skiff_control::{
+    api::{self, ServiceView, Status},
+    crd::CiliumNetworkPolicy,
+};
+use skiff_lab::apiserver::ApiServer;
+
+/// skiff-agent with `--io none` (tables recorded, no datapath), killed if the test fails.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(kubeconfig: &Path) -> Agent {
+        let socket = std::env::temp_dir().join(format!("skiff-test-agent-{}", std::process::id())).join("skiff.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff-agent"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--io", "none", "--node-name", "node1", "--socket"])
+            .arg(&socket)
+            .spawn()
+            .expect("skiff-agent starts");
+        Agent { child, socket }
+    }
+
+    fn status(&self) -> Option<Status> {
+        api::request(&self.socket, "status").ok()
+    }
+
+    fn services(&self) -> Vec<ServiceView> {
+        api::request(&self.socket, "services").unwrap_or_default()
+    }
+
+    fn backends(&self, frontend: &str) -> Option<usize> {
+        self.services().iter().find(|s| s.frontend == frontend).map(|s| s.backends.len())
+    }
+
+    fn terminate(mut self) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on the child we spawned and have not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "skiff-agent exits cleanly on SIGTERM: {status}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn object<K: DeserializeOwned>(value: Value) -> K {
+    serde_json::from_value(value).unwrap()
+}
+
+fn slice(addresses: &[&str]) -> DynamicObject {
+    let endpoints: Vec<Value> = addresses
+        .iter()
+        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}, "topology": {"kubernetes.io/hostname": "node1"}}))
+        .collect();
+    object(json!({
+        "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abcde", "namespace": "demo", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints,
+    }))
+}
+
+const CLUSTER_IP: &str = "198.19.0.10:80/TCP";
+const NODE_PORT: &str = "198.18.0.1:30080/TCP";
+
+#[test]
+fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
+    let mut server = ApiServer::start().expect("etcd and kube-apiserver start");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        Client::try_from(config).unwrap()
+    });
+    let pp = PostParams::default();
+    let slices = ApiResource::from_gvk(&GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice"));
+    let slice_api = Api::<DynamicObject>::namespaced_with(client.clone(), "demo", &slices);
+    let services = Api::<Service>::namespaced(client.clone(), "demo");
+
+    // The CRDs install, and the API server itself rejects a policy on port 65536.
+    rt.block_on(async {
+        let crds = Api::<CustomResourceDefinition>::all(client.clone());
+        for doc in skiff_control::crd::crds_yaml().split("---\n").filter(|d| !d.trim().is_empty()) {
+            crds.create(&pp, &serde_yaml::from_str(doc).unwrap()).await.expect("the CRD installs");
+        }
+        Api::<Namespace>::all(client.clone())
+            .create(&pp, &object(json!({"metadata": {"name": "demo"}})))
+            .await
+            .unwrap();
+    });
+    let cnp = |port: &str| -> CiliumNetworkPolicy {
+        object(json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "web-l4", "namespace": "demo"},
+            "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                     "ingress": [{"toPorts": [{"ports": [{"port": port, "protocol": "TCP"}]}]}]}
+        }))
+    };
+    let cnps = Api::<CiliumNetworkPolicy>::namespaced(client.clone(), "demo");
+    wait_until("the CRDs to be served", || rt.block_on(cnps.list(&Default::default())).is_ok());
+    let refused = rt.block_on(cnps.create(&pp, &cnp("65536"))).expect_err("port 65536 is refused");
+    println!("the API server refuses the policy: {refused}");
+    assert!(matches!(&refused, kube::Error::Api(e) if e.code == 422), "422 Invalid: {refused}");
+    assert!(refused.to_string().contains("port"), "names the field: {refused}");
+
+    // The cluster: a node, a NodePort service on 3 endpoints, pods, two policies.
+    rt.block_on(async {
+        Api::<Node>::all(client.clone())
+            .create(
+                &pp,
+                &object(json!({"metadata": {"name": "node1"}, "spec": {"podCIDR": "198.18.128.0/24"},
+                                "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.1"}]}})),
+            )
+            .await
+            .unwrap();
+        let service = json!({"metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"type": "NodePort", "clusterIP": "198.19.0.10", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}});
+        services.create(&pp, &object(service)).await.unwrap();
+        slice_api.create(&pp, &slice(&["198.18.128.10", "198.18.128.11", "198.18.128.12"])).await.unwrap();
+        for i in 0..3 {
+            let pod = json!({"metadata": {"name": format!("web-{i}"), "namespace": "demo", "labels": {"app": "web"}},
+                             "spec": {"nodeName": "node1", "containers": [{"name": "http", "image": "skiff/http"}]}});
+            Api::<Pod>::namespaced(client.clone(), "demo").create(&pp, &object(pod)).await.unwrap();
+        }
+        let policy = json!({"metadata": {"name": "allow-web", "namespace": "demo"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": 8080}]}]}});
+        Api::<NetworkPolicy>::namespaced(client.clone(), "demo").create(&pp, &object(policy)).await.unwrap();
+        cnps.create(&pp, &cnp("8080")).await.unwrap();
+    });
+
+    let agent = Agent::start(&server.kubeconfig());
+    wait_until("the service on 3 backends", || {
+        agent.backends(CLUSTER_IP) == Some(3) && agent.backends(NODE_PORT) == Some(3)
+    });
+    wait_until("every object", || agent.status().is_some_and(|s| s.policies == 2 && s.identities == 1));
+    let status = agent.status().unwrap();
+    assert!(status.connected && status.rejections.is_empty(), "{status:?}");
+    println!("objects seen by the agent: {:?}", status.objects);
+
+    // An object the API server takes but skiff refuses: rejected in status and as an Event;
+    // the last good version keeps running.
+    let annotate = |algorithm: Option<&str>| {
+        let patch = json!({"metadata": {"annotations": {"service.cilium.io/lb-algorithm": algorithm}}});
+        rt.block_on(services.patch("web", &Default::default(), &kube::api::Patch::Merge(patch))).unwrap();
+    };
+    annotate(Some("round-robin"));
+    wait_until("the rejection", || agent.status().is_some_and(|s| s.rejections.iter().any(|r| r.object == "Service demo/web")));
+    let rejection = agent.status().unwrap().rejections[0].clone();
+    println!("skiff rejects: {} ({}): {}", rejection.object, rejection.origin, rejection.errors.join("; "));
+    let web = || agent.services().into_iter().filter(|s| s.service.starts_with("demo/web")).collect::<Vec<_>>();
+    assert!(web().iter().all(|s| s.algorithm.starts_with("maglev") && s.backends.len() == 3), "the last good version runs");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "demo");
+    wait_until("the Kubernetes Event", || {
+        rt.block_on(events.list(&Default::default())).is_ok_and(|list| {
+            list.items.iter().any(|e| {
+                e.reason.as_deref() == Some("Rejected")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+                    && e.note.as_deref().is_some_and(|n| n.contains("round-robin"))
+            })
+        })
+    });
+    annotate(Some("random"));
+    wait_until("the good version", || {
+        agent.status().is_some_and(|s| s.rejections.is_empty())
+            && web().iter().all(|s| s.algorithm == "random")
+    });
+
+    // Endpoint changes, and the write → apply latency over 200 of them.
+    let replace = |addresses: &[&str]| {
+        let mut s = rt.block_on(slice_api.get("web-abcde")).unwrap();
+        s.data = slice(addresses).data;
+        rt.block_on(slice_api.replace("web-abcde", &pp, &s)).unwrap();
+    };
+    let mut latencies = Vec::new();
+    for i in 0..200 {
+        let (addresses, want) = if i % 2 == 0 {
+            (&["198.18.128.10", "198.18.128.11"][..], 2)
+        } else {
+            (&["198.18.128.10", "198.18.128.11", "198.18.128.12"][..], 3)
+        };
+        let started = Instant::now();
+        replace(addresses);
+        wait_until("the endpoint change", || agent.backends(CLUSTER_IP) == Some(want));
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "write → apply over {} updates: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        ms(latencies[latencies.len() / 2]),
+        ms(latencies[latencies.len() * 99 / 100]),
+        ms(latencies[latencies.len() - 1])
+    );
+
+    // The API server dies: the tables stay. It comes back: the agent relists, finds nothing
+    // new (no publish), and follows what changes after.
+    let applies = agent.status().unwrap().applies;
+    server.kill();
+    wait_until("the agent to notice", || agent.status().is_some_and(|s| !s.connected));
+    assert_eq!(agent.backends(CLUSTER_IP), Some(3), "the tables outlive the API server");
+    server.restart().expect("kube-apiserver restarts");
+    wait_until("the agent to reconnect", || agent.status().is_some_and(|s| s.connected));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.status().unwrap().applies, applies, "the relist converged without a new publish");
+    rt.block_on(services.delete("web", &DeleteParams::default())).unwrap();
+    wait_until("the delete", || web().is_empty());
+    let _ = rt.block_on(slice_api.delete("web-abcde", &DeleteParams::default()));
+    agent.terminate();
+}
