@@ -97,6 +97,21 @@ const CHANNEL_DEPTH: usize = 4096;
 /// Rounds between two publications of a busy worker's counters.
 const STATS_EVERY: u32 = 1024;
 
+/// The counters each worker publishes (when idle, and every few thousand rounds when busy).
+#[derive(Clone, Default)]
+pub struct StatsHandle(Vec<Arc<Mutex<Stats>>>);
+
+impl StatsHandle {
+    /// The sum over the workers.
+    pub fn total(&self) -> Stats {
+        let mut total = Stats::default();
+        for s in &self.0 {
+            total.add(&s.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
+        total
+    }
+}
+
 pub struct Datapath {
     shared: SharedTables,
     config: Config,
@@ -108,7 +123,7 @@ pub struct Datapath {
     xdp_mode: Option<XdpMode>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    stats: Vec<Arc<Mutex<Stats>>>,
+    stats: StatsHandle,
     /// Flows the workers started, as they start (bounded: an observer that lags misses some).
     pub flows: Receiver<NewFlow>,
     /// Frames for the slow path: what the engine left to a kernel that never saw them.
@@ -141,7 +156,7 @@ impl Datapath {
             xdp_mode: None,
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
-            stats: Vec::new(),
+            stats: StatsHandle::default(),
             flows,
             exceptions,
             config: config.clone(),
@@ -211,7 +226,7 @@ impl Datapath {
     ) {
         let (stop, shared) = (self.stop.clone(), self.shared.clone());
         let stats = Arc::new(Mutex::new(Stats::default()));
-        self.stats.push(stats.clone());
+        self.stats.0.push(stats.clone());
         let core = (!cores.is_empty()).then(|| core_affinity::CoreId { id: cores[q % cores.len()] });
         self.workers.push(std::thread::spawn(move || {
             if let Some(core) = core {
@@ -286,11 +301,12 @@ impl Datapath {
     }
 
     pub fn stats(&self) -> Stats {
-        let mut total = Stats::default();
-        for s in &self.stats {
-            total.add(&s.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        }
-        total
+        self.stats.total()
+    }
+
+    /// The workers' counters, readable from elsewhere (a status API) while they run.
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
     }
 
     /// Stops the workers, removes the steering, detaches the XDP program (its pinned maps

@@ -46,24 +46,32 @@ impl Maglev {
         // The table depends only on the set of backends, not on the order they came in.
         active.sort_by_key(|(_, k)| *k);
         let m = u64::from(size);
-        let mut walk: Vec<(u64, u64, u64)> = active
-            .iter()
-            .map(|(_, k)| (hash64(k, SEED_OFFSET) % m, hash64(k, SEED_SKIP) % (m - 1) + 1, 0))
-            .collect();
+        // (position, skip): a backend's permutation is offset, offset + skip, … (mod m),
+        // walked by adding, not by a division per probe.
+        let mut walk: Vec<(u64, u64)> =
+            active.iter().map(|(_, k)| (hash64(k, SEED_OFFSET) % m, hash64(k, SEED_SKIP) % (m - 1) + 1)).collect();
         let max_weight = active.iter().map(|(b, _)| b.weight).max().unwrap_or(1);
         let mut slots = vec![BackendId::NONE; size as usize];
+        let mut taken = vec![0u64; slots.len().div_ceil(64)];
         let mut filled = 0u64;
         'fill: for round in 0u64.. {
-            for ((backend, _), (offset, skip, next)) in active.iter().zip(walk.iter_mut()) {
+            for ((backend, _), (position, skip)) in active.iter().zip(walk.iter_mut()) {
                 if round % u64::from(max_weight) >= u64::from(backend.weight) {
                     continue;
                 }
                 // The backend's next preferred slot that is still free (there is one: the
                 // table is not full, and a permutation visits every slot).
                 loop {
-                    let slot = index((*offset + *next * *skip) % m);
-                    *next += 1;
-                    if slots[slot] == BackendId::NONE {
+                    let slot = index(*position);
+                    *position += *skip;
+                    if *position >= m {
+                        *position -= m;
+                    }
+                    // A bitmap of taken slots (2 KB at M = 16381) stays in L1 while the
+                    // probes jump around the table.
+                    let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+                    if taken[word] & bit == 0 {
+                        taken[word] |= bit;
                         slots[slot] = backend.id;
                         filled += 1;
                         break;

@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: runs the benches and writes `target/bench-report/*.json` (records
 //! `{name, value, unit, baseline, ratio}`), printing each table: `wire` and `fastpath`
 //! (criterion; `fastpath` also gets the lab's NAT packet rate against nftables from the `nat`
-//! bench) and `xdp` (BPF_PROG_TEST_RUN costs, and XDP_DROP against nftables in a lab). The lab
-//! benches need root.
+//! bench), `xdp` (BPF_PROG_TEST_RUN costs, and XDP_DROP against nftables in a lab) and `control`
+//! (10k services × 10 endpoints to tables). The lab benches need root.
 
 use anyhow::Result;
 
@@ -14,6 +14,7 @@ pub fn bench() -> Result<()> {
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "fastpath"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "xdp"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "nat"]))?;
+    run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "control"]))?;
     let target = workspace_root().join("target");
     run(cargo()
         .args(["run", "--release", "-q", "-p", "skiff-perf", "--bin", "bench-report", "--"])
