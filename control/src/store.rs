@@ -2,7 +2,7 @@
 //! rejected object leaves its last good version in place, and the rejection is kept for
 //! `skiff status` (and Kubernetes Events) until a good version or a delete replaces it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map::Entry};
 
 use crate::{
     objects::{Kind, Object, ObjectKey, Rejection},
@@ -85,15 +85,31 @@ impl Store {
             Subject::Object(key) => !ours(key),
             Subject::Document(_) => false,
         });
-        let mut seen = Vec::new();
+        let mut seen: Vec<(ObjectKey, String)> = Vec::new();
         for (origin, decoded) in listed {
             let key = match &decoded {
                 Ok(object) => Some(object.key()),
                 Err(rejection) => rejection.key.clone(),
             };
-            seen.extend(key);
+            if let Some(key) = key {
+                // Two documents for one object: which one is meant is unknowable, so the
+                // second is refused and the last good version stays.
+                if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                    let message = format!("defined again; first defined in {first}");
+                    let error = Rejection::new(Some(key.clone()), &origin, "metadata.name", message);
+                    match self.rejections.entry(Subject::Object(key)) {
+                        Entry::Occupied(mut e) => e.get_mut().errors.extend(error.errors),
+                        Entry::Vacant(e) => {
+                            e.insert(error);
+                        }
+                    }
+                    continue;
+                }
+                seen.push((key, origin.clone()));
+            }
             self.upsert(&origin, decoded);
         }
+        let mut seen: Vec<ObjectKey> = seen.into_iter().map(|(k, _)| k).collect();
         seen.sort();
         let gone: Vec<ObjectKey> =
             self.objects.keys().filter(|k| ours(k) && seen.binary_search(k).is_err()).cloned().collect();

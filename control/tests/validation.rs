@@ -94,3 +94,19 @@ fn a_good_version_clears_the_rejection_and_a_delete_removes_the_object() {
     assert!(c.snapshot().read().unwrap().services.is_empty());
     assert!(recorder.0.read().unwrap().1.services.is_empty(), "the delete reached the tables");
 }
+
+#[test]
+fn an_object_defined_twice_in_the_folder_is_refused_and_the_last_good_stays() {
+    let (mut c, _) = demo();
+    let mut objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    let again = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {ports: [{port: 81}]}\n";
+    objects.extend(decode_yaml(again, "zz-again.yaml"));
+    c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects });
+    c.reconcile().unwrap();
+    let snapshot = c.snapshot().read().unwrap().clone();
+    let r = &snapshot.status.rejections;
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].object.as_str(), r[0].origin.as_str()), ("Service demo/web", "zz-again.yaml#1"));
+    assert!(r[0].errors[0].contains("defined again; first defined in web.yaml#1"), "{r:?}");
+    assert!(snapshot.services.iter().any(|s| s.frontend == "198.19.0.10:80/TCP"), "the first definition runs");
+}
