@@ -127,11 +127,10 @@ fn node_addresses(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<IpAddr> {
     let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
     let mut addresses = ctx.addresses.clone();
     for a in ours.iter().flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten())) {
-        if let ("InternalIP" | "ExternalIP", Ok(ip)) = (a.type_.as_str(), a.address.parse()) {
-            if !addresses.contains(&ip) {
+        if let ("InternalIP" | "ExternalIP", Ok(ip)) = (a.type_.as_str(), a.address.parse())
+            && !addresses.contains(&ip) {
                 addresses.push(ip);
             }
-        }
     }
     addresses
 }
@@ -204,11 +203,10 @@ fn frontends(
         timeout.map_or(10800, |t| u64::try_from(t).unwrap_or(10800))
     });
     let mut cluster_ips: Vec<IpAddr> = spec.cluster_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
-    if let Some(ip) = spec.cluster_ip.as_ref().and_then(|ip| ip.parse().ok()) {
-        if !cluster_ips.contains(&ip) {
+    if let Some(ip) = spec.cluster_ip.as_ref().and_then(|ip| ip.parse().ok())
+        && !cluster_ips.contains(&ip) {
             cluster_ips.push(ip);
         }
-    }
     let lb_ips: Vec<IpAddr> = service
         .status
         .iter()

@@ -188,11 +188,10 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
         let allowed = Kind::ALL.map(|k| k.to_string()).join(", ");
         return Err(Rejection::new(None, origin, "kind", format!("{kind_name:?} is not read by skiff ({allowed})")));
     };
-    if kind.namespaced() && text(&value, "/metadata/namespace").is_none() {
-        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+    if kind.namespaced() && text(&value, "/metadata/namespace").is_none()
+        && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("namespace".into(), "default".into());
         }
-    }
     let key = ObjectKey {
         kind,
         namespace: text(&value, "/metadata/namespace").unwrap_or_default(),

@@ -115,11 +115,10 @@ fn service(v: &mut Check, s: &Service, limits: &Limits) {
         if let Some(node_port) = p.node_port {
             if !node_ports {
                 v.error(&at("nodePort"), format!("may only be set when spec.type is NodePort or LoadBalancer, not {kind}"));
-            } else if v.range(&at("nodePort"), node_port, limits.node_ports.clone()) {
-                if let Some(j) = seen.insert(format!("nodePort {node_port} {protocol}"), i) {
+            } else if v.range(&at("nodePort"), node_port, limits.node_ports.clone())
+                && let Some(j) = seen.insert(format!("nodePort {node_port} {protocol}"), i) {
                     v.error(&at("nodePort"), format!("{node_port}/{protocol} duplicates spec.ports[{j}].nodePort"));
                 }
-            }
         }
     }
     traffic_and_affinity(v, spec, kind, node_ports);
@@ -258,11 +257,10 @@ fn network_policy_peer(v: &mut Check, at: &str, peer: &NetworkPolicyPeer) {
         if let Some(net) = v.cidr(&format!("{at}.ipBlock.cidr"), &block.cidr) {
             for (k, except) in block.except.iter().flatten().enumerate() {
                 let field = format!("{at}.ipBlock.except[{k}]");
-                if let Some(inner) = v.cidr(&field, except) {
-                    if !(inner.1 > net.1 && prefix_contains(net, inner.0)) {
+                if let Some(inner) = v.cidr(&field, except)
+                    && !(inner.1 > net.1 && prefix_contains(net, inner.0)) {
                         v.error(&field, format!("{except} is not strictly inside ipBlock.cidr {}", block.cidr));
                     }
-                }
             }
         }
         if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {

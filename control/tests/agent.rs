@@ -89,8 +89,9 @@ mod privileged {
 
     fn services_through_the_agent(io: &str) {
         let mut lab = Topology::new().pods(4).build().expect("lab");
-        for pod in lab.pods()[..3].to_vec() {
-            lab.serve_http(&pod, 8080).unwrap();
+        let web = lab.pods()[..3].to_vec();
+        for pod in &web {
+            lab.serve_http(pod, 8080).unwrap();
         }
         let mut agent = start(&lab, io);
         let (client_pod, client) = (lab.pods()[3].netns.clone(), lab.client().netns.clone());

@@ -24,8 +24,9 @@ pub fn demo() -> Result<()> {
 
     println!("== lab: a node, an external client, 3 web pods serving HTTP on 8080, a client pod");
     let mut lab = Topology::new().pods(4).build()?;
-    for pod in lab.pods()[..3].to_vec() {
-        lab.serve_http(&pod, 8080)?;
+    let web = lab.pods()[..3].to_vec();
+    for pod in &web {
+        lab.serve_http(pod, 8080)?;
     }
     let (node, client) = (lab.node().clone(), lab.client().clone());
     let pods: Vec<String> = lab.pods().iter().map(|p| p.ipv4.to_string()).collect();
@@ -76,7 +77,8 @@ fn xdp_at_the_nic(lab: &Lab, loader: &std::path::Path) -> Result<()> {
     println!("  {}", control.line()?);
 
     println!("== the client curls each web pod through the node: XDP passes the node's traffic");
-    for pod in &lab.pods()[..3] {
+    let web = lab.pods()[..3].to_vec();
+    for pod in &web {
         println!("  curl http://{}:8080/ → {}", pod.ipv4, curl(&client.netns, None, &format!("{}:8080", pod.ipv4))?);
     }
 
