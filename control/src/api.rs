@@ -1,19 +1,30 @@
 //! The agent's local API: one request per line on a root-only unix socket (`status`,
 //! `services`), one JSON answer per line. The types are shared with the `skiff` CLI.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::{apply::ApplyReport, compile::Tunnel, objects::Rejection};
+use skiff_fastpath::{
+    engine::{Frontend, FrontendKind, Service, TrafficPolicy},
+    lb::Algorithm,
+};
+
+use crate::{
+    apply::ApplyReport,
+    compile::{BackendSpec, FrontendKey, FrontendSpec, Tunnel},
+    objects::Rejection,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/skiff/skiff.sock";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
+    /// `Ok`, or `Degraded: ` and why (the source is away, the last apply failed).
+    pub health: String,
     pub node: String,
     /// `state-dir DIR` or `kubernetes URL`.
     pub source: String,
@@ -107,12 +118,81 @@ pub struct BackendView {
 /// The workers' counters, read when asked.
 pub type LiveStats = std::sync::Arc<dyn Fn() -> WorkerView + Send + Sync>;
 
-/// What the agent answers with; refreshed after every apply.
+/// What the agent answers with; refreshed after every apply. The service views are built
+/// when asked, not at every apply (10k services make 100k backend lines).
 #[derive(Clone, Default)]
 pub struct Snapshot {
     pub status: Status,
-    pub services: Vec<ServiceView>,
+    /// The applied frontends, shared with the applier.
+    pub applied: Arc<BTreeMap<FrontendKey, FrontendSpec>>,
+    /// The published frontends (their backends carry the ids).
+    pub services: hashbrown::HashMap<Frontend, Service>,
     pub live: Option<LiveStats>,
+}
+
+impl Snapshot {
+    pub fn service_views(&self) -> Vec<ServiceView> {
+        self.applied
+            .iter()
+            .map(|(&(addr, port, protocol), spec)| {
+                let c = spec.config;
+                let published = self.services.get(&Frontend { addr, port, protocol });
+                let id = |b: &BackendSpec| {
+                    let mut backends = published.into_iter().flat_map(Service::backends);
+                    backends.find(|p| p.addr == b.addr && p.port == b.port).map_or(0, |p| p.id.0)
+                };
+                ServiceView {
+                    frontend: format!("{}:{port}/{}", bracket(addr), protocol_name(protocol)),
+                    kind: match c.kind {
+                        FrontendKind::ClusterIp => "ClusterIP",
+                        FrontendKind::NodePort => "NodePort",
+                        FrontendKind::LoadBalancer => "LoadBalancer",
+                        FrontendKind::ExternalIp => "ExternalIP",
+                    }
+                    .into(),
+                    service: format!(
+                        "{}/{}{}",
+                        spec.service.namespace,
+                        spec.service.name,
+                        if spec.service.port.is_empty() { String::new() } else { format!(":{}", spec.service.port) }
+                    ),
+                    algorithm: match c.algorithm {
+                        Algorithm::Maglev { table_size } => format!("maglev/{table_size}"),
+                        Algorithm::Random => "random".into(),
+                    },
+                    traffic_policy: match c.traffic_policy {
+                        TrafficPolicy::Cluster => "Cluster",
+                        TrafficPolicy::Local => "Local",
+                    }
+                    .into(),
+                    affinity_seconds: c.affinity_timeout,
+                    backends: spec
+                        .backends
+                        .iter()
+                        .map(|b| BackendView {
+                            id: id(b),
+                            address: format!("{}:{}", bracket(b.addr), b.port),
+                            weight: b.weight,
+                            local: b.local,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn bracket(addr: IpAddr) -> String {
+    if addr.is_ipv6() { format!("[{addr}]") } else { addr.to_string() }
+}
+
+fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "?",
+    }
 }
 
 /// Serves `snapshot` on `path` until the task is dropped: the socket's folder is made 0700 and
@@ -139,7 +219,7 @@ pub async fn serve(path: &Path, snapshot: std::sync::Arc<std::sync::RwLock<Snaps
                             let workers = s.live.as_ref().map(|live| live());
                             serde_json::to_string(&Status { workers, ..s.status.clone() })
                         }
-                        "services" => serde_json::to_string(&s.services),
+                        "services" => serde_json::to_string(&s.service_views()),
                         other => serde_json::to_string(&serde_json::json!({
                             "error": format!("unknown request {other:?} (status, services)")
                         })),

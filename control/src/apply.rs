@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,7 @@ impl Pool {
 
 #[derive(Default)]
 pub struct Applier {
-    applied: BTreeMap<FrontendKey, FrontendSpec>,
+    applied: Arc<BTreeMap<FrontendKey, FrontendSpec>>,
     pools: HashMap<PoolKey, Pool>,
     ids: HashMap<(IpAddr, u16), BackendId>,
     next_id: u32,
@@ -108,7 +109,7 @@ impl Applier {
             self.services.insert(frontend(key), service.expect("the table size was checked at start"));
         }
         self.pools = pools;
-        self.applied = desired.frontends.clone();
+        self.applied = Arc::new(desired.frontends.clone());
         self.release_ids();
         let tables = Tables { services: self.services.clone(), node: desired.node.clone(), ..Tables::default() };
         (tables, report)
@@ -136,8 +137,18 @@ impl Applier {
         self.ids.retain(|k, _| used.contains(k));
     }
 
-    pub fn applied(&self) -> &BTreeMap<FrontendKey, FrontendSpec> {
+    pub fn applied(&self) -> &Arc<BTreeMap<FrontendKey, FrontendSpec>> {
         &self.applied
+    }
+
+    /// The published frontends.
+    pub fn services(&self) -> &hashbrown::HashMap<Frontend, Service> {
+        &self.services
+    }
+
+    /// Distinct backends in use.
+    pub fn backend_count(&self) -> usize {
+        self.ids.len()
     }
 
     /// The backend id a backend has in the applied tables.

@@ -4,7 +4,7 @@
 //! same state, whatever their order.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -16,7 +16,8 @@ use skiff_fastpath::{
 };
 
 use crate::{
-    objects::Object,
+    objects::{Kind, Object, ObjectKey},
+    store::{Changes, Store},
     validate::{LB_ALGORITHM, parse_cidr},
 };
 
@@ -79,48 +80,90 @@ pub struct Desired {
     pub policies: usize,
 }
 
+/// The desired state of a set of objects, compiled whole (for tests).
 pub fn compile<'a>(objects: impl IntoIterator<Item = &'a Object>, ctx: &NodeContext) -> Desired {
-    let mut services = Vec::new();
-    let mut slices: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    let mut nodes = Vec::new();
-    let mut desired = Desired::default();
+    let mut store = Store::default();
     for object in objects {
-        match object {
-            Object::Service(s) => services.push(&**s),
-            Object::EndpointSlice(s) => {
-                let labels = s.metadata.labels.as_ref();
-                if let Some(service) = labels.and_then(|l| l.get("kubernetes.io/service-name")) {
-                    let ns = s.metadata.namespace.clone().unwrap_or_default();
-                    slices.entry((ns, service.clone())).or_default().push(s);
-                }
-            }
-            Object::Pod(p) => {
-                let mut labels = p.metadata.labels.clone().unwrap_or_default();
-                labels.insert(
-                    "io.kubernetes.pod.namespace".into(),
-                    p.metadata.namespace.clone().unwrap_or_default(),
-                );
-                desired.label_sets.insert(labels);
-            }
-            Object::Node(n) => nodes.push(&**n),
-            Object::NetworkPolicy(_) | Object::CiliumNetworkPolicy(_) | Object::CiliumClusterwideNetworkPolicy(_) => {
-                desired.policies += 1
-            }
+        store.upsert("compile", Ok(object.clone()));
+    }
+    let mut compiler = Compiler::default();
+    compiler.update(&store, &Changes::all(), ctx);
+    compiler.desired
+}
+
+/// Keeps the desired state of a store up to date, recompiling only what changed: a service
+/// when it or one of its EndpointSlices changed, every service when a Node did (their
+/// NodePorts and locality follow the node), the identities when pods did.
+#[derive(Default)]
+pub struct Compiler {
+    desired: Desired,
+    /// The frontends each service (namespace, name) produced.
+    produced: HashMap<(String, String), Vec<FrontendKey>>,
+    node_addresses: Vec<IpAddr>,
+    started: bool,
+}
+
+impl Compiler {
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    pub fn update(&mut self, store: &Store, changes: &Changes, ctx: &NodeContext) -> &Desired {
+        let first = !std::mem::replace(&mut self.started, true);
+        let d = &mut self.desired;
+        if changes.nodes || first {
+            let nodes: Vec<&v1::Node> = store
+                .of_kind(Kind::Node)
+                .filter_map(|o| if let Object::Node(n) = o { Some(&**n) } else { None })
+                .collect();
+            self.node_addresses = node_addresses(&nodes, ctx);
+            d.node = Node {
+                masquerade_v4: self.node_addresses.iter().copied().find(IpAddr::is_ipv4),
+                masquerade_v6: self.node_addresses.iter().copied().find(IpAddr::is_ipv6),
+                cluster_prefixes: cluster_prefixes(&nodes),
+            };
+            d.tunnels = tunnels(&nodes, ctx);
         }
+        let services: BTreeSet<(String, String)> = if changes.nodes || first {
+            let mut all: BTreeSet<_> = self.produced.keys().cloned().collect();
+            all.extend(store.of_kind(Kind::Service).map(|o| {
+                let key = o.key();
+                (key.namespace, key.name)
+            }));
+            all
+        } else {
+            changes.services.clone()
+        };
+        for (namespace, name) in services {
+            for key in self.produced.remove(&(namespace.clone(), name.clone())).unwrap_or_default() {
+                d.frontends.remove(&key);
+            }
+            let key = ObjectKey { kind: Kind::Service, namespace, name };
+            let Some(Object::Service(service)) = store.get(&key) else { continue };
+            let slices: Vec<&EndpointSlice> = store
+                .slices_of(&key.namespace, &key.name)
+                .filter_map(|o| if let Object::EndpointSlice(s) = o { Some(&**s) } else { None })
+                .collect();
+            let produced = frontends(&mut d.frontends, service, &slices, &self.node_addresses, ctx);
+            self.produced.insert((key.namespace, key.name), produced);
+        }
+        if changes.pods || first {
+            d.label_sets = store
+                .of_kind(Kind::Pod)
+                .map(|p| {
+                    let meta = p.metadata();
+                    let mut labels = meta.labels.clone().unwrap_or_default();
+                    labels.insert("io.kubernetes.pod.namespace".into(), meta.namespace.clone().unwrap_or_default());
+                    labels
+                })
+                .collect();
+        }
+        if changes.policies || first {
+            let kinds = [Kind::NetworkPolicy, Kind::CiliumNetworkPolicy, Kind::CiliumClusterwideNetworkPolicy];
+            d.policies = kinds.into_iter().map(|k| store.of_kind(k).count()).sum();
+        }
+        &self.desired
     }
-    let node_addresses = node_addresses(&nodes, ctx);
-    desired.node = Node {
-        masquerade_v4: node_addresses.iter().copied().find(IpAddr::is_ipv4),
-        masquerade_v6: node_addresses.iter().copied().find(IpAddr::is_ipv6),
-        cluster_prefixes: cluster_prefixes(&nodes),
-    };
-    desired.tunnels = tunnels(&nodes, ctx);
-    for service in services {
-        let key = (service.metadata.namespace.clone().unwrap_or_default(), service.metadata.name.clone().unwrap_or_default());
-        let slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-        frontends(&mut desired, service, slices, &node_addresses, ctx);
-    }
-    desired
 }
 
 fn node_addresses(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<IpAddr> {
@@ -180,16 +223,17 @@ fn protocol_number(name: Option<&str>) -> u8 {
 /// Every frontend of a service: its cluster IPs, NodePorts on this node's addresses,
 /// load-balancer ingress IPs and external IPs, for every port.
 fn frontends(
-    desired: &mut Desired,
+    out: &mut BTreeMap<FrontendKey, FrontendSpec>,
     service: &v1::Service,
     slices: &[&EndpointSlice],
     node_addresses: &[IpAddr],
     ctx: &NodeContext,
-) {
-    let Some(spec) = &service.spec else { return };
+) -> Vec<FrontendKey> {
+    let mut produced = Vec::new();
+    let Some(spec) = &service.spec else { return produced };
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
     if kind == "ExternalName" {
-        return;
+        return produced;
     }
     let algorithm = match service.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM)).map(String::as_str) {
         Some("random") => Algorithm::Random,
@@ -231,7 +275,8 @@ fn frontends(
             // An address family the backends do not have gets no frontend.
             let family: Vec<BackendSpec> = backends.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect();
             let spec = FrontendSpec { service: service_port.clone(), config, backends: family };
-            desired.frontends.insert((addr, number, protocol), spec);
+            out.insert((addr, number, protocol), spec);
+            produced.push((addr, number, protocol));
         };
         let internal = policy(&spec.internal_traffic_policy);
         let external = policy(&spec.external_traffic_policy);
@@ -250,6 +295,7 @@ fn frontends(
             add(ip, port.port, FrontendKind::ExternalIp, external);
         }
     }
+    produced
 }
 
 /// A service port's backends from its EndpointSlices: ready endpoints take new flows;

@@ -9,15 +9,12 @@ use std::{
 };
 
 use anyhow::Result;
-use skiff_fastpath::{
-    engine::{FrontendKind, Tables, TrafficPolicy},
-    lb::Algorithm,
-};
+use skiff_fastpath::engine::Tables;
 
 use crate::{
-    api::{BackendView, LastApply, LiveStats, RejectionView, ServiceView, Snapshot, Status},
+    api::{LastApply, LiveStats, RejectionView, Snapshot, Status},
     apply::{ApplyReport, Applier},
-    compile::{Desired, NodeContext, compile},
+    compile::{Compiler, Desired, NodeContext},
     objects::{Kind, Object, ObjectKey, Rejection},
     store::Store,
     validate::Limits,
@@ -81,7 +78,9 @@ pub struct Controller {
     last_apply: Option<LastApply>,
     /// When the oldest change not yet applied arrived.
     pending_since: Option<Instant>,
-    desired: Desired,
+    compiler: Compiler,
+    /// Why the last publish failed, until one succeeds.
+    failure: Option<String>,
     /// The node part of the last published tables (its changes publish too).
     published_node: Option<skiff_fastpath::engine::Node>,
 }
@@ -100,8 +99,9 @@ impl Controller {
             applies: 0,
             last_apply: None,
             pending_since: None,
-            desired: Desired::default(),
+            compiler: Compiler::default(),
             published_node: None,
+            failure: None,
         }
     }
 
@@ -114,7 +114,7 @@ impl Controller {
     }
 
     pub fn desired(&self) -> &Desired {
-        &self.desired
+        self.compiler.desired()
     }
 
     /// Takes a source's event; returns the rejections it caused (for Kubernetes Events).
@@ -141,17 +141,25 @@ impl Controller {
         let started = self.pending_since.take();
         let mut report = None;
         if self.applied_generation != Some(self.store.generation()) {
-            self.desired = compile(self.store.objects(), &self.ctx);
-            let (tables, r) = self.applier.apply(&self.desired);
+            let changes = self.store.take_changes();
+            let desired = self.compiler.update(&self.store, &changes, &self.ctx);
+            let (tables, r) = self.applier.apply(desired);
             if !r.is_noop() || self.published_node.as_ref() != Some(&tables.node) {
-                self.sink.publish(tables)?;
+                if let Err(e) = self.sink.publish(tables) {
+                    // Retried by the next reconcile or tick, with the whole tables again.
+                    self.failure = Some(format!("{e:#}"));
+                    self.published_node = None;
+                    self.refresh_snapshot();
+                    return Err(e);
+                }
+                self.failure = None;
                 self.applies += 1;
                 let micros = started.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                 let unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 self.last_apply = Some(LastApply { report: r, micros, unix_seconds });
                 report = Some(r);
             }
-            self.published_node = Some(self.desired.node.clone());
+            self.published_node = Some(self.compiler.desired().node.clone());
             self.applied_generation = Some(self.store.generation());
         }
         self.refresh_snapshot();
@@ -160,6 +168,9 @@ impl Controller {
 
     /// Periodic upkeep: lets the sink re-read what it derives from the kernel.
     pub fn tick(&mut self) -> Result<()> {
+        if self.failure.is_some() {
+            self.reconcile()?;
+        }
         if self.sink.refresh()? {
             self.refresh_snapshot();
         }
@@ -172,8 +183,16 @@ impl Controller {
             *objects.entry(o.kind().to_string()).or_insert(0) += 1;
         }
         let applied = self.applier.applied();
+        let mut problems = Vec::new();
+        if !self.connected {
+            problems.push(format!("{} is not reachable", self.source));
+        }
+        if let Some(failure) = &self.failure {
+            problems.push(format!("the last apply failed: {failure}"));
+        }
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
+            health: if problems.is_empty() { "Ok".into() } else { format!("Degraded: {}", problems.join("; ")) },
             node: self.ctx.name.clone(),
             source: self.source.clone(),
             connected: self.connected,
@@ -181,71 +200,21 @@ impl Controller {
             objects,
             rejections: self.store.rejections().map(RejectionView::from).collect(),
             frontends: applied.len(),
-            backends: applied.values().flat_map(|f| f.backends.iter().map(|b| (b.addr, b.port))).collect::<std::collections::HashSet<_>>().len(),
-            identities: self.desired.label_sets.len(),
-            tunnels: self.desired.tunnels.iter().map(Into::into).collect(),
-            policies: self.desired.policies,
+            backends: self.applier.backend_count(),
+            identities: self.compiler.desired().label_sets.len(),
+            tunnels: self.compiler.desired().tunnels.iter().map(Into::into).collect(),
+            policies: self.compiler.desired().policies,
             next_hops: self.sink.next_hops(),
             applies: self.applies,
             last_apply: self.last_apply.clone(),
             workers: None,
         };
-        let services = applied
-            .iter()
-            .map(|(&(addr, port, protocol), spec)| {
-                let c = spec.config;
-                ServiceView {
-                    frontend: format!("{}:{port}/{}", bracket(addr), protocol_name(protocol)),
-                    kind: match c.kind {
-                        FrontendKind::ClusterIp => "ClusterIP",
-                        FrontendKind::NodePort => "NodePort",
-                        FrontendKind::LoadBalancer => "LoadBalancer",
-                        FrontendKind::ExternalIp => "ExternalIP",
-                    }
-                    .into(),
-                    service: format!(
-                        "{}/{}{}",
-                        spec.service.namespace,
-                        spec.service.name,
-                        if spec.service.port.is_empty() { String::new() } else { format!(":{}", spec.service.port) }
-                    ),
-                    algorithm: match c.algorithm {
-                        Algorithm::Maglev { table_size } => format!("maglev/{table_size}"),
-                        Algorithm::Random => "random".into(),
-                    },
-                    traffic_policy: match c.traffic_policy {
-                        TrafficPolicy::Cluster => "Cluster",
-                        TrafficPolicy::Local => "Local",
-                    }
-                    .into(),
-                    affinity_seconds: c.affinity_timeout,
-                    backends: spec
-                        .backends
-                        .iter()
-                        .map(|b| BackendView {
-                            id: self.applier.backend_id(b.addr, b.port).map_or(0, |id| id.0),
-                            address: format!("{}:{}", bracket(b.addr), b.port),
-                            weight: b.weight,
-                            local: b.local,
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
         let live = self.sink.stats();
-        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot { status, services, live };
-    }
-}
-
-fn bracket(addr: std::net::IpAddr) -> String {
-    if addr.is_ipv6() { format!("[{addr}]") } else { addr.to_string() }
-}
-
-fn protocol_name(protocol: u8) -> &'static str {
-    match protocol {
-        6 => "TCP",
-        17 => "UDP",
-        132 => "SCTP",
-        _ => "?",
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot {
+            status,
+            applied: applied.clone(),
+            services: self.applier.services().clone(),
+            live,
+        };
     }
 }

@@ -2,7 +2,7 @@
 //! rejected object leaves its last good version in place, and the rejection is kept for
 //! `skiff status` (and Kubernetes Events) until a good version or a delete replaces it.
 
-use std::collections::{BTreeMap, btree_map::Entry};
+use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
 use crate::{
     objects::{Kind, Object, ObjectKey, Rejection},
@@ -23,6 +23,49 @@ pub struct Store {
     rejections: BTreeMap<Subject, Rejection>,
     /// Bumped by every change of the accepted objects: the compiler's cue.
     generation: u64,
+    /// EndpointSlice names by the service they belong to (namespace, service).
+    slices: BTreeMap<(String, String), BTreeSet<String>>,
+    /// What changed since the compiler last took the changes.
+    changes: Changes,
+}
+
+/// What changed in the store, as the compiler needs to know it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Nodes changed (node addresses, pod CIDRs): every service is recompiled.
+    pub nodes: bool,
+    pub pods: bool,
+    pub policies: bool,
+    /// Services (namespace, name) whose object or EndpointSlices changed.
+    pub services: BTreeSet<(String, String)>,
+}
+
+impl Changes {
+    /// Everything, for a first compile.
+    pub fn all() -> Changes {
+        Changes { nodes: true, pods: true, policies: true, services: BTreeSet::new() }
+    }
+
+    fn record(&mut self, object: &Object) {
+        let namespace = || object.metadata().namespace.clone().unwrap_or_default();
+        match object {
+            Object::Service(s) => {
+                self.services.insert((namespace(), s.metadata.name.clone().unwrap_or_default()));
+            }
+            Object::EndpointSlice(_) => self.services.extend(service_of(object).map(|s| (namespace(), s))),
+            Object::Node(_) => self.nodes = true,
+            Object::Pod(_) => self.pods = true,
+            Object::NetworkPolicy(_) | Object::CiliumNetworkPolicy(_) | Object::CiliumClusterwideNetworkPolicy(_) => {
+                self.policies = true
+            }
+        }
+    }
+}
+
+/// The service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+pub fn service_of(object: &Object) -> Option<String> {
+    let Object::EndpointSlice(s) = object else { return None };
+    s.metadata.labels.as_ref()?.get("kubernetes.io/service-name").cloned()
 }
 
 impl Store {
@@ -38,6 +81,55 @@ impl Store {
         self.objects.values()
     }
 
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key)
+    }
+
+    /// Every object of one kind (keys sort by kind first).
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        let from = ObjectKey { kind, namespace: String::new(), name: String::new() };
+        self.objects.range(from..).take_while(move |(k, _)| k.kind == kind).map(|(_, o)| o)
+    }
+
+    /// The EndpointSlices of a service.
+    pub fn slices_of<'a>(&'a self, namespace: &str, service: &str) -> impl Iterator<Item = &'a Object> + 'a {
+        let names = self.slices.get(&(namespace.to_owned(), service.to_owned())).into_iter().flatten();
+        let namespace = namespace.to_owned();
+        names.filter_map(move |name| {
+            self.objects.get(&ObjectKey { kind: Kind::EndpointSlice, namespace: namespace.clone(), name: name.clone() })
+        })
+    }
+
+    /// What changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Stores or removes an object, keeping the slice index and the changes.
+    fn set(&mut self, key: &ObjectKey, object: Option<Object>) {
+        if let Some(old) = self.objects.remove(key) {
+            self.changes.record(&old);
+            self.index(&old, false);
+        }
+        if let Some(new) = object {
+            self.changes.record(&new);
+            self.index(&new, true);
+            self.objects.insert(key.clone(), new);
+        }
+        self.generation += 1;
+    }
+
+    fn index(&mut self, object: &Object, present: bool) {
+        let Some(service) = service_of(object) else { return };
+        let (namespace, name) = (object.metadata().namespace.clone().unwrap_or_default(), object.key().name);
+        let names = self.slices.entry((namespace, service)).or_default();
+        if present {
+            names.insert(name);
+        } else {
+            names.remove(&name);
+        }
+    }
+
     pub fn rejections(&self) -> impl Iterator<Item = &Rejection> {
         self.rejections.values()
     }
@@ -51,8 +143,7 @@ impl Store {
                 let key = object.key();
                 self.rejections.remove(&Subject::Object(key.clone()));
                 if self.objects.get(&key) != Some(&object) {
-                    self.objects.insert(key, object);
-                    self.generation += 1;
+                    self.set(&key, Some(object));
                 }
                 return None;
             }
@@ -67,8 +158,8 @@ impl Store {
 
     pub fn delete(&mut self, key: &ObjectKey) {
         self.rejections.remove(&Subject::Object(key.clone()));
-        if self.objects.remove(key).is_some() {
-            self.generation += 1;
+        if self.objects.contains_key(key) {
+            self.set(key, None);
         }
     }
 
@@ -85,7 +176,7 @@ impl Store {
             Subject::Object(key) => !ours(key),
             Subject::Document(_) => false,
         });
-        let mut seen: Vec<(ObjectKey, String)> = Vec::new();
+        let mut seen: BTreeMap<ObjectKey, String> = BTreeMap::new();
         for (origin, decoded) in listed {
             let key = match &decoded {
                 Ok(object) => Some(object.key()),
@@ -94,7 +185,7 @@ impl Store {
             if let Some(key) = key {
                 // Two documents for one object: which one is meant is unknowable, so the
                 // second is refused and the last good version stays.
-                if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                if let Some(first) = seen.get(&key) {
                     let message = format!("defined again; first defined in {first}");
                     let error = Rejection::new(Some(key.clone()), &origin, "metadata.name", message);
                     match self.rejections.entry(Subject::Object(key)) {
@@ -105,14 +196,12 @@ impl Store {
                     }
                     continue;
                 }
-                seen.push((key, origin.clone()));
+                seen.insert(key, origin.clone());
             }
             self.upsert(&origin, decoded);
         }
-        let mut seen: Vec<ObjectKey> = seen.into_iter().map(|(k, _)| k).collect();
-        seen.sort();
         let gone: Vec<ObjectKey> =
-            self.objects.keys().filter(|k| ours(k) && seen.binary_search(k).is_err()).cloned().collect();
+            self.objects.keys().filter(|k| ours(k) && !seen.contains_key(k)).cloned().collect();
         for key in gone {
             self.delete(&key);
         }

@@ -211,6 +211,16 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
             && web().iter().all(|s| s.algorithm == "random")
     });
 
+    // The node's address moves: so do its NodePorts. A policy goes away.
+    let nodes = Api::<Node>::all(client.clone());
+    let moved = json!({"status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.9"}]}});
+    rt.block_on(nodes.patch_status("node1", &Default::default(), &kube::api::Patch::Merge(moved))).unwrap();
+    wait_until("the NodePort to follow the node", || agent.backends("198.18.0.9:30080/TCP") == Some(3));
+    assert_eq!(agent.backends(NODE_PORT), None, "nothing listens on the old address");
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), "demo");
+    rt.block_on(policies.delete("allow-web", &DeleteParams::default())).unwrap();
+    wait_until("the policy delete", || agent.status().is_some_and(|s| s.policies == 1));
+
     // Endpoint changes, and the write → apply latency over 200 of them.
     let replace = |addresses: &[&str]| {
         let mut s = rt.block_on(slice_api.get("web-abcde")).unwrap();

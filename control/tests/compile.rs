@@ -189,3 +189,36 @@ fn the_shipped_crds_are_the_types() {
         "control/crds/cilium.yaml is stale: regenerate it with `skiff-agent crds > control/crds/cilium.yaml`"
     );
 }
+
+#[test]
+fn the_incremental_compiler_agrees_with_a_whole_compile_after_every_change() {
+    use skiff_control::{compile::Compiler, store::Store};
+    let mut store = Store::default();
+    let mut compiler = Compiler::default();
+    let moved_node = DEMO[0].replace("address: 198.18.0.1", "address: 198.18.0.9");
+    let second_service = DEMO[1]
+        .replace("name: web\n", "name: api\n")
+        .replace("198.19.0.10", "198.19.0.11")
+        .replace("nodePort: 30080", "nodePort: 30081")
+        .replace("name: web-abcde", "name: api-abcde")
+        .replace("service-name: web", "service-name: api");
+    let fewer = DEMO[1].replace("  - addresses: [198.18.128.12]", "  - addresses: [198.18.128.13]");
+    let steps: [&[&str]; 6] = [DEMO, &[&second_service], &[&fewer], &[&moved_node], &[DEMO[2]], &[DEMO[0]]];
+    for (i, step) in steps.iter().enumerate() {
+        for (origin, object) in step.iter().flat_map(|t| decode_yaml(t, "step")) {
+            store.upsert(&origin, object);
+        }
+        if i == 4 {
+            let key = |name: &str| skiff_control::objects::ObjectKey {
+                kind: skiff_control::objects::Kind::Service,
+                namespace: "demo".into(),
+                name: name.into(),
+            };
+            store.delete(&key("web"));
+        }
+        let changes = store.take_changes();
+        let incremental = compiler.update(&store, &changes, &ctx()).clone();
+        assert_eq!(incremental, compile(store.objects(), &ctx()), "step {i}: {changes:?}");
+    }
+    assert_eq!(compiler.desired().frontends.len(), 2, "api's ClusterIP and NodePort remain");
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use skiff_control::{
     compile::NodeContext,
-    controller::{Controller, Event, Recorder},
+    controller::{Controller, Event, Recorder, Sink},
     objects::{Kind, decode_yaml},
     source::dir,
     validate::Limits,
@@ -41,7 +41,7 @@ fn every_invalid_object_is_rejected_naming_object_field_and_range() {
         let (object, field, message) = (header(&text, "object"), header(&text, "field"), header(&text, "message"));
         let (mut c, recorder) = demo();
         let published = recorder.0.read().unwrap().0;
-        let web = c.snapshot().read().unwrap().services.clone();
+        let web = c.snapshot().read().unwrap().service_views();
 
         let mut rejections = Vec::new();
         for (origin, decoded) in decode_yaml(&text, &name) {
@@ -61,7 +61,7 @@ fn every_invalid_object_is_rejected_naming_object_field_and_range() {
         let status = c.snapshot().read().unwrap().status.clone();
         assert!(status.rejections.iter().any(|v| v.object == named), "{name}: shown in status");
         assert_eq!(recorder.0.read().unwrap().0, published, "{name}: nothing was published");
-        let now = c.snapshot().read().unwrap().services.clone();
+        let now = c.snapshot().read().unwrap().service_views();
         assert_eq!(
             serde_json::to_string(&now).unwrap(),
             serde_json::to_string(&web).unwrap(),
@@ -87,11 +87,11 @@ fn a_good_version_clears_the_rejection_and_a_delete_removes_the_object() {
     c.reconcile().unwrap();
     let snapshot = c.snapshot().read().unwrap().clone();
     assert!(snapshot.status.rejections.is_empty(), "the good version clears the rejection");
-    assert!(snapshot.services.iter().any(|s| s.frontend == "198.19.0.10:8000/TCP"), "and takes effect");
+    assert!(snapshot.service_views().iter().any(|s| s.frontend == "198.19.0.10:8000/TCP"), "and takes effect");
     let key = skiff_control::objects::ObjectKey { kind: Kind::Service, namespace: "demo".into(), name: "web".into() };
     c.handle(Event::Delete(key));
     c.reconcile().unwrap();
-    assert!(c.snapshot().read().unwrap().services.is_empty());
+    assert!(c.snapshot().read().unwrap().service_views().is_empty());
     assert!(recorder.0.read().unwrap().1.services.is_empty(), "the delete reached the tables");
 }
 
@@ -108,5 +108,37 @@ fn an_object_defined_twice_in_the_folder_is_refused_and_the_last_good_stays() {
     assert_eq!(r.len(), 1);
     assert_eq!((r[0].object.as_str(), r[0].origin.as_str()), ("Service demo/web", "zz-again.yaml#1"));
     assert!(r[0].errors[0].contains("defined again; first defined in web.yaml#1"), "{r:?}");
-    assert!(snapshot.services.iter().any(|s| s.frontend == "198.19.0.10:80/TCP"), "the first definition runs");
+    assert!(snapshot.service_views().iter().any(|s| s.frontend == "198.19.0.10:80/TCP"), "the first definition runs");
+}
+
+/// A datapath that refuses its first table.
+struct FailsOnce(bool, Recorder);
+
+impl Sink for FailsOnce {
+    fn publish(&mut self, tables: skiff_fastpath::engine::Tables) -> anyhow::Result<()> {
+        if std::mem::replace(&mut self.0, false) {
+            anyhow::bail!("the datapath is busy");
+        }
+        self.1.publish(tables)
+    }
+
+    fn describe(&self) -> String {
+        "fails once".into()
+    }
+}
+
+#[test]
+fn a_failed_publish_degrades_health_and_is_retried_whole() {
+    let recorder = Recorder::default();
+    let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
+    let mut c = Controller::new(ctx, Limits::default(), Box::new(FailsOnce(true, recorder.clone())), "test".into());
+    let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    c.handle(Event::Connected(true));
+    c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects });
+    assert!(c.reconcile().is_err());
+    let health = c.snapshot().read().unwrap().status.health.clone();
+    assert_eq!(health, "Degraded: the last apply failed: the datapath is busy");
+    c.tick().unwrap();
+    assert_eq!(c.snapshot().read().unwrap().status.health, "Ok");
+    assert_eq!(recorder.0.read().unwrap().1.services.len(), 2, "the retry published the whole tables");
 }

@@ -2,7 +2,7 @@
 //! with an EndpointSlice), from decoded objects to the tables the workers run on (validation,
 //! compile, apply with Maglev tables of 16381 slots). Reports the full apply in seconds, the
 //! process's peak memory, and one endpoint change at that scale against rebuilding every
-//! table for it (a fresh applier: what a control plane without the diff would do).
+//! table for it (compiled whole into a fresh applier: a control plane without the diff).
 //! Writes `target/bench-report/control.json`.
 
 use std::{path::PathBuf, time::Instant};
@@ -10,9 +10,10 @@ use std::{path::PathBuf, time::Instant};
 use serde_json::json;
 use skiff_control::{
     apply::Applier,
-    compile::{NodeContext, compile},
+    compile::{Compiler, NodeContext},
     controller::{Controller, Event, Recorder},
     objects::{Kind, Object, Rejection, decode},
+    store::Changes,
     validate::Limits,
 };
 use skiff_perf::{Record, lab::median, write_report};
@@ -86,8 +87,8 @@ fn main() {
     let mut rebuilds = Vec::new();
     for _ in 0..ROUNDS.min(3) {
         let started = Instant::now();
-        let desired = compile(controller.store().objects(), &ctx);
-        let (_, r) = Applier::default().apply(&desired);
+        let mut compiler = Compiler::default();
+        let (_, r) = Applier::default().apply(compiler.update(controller.store(), &Changes::all(), &ctx));
         rebuilds.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(r.pools_built, SERVICES);
     }

@@ -73,7 +73,7 @@ impl Selector {
     /// Whether no backend takes new flows.
     pub fn is_empty(&self) -> bool {
         match self {
-            Selector::Maglev(m) => m.slots().is_empty(),
+            Selector::Maglev(m) => m.is_empty(),
             Selector::Random { cumulative } => cumulative.is_empty(),
         }
     }

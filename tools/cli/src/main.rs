@@ -63,6 +63,7 @@ fn run(args: Vec<String>) -> Result<()> {
 
 fn print_status(s: &Status) {
     let row = |k: &str, v: String| println!("{:<16}{v}", format!("{k}:"));
+    row("Health", s.health.clone());
     row("Agent", format!("skiff-agent {} on node {}", s.version, s.node));
     row("Source", format!("{} ({})", s.source, if s.connected { "connected" } else { "NOT connected, tables kept" }));
     row("Datapath", s.datapath.clone());
