@@ -6,7 +6,7 @@
 mod privileged {
     use std::{
         collections::{BTreeMap, BTreeSet},
-        net::Ipv4Addr,
+        net::{IpAddr, Ipv4Addr},
         process::{Child, Stdio},
         time::Duration,
     };
@@ -29,6 +29,7 @@ mod privileged {
         datapath: Option<Datapath>,
         pins: Option<String>,
         lab: Lab,
+        next_hops: HashMap<IpAddr, Neighbor>,
     }
 
     impl Drop for LabDatapath {
@@ -121,7 +122,7 @@ mod privileged {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pins = matches!(io, Io::AfXdp(_))
             .then(|| format!("/sys/fs/bpf/skiff-test-datapath-{}-{n}", std::process::id()));
-        let mut guard = LabDatapath { datapath: None, pins: pins.clone(), lab };
+        let mut guard = LabDatapath { datapath: None, pins: pins.clone(), lab, next_hops: neighbors };
         let ingress = pins.map(|dir| {
             let mut ingress = Ingress::load(dir).unwrap();
             ingress.set_config(&XdpConfig::DEFAULT).unwrap();
@@ -129,7 +130,7 @@ mod privileged {
         });
         let config = Config { interfaces, io, ct_capacity: 1 << 16, ..Config::default() };
         let mut tables = tables(&guard.lab, local, remote);
-        tables.next_hops = neighbors;
+        tables.next_hops = guard.next_hops.clone();
         let datapath = node.netns.run(move || Datapath::start(config, tables, ingress)).unwrap();
         guard.datapath = Some(datapath.expect("the datapath starts"));
         guard
@@ -203,7 +204,8 @@ mod privileged {
         let client = lab.keep_alive(&VIP.to_string(), 80);
         std::thread::sleep(Duration::from_millis(500));
         let datapath = lab.datapath();
-        lab.lab.node().netns.run(|| datapath.publish(tables(&lab.lab, 5, 0))).unwrap().unwrap();
+        let grown = Tables { next_hops: lab.next_hops.clone(), ..tables(&lab.lab, 5, 0) };
+        lab.lab.node().netns.run(|| datapath.publish(grown)).unwrap().unwrap();
         let out = client.wait_with_output().unwrap();
         let names = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let names: Vec<&str> = names.split(',').collect();
