@@ -83,7 +83,12 @@ mod privileged {
         for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             *answers.entry(name.to_owned()).or_insert(0) += 1;
         }
-        assert_eq!(answers.values().sum::<usize>(), n, "every request to {url} answered: {answers:?}");
+        assert_eq!(
+            answers.values().sum::<usize>(),
+            n,
+            "every request to {url} answered: {answers:?}; curl said {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         answers
     }
 

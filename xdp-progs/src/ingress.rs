@@ -58,8 +58,7 @@ impl Ingress {
         let ebpf = EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT).map_err(Box::new)?;
         let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new() };
         let program = ingress.program_mut()?;
-        program
-            .load()
+        crate::load(program)
             .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })?;
         Ok(ingress)
     }

@@ -22,6 +22,22 @@ pub use ingress::{DropCount, Ingress, TrackedFlows};
 pub use test_run::TestRun;
 pub use trafficgen::TrafficGen;
 
+/// Loads (verifies) a program. The verifier gives up with EAGAIN when a signal arrives while
+/// it works (a test harness's SIGCHLD, say): retried, as libbpf does, a few times.
+fn load(program: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    loop {
+        match program.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error("loading the eBPF object into the kernel: {0}")]
@@ -91,7 +107,7 @@ fn attach(
     let program: &mut Xdp =
         ebpf.program_mut(name).ok_or(XdpError::MissingProgram(name))?.try_into().map_err(program_error)?;
     if program.fd().is_err() {
-        program.load().map_err(program_error)?;
+        load(program).map_err(program_error)?;
     }
     let attach_in = |program: &mut Xdp, mode: XdpMode| {
         let aya_mode = if mode == XdpMode::Native { AyaMode::Driver } else { AyaMode::Skb };
