@@ -39,8 +39,8 @@ impl Kind {
         Kind::CiliumClusterwideNetworkPolicy,
     ];
 
-    /// The API versions skiff reads a kind in.
-    fn api_versions(self) -> &'static [&'static str] {
+    /// The API versions skiff reads a kind in, the current one first.
+    pub fn api_versions(self) -> &'static [&'static str] {
         match self {
             Kind::Service | Kind::Pod | Kind::Node => &["v1"],
             // 1.20 API servers serve only v1beta1; its fields are converted (see `decode`).

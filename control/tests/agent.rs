@@ -76,20 +76,9 @@ mod privileged {
 
     /// `n` new connections to `url`, counted by the pod that answered; all must answer.
     fn curl(from: &Netns, url: &str, n: usize) -> BTreeMap<String, usize> {
-        let mut args = vec!["-sS", "--max-time", "3", "-H", "Connection: close"];
-        args.extend(std::iter::repeat_n(url, n));
-        let out = from.exec("curl", &args).unwrap();
-        let mut answers = BTreeMap::new();
-        for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            *answers.entry(name.to_owned()).or_insert(0) += 1;
-        }
-        assert_eq!(
-            answers.values().sum::<usize>(),
-            n,
-            "every request to {url} answered: {answers:?}; curl said {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        answers
+        let answers = from.http_get(url, n, 3).unwrap();
+        assert_eq!(answers.answered(), n, "every request to {url} answered: {answers:?}");
+        answers.by_host
     }
 
     fn services_through_the_agent(io: &str) {

@@ -144,20 +144,9 @@ mod privileged {
         /// `n` HTTP requests to `url`, each on its own TCP connection, from one curl; returns
         /// the answering pods' names and how often each answered.
         fn get(&self, url: &str, n: usize) -> BTreeMap<String, usize> {
-            let mut args = vec!["-sS", "--max-time", "5", "-H", "Connection: close"];
-            args.extend(std::iter::repeat_n(url, n));
-            let out = self.lab.client().netns.exec("curl", &args).unwrap();
-            let mut answers = BTreeMap::new();
-            for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                *answers.entry(name.to_owned()).or_default() += 1;
-            }
-            assert_eq!(
-                answers.values().sum::<usize>(),
-                n,
-                "every request to {url} answered: {answers:?}; curl said {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            answers
+            let answers = self.lab.client().netns.http_get(url, n, 5).unwrap();
+            assert_eq!(answers.answered(), n, "every request to {url} answered: {answers:?}");
+            answers.by_host
         }
 
         /// A keep-alive connection making 12 requests 0.1 s apart, in the background.

@@ -151,15 +151,9 @@ impl Events {
 
     pub async fn rejected(&self, rejection: &Rejection) {
         let Some(key) = &rejection.key else { return };
-        let (api_version, kind) = match key.kind {
-            Kind::Service | Kind::Pod | Kind::Node => ("v1", key.kind.to_string()),
-            Kind::EndpointSlice => ("discovery.k8s.io/v1", key.kind.to_string()),
-            Kind::NetworkPolicy => ("networking.k8s.io/v1", key.kind.to_string()),
-            Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy => ("cilium.io/v2", key.kind.to_string()),
-        };
         let reference = ObjectReference {
-            api_version: Some(api_version.into()),
-            kind: Some(kind),
+            api_version: Some(key.kind.api_versions()[0].into()),
+            kind: Some(key.kind.to_string()),
             name: Some(key.name.clone()),
             namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
             ..ObjectReference::default()

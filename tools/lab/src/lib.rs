@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use netns::Netns;
+pub use netns::{Answers, Netns};
 
 /// Every lab namespace starts with this; `lab down` removes all of them.
 pub const PREFIX: &str = "skiff-";

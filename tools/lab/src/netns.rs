@@ -1,6 +1,7 @@
 //! A named network namespace (`ip netns`), and running code or commands inside it.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io,
     os::fd::AsRawFd,
@@ -8,6 +9,21 @@ use std::{
 };
 
 use crate::LabError;
+
+/// What a series of HTTP GETs got back (see [`Netns::http_get`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answers {
+    /// How many answers each host gave.
+    pub by_host: BTreeMap<String, usize>,
+    /// What curl said about the requests that failed.
+    pub errors: String,
+}
+
+impl Answers {
+    pub fn answered(&self) -> usize {
+        self.by_host.values().sum()
+    }
+}
 
 /// A network namespace created with `ip netns add`; `/run/netns/<name>` names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +38,25 @@ impl Netns {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `n` HTTP GETs to `url` from inside the namespace, each on a new connection (one curl
+    /// process), at most `timeout_s` seconds each: the answers counted (the lab's servers
+    /// answer with their host's name) and curl's complaints, if any.
+    pub fn http_get(&self, url: &str, n: usize, timeout_s: u32) -> Result<Answers, LabError> {
+        let timeout = timeout_s.to_string();
+        let mut args = vec!["-sS", "--max-time", &timeout, "-H", "Connection: close"];
+        args.extend(std::iter::repeat_n(url, n));
+        let out = self
+            .command("curl")
+            .args(&args)
+            .output()
+            .map_err(|e| LabError::Spawn { command: "curl".into(), source: e })?;
+        let mut by_host = BTreeMap::new();
+        for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            *by_host.entry(name.to_owned()).or_insert(0) += 1;
+        }
+        Ok(Answers { by_host, errors: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
     }
 
     /// A command that runs inside the namespace (`ip netns exec`).

@@ -232,18 +232,10 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
 
 /// `n` curls (new connections) to `target`, counted by the pod that answered.
 fn spread(from: &Netns, target: &str, n: usize) -> Result<String> {
-    let url = format!("http://{target}/");
-    let mut args = vec!["-sS", "--max-time", "3", "-H", "Connection: close"];
-    args.extend(std::iter::repeat_n(url.as_str(), n));
-    let out = from.command("curl").args(&args).output()?;
-    let mut answers = std::collections::BTreeMap::<String, usize>::new();
-    for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        *answers.entry(name.to_owned()).or_default() += 1;
-    }
-    let answered: usize = answers.values().sum();
-    let mut text = answers.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
-    if answered < n {
-        text.push_str(&format!(" — {} of {n} unanswered: {}", n - answered, String::from_utf8_lossy(&out.stderr).trim()));
+    let answers = from.http_get(&format!("http://{target}/"), n, 3)?;
+    let mut text = answers.by_host.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+    if answers.answered() < n {
+        text.push_str(&format!(" — {} of {n} unanswered: {}", n - answers.answered(), answers.errors));
     }
     Ok(text)
 }
