@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use hashbrown::HashMap;
 use skiff_common::{conntrack::TcpState, lb::BackendId};
 
+use crate::nat::Rewrite;
+
 /// One direction of a flow. IPv4 addresses are stored IPv4-mapped, so both families share one
 /// table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +107,8 @@ pub struct Entry {
     pub backend: BackendId,
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// The NAT of each direction, by `Direction`.
+    rewrites: [Rewrite; 2],
 }
 
 /// The table is full of flows it may not evict.
@@ -112,6 +116,22 @@ impl Entry {
     #[inline]
     pub fn masqueraded(&self) -> bool {
         masqueraded(&self.original, &self.reply)
+    }
+
+    /// How a packet going in `dir` is translated.
+    #[inline]
+    pub fn rewrite(&self, dir: Direction) -> &Rewrite {
+        &self.rewrites[dir as usize]
+    }
+
+    /// The tuple of the direction opposite to `dir`: a packet going in `dir` leaves as its
+    /// reverse.
+    #[inline]
+    pub fn other(&self, dir: Direction) -> &Tuple {
+        match dir {
+            Direction::Original => &self.reply,
+            Direction::Reply => &self.original,
+        }
     }
 }
 
@@ -213,6 +233,10 @@ impl Conntrack {
             backend,
             packets: [0; 2],
             bytes: [0; 2],
+            rewrites: [
+                Rewrite::new(&original, &reply.reversed()),
+                Rewrite::new(&reply, &original.reversed()),
+            ],
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -205,11 +205,7 @@ impl Datapath {
         Ok(datapath)
     }
 
-    fn worker<P: PacketIo>(
-        &self,
-        q: usize,
-        ports: Vec<P>,
-    ) -> Worker<P> {
+    fn worker<P: PacketIo>(&self, q: usize, ports: Vec<P>) -> Worker<P> {
         let mut engine = Engine::new(self.shared.current(), self.config.ct_capacity, self.config.timeouts);
         let index = u16::try_from(q).unwrap_or(u16::MAX);
         engine.set_partition(Partition { index, count: self.config.workers });

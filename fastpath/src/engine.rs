@@ -226,7 +226,7 @@ pub enum Verdict {
     /// Rewritten into an answer to its sender (a TCP RST, an ICMP unreachable), `len` bytes
     /// long: send it back.
     Reply {
-        len: usize,
+        len: u16,
     },
     /// Not the engine's: hand it to the kernel.
     Pass,
@@ -326,32 +326,34 @@ impl Engine {
     fn try_process(&mut self, frame: &mut [u8], now: u64) -> Result<Verdict, DropReason> {
         let p = layers::parse(frame).map_err(drop_reason)?;
         let L3::Ip(ip) = p.l3 else { return Ok(Verdict::Pass) };
-        let (src, dst) = p.addrs(frame).ok_or(DropReason::Internal)?;
+        let (src_port, dst_port, tcp_flags) = match p.l4 {
+            L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0),
+            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+            L4::Icmp { msg_type, .. } if icmp::is_error(ip.v6, msg_type) => {
+                return self.icmp_error(frame, &p);
+            }
+            L4::Icmp { msg_type, ident, .. } if msg_type == icmp::v4::ECHO_REPLY && !ip.v6 => (0, ident, 0),
+            L4::Icmp { msg_type: icmp::v6::ECHO_REPLY, ident, .. } if ip.v6 => (0, ident, 0),
+            L4::Icmp { ident, .. } => (ident, 0, 0),
+            L4::None => (0, 0, 0),
+        };
+        let tuple = tuple_of(frame, &p, src_port, dst_port).ok_or(DropReason::Internal)?;
+        if let Some((id, dir)) = self.conntrack.lookup(&tuple) {
+            self.conntrack.update(id, dir, tcp_flags, p.l3_offset + ip.len, now);
+            let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+            entry.rewrite(dir).apply(frame, &p, entry.other(dir))?;
+            return Ok(Verdict::Forward);
+        }
+        let (src, dst) = (unmap(tuple.src, ip.v6), unmap(tuple.dst, ip.v6));
         if ip.fragment == Fragment::Later {
             // No ports: a fragment of a service flow cannot be balanced without reassembly.
             let to_service = self.tables.services.keys().any(|f| f.addr == dst);
             return Ok(if to_service { Verdict::Drop(DropReason::Ipv4Fragment) } else { Verdict::Pass });
         }
-        if let L4::Icmp { msg_type, .. } = p.l4
-            && icmp::is_error(ip.v6, msg_type)
-        {
-            return self.icmp_error(frame, &p, dst);
+        if p.l4 == L4::None {
+            return Ok(Verdict::Pass);
         }
-        let (src_port, dst_port, tcp_flags) = match p.l4 {
-            L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0),
-            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
-            L4::Icmp { ident, .. } => (ident, 0, 0),
-            L4::None => return Ok(Verdict::Pass),
-        };
-        let tuple = Tuple::new(src, dst, ip.protocol.0, src_port, dst_port);
         let len = p.l3_offset + ip.len;
-        if let Some((id, dir)) = self.conntrack.lookup(&tuple) {
-            self.conntrack.update(id, dir, tcp_flags, len, now);
-            let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
-            nat::decrement_ttl(frame, &p)?;
-            translate(frame, &p, entry, dir, src, nat::rewrite)?;
-            return Ok(Verdict::Forward);
-        }
         let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
         let Some(service) = self.tables.services.get(&frontend) else { return Ok(Verdict::Pass) };
         let internal_client = self.tables.node.is_internal(src);
@@ -403,8 +405,7 @@ impl Engine {
             self.new_flows.push(NewFlow { original: tuple, reply, backend: backend_id });
         }
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
-        nat::decrement_ttl(frame, &p)?;
-        translate(frame, &p, entry, Direction::Original, src, nat::rewrite)?;
+        entry.rewrite(Direction::Original).apply(frame, &p, &entry.reply)?;
         Ok(Verdict::Forward)
     }
 
@@ -437,8 +438,9 @@ impl Engine {
     /// the error travels in. About a tracked flow it is translated like the flow (the client
     /// must see it come from the frontend, the backend must see it about its own packet);
     /// about no flow it is dropped if it targets a frontend address, and left alone otherwise.
-    fn icmp_error(&mut self, frame: &mut [u8], p: &Parsed, dst: IpAddr) -> Result<Verdict, DropReason> {
+    fn icmp_error(&mut self, frame: &mut [u8], p: &Parsed) -> Result<Verdict, DropReason> {
         let L3::Ip(ip) = p.l3 else { return Ok(Verdict::Pass) };
+        let (_, dst) = p.addrs(frame).ok_or(DropReason::Internal)?;
         let quote = frame
             .get(p.l4_offset + icmp::HEADER_LEN..p.l3_offset + ip.len)
             .ok_or(DropReason::IcmpTruncated)?;
@@ -456,40 +458,58 @@ impl Engine {
         };
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
         nat::decrement_ttl(frame, p)?;
-        translate(frame, p, entry, dir, dst, nat::translate_icmp_error)?;
+        translate_icmp_error(frame, p, entry, dir)?;
         Ok(Verdict::Forward)
     }
 }
 
-/// Rewrites a packet of a tracked flow going in `dir` with `rewrite` ([`nat::rewrite`] of a
-/// packet, or [`nat::translate_icmp_error`] of an error and its quote; generic, so inlined): it leaves looking like the other direction's tuple reversed.
-/// The far end always changes (the client's packets go to the backend, the backend's replies
-/// come from the frontend); the near end only for a masqueraded flow (from the node's port,
-/// back to the client's).
-#[inline]
-fn translate(
+/// Translates an ICMP error about a tracked flow, travelling in `dir`, like the flow's own
+/// packets: it leaves looking like the other direction's tuple reversed. The far end always
+/// changes (errors from the backend's side come from the frontend, the client's errors reach
+/// the backend); the near end only for a masqueraded flow.
+fn translate_icmp_error(
     frame: &mut [u8],
     p: &Parsed,
     entry: &Entry,
     dir: Direction,
-    like: IpAddr,
-    rewrite: impl Fn(&mut [u8], &Parsed, Side, IpAddr, u16) -> Result<(), DropReason>,
 ) -> Result<(), DropReason> {
-    let (other, far, near) = match dir {
-        Direction::Original => (&entry.reply, Side::Destination, Side::Source),
-        Direction::Reply => (&entry.original, Side::Source, Side::Destination),
-    };
+    let L3::Ip(ip) = p.l3 else { return Err(DropReason::UnsupportedEthertype) };
+    let other = entry.other(dir);
     let endpoint = |side| match side {
         Side::Source => (other.dst, other.dst_port),
         Side::Destination => (other.src, other.src_port),
     };
+    let (far, near) = match dir {
+        Direction::Original => (Side::Destination, Side::Source),
+        Direction::Reply => (Side::Source, Side::Destination),
+    };
     let (addr, port) = endpoint(far);
-    rewrite(frame, p, far, unmap(addr, like), port)?;
+    nat::translate_icmp_error(frame, p, far, unmap(addr, ip.v6), port)?;
     if entry.masqueraded() {
         let (addr, port) = endpoint(near);
-        rewrite(frame, p, near, unmap(addr, like), port)?;
+        nat::translate_icmp_error(frame, p, near, unmap(addr, ip.v6), port)?;
     }
     Ok(())
+}
+
+/// The tuple of a parsed IP packet, its addresses read straight from the frame (IPv4 ones
+/// mapped, built in registers: no byte-wise copies for the hash to stall on).
+#[inline]
+fn tuple_of(frame: &[u8], p: &Parsed, src_port: u16, dst_port: u16) -> Option<Tuple> {
+    let L3::Ip(ip) = p.l3 else { return None };
+    let l3 = frame.get(p.l3_offset..)?;
+    let (src, dst) = if ip.v6 {
+        let h: &[u8; 40] = l3.first_chunk()?;
+        (h[8..24].try_into().ok()?, h[24..40].try_into().ok()?)
+    } else {
+        let h: &[u8; 20] = l3.first_chunk()?;
+        let mapped = |a: &[u8]| {
+            let a = u32::from_be_bytes(a.try_into().unwrap_or_default());
+            (0xffff_u128 << 32 | u128::from(a)).to_be_bytes()
+        };
+        (mapped(&h[12..16]), mapped(&h[16..20]))
+    };
+    Some(Tuple { src, dst, src_port, dst_port, protocol: ip.protocol.0 })
 }
 
 /// A service without backends answers: TCP with a RST, UDP with port unreachable (when the
@@ -501,15 +521,17 @@ fn refuse(frame: &mut [u8], p: &Parsed) -> Verdict {
         L4::Udp { .. } => reply::port_unreachable(frame, p),
         _ => None,
     };
-    reply.map_or(Verdict::Drop(DropReason::ServiceWithoutBackends), |len| Verdict::Reply { len })
+    reply
+        .and_then(|len| u16::try_from(len).ok())
+        .map_or(Verdict::Drop(DropReason::ServiceWithoutBackends), |len| Verdict::Reply { len })
 }
 
-/// A tuple address back as an `IpAddr` of the same family as `like`.
-fn unmap(a: [u8; 16], like: IpAddr) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(a);
-    match (like, v6.to_ipv4_mapped()) {
-        (IpAddr::V4(_), Some(v4)) => v4.into(),
-        _ => v6.into(),
+/// A tuple address back as an `IpAddr` of its packet's family.
+fn unmap(a: [u8; 16], v6: bool) -> IpAddr {
+    let addr = std::net::Ipv6Addr::from(a);
+    match addr.to_ipv4_mapped() {
+        Some(v4) if !v6 => v4.into(),
+        _ => addr.into(),
     }
 }
 

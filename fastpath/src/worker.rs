@@ -183,7 +183,7 @@ impl<P: PacketIo> Worker<P> {
                     Verdict::Forward => frame,
                     Verdict::Reply { len } => {
                         stats.replied += 1;
-                        &mut frame[..len]
+                        &mut frame[..usize::from(len)]
                     }
                     Verdict::Pass => {
                         stats.not_ours += 1;

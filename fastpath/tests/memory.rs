@@ -3,10 +3,7 @@
 //! MACs), and the drops are counted under their reasons. The same engine runs over AF_XDP and
 //! AF_PACKET in the lab (tests/datapath.rs).
 
-use std::{
-    net::Ipv4Addr,
-    sync::Arc,
-};
+use std::{net::Ipv4Addr, sync::Arc};
 
 use skiff_common::{DropReason, lb::BackendId};
 use skiff_fastpath::{

@@ -55,8 +55,10 @@ impl Maglev {
         let m = u64::from(size);
         // (position, skip): a backend's permutation is offset, offset + skip, … (mod m),
         // walked by adding, not by a division per probe.
-        let mut walk: Vec<(u64, u64)> =
-            active.iter().map(|(_, k)| (hash64(k, SEED_OFFSET) % m, hash64(k, SEED_SKIP) % (m - 1) + 1)).collect();
+        let mut walk: Vec<(u64, u64)> = active
+            .iter()
+            .map(|(_, k)| (hash64(k, SEED_OFFSET) % m, hash64(k, SEED_SKIP) % (m - 1) + 1))
+            .collect();
         let max_weight = active.iter().map(|(b, _)| b.weight).max().unwrap_or(1);
         let mut slots = vec![0u16; size as usize];
         let mut taken = vec![0u64; slots.len().div_ceil(64)];
