@@ -56,6 +56,8 @@ pub struct Config {
     pub umem_frames: u32,
     pub batch: usize,
     pub busy_poll: Option<BusyPoll>,
+    /// The workers' nice value (-20 is the highest priority).
+    pub worker_nice: i32,
     /// Conntrack entries per worker.
     pub ct_capacity: usize,
     pub timeouts: Timeouts,
@@ -71,6 +73,7 @@ impl Default for Config {
             umem_frames: 4096,
             batch: BATCH,
             busy_poll: None,
+            worker_nice: -20,
             ct_capacity: 512 * 1024,
             timeouts: Timeouts::default(),
         }
@@ -224,10 +227,18 @@ impl Datapath {
         let stats = Arc::new(Mutex::new(Stats::default()));
         self.stats.0.push(stats.clone());
         let core = (!cores.is_empty()).then(|| core_affinity::CoreId { id: cores[q % cores.len()] });
+        let nice = self.config.worker_nice;
         self.workers.push(std::thread::spawn(move || {
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
             }
+            // Above the NAPI thread feeding it when they share a core, the worker empties its
+            // ring before more is received; at equal priority they split the core, and the
+            // kernel spends its half receiving frames the full ring then drops (receive
+            // livelock). Measured in the lab bench: 0.35 → 0.51 Mpps.
+            // SAFETY: setpriority on the calling thread only; without CAP_SYS_NICE it fails
+            // and the worker keeps its priority.
+            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
             let started = Instant::now();
             let mut rounds = 0u32;
             while !stop.load(Ordering::Relaxed) {

@@ -48,7 +48,10 @@ fn decoded(value: serde_json::Value) -> (String, Result<Object, Rejection>) {
 /// The process's peak resident memory (VmHWM), in bytes.
 fn peak_rss() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
     kb.unwrap_or(0.0) * 1024.0
 }
 
@@ -56,13 +59,18 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let ctx = NodeContext { name: "node1".into(), addresses: vec!["198.18.0.1".parse().unwrap()], maglev_table_size: 16381 };
+    let ctx = NodeContext {
+        name: "node1".into(),
+        addresses: vec!["198.18.0.1".parse().unwrap()],
+        maglev_table_size: 16381,
+    };
     let objects: Vec<_> = (0..SERVICES).flat_map(|i| [decoded(service(i)), decoded(slice(i, 0))]).collect();
     let rss_before = peak_rss();
 
     // The full apply: validate and store every object, compile, build every table, publish.
     let recorder = Recorder::default();
-    let mut controller = Controller::new(ctx.clone(), Limits::default(), Box::new(recorder.clone()), "bench".into());
+    let mut controller =
+        Controller::new(ctx.clone(), Limits::default(), Box::new(recorder.clone()), "bench".into());
     let started = Instant::now();
     assert!(controller.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).is_empty());
     let report = controller.reconcile().unwrap().expect("published");
@@ -71,7 +79,11 @@ fn main() {
     let frontends = recorder.0.read().unwrap().1.services.len();
     assert_eq!(frontends, SERVICES);
     let peak = peak_rss();
-    println!("full apply: {SERVICES} services × {ENDPOINTS} endpoints in {full:.2} s; peak RSS {:.0} MiB (+{:.0} MiB)", peak / 1048576.0, (peak - rss_before) / 1048576.0);
+    println!(
+        "full apply: {SERVICES} services × {ENDPOINTS} endpoints in {full:.2} s; peak RSS {:.0} MiB (+{:.0} MiB)",
+        peak / 1048576.0,
+        (peak - rss_before) / 1048576.0
+    );
 
     // One endpoint change, through the controller (store, compile, diff, one pool rebuilt).
     let mut changes = Vec::new();

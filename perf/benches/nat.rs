@@ -50,6 +50,12 @@ fn main() -> Result<()> {
     let delivered = || nft_counter(&pod.netns, "netdev", SINK);
     let dir = PathBuf::from(format!("/sys/fs/bpf/skiff-bench-nat-{}", std::process::id()));
 
+    let frames = std::env::var("SKIFF_LAB_FRAMES").ok().and_then(|f| f.parse().ok()).unwrap_or(FRAMES);
+    let send = || -> Result<f64> {
+        let before = delivered()?;
+        let elapsed = generate(&client.netns, frame, out, frames)?;
+        Ok((delivered()? - before) as f64 / elapsed.as_secs_f64())
+    };
     let (mut skiff, mut kernel) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         // skiff: the ingress program on the uplink and the pod's veth, one worker on CPU 1.
@@ -72,11 +78,12 @@ fn main() -> Result<()> {
         };
         let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
         split_layout(&node.netns, &client.node_iface)?;
-        let before = delivered()?;
-        let elapsed = generate(&client.netns, frame, out, FRAMES)?;
-        skiff.push((delivered()? - before) as f64 / elapsed.as_secs_f64());
+        skiff.push(send()?);
         let stats = datapath.stop();
-        println!("skiff worker: {stats:?}");
+        println!(
+            "skiff worker: received {}, forwarded {}, dropped {}",
+            stats.received, stats.forwarded, stats.dropped
+        );
         bpffs::remove_pins(&dir)?;
 
         // The kernel: DNAT in prerouting, conntrack, forwarding. The uplink needs an XDP
@@ -91,9 +98,7 @@ fn main() -> Result<()> {
                 pod.ipv4
             ),
         )?;
-        let before = delivered()?;
-        let elapsed = generate(&client.netns, frame, out, FRAMES)?;
-        kernel.push((delivered()? - before) as f64 / elapsed.as_secs_f64());
+        kernel.push(send()?);
         node.netns.exec("nft", &["delete", "table", "ip", "skiffnat"])?;
         drop(pass);
     }
