@@ -348,7 +348,14 @@ impl Sink for DatapathSink {
                     (name.to_owned(), s.drops[i])
                 })
                 .collect();
-            WorkerView { received: s.received, forwarded: s.forwarded, replied: s.replied, dropped: s.dropped, drops }
+            WorkerView {
+                received: s.received,
+                forwarded: s.forwarded,
+                replied: s.replied,
+                dropped: s.dropped,
+                handed_off: s.handed_off,
+                drops,
+            }
         }))
     }
 }

@@ -90,6 +90,9 @@ pub struct WorkerView {
     pub forwarded: u64,
     pub replied: u64,
     pub dropped: u64,
+    /// Frames a worker received for a flow another owns, and handed to it.
+    #[serde(default)]
+    pub handed_off: u64,
     /// Drops by reason name.
     pub drops: BTreeMap<String, u64>,
 }

@@ -65,7 +65,8 @@ impl std::hash::Hash for Tuple {
     }
 }
 
-fn mapped(a: IpAddr) -> [u8; 16] {
+/// An address as a tuple holds it (IPv4 mapped into IPv6).
+pub fn mapped(a: IpAddr) -> [u8; 16] {
     match a {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),

@@ -3,9 +3,9 @@
 //! channels that carry what leaves the hot path (new flows for observers, exceptions for the
 //! slow path).
 //!
-//! Worker `q` serves queue `q` of every interface, so a flow's packets meet one engine as long
-//! as the NIC steers both directions to one queue (one queue per interface, as on veth, always
-//! does).
+//! Worker `q` serves queue `q` of every interface. A flow belongs to one worker, chosen by its
+//! client's endpoint; a frame of it that a NIC's hash put on another queue is handed to the
+//! owner ([`crate::handoff`]).
 
 use std::{
     fs::File,
@@ -27,6 +27,7 @@ use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
 use crate::{
     conntrack::{Timeouts, Tuple, masqueraded},
     engine::{Engine, NewFlow, Partition, SharedTables, Tables},
+    handoff::{self, Inbox, Peer},
     io::{
         BATCH, PacketIo,
         afxdp::{BusyPoll, XskPort},
@@ -184,13 +185,16 @@ impl Datapath {
                 }
                 datapath.ingress = Some(Mutex::new(ingress));
                 datapath.publish(tables)?;
+                let mut handoff = datapath.handoff()?;
                 for (q, (ports, mirror)) in per_worker.into_iter().enumerate() {
-                    let worker = datapath.worker(q, ports).with_exceptions(exceptions_tx.clone());
+                    let worker =
+                        datapath.worker(q, ports, &mut handoff).with_exceptions(exceptions_tx.clone());
                     datapath.spawn(q, worker, mirror, flows_tx.clone(), &cores);
                 }
             }
             Io::AfPacket => {
                 datapath.publish(tables)?;
+                let mut handoff = datapath.handoff()?;
                 for q in 0..usize::from(config.workers) {
                     let ports = config
                         .interfaces
@@ -200,7 +204,7 @@ impl Datapath {
                                 .map_err(io_error(format!("AF_PACKET socket on {iface}")))
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    let worker = datapath.worker(q, ports);
+                    let worker = datapath.worker(q, ports, &mut handoff);
                     datapath.spawn(q, worker, None, flows_tx.clone(), &cores);
                 }
             }
@@ -208,11 +212,28 @@ impl Datapath {
         Ok(datapath)
     }
 
-    fn worker<P: PacketIo>(&self, q: usize, ports: Vec<P>) -> Worker<P> {
+    /// Each worker's inbox and peers for frames of flows other workers own: none with one
+    /// worker.
+    fn handoff(&self) -> Result<std::vec::IntoIter<(Inbox, Vec<Peer>)>, DatapathError> {
+        let workers = usize::from(self.config.workers);
+        let mesh = if workers > 1 { handoff::mesh(workers) } else { Ok(Vec::new()) };
+        Ok(mesh.map_err(io_error("the workers' hand-off queues"))?.into_iter())
+    }
+
+    fn worker<P: PacketIo>(
+        &self,
+        q: usize,
+        ports: Vec<P>,
+        handoff: &mut impl Iterator<Item = (Inbox, Vec<Peer>)>,
+    ) -> Worker<P> {
         let mut engine = Engine::new(self.shared.current(), self.config.ct_capacity, self.config.timeouts);
         let index = u16::try_from(q).unwrap_or(u16::MAX);
         engine.set_partition(Partition { index, count: self.config.workers });
-        Worker::new(engine, ports).with_batch(self.config.batch)
+        let worker = Worker::new(engine, ports).with_batch(self.config.batch);
+        match handoff.next() {
+            Some((inbox, peers)) => worker.with_handoff(inbox, peers),
+            None => worker,
+        }
     }
 
     fn spawn<P: PacketIo + Send + 'static>(

@@ -17,12 +17,16 @@ use skiff_wire::{
 };
 
 use crate::{
-    conntrack::{Conntrack, Direction, Entry, Timeouts, Tuple},
+    conntrack::{self, Conntrack, Direction, Entry, Timeouts, Tuple},
     hash::hash64,
     lb::{Algorithm, Backend, Selector, maglev::MaglevError},
     nat::{self, Side},
     reply,
 };
+
+/// The seed of the hash that gives a flow's owner (any fixed value other than the flow hash's
+/// 0: every worker must agree).
+const OWNER_SEED: u64 = 1;
 
 /// New flows remembered between two drains (a receive batch holds at most 64 frames).
 const NEW_FLOWS_PER_BATCH: usize = 256;
@@ -230,6 +234,10 @@ pub enum Verdict {
     },
     /// Not the engine's: hand it to the kernel.
     Pass,
+    /// A flow another worker owns (see [`Partition`]): hand the frame, untouched, to that one.
+    Handoff {
+        worker: u16,
+    },
     Drop(DropReason),
 }
 
@@ -237,8 +245,11 @@ pub enum Verdict {
 /// masqueraded flow never takes the 5-tuple of one of the node's own connections.
 pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
-/// Which worker of how many an engine is: workers masquerade with disjoint sets of source ports
-/// (`port % count == index`), so their flows never collide and a reply's port names its owner.
+/// Which worker of how many an engine is. A flow belongs to the worker its client's endpoint
+/// (address and port) hashes to, whichever queue its packets arrive on: a request's source,
+/// a reply's destination. Workers masquerade with disjoint sets of source ports
+/// (`port % count == index`), so their flows never collide and a masqueraded reply's port
+/// names its owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Partition {
     pub index: u16,
@@ -317,20 +328,23 @@ impl Engine {
 
     /// Processes one frame in place at time `now` (seconds).
     pub fn process(&mut self, frame: &mut [u8], now: u64) -> Verdict {
-        match self.try_process(frame, now) {
-            Ok(v) => v,
-            Err(reason) => Verdict::Drop(reason),
-        }
+        self.try_process(frame, now, true).unwrap_or_else(Verdict::Drop)
     }
 
-    fn try_process(&mut self, frame: &mut [u8], now: u64) -> Result<Verdict, DropReason> {
+    /// Processes a frame another worker handed over (never hands it on: with tables that
+    /// just changed, two workers could disagree on the owner).
+    pub fn process_handed(&mut self, frame: &mut [u8], now: u64) -> Verdict {
+        self.try_process(frame, now, false).unwrap_or_else(Verdict::Drop)
+    }
+
+    fn try_process(&mut self, frame: &mut [u8], now: u64, may_hand_off: bool) -> Result<Verdict, DropReason> {
         let p = layers::parse(frame).map_err(drop_reason)?;
         let L3::Ip(ip) = p.l3 else { return Ok(Verdict::Pass) };
         let (src_port, dst_port, tcp_flags) = match p.l4 {
             L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0),
             L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
             L4::Icmp { msg_type, .. } if icmp::is_error(ip.v6, msg_type) => {
-                return self.icmp_error(frame, &p);
+                return self.icmp_error(frame, &p, may_hand_off);
             }
             L4::Icmp { msg_type, ident, .. } if msg_type == icmp::v4::ECHO_REPLY && !ip.v6 => (0, ident, 0),
             L4::Icmp { msg_type: icmp::v6::ECHO_REPLY, ident, .. } if ip.v6 => (0, ident, 0),
@@ -355,7 +369,11 @@ impl Engine {
         }
         let len = p.l3_offset + ip.len;
         let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
-        let Some(service) = self.tables.services.get(&frontend) else { return Ok(Verdict::Pass) };
+        let service = self.tables.services.get(&frontend);
+        if may_hand_off && let Some(worker) = self.owner_elsewhere(&tuple, service.is_some()) {
+            return Ok(Verdict::Handoff { worker });
+        }
+        let Some(service) = service else { return Ok(Verdict::Pass) };
         let internal_client = self.tables.node.is_internal(src);
         let local_only = service.local_only(internal_client);
         let pool = &*service.pool;
@@ -409,6 +427,34 @@ impl Engine {
         Ok(Verdict::Forward)
     }
 
+    /// The worker owning the flow of `tuple`, a packet this worker's conntrack does not know,
+    /// if that is another worker: by the client's endpoint (the source of a packet to a
+    /// frontend, otherwise the destination), or by the port of a masqueraded reply.
+    fn owner_elsewhere(&self, tuple: &Tuple, to_frontend: bool) -> Option<u16> {
+        let Partition { index, count } = self.partition;
+        if count <= 1 {
+            return None;
+        }
+        let node = &self.tables.node;
+        let masqueraded_reply = !to_frontend
+            && SNAT_PORTS.contains(&tuple.dst_port)
+            && [node.masquerade_v4, node.masquerade_v6]
+                .into_iter()
+                .flatten()
+                .any(|a| conntrack::mapped(a) == tuple.dst);
+        let owner = if masqueraded_reply {
+            tuple.dst_port % count
+        } else {
+            let (addr, port) =
+                if to_frontend { (tuple.src, tuple.src_port) } else { (tuple.dst, tuple.dst_port) };
+            let mut client = [0u8; 18];
+            client[..16].copy_from_slice(&addr);
+            client[16..].copy_from_slice(&port.to_be_bytes());
+            u16::try_from(hash64(&client, OWNER_SEED) % u64::from(count)).unwrap_or(0)
+        };
+        (owner != index).then_some(owner)
+    }
+
     /// A masquerading source port of this worker's share whose reply tuple no flow uses:
     /// starting from the flow's hash, the first free one (nearly always the first tried).
     fn snat_port(
@@ -438,16 +484,32 @@ impl Engine {
     /// the error travels in. About a tracked flow it is translated like the flow (the client
     /// must see it come from the frontend, the backend must see it about its own packet);
     /// about no flow it is dropped if it targets a frontend address, and left alone otherwise.
-    fn icmp_error(&mut self, frame: &mut [u8], p: &Parsed) -> Result<Verdict, DropReason> {
+    fn icmp_error(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        may_hand_off: bool,
+    ) -> Result<Verdict, DropReason> {
         let L3::Ip(ip) = p.l3 else { return Ok(Verdict::Pass) };
         let (_, dst) = p.addrs(frame).ok_or(DropReason::Internal)?;
         let quote = frame
             .get(p.l4_offset + icmp::HEADER_LEN..p.l3_offset + ip.len)
             .ok_or(DropReason::IcmpTruncated)?;
-        let tracked = layers::parse_quoted(quote, ip.v6).ok().and_then(|q| {
-            let key = Tuple::new(q.dst, q.src, q.protocol.0, q.dst_port, q.src_port);
-            self.conntrack.lookup(&key)
-        });
+        // The quote reversed: the tuple of a packet of the flow going the way the error goes.
+        let key = layers::parse_quoted(quote, ip.v6)
+            .ok()
+            .map(|q| Tuple::new(q.dst, q.src, q.protocol.0, q.dst_port, q.src_port));
+        let tracked = key.as_ref().and_then(|key| self.conntrack.lookup(key));
+        if tracked.is_none()
+            && may_hand_off
+            && let Some(key) = key
+        {
+            let frontend =
+                Frontend { addr: unmap(key.dst, ip.v6), port: key.dst_port, protocol: key.protocol };
+            if let Some(worker) = self.owner_elsewhere(&key, self.tables.services.contains_key(&frontend)) {
+                return Ok(Verdict::Handoff { worker });
+            }
+        }
         let Some((id, dir)) = tracked else {
             let to_service = self.tables.services.keys().any(|f| f.addr == dst);
             return Ok(if to_service {

@@ -7,6 +7,7 @@
 pub mod conntrack;
 pub mod datapath;
 pub mod engine;
+pub mod handoff;
 pub mod hash;
 pub mod io;
 pub mod lb;

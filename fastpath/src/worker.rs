@@ -3,7 +3,8 @@
 //!
 //! [`Worker::poll`] receives a batch on every port, runs each frame through the engine, writes
 //! the MACs of the frame's next hop (its destination after NAT) and queues it on that
-//! neighbour's port; each port then transmits its batch at once. Frames are staged in a
+//! neighbour's port; each port then transmits its batch at once. Frames of flows another
+//! worker owns go to it ([`crate::handoff`]). Frames are staged in a
 //! preallocated arena between receive and transmit (a port cannot send while another is lent
 //! out to receive), so nothing allocates per packet. Only exceptions (frames the engine leaves
 //! to the kernel when the kernel has no copy) leave the hot path, through a bounded channel to
@@ -18,6 +19,7 @@ use skiff_wire::layers;
 use crate::{
     conntrack::Tuple,
     engine::{Engine, NewFlow, Verdict},
+    handoff::{FRAME_ROOM, Inbox, Peer},
     io::{BATCH, PacketIo, wait_readable},
 };
 
@@ -44,6 +46,8 @@ pub struct Stats {
     pub not_ours: u64,
     /// Of those, handed to the slow path.
     pub exceptions: u64,
+    /// Frames of flows another worker owns, handed to it.
+    pub handed_off: u64,
 }
 
 impl Default for Stats {
@@ -56,6 +60,7 @@ impl Default for Stats {
             drops: [0; DropReason::COUNT],
             not_ours: 0,
             exceptions: 0,
+            handed_off: 0,
         }
     }
 }
@@ -79,42 +84,56 @@ impl Stats {
         self.dropped += o.dropped;
         self.not_ours += o.not_ours;
         self.exceptions += o.exceptions;
+        self.handed_off += o.handed_off;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
     }
 }
 
-const FRAME_ROOM: usize = 2048;
 /// Conntrack slots examined for expiry per round: a full sweep of 512k slots every 8k rounds,
 /// never a pause.
 const GC_PER_ROUND: usize = 64;
 
 pub struct Worker<P: PacketIo> {
-    engine: Engine,
     ports: Vec<P>,
     fds: Vec<RawFd>,
     /// Frames per receive batch.
     batch: usize,
+    /// Frames other workers handed over, with several workers.
+    inbox: Option<Inbox>,
+    core: Core,
+    pub stats: Stats,
+}
+
+/// What a frame meets between receive and transmit: the engine, and where its output goes.
+struct Core {
+    engine: Engine,
     /// Where frames the kernel never saw go when the engine passes them (the slow path);
     /// `None` when the ports leave the kernel a copy.
     exceptions: Option<Sender<Vec<u8>>>,
+    /// The other workers, by index, for frames of flows they own.
+    peers: Vec<Peer>,
     arena: Vec<u8>,
     staged: Vec<(usize, usize)>,
-    pub stats: Stats,
 }
 
 impl<P: PacketIo> Worker<P> {
     pub fn new(engine: Engine, ports: Vec<P>) -> Worker<P> {
-        let room = ports.len().max(1) * BATCH;
+        // A batch from every port and one from the inbox.
+        let room = (ports.len() + 1) * BATCH;
         Worker {
-            engine,
             fds: ports.iter().filter_map(PacketIo::fd).collect(),
             ports,
             batch: BATCH,
-            exceptions: None,
-            arena: vec![0; room * FRAME_ROOM],
-            staged: Vec::with_capacity(room),
+            inbox: None,
+            core: Core {
+                engine,
+                exceptions: None,
+                peers: Vec::new(),
+                arena: vec![0; room * FRAME_ROOM],
+                staged: Vec::with_capacity(room),
+            },
             stats: Stats::default(),
         }
     }
@@ -128,35 +147,44 @@ impl<P: PacketIo> Worker<P> {
     /// Hands passed frames to the slow path through `exceptions` (for ports whose frames the
     /// kernel never sees).
     pub fn with_exceptions(mut self, exceptions: Sender<Vec<u8>>) -> Worker<P> {
-        self.exceptions = Some(exceptions);
+        self.core.exceptions = Some(exceptions);
+        self
+    }
+
+    /// Exchanges frames of each other's flows with the other workers (see [`crate::handoff`]).
+    pub fn with_handoff(mut self, inbox: Inbox, peers: Vec<Peer>) -> Worker<P> {
+        self.fds.push(inbox.fd());
+        self.inbox = Some(inbox);
+        self.core.peers = peers;
         self
     }
 
     pub fn engine(&mut self) -> &mut Engine {
-        &mut self.engine
+        &mut self.core.engine
     }
 
     pub fn ports_mut(&mut self) -> &mut [P] {
         &mut self.ports
     }
 
-    /// One round: every port's waiting frames through the engine and out, and a bounded step of
-    /// conntrack expiry. When no frame waits, first sleeps up to `timeout_ms` until one does.
-    /// `now` is the clock conntrack expires flows by (seconds). `on_flow` hears of each new
-    /// flow before any of its packets is sent, and of each flow removed. Returns frames
-    /// received.
+    /// One round: every port's waiting frames (and those handed over) through the engine and
+    /// out, and a bounded step of conntrack expiry. When no frame waits, first sleeps up to
+    /// `timeout_ms` until one does. `now` is the clock conntrack expires flows by (seconds).
+    /// `on_flow` hears of each new flow before any of its packets is sent, and of each flow
+    /// removed. Returns frames received.
     pub fn poll(&mut self, timeout_ms: i32, now: u64, mut on_flow: impl FnMut(FlowEvent)) -> usize {
         let mut received = self.receive(now);
         if received == 0 && timeout_ms != 0 && wait_readable(&self.fds, timeout_ms).unwrap_or(false) {
             received = self.receive(now);
         }
-        self.engine.drain_new_flows(|f| on_flow(FlowEvent::Started(f)));
-        let conntrack = self.engine.conntrack();
+        let engine = &mut self.core.engine;
+        engine.drain_new_flows(|f| on_flow(FlowEvent::Started(f)));
+        let conntrack = engine.conntrack();
         conntrack.gc_step(now, GC_PER_ROUND);
         conntrack.drain_ended(|t| on_flow(FlowEvent::Ended(t)));
-        let Worker { ports, arena, staged, stats, .. } = self;
-        for (slot, &(port, len)) in staged.iter().enumerate() {
-            let frame = &arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
+        let Worker { ports, core, stats, .. } = self;
+        for (slot, &(port, len)) in core.staged.iter().enumerate() {
+            let frame = &core.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
             match ports.get_mut(port).map(|p| p.send(frame)) {
                 Some(Ok(())) => stats.forwarded += 1,
                 _ => stats.count_drop(DropReason::NoTxSpace),
@@ -171,53 +199,81 @@ impl<P: PacketIo> Worker<P> {
         received
     }
 
-    /// Receives one batch per port and stages what goes out.
+    /// Receives one batch per port and from the inbox, and stages what goes out.
     fn receive(&mut self, now: u64) -> usize {
+        let Worker { ports, batch, inbox, core, stats, .. } = self;
+        core.staged.clear();
         let mut received = 0;
-        let Worker { engine, ports, batch, exceptions, arena, staged, stats, .. } = self;
-        staged.clear();
         for port in ports.iter_mut() {
-            let got = port.recv(*batch, |frame| {
-                stats.received += 1;
-                let frame = match engine.process(frame, now) {
-                    Verdict::Forward => frame,
-                    Verdict::Reply { len } => {
-                        stats.replied += 1;
-                        &mut frame[..usize::from(len)]
-                    }
-                    Verdict::Pass => {
-                        stats.not_ours += 1;
-                        if let Some(slow) = exceptions {
-                            // Off the hot path: a copy for the slow path, dropped if it lags.
-                            match slow.try_send(frame.to_vec()) {
-                                Ok(()) => stats.exceptions += 1,
-                                Err(_) => stats.count_drop(DropReason::SlowPathBusy),
-                            }
-                        }
-                        return;
-                    }
-                    Verdict::Drop(reason) => {
-                        stats.count_drop(reason);
-                        return;
-                    }
-                };
-                let next_hop = layers::parse(frame).ok().and_then(|p| p.addrs(frame)).map(|(_, dst)| dst);
-                let Some(n) = next_hop.and_then(|dst| engine.tables().next_hop(dst)) else {
-                    stats.count_drop(DropReason::Unroutable);
-                    return;
-                };
-                frame[..6].copy_from_slice(&n.dst_mac);
-                frame[6..12].copy_from_slice(&n.src_mac);
-                let slot = staged.len();
-                if frame.len() <= FRAME_ROOM && (slot + 1) * FRAME_ROOM <= arena.len() {
-                    arena[slot * FRAME_ROOM..slot * FRAME_ROOM + frame.len()].copy_from_slice(frame);
-                    staged.push((n.port, frame.len()));
-                } else {
-                    stats.count_drop(DropReason::MtuExceeded);
-                }
+            received += port
+                .recv(*batch, |frame| {
+                    stats.received += 1;
+                    let verdict = core.engine.process(frame, now);
+                    core.stage(frame, verdict, stats);
+                })
+                .unwrap_or(0);
+        }
+        for peer in &mut core.peers {
+            peer.ring();
+        }
+        if let Some(inbox) = inbox {
+            received += inbox.drain(*batch, |frame| {
+                let verdict = core.engine.process_handed(frame, now);
+                core.stage(frame, verdict, stats);
             });
-            received += got.unwrap_or(0);
         }
         received
+    }
+}
+
+impl Core {
+    /// Acts on the engine's verdict for `frame`: stages it for transmit to its next hop, hands
+    /// it to its owner or to the slow path, or counts its drop.
+    fn stage(&mut self, frame: &mut [u8], verdict: Verdict, stats: &mut Stats) {
+        let frame = match verdict {
+            Verdict::Forward => frame,
+            Verdict::Reply { len } => {
+                stats.replied += 1;
+                &mut frame[..usize::from(len)]
+            }
+            Verdict::Handoff { worker } => {
+                let sent = self.peers.get_mut(usize::from(worker)).is_some_and(|peer| peer.send(frame));
+                if sent {
+                    stats.handed_off += 1;
+                } else {
+                    stats.count_drop(DropReason::HandoffBusy);
+                }
+                return;
+            }
+            Verdict::Pass => {
+                stats.not_ours += 1;
+                if let Some(slow) = &self.exceptions {
+                    // Off the hot path: a copy for the slow path, dropped if it lags.
+                    match slow.try_send(frame.to_vec()) {
+                        Ok(()) => stats.exceptions += 1,
+                        Err(_) => stats.count_drop(DropReason::SlowPathBusy),
+                    }
+                }
+                return;
+            }
+            Verdict::Drop(reason) => {
+                stats.count_drop(reason);
+                return;
+            }
+        };
+        let next_hop = layers::parse(frame).ok().and_then(|p| p.addrs(frame)).map(|(_, dst)| dst);
+        let Some(n) = next_hop.and_then(|dst| self.engine.tables().next_hop(dst)) else {
+            stats.count_drop(DropReason::Unroutable);
+            return;
+        };
+        frame[..6].copy_from_slice(&n.dst_mac);
+        frame[6..12].copy_from_slice(&n.src_mac);
+        let slot = self.staged.len();
+        if frame.len() <= FRAME_ROOM && (slot + 1) * FRAME_ROOM <= self.arena.len() {
+            self.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + frame.len()].copy_from_slice(frame);
+            self.staged.push((n.port, frame.len()));
+        } else {
+            stats.count_drop(DropReason::MtuExceeded);
+        }
     }
 }

@@ -86,9 +86,10 @@ mod privileged {
     }
 
     /// Starts the datapath on the node's uplink and pod veths (and its link to node2, if any),
-    /// over the first `local` pods and `remote` node2 pods, all serving HTTP on 8080.
-    fn start(io: Io, pods: usize, local: usize, remote: usize) -> LabDatapath {
-        let mut topology = Topology::new().pods(pods);
+    /// over the first `local` pods and `remote` node2 pods, all serving HTTP on 8080, with
+    /// `workers` workers and as many queues on the client's and pods' veths.
+    fn start(io: Io, workers: u16, pods: usize, local: usize, remote: usize) -> LabDatapath {
+        let mut topology = Topology::new().pods(pods).queues(workers);
         if remote > 0 {
             topology = topology.second_node(remote);
         }
@@ -128,7 +129,7 @@ mod privileged {
             ingress.set_config(&XdpConfig::DEFAULT).unwrap();
             ingress
         });
-        let config = Config { interfaces, io, ct_capacity: 1 << 16, ..Config::default() };
+        let config = Config { interfaces, io, workers, ct_capacity: 1 << 16, ..Config::default() };
         let mut tables = tables(&guard.lab, local, remote);
         tables.next_hops = guard.next_hops.clone();
         let datapath = node.netns.run(move || Datapath::start(config, tables, ingress)).unwrap();
@@ -184,7 +185,7 @@ mod privileged {
     /// the NodePort all answered and evenly spread over 3 pods; a keep-alive connection keeps
     /// its pod while the service grows to 5; new connections then reach all 5.
     fn serves_a_service(io: Io) {
-        let lab = start(io, 5, 3, 0);
+        let lab = start(io, 1, 5, 3, 0);
         let three = ["pod0", "pod1", "pod2"];
         assert_even(&lab.get(&format!("http://{VIP}/"), 1000), &three);
         let node = lab.lab.node().ipv4;
@@ -227,10 +228,39 @@ mod privileged {
         serves_a_service(Io::AfPacket);
     }
 
+    /// Two workers on NICs with two queues: a connection's packets arrive on either queue (the
+    /// client's and the pods' kernels pick one by their own flow hash), and whichever worker
+    /// receives one hands it to the flow's owner. Every request answered, none dropped.
+    fn two_workers_on_two_queues(io: Io) {
+        let lab = start(io, 2, 3, 3, 0);
+        let three = ["pod0", "pod1", "pod2"];
+        assert_eq!(lab.get(&format!("http://{VIP}/"), 300).len(), three.len());
+        let node = lab.lab.node().ipv4;
+        assert_eq!(lab.get(&format!("http://{node}:{NODE_PORT}/"), 300).len(), three.len());
+        let stats = lab.datapath().stats();
+        assert_eq!(stats.dropped, 0, "{stats:?}");
+        assert!(stats.handed_off > 0, "frames arrived away from their flow's owner: {stats:?}");
+        assert!(stats.forwarded >= 600 * 8, "both directions of every connection: {stats:?}");
+        println!(
+            "two workers: {} frames forwarded, {} handed to their owner",
+            stats.forwarded, stats.handed_off
+        );
+    }
+
+    #[test]
+    fn two_workers_on_two_queues_over_af_xdp() {
+        two_workers_on_two_queues(Io::AfXdp(XdpMode::Native));
+    }
+
+    #[test]
+    fn two_workers_on_two_queues_over_af_packet() {
+        two_workers_on_two_queues(Io::AfPacket);
+    }
+
     /// NodePort to pods on another node: the worker masquerades (the pods see the node, from a
     /// SNAT port), their replies come back to the node and reach the client from the NodePort.
     fn masquerades_to_another_node(io: Io) {
-        let lab = start(io, 1, 0, 2);
+        let lab = start(io, 1, 1, 0, 2);
         let node = lab.lab.node().ipv4;
         let answers = lab.get(&format!("http://{node}:{NODE_PORT}/"), 200);
         assert_eq!(answers.keys().map(String::as_str).collect::<Vec<_>>(), ["node2-pod0", "node2-pod1"]);

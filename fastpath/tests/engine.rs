@@ -358,8 +358,9 @@ fn snat_ports_never_collide_and_stay_in_the_workers_share() {
     let mut exhausted = 0;
     for client in 0..200u16 {
         let c = Ipv4Addr::from(u32::from(CLIENT) + u32::from(client));
-        let (v, out) = run(&mut e, eth().ipv4(c, NODE).tcp(5000, NODE_PORT).syn().build());
-        match v {
+        // As the flows' owner: handed over by whichever worker received them.
+        let mut out = eth().ipv4(c, NODE).tcp(5000, NODE_PORT).syn().build();
+        match e.process_handed(&mut out, 0) {
             Verdict::Forward => {
                 let flow = skiff_wire::layers::parse(&out).unwrap().flow(&out).unwrap();
                 if flow.dst == IpAddr::from(pod(1)) {
@@ -373,6 +374,57 @@ fn snat_ports_never_collide_and_stay_in_the_workers_share() {
     }
     assert!(ports.len() == 3 || ports.len() == 4, "the whole share used: {ports:?}");
     assert!(exhausted > 50, "{exhausted} flows found no port");
+}
+
+/// Several workers: whichever worker a NIC's hash gives a frame, a flow's request and its reply
+/// (DNAT only, or masqueraded) meet at one owner, the only worker that tracks the flow; a
+/// worker that is not the owner hands the frame over untouched, and the owner never hands on.
+#[test]
+fn both_directions_of_a_flow_meet_at_its_owner() {
+    let (_, t) = node_port(TrafficPolicy::Cluster, Algorithm::default());
+    let mut workers: Vec<Engine> = (0..3)
+        .map(|index| {
+            let mut e = Engine::new(t.clone(), 1024, Timeouts::default());
+            e.set_partition(Partition { index, count: 3 });
+            e
+        })
+        .collect();
+    // Runs a frame arriving at worker `first` to its end; returns the verdict, the frame and
+    // the worker that processed it.
+    let mut deliver = |first: usize, input: Vec<u8>| {
+        let mut frame = input.clone();
+        match workers[first].process(&mut frame, 0) {
+            Verdict::Handoff { worker } => {
+                assert_eq!(frame, input, "handed over untouched");
+                let owner = usize::from(worker);
+                assert_ne!(owner, first);
+                let v = workers[owner].process_handed(&mut frame, 0);
+                (v, frame, owner)
+            }
+            v => (v, frame, first),
+        }
+    };
+    let mut handed = 0;
+    let mut owners = std::collections::BTreeSet::new();
+    for i in 0..300u16 {
+        let (client, port) = (Ipv4Addr::from(u32::from(CLIENT) + u32::from(i % 7)), 1000 + i);
+        let syn = eth().ipv4(client, NODE).tcp(port, NODE_PORT).syn().build();
+        let (v, out, owner) = deliver(usize::from(i % 3), syn);
+        assert_eq!(v, Verdict::Forward);
+        let flow = skiff_wire::layers::parse(&out).unwrap().flow(&out).unwrap();
+        let (IpAddr::V4(backend), IpAddr::V4(src)) = (flow.dst, flow.src) else { panic!("IPv4") };
+        let reply = eth().ipv4(backend, src).tcp(8080, flow.src_port).syn().ack(1).build();
+        // The reply arrives at another worker than the request did.
+        let (v, back, reply_owner) = deliver(usize::from((i + 1) % 3), reply);
+        assert_eq!((v, reply_owner), (Verdict::Forward, owner), "flow {i}: reply at its owner");
+        assert_eq!(back, eth().ipv4(NODE, client).ttl(63).tcp(NODE_PORT, port).syn().ack(1).build());
+        if owner != usize::from(i % 3) {
+            handed += 1;
+        }
+        owners.insert(owner);
+    }
+    assert!(handed > 100, "most requests arrive away from their owner: {handed} of 300");
+    assert_eq!(owners.len(), 3, "every worker owns flows");
 }
 
 /// externalTrafficPolicy Local: external clients reach only this node's backends, keep their

@@ -98,7 +98,10 @@ fn print_status(s: &Status) {
     if let Some(w) = &s.workers {
         row(
             "Workers",
-            format!("{} received, {} forwarded, {} replied, {} dropped", w.received, w.forwarded, w.replied, w.dropped),
+            format!(
+                "{} received, {} forwarded, {} replied, {} dropped, {} handed to their flow's worker",
+                w.received, w.forwarded, w.replied, w.dropped, w.handed_off
+            ),
         );
         for (reason, n) in &w.drops {
             println!("{:<16}  {n:>10} {reason}", "");

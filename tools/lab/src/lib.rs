@@ -59,6 +59,7 @@ pub enum LabError {
 pub struct Topology {
     pods: usize,
     second_node_pods: Option<usize>,
+    queues: u16,
 }
 
 impl Topology {
@@ -70,6 +71,13 @@ impl Topology {
     /// `n` pods on the node.
     pub fn pods(mut self, n: usize) -> Self {
         self.pods = n;
+        self
+    }
+
+    /// `n` queues each way on the client's and the pods' veths, like a multi-queue NIC: a
+    /// frame arrives on the queue its sender's flow hash picked.
+    pub fn queues(mut self, n: u16) -> Self {
+        self.queues = n;
         self
     }
 
@@ -101,10 +109,11 @@ impl Topology {
             node2_pods: Vec::new(),
         };
         let node = lab.add_node("node", 128)?;
-        let client = lab.add_host("client", &node, Wire::uplink())?;
+        let queues = self.queues.max(1);
+        let client = lab.add_host("client", &node, Wire { queues, ..Wire::uplink() })?;
         lab.client = Some(client);
         for i in 0..self.pods {
-            let pod = lab.add_host(&format!("pod{i}"), &node, Wire::pod(&node, i))?;
+            let pod = lab.add_host(&format!("pod{i}"), &node, Wire { queues, ..Wire::pod(&node, i) })?;
             lab.pods.push(pod);
         }
         lab.nodes.push(node.clone());
@@ -378,6 +387,8 @@ struct Wire {
     far_v4: Ipv4Addr,
     /// 24 for a shared subnet (uplink, peer); 32 for a pod (node side has no address on it).
     prefix_len: u8,
+    /// Queues each way.
+    queues: u16,
 }
 
 impl Wire {
@@ -395,6 +406,7 @@ impl Wire {
             node_v4: Ipv4Addr::new(198, 18, net, 1),
             far_v4: Ipv4Addr::new(198, 18, net, 2),
             prefix_len: 24,
+            queues: 1,
         }
     }
     fn pod(node: &Node, i: usize) -> Wire {
@@ -406,6 +418,7 @@ impl Wire {
             node_v4: node.pod_gateway_v4(),
             far_v4: Ipv4Addr::new(198, 18, node.pod_net, 10 + i),
             prefix_len: 32,
+            queues: 1,
         }
     }
     fn node_addr(&self) -> (Ipv4Addr, Ipv6Addr) {
@@ -426,8 +439,9 @@ fn connect(node: &Netns, far: &Netns, wire: &Wire, far_iface: &str) -> Result<()
     let (len4, len6) = if wire.prefix_len == 32 { (32, 128) } else { (24, 64) };
     let mut node_cmds = vec![
         format!(
-            "link add {node_if} address {node_mac} type veth peer name {far_iface} address {far_mac} netns {}",
-            far.name()
+            "link add {node_if} numtxqueues {q} numrxqueues {q} address {node_mac} type veth peer name {far_iface} numtxqueues {q} numrxqueues {q} address {far_mac} netns {}",
+            far.name(),
+            q = wire.queues,
         ),
         format!("link set {node_if} up"),
         format!("neigh replace {f4} lladdr {far_mac} dev {node_if} nud permanent"),

@@ -75,6 +75,7 @@ code_enum! {
         NoXskSocket = 84, "no-xsk-socket", "No AF_XDP socket is bound to the receive queue.";
         Internal = 85, "internal", "A map or helper call that should not fail did.";
         SlowPathBusy = 86, "slow-path-busy", "The slow path's queue is full; the frame is dropped.";
+        HandoffBusy = 87, "handoff-busy", "The queue to the worker owning the flow is full.";
     }
 }
 
@@ -85,7 +86,7 @@ mod tests {
     #[test]
     fn well_formed() {
         DropReason::assert_well_formed();
-        assert_eq!(DropReason::COUNT, 87);
+        assert_eq!(DropReason::COUNT, 88);
     }
 
     #[test]
