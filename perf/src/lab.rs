@@ -21,9 +21,21 @@ pub fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {
 /// Sends `frames` copies of `frame` out of interface `ifindex` of `ns`, from CPU 0; returns how
 /// long it took. The interface's peer must have an XDP program attached.
 pub fn generate(ns: &Netns, frame: [u8; 64], ifindex: u32, frames: u32) -> Result<Duration> {
+    generate_sized(ns, frame, 64, ifindex, frames)
+}
+
+/// [`generate`] with frames of `len` bytes: `frame` is their first 64 (its IP and UDP lengths
+/// must say `len`), zeros follow.
+pub fn generate_sized(
+    ns: &Netns,
+    frame: [u8; 64],
+    len: usize,
+    ifindex: u32,
+    frames: u32,
+) -> Result<Duration> {
     let sent = ns.run(move || -> std::result::Result<Duration, String> {
         set_affinity(0, 0).map_err(|e| e.to_string())?;
-        let generator = TrafficGen::load(frame, ifindex).map_err(|e| e.to_string())?;
+        let generator = TrafficGen::load(frame, ifindex).map_err(|e| e.to_string())?.with_len(len);
         generator.send(frames).map_err(|e| e.to_string())
     })?;
     Ok(sent?)

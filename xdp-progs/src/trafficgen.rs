@@ -12,10 +12,12 @@ use crate::{XdpError, test_run::live_frames};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trafficgen"));
 
-/// Sends one 64-byte frame, many times, out of one interface.
+/// Sends one frame, many times, out of one interface: 64 bytes, or longer with
+/// [`TrafficGen::with_len`].
 pub struct TrafficGen {
     ebpf: Ebpf,
-    frame: [u8; 64],
+    /// What each call starts from: the template, then zeros up to the frame's length.
+    frame: Vec<u8>,
 }
 
 impl TrafficGen {
@@ -34,7 +36,14 @@ impl TrafficGen {
             .try_into()
             .map_err(error)?;
         crate::load(program).map_err(error)?;
-        Ok(TrafficGen { ebpf, frame })
+        Ok(TrafficGen { ebpf, frame: frame.to_vec() })
+    }
+
+    /// Frames of `len` bytes (at least 64): the 64-byte template (whose IP and UDP lengths
+    /// must say `len`), then zeros.
+    pub fn with_len(mut self, len: usize) -> Self {
+        self.frame.resize(len.max(64), 0);
+        self
     }
 
     /// Sends `frames` frames from the calling thread (which must be in the interface's network
