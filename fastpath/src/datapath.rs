@@ -256,7 +256,7 @@ impl Datapath {
             // Above the NAPI thread feeding it when they share a core, the worker empties its
             // ring before more is received; at equal priority they split the core, and the
             // kernel spends its half receiving frames the full ring then drops (receive
-            // livelock). Measured in the lab bench: 0.35 → 0.51 Mpps.
+            // livelock). Measured in the lab bench: 0.35 → 0.52 Mpps.
             // SAFETY: setpriority on the calling thread only; without CAP_SYS_NICE it fails
             // and the worker keeps its priority.
             let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };

@@ -227,12 +227,13 @@ impl Forwarder {
                 (shared.fd(), Box::new(move || shared.forward()))
             }
         };
+        let nice = Config::default().worker_nice;
         let thread = {
             let (stop, mut run) = (stop.clone(), run);
             std::thread::spawn(move || {
                 set_affinity(0, 1)?;
                 // SAFETY: setpriority on this thread only.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) };
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
                 while !stop.load(Ordering::Relaxed) {
                     if run()? == 0 {
                         wait_readable(&[fd], 10)?;
