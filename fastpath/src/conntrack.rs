@@ -7,10 +7,12 @@
 //! not-yet-established flow found within a few probes, but never an established one; failing
 //! that, the new flow is refused (`DropReason::CtTableFull`). Expiry runs incrementally
 //! ([`Conntrack::gc_step`], a few slots per receive batch), so no sweep ever pauses a worker.
+//! No two flows share a reply tuple: an insert whose reply tuple is taken is refused with the
+//! flow that has it, for the engine to resolve the clash.
 
 use std::net::IpAddr;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, hash_map::Entry as Key};
 use skiff_common::{conntrack::TcpState, lb::BackendId};
 
 use crate::nat::Rewrite;
@@ -112,7 +114,6 @@ pub struct Entry {
     rewrites: [Rewrite; 2],
 }
 
-/// The table is full of flows it may not evict.
 impl Entry {
     #[inline]
     pub fn masqueraded(&self) -> bool {
@@ -143,9 +144,15 @@ pub fn masqueraded(original: &Tuple, reply: &Tuple) -> bool {
     original.src != reply.dst || original.src_port != reply.dst_port
 }
 
+/// Why a flow could not be tracked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the connection-tracking table is full ({0} flows)")]
-pub struct TableFull(pub usize);
+pub enum InsertError {
+    #[error("the connection-tracking table is full of flows it may not evict ({0})")]
+    Full(usize),
+    /// Replies with this tuple already belong to flow `0`.
+    #[error("flow {0} already has this reply tuple")]
+    ReplyTaken(u32),
+}
 
 /// The table of one worker. `now` is always the caller's clock in seconds.
 pub struct Conntrack {
@@ -161,8 +168,8 @@ pub struct Conntrack {
     ended: Vec<Tuple>,
 }
 
-/// Ended flows remembered between two drains (a round removes at most `GC_PER_ROUND` + one
-/// eviction per new flow).
+/// Ended flows remembered between two drains (a round removes `GC_PER_ROUND` expired flows
+/// and, per new flow, at most one it evicts and one finished flow it replaces).
 const ENDED_PER_ROUND: usize = 256;
 
 /// Slots an insert into a full table examines for a victim.
@@ -204,8 +211,9 @@ impl Conntrack {
         self.slots.get(id as usize).and_then(Option::as_ref)
     }
 
-    /// Starts tracking a flow seen first as `original`, whose replies will be `reply`. A TCP
-    /// flow's state follows its first packet's `tcp_flags`.
+    /// Starts tracking a flow seen first as `original` (a tuple no flow has), whose replies
+    /// will be `reply`, unless another flow's replies already have that tuple. A TCP flow's
+    /// state follows its first packet's `tcp_flags`.
     pub fn insert(
         &mut self,
         original: Tuple,
@@ -213,10 +221,15 @@ impl Conntrack {
         tcp_flags: u8,
         backend: BackendId,
         now: u64,
-    ) -> Result<u32, TableFull> {
+    ) -> Result<u32, InsertError> {
         if self.len() >= self.capacity {
-            self.evict_one(now).ok_or(TableFull(self.capacity))?;
+            self.evict_one(now).ok_or(InsertError::Full(self.capacity))?;
         }
+        // One probe finds a clash and reserves the reply's place.
+        let reply_key = match self.keys.entry(reply) {
+            Key::Occupied(taken) => return Err(InsertError::ReplyTaken(taken.get().0)),
+            Key::Vacant(free) => free,
+        };
         let state = if original.protocol != TCP {
             TcpState::None
         } else if tcp_flags & SYN != 0 && tcp_flags & ACK == 0 {
@@ -249,8 +262,8 @@ impl Conntrack {
                 u32::try_from(self.slots.len() - 1).expect("capacity fits u32")
             }
         };
+        reply_key.insert((id, Direction::Reply));
         self.keys.insert(original, (id, Direction::Original));
-        self.keys.insert(reply, (id, Direction::Reply));
         Ok(id)
     }
 
@@ -273,6 +286,13 @@ impl Conntrack {
         e.state
     }
 
+    /// Whether flow `id` is a finished TCP connection (closed both ways or reset): a new SYN
+    /// on one of its tuples starts a new connection in its place, as in Linux's conntrack.
+    #[inline]
+    pub fn finished(&self, id: u32) -> bool {
+        self.get(id).is_some_and(|e| matches!(e.state, TcpState::TimeWait | TcpState::Closed))
+    }
+
     /// Whether flow `id` has outlived its timeout at `now`.
     fn expired(&self, e: &Entry, now: u64) -> bool {
         let timeout = match e.state {
@@ -292,7 +312,7 @@ impl Conntrack {
             self.cursor = (self.cursor + 1) % self.slots.len();
             let id = self.cursor;
             if self.slots[id].as_ref().is_some_and(|e| self.expired(e, now)) {
-                self.remove(id);
+                self.remove_slot(id);
                 removed += 1;
             }
         }
@@ -315,7 +335,7 @@ impl Conntrack {
                     }
             });
             if evictable {
-                self.remove(id);
+                self.remove_slot(id);
                 return Some(());
             }
         }
@@ -330,14 +350,19 @@ impl Conntrack {
         }
     }
 
-    fn remove(&mut self, id: usize) {
-        if let Some(e) = self.slots[id].take() {
+    /// Stops tracking flow `id`; its reply tuple is reported by the next `drain_ended`.
+    pub fn remove(&mut self, id: u32) {
+        self.remove_slot(id as usize);
+    }
+
+    fn remove_slot(&mut self, slot: usize) {
+        if let Some(e) = self.slots.get_mut(slot).and_then(Option::take) {
             self.keys.remove(&e.original);
             self.keys.remove(&e.reply);
             if self.ended.len() < ENDED_PER_ROUND {
                 self.ended.push(e.reply);
             }
-            self.free.push(u32::try_from(id).expect("capacity fits u32"));
+            self.free.push(u32::try_from(slot).expect("capacity fits u32"));
         }
     }
 }
@@ -353,7 +378,6 @@ fn next_state(state: TcpState, dir: Direction, flags: u8) -> TcpState {
         (SynRecv, Direction::Original) if flags & ACK != 0 && flags & FIN == 0 => Established,
         (Established | SynRecv, _) if flags & FIN != 0 => FinWait,
         (FinWait, _) if flags & FIN != 0 => TimeWait,
-        (Closed, _) if flags & SYN != 0 && flags & ACK == 0 => SynSent,
         (s, _) => s,
     }
 }
@@ -419,18 +443,30 @@ mod tests {
         assert_eq!(ct.len(), 4);
         // Now all four are established: a fifth is refused and they all still work.
         let (o, r) = flow(5);
-        assert_eq!(ct.insert(o, r, SYN, BackendId::NONE, 1), Err(TableFull(4)));
+        assert_eq!(ct.insert(o, r, SYN, BackendId::NONE, 1), Err(InsertError::Full(4)));
         for n in [0, 1, 2, 4] {
             assert!(ct.lookup(&flow(n).0).is_some(), "flow {n} still tracked");
         }
     }
 
     #[test]
-    fn rst_closes_and_a_new_syn_reopens() {
+    fn a_reset_or_a_close_both_ways_finishes_a_connection() {
         let mut ct = Conntrack::new(2, Timeouts::default());
         let (o, r) = flow(1);
-        let id = ct.insert(o, r, ACK, BackendId::NONE, 0).unwrap();
-        assert_eq!(ct.update(id, Direction::Reply, RST, 40, 0), TcpState::Closed);
-        assert_eq!(ct.update(id, Direction::Original, SYN, 60, 1), TcpState::SynSent);
+        let reset = ct.insert(o, r, ACK, BackendId::NONE, 0).unwrap();
+        assert!(!ct.finished(reset));
+        assert_eq!(ct.update(reset, Direction::Reply, RST, 40, 0), TcpState::Closed);
+        assert!(ct.finished(reset));
+        let (o, r) = flow(2);
+        let closed = ct.insert(o, r, ACK, BackendId::NONE, 0).unwrap();
+        ct.update(closed, Direction::Original, FIN | ACK, 52, 0);
+        assert!(!ct.finished(closed), "half closed: the other side may still send");
+        ct.update(closed, Direction::Reply, FIN | ACK, 52, 0);
+        assert!(ct.finished(closed));
+        ct.remove(closed);
+        assert!(ct.lookup(&o).is_none() && ct.lookup(&r).is_none());
+        let mut ended = Vec::new();
+        ct.drain_ended(|t| ended.push(*t));
+        assert_eq!(ended, [r]);
     }
 }

@@ -14,10 +14,11 @@ use skiff_common::{DropReason, lb::BackendId};
 use skiff_wire::{
     Error as WireError, Layer, Problem, icmp,
     layers::{self, Fragment, L3, L4, Parsed},
+    tcp::TcpFlags,
 };
 
 use crate::{
-    conntrack::{self, Conntrack, Direction, Entry, Timeouts, Tuple},
+    conntrack::{self, Conntrack, Direction, Entry, InsertError, Timeouts, Tuple},
     hash::hash64,
     lb::{Algorithm, Backend, Selector, maglev::MaglevError},
     nat::{self, Side},
@@ -241,8 +242,9 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// Source ports for masquerading: above the kernel's ephemeral range (32768–60999), so a
-/// masqueraded flow never takes the 5-tuple of one of the node's own connections.
+/// Source ports for masquerading, and for a client's port remapped on a clash: above the
+/// kernel's ephemeral range (32768–60999), so they never take the 5-tuple of a connection
+/// whose port a kernel chose.
 pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 /// Which worker of how many an engine is. A flow belongs to the worker its client's endpoint
@@ -296,11 +298,11 @@ impl Engine {
         self.partition = partition;
     }
 
-    /// Installs new tables; tracked flows keep their backends.
     pub fn tables(&self) -> &Tables {
         &self.tables
     }
 
+    /// Installs new tables; tracked flows keep their backends.
     pub fn set_tables(&mut self, tables: Arc<Tables>) {
         self.tables = tables;
     }
@@ -353,10 +355,14 @@ impl Engine {
         };
         let tuple = tuple_of(frame, &p, src_port, dst_port).ok_or(DropReason::Internal)?;
         if let Some((id, dir)) = self.conntrack.lookup(&tuple) {
-            self.conntrack.update(id, dir, tcp_flags, p.l3_offset + ip.len, now);
-            let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
-            entry.rewrite(dir).apply(frame, &p, entry.other(dir))?;
-            return Ok(Verdict::Forward);
+            if !(opens(tcp_flags) && self.conntrack.finished(id)) {
+                self.conntrack.update(id, dir, tcp_flags, p.l3_offset + ip.len, now);
+                let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+                entry.rewrite(dir).apply(frame, &p, entry.other(dir))?;
+                return Ok(Verdict::Forward);
+            }
+            // A new connection on a finished one's tuple: balanced afresh.
+            self.conntrack.remove(id);
         }
         let (src, dst) = (unmap(tuple.src, ip.v6), unmap(tuple.dst, ip.v6));
         if ip.fragment == Fragment::Later {
@@ -409,31 +415,44 @@ impl Engine {
         let proto = ip.protocol.0;
         let reply = match masquerade {
             Some(node) => {
-                let port = self.snat_port(backend.addr, node, proto, backend.port, flow_hash)?;
-                Tuple::new(backend.addr, node, proto, backend.port, port)
+                let reply = Tuple::new(backend.addr, node, proto, backend.port, 0);
+                Tuple { dst_port: self.free_port(&reply, flow_hash)?, ..reply }
             }
             None => Tuple::new(backend.addr, src, proto, backend.port, src_port),
         };
-        let id = self
-            .conntrack
-            .insert(tuple, reply, tcp_flags, backend_id, now)
-            .map_err(|_| DropReason::CtTableFull)?;
-        self.conntrack.update(id, Direction::Original, tcp_flags, len, now);
-        if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
-            self.new_flows.push(NewFlow { original: tuple, reply, backend: backend_id });
+        let id = match self.conntrack.insert(tuple, reply, tcp_flags, backend_id, now) {
+            Err(InsertError::ReplyTaken(other)) => {
+                let reply = self.resolve_clash(other, reply, tcp_flags, flow_hash)?;
+                self.conntrack.insert(tuple, reply, tcp_flags, backend_id, now)
+            }
+            inserted => inserted,
         }
+        .map_err(|e| match e {
+            InsertError::Full(_) => DropReason::CtTableFull,
+            InsertError::ReplyTaken(_) => DropReason::Internal,
+        })?;
+        self.conntrack.update(id, Direction::Original, tcp_flags, len, now);
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
+            self.new_flows.push(NewFlow { original: tuple, reply: entry.reply, backend: backend_id });
+        }
         entry.rewrite(Direction::Original).apply(frame, &p, &entry.reply)?;
         Ok(Verdict::Forward)
     }
 
     /// The worker owning the flow of `tuple`, a packet this worker's conntrack does not know,
-    /// if that is another worker: by the client's endpoint (the source of a packet to a
-    /// frontend, otherwise the destination), or by the port of a masqueraded reply.
+    /// if that is another worker.
     fn owner_elsewhere(&self, tuple: &Tuple, to_frontend: bool) -> Option<u16> {
+        let owner = self.owner(tuple, to_frontend);
+        (owner != self.partition.index).then_some(owner)
+    }
+
+    /// The worker owning the flow of `tuple`: by the client's endpoint (the source of a packet
+    /// to a frontend, otherwise the destination), or by the port of a masqueraded reply.
+    fn owner(&self, tuple: &Tuple, to_frontend: bool) -> u16 {
         let Partition { index, count } = self.partition;
         if count <= 1 {
-            return None;
+            return index;
         }
         let node = &self.tables.node;
         let masqueraded_reply = !to_frontend
@@ -442,42 +461,49 @@ impl Engine {
                 .into_iter()
                 .flatten()
                 .any(|a| conntrack::mapped(a) == tuple.dst);
-        let owner = if masqueraded_reply {
-            tuple.dst_port % count
-        } else {
-            let (addr, port) =
-                if to_frontend { (tuple.src, tuple.src_port) } else { (tuple.dst, tuple.dst_port) };
-            let mut client = [0u8; 18];
-            client[..16].copy_from_slice(&addr);
-            client[16..].copy_from_slice(&port.to_be_bytes());
-            u16::try_from(hash64(&client, OWNER_SEED) % u64::from(count)).unwrap_or(0)
-        };
-        (owner != index).then_some(owner)
+        if masqueraded_reply {
+            return tuple.dst_port % count;
+        }
+        let (addr, port) =
+            if to_frontend { (tuple.src, tuple.src_port) } else { (tuple.dst, tuple.dst_port) };
+        let mut client = [0u8; 18];
+        client[..16].copy_from_slice(&addr);
+        client[16..].copy_from_slice(&port.to_be_bytes());
+        u16::try_from(hash64(&client, OWNER_SEED) % u64::from(count)).unwrap_or(0)
     }
 
-    /// A masquerading source port of this worker's share whose reply tuple no flow uses:
-    /// starting from the flow's hash, the first free one (nearly always the first tried).
-    fn snat_port(
-        &self,
-        backend: IpAddr,
-        node: IpAddr,
-        protocol: u8,
-        backend_port: u16,
+    /// The reply tuple for a new flow whose `reply` flow `other` already has: a client reused
+    /// its port towards two frontends with the same backend, which must still tell the two
+    /// connections apart. A finished TCP connection gives way to a new SYN (the backend's
+    /// kernel decides, as without NAT); a live flow keeps its tuple and the new flow's client
+    /// port is remapped, as Linux's NAT does on a clash.
+    fn resolve_clash(
+        &mut self,
+        other: u32,
+        reply: Tuple,
+        tcp_flags: u8,
         flow_hash: u64,
-    ) -> Result<u16, DropReason> {
-        let Partition { index, count } = self.partition;
-        let (first, last) = (*SNAT_PORTS.start(), *SNAT_PORTS.end());
-        // Ports p with p % count == index, from the first at or above `first`.
-        let base = first + (index + count - first % count) % count;
-        let choices = (last - base) / count + 1;
-        let start = u16::try_from(flow_hash % u64::from(choices)).map_err(|_| DropReason::Internal)?;
-        for k in 0..choices {
-            let port = base + (start + k) % choices * count;
-            if self.conntrack.lookup(&Tuple::new(backend, node, protocol, backend_port, port)).is_none() {
-                return Ok(port);
-            }
+    ) -> Result<Tuple, DropReason> {
+        if opens(tcp_flags) && self.conntrack.finished(other) {
+            self.conntrack.remove(other);
+            return Ok(reply);
         }
-        Err(DropReason::NatPortExhausted)
+        Ok(Tuple { dst_port: self.free_port(&reply, flow_hash)?, ..reply })
+    }
+
+    /// A port of `SNAT_PORTS` for the client side of `reply` (its destination port) that no
+    /// flow's reply uses and whose replies this worker owns: from the flow's hash on, the first
+    /// such port (nearly always one of the first `count` tried).
+    fn free_port(&self, reply: &Tuple, flow_hash: u64) -> Result<u16, DropReason> {
+        let (first, n) = (*SNAT_PORTS.start(), SNAT_PORTS.len() as u64);
+        let start = flow_hash % n;
+        (0..n)
+            .filter_map(|k| u16::try_from((start + k) % n).ok())
+            .map(|offset| first + offset)
+            .map(|port| Tuple { dst_port: port, ..*reply })
+            .find(|t| self.owner(t, false) == self.partition.index && self.conntrack.lookup(t).is_none())
+            .map(|t| t.dst_port)
+            .ok_or(DropReason::NatPortExhausted)
     }
 
     /// An ICMP error quotes a packet as it was sent; the reverse of the quote is the direction
@@ -572,6 +598,13 @@ fn tuple_of(frame: &[u8], p: &Parsed, src_port: u16, dst_port: u16) -> Option<Tu
         (mapped(&h[12..16]), mapped(&h[16..20]))
     };
     Some(Tuple { src, dst, src_port, dst_port, protocol: ip.protocol.0 })
+}
+
+/// Whether a packet's TCP flags open a connection: SYN without ACK (never for other
+/// protocols, whose flags are 0).
+#[inline]
+fn opens(tcp_flags: u8) -> bool {
+    tcp_flags & (TcpFlags::SYN.0 | TcpFlags::ACK.0) == TcpFlags::SYN.0
 }
 
 /// A service without backends answers: TCP with a RST, UDP with port unreachable (when the

@@ -178,10 +178,11 @@ impl<P: PacketIo> Worker<P> {
             received = self.receive(now);
         }
         let engine = &mut self.core.engine;
-        engine.drain_new_flows(|f| on_flow(FlowEvent::Started(f)));
+        // Ended before started: a new flow may take over a finished one's reply tuple.
         let conntrack = engine.conntrack();
         conntrack.gc_step(now, GC_PER_ROUND);
         conntrack.drain_ended(|t| on_flow(FlowEvent::Ended(t)));
+        engine.drain_new_flows(|f| on_flow(FlowEvent::Started(f)));
         let Worker { ports, core, stats, .. } = self;
         for (slot, &(port, len)) in core.staged.iter().enumerate() {
             let frame = &core.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];

@@ -487,6 +487,55 @@ fn random_spreads_new_flows_and_keeps_established_ones() {
     }
     for p in &pods {
         let n = f64::from(count[p]);
-        assert!((n - 333.3).abs() <= 0.15 * 333.3, "{p} got {n} of 1000 flows: {count:?}");
+        assert!((n - 3333.3).abs() <= 0.15 * 3333.3, "{p} got {n} of 10000 flows: {count:?}");
     }
+}
+
+/// A client reusing its port towards a second frontend with the same backend: the backend
+/// would see one 4-tuple for two connections. While the first lives, the second's client port
+/// is remapped (to one whose replies this worker owns); once the first has finished, a new
+/// SYN takes its tuple over.
+#[test]
+fn a_port_reused_towards_another_frontend_never_mixes_two_flows() {
+    let vips = [VIP, Ipv4Addr::new(198, 19, 0, 11), Ipv4Addr::new(198, 19, 0, 12)];
+    let mut e = engine(&vips.map(|vip| (vip.into(), 6, vec![pod(0).into()])));
+    e.set_partition(Partition { index: 0, count: 2 });
+    let syn = |vip, port| eth().ipv4(CLIENT, vip).tcp(port, 80).syn().build();
+    // A port whose flows this worker owns (the other worker's are handed over).
+    let port = (40000..).find(|&p| run(&mut e, syn(vips[0], p)).0 == Verdict::Forward).unwrap();
+
+    let (v, out) = run(&mut e, syn(vips[1], port));
+    assert_eq!(v, Verdict::Forward);
+    let p = skiff_wire::layers::parse(&out).unwrap();
+    let skiff_wire::layers::L4::Tcp { src_port: remapped, .. } = p.l4 else { panic!("TCP out: {p:?}") };
+    assert!(SNAT_PORTS.contains(&remapped), "the second connection's port is remapped: {remapped}");
+    assert_eq!(out, eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(remapped, 8080).syn().build());
+    // Each reply reaches its own connection, from its own frontend, on this worker.
+    let syn_ack = |port| eth().ipv4(pod(0), CLIENT).tcp(8080, port).syn().ack(1).build();
+    let answered = |vip| eth().ipv4(vip, CLIENT).ttl(63).tcp(80, port).syn().ack(1).build();
+    assert_eq!(run(&mut e, syn_ack(port)), (Verdict::Forward, answered(vips[0])));
+    assert_eq!(run(&mut e, syn_ack(remapped)), (Verdict::Forward, answered(vips[1])));
+
+    // The first connection is reset; a third frontend's SYN from the same port takes its tuple.
+    run(&mut e, eth().ipv4(CLIENT, vips[0]).tcp(port, 80).rst().build());
+    let (v, out) = run(&mut e, syn(vips[2], port));
+    assert_eq!(
+        (v, out),
+        (Verdict::Forward, eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(port, 8080).syn().build())
+    );
+    assert_eq!(run(&mut e, syn_ack(port)), (Verdict::Forward, answered(vips[2])));
+    assert_eq!(run(&mut e, syn_ack(remapped)), (Verdict::Forward, answered(vips[1])), "the second lives on");
+}
+
+/// A SYN on the tuple of a finished connection opens a new one, balanced afresh: a client that
+/// reuses its port is not sent to the backend its old connection had.
+#[test]
+fn a_syn_after_a_reset_is_balanced_afresh() {
+    let mut e = engine(&[(VIP.into(), 6, vec![pod(0).into()])]);
+    let syn = || eth().ipv4(CLIENT, VIP).tcp(47000, 80).syn().build();
+    assert_eq!(next_hop(run(&mut e, syn())), IpAddr::from(pod(0)));
+    e.set_tables(tables(&[(VIP.into(), 6, vec![pod(1).into()])]));
+    assert_eq!(next_hop(run(&mut e, syn())), IpAddr::from(pod(0)), "a retransmitted SYN keeps its backend");
+    run(&mut e, eth().ipv4(pod(0), CLIENT).tcp(8080, 47000).rst().build());
+    assert_eq!(next_hop(run(&mut e, syn())), IpAddr::from(pod(1)), "after the reset");
 }
