@@ -95,6 +95,11 @@ mod privileged {
         assert_eq!(keys(curl(&client, "http://198.18.0.1:30080/", 150)), three, "the NodePort, from outside");
         let workers = agent.status().unwrap().workers.expect("a datapath");
         assert!(workers.forwarded >= 300 * 8, "skiff's workers carried the connections: {workers:?}");
+        // Counters are published as the traffic stops: a moment later, at most the last
+        // connection's closing frames are new.
+        std::thread::sleep(Duration::from_millis(200));
+        let settled = agent.status().unwrap().workers.expect("a datapath");
+        assert!(settled.forwarded - workers.forwarded <= 4, "the counters lagged: {workers:?}, then {settled:?}");
 
         std::fs::write(
             agent.work.join("state/bad.yaml"),

@@ -17,7 +17,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender};
@@ -98,10 +98,11 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError 
 
 /// Frames a worker's channels hold before it drops (new flows) or counts (exceptions) more.
 const CHANNEL_DEPTH: usize = 4096;
-/// Rounds between two publications of a busy worker's counters.
-const STATS_EVERY: u32 = 1024;
+/// How often a busy worker publishes its counters.
+const STATS_PERIOD: Duration = Duration::from_millis(1);
 
-/// The counters each worker publishes (when idle, and every few thousand rounds when busy).
+/// The counters each worker publishes (as soon as it runs out of frames, and every
+/// `STATS_PERIOD` while it has more).
 #[derive(Clone, Default)]
 pub struct StatsHandle(Vec<Arc<Mutex<Stats>>>);
 
@@ -261,10 +262,14 @@ impl Datapath {
             // and the worker keeps its priority.
             let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
             let started = Instant::now();
-            let mut rounds = 0u32;
+            let (mut unpublished, mut published_at) = (false, Duration::ZERO);
             while !stop.load(Ordering::Relaxed) {
                 worker.engine().refresh(&shared);
-                let got = worker.poll(10, started.elapsed().as_secs(), |event| match event {
+                let now = started.elapsed();
+                // No waiting for frames while counts are unpublished: a status read just after
+                // the traffic stops sees all of it.
+                let wait_ms = if unpublished { 0 } else { 10 };
+                let got = worker.poll(wait_ms, now.as_secs(), |event| match event {
                     FlowEvent::Started(flow) => {
                         if let Some(m) = mirror.as_mut() {
                             // A flow whose replies the program cannot steer would be lost: the
@@ -285,9 +290,10 @@ impl Datapath {
                         }
                     }
                 });
-                rounds = rounds.wrapping_add(1);
-                if got == 0 || rounds.is_multiple_of(STATS_EVERY) {
+                unpublished |= got > 0;
+                if unpublished && (got == 0 || now - published_at >= STATS_PERIOD) {
                     *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
+                    (unpublished, published_at) = (false, now);
                 }
             }
             *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
