@@ -15,7 +15,7 @@
 //! only. `SKIFF_LAB_FRAMES` sets the frames per run (default 2^24).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     num::NonZeroU32,
     os::fd::{AsRawFd, RawFd},
     path::PathBuf,
@@ -37,12 +37,10 @@ use skiff_perf::{
     Record,
     lab::{
         FRAMES, Result, generate, generate_sized, ifindex, median, nft, nft_counter, nft_drop_rule,
-        set_affinity, split_layout,
+        set_affinity, split_layout, udp_frame,
     },
     write_report,
 };
-use skiff_testkit::eth;
-use skiff_wire::ethernet::Mac;
 use skiff_xdp::{CountProgram, Ingress, XdpMode, bpffs};
 use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
@@ -59,15 +57,7 @@ fn main() -> Result<()> {
     }
     let lab = Topology::new().pods(1).build()?;
     let (client, node, pod) = (lab.client().clone(), lab.node().clone(), lab.pods()[0].clone());
-    let frame: [u8; 64] = eth()
-        .src_mac(Mac(client.mac))
-        .dst_mac(Mac(client.node_mac))
-        .ipv4(client.ipv4, VIP)
-        .udp(40000, 80)
-        .payload(&[0; 22])
-        .build()
-        .try_into()
-        .map_err(|f: Vec<u8>| format!("the frame is {} bytes, not 64", f.len()))?;
+    let frame = udp_frame(&client, SocketAddrV4::new(client.ipv4, 40000), SocketAddrV4::new(VIP, 80), 64)?;
     let out = ifindex(&client.netns, &client.iface)?;
     nft_drop_rule(&pod.netns, SINK, &pod.iface, client.ipv4)?;
     let delivered = || nft_counter(&pod.netns, "netdev", SINK);
@@ -139,14 +129,8 @@ fn main() -> Result<()> {
 
     // Transmission onto another interface: shared UMEM against a copy.
     for len in [64, 1500] {
-        let frame: [u8; 64] = eth()
-            .src_mac(Mac(client.mac))
-            .dst_mac(Mac(client.node_mac))
-            .ipv4(client.ipv4, VIP)
-            .udp(40000, 80)
-            .payload(&vec![0; len - 42])
-            .build()[..64]
-            .try_into()?;
+        let frame =
+            udp_frame(&client, SocketAddrV4::new(client.ipv4, 40000), SocketAddrV4::new(VIP, 80), len)?;
         let (mut copy, mut shared) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             for (mode, rates) in [(Tx::Copy, &mut copy), (Tx::SharedUmem, &mut shared)] {

@@ -14,7 +14,7 @@
 //! Root only (it loads BPF programs and builds network namespaces).
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::PathBuf,
 };
 
@@ -22,14 +22,10 @@ use skiff_common::{Verdict, config::XdpConfig};
 use skiff_lab::Topology;
 use skiff_perf::{
     Record,
-    lab::{FRAMES, Result, generate, ifindex, median, nft_counter, nft_drop_rule, split_layout},
+    lab::{FRAMES, Result, generate, ifindex, median, nft_counter, nft_drop_rule, split_layout, udp_frame},
     write_report,
 };
-use skiff_testkit::{
-    eth,
-    ingress::{Env, fixtures},
-};
-use skiff_wire::ethernet::Mac;
+use skiff_testkit::ingress::{Env, fixtures};
 use skiff_xdp::{CountProgram, Ingress, XdpMode, bpffs};
 
 const REPEAT: u32 = 2_000_000;
@@ -89,15 +85,7 @@ fn packet_rates(dir: &PathBuf) -> Result<Vec<Record>> {
     let lab = Topology::new().build()?;
     let (client, node) = (lab.client().clone(), lab.node().clone());
     let source = Ipv4Addr::new(198, 18, 0, 66);
-    let frame: [u8; 64] = eth()
-        .src_mac(Mac(client.mac))
-        .dst_mac(Mac(client.node_mac))
-        .ipv4(source, node.ipv4)
-        .udp(9, 9)
-        .payload(&[0; 22])
-        .build()
-        .try_into()
-        .map_err(|f: Vec<u8>| format!("the frame is {} bytes, not 64", f.len()))?;
+    let frame = udp_frame(&client, SocketAddrV4::new(source, 9), SocketAddrV4::new(node.ipv4, 9), 64)?;
     let ifindex = ifindex(&client.netns, &client.iface)?;
     let (mut xdp, mut nft) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

@@ -2,9 +2,11 @@
 //! CPU 0, the node's receive processing in a threaded NAPI pinned to CPU 1, packets counted
 //! where they end (an nftables drop counter), alternating the datapaths compared, medians.
 
-use std::time::Duration;
+use std::{net::SocketAddrV4, time::Duration};
 
-use skiff_lab::Netns;
+use skiff_lab::{Host, Netns};
+use skiff_testkit::eth;
+use skiff_wire::ethernet::Mac;
 use skiff_xdp::TrafficGen;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -16,6 +18,20 @@ pub const FRAMES: u32 = 1 << 24;
 pub fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {
     let out = ns.exec("cat", &[&format!("/sys/class/net/{iface}/ifindex")])?;
     Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+/// The first 64 bytes of a `len`-byte UDP frame (`len` ≥ 64) from `from` to `to`, out of
+/// `client`'s interface to the node: what [`generate_sized`] repeats, padded to `len`.
+pub fn udp_frame(client: &Host, from: SocketAddrV4, to: SocketAddrV4, len: usize) -> Result<[u8; 64]> {
+    const HEADERS: usize = 14 + 20 + 8;
+    let frame = eth()
+        .src_mac(Mac(client.mac))
+        .dst_mac(Mac(client.node_mac))
+        .ipv4(*from.ip(), *to.ip())
+        .udp(from.port(), to.port())
+        .payload(&vec![0; len.saturating_sub(HEADERS)])
+        .build();
+    Ok(frame.get(..64).ok_or("a UDP frame shorter than 64 bytes")?.try_into()?)
 }
 
 /// Sends `frames` copies of `frame` out of interface `ifindex` of `ns`, from CPU 0; returns how
