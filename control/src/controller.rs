@@ -83,6 +83,10 @@ pub struct Controller {
     failure: Option<String>,
     /// The node part of the last published tables (its changes publish too).
     published_node: Option<skiff_fastpath::engine::Node>,
+    /// Kinds whose first full list has not arrived: nothing is published before all have,
+    /// so the datapath never runs a partial cluster (services without their endpoints, pods
+    /// without their policies).
+    unlisted: Vec<Kind>,
 }
 
 impl Controller {
@@ -102,6 +106,7 @@ impl Controller {
             compiler: Compiler::default(),
             published_node: None,
             failure: None,
+            unlisted: Kind::ALL.to_vec(),
         }
     }
 
@@ -122,6 +127,7 @@ impl Controller {
         self.pending_since.get_or_insert_with(Instant::now);
         match event {
             Event::Resync { kinds, objects } => {
+                self.unlisted.retain(|k| !kinds.contains(k));
                 let before: Vec<Rejection> = self.store.rejections().cloned().collect();
                 self.store.resync(&kinds, objects);
                 return self.store.rejections().filter(|r| !before.contains(r)).cloned().collect();
@@ -135,9 +141,13 @@ impl Controller {
         Vec::new()
     }
 
-    /// Applies what changed since the last reconcile (nothing if nothing did) and refreshes
-    /// the snapshot. Returns the apply's report when the tables were published.
+    /// Applies what changed since the last reconcile (nothing if nothing did, or before every
+    /// kind's first list) and refreshes the snapshot. Returns the apply's report when the tables were published.
     pub fn reconcile(&mut self) -> Result<Option<ApplyReport>> {
+        if !self.unlisted.is_empty() {
+            self.refresh_snapshot();
+            return Ok(None);
+        }
         let started = self.pending_since.take();
         let mut report = None;
         if self.applied_generation != Some(self.store.generation()) {
@@ -189,6 +199,10 @@ impl Controller {
         }
         if let Some(failure) = &self.failure {
             problems.push(format!("the last apply failed: {failure}"));
+        }
+        if !self.unlisted.is_empty() {
+            let kinds: Vec<String> = self.unlisted.iter().map(ToString::to_string).collect();
+            problems.push(format!("waiting for the first list of {}", kinds.join(", ")));
         }
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),

@@ -33,6 +33,15 @@ mod privileged {
         fn services(&self) -> Vec<ServiceView> {
             api::request(&self.socket(), "services").unwrap_or_default()
         }
+
+        /// `n` new connections from `from` to `url` through the agent's datapath, counted by
+        /// the pod that answered; all must answer.
+        fn curl(&self, from: &Netns, url: &str, n: usize) -> BTreeMap<String, usize> {
+            let answers = from.http_get(url, n, 3).unwrap();
+            let status = self.status();
+            assert_eq!(answers.answered(), n, "every request to {url} answered: {answers:?} {status:?}");
+            answers.by_host
+        }
     }
 
     impl Drop for Agent {
@@ -74,13 +83,6 @@ mod privileged {
         }
     }
 
-    /// `n` new connections to `url`, counted by the pod that answered; all must answer.
-    fn curl(from: &Netns, url: &str, n: usize) -> BTreeMap<String, usize> {
-        let answers = from.http_get(url, n, 3).unwrap();
-        assert_eq!(answers.answered(), n, "every request to {url} answered: {answers:?}");
-        answers.by_host
-    }
-
     fn services_through_the_agent(io: &str) {
         let mut lab = Topology::new().pods(4).build().expect("lab");
         let web = lab.pods()[..3].to_vec();
@@ -91,8 +93,8 @@ mod privileged {
         let (client_pod, client) = (lab.pods()[3].netns.clone(), lab.client().netns.clone());
         let three = ["pod0", "pod1", "pod2"];
         let keys = |m: BTreeMap<String, usize>| m.into_keys().collect::<Vec<_>>();
-        assert_eq!(keys(curl(&client_pod, "http://198.19.0.10/", 150)), three, "the ClusterIP, from a pod");
-        assert_eq!(keys(curl(&client, "http://198.18.0.1:30080/", 150)), three, "the NodePort, from outside");
+        assert_eq!(keys(agent.curl(&client_pod, "http://198.19.0.10/", 150)), three, "the ClusterIP, from a pod");
+        assert_eq!(keys(agent.curl(&client, "http://198.18.0.1:30080/", 150)), three, "the NodePort, from outside");
         let workers = agent.status().unwrap().workers.expect("a datapath");
         assert!(workers.forwarded >= 300 * 8, "skiff's workers carried the connections: {workers:?}");
         // Counters are published as the traffic stops: a moment later, at most the last
@@ -108,14 +110,14 @@ mod privileged {
         .unwrap();
         wait_until("the rejection", || agent.status().is_some_and(|s| !s.rejections.is_empty()));
         assert!(agent.services().iter().all(|s| s.backends.len() == 3), "the last good Service runs");
-        assert_eq!(keys(curl(&client_pod, "http://198.19.0.10/", 60)), three);
+        assert_eq!(keys(agent.curl(&client_pod, "http://198.19.0.10/", 60)), three);
 
         let web = agent.work.join("state/web.yaml");
         let text = std::fs::read_to_string(&web).unwrap();
         let cut = text.find("  - addresses: [198.18.128.12]").unwrap();
         std::fs::write(&web, &text[..cut]).unwrap();
         wait_until("the endpoint removal", || agent.services().iter().all(|s| s.backends.len() == 2));
-        assert_eq!(keys(curl(&client, "http://198.18.0.1:30080/", 60)), ["pod0", "pod1"]);
+        assert_eq!(keys(agent.curl(&client, "http://198.18.0.1:30080/", 60)), ["pod0", "pod1"]);
 
         let pid = i32::try_from(agent.child.id()).unwrap();
         // SAFETY: kill(2) on the agent this test spawned and has not reaped.

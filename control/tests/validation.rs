@@ -142,3 +142,26 @@ fn a_failed_publish_degrades_health_and_is_retried_whole() {
     assert_eq!(c.snapshot().read().unwrap().status.health, "Ok");
     assert_eq!(recorder.0.read().unwrap().1.services.len(), 2, "the retry published the whole tables");
 }
+
+/// Nothing is published before every kind's first list: a source that reports itself
+/// connected, or lists Services before EndpointSlices, never gets a partial cluster forwarded.
+#[test]
+fn nothing_is_published_before_every_kind_is_listed() {
+    let recorder = Recorder::default();
+    let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
+    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), "test".into());
+    let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    let (services, rest): (Vec<_>, Vec<_>) =
+        objects.into_iter().partition(|(_, o)| o.as_ref().is_ok_and(|o| o.kind() == Kind::Service));
+    c.handle(Event::Connected(true));
+    c.handle(Event::Resync { kinds: vec![Kind::Service], objects: services });
+    assert_eq!(c.reconcile().unwrap(), None);
+    assert_eq!(recorder.0.read().unwrap().0, 0, "nothing published");
+    let health = c.snapshot().read().unwrap().status.health.clone();
+    assert!(health.starts_with("Degraded: waiting for the first list of EndpointSlice"), "{health}");
+    let others: Vec<Kind> = Kind::ALL.into_iter().filter(|&k| k != Kind::Service).collect();
+    c.handle(Event::Resync { kinds: others, objects: rest });
+    assert!(c.reconcile().unwrap().is_some());
+    assert_eq!(recorder.0.read().unwrap().1.services.len(), 2, "the whole cluster, at once");
+    assert_eq!(c.snapshot().read().unwrap().status.health, "Ok");
+}
