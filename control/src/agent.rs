@@ -12,7 +12,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use skiff_common::{DropReason, config::XdpConfig, lb::MAGLEV_TABLE_SIZES};
+use skiff_common::{
+    DropReason,
+    config::XdpConfig,
+    lb::{MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZES},
+    names::PIN_ROOT,
+};
 use skiff_fastpath::{
     datapath::{Config, Datapath, Io},
     engine::{Neighbor, Tables},
@@ -77,10 +82,10 @@ impl Options {
             devices: Vec::new(),
             io: Some(Io::AfXdp(XdpMode::Auto)),
             workers: 1,
-            maglev_table_size: 16381,
+            maglev_table_size: MAGLEV_TABLE_SIZE,
             node_ports: 30000..=32767,
             socket: api::DEFAULT_SOCKET.into(),
-            pin_dir: "/sys/fs/bpf/skiff".into(),
+            pin_dir: PIN_ROOT.into(),
             keep_pinned: false,
         };
         let mut xdp_mode = XdpMode::Auto;
@@ -98,14 +103,7 @@ impl Options {
                 }
                 "--device" => o.devices.push(value()?.clone()),
                 "--io" => io_name = value()?.clone(),
-                "--xdp-mode" => {
-                    xdp_mode = match value()?.as_str() {
-                        "auto" => XdpMode::Auto,
-                        "native" => XdpMode::Native,
-                        "generic" => XdpMode::Generic,
-                        other => bail!("--xdp-mode {other:?}: auto, native or generic"),
-                    }
-                }
+                "--xdp-mode" => xdp_mode = value()?.parse().map_err(|e| anyhow::anyhow!("--xdp-mode: {e}"))?,
                 "--workers" => {
                     o.workers = value()?.parse().ok().filter(|&n| n >= 1).context("--workers: a number >= 1")?
                 }
@@ -300,8 +298,9 @@ impl DatapathSink {
     }
 
     fn read_hops(&self) -> Result<HashMap<IpAddr, Neighbor>> {
+        // Each backend once, though every frontend of its service lists it.
         let backends = self.last.services.values().flat_map(|s| s.backends().map(|b| b.addr));
-        next_hops::read(&self.devices, backends.collect::<Vec<_>>())
+        next_hops::read(&self.devices, backends.collect::<std::collections::BTreeSet<_>>())
     }
 
     fn publish_with_hops(&mut self) -> Result<()> {

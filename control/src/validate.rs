@@ -12,6 +12,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
+use skiff_fastpath::engine::in_prefix;
 
 use crate::{
     crd::{self, PolicySpec},
@@ -258,7 +259,7 @@ fn network_policy_peer(v: &mut Check, at: &str, peer: &NetworkPolicyPeer) {
             for (k, except) in block.except.iter().flatten().enumerate() {
                 let field = format!("{at}.ipBlock.except[{k}]");
                 if let Some(inner) = v.cidr(&field, except)
-                    && !(inner.1 > net.1 && prefix_contains(net, inner.0)) {
+                    && !(inner.1 > net.1 && in_prefix(inner.0, net.0, net.1)) {
                         v.error(&field, format!("{except} is not strictly inside ipBlock.cidr {}", block.cidr));
                     }
             }
@@ -327,20 +328,6 @@ fn cilium_policy(v: &mut Check, spec: &PolicySpec) {
                 }
             }
         }
-    }
-}
-
-fn prefix_contains((net, len): (IpAddr, u8), addr: IpAddr) -> bool {
-    match (net, addr) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            n.to_bits() & mask == a.to_bits() & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            n.to_bits() & mask == a.to_bits() & mask
-        }
-        _ => false,
     }
 }
 

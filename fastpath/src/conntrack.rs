@@ -342,7 +342,7 @@ impl Conntrack {
         None
     }
 
-    /// Hands the reply tuple of each flow removed (expired or evicted) since the last call to
+    /// Hands the reply tuple of each flow removed (expired, evicted or removed) since the last call to
     /// `f`: the worker withdraws them from the XDP program's tracked flows.
     pub fn drain_ended(&mut self, mut f: impl FnMut(&Tuple)) {
         for t in self.ended.drain(..) {

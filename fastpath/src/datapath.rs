@@ -328,12 +328,12 @@ impl Datapath {
         Ok(())
     }
 
-    /// The workers' counters, summed (as of their last publication: at most a moment old).
     /// The mode XDP was attached in, with AF_XDP.
     pub fn xdp_mode(&self) -> Option<XdpMode> {
         self.xdp_mode
     }
 
+    /// The workers' counters, summed (as of their last publication: at most a moment old).
     pub fn stats(&self) -> Stats {
         self.stats.total()
     }

@@ -1,10 +1,14 @@
 //! The packet engine: what a worker does with one frame, with no I/O and no allocation.
 //!
-//! A frame to a service frontend starts a flow: a backend is picked by Maglev over the flow's
-//! hash, the flow is tracked with its post-NAT reply tuple, and the destination is rewritten
-//! to the backend (DNAT). Later packets of the flow follow its tracked backend, whatever the
-//! service's backends have become; replies get the frontend back as their source (reverse
-//! NAT). Every forwarded packet's TTL drops by one. Anything else passes to the kernel.
+//! A frame to a service frontend starts a flow: a backend is picked (Maglev over the flow's
+//! hash or at random, or remembered for the client by session affinity, within the traffic
+//! policy), the flow is tracked with its post-NAT reply tuple, and the destination is
+//! rewritten to the backend (DNAT; the source too when masquerading). Later packets of the
+//! flow follow its tracked backend, whatever the service's backends have become; replies get
+//! the frontend back as their source (reverse NAT), and ICMP errors about the flow are
+//! translated like it. A service without backends is refused (TCP RST, ICMP unreachable).
+//! With several workers, a frame of a flow another worker owns is handed to it. Every
+//! forwarded packet's TTL drops by one. Anything else passes to the kernel.
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -150,7 +154,8 @@ impl Node {
     }
 }
 
-fn in_prefix(addr: IpAddr, prefix: IpAddr, len: u8) -> bool {
+/// Whether `addr` is in `prefix/len` (never across address families).
+pub fn in_prefix(addr: IpAddr, prefix: IpAddr, len: u8) -> bool {
     let bits = |a: IpAddr| match a {
         IpAddr::V4(a) => (u128::from(a.to_bits()) << 96, 32),
         IpAddr::V6(a) => (a.to_bits(), 128),

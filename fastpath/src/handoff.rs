@@ -14,8 +14,8 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-/// The largest frame a worker stages (a 1500-byte MTU frame with VLAN tags fits).
-pub const FRAME_ROOM: usize = 2048;
+use crate::io::FRAME_ROOM;
+
 /// Frames a worker's inbox holds.
 const DEPTH: usize = 512;
 

@@ -1,13 +1,14 @@
-//! NAT on a parsed frame in place: rewrite one endpoint (address and port) of an IPv4 or IPv6
-//! TCP, UDP or ICMP-echo packet, updating every checksum incrementally (RFC 1624) without
-//! reading the payload; and decrement the TTL or hop limit.
+//! NAT on a parsed frame in place: rewrite the addresses and ports of an IPv4 or IPv6 TCP, UDP
+//! or ICMP-echo packet with checksum changes worked out once per flow ([`Rewrite`], RFC 1624,
+//! never reading the payload); decrement the TTL or hop limit; and translate the packet an
+//! ICMP error quotes.
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use skiff_common::DropReason;
 use skiff_wire::{
     IpProtocol,
-    checksum::{self, IpPair},
+    checksum::{self, IpPair, change},
     icmp, ipv4, ipv6,
     layers::{L3, L4, Parsed},
 };
@@ -58,7 +59,7 @@ impl Rewrite {
     /// Rewrites the packet in `frame` (parsed as `p`, its tuple this rewrite's `from`) so that
     /// it leaves as the reverse of `other` (the flow's other direction: this rewrite's `to`,
     /// reversed), and decrements its TTL or hop limit. A packet whose TTL runs out is left
-    /// untouched, for the slow path's ICMP time-exceeded.
+    /// untouched and dropped (`DropReason::TtlExceeded`).
     #[inline]
     pub fn apply(&self, frame: &mut [u8], p: &Parsed, other: &Tuple) -> Result<(), DropReason> {
         let L3::Ip(ip) = p.l3 else { return Err(DropReason::UnsupportedEthertype) };
@@ -106,16 +107,6 @@ impl Rewrite {
     }
 }
 
-/// What replacing the words of `old` by those of `new` adds to a one's-complement sum.
-fn change(old: &[u8], new: &[u8]) -> u32 {
-    old.chunks_exact(2)
-        .zip(new.chunks_exact(2))
-        .map(|(o, n)| {
-            u32::from(!u16::from_be_bytes([o[0], o[1]])) + u32::from(u16::from_be_bytes([n[0], n[1]]))
-        })
-        .sum()
-}
-
 /// Adds `delta` to the checksum at `at` in `bytes` (RFC 1624 eqn. 3). `zero_means_none`: a
 /// UDP checksum of 0 means there is none, and a computed 0 is sent as 0xffff.
 #[inline]
@@ -132,7 +123,7 @@ fn add_at(bytes: &mut [u8], at: usize, delta: u16, zero_means_none: bool) {
 }
 
 /// Decrements the TTL (IPv4, checksum updated) or hop limit (IPv6); a packet whose TTL runs
-/// out is for the slow path's ICMP time-exceeded, not for forwarding.
+/// out is not forwarded (`DropReason::TtlExceeded`).
 pub fn decrement_ttl(frame: &mut [u8], p: &Parsed) -> Result<(), DropReason> {
     let L3::Ip(ip) = p.l3 else { return Ok(()) };
     if ip.ttl <= 1 {
@@ -190,15 +181,9 @@ pub fn translate_icmp_error(
         let width = if ip.v6 { 16 } else { 4 };
         let sum_at = if protocol == IpProtocol::TCP.0 { 16 } else { 6 };
         if t.len() >= sum_at + 2 {
-            let sum = u16::from_be_bytes([t[sum_at], t[sum_at + 1]]);
-            if !(protocol == IpProtocol::UDP.0 && sum == 0) {
-                let sum = checksum::update16(
-                    checksum::update_bytes(sum, &old[..width], &new[..width]),
-                    before,
-                    port,
-                );
-                t[sum_at..sum_at + 2].copy_from_slice(&sum.to_be_bytes());
-            }
+            let delta =
+                change(&old[..width], &new[..width]) + change(&before.to_be_bytes(), &port.to_be_bytes());
+            add_at(t, sum_at, checksum::fold(delta), protocol == IpProtocol::UDP.0);
         }
     }
     let (src, dst) = p.addrs(frame).ok_or(DropReason::Internal)?;

@@ -19,15 +19,15 @@ use skiff_wire::layers;
 use crate::{
     conntrack::Tuple,
     engine::{Engine, NewFlow, Verdict},
-    handoff::{FRAME_ROOM, Inbox, Peer},
-    io::{BATCH, PacketIo, wait_readable},
+    handoff::{Inbox, Peer},
+    io::{BATCH, FRAME_ROOM, PacketIo, wait_readable},
 };
 
 /// A flow that started or ended in a worker's conntrack.
 #[derive(Clone, Copy, Debug)]
 pub enum FlowEvent<'a> {
     Started(&'a NewFlow),
-    /// Expired or evicted: its reply tuple.
+    /// Expired, evicted or replaced by a new connection: its reply tuple.
     Ended(&'a Tuple),
 }
 

@@ -2,6 +2,8 @@
 //! its counters and drop events, and run it on test frames.
 
 use std::{
+    collections::HashSet,
+    hash::Hash,
     net::IpAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
@@ -278,17 +280,23 @@ impl Ingress {
     }
 }
 
-/// Makes the keys of `map` exactly `want`, all with the default value.
-fn sync<K: aya::Pod + PartialEq>(
+/// Makes the keys of `map` exactly `want`, all with the default value: removes the stale
+/// ones and inserts the missing ones (one syscall per change, none for an unchanged key).
+fn sync<K: aya::Pod + Eq + Hash>(
     mut map: HashMap<&mut MapData, K, ServiceValue>,
     want: &[K],
     name: &'static str,
 ) -> Result<(), XdpError> {
-    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains(k)).collect();
-    for k in &stale {
-        map.remove(k).map_err(XdpError::map(name))?;
+    let want: HashSet<K> = want.iter().copied().collect();
+    let mut have = HashSet::new();
+    for k in map.keys().collect::<Result<Vec<K>, _>>().map_err(XdpError::map(name))? {
+        if want.contains(&k) {
+            have.insert(k);
+        } else {
+            map.remove(&k).map_err(XdpError::map(name))?;
+        }
     }
-    for k in want {
+    for k in want.difference(&have) {
         map.insert(k, ServiceValue::default(), 0).map_err(XdpError::map(name))?;
     }
     Ok(())

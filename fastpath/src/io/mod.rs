@@ -11,6 +11,10 @@ use std::{io, os::fd::RawFd};
 /// Frames in one receive or transmit batch, unless configured otherwise.
 pub const BATCH: usize = 64;
 
+/// Room for one frame wherever a worker holds frames (socket buffers, staging, hand-off): a
+/// 1500-byte MTU with Ethernet and two VLAN tags, rounded up.
+pub const FRAME_ROOM: usize = 2048;
+
 /// A port a worker receives frames on and transmits frames out of.
 pub trait PacketIo {
     /// Takes up to `batch` waiting frames without blocking, handing each to `f`, which may edit

@@ -106,12 +106,19 @@ pub const fn update32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
 /// The new checksum after an even-length field (an IPv6 address) changed from `old` to `new`.
 /// Both slices must have the same even length.
 pub fn update_bytes(check: u16, old: &[u8], new: &[u8]) -> u16 {
+    !fold(u32::from(!check) + change(old, new))
+}
+
+/// What replacing the words of `old` by those of `new` adds to a one's-complement sum
+/// (unfolded): ~m + m' for each word. Both slices must have the same even length.
+pub fn change(old: &[u8], new: &[u8]) -> u32 {
     debug_assert!(old.len() == new.len() && old.len().is_multiple_of(2));
-    let mut acc = u32::from(!check);
-    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
-        acc += u32::from(!u16::from_be_bytes([o[0], o[1]])) + u32::from(u16::from_be_bytes([n[0], n[1]]));
-    }
-    !fold(acc)
+    old.chunks_exact(2)
+        .zip(new.chunks_exact(2))
+        .map(|(o, n)| {
+            u32::from(!u16::from_be_bytes([o[0], o[1]])) + u32::from(u16::from_be_bytes([n[0], n[1]]))
+        })
+        .sum()
 }
 
 #[cfg(test)]
