@@ -10,31 +10,14 @@ use std::{
     sync::Arc,
 };
 
-use serde::{Deserialize, Serialize};
-use skiff_common::lb::BackendId;
-use skiff_fastpath::{
-    engine::{Frontend, Service, Tables},
-    lb::{Algorithm, Backend},
+use skiff_api::{ApplyReport, ServicePort};
+use skiff_common::lb::{Algorithm, BackendId};
+use skiff_engine::{
+    lb::Backend,
+    tables::{Frontend, Service, Tables},
 };
 
-use crate::compile::{BackendSpec, Desired, FrontendKey, FrontendSpec, ServicePort};
-
-/// What an apply changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyReport {
-    pub added: usize,
-    pub removed: usize,
-    pub changed: usize,
-    pub unchanged: usize,
-    /// Backend pools (Maglev tables) built by this apply.
-    pub pools_built: usize,
-}
-
-impl ApplyReport {
-    pub fn is_noop(&self) -> bool {
-        self.added == 0 && self.removed == 0 && self.changed == 0
-    }
-}
+use crate::compile::{BackendSpec, Desired, FrontendKey, FrontendSpec};
 
 /// One service port's backends of one address family: its frontends share them.
 type PoolKey = (ServicePort, bool);
@@ -111,14 +94,14 @@ impl Applier {
         self.pools = pools;
         self.applied = Arc::new(desired.frontends.clone());
         self.release_ids();
-        let tables = Tables { services: self.services.clone(), node: desired.node.clone(), ..Tables::default() };
+        let tables =
+            Tables { services: self.services.clone(), node: desired.node.clone(), ..Tables::default() };
         (tables, report)
     }
 
     /// The frontend's backends with their ids (a new backend gets the next one).
     fn backends(&mut self, spec: &FrontendSpec) -> Vec<Backend> {
-        spec
-            .backends
+        spec.backends
             .iter()
             .map(|b| {
                 let id = *self.ids.entry((b.addr, b.port)).or_insert_with(|| {
@@ -182,12 +165,14 @@ fn build_all(mut jobs: Vec<Job>) -> Vec<(PoolKey, Pool)> {
         chunks.push(jobs.split_off(jobs.len().saturating_sub(chunk)));
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            chunks.into_iter().map(|c| scope.spawn(move || c.into_iter().map(build).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| scope.spawn(move || c.into_iter().map(build).collect::<Vec<_>>()))
+            .collect();
         handles.into_iter().flat_map(|h| h.join().expect("a pool build does not panic")).collect()
     })
 }
 
 fn frontend(&(addr, port, protocol): &FrontendKey) -> Frontend {
-    Frontend { addr, port, protocol }
+    Frontend { addr, port, protocol: protocol.number() }
 }

@@ -8,17 +8,16 @@ use std::{
     net::IpAddr,
 };
 
+use ipnet::IpNet;
 use k8s_openapi::api::{core::v1, discovery::v1::EndpointSlice};
-use serde::Serialize;
-use skiff_fastpath::{
-    engine::{FrontendKind, Node, ServiceConfig, TrafficPolicy},
-    lb::Algorithm,
-};
+use skiff_api::{Kind, ObjectKey, Protocol, ServicePort, Tunnel};
+use skiff_common::lb::{Algorithm, FrontendKind, TrafficPolicy};
+use skiff_engine::tables::{LocalNode, ServiceConfig};
 
 use crate::{
-    objects::{Kind, Object, ObjectKey},
+    objects::Object,
     store::{Changes, Store},
-    validate::{LB_ALGORITHM, parse_cidr},
+    validate::LB_ALGORITHM,
 };
 
 /// What the compiler needs to know about the node it runs on.
@@ -33,19 +32,9 @@ pub struct NodeContext {
 }
 
 /// A frontend's identity in the desired state: address, port, protocol (sortable).
-pub type FrontendKey = (IpAddr, u16, u8);
+pub type FrontendKey = (IpAddr, u16, Protocol);
 
-/// Which service port a frontend belongs to; its frontends share one backend pool.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct ServicePort {
-    pub namespace: String,
-    pub name: String,
-    /// The port's name ("" for a single unnamed port).
-    pub port: String,
-    pub protocol: u8,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendSpec {
     pub addr: IpAddr,
     pub port: u16,
@@ -61,18 +50,10 @@ pub struct FrontendSpec {
     pub backends: Vec<BackendSpec>,
 }
 
-/// Another node's pod network, reached through a tunnel to its address.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Tunnel {
-    pub node: String,
-    pub pod_cidr: String,
-    pub endpoint: IpAddr,
-}
-
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     pub frontends: BTreeMap<FrontendKey, FrontendSpec>,
-    pub node: Node,
+    pub node: LocalNode,
     /// Distinct label sets of pods (namespace included), the unit Cilium gives an identity.
     pub label_sets: BTreeSet<BTreeMap<String, String>>,
     pub tunnels: Vec<Tunnel>,
@@ -117,7 +98,7 @@ impl Compiler {
                 .filter_map(|o| if let Object::Node(n) = o { Some(&**n) } else { None })
                 .collect();
             self.node_addresses = node_addresses(&nodes, ctx);
-            d.node = Node {
+            d.node = LocalNode {
                 masquerade_v4: self.node_addresses.iter().copied().find(IpAddr::is_ipv4),
                 masquerade_v6: self.node_addresses.iter().copied().find(IpAddr::is_ipv6),
                 cluster_prefixes: cluster_prefixes(&nodes),
@@ -153,13 +134,17 @@ impl Compiler {
                 .map(|p| {
                     let meta = p.metadata();
                     let mut labels = meta.labels.clone().unwrap_or_default();
-                    labels.insert("io.kubernetes.pod.namespace".into(), meta.namespace.clone().unwrap_or_default());
+                    labels.insert(
+                        "io.kubernetes.pod.namespace".into(),
+                        meta.namespace.clone().unwrap_or_default(),
+                    );
                     labels
                 })
                 .collect();
         }
         if changes.policies || first {
-            let kinds = [Kind::NetworkPolicy, Kind::CiliumNetworkPolicy, Kind::CiliumClusterwideNetworkPolicy];
+            let kinds =
+                [Kind::NetworkPolicy, Kind::CiliumNetworkPolicy, Kind::CiliumClusterwideNetworkPolicy];
             d.policies = kinds.into_iter().map(|k| store.of_kind(k).count()).sum();
         }
         &self.desired
@@ -171,23 +156,27 @@ fn node_addresses(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<IpAddr> {
     let mut addresses = ctx.addresses.clone();
     for a in ours.iter().flat_map(|n| n.status.iter().flat_map(|s| s.addresses.iter().flatten())) {
         if let ("InternalIP" | "ExternalIP", Ok(ip)) = (a.type_.as_str(), a.address.parse())
-            && !addresses.contains(&ip) {
-                addresses.push(ip);
-            }
+            && !addresses.contains(&ip)
+        {
+            addresses.push(ip);
+        }
     }
     addresses
 }
 
 /// Pod CIDRs and node addresses: clients inside are the cluster's own.
-fn cluster_prefixes(nodes: &[&v1::Node]) -> Vec<(IpAddr, u8)> {
+fn cluster_prefixes(nodes: &[&v1::Node]) -> Vec<IpNet> {
     let mut prefixes = BTreeSet::new();
     for n in nodes {
         let spec = n.spec.as_ref();
-        let cidrs = spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().chain(spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()));
-        prefixes.extend(cidrs.filter_map(|c| parse_cidr(c)));
+        let cidrs = spec
+            .and_then(|s| s.pod_cidr.as_ref())
+            .into_iter()
+            .chain(spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()));
+        prefixes.extend(cidrs.filter_map(|c| c.parse::<IpNet>().ok()).map(|c| c.trunc()));
         for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
             if let ("InternalIP", Ok(ip)) = (a.type_.as_str(), a.address.parse::<IpAddr>()) {
-                prefixes.insert((ip, if ip.is_ipv4() { 32 } else { 128 }));
+                prefixes.insert(IpNet::from(ip));
             }
         }
     }
@@ -198,26 +187,25 @@ fn tunnels(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<Tunnel> {
     let mut tunnels = Vec::new();
     for n in nodes.iter().filter(|n| n.metadata.name.as_deref() != Some(&ctx.name)) {
         let addresses = n.status.iter().flat_map(|s| s.addresses.iter().flatten());
-        let Some(endpoint) = addresses.filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse().ok()) else {
+        let Some(endpoint) =
+            addresses.filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse().ok())
+        else {
             continue;
         };
         let spec = n.spec.as_ref();
         let mut cidrs: BTreeSet<&String> = spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()).collect();
         cidrs.extend(spec.and_then(|s| s.pod_cidr.as_ref()));
-        for cidr in cidrs {
-            tunnels.push(Tunnel { node: n.metadata.name.clone().unwrap_or_default(), pod_cidr: cidr.clone(), endpoint });
+        for pod_cidr in cidrs.into_iter().filter_map(|c| c.parse::<IpNet>().ok()) {
+            tunnels.push(Tunnel { node: n.metadata.name.clone().unwrap_or_default(), pod_cidr, endpoint });
         }
     }
     tunnels.sort();
     tunnels
 }
 
-fn protocol_number(name: Option<&str>) -> u8 {
-    match name.unwrap_or("TCP") {
-        "UDP" => 17,
-        "SCTP" => 132,
-        _ => 6,
-    }
+/// A port's protocol as validation left it (TCP when unset).
+fn protocol_of(name: Option<&str>) -> Protocol {
+    name.and_then(Protocol::from_name).unwrap_or_default()
 }
 
 /// Every frontend of a service: its cluster IPs, NodePorts on this node's addresses,
@@ -235,22 +223,29 @@ fn frontends(
     if kind == "ExternalName" {
         return produced;
     }
-    let algorithm = match service.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM)).map(String::as_str) {
-        Some("random") => Algorithm::Random,
-        _ => Algorithm::Maglev { table_size: ctx.maglev_table_size },
-    };
+    let algorithm =
+        match service.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM)).map(String::as_str) {
+            Some("random") => Algorithm::Random,
+            _ => Algorithm::Maglev { table_size: ctx.maglev_table_size },
+        };
     let policy = |p: &Option<String>| {
         if p.as_deref() == Some("Local") { TrafficPolicy::Local } else { TrafficPolicy::Cluster }
     };
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        let timeout = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
         timeout.map_or(10800, |t| u64::try_from(t).unwrap_or(10800))
     });
-    let mut cluster_ips: Vec<IpAddr> = spec.cluster_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
+    let mut cluster_ips: Vec<IpAddr> =
+        spec.cluster_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
     if let Some(ip) = spec.cluster_ip.as_ref().and_then(|ip| ip.parse().ok())
-        && !cluster_ips.contains(&ip) {
-            cluster_ips.push(ip);
-        }
+        && !cluster_ips.contains(&ip)
+    {
+        cluster_ips.push(ip);
+    }
     let lb_ips: Vec<IpAddr> = service
         .status
         .iter()
@@ -258,9 +253,10 @@ fn frontends(
         .flat_map(|lb| lb.ingress.iter().flatten())
         .filter_map(|i| i.ip.as_ref()?.parse().ok())
         .collect();
-    let external_ips: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
+    let external_ips: Vec<IpAddr> =
+        spec.external_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
     for port in spec.ports.iter().flatten() {
-        let protocol = protocol_number(port.protocol.as_deref());
+        let protocol = protocol_of(port.protocol.as_deref());
         let name = port.name.clone().unwrap_or_default();
         let service_port = ServicePort {
             namespace: service.metadata.namespace.clone().unwrap_or_default(),
@@ -273,7 +269,8 @@ fn frontends(
             let Ok(number) = u16::try_from(number) else { return };
             let config = ServiceConfig { kind, algorithm, traffic_policy, affinity_timeout };
             // An address family the backends do not have gets no frontend.
-            let family: Vec<BackendSpec> = backends.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect();
+            let family: Vec<BackendSpec> =
+                backends.iter().filter(|b| b.addr.is_ipv4() == addr.is_ipv4()).copied().collect();
             let spec = FrontendSpec { service: service_port.clone(), config, backends: family };
             out.insert((addr, number, protocol), spec);
             produced.push((addr, number, protocol));
@@ -301,12 +298,13 @@ fn frontends(
 /// A service port's backends from its EndpointSlices: ready endpoints take new flows;
 /// terminating ones that still serve keep their flows (weight 0), or take new ones when no
 /// endpoint is ready (as kube-proxy does).
-fn backends(slices: &[&EndpointSlice], port_name: &str, protocol: u8, node: &str) -> Vec<BackendSpec> {
+fn backends(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol, node: &str) -> Vec<BackendSpec> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices.iter().filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6")) {
         let port = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or_default() == port_name && protocol_number(p.protocol.as_deref()) == protocol
+            p.name.as_deref().unwrap_or_default() == port_name
+                && protocol_of(p.protocol.as_deref()) == protocol
         });
         let Some(port) = port.and_then(|p| u16::try_from(p.port?).ok()) else { continue };
         for e in &slice.endpoints {
@@ -325,7 +323,8 @@ fn backends(slices: &[&EndpointSlice], port_name: &str, protocol: u8, node: &str
         }
     }
     let fallback = ready.is_empty();
-    let terminating = terminating.difference(&ready).map(|&b| BackendSpec { weight: u16::from(fallback), ..b });
+    let terminating =
+        terminating.difference(&ready).map(|&b| BackendSpec { weight: u16::from(fallback), ..b });
     let terminating: Vec<BackendSpec> = terminating.collect();
     ready.into_iter().chain(terminating).collect()
 }

@@ -9,13 +9,16 @@ use std::{
 };
 
 use anyhow::Result;
-use skiff_fastpath::engine::Tables;
+use skiff_api::{
+    ApplyReport, Datapath, Health, Kind, LastApply, ObjectKey, Problem, Rejection, Source, Status,
+};
+use skiff_engine::tables::{LocalNode, Tables};
 
 use crate::{
-    api::{LastApply, LiveStats, RejectionView, Snapshot, Status},
-    apply::{ApplyReport, Applier},
+    api::{LiveStats, Snapshot},
+    apply::Applier,
     compile::{Compiler, Desired, NodeContext},
-    objects::{Kind, Object, ObjectKey, Rejection},
+    objects::{Documents, Object},
     store::Store,
     validate::Limits,
 };
@@ -25,8 +28,14 @@ use crate::{
 pub enum Event {
     /// A complete listing of `kinds` (a folder read, a watcher's initial list or relist):
     /// what it leaves out is gone.
-    Resync { kinds: Vec<Kind>, objects: Vec<(String, Result<Object, Rejection>)> },
-    Upsert { origin: String, object: Result<Object, Rejection> },
+    Resync {
+        kinds: Vec<Kind>,
+        objects: Documents,
+    },
+    Upsert {
+        origin: String,
+        object: Result<Object, Rejection>,
+    },
     Delete(ObjectKey),
     /// The source became reachable, or stopped being so (the tables stay as they are).
     Connected(bool),
@@ -35,11 +44,12 @@ pub enum Event {
 /// Where the tables go: the running datapath, or a recorder in tests.
 pub trait Sink: Send {
     fn publish(&mut self, tables: Tables) -> Result<()>;
-    /// Periodic upkeep between changes (next hops re-read); `Ok(true)` if it republished.
+    /// What the sink derives from outside the objects changed (the kernel's next hops):
+    /// derive it again; `Ok(true)` if it republished.
     fn refresh(&mut self) -> Result<bool> {
         Ok(false)
     }
-    fn describe(&self) -> String;
+    fn describe(&self) -> Datapath;
     fn next_hops(&self) -> usize {
         0
     }
@@ -60,8 +70,8 @@ impl Sink for Recorder {
         Ok(())
     }
 
-    fn describe(&self) -> String {
-        "none (tables recorded, not forwarded)".into()
+    fn describe(&self) -> Datapath {
+        Datapath::default()
     }
 }
 
@@ -71,7 +81,7 @@ pub struct Controller {
     applier: Applier,
     sink: Box<dyn Sink>,
     snapshot: Arc<RwLock<Snapshot>>,
-    source: String,
+    source: Source,
     connected: bool,
     applied_generation: Option<u64>,
     applies: u64,
@@ -82,7 +92,7 @@ pub struct Controller {
     /// Why the last publish failed, until one succeeds.
     failure: Option<String>,
     /// The node part of the last published tables (its changes publish too).
-    published_node: Option<skiff_fastpath::engine::Node>,
+    published_node: Option<LocalNode>,
     /// Kinds whose first full list has not arrived: nothing is published before all have,
     /// so the datapath never runs a partial cluster (services without their endpoints, pods
     /// without their policies).
@@ -90,13 +100,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(ctx: NodeContext, limits: Limits, sink: Box<dyn Sink>, source: String) -> Controller {
-        Controller {
+    pub fn new(ctx: NodeContext, limits: Limits, sink: Box<dyn Sink>, source: Source) -> Controller {
+        let controller = Controller {
             store: Store::new(limits),
             ctx,
             applier: Applier::default(),
             sink,
-            snapshot: Arc::default(),
+            snapshot: Arc::new(RwLock::new(Snapshot::new(Status::new(source.clone(), Datapath::default())))),
             source,
             connected: false,
             applied_generation: None,
@@ -107,7 +117,9 @@ impl Controller {
             published_node: None,
             failure: None,
             unlisted: Kind::ALL.to_vec(),
-        }
+        };
+        controller.refresh_snapshot();
+        controller
     }
 
     pub fn snapshot(&self) -> Arc<RwLock<Snapshot>> {
@@ -164,7 +176,8 @@ impl Controller {
                 }
                 self.failure = None;
                 self.applies += 1;
-                let micros = started.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                let micros =
+                    started.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                 let unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 self.last_apply = Some(LastApply { report: r, micros, unix_seconds });
                 report = Some(r);
@@ -176,11 +189,16 @@ impl Controller {
         Ok(report)
     }
 
-    /// Periodic upkeep: lets the sink re-read what it derives from the kernel.
-    pub fn tick(&mut self) -> Result<()> {
+    /// Retries a failed apply (periodically, until one succeeds).
+    pub fn retry(&mut self) -> Result<()> {
         if self.failure.is_some() {
             self.reconcile()?;
         }
+        Ok(())
+    }
+
+    /// Lets the sink derive again what it takes from outside the objects (the kernel changed).
+    pub fn refresh(&mut self) -> Result<()> {
         if self.sink.refresh()? {
             self.refresh_snapshot();
         }
@@ -190,33 +208,32 @@ impl Controller {
     fn refresh_snapshot(&self) {
         let mut objects = BTreeMap::new();
         for o in self.store.objects() {
-            *objects.entry(o.kind().to_string()).or_insert(0) += 1;
+            *objects.entry(o.kind()).or_insert(0) += 1;
         }
         let applied = self.applier.applied();
         let mut problems = Vec::new();
         if !self.connected {
-            problems.push(format!("{} is not reachable", self.source));
+            problems.push(Problem::SourceUnreachable);
         }
         if let Some(failure) = &self.failure {
-            problems.push(format!("the last apply failed: {failure}"));
+            problems.push(Problem::ApplyFailed { error: failure.clone() });
         }
         if !self.unlisted.is_empty() {
-            let kinds: Vec<String> = self.unlisted.iter().map(ToString::to_string).collect();
-            problems.push(format!("waiting for the first list of {}", kinds.join(", ")));
+            problems.push(Problem::WaitingForFirstList { kinds: self.unlisted.clone() });
         }
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
-            health: if problems.is_empty() { "Ok".into() } else { format!("Degraded: {}", problems.join("; ")) },
+            health: if problems.is_empty() { Health::Ok } else { Health::Degraded { problems } },
             node: self.ctx.name.clone(),
             source: self.source.clone(),
             connected: self.connected,
             datapath: self.sink.describe(),
             objects,
-            rejections: self.store.rejections().map(RejectionView::from).collect(),
+            rejections: self.store.rejections().cloned().collect(),
             frontends: applied.len(),
             backends: self.applier.backend_count(),
             identities: self.compiler.desired().label_sets.len(),
-            tunnels: self.compiler.desired().tunnels.iter().map(Into::into).collect(),
+            tunnels: self.compiler.desired().tunnels.clone(),
             policies: self.compiler.desired().policies,
             next_hops: self.sink.next_hops(),
             applies: self.applies,
@@ -224,11 +241,7 @@ impl Controller {
             workers: None,
         };
         let live = self.sink.stats();
-        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot {
-            status,
-            applied: applied.clone(),
-            services: self.applier.services().clone(),
-            live,
-        };
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Snapshot { status, applied: applied.clone(), services: self.applier.services().clone(), live };
     }
 }

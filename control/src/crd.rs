@@ -106,12 +106,13 @@ pub struct PortProtocol {
     #[schemars(range(min = 0, max = 65535))]
     pub end_port: Option<i32>,
     #[serde(default)]
-    pub protocol: Protocol,
+    pub protocol: L4Proto,
 }
 
+/// A policy port's protocol (Cilium's `L4Proto`: ANY matches every protocol).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[allow(clippy::upper_case_acronyms)]
-pub enum Protocol {
+pub enum L4Proto {
     TCP,
     UDP,
     SCTP,
@@ -125,6 +126,6 @@ pub enum Protocol {
 /// `control/crds/cilium.yaml` ships and `skiff-agent crds` prints.
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
-    let yaml = |crd| serde_yaml::to_string(&crd).expect("a CRD serializes");
+    let yaml = |crd| serde_saphyr::to_string(&crd).expect("a CRD serializes");
     format!("---\n{}---\n{}", yaml(CiliumNetworkPolicy::crd()), yaml(CiliumClusterwideNetworkPolicy::crd()))
 }

@@ -9,14 +9,14 @@
 //!                                                                 Tables ──► Datapath::publish
 //! ```
 
+pub mod agent;
+pub mod api;
 pub mod apply;
 pub mod compile;
+pub mod controller;
 pub mod crd;
+pub mod next_hops;
 pub mod objects;
+pub mod source;
 pub mod store;
 pub mod validate;
-pub mod api;
-pub mod controller;
-pub mod next_hops;
-pub mod source;
-pub mod agent;

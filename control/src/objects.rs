@@ -2,8 +2,6 @@
 //! form (k8s-openapi's, and ours for Cilium's policies). A document that does not decode is a
 //! [`Rejection`] naming the object and the field, never a panic.
 
-use std::fmt;
-
 use k8s_openapi::{
     api::{
         core::v1::{Node, Pod, Service},
@@ -12,76 +10,11 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use skiff_api::{Kind, ObjectKey, Rejection};
 
 use crate::crd::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Kind {
-    Service,
-    EndpointSlice,
-    Pod,
-    Node,
-    NetworkPolicy,
-    CiliumNetworkPolicy,
-    CiliumClusterwideNetworkPolicy,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Service,
-        Kind::EndpointSlice,
-        Kind::Pod,
-        Kind::Node,
-        Kind::NetworkPolicy,
-        Kind::CiliumNetworkPolicy,
-        Kind::CiliumClusterwideNetworkPolicy,
-    ];
-
-    /// The API versions skiff reads a kind in, the current one first.
-    pub fn api_versions(self) -> &'static [&'static str] {
-        match self {
-            Kind::Service | Kind::Pod | Kind::Node => &["v1"],
-            // 1.20 API servers serve only v1beta1; its fields are converted (see `decode`).
-            Kind::EndpointSlice => &["discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"],
-            Kind::NetworkPolicy => &["networking.k8s.io/v1"],
-            Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy => &["cilium.io/v2"],
-        }
-    }
-
-    pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::CiliumClusterwideNetworkPolicy)
-    }
-
-    fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| format!("{k:?}") == name)
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
-/// Kind, namespace (empty for cluster-scoped kinds) and name: what identifies an object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
-        } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
@@ -129,53 +62,6 @@ impl Object {
     }
 }
 
-/// One field that is wrong: its path (`spec.ports[0].port`) and what is wrong with it,
-/// including the allowed values.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-/// An object that did not take effect, and why. `key` is `None` only when the document does
-/// not even say which object it is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Rejection {
-    pub key: Option<ObjectKey>,
-    /// Where it came from: `web.yaml#2` (the second document of a file) or `api`.
-    pub origin: String,
-    pub errors: Vec<FieldError>,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.key {
-            Some(key) => write!(f, "{key} ({}): ", self.origin)?,
-            None => write!(f, "{}: ", self.origin)?,
-        }
-        for (i, e) in self.errors.iter().enumerate() {
-            write!(f, "{}{e}", if i == 0 { "" } else { "; " })?;
-        }
-        Ok(())
-    }
-}
-
-impl Rejection {
-    pub fn new(key: Option<ObjectKey>, origin: &str, field: &str, message: impl Into<String>) -> Rejection {
-        Rejection {
-            key,
-            origin: origin.to_owned(),
-            errors: vec![FieldError { field: field.to_owned(), message: message.into() }],
-        }
-    }
-}
-
 /// Decodes one object from its JSON form (a YAML document converts losslessly). Namespaced
 /// objects without a namespace land in `default`, as `kubectl apply` puts them.
 pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
@@ -186,12 +72,19 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
     };
     let Some(kind) = Kind::from_name(&kind_name) else {
         let allowed = Kind::ALL.map(|k| k.to_string()).join(", ");
-        return Err(Rejection::new(None, origin, "kind", format!("{kind_name:?} is not read by skiff ({allowed})")));
+        return Err(Rejection::new(
+            None,
+            origin,
+            "kind",
+            format!("{kind_name:?} is not read by skiff ({allowed})"),
+        ));
     };
-    if kind.namespaced() && text(&value, "/metadata/namespace").is_none()
-        && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("namespace".into(), "default".into());
-        }
+    if kind.namespaced()
+        && text(&value, "/metadata/namespace").is_none()
+        && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        meta.insert("namespace".into(), "default".into());
+    }
     let key = ObjectKey {
         kind,
         namespace: text(&value, "/metadata/namespace").unwrap_or_default(),
@@ -239,28 +132,28 @@ fn endpoint_slice_from_v1beta1(value: &mut Value) {
     }
 }
 
+/// Decoded documents with their origins, as a source reports them.
+pub type Documents = Vec<(String, Result<Object, Rejection>)>;
+
 /// Every document of a YAML text, decoded, with its origin: `origin` names the text (a file
 /// name) and documents are numbered from 1 (`web.yaml#2`). Empty documents are skipped; a
-/// `List` is taken apart.
-pub fn decode_yaml(text: &str, origin: &str) -> Vec<(String, Result<Object, Rejection>)> {
-    use serde::Deserialize;
+/// `List` is taken apart. A text that is not YAML is one rejection (`Err`) for the whole
+/// text: its parser cannot tell where the next document starts.
+pub fn decode_yaml(text: &str, origin: &str) -> Result<Documents, Rejection> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        Rejection::new(None, origin, "(document)", format!("not YAML: {}", e.without_snippet()))
+    })?;
     let mut out = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, value) in documents.into_iter().enumerate() {
         let origin = format!("{origin}#{}", i + 1);
-        match Value::deserialize(document) {
-            Ok(Value::Null) => {}
-            Ok(value) if value.get("kind").and_then(Value::as_str) == Some("List") => {
+        match value {
+            Value::Null => {}
+            value if value.get("kind").and_then(Value::as_str) == Some("List") => {
                 let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
                 out.extend(items.into_iter().map(|item| (origin.clone(), decode(item, &origin))));
             }
-            Ok(value) => out.push((origin.clone(), decode(value, &origin))),
-            Err(e) => {
-                let error = Rejection::new(None, &origin, "(document)", format!("not YAML: {e}"));
-                out.push((origin, Err(error)));
-                // The parser cannot find the next document after a syntax error.
-                break;
-            }
+            value => out.push((origin.clone(), decode(value, &origin))),
         }
     }
-    out
+    Ok(out)
 }

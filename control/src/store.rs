@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
+use skiff_api::{Kind, ObjectKey, Rejection};
+
 use crate::{
-    objects::{Kind, Object, ObjectKey, Rejection},
+    objects::Object,
     validate::{Limits, validate},
 };
 
@@ -55,9 +57,9 @@ impl Changes {
             Object::EndpointSlice(_) => self.services.extend(service_of(object).map(|s| (namespace(), s))),
             Object::Node(_) => self.nodes = true,
             Object::Pod(_) => self.pods = true,
-            Object::NetworkPolicy(_) | Object::CiliumNetworkPolicy(_) | Object::CiliumClusterwideNetworkPolicy(_) => {
-                self.policies = true
-            }
+            Object::NetworkPolicy(_)
+            | Object::CiliumNetworkPolicy(_)
+            | Object::CiliumClusterwideNetworkPolicy(_) => self.policies = true,
         }
     }
 }
@@ -96,7 +98,11 @@ impl Store {
         let names = self.slices.get(&(namespace.to_owned(), service.to_owned())).into_iter().flatten();
         let namespace = namespace.to_owned();
         names.filter_map(move |name| {
-            self.objects.get(&ObjectKey { kind: Kind::EndpointSlice, namespace: namespace.clone(), name: name.clone() })
+            self.objects.get(&ObjectKey {
+                kind: Kind::EndpointSlice,
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })
         })
     }
 

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, ops::RangeInclusive};
 
+use ipnet::IpNet;
 use k8s_openapi::{
     api::{
         core::v1::{Node, Pod, Service, ServiceSpec},
@@ -12,11 +13,11 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
-use skiff_fastpath::engine::in_prefix;
+use skiff_api::FieldError;
 
 use crate::{
     crd::{self, PolicySpec},
-    objects::{FieldError, Object},
+    objects::Object,
 };
 
 /// Bounds the cluster sets (Kubernetes' defaults).
@@ -100,7 +101,9 @@ fn service(v: &mut Check, s: &Service, limits: &Limits) {
                     v.error(&at("name"), format!("{name:?} duplicates spec.ports[{j}].name"));
                 }
             }
-            _ if ports.len() > 1 => v.error(&at("name"), "missing: required when a Service has several ports"),
+            _ if ports.len() > 1 => {
+                v.error(&at("name"), "missing: required when a Service has several ports")
+            }
             _ => {}
         }
         if let Some(j) = seen.insert(format!("port {} {protocol}", p.port), i) {
@@ -115,18 +118,31 @@ fn service(v: &mut Check, s: &Service, limits: &Limits) {
         }
         if let Some(node_port) = p.node_port {
             if !node_ports {
-                v.error(&at("nodePort"), format!("may only be set when spec.type is NodePort or LoadBalancer, not {kind}"));
+                v.error(
+                    &at("nodePort"),
+                    format!("may only be set when spec.type is NodePort or LoadBalancer, not {kind}"),
+                );
             } else if v.range(&at("nodePort"), node_port, limits.node_ports.clone())
-                && let Some(j) = seen.insert(format!("nodePort {node_port} {protocol}"), i) {
-                    v.error(&at("nodePort"), format!("{node_port}/{protocol} duplicates spec.ports[{j}].nodePort"));
-                }
+                && let Some(j) = seen.insert(format!("nodePort {node_port} {protocol}"), i)
+            {
+                v.error(
+                    &at("nodePort"),
+                    format!("{node_port}/{protocol} duplicates spec.ports[{j}].nodePort"),
+                );
+            }
         }
     }
     traffic_and_affinity(v, spec, kind, node_ports);
     if let Some(algorithm) = s.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM)) {
         v.one_of(&format!("metadata.annotations[{LB_ALGORITHM}]"), algorithm, &["maglev", "random"]);
     }
-    for (i, ingress) in s.status.iter().filter_map(|s| s.load_balancer.as_ref()).flat_map(|lb| lb.ingress.iter().flatten()).enumerate() {
+    for (i, ingress) in s
+        .status
+        .iter()
+        .filter_map(|s| s.load_balancer.as_ref())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .enumerate()
+    {
         if let Some(ip) = &ingress.ip {
             v.ip(&format!("status.loadBalancer.ingress[{i}].ip"), ip);
         }
@@ -137,7 +153,10 @@ fn traffic_and_affinity(v: &mut Check, spec: &ServiceSpec, kind: &str, node_port
     if let Some(policy) = &spec.external_traffic_policy {
         v.one_of("spec.externalTrafficPolicy", policy, &["Cluster", "Local"]);
         if policy == "Local" && !node_ports && spec.external_ips.as_ref().is_none_or(Vec::is_empty) {
-            v.error("spec.externalTrafficPolicy", format!("Local needs NodePort, LoadBalancer or externalIPs, not {kind}"));
+            v.error(
+                "spec.externalTrafficPolicy",
+                format!("Local needs NodePort, LoadBalancer or externalIPs, not {kind}"),
+            );
         }
     }
     if let Some(policy) = &spec.internal_traffic_policy {
@@ -145,7 +164,11 @@ fn traffic_and_affinity(v: &mut Check, spec: &ServiceSpec, kind: &str, node_port
     }
     let affinity = spec.session_affinity.as_deref().unwrap_or("None");
     v.one_of("spec.sessionAffinity", affinity, &["None", "ClientIP"]);
-    let timeout = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
     if let Some(timeout) = timeout {
         let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
         if affinity == "ClientIP" {
@@ -222,7 +245,11 @@ fn node(v: &mut Check, n: &Node) {
     }
     for (i, a) in n.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
         let at = |f: &str| format!("status.addresses[{i}].{f}");
-        v.one_of(&at("type"), &a.type_, &["Hostname", "InternalIP", "ExternalIP", "InternalDNS", "ExternalDNS"]);
+        v.one_of(
+            &at("type"),
+            &a.type_,
+            &["Hostname", "InternalIP", "ExternalIP", "InternalDNS", "ExternalDNS"],
+        );
         if a.type_.ends_with("IP") {
             v.ip(&at("address"), &a.address);
         }
@@ -237,8 +264,10 @@ fn network_policy(v: &mut Check, p: &NetworkPolicy) {
     for (i, t) in spec.policy_types.iter().flatten().enumerate() {
         v.one_of(&format!("spec.policyTypes[{i}]"), t, &["Ingress", "Egress"]);
     }
-    let rules = spec.ingress.iter().flatten().map(|r| ("ingress", "from", r.from.as_deref(), r.ports.as_deref()));
-    let rules = rules.chain(spec.egress.iter().flatten().map(|r| ("egress", "to", r.to.as_deref(), r.ports.as_deref())));
+    let rules =
+        spec.ingress.iter().flatten().map(|r| ("ingress", "from", r.from.as_deref(), r.ports.as_deref()));
+    let rules = rules
+        .chain(spec.egress.iter().flatten().map(|r| ("egress", "to", r.to.as_deref(), r.ports.as_deref())));
     let mut index = BTreeMap::<&str, usize>::new();
     for (direction, peers_field, peers, ports) in rules {
         let n = index.entry(direction).or_default();
@@ -259,9 +288,10 @@ fn network_policy_peer(v: &mut Check, at: &str, peer: &NetworkPolicyPeer) {
             for (k, except) in block.except.iter().flatten().enumerate() {
                 let field = format!("{at}.ipBlock.except[{k}]");
                 if let Some(inner) = v.cidr(&field, except)
-                    && !(inner.1 > net.1 && in_prefix(inner.0, net.0, net.1)) {
-                        v.error(&field, format!("{except} is not strictly inside ipBlock.cidr {}", block.cidr));
-                    }
+                    && !(inner.prefix_len() > net.prefix_len() && net.contains(&inner))
+                {
+                    v.error(&field, format!("{except} is not strictly inside ipBlock.cidr {}", block.cidr));
+                }
             }
         }
         if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
@@ -301,7 +331,9 @@ fn cilium_policy(v: &mut Check, spec: &PolicySpec) {
     for (direction, rules) in [("ingress", &spec.ingress), ("egress", &spec.egress)] {
         for (i, rule) in rules.iter().enumerate() {
             let at = format!("spec.{direction}[{i}]");
-            for (field, selectors) in [("fromEndpoints", &rule.from_endpoints), ("toEndpoints", &rule.to_endpoints)] {
+            for (field, selectors) in
+                [("fromEndpoints", &rule.from_endpoints), ("toEndpoints", &rule.to_endpoints)]
+            {
                 for (j, s) in selectors.iter().enumerate() {
                     v.cilium_selector(&format!("{at}.{field}[{j}]"), s);
                 }
@@ -320,7 +352,11 @@ fn cilium_policy(v: &mut Check, spec: &PolicySpec) {
                                 v.error(&format!("{field}.port"), format!("{n} is out of range 0..=65535"));
                             } else if let Some(end) = p.end_port {
                                 // n is within 0..=65535 here.
-                                v.range(&format!("{field}.endPort"), end, i32::try_from(n).unwrap_or(0)..=65535);
+                                v.range(
+                                    &format!("{field}.endPort"),
+                                    end,
+                                    i32::try_from(n).unwrap_or(0)..=65535,
+                                );
                             }
                         }
                         Err(_) => v.port_name(&format!("{field}.port"), &p.port),
@@ -329,18 +365,6 @@ fn cilium_policy(v: &mut Check, spec: &PolicySpec) {
             }
         }
     }
-}
-
-/// Parses `addr/len` (host bits may be set: Kubernetes accepts them in ipBlock).
-pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = text.split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let len: u8 = len.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((addr, len))
 }
 
 /// Collects field errors.
@@ -377,8 +401,8 @@ impl Check {
         }
     }
 
-    fn cidr(&mut self, field: &str, text: &str) -> Option<(IpAddr, u8)> {
-        let parsed = parse_cidr(text);
+    fn cidr(&mut self, field: &str, text: &str) -> Option<IpNet> {
+        let parsed = text.parse::<IpNet>().ok();
         if parsed.is_none() {
             self.error(field, format!("{text:?} is not a CIDR (address/length, length 0..=32 or 0..=128)"));
         }
@@ -409,7 +433,9 @@ impl Check {
             return self.error(field, "missing");
         }
         let ok = text.len() <= 253
-            && text.split('.').all(|l| label_shape(l, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            && text
+                .split('.')
+                .all(|l| label_shape(l, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         if !ok {
             self.error(
                 field,
@@ -430,7 +456,12 @@ impl Check {
             && text.chars().any(|c| c.is_ascii_lowercase())
             && !text.contains("--");
         if !ok {
-            self.error(field, format!("{text:?} is neither a port number (1..=65535) nor a port name (1..=15 of a-z, 0-9, '-')"));
+            self.error(
+                field,
+                format!(
+                    "{text:?} is neither a port number (1..=65535) nor a port name (1..=15 of a-z, 0-9, '-')"
+                ),
+            );
         }
     }
 
@@ -442,17 +473,29 @@ impl Check {
 
     fn label(&mut self, field: &str, key: &str, value: &str) {
         let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
-        let name_ok = name.len() <= 63 && label_shape(name, |c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let name_ok =
+            name.len() <= 63 && label_shape(name, |c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         let prefix_ok = prefix.is_none_or(|p| {
-            p.len() <= 253 && p.split('.').all(|l| label_shape(l, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+            p.len() <= 253
+                && p.split('.')
+                    .all(|l| label_shape(l, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
         });
         if !name_ok || !prefix_ok {
-            self.error(field, format!("key {:?}: [prefix/]name, name 1..=63 of A-Z a-z 0-9 - _ .", truncate(key)));
+            self.error(
+                field,
+                format!("key {:?}: [prefix/]name, name 1..=63 of A-Z a-z 0-9 - _ .", truncate(key)),
+            );
         }
         if !value.is_empty()
             && (value.len() > 63 || !label_shape(value, |c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
         {
-            self.error(field, format!("value {:?}: 0..=63 of A-Z a-z 0-9 - _ ., alphanumeric at both ends", truncate(value)));
+            self.error(
+                field,
+                format!(
+                    "value {:?}: 0..=63 of A-Z a-z 0-9 - _ ., alphanumeric at both ends",
+                    truncate(value)
+                ),
+            );
         }
     }
 
@@ -487,7 +530,9 @@ impl Check {
                 self.error(&format!("{at}.values"), format!("must be empty for {operator}"))
             }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            other => self.one_of(&format!("{at}.operator"), other, &["In", "NotIn", "Exists", "DoesNotExist"]),
+            other => {
+                self.one_of(&format!("{at}.operator"), other, &["In", "NotIn", "Exists", "DoesNotExist"])
+            }
         }
         for (i, value) in values.iter().enumerate() {
             self.label(&format!("{at}.values[{i}]"), "value", value);

@@ -12,7 +12,7 @@ mod privileged {
         time::{Duration, Instant},
     };
 
-    use skiff_control::api::{self, ServiceView, Status};
+    use skiff_api::{Client, ServiceView, Status};
     use skiff_lab::{Lab, Netns, Topology};
 
     struct Agent {
@@ -27,11 +27,11 @@ mod privileged {
         }
 
         fn status(&self) -> Option<Status> {
-            api::request(&self.socket(), "status").ok()
+            Client::new(self.socket()).status().ok()
         }
 
         fn services(&self) -> Vec<ServiceView> {
-            api::request(&self.socket(), "services").unwrap_or_default()
+            Client::new(self.socket()).services().unwrap_or_default()
         }
 
         /// `n` new connections from `from` to `url` through the agent's datapath, counted by
@@ -66,7 +66,9 @@ mod privileged {
         let pins = PathBuf::from(format!("/sys/fs/bpf/skiff-test-agent-{}", lab.id()));
         let mut cmd = lab.node().netns.command(env!("CARGO_BIN_EXE_skiff-agent"));
         cmd.arg("--state-dir").arg(&state).args(["--node-name", "node1", "--io", io]);
-        for device in std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface)) {
+        for device in
+            std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface))
+        {
             cmd.args(["--device", device]);
         }
         cmd.arg("--socket").arg(work.join("skiff.sock")).arg("--pin-dir").arg(&pins);
@@ -93,15 +95,26 @@ mod privileged {
         let (client_pod, client) = (lab.pods()[3].netns.clone(), lab.client().netns.clone());
         let three = ["pod0", "pod1", "pod2"];
         let keys = |m: BTreeMap<String, usize>| m.into_keys().collect::<Vec<_>>();
-        assert_eq!(keys(agent.curl(&client_pod, "http://198.19.0.10/", 150)), three, "the ClusterIP, from a pod");
-        assert_eq!(keys(agent.curl(&client, "http://198.18.0.1:30080/", 150)), three, "the NodePort, from outside");
+        assert_eq!(
+            keys(agent.curl(&client_pod, "http://198.19.0.10/", 150)),
+            three,
+            "the ClusterIP, from a pod"
+        );
+        assert_eq!(
+            keys(agent.curl(&client, "http://198.18.0.1:30080/", 150)),
+            three,
+            "the NodePort, from outside"
+        );
         let workers = agent.status().unwrap().workers.expect("a datapath");
         assert!(workers.forwarded >= 300 * 8, "skiff's workers carried the connections: {workers:?}");
         // Counters are published as the traffic stops: a moment later, at most the last
         // connection's closing frames are new.
         std::thread::sleep(Duration::from_millis(200));
         let settled = agent.status().unwrap().workers.expect("a datapath");
-        assert!(settled.forwarded - workers.forwarded <= 4, "the counters lagged: {workers:?}, then {settled:?}");
+        assert!(
+            settled.forwarded - workers.forwarded <= 4,
+            "the counters lagged: {workers:?}, then {settled:?}"
+        );
 
         std::fs::write(
             agent.work.join("state/bad.yaml"),

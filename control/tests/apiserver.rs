@@ -24,10 +24,8 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use skiff_control::{
-    api::{self, ServiceView, Status},
-    crd::CiliumNetworkPolicy,
-};
+use skiff_api::{ServiceView, Status};
+use skiff_control::crd::CiliumNetworkPolicy;
 use skiff_lab::apiserver::ApiServer;
 
 /// skiff-agent with `--io none` (tables recorded, no datapath), killed if the test fails.
@@ -38,7 +36,8 @@ struct Agent {
 
 impl Agent {
     fn start(kubeconfig: &Path) -> Agent {
-        let socket = std::env::temp_dir().join(format!("skiff-test-agent-{}", std::process::id())).join("skiff.sock");
+        let socket =
+            std::env::temp_dir().join(format!("skiff-test-agent-{}", std::process::id())).join("skiff.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-agent"))
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -50,15 +49,15 @@ impl Agent {
     }
 
     fn status(&self) -> Option<Status> {
-        api::request(&self.socket, "status").ok()
+        skiff_api::Client::new(&self.socket).status().ok()
     }
 
     fn services(&self) -> Vec<ServiceView> {
-        api::request(&self.socket, "services").unwrap_or_default()
+        skiff_api::Client::new(&self.socket).services().unwrap_or_default()
     }
 
     fn backends(&self, frontend: &str) -> Option<usize> {
-        self.services().iter().find(|s| s.frontend == frontend).map(|s| s.backends.len())
+        self.services().iter().find(|s| s.frontend() == frontend).map(|s| s.backends.len())
     }
 
     fn terminate(mut self) {
@@ -119,7 +118,8 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
         Client::try_from(config).unwrap()
     });
     let pp = PostParams::default();
-    let slices = ApiResource::from_gvk(&GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice"));
+    let slices =
+        ApiResource::from_gvk(&GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice"));
     let slice_api = Api::<DynamicObject>::namespaced_with(client.clone(), "demo", &slices);
     let services = Api::<Service>::namespaced(client.clone(), "demo");
 
@@ -127,7 +127,7 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     rt.block_on(async {
         let crds = Api::<CustomResourceDefinition>::all(client.clone());
         for doc in skiff_control::crd::crds_yaml().split("---\n").filter(|d| !d.trim().is_empty()) {
-            crds.create(&pp, &serde_yaml::from_str(doc).unwrap()).await.expect("the CRD installs");
+            crds.create(&pp, &serde_saphyr::from_str(doc).unwrap()).await.expect("the CRD installs");
         }
         Api::<Namespace>::all(client.clone())
             .create(&pp, &object(json!({"metadata": {"name": "demo"}})))
@@ -190,11 +190,20 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
         rt.block_on(services.patch("web", &Default::default(), &kube::api::Patch::Merge(patch))).unwrap();
     };
     annotate(Some("round-robin"));
-    wait_until("the rejection", || agent.status().is_some_and(|s| s.rejections.iter().any(|r| r.object == "Service demo/web")));
+    let names_web =
+        |r: &skiff_api::Rejection| r.key.as_ref().is_some_and(|k| k.to_string() == "Service demo/web");
+    wait_until("the rejection", || agent.status().is_some_and(|s| s.rejections.iter().any(names_web)));
     let rejection = agent.status().unwrap().rejections[0].clone();
-    println!("skiff rejects: {} ({}): {}", rejection.object, rejection.origin, rejection.errors.join("; "));
-    let web = || agent.services().into_iter().filter(|s| s.service.starts_with("demo/web")).collect::<Vec<_>>();
-    assert!(web().iter().all(|s| s.algorithm.starts_with("maglev") && s.backends.len() == 3), "the last good version runs");
+    println!("skiff rejects: {rejection}");
+    let web = || {
+        agent
+            .services()
+            .into_iter()
+            .filter(|s| s.service.to_string().starts_with("demo/web"))
+            .collect::<Vec<_>>()
+    };
+    let maglev = |s: &ServiceView| matches!(s.algorithm, skiff_common::lb::Algorithm::Maglev { .. });
+    assert!(web().iter().all(|s| maglev(s) && s.backends.len() == 3), "the last good version runs");
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "demo");
     wait_until("the Kubernetes Event", || {
         rt.block_on(events.list(&Default::default())).is_ok_and(|list| {
@@ -208,7 +217,7 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     annotate(Some("random"));
     wait_until("the good version", || {
         agent.status().is_some_and(|s| s.rejections.is_empty())
-            && web().iter().all(|s| s.algorithm == "random")
+            && web().iter().all(|s| s.algorithm == skiff_common::lb::Algorithm::Random)
     });
 
     // The node's address moves: so do its NodePorts. A policy goes away.

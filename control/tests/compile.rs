@@ -3,14 +3,12 @@
 
 use std::net::IpAddr;
 
+use skiff_api::{Kind, ObjectKey, Protocol};
+use skiff_common::lb::{Algorithm, FrontendKind, TrafficPolicy};
 use skiff_control::{
     apply::Applier,
     compile::{BackendSpec, Desired, NodeContext, compile},
     objects::{Object, decode_yaml},
-};
-use skiff_fastpath::{
-    engine::{FrontendKind, TrafficPolicy},
-    lb::Algorithm,
 };
 
 const DEMO: &[&str] = &[
@@ -20,7 +18,7 @@ const DEMO: &[&str] = &[
 ];
 
 fn objects(texts: &[&str]) -> Vec<Object> {
-    texts.iter().flat_map(|t| decode_yaml(t, "test")).map(|(_, o)| o.expect("valid")).collect()
+    texts.iter().flat_map(|t| decode_yaml(t, "test").expect("YAML")).map(|(_, o)| o.expect("valid")).collect()
 }
 
 fn ctx() -> NodeContext {
@@ -39,15 +37,19 @@ fn desired(texts: &[&str]) -> Desired {
 fn the_demo_becomes_a_cluster_ip_and_a_node_port_on_three_local_pods() {
     let d = desired(DEMO);
     let keys: Vec<_> = d.frontends.keys().copied().collect();
-    assert_eq!(keys, [(ip("198.18.0.1"), 30080, 6), (ip("198.19.0.10"), 80, 6)]);
-    let cluster_ip = &d.frontends[&(ip("198.19.0.10"), 80, 6)];
+    assert_eq!(keys, [(ip("198.18.0.1"), 30080, Protocol::Tcp), (ip("198.19.0.10"), 80, Protocol::Tcp)]);
+    let cluster_ip = &d.frontends[&(ip("198.19.0.10"), 80, Protocol::Tcp)];
     assert_eq!(cluster_ip.config.kind, FrontendKind::ClusterIp);
-    assert_eq!(d.frontends[&(ip("198.18.0.1"), 30080, 6)].config.kind, FrontendKind::NodePort);
+    assert_eq!(d.frontends[&(ip("198.18.0.1"), 30080, Protocol::Tcp)].config.kind, FrontendKind::NodePort);
     let pods = ["198.18.128.10", "198.18.128.11", "198.18.128.12"];
-    let want: Vec<BackendSpec> = pods.iter().map(|a| BackendSpec { addr: ip(a), port: 8080, weight: 1, local: true }).collect();
+    let want: Vec<BackendSpec> =
+        pods.iter().map(|a| BackendSpec { addr: ip(a), port: 8080, weight: 1, local: true }).collect();
     assert_eq!(cluster_ip.backends, want);
     assert_eq!(d.node.masquerade_v4, Some(ip("198.18.0.1")));
-    assert!(d.node.cluster_prefixes.contains(&(ip("198.18.128.0"), 24)), "the pod CIDR is the cluster's");
+    assert!(
+        d.node.cluster_prefixes.contains(&"198.18.128.0/24".parse().unwrap()),
+        "the pod CIDR is the cluster's"
+    );
     assert_eq!(d.label_sets.len(), 2, "web pods and the client pod");
 }
 
@@ -115,7 +117,11 @@ endpoints:
     let terminating = "{ready: false, serving: true, terminating: true}";
     let weights = |text: &str| -> Vec<(String, u16)> {
         let d = desired(&[DEMO[0], DEMO[1].split("---").next().unwrap(), text]);
-        d.frontends[&(ip("198.19.0.10"), 80, 6)].backends.iter().map(|b| (b.addr.to_string(), b.weight)).collect()
+        d.frontends[&(ip("198.19.0.10"), 80, Protocol::Tcp)]
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.weight))
+            .collect()
     };
     assert_eq!(
         weights(&slice("{ready: true}", terminating)),
@@ -141,7 +147,7 @@ endpoints:
 - {addresses: [198.18.129.10], topology: {kubernetes.io/hostname: node2}}
 ";
     let d = desired(&[DEMO[0], DEMO[1].split("---").next().unwrap(), beta]);
-    let backends = &d.frontends[&(ip("198.19.0.10"), 80, 6)].backends;
+    let backends = &d.frontends[&(ip("198.19.0.10"), 80, Protocol::Tcp)].backends;
     let local: Vec<_> = backends.iter().map(|b| (b.addr.to_string(), b.local)).collect();
     assert_eq!(local, [("198.18.128.10".into(), true), ("198.18.129.10".into(), false)]);
 }
@@ -155,8 +161,15 @@ spec: {podCIDRs: [198.18.129.0/24, 'fd00:0:0:129::/64']}
 status: {addresses: [{type: InternalIP, address: 198.18.2.2}]}
 ";
     let d = desired(&[DEMO[0], node2]);
-    let tunnels: Vec<_> = d.tunnels.iter().map(|t| (t.node.as_str(), t.pod_cidr.as_str(), t.endpoint)).collect();
-    assert_eq!(tunnels, [("node2", "198.18.129.0/24", ip("198.18.2.2")), ("node2", "fd00:0:0:129::/64", ip("198.18.2.2"))]);
+    let tunnels: Vec<_> =
+        d.tunnels.iter().map(|t| (t.node.as_str(), t.pod_cidr.to_string(), t.endpoint)).collect();
+    assert_eq!(
+        tunnels,
+        [
+            ("node2", "198.18.129.0/24".into(), ip("198.18.2.2")),
+            ("node2", "fd00:0:0:129::/64".into(), ip("198.18.2.2"))
+        ]
+    );
 }
 
 #[test]
@@ -205,15 +218,12 @@ fn the_incremental_compiler_agrees_with_a_whole_compile_after_every_change() {
     let fewer = DEMO[1].replace("  - addresses: [198.18.128.12]", "  - addresses: [198.18.128.13]");
     let steps: [&[&str]; 6] = [DEMO, &[&second_service], &[&fewer], &[&moved_node], &[DEMO[2]], &[DEMO[0]]];
     for (i, step) in steps.iter().enumerate() {
-        for (origin, object) in step.iter().flat_map(|t| decode_yaml(t, "step")) {
+        for (origin, object) in step.iter().flat_map(|t| decode_yaml(t, "step").expect("YAML")) {
             store.upsert(&origin, object);
         }
         if i == 4 {
-            let key = |name: &str| skiff_control::objects::ObjectKey {
-                kind: skiff_control::objects::Kind::Service,
-                namespace: "demo".into(),
-                name: name.into(),
-            };
+            let key =
+                |name: &str| ObjectKey { kind: Kind::Service, namespace: "demo".into(), name: name.into() };
             store.delete(&key("web"));
         }
         let changes = store.take_changes();

@@ -5,18 +5,28 @@
 
 use std::path::Path;
 
+use skiff_api::{Datapath, Health, Kind, ObjectKey, Problem, Source};
 use skiff_control::{
     compile::NodeContext,
     controller::{Controller, Event, Recorder, Sink},
-    objects::{Kind, decode_yaml},
+    objects::{Documents, decode_yaml},
     source::dir,
     validate::Limits,
 };
 
+fn source() -> Source {
+    Source::StateDir { path: "test".into() }
+}
+
+/// The documents of a text, or its one rejection when it is not YAML.
+fn documents(text: &str, origin: &str) -> Documents {
+    decode_yaml(text, origin).unwrap_or_else(|broken| vec![(origin.to_owned(), Err(broken))])
+}
+
 fn demo() -> (Controller, Recorder) {
     let recorder = Recorder::default();
     let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
-    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), "test".into());
+    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
     assert!(c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).is_empty(), "the demo is valid");
     c.reconcile().unwrap();
@@ -38,13 +48,14 @@ fn every_invalid_object_is_rejected_naming_object_field_and_range() {
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&file).unwrap();
-        let (object, field, message) = (header(&text, "object"), header(&text, "field"), header(&text, "message"));
+        let (object, field, message) =
+            (header(&text, "object"), header(&text, "field"), header(&text, "message"));
         let (mut c, recorder) = demo();
         let published = recorder.0.read().unwrap().0;
         let web = c.snapshot().read().unwrap().service_views();
 
         let mut rejections = Vec::new();
-        for (origin, decoded) in decode_yaml(&text, &name) {
+        for (origin, decoded) in documents(&text, &name) {
             rejections.extend(c.handle(Event::Upsert { origin, object: decoded }));
         }
         c.reconcile().unwrap();
@@ -59,7 +70,7 @@ fn every_invalid_object_is_rejected_naming_object_field_and_range() {
         );
         assert!(r.to_string().contains(field), "{name}: the message names the field: {r}");
         let status = c.snapshot().read().unwrap().status.clone();
-        assert!(status.rejections.iter().any(|v| v.object == named), "{name}: shown in status");
+        assert!(status.rejections.iter().any(|v| v == r), "{name}: shown in status");
         assert_eq!(recorder.0.read().unwrap().0, published, "{name}: nothing was published");
         let now = c.snapshot().read().unwrap().service_views();
         assert_eq!(
@@ -74,21 +85,26 @@ fn every_invalid_object_is_rejected_naming_object_field_and_range() {
 fn a_good_version_clears_the_rejection_and_a_delete_removes_the_object() {
     let (mut c, recorder) = demo();
     let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {ports: [{port: 65536}]}\n";
-    for (origin, object) in decode_yaml(bad, "bad.yaml") {
+    for (origin, object) in documents(bad, "bad.yaml") {
         assert_eq!(c.handle(Event::Upsert { origin, object }).len(), 1);
     }
     c.reconcile().unwrap();
     assert_eq!(c.snapshot().read().unwrap().status.rejections.len(), 1);
-    let good = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/web.yaml")).unwrap();
+    let good =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/web.yaml"))
+            .unwrap();
     let fixed = good.replace("port: 80\n", "port: 8000\n");
-    for (origin, object) in decode_yaml(&fixed, "web.yaml") {
+    for (origin, object) in documents(&fixed, "web.yaml") {
         assert!(c.handle(Event::Upsert { origin, object }).is_empty());
     }
     c.reconcile().unwrap();
     let snapshot = c.snapshot().read().unwrap().clone();
     assert!(snapshot.status.rejections.is_empty(), "the good version clears the rejection");
-    assert!(snapshot.service_views().iter().any(|s| s.frontend == "198.19.0.10:8000/TCP"), "and takes effect");
-    let key = skiff_control::objects::ObjectKey { kind: Kind::Service, namespace: "demo".into(), name: "web".into() };
+    assert!(
+        snapshot.service_views().iter().any(|s| s.frontend() == "198.19.0.10:8000/TCP"),
+        "and takes effect"
+    );
+    let key = ObjectKey { kind: Kind::Service, namespace: "demo".into(), name: "web".into() };
     c.handle(Event::Delete(key));
     c.reconcile().unwrap();
     assert!(c.snapshot().read().unwrap().service_views().is_empty());
@@ -100,30 +116,34 @@ fn an_object_defined_twice_in_the_folder_is_refused_and_the_last_good_stays() {
     let (mut c, _) = demo();
     let mut objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
     let again = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {ports: [{port: 81}]}\n";
-    objects.extend(decode_yaml(again, "zz-again.yaml"));
+    objects.extend(documents(again, "zz-again.yaml"));
     c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects });
     c.reconcile().unwrap();
     let snapshot = c.snapshot().read().unwrap().clone();
     let r = &snapshot.status.rejections;
     assert_eq!(r.len(), 1);
-    assert_eq!((r[0].object.as_str(), r[0].origin.as_str()), ("Service demo/web", "zz-again.yaml#1"));
-    assert!(r[0].errors[0].contains("defined again; first defined in web.yaml#1"), "{r:?}");
-    assert!(snapshot.service_views().iter().any(|s| s.frontend == "198.19.0.10:80/TCP"), "the first definition runs");
+    let object = r[0].key.as_ref().map(ToString::to_string);
+    assert_eq!((object.as_deref(), r[0].origin.as_str()), (Some("Service demo/web"), "zz-again.yaml#1"));
+    assert!(r[0].errors[0].message.contains("defined again; first defined in web.yaml#1"), "{r:?}");
+    assert!(
+        snapshot.service_views().iter().any(|s| s.frontend() == "198.19.0.10:80/TCP"),
+        "the first definition runs"
+    );
 }
 
 /// A datapath that refuses its first table.
 struct FailsOnce(bool, Recorder);
 
 impl Sink for FailsOnce {
-    fn publish(&mut self, tables: skiff_fastpath::engine::Tables) -> anyhow::Result<()> {
+    fn publish(&mut self, tables: skiff_engine::tables::Tables) -> anyhow::Result<()> {
         if std::mem::replace(&mut self.0, false) {
             anyhow::bail!("the datapath is busy");
         }
         self.1.publish(tables)
     }
 
-    fn describe(&self) -> String {
-        "fails once".into()
+    fn describe(&self) -> Datapath {
+        Datapath::default()
     }
 }
 
@@ -131,15 +151,17 @@ impl Sink for FailsOnce {
 fn a_failed_publish_degrades_health_and_is_retried_whole() {
     let recorder = Recorder::default();
     let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
-    let mut c = Controller::new(ctx, Limits::default(), Box::new(FailsOnce(true, recorder.clone())), "test".into());
+    let mut c =
+        Controller::new(ctx, Limits::default(), Box::new(FailsOnce(true, recorder.clone())), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
     c.handle(Event::Connected(true));
     c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects });
     assert!(c.reconcile().is_err());
     let health = c.snapshot().read().unwrap().status.health.clone();
-    assert_eq!(health, "Degraded: the last apply failed: the datapath is busy");
-    c.tick().unwrap();
-    assert_eq!(c.snapshot().read().unwrap().status.health, "Ok");
+    let failed = Problem::ApplyFailed { error: "the datapath is busy".into() };
+    assert_eq!(health, Health::Degraded { problems: vec![failed] });
+    c.retry().unwrap();
+    assert_eq!(c.snapshot().read().unwrap().status.health, Health::Ok);
     assert_eq!(recorder.0.read().unwrap().1.services.len(), 2, "the retry published the whole tables");
 }
 
@@ -149,7 +171,7 @@ fn a_failed_publish_degrades_health_and_is_retried_whole() {
 fn nothing_is_published_before_every_kind_is_listed() {
     let recorder = Recorder::default();
     let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
-    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), "test".into());
+    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
     let (services, rest): (Vec<_>, Vec<_>) =
         objects.into_iter().partition(|(_, o)| o.as_ref().is_ok_and(|o| o.kind() == Kind::Service));
@@ -158,10 +180,13 @@ fn nothing_is_published_before_every_kind_is_listed() {
     assert_eq!(c.reconcile().unwrap(), None);
     assert_eq!(recorder.0.read().unwrap().0, 0, "nothing published");
     let health = c.snapshot().read().unwrap().status.health.clone();
-    assert!(health.starts_with("Degraded: waiting for the first list of EndpointSlice"), "{health}");
     let others: Vec<Kind> = Kind::ALL.into_iter().filter(|&k| k != Kind::Service).collect();
+    assert_eq!(
+        health,
+        Health::Degraded { problems: vec![Problem::WaitingForFirstList { kinds: others.clone() }] }
+    );
     c.handle(Event::Resync { kinds: others, objects: rest });
     assert!(c.reconcile().unwrap().is_some());
     assert_eq!(recorder.0.read().unwrap().1.services.len(), 2, "the whole cluster, at once");
-    assert_eq!(c.snapshot().read().unwrap().status.health, "Ok");
+    assert_eq!(c.snapshot().read().unwrap().status.health, Health::Ok);
 }

@@ -21,12 +21,20 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use skiff_common::conntrack::{CtEntry, CtKey, CtKey4, CtKey6};
+use skiff_common::{
+    conntrack::{CtEntry, CtKey, CtKey4, CtKey6},
+    lb::FrontendKind,
+};
 use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
 
+use skiff_engine::{
+    conntrack::Timeouts,
+    engine::{Engine, NewFlow, Partition},
+    flow::{Tuple, masqueraded},
+    tables::{SharedTables, Tables},
+};
+
 use crate::{
-    conntrack::{Timeouts, Tuple, masqueraded},
-    engine::{Engine, NewFlow, Partition, SharedTables, Tables},
     handoff::{self, Inbox, Peer},
     io::{
         BATCH, PacketIo,
@@ -303,11 +311,11 @@ impl Datapath {
     /// Makes `tables` the workers' tables (from their next batch on) and steers the frontends'
     /// frames to them: into the XDP program's service map, or into the nftables steering.
     pub fn publish(&self, tables: Tables) -> Result<(), DatapathError> {
-        let frontends: Vec<(IpAddr, u16, u8)> =
-            tables.services.keys().map(|f| (f.addr, f.port, f.protocol)).collect();
+        let frontends: Vec<(IpAddr, u16, u8, FrontendKind)> =
+            tables.services.iter().map(|(f, s)| (f.addr, f.port, f.protocol, s.config().kind)).collect();
         let steering = Steering {
             interfaces: self.config.interfaces.clone(),
-            frontends: frontends.iter().map(|&(a, port, proto)| (a, proto, port)).collect(),
+            frontends: frontends.iter().map(|&(a, port, proto, _)| (a, proto, port)).collect(),
             backends: tables
                 .services
                 .iter()

@@ -16,9 +16,12 @@ use crossbeam_channel::Sender;
 use skiff_common::DropReason;
 use skiff_wire::layers;
 
+use skiff_engine::{
+    engine::{Action, Engine, NewFlow},
+    flow::Tuple,
+};
+
 use crate::{
-    conntrack::Tuple,
-    engine::{Engine, NewFlow, Verdict},
     handoff::{Inbox, Peer},
     io::{BATCH, FRAME_ROOM, PacketIo, wait_readable},
 };
@@ -209,8 +212,8 @@ impl<P: PacketIo> Worker<P> {
             received += port
                 .recv(*batch, |frame| {
                     stats.received += 1;
-                    let verdict = core.engine.process(frame, now);
-                    core.stage(frame, verdict, stats);
+                    let action = core.engine.process(frame, now);
+                    core.stage(frame, action, stats);
                 })
                 .unwrap_or(0);
         }
@@ -219,8 +222,8 @@ impl<P: PacketIo> Worker<P> {
         }
         if let Some(inbox) = inbox {
             received += inbox.drain(*batch, |frame| {
-                let verdict = core.engine.process_handed(frame, now);
-                core.stage(frame, verdict, stats);
+                let action = core.engine.process_handed(frame, now);
+                core.stage(frame, action, stats);
             });
         }
         received
@@ -228,16 +231,16 @@ impl<P: PacketIo> Worker<P> {
 }
 
 impl Core {
-    /// Acts on the engine's verdict for `frame`: stages it for transmit to its next hop, hands
+    /// Acts on the engine's action for `frame`: stages it for transmit to its next hop, hands
     /// it to its owner or to the slow path, or counts its drop.
-    fn stage(&mut self, frame: &mut [u8], verdict: Verdict, stats: &mut Stats) {
-        let frame = match verdict {
-            Verdict::Forward => frame,
-            Verdict::Reply { len } => {
+    fn stage(&mut self, frame: &mut [u8], action: Action, stats: &mut Stats) {
+        let frame = match action {
+            Action::Forward => frame,
+            Action::Reply { len } => {
                 stats.replied += 1;
                 &mut frame[..usize::from(len)]
             }
-            Verdict::Handoff { worker } => {
+            Action::Handoff { worker } => {
                 let sent = self.peers.get_mut(usize::from(worker)).is_some_and(|peer| peer.send(frame));
                 if sent {
                     stats.handed_off += 1;
@@ -246,7 +249,7 @@ impl Core {
                 }
                 return;
             }
-            Verdict::Pass => {
+            Action::Pass => {
                 stats.not_ours += 1;
                 if let Some(slow) = &self.exceptions {
                     // Off the hot path: a copy for the slow path, dropped if it lags.
@@ -257,7 +260,7 @@ impl Core {
                 }
                 return;
             }
-            Verdict::Drop(reason) => {
+            Action::Drop(reason) => {
                 stats.count_drop(reason);
                 return;
             }

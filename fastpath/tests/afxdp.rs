@@ -8,7 +8,7 @@ mod privileged {
         time::Duration,
     };
 
-    use skiff_common::{Verdict as Action, config::XdpConfig};
+    use skiff_common::{XdpAction, config::XdpConfig, lb::FrontendKind};
     use skiff_fastpath::io::{PacketIo, afxdp::XskPort};
     use skiff_lab::Topology;
     use skiff_testkit::eth;
@@ -25,7 +25,7 @@ mod privileged {
         let result = std::panic::catch_unwind(|| {
             let mut ingress = Ingress::load(&dir).unwrap();
             ingress.set_config(&XdpConfig::DEFAULT).unwrap();
-            ingress.set_services(&[(VIP.into(), 80, 17)]).unwrap();
+            ingress.set_services(&[(VIP.into(), 80, 17, FrontendKind::ClusterIp)]).unwrap();
             let iface = client.node_iface.clone();
             node.netns.run(|| ingress.attach(&iface, XdpMode::Native)).unwrap().unwrap();
             let mut port = node.netns.run(|| XskPort::bind(&iface, 0, 64, None)).unwrap().unwrap();
@@ -52,7 +52,7 @@ mod privileged {
             assert_eq!((flow.dst, flow.dst_port), (VIP.into(), 80));
             assert!(frame.ends_with(b"to the worker"));
             let redirected =
-                ingress.verdicts().unwrap().into_iter().find(|(v, _)| *v == Action::Redirect).unwrap().1;
+                ingress.actions().unwrap().into_iter().find(|(a, _)| *a == XdpAction::Redirect).unwrap().1;
             assert!(redirected.packets >= 1);
             assert_eq!(ingress.no_worker().unwrap().packets, 0);
         });

@@ -12,12 +12,17 @@ mod privileged {
     };
 
     use hashbrown::HashMap;
-    use skiff_common::{DropReason, config::XdpConfig, lb::BackendId};
-    use skiff_fastpath::{
-        datapath::{Config, Datapath, Io},
-        engine::{Frontend, FrontendKind, Neighbor, Node, SNAT_PORTS, Service, ServiceConfig, Tables},
-        lb::Backend,
+    use skiff_common::{
+        DropReason,
+        config::XdpConfig,
+        lb::{BackendId, FrontendKind},
     };
+    use skiff_engine::{
+        engine::SNAT_PORTS,
+        lb::Backend,
+        tables::{Frontend, LocalNode, Neighbor, Service, ServiceConfig, Tables},
+    };
+    use skiff_fastpath::datapath::{Config, Datapath, Io};
     use skiff_lab::{Host, Lab, Topology};
     use skiff_xdp::{Ingress, XdpMode, bpffs};
 
@@ -73,13 +78,12 @@ mod privileged {
             let config = ServiceConfig { kind, ..ServiceConfig::default() };
             services.insert(frontend, Service::new(backends.clone(), config).unwrap());
         }
-        let cluster = Ipv4Addr::new(198, 18, 128, 0);
         Tables {
             services,
-            node: Node {
+            node: LocalNode {
                 masquerade_v4: Some(node.into()),
                 masquerade_v6: None,
-                cluster_prefixes: vec![(cluster.into(), 17)],
+                cluster_prefixes: vec!["198.18.128.0/17".parse().unwrap()],
             },
             ..Tables::default()
         }

@@ -6,14 +6,14 @@
 use std::{net::Ipv4Addr, sync::Arc};
 
 use skiff_common::{DropReason, lb::BackendId};
-use skiff_fastpath::{
+use skiff_engine::{
     conntrack::Timeouts,
-    engine::{Engine, Frontend, Neighbor, Node, Service, ServiceConfig, Tables},
-    io::memory::MemoryPort,
+    engine::Engine,
     lb::Backend,
-    worker::Worker,
+    tables::{Frontend, LocalNode, Neighbor, Service, ServiceConfig, Tables},
 };
-use skiff_testkit::{Builder, Fixture, Verdict as V, eth};
+use skiff_fastpath::{io::memory::MemoryPort, worker::Worker};
+use skiff_testkit::{Builder, Expect, Fixture, eth};
 use skiff_wire::ethernet::Mac;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -42,13 +42,13 @@ fn fixtures() -> Vec<Fixture> {
         Fixture::new(
             "SYN to the ClusterIP is DNATed to the pod",
             syn(eth().ipv4(CLIENT, VIP)).build(),
-            V::Tx,
+            Expect::Tx,
         )
         .output(to_pod().ipv4(CLIENT, POD).ttl(63).tcp(40000, 8080).seq(1).syn().build()),
         Fixture::new(
             "the pod's SYN-ACK is reverse-NATed to the client",
             eth().ipv4(POD, CLIENT).tcp(8080, 40000).seq(9).syn().ack(2).build(),
-            V::Tx,
+            Expect::Tx,
         )
         .output(to_client().ipv4(VIP, CLIENT).ttl(63).tcp(80, 40000).seq(9).syn().ack(2).build()),
         Fixture::new(
@@ -61,7 +61,7 @@ fn fixtures() -> Vec<Fixture> {
                 .psh()
                 .payload(b"GET / HTTP/1.1\r\n\r\n")
                 .build(),
-            V::Tx,
+            Expect::Tx,
         )
         .output(
             to_pod()
@@ -77,13 +77,13 @@ fn fixtures() -> Vec<Fixture> {
         Fixture::new(
             "a UDP datagram to the service",
             eth().ipv4(CLIENT, VIP).udp(5000, 53).payload(b"q").build(),
-            V::Tx,
+            Expect::Tx,
         )
         .output(to_pod().ipv4(CLIENT, POD).ttl(63).udp(5000, 5353).payload(b"q").build()),
         Fixture::new(
             "a service without backends answers a SYN with a RST",
             syn(eth().ipv4(CLIENT, EMPTY_VIP)).build(),
-            V::Tx,
+            Expect::Tx,
         )
         .output(to_client().ipv4(EMPTY_VIP, CLIENT).tcp(80, 40000).seq(0).rst().ack(2).window(0).build()),
         Fixture::new(
@@ -93,18 +93,18 @@ fn fixtures() -> Vec<Fixture> {
                 f[14] = 0x44;
                 f
             },
-            V::Drop(DropReason::Ipv4BadHeaderLength),
+            Expect::Drop(DropReason::Ipv4BadHeaderLength),
         ),
         Fixture::new(
             "a TTL that runs out is dropped",
             eth().ipv4(CLIENT, VIP).ttl(1).tcp(40001, 80).syn().build(),
-            V::Drop(DropReason::TtlExceeded),
+            Expect::Drop(DropReason::TtlExceeded),
         ),
-        Fixture::new("a runt frame is dropped", vec![0; 10], V::Drop(DropReason::EthernetTruncated)),
+        Fixture::new("a runt frame is dropped", vec![0; 10], Expect::Drop(DropReason::EthernetTruncated)),
         Fixture::new(
             "traffic for no service is left to the kernel",
             eth().ipv4(CLIENT, POD).tcp(1, 22).build(),
-            V::Pass,
+            Expect::Pass,
         ),
     ]
 }
@@ -124,7 +124,7 @@ fn worker() -> Worker<MemoryPort> {
     ];
     let tables = Tables {
         services: services.into_iter().collect(),
-        node: Node::default(),
+        node: LocalNode::default(),
         next_hops: next_hops.into_iter().collect(),
     };
     let engine = Engine::new(Arc::new(tables), 1024, Timeouts::default());
@@ -142,20 +142,20 @@ fn fixtures_through_a_worker_over_memory_ports() {
         for port in w.ports_mut() {
             port.drain_sent(|frame| out.push(frame.to_vec()));
         }
-        match f.verdict {
-            V::Tx => {
+        match f.expect {
+            Expect::Tx => {
                 assert_eq!(out.len(), 1, "{}: one frame out", f.description);
                 assert_eq!(Some(&out[0]), f.output.as_ref(), "{}", f.description);
             }
-            V::Drop(reason) => {
+            Expect::Drop(reason) => {
                 assert!(out.is_empty(), "{}", f.description);
                 assert_eq!(w.stats.drops_of(reason), before.drops_of(reason) + 1, "{}", f.description);
             }
-            V::Pass => {
+            Expect::Pass => {
                 assert!(out.is_empty(), "{}", f.description);
                 assert_eq!(w.stats.not_ours, before.not_ours + 1, "{}", f.description);
             }
-            V::Redirect => unreachable!("not a worker verdict"),
+            Expect::Redirect => unreachable!("not a worker's action"),
         }
     }
 }

@@ -8,11 +8,12 @@
 use std::{path::PathBuf, time::Instant};
 
 use serde_json::json;
+use skiff_api::{Kind, Rejection, Source};
 use skiff_control::{
     apply::Applier,
     compile::{Compiler, NodeContext},
     controller::{Controller, Event, Recorder},
-    objects::{Kind, Object, Rejection, decode},
+    objects::{Object, decode},
     store::Changes,
     validate::Limits,
 };
@@ -69,8 +70,12 @@ fn main() {
 
     // The full apply: validate and store every object, compile, build every table, publish.
     let recorder = Recorder::default();
-    let mut controller =
-        Controller::new(ctx.clone(), Limits::default(), Box::new(recorder.clone()), "bench".into());
+    let mut controller = Controller::new(
+        ctx.clone(),
+        Limits::default(),
+        Box::new(recorder.clone()),
+        Source::StateDir { path: "bench".into() },
+    );
     let started = Instant::now();
     assert!(controller.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).is_empty());
     let report = controller.reconcile().unwrap().expect("published");

@@ -13,10 +13,12 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZE_MAX};
-use skiff_fastpath::{
-    conntrack::{Conntrack, Timeouts, Tuple},
-    engine::{Engine, Frontend, Service, ServiceConfig, Tables, Verdict},
+use skiff_engine::{
+    conntrack::{Conntrack, Timeouts},
+    engine::{Action, Engine},
+    flow::Tuple,
     lb::{Backend, maglev::Maglev},
+    tables::{Frontend, Service, ServiceConfig, Tables},
 };
 use skiff_testkit::eth;
 
@@ -50,7 +52,7 @@ fn established(c: &mut Criterion) {
     let mut e = engine(1024);
     let request = eth().ipv4(CLIENT, VIP).tcp(45000, 80).ack(1).payload(&[0x41; 64]).build();
     let mut first = request.clone();
-    assert_eq!(e.process(&mut first, 0), Verdict::Forward);
+    assert_eq!(e.process(&mut first, 0), Action::Forward);
     // The rewritten destination: the backend Maglev chose.
     let backend = Ipv4Addr::new(first[30], first[31], first[32], first[33]);
     let reply = eth().ipv4(backend, CLIENT).tcp(8080, 45000).ack(1).payload(&[0x42; 64]).build();

@@ -25,12 +25,17 @@ use std::{
     },
 };
 
-use skiff_common::{config::XdpConfig, lb::BackendId};
+use skiff_common::{
+    config::XdpConfig,
+    lb::{BackendId, FrontendKind},
+};
+use skiff_engine::{
+    lb::Backend,
+    tables::{Frontend, Neighbor, Service, ServiceConfig, Tables},
+};
 use skiff_fastpath::{
     datapath::{Config, Datapath, Io},
-    engine::{Frontend, Neighbor, Service, ServiceConfig, Tables},
     io::{BATCH, PacketIo, afxdp::XskPort, wait_readable},
-    lb::Backend,
 };
 use skiff_lab::Topology;
 use skiff_perf::{
@@ -141,7 +146,7 @@ fn main() -> Result<()> {
                 let (from, to) = (client.node_iface.clone(), pod.node_iface.clone());
                 let forwarder = node.netns.run(move || Forwarder::start(mode, &from, &to))??;
                 ingress.set_worker(uplink, 0, forwarder.fd)?;
-                ingress.set_services(&[(VIP.into(), 80, 17)])?;
+                ingress.set_services(&[(VIP.into(), 80, 17, FrontendKind::ClusterIp)])?;
                 split_layout(&node.netns, &client.node_iface)?;
                 let before = delivered()?;
                 let elapsed = generate_sized(&client.netns, frame, len, out, frames)?;

@@ -18,7 +18,7 @@ use std::{
     path::PathBuf,
 };
 
-use skiff_common::{Verdict, config::XdpConfig};
+use skiff_common::{XdpAction, config::XdpConfig, lb::FrontendKind};
 use skiff_lab::Topology;
 use skiff_perf::{
     Record,
@@ -57,7 +57,7 @@ fn per_packet(dir: &PathBuf) -> Result<Vec<Record>> {
         ingress.deny(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 128, 0)) + i).into(), 32, i)?;
     }
     ingress.deny(Env::DENIED_V4.0.into(), Env::DENIED_V4.1, PREFIXES)?;
-    ingress.set_services(&[(Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6)])?;
+    ingress.set_services(&[(Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6, FrontendKind::ClusterIp)])?;
     let floor = CountProgram::load()?;
 
     let cases = [
@@ -112,6 +112,6 @@ fn packet_rates(dir: &PathBuf) -> Result<Vec<Record>> {
 }
 
 fn dropped(ingress: &Ingress) -> Result<u64> {
-    let drop = ingress.verdicts()?.into_iter().find(|(v, _)| *v == Verdict::Drop);
+    let drop = ingress.actions()?.into_iter().find(|(a, _)| *a == XdpAction::Drop);
     Ok(drop.map_or(0, |(_, c)| c.packets))
 }

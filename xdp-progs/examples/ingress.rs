@@ -1,7 +1,7 @@
 //! Attaches `skiff_xdp_ingress` to an interface of the current network namespace (maps pinned
 //! in PIN_DIR, removed at exit) and takes commands on stdin, one per line:
 //!   deny CIDR     drop every packet from CIDR on arrival
-//!   stats         print the verdict and drop counters, and the sampled drop events
+//!   stats         print the action and drop counters, and the sampled drop events
 //! Each answer ends with a line holding only ".". Detaches at EOF. What `cargo xtask demo`
 //! drives inside the lab's node namespace.
 //!
@@ -57,9 +57,9 @@ fn serve(ingress: &mut Ingress, out: &mut impl Write) -> Result<()> {
 }
 
 fn stats(ingress: &mut Ingress, out: &mut impl Write) -> Result<()> {
-    writeln!(out, "{:<10} {:>9} {:>10}", "verdict", "packets", "bytes")?;
-    for (verdict, c) in ingress.verdicts()? {
-        writeln!(out, "{:<10} {:>9} {:>10}", verdict.name(), c.packets, c.bytes)?;
+    writeln!(out, "{:<10} {:>9} {:>10}", "action", "packets", "bytes")?;
+    for (action, c) in ingress.actions()? {
+        writeln!(out, "{:<10} {:>9} {:>10}", action.name(), c.packets, c.bytes)?;
     }
     writeln!(out, "(passed for want of a worker: {})", ingress.no_worker()?.packets)?;
     writeln!(out, "{:<26} {:>9}", "drop reason", "packets")?;

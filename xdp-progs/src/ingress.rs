@@ -2,7 +2,7 @@
 //! its counters and drop events, and run it on test frames.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap as StdHashMap, HashSet},
     hash::Hash,
     net::IpAddr,
     os::fd::{AsFd, AsRawFd},
@@ -15,17 +15,17 @@ use aya::{
     programs::{Xdp, xdp::XdpLinkId},
 };
 use skiff_common::{
-    Counter, DropReason, Verdict,
-    config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
+    Counter, DropReason, XdpAction,
+    config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig, XdpMode},
     conntrack::{CtEntry, CtKey, CtKey4, CtKey6},
     endpoint::EndpointInfo,
     event::DropEvent,
-    lb::{ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
+    lb::{FrontendKind, ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
     lpm::{DenyEntry, LpmKey4, LpmKey6},
     maps, programs,
 };
 
-use crate::{TestRun, XdpError, XdpMode, attach, bpffs, per_cpu_sum, test_run::test_run};
+use crate::{TestRun, XdpError, attach, bpffs, per_cpu_sum, test_run::test_run};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress"));
 
@@ -144,17 +144,20 @@ impl Ingress {
         }
     }
 
-    /// Makes the service frontends exactly `frontends` (address, port, protocol): adds the new,
-    /// removes the others.
-    pub fn set_services(&mut self, frontends: &[(IpAddr, u16, u8)]) -> Result<(), XdpError> {
-        let key4 = |a, port, proto| ServiceKey4::new(a, port, proto, ServiceScope::External);
-        let key6 = |a, port, proto| ServiceKey6::new(a, port, proto, ServiceScope::External);
-        let (mut want4, mut want6) = (Vec::new(), Vec::new());
-        for &(addr, port, proto) in frontends {
+    /// Makes the service frontends exactly `frontends` (address, port, protocol, kind): adds
+    /// the new, updates the changed, removes the others.
+    pub fn set_services(&mut self, frontends: &[(IpAddr, u16, u8, FrontendKind)]) -> Result<(), XdpError> {
+        let (mut want4, mut want6) = (StdHashMap::new(), StdHashMap::new());
+        for &(addr, port, proto, kind) in frontends {
+            let value = ServiceValue::new(kind);
             match addr {
-                IpAddr::V4(a) => want4.push(key4(a, port, proto)),
-                IpAddr::V6(a) => want6.push(key6(a, port, proto)),
-            }
+                IpAddr::V4(a) => {
+                    want4.insert(ServiceKey4::new(a, port, proto, ServiceScope::External), value)
+                }
+                IpAddr::V6(a) => {
+                    want6.insert(ServiceKey6::new(a, port, proto, ServiceScope::External), value)
+                }
+            };
         }
         sync(self.map_mut(maps::SERVICES_V4)?, &want4, maps::SERVICES_V4)?;
         sync(self.map_mut(maps::SERVICES_V6)?, &want6, maps::SERVICES_V6)
@@ -210,11 +213,11 @@ impl Ingress {
         xsks.set(slot * XSK_QUEUES_PER_IF + queue, fd, 0).map_err(XdpError::map(maps::XSKS))
     }
 
-    /// Packets and bytes per verdict, summed over CPUs.
-    pub fn verdicts(&self) -> Result<Vec<(Verdict, Counter)>, XdpError> {
-        Verdict::ALL
+    /// Packets and bytes per XDP action, summed over CPUs.
+    pub fn actions(&self) -> Result<Vec<(XdpAction, Counter)>, XdpError> {
+        XdpAction::ALL
             .iter()
-            .map(|&v| Ok((v, per_cpu_sum(&self.ebpf, maps::VERDICT_COUNTS, v.code())?)))
+            .map(|&a| Ok((a, per_cpu_sum(&self.ebpf, maps::ACTION_COUNTS, a.code())?)))
             .collect()
     }
 
@@ -280,24 +283,25 @@ impl Ingress {
     }
 }
 
-/// Makes the keys of `map` exactly `want`, all with the default value: removes the stale
-/// ones and inserts the missing ones (one syscall per change, none for an unchanged key).
+/// Makes `map` exactly `want`: removes the stale keys and writes the missing or changed
+/// entries (one syscall per change, none for an unchanged entry).
 fn sync<K: aya::Pod + Eq + Hash>(
     mut map: HashMap<&mut MapData, K, ServiceValue>,
-    want: &[K],
+    want: &StdHashMap<K, ServiceValue>,
     name: &'static str,
 ) -> Result<(), XdpError> {
-    let want: HashSet<K> = want.iter().copied().collect();
-    let mut have = HashSet::new();
-    for k in map.keys().collect::<Result<Vec<K>, _>>().map_err(XdpError::map(name))? {
-        if want.contains(&k) {
-            have.insert(k);
-        } else {
-            map.remove(&k).map_err(XdpError::map(name))?;
+    let mut unchanged = HashSet::new();
+    for entry in map.iter().collect::<Result<Vec<(K, ServiceValue)>, _>>().map_err(XdpError::map(name))? {
+        match want.get(&entry.0) {
+            Some(value) if *value == entry.1 => {
+                unchanged.insert(entry.0);
+            }
+            Some(_) => {}
+            None => map.remove(&entry.0).map_err(XdpError::map(name))?,
         }
     }
-    for k in want.difference(&have) {
-        map.insert(k, ServiceValue::default(), 0).map_err(XdpError::map(name))?;
+    for (k, v) in want.iter().filter(|(k, _)| !unchanged.contains(k)) {
+        map.insert(k, *v, 0).map_err(XdpError::map(name))?;
     }
     Ok(())
 }

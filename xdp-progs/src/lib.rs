@@ -14,11 +14,11 @@ mod ingress;
 mod test_run;
 mod trafficgen;
 
-use std::{fmt, str::FromStr};
-
 use aya::programs::{Xdp, XdpMode as AyaMode};
 pub use count::CountProgram;
 pub use ingress::{DropCount, Ingress, TrackedFlows};
+/// How a program is attached (defined with the shared types, for the local API).
+pub use skiff_common::config::XdpMode;
 pub use test_run::TestRun;
 pub use trafficgen::TrafficGen;
 
@@ -61,37 +61,6 @@ pub enum XdpError {
 impl XdpError {
     fn map(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
         move |source| XdpError::Map { name, source: Box::new(source) }
-    }
-}
-
-/// How to attach: `auto` tries native (driver) XDP and falls back to generic (SKB) XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum XdpMode {
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
-
-impl fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        })
-    }
-}
-
-impl FromStr for XdpMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(XdpMode::Auto),
-            "native" => Ok(XdpMode::Native),
-            "generic" => Ok(XdpMode::Generic),
-            other => Err(format!("unknown XDP mode {other:?}: expected auto, native or generic")),
-        }
     }
 }
 

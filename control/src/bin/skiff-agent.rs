@@ -2,26 +2,29 @@
 
 use std::process::ExitCode;
 
-use skiff_control::agent::{self, Options};
+use clap::{CommandFactory, Parser};
+use skiff_control::agent::{self, Cli, Command};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("crds") => {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Crds) => {
             print!("{}", skiff_control::crd::crds_yaml());
             Ok(())
         }
-        Some("-h" | "--help" | "help") => {
-            println!("{}", agent::USAGE);
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "skiff-agent", &mut std::io::stdout());
             Ok(())
         }
-        _ => Options::parse(&args).and_then(|options| {
+        None => {
+            agent::init_logging(cli.options.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
-                .build()?
-                .block_on(agent::run(options))
-        }),
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(agent::run(cli.options)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,34 +1,69 @@
 //! `--state-dir DIR`: every `*.yaml`, `*.yml` and `*.json` file of a folder (multi-document
-//! YAML), re-read whole whenever one of them changes, is added or goes away. Changes are
-//! found by comparing the files' sizes and modification times every [`POLL`], a stat per file:
-//! cheap, and it works on every filesystem (inotify misses changes made through some mounts).
+//! YAML), re-read whole when the kernel says (inotify) that a file in it was written, moved in
+//! or out, or deleted. A file that stops being YAML (an editor's half-written save) is
+//! rejected, and the objects it last held stay as they were: nothing is deleted because a
+//! file broke.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
+use inotify::{EventMask, Inotify, WatchMask};
+use skiff_api::{Kind, Rejection};
 use tokio::sync::mpsc::Sender;
 
 use crate::{
     controller::Event,
-    objects::{Kind, Object, Rejection, decode_yaml},
+    objects::{Documents, decode_yaml},
 };
 
-pub const POLL: Duration = Duration::from_millis(50);
+/// How long a burst of changes (an editor's write, rename and delete) has to go quiet before
+/// the folder is read: one read for the burst.
+const SETTLE: Duration = Duration::from_millis(20);
+/// How often a folder that went away is looked for again.
+const RETRY: Duration = Duration::from_secs(1);
 
-/// Decodes every manifest of `dir`, in file-name order.
-pub fn read(dir: &Path) -> Result<Vec<(String, Result<Object, Rejection>)>> {
-    let mut out = Vec::new();
-    for path in manifests(dir)? {
-        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => out.extend(decode_yaml(&text, &name)),
-            Err(e) => out.push((name.clone(), Err(Rejection::new(None, &name, "(file)", format!("unreadable: {e}"))))),
+/// A folder's files as last read.
+#[derive(Default)]
+pub struct Folder {
+    /// What each file held when it was last YAML.
+    last_good: HashMap<PathBuf, Documents>,
+}
+
+impl Folder {
+    /// Decodes every manifest of `dir`, in file-name order.
+    pub fn read(&mut self, dir: &Path) -> Result<Documents> {
+        let mut out = Vec::new();
+        let paths = manifests(dir)?;
+        self.last_good.retain(|p, _| paths.contains(p));
+        for path in paths {
+            let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let decoded = std::fs::read_to_string(&path)
+                .map_err(|e| Rejection::new(None, &name, "(file)", format!("unreadable: {e}")))
+                .and_then(|text| decode_yaml(&text, &name));
+            match decoded {
+                Ok(documents) => {
+                    self.last_good.insert(path, documents.clone());
+                    out.extend(documents);
+                }
+                Err(broken) => {
+                    out.push((name, Err(broken)));
+                    let kept = self.last_good.get(&path).into_iter().flatten();
+                    out.extend(kept.filter(|(_, d)| d.is_ok()).cloned());
+                }
+            }
         }
+        Ok(out)
     }
-    Ok(out)
+}
+
+/// Decodes every manifest of `dir` once (tests, tools).
+pub fn read(dir: &Path) -> Result<Documents> {
+    Folder::default().read(dir)
 }
 
 fn manifests(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -41,38 +76,54 @@ fn manifests(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// The folder as a list of (file, size, modified): any change of it means a re-read.
-fn fingerprint(dir: &Path) -> Result<Vec<(PathBuf, u64, SystemTime)>> {
-    manifests(dir)?
-        .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(&p)?;
-            Ok((p, meta.len(), meta.modified()?))
-        })
-        .collect()
-}
-
-/// Sends the folder's contents now and after every change, until the receiver goes away.
+/// Sends the folder's contents now and after every change, until the receiver goes away. A
+/// folder missing at start is an error; one that goes away later keeps the last state, and
+/// is read again when it is back.
 pub async fn watch(dir: PathBuf, events: Sender<Event>) -> Result<()> {
-    // A folder missing at start is an error; one that goes away later keeps the last state.
-    fingerprint(&dir)?;
-    let mut last = None;
+    manifests(&dir)?;
+    let mut folder = Folder::default();
     loop {
-        match fingerprint(&dir) {
-            Ok(now) if last.as_ref() != Some(&now) => {
-                let objects = read(&dir)?;
-                last = Some(now);
-                events.send(Event::Connected(true)).await?;
-                events.send(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).await?;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if last.take().is_some() {
-                    eprintln!("skiff-agent: {e:#}; keeping the last state");
+        let inotify = Inotify::init().context("inotify")?;
+        let mask = WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF
+            | WatchMask::ONLYDIR;
+        if let Err(e) = inotify.watches().add(&dir, mask) {
+            tracing::warn!("watching {}: {e}; keeping the last state", dir.display());
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
+        let mut changes = inotify.into_event_stream([0u8; 4096]).context("inotify events")?;
+        // Watched before it is read: no change can fall between the two.
+        loop {
+            match folder.read(&dir) {
+                Ok(objects) => {
+                    events.send(Event::Connected(true)).await?;
+                    events.send(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).await?;
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}; keeping the last state");
                     events.send(Event::Connected(false)).await?;
                 }
             }
+            // The next change, then quiet.
+            let Some(change) = changes.next().await else { break };
+            let folder_gone = |c: &std::io::Result<inotify::Event<_>>| {
+                c.as_ref().is_ok_and(|c| c.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF))
+            };
+            let mut gone = folder_gone(&change);
+            while let Ok(Some(change)) = tokio::time::timeout(SETTLE, changes.next()).await {
+                gone |= folder_gone(&change);
+            }
+            if gone {
+                tracing::warn!("the state folder {} went away; keeping the last state", dir.display());
+                events.send(Event::Connected(false)).await?;
+                tokio::time::sleep(RETRY).await;
+                break;
+            }
         }
-        tokio::time::sleep(POLL).await;
     }
 }

@@ -25,12 +25,13 @@ use kube::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
+use skiff_api::{Kind, ObjectKey, Rejection};
 use tokio::sync::mpsc::Sender;
 
 use crate::{
     controller::Event,
     crd::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy},
-    objects::{Kind, Object, ObjectKey, Rejection, decode},
+    objects::{Object, decode},
 };
 
 const ORIGIN: &str = "api";
@@ -44,7 +45,11 @@ pub async fn watch(client: Client, events: Sender<Event>) -> Result<()> {
     tasks.spawn(typed::<Node>(client.clone(), Kind::Node, events.clone()));
     tasks.spawn(typed::<NetworkPolicy>(client.clone(), Kind::NetworkPolicy, events.clone()));
     tasks.spawn(typed::<CiliumNetworkPolicy>(client.clone(), Kind::CiliumNetworkPolicy, events.clone()));
-    tasks.spawn(typed::<CiliumClusterwideNetworkPolicy>(client.clone(), Kind::CiliumClusterwideNetworkPolicy, events.clone()));
+    tasks.spawn(typed::<CiliumClusterwideNetworkPolicy>(
+        client.clone(),
+        Kind::CiliumClusterwideNetworkPolicy,
+        events.clone(),
+    ));
     tasks.spawn(dynamic(client, slices, Kind::EndpointSlice, events));
     while let Some(done) = tasks.join_next().await {
         done??;
@@ -67,7 +72,8 @@ where
 {
     let api = Api::<K>::all(client);
     run(watcher(api, watcher::Config::default()), kind, events, |o: K| {
-        let mut value = serde_json::to_value(&o).map_err(|e| Rejection::new(None, ORIGIN, "(object)", e.to_string()))?;
+        let mut value =
+            serde_json::to_value(&o).map_err(|e| Rejection::new(None, ORIGIN, "(object)", e.to_string()))?;
         // List items come without their type; `decode` wants it.
         value["apiVersion"] = K::api_version(&()).into();
         value["kind"] = K::kind(&()).into();
@@ -80,7 +86,8 @@ async fn dynamic(client: Client, resource: ApiResource, kind: Kind, events: Send
     let api = Api::<DynamicObject>::all_with(client, &resource);
     let (api_version, kind_name) = (resource.api_version.clone(), resource.kind.clone());
     run(watcher(api, watcher::Config::default()), kind, events, move |o: DynamicObject| {
-        let mut value = serde_json::to_value(&o).map_err(|e| Rejection::new(None, ORIGIN, "(object)", e.to_string()))?;
+        let mut value =
+            serde_json::to_value(&o).map_err(|e| Rejection::new(None, ORIGIN, "(object)", e.to_string()))?;
         value["apiVersion"] = api_version.clone().into();
         value["kind"] = kind_name.clone().into();
         decode(value, ORIGIN)
@@ -109,7 +116,7 @@ where
             Ok(Some(event)) => event,
             Ok(None) => return Ok(()),
             Err(e) => {
-                eprintln!("skiff-agent: watching {kind}: {e}");
+                tracing::warn!("watching {kind}: {e}");
                 events.send(Event::Connected(false)).await?;
                 continue;
             }
@@ -135,7 +142,11 @@ where
 }
 
 fn key(kind: Kind, meta: &ObjectMeta) -> ObjectKey {
-    ObjectKey { kind, namespace: meta.namespace.clone().unwrap_or_default(), name: meta.name.clone().unwrap_or_default() }
+    ObjectKey {
+        kind,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+    }
 }
 
 /// Publishes rejections as Warning Events on the rejected objects (`kubectl describe` shows
@@ -168,7 +179,7 @@ impl Events {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &reference).await {
-            eprintln!("skiff-agent: could not post the rejection of {key} as an Event: {e}");
+            tracing::warn!("could not post the rejection of {key} as an Event: {e}");
         }
     }
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{BATCH, FRAME_ROOM, PacketIo};
-use crate::engine::SNAT_PORTS;
+use skiff_engine::engine::SNAT_PORTS;
 
 const ETH_P_ALL: u16 = 0x0003;
 /// `PACKET_IGNORE_OUTGOING` (Linux 4.20): do not receive the frames this host sends.

@@ -1,6 +1,9 @@
-//! One error type for every parser: which layer, and what was wrong with it.
+//! One error type for every parser: which layer, and what was wrong with it, and the drop
+//! reason the datapath counts it under.
 
 use core::fmt;
+
+use skiff_common::DropReason;
 
 /// The protocol layer an error is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,3 +109,39 @@ impl fmt::Display for Error {
 }
 
 impl core::error::Error for Error {}
+
+impl From<Error> for DropReason {
+    /// The counted reason for a frame the parser refused.
+    fn from(e: Error) -> DropReason {
+        use DropReason as D;
+        match (e.layer, e.problem) {
+            (Layer::Ethernet, _) => D::EthernetTruncated,
+            (Layer::Vlan, Problem::TooManyHeaders) => D::VlanTooDeep,
+            (Layer::Vlan, _) => D::VlanTruncated,
+            (Layer::Ipv4, Problem::BadVersion) => D::Ipv4BadVersion,
+            (Layer::Ipv4, Problem::BadHeaderLength) => D::Ipv4BadHeaderLength,
+            (Layer::Ipv4, Problem::BadLength) => D::Ipv4BadTotalLength,
+            (Layer::Ipv4, Problem::BadChecksum) => D::Ipv4BadChecksum,
+            (Layer::Ipv4, _) => D::Ipv4Truncated,
+            (Layer::Ipv6, Problem::BadVersion) => D::Ipv6BadVersion,
+            (Layer::Ipv6, Problem::Truncated) => D::Ipv6Truncated,
+            (Layer::Ipv6, _) => D::Ipv6BadPayloadLength,
+            (Layer::Ipv6Ext, Problem::TooManyHeaders) => D::Ipv6ExtHeaderLimit,
+            (Layer::Ipv6Ext, _) => D::Ipv6BadExtHeader,
+            (Layer::Tcp, Problem::BadHeaderLength) => D::TcpBadDataOffset,
+            (Layer::Tcp | Layer::Udp | Layer::Icmpv4 | Layer::Icmpv6, Problem::BadChecksum) => {
+                D::L4BadChecksum
+            }
+            (Layer::Tcp, _) => D::TcpTruncated,
+            (Layer::Udp, Problem::BadLength) => D::UdpBadLength,
+            (Layer::Udp, _) => D::UdpTruncated,
+            (Layer::Icmpv4 | Layer::Icmpv6, _) => D::IcmpTruncated,
+            (Layer::Arp, _) => D::UnsupportedEthertype,
+            (Layer::Vxlan, Problem::BadFlags) => D::VxlanBadFlags,
+            (Layer::Vxlan, _) => D::VxlanTruncated,
+            (Layer::Geneve, Problem::BadVersion) => D::GeneveBadVersion,
+            (Layer::Geneve, Problem::BadOption) => D::GeneveOptionOverflow,
+            (Layer::Geneve, _) => D::GeneveTruncated,
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! Ethernet II with up to two VLAN tags (802.1Q, and 802.1ad QinQ outside it).
 
+use skiff_common::proto::ethertype;
+
 use crate::{Error, Layer, Problem, Result, be16};
 
 /// An EtherType.
@@ -7,11 +9,11 @@ use crate::{Error, Layer, Problem, Result, be16};
 pub struct EtherType(pub u16);
 
 impl EtherType {
-    pub const IPV4: EtherType = EtherType(0x0800);
-    pub const ARP: EtherType = EtherType(0x0806);
-    pub const VLAN: EtherType = EtherType(0x8100);
-    pub const IPV6: EtherType = EtherType(0x86dd);
-    pub const QINQ: EtherType = EtherType(0x88a8);
+    pub const IPV4: EtherType = EtherType(ethertype::IPV4);
+    pub const ARP: EtherType = EtherType(ethertype::ARP);
+    pub const VLAN: EtherType = EtherType(ethertype::VLAN);
+    pub const IPV6: EtherType = EtherType(ethertype::IPV6);
+    pub const QINQ: EtherType = EtherType(ethertype::QINQ);
 
     /// Whether a VLAN tag (802.1Q or 802.1ad) follows instead of the payload.
     pub const fn is_vlan(self) -> bool {

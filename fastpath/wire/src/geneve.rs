@@ -8,7 +8,7 @@ pub const MAX_OPTIONS_LEN: usize = 63 * 4;
 const FLAG_O: u8 = 0x80;
 const FLAG_C: u8 = 0x40;
 /// Transparent Ethernet bridging: the payload is an Ethernet frame.
-pub const PROTOCOL_ETHERNET: EtherType = EtherType(0x6558);
+pub const PROTOCOL_ETHERNET: EtherType = EtherType(skiff_common::proto::ethertype::TEB);
 
 /// A view of a Geneve header, its options and payload. After [`Packet::new_checked`] the
 /// options area lies inside the buffer; individual options are checked while iterating.

@@ -16,8 +16,9 @@ mod field {
 
 pub const HEADER_LEN: usize = 40;
 /// Extension headers followed before giving up (Cilium follows 4; real traffic rarely has
-/// more than 2, and a bound keeps the XDP verifier and the worker loop finite).
-pub const MAX_EXT_HEADERS: usize = 8;
+/// more than 2, and a bound keeps the XDP verifier and the worker loop finite). The XDP
+/// program follows as many.
+pub use skiff_common::proto::MAX_EXT_HEADERS;
 
 /// A view of an IPv6 packet. After [`Packet::new_checked`] the fixed header and the
 /// `payload length` bytes it declares are inside the buffer.

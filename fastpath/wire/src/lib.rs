@@ -22,25 +22,26 @@ pub mod udp;
 pub mod vxlan;
 
 pub use error::{Error, Layer, Problem, Result};
+use skiff_common::proto::ip;
 
 /// An IP protocol number (also an IPv6 next-header value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IpProtocol(pub u8);
 
 impl IpProtocol {
-    pub const HOP_BY_HOP: IpProtocol = IpProtocol(0);
-    pub const ICMP: IpProtocol = IpProtocol(1);
-    pub const TCP: IpProtocol = IpProtocol(6);
-    pub const UDP: IpProtocol = IpProtocol(17);
-    pub const ROUTING: IpProtocol = IpProtocol(43);
-    pub const FRAGMENT: IpProtocol = IpProtocol(44);
-    pub const ICMPV6: IpProtocol = IpProtocol(58);
-    pub const NO_NEXT_HEADER: IpProtocol = IpProtocol(59);
-    pub const DST_OPTS: IpProtocol = IpProtocol(60);
+    pub const HOP_BY_HOP: IpProtocol = IpProtocol(ip::HOP_BY_HOP);
+    pub const ICMP: IpProtocol = IpProtocol(ip::ICMP);
+    pub const TCP: IpProtocol = IpProtocol(ip::TCP);
+    pub const UDP: IpProtocol = IpProtocol(ip::UDP);
+    pub const ROUTING: IpProtocol = IpProtocol(ip::ROUTING);
+    pub const FRAGMENT: IpProtocol = IpProtocol(ip::FRAGMENT);
+    pub const ICMPV6: IpProtocol = IpProtocol(ip::ICMPV6);
+    pub const NO_NEXT_HEADER: IpProtocol = IpProtocol(ip::NO_NEXT_HEADER);
+    pub const DST_OPTS: IpProtocol = IpProtocol(ip::DST_OPTS);
 
     /// The IPv6 extension headers [`ipv6::walk_extension_headers`] follows.
     pub const fn is_ipv6_extension(self) -> bool {
-        matches!(self.0, 0 | 43 | 44 | 60)
+        matches!(self.0, ip::HOP_BY_HOP | ip::ROUTING | ip::FRAGMENT | ip::DST_OPTS)
     }
 }
 

@@ -1,10 +1,10 @@
 //! VXLAN (RFC 7348): an 8-byte header after UDP (port 4789, or Linux's 8472).
 
+use skiff_common::tunnel::VXLAN_FLAG_VNI as FLAG_I;
+
 use crate::{Error, Layer, Problem, Result, be32};
 
 pub const HEADER_LEN: usize = 8;
-/// The "VNI is valid" flag; RFC 7348 requires it set.
-const FLAG_I: u8 = 0x08;
 
 /// A view of a VXLAN header and the Ethernet frame it carries.
 #[derive(Debug, Clone)]

@@ -1,17 +1,54 @@
-//! `skiff`: the command line to a running skiff-agent, modelled on `cilium-dbg`.
+//! `skiff`: the command line to a running skiff-agent, modelled on `cilium-dbg`. Tables for
+//! people, `-o json` for scripts; an error from the agent is printed as one and exits 1.
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Result, bail};
-use skiff_control::api::{self, ServiceView, Status};
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::NOTHING};
+use serde::Serialize;
+use skiff_api::{Client, DEFAULT_SOCKET, ServiceView, Status};
 
-const USAGE: &str = "usage: skiff [--socket PATH] [-o json] <command>
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "Ask a running skiff-agent what it does")]
+struct Cli {
+    /// The agent's local API socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
 
-  status          the agent: source, datapath, objects, rejections, last apply, counters
-  service list    every service frontend with its backends";
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The agent: health, source, datapath, objects, rejections, last apply, counters.
+    Status,
+    /// Services.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Every service frontend with its backends.
+    List,
+}
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("skiff: {e:#}");
@@ -20,81 +57,59 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Vec<String>) -> Result<()> {
-    let mut socket = PathBuf::from(api::DEFAULT_SOCKET);
-    let mut json = false;
-    let mut words = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--socket" => socket = args.next().map(PathBuf::from).unwrap_or(socket),
-            "-o" | "--output" => match args.next().as_deref() {
-                Some("json") => json = true,
-                other => bail!("-o {other:?}: json is the only other output"),
-            },
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            _ => words.push(arg),
+fn run(cli: Cli) -> Result<()> {
+    let client = Client::new(&cli.socket);
+    match cli.command {
+        Command::Status => show(cli.output, &client.status()?, print_status),
+        Command::Service { command: ServiceCommand::List } => {
+            show(cli.output, &client.services()?, |s| print_services(s))
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
+            Ok(())
         }
     }
-    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["status"] => {
-            let status: Status = api::request(&socket, "status")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print_status(&status);
-            }
-        }
-        ["service", "list"] => {
-            let services: Vec<ServiceView> = api::request(&socket, "services")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&services)?);
-            } else {
-                print_services(&services);
-            }
-        }
-        _ => bail!("{USAGE}"),
+}
+
+fn show<T: Serialize + ?Sized>(output: Output, value: &T, table: impl FnOnce(&T)) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Table => table(value),
     }
     Ok(())
 }
 
+/// A borderless table, as cilium-dbg prints them.
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_style(NOTHING).set_header(header.to_vec());
+    table
+}
+
 fn print_status(s: &Status) {
-    let row = |k: &str, v: String| println!("{:<16}{v}", format!("{k}:"));
-    row("Health", s.health.clone());
+    let mut t = table(&[]);
+    let mut row = |k: &str, v: String| {
+        t.add_row(vec![format!("{k}:"), v]);
+    };
+    row("Health", s.health.to_string());
     row("Agent", format!("skiff-agent {} on node {}", s.version, s.node));
-    row("Source", format!("{} ({})", s.source, if s.connected { "connected" } else { "NOT connected, tables kept" }));
-    row("Datapath", s.datapath.clone());
+    let connected = if s.connected { "connected" } else { "NOT connected, tables kept" };
+    row("Source", format!("{} ({connected})", s.source));
+    row("Datapath", s.datapath.to_string());
     let objects: Vec<String> = s.objects.iter().map(|(k, n)| format!("{n} {k}")).collect();
     row("Objects", if objects.is_empty() { "none".into() } else { objects.join(", ") });
-    row(
-        "Services",
-        format!("{} frontends, {} backends, {} next hops", s.frontends, s.backends, s.next_hops),
-    );
+    row("Services", format!("{} frontends, {} backends, {} next hops", s.frontends, s.backends, s.next_hops));
     row("Identities", format!("{} (distinct pod label sets)", s.identities));
     row("Policies", s.policies.to_string());
-    row("Tunnels", format!("{}", s.tunnels.len()));
-    for t in &s.tunnels {
-        println!("{:<16}  {} via {} ({})", "", t.pod_cidr, t.endpoint, t.node);
+    row("Tunnels", s.tunnels.len().to_string());
+    for tunnel in &s.tunnels {
+        row("", format!("{} via {} ({})", tunnel.pod_cidr, tunnel.endpoint, tunnel.node));
     }
-    match &s.last_apply {
-        Some(a) => row(
-            "Last apply",
-            format!(
-                "#{}: +{} ~{} -{} ={} frontends, {} pools built, {:.1} ms after the change",
-                s.applies,
-                a.report.added,
-                a.report.changed,
-                a.report.removed,
-                a.report.unchanged,
-                a.report.pools_built,
-                a.micros as f64 / 1000.0
-            ),
-        ),
-        None => row("Last apply", "none yet".into()),
-    }
+    let last_apply = s.last_apply.as_ref().map_or_else(
+        || "none yet".into(),
+        |a| format!("#{}: {}, {:.1} ms after the change", s.applies, a.report, a.micros as f64 / 1000.0),
+    );
+    row("Last apply", last_apply);
     if let Some(w) = &s.workers {
         row(
             "Workers",
@@ -104,37 +119,51 @@ fn print_status(s: &Status) {
             ),
         );
         for (reason, n) in &w.drops {
-            println!("{:<16}  {n:>10} {reason}", "");
+            row("", format!("{n:>10} {reason}"));
         }
     }
-    if s.rejections.is_empty() {
-        row("Rejections", "none".into());
-    } else {
-        row("Rejections", format!("{} (the last good version of each keeps running)", s.rejections.len()));
-        for r in &s.rejections {
-            println!("  {} ({})", r.object, r.origin);
-            for e in &r.errors {
-                println!("      {e}");
-            }
+    match s.rejections.len() {
+        0 => row("Rejections", "none".into()),
+        n => row("Rejections", format!("{n} (the last good version of each keeps running)")),
+    }
+    println!("{t}");
+    for r in &s.rejections {
+        let object = r.key.as_ref().map_or_else(|| "(document)".into(), ToString::to_string);
+        println!("  {object} ({})", r.origin);
+        for e in &r.errors {
+            println!("      {e}");
         }
     }
 }
 
 fn print_services(services: &[ServiceView]) {
-    println!("{:<26} {:<13} {:<24} {:<8} {:<14} BACKENDS", "FRONTEND", "TYPE", "SERVICE", "POLICY", "ALGORITHM");
+    let mut t = table(&["FRONTEND", "TYPE", "SERVICE", "POLICY", "ALGORITHM", "BACKENDS"]);
     for s in services {
-        let mut backends = s.backends.iter().map(|b| {
-            let state = if b.weight == 0 { "terminating" } else { "active" };
-            format!("{} => {} ({state}{})", b.id, b.address, if b.local { ", local" } else { "" })
-        });
-        let first = backends.next().unwrap_or_else(|| "(none: answered with RST / ICMP unreachable)".into());
-        let policy = match s.affinity_seconds {
-            Some(t) => format!("{} ClientIP/{t}s", s.traffic_policy),
-            None => s.traffic_policy.clone(),
+        let policy = match s.affinity_timeout_seconds {
+            Some(timeout) => format!("{} ClientIP/{timeout}s", s.traffic_policy),
+            None => s.traffic_policy.to_string(),
         };
-        println!("{:<26} {:<13} {:<24} {:<8} {:<14} {first}", s.frontend, s.kind, s.service, policy, s.algorithm);
-        for b in backends {
-            println!("{:<26} {:<13} {:<24} {:<8} {:<14} {b}", "", "", "", "", "");
-        }
+        let backends: Vec<String> = s
+            .backends
+            .iter()
+            .map(|b| {
+                let state = if b.weight == 0 { "terminating" } else { "active" };
+                format!("{} => {} ({state}{})", b.id, b.endpoint(), if b.local { ", local" } else { "" })
+            })
+            .collect();
+        let backends = if backends.is_empty() {
+            "(none: answered with RST / ICMP unreachable)".into()
+        } else {
+            backends.join("\n")
+        };
+        t.add_row(vec![
+            s.frontend(),
+            s.kind.to_string(),
+            s.service.to_string(),
+            policy,
+            s.algorithm.to_string(),
+            backends,
+        ]);
     }
+    println!("{t}");
 }

@@ -62,7 +62,8 @@ impl ApiServer {
             .map_err(|_| ApiServerError::Missing("etcd".into()))?;
         let mut server = ApiServer { port: free_port()?, dir, etcd_port, etcd, apiserver: None };
         server.start_apiserver()?;
-        std::fs::write(server.kubeconfig(), server.kubeconfig_yaml()).map_err(io("writing the kubeconfig"))?;
+        std::fs::write(server.kubeconfig(), server.kubeconfig_yaml())
+            .map_err(io("writing the kubeconfig"))?;
         Ok(server)
     }
 
@@ -181,21 +182,41 @@ fn free_port() -> Result<u16, ApiServerError> {
 fn certificates(dir: &Path) -> Result<(), ApiServerError> {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let steps: [Vec<&str>; 4] = [
-        [&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=skiff-lab-ca"]]
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=skiff-lab-ca"],
+        ]
+        .concat(),
+        [&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver"]]
             .concat(),
-        [&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver"]].concat(),
         vec![
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-            "server.crt", "-days", "2", "-extfile", "san.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
         ],
         // SEC1 ("EC PRIVATE KEY"): what 1.20's key reader takes.
         vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key"],
     ];
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").map_err(io("writing san.cnf"))?;
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        .map_err(io("writing san.cnf"))?;
     std::fs::write(dir.join("tokens.csv"), format!("{TOKEN},admin,admin,\"system:masters\"\n"))
         .map_err(io("writing the token file"))?;
     for args in steps {
-        let out = Command::new("openssl").current_dir(dir).args(&args).output().map_err(io("running openssl"))?;
+        let out =
+            Command::new("openssl").current_dir(dir).args(&args).output().map_err(io("running openssl"))?;
         if !out.status.success() {
             return Err(ApiServerError::Failed {
                 what: format!("openssl {}", args.join(" ")),

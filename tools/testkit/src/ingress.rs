@@ -10,7 +10,7 @@ use skiff_common::{
 };
 use skiff_wire::geneve::GeneveOption;
 
-use crate::{Builder, Fixture, Verdict, eth};
+use crate::{Builder, Expect, Fixture, eth};
 
 /// What the tables hold when the fixtures run.
 pub struct Env;
@@ -91,108 +91,102 @@ pub fn fixtures() -> Vec<Fixture> {
     for _ in 0..9 {
         ext_loop = ext_loop.dst_opts(8);
     }
+    let inner_syn =
+        Builder::empty().eth().ipv4(Env::CLIENT_V4, Env::SERVICE_V4).tcp(1, Env::SERVICE_PORT).syn().build();
     vec![
-        Fixture::new("TCP to the node passes", to_node().tcp(45000, 22).syn().build(), Verdict::Pass),
+        Fixture::new("TCP to the node passes", to_node().tcp(45000, 22).syn().build(), Expect::Pass),
         Fixture::new(
             "IPv6 UDP to the node passes",
             eth().ipv6(Env::CLIENT_V6, Env::NODE_V6).udp(1, 53).payload(b"q").build(),
-            Verdict::Pass,
+            Expect::Pass,
         ),
-        Fixture::new("ARP passes", arp_request(), Verdict::Pass),
+        Fixture::new("ARP passes", arp_request(), Expect::Pass),
         Fixture::new(
             "802.1Q-tagged TCP passes",
             eth().vlan(100).ipv4(Env::CLIENT_V4, Env::NODE_V4).tcp(1, 22).build(),
-            Verdict::Pass,
+            Expect::Pass,
         ),
         Fixture::new(
             "a later IPv4 fragment passes",
             to_node().fragment4(1480, false, 7).protocol(17).payload(&[0; 16]).build(),
-            Verdict::Pass,
+            Expect::Pass,
         ),
         Fixture::new(
             "denied IPv4 source",
             eth().ipv4(Env::IN_DENIED_V4, Env::NODE_V4).tcp(1, 80).syn().build(),
-            Verdict::Drop(DropReason::DeniedCidr),
+            Expect::Drop(DropReason::DeniedCidr),
         ),
         Fixture::new(
             "denied IPv6 source",
             eth().ipv6(Env::IN_DENIED_V6, Env::NODE_V6).tcp(1, 80).syn().build(),
-            Verdict::Drop(DropReason::DeniedCidr),
+            Expect::Drop(DropReason::DeniedCidr),
         ),
-        Fixture::new("VXLAN to the node is decapsulated", with_inner(vxlan_to_node(Env::VNI)), Verdict::Pass)
+        Fixture::new("VXLAN to the node is decapsulated", with_inner(vxlan_to_node(Env::VNI)), Expect::Pass)
             .output(inner_frame()),
         Fixture::new(
             "VXLAN over IPv6 is decapsulated",
             with_inner(eth().ipv6(Env::CLIENT_V6, Env::NODE_V6).udp(51000, 8472).vxlan(7)),
-            Verdict::Pass,
+            Expect::Pass,
         )
         .output(inner_frame()),
         Fixture::new(
             "VXLAN to another address is not ours",
             with_inner(eth().ipv4(Env::CLIENT_V4, Ipv4Addr::new(198, 18, 0, 9)).udp(51000, 8472).vxlan(1)),
-            Verdict::Pass,
+            Expect::Pass,
         ),
         Fixture::new(
             "Geneve without options is decapsulated",
             with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &[])),
-            Verdict::Pass,
+            Expect::Pass,
         )
         .output(inner_frame()),
         Fixture::new(
             "Geneve with an identity option is decapsulated",
             with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &identity_option)),
-            Verdict::Pass,
+            Expect::Pass,
         )
         .output(inner_frame()),
         Fixture::new(
             "Geneve with an unknown critical option",
             with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &critical_unknown)),
-            Verdict::Drop(DropReason::GeneveCriticalOption),
+            Expect::Drop(DropReason::GeneveCriticalOption),
         ),
         Fixture::new(
             "TCP to an IPv4 service",
             eth().ipv4(Env::CLIENT_V4, Env::SERVICE_V4).tcp(45000, Env::SERVICE_PORT).syn().build(),
-            Verdict::Redirect,
+            Expect::Redirect,
         ),
         Fixture::new(
             "TCP to an IPv6 service",
             eth().ipv6(Env::CLIENT_V6, Env::SERVICE_V6).tcp(45000, Env::SERVICE_PORT).syn().build(),
-            Verdict::Redirect,
+            Expect::Redirect,
         ),
         Fixture::new(
             "a service inside VXLAN",
-            [
-                vxlan_to_node(Env::VNI).build(),
-                Builder::empty()
-                    .eth()
-                    .ipv4(Env::CLIENT_V4, Env::SERVICE_V4)
-                    .tcp(1, Env::SERVICE_PORT)
-                    .syn()
-                    .build(),
-            ]
-            .concat(),
-            Verdict::Redirect,
-        ),
+            [vxlan_to_node(Env::VNI).build(), inner_syn.clone()].concat(),
+            Expect::Redirect,
+        )
+        .output(inner_syn),
         Fixture::new(
             "another port of a service IP is not a service",
             eth().ipv4(Env::CLIENT_V4, Env::SERVICE_V4).tcp(45000, 81).syn().build(),
-            Verdict::Pass,
+            Expect::Pass,
         ),
         Fixture::new(
             "to a pod under policy",
             eth().ipv4(Env::CLIENT_V4, Env::POLICY_POD_V4).udp(1, 53).payload(b"q").build(),
-            Verdict::Redirect,
+            Expect::Redirect,
         ),
         Fixture::new(
             "a tracked flow's reply",
             eth().ipv4(tracked_src, tracked_dst).tcp(tracked_sport, tracked_dport).ack(1).build(),
-            Verdict::Redirect,
+            Expect::Redirect,
         ),
-        Fixture::new("truncated Ethernet", vec![0x02; 10], Verdict::Drop(DropReason::EthernetTruncated)),
+        Fixture::new("truncated Ethernet", vec![0x02; 10], Expect::Drop(DropReason::EthernetTruncated)),
         Fixture::new(
             "truncated VLAN tag",
             eth().vlan(5).build()[..16].to_vec(),
-            Verdict::Drop(DropReason::VlanTruncated),
+            Expect::Drop(DropReason::VlanTruncated),
         ),
         Fixture::new(
             "three VLAN tags",
@@ -205,31 +199,31 @@ pub fn fixtures() -> Vec<Fixture> {
                 .chain([0x81, 0, 0, 3, 0x81, 0, 0, 4, 0x81, 0, 0, 5, 0x08, 0])
                 .chain([0; 20])
                 .collect(),
-            Verdict::Drop(DropReason::VlanTooDeep),
+            Expect::Drop(DropReason::VlanTooDeep),
         ),
         Fixture::new(
             "truncated IPv4 header",
             to_node().tcp(1, 22).build()[..30].to_vec(),
-            Verdict::Drop(DropReason::Ipv4Truncated),
+            Expect::Drop(DropReason::Ipv4Truncated),
         ),
-        Fixture::new("IPv4 IHL below 5", ihl4, Verdict::Drop(DropReason::Ipv4BadHeaderLength)),
+        Fixture::new("IPv4 IHL below 5", ihl4, Expect::Drop(DropReason::Ipv4BadHeaderLength)),
         Fixture::new(
             "IPv4 total length beyond the frame",
             long_total,
-            Verdict::Drop(DropReason::Ipv4BadTotalLength),
+            Expect::Drop(DropReason::Ipv4BadTotalLength),
         ),
         Fixture::new(
             "IPv6 extension headers that never end",
             ext_loop.udp(1, 2).build(),
-            Verdict::Drop(DropReason::Ipv6ExtHeaderLimit),
+            Expect::Drop(DropReason::Ipv6ExtHeaderLimit),
         ),
-        Fixture::new("TCP data offset below 5", bad_doff, Verdict::Drop(DropReason::TcpBadDataOffset)),
-        Fixture::new("UDP length below its header", bad_udp_len, Verdict::Drop(DropReason::UdpBadLength)),
-        Fixture::new("VXLAN without the I flag", no_i_flag, Verdict::Drop(DropReason::VxlanBadFlags)),
+        Fixture::new("TCP data offset below 5", bad_doff, Expect::Drop(DropReason::TcpBadDataOffset)),
+        Fixture::new("UDP length below its header", bad_udp_len, Expect::Drop(DropReason::UdpBadLength)),
+        Fixture::new("VXLAN without the I flag", no_i_flag, Expect::Drop(DropReason::VxlanBadFlags)),
         Fixture::new(
             "Geneve option length past the packet",
             option_past_end,
-            Verdict::Drop(DropReason::GeneveOptionOverflow),
+            Expect::Drop(DropReason::GeneveOptionOverflow),
         ),
     ]
 }

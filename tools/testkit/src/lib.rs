@@ -4,7 +4,7 @@
 //!   tags, IPv6 extension headers, ICMP, and `.vxlan(vni)` / `.geneve(vni, options)` to start an
 //!   encapsulated frame inside the current one.
 //! - [`pcap`]: read and write classic pcap files (fixtures captured in the lab with tcpdump).
-//! - [`fixture`]: the `{description, input, expected verdict, expected output}` table that the
+//! - [`fixture`]: the `{description, input, expected action, expected output}` table that the
 //!   engine, the XDP tests and the benches share.
 
 pub mod builder;
@@ -13,4 +13,4 @@ pub mod ingress;
 pub mod pcap;
 
 pub use builder::{Builder, eth};
-pub use fixture::{Fixture, Verdict};
+pub use fixture::{Expect, Fixture};

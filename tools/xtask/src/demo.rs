@@ -19,7 +19,18 @@ use crate::{cargo, run, setup, workspace_root};
 pub fn demo() -> Result<()> {
     setup::setup()?;
     println!("== building skiff-agent, the skiff CLI, the XDP programs and their loader");
-    run(cargo().args(["build", "-p", "skiff-control", "-p", "skiff", "-p", "skiff-xdp", "--bins", "--example", "ingress"]))?;
+    run(cargo().args([
+        "build",
+        "-p",
+        "skiff-control",
+        "-p",
+        "skiff",
+        "-p",
+        "skiff-xdp",
+        "--bins",
+        "--example",
+        "ingress",
+    ]))?;
     let bin = workspace_root().join("target/debug");
 
     println!("== lab: a node, an external client, 3 web pods serving HTTP on 8080, a client pod");
@@ -79,14 +90,21 @@ fn xdp_at_the_nic(lab: &Lab, loader: &std::path::Path) -> Result<()> {
     println!("== the client curls each web pod through the node: XDP passes the node's traffic");
     let web = lab.pods()[..3].to_vec();
     for pod in &web {
-        println!("  curl http://{}:8080/ → {}", pod.ipv4, curl(&client.netns, None, &format!("{}:8080", pod.ipv4))?);
+        println!(
+            "  curl http://{}:8080/ → {}",
+            pod.ipv4,
+            curl(&client.netns, None, &format!("{}:8080", pod.ipv4))?
+        );
     }
 
     println!("== deny 198.18.0.64/28 at the NIC, then curl from the client's 198.18.0.66");
     control.ask("deny 198.18.0.64/28")?;
     client.netns.exec("ip", &["addr", "add", "198.18.0.66/32", "dev", "eth0"])?;
     let web0 = format!("{}:8080", pods[0]);
-    println!("  curl --interface 198.18.0.66 http://{web0}/ → {}", curl(&client.netns, Some("198.18.0.66"), &web0)?);
+    println!(
+        "  curl --interface 198.18.0.66 http://{web0}/ → {}",
+        curl(&client.netns, Some("198.18.0.66"), &web0)?
+    );
     println!("  curl from 198.18.0.2 still → {}", curl(&client.netns, None, &web0)?);
 
     println!("== VXLAN: the client's kernel encapsulates pings to 198.19.42.1 (VNI 42, port 8472)");
@@ -127,7 +145,8 @@ fn services_through_skiff(lab: &Lab, bin: &std::path::Path) -> Result<()> {
     }
     let socket = work.join("skiff.sock");
     let pin_dir = format!("/sys/fs/bpf/skiff-demo-agent-{}", lab.id());
-    let mut args = vec!["--state-dir".to_owned(), state.display().to_string(), "--node-name".into(), "node1".into()];
+    let mut args =
+        vec!["--state-dir".to_owned(), state.display().to_string(), "--node-name".into(), "node1".into()];
     for device in std::iter::once(&client.node_iface).chain(lab.pods().iter().map(|p| &p.node_iface)) {
         args.extend(["--device".to_owned(), device.clone()]);
     }
@@ -142,11 +161,8 @@ fn services_through_skiff(lab: &Lab, bin: &std::path::Path) -> Result<()> {
             .context("starting skiff-agent")?,
     );
     let skiff = |args: &[&str]| -> Result<String> {
-        let out = std::process::Command::new(bin.join("skiff"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .output()?;
+        let out =
+            std::process::Command::new(bin.join("skiff")).arg("--socket").arg(&socket).args(args).output()?;
         if !out.status.success() {
             bail!("skiff {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -154,7 +170,10 @@ fn services_through_skiff(lab: &Lab, bin: &std::path::Path) -> Result<()> {
     };
     let applies = || -> u64 {
         let status = skiff(&["status", "-o", "json"]).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&status).ok().and_then(|s| s["applies"].as_u64()).unwrap_or(0)
+        serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|s| s["applies"].as_u64())
+            .unwrap_or(0)
     };
     wait_for("the first apply", || applies() >= 1)?;
 
@@ -176,7 +195,9 @@ fn services_through_skiff(lab: &Lab, bin: &std::path::Path) -> Result<()> {
     let rejected = || skiff(&["status", "-o", "json"]).is_ok_and(|s| s.contains("broken"));
     wait_for("the rejection", rejected)?;
     let status = skiff(&["status"])?;
-    print_indented(&status.lines().skip_while(|l| !l.starts_with("Rejections")).collect::<Vec<_>>().join("\n"));
+    print_indented(
+        &status.lines().skip_while(|l| !l.starts_with("Rejections")).collect::<Vec<_>>().join("\n"),
+    );
     println!("  the service keeps forwarding: {}", spread(&client_pod.netns, "198.19.0.10:80", 9)?);
 
     println!("== web-2 goes away: its endpoint leaves the EndpointSlice");

@@ -51,7 +51,8 @@ pub fn ensure() -> Result<bool> {
         cmd
     };
     run(&mut apt(&["update", "-q"])).context("apt-get update (deb-src)")?;
-    run(&mut apt(&["source", "--download-only", "-q", SOURCE_PACKAGE])).context("fetching the kubernetes source")?;
+    run(&mut apt(&["source", "--download-only", "-q", SOURCE_PACKAGE]))
+        .context("fetching the kubernetes source")?;
     let dsc = std::fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "dsc"))
@@ -62,7 +63,10 @@ pub fn ensure() -> Result<bool> {
     // mapiterinit); Debian's 1.0.2 is a drop-in.
     let reflect2 = src.join("vendor/github.com/modern-go/reflect2");
     std::fs::remove_dir_all(&reflect2).context("removing the vendored reflect2")?;
-    run(Command::new("cp").arg("-r").arg("/usr/share/gocode/src/github.com/modern-go/reflect2").arg(&reflect2))?;
+    run(Command::new("cp")
+        .arg("-r")
+        .arg("/usr/share/gocode/src/github.com/modern-go/reflect2")
+        .arg(&reflect2))?;
     run(Command::new("make")
         .current_dir(&src)
         .arg("WHAT=cmd/kube-apiserver")

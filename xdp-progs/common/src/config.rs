@@ -1,6 +1,15 @@
 //! The ingress program's settings: one slot of [`CONFIG`](crate::maps::CONFIG), written by the
 //! agent before it attaches the program.
 
+code_enum! {
+    /// How an XDP program is attached to an interface.
+    pub enum XdpMode: u8, fn from_u8 {
+        Auto = 0, "auto", "Native where the driver supports it, generic otherwise.";
+        Native = 1, "native", "In the driver, before an skb exists (fastest).";
+        Generic = 2, "generic", "In the kernel's receive path, after the skb (any driver).";
+    }
+}
+
 /// Receive queues per interface that can have a worker socket (`XSKS` slots per interface).
 pub const XSK_QUEUES_PER_IF: u32 = 16;
 /// Interfaces that can have worker sockets.
@@ -58,3 +67,16 @@ impl Default for TrafficGen {
 }
 
 pod!(XdpConfig, TrafficGen);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_modes() {
+        XdpMode::assert_well_formed();
+        assert_eq!("generic".parse(), Ok(XdpMode::Generic));
+        let error = "fast".parse::<XdpMode>().unwrap_err();
+        assert_eq!(error.to_string(), "expected one of: auto native generic");
+    }
+}

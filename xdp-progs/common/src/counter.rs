@@ -1,4 +1,4 @@
-//! Per-CPU packet counters: one slot per program, per verdict, per drop reason.
+//! Per-CPU packet counters: one slot per program, per XDP action, per drop reason.
 
 /// Packets and bytes (host byte order): the value of a per-CPU counter slot.
 #[repr(C)]
@@ -25,7 +25,7 @@ code_enum! {
     /// What an XDP program did with a frame: the index into
     /// [`VERDICT_COUNTS`](crate::maps::VERDICT_COUNTS). Codes are the kernel's `xdp_action`
     /// values, so the single exit counts the action it returns without translating it.
-    pub enum Verdict: u32, fn from_u32 {
+    pub enum XdpAction: u32, fn from_u32 {
         Aborted = 0, "aborted", "The program failed; the kernel dropped the frame.";
         Drop = 1, "drop", "Dropped on purpose; the reason is counted in DROP_COUNTS.";
         Pass = 2, "pass", "Handed to the kernel network stack.";
@@ -47,19 +47,19 @@ mod tests {
     }
 
     #[test]
-    fn verdicts_are_xdp_actions() {
-        Verdict::assert_well_formed();
+    fn codes_are_xdp_actions() {
+        XdpAction::assert_well_formed();
         // include/uapi/linux/bpf.h: enum xdp_action.
         let actions = [
-            (Verdict::Aborted, 0),
-            (Verdict::Drop, 1),
-            (Verdict::Pass, 2),
-            (Verdict::Tx, 3),
-            (Verdict::Redirect, 4),
+            (XdpAction::Aborted, 0),
+            (XdpAction::Drop, 1),
+            (XdpAction::Pass, 2),
+            (XdpAction::Tx, 3),
+            (XdpAction::Redirect, 4),
         ];
-        for (verdict, action) in actions {
-            assert_eq!(verdict.code(), action);
+        for (xdp_action, code) in actions {
+            assert_eq!(xdp_action.code(), code);
         }
-        assert_eq!(Verdict::COUNT, 5);
+        assert_eq!(XdpAction::COUNT, 5);
     }
 }

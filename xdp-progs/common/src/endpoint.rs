@@ -1,6 +1,6 @@
 //! Local endpoints (pods on this node) whose traffic the XDP program hands to the workers.
 
-use crate::policy::Identity;
+use crate::identity::Identity;
 
 /// The value of [`ENDPOINTS_V4`](crate::maps::ENDPOINTS_V4) and
 /// [`ENDPOINTS_V6`](crate::maps::ENDPOINTS_V6), keyed by the pod's address (network order).

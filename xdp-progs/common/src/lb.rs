@@ -1,9 +1,11 @@
-//! Service load balancing: frontends (service IP, port, protocol), backends, and the Maglev
-//! tables that pick a backend for each flow.
+//! Service load balancing: frontends (service IP, port, protocol) and how each balances its
+//! backends: the XDP program's service maps, and the kinds, traffic policies and algorithms
+//! that the engine, the local API and the control plane share.
 
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use crate::addr;
+use core::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 code_enum! {
     /// Which clients a service entry answers, as in Cilium's two-scope lookup: with a `Local`
@@ -68,48 +70,123 @@ impl ServiceKey6 {
     }
 }
 
-/// What a service frontend leads to: the value of `SERVICES_V4` and `SERVICES_V6` (host byte
-/// order).
+/// How a frontend exposes its service (Kubernetes' names). Traffic to a ClusterIP follows
+/// the service's internalTrafficPolicy; traffic from outside the cluster to the others follows
+/// its externalTrafficPolicy and is masqueraded when it goes to another node's backend.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum FrontendKind {
+    #[default]
+    #[cfg_attr(feature = "serde", serde(rename = "ClusterIP"))]
+    ClusterIp = 0,
+    NodePort = 1,
+    LoadBalancer = 2,
+    #[cfg_attr(feature = "serde", serde(rename = "ExternalIP"))]
+    ExternalIp = 3,
+}
+
+impl FrontendKind {
+    pub const ALL: [FrontendKind; 4] = [
+        FrontendKind::ClusterIp,
+        FrontendKind::NodePort,
+        FrontendKind::LoadBalancer,
+        FrontendKind::ExternalIp,
+    ];
+
+    /// The code [`ServiceValue::kind`] holds.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub const fn from_u8(code: u8) -> Option<FrontendKind> {
+        match code {
+            0 => Some(FrontendKind::ClusterIp),
+            1 => Some(FrontendKind::NodePort),
+            2 => Some(FrontendKind::LoadBalancer),
+            3 => Some(FrontendKind::ExternalIp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::ExternalIp => "ExternalIP",
+        })
+    }
+}
+
+/// Kubernetes' traffic policies: `Local` sends the flows it governs only to this node's
+/// backends (and keeps the client's address: no masquerading).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+impl fmt::Display for TrafficPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrafficPolicy::Cluster => "Cluster",
+            TrafficPolicy::Local => "Local",
+        })
+    }
+}
+
+/// How a new flow's backend is chosen (Cilium's `bpf-lb-algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "name", rename_all = "lowercase"))]
+pub enum Algorithm {
+    /// Consistent hashing of the flow over a table of `table_size` slots (a prime from
+    /// [`MAGLEV_TABLE_SIZES`]): every worker and node picks the same backend for a flow, and
+    /// a change of backends moves few flows.
+    Maglev { table_size: u32 },
+    /// A weighted random draw per new flow: no table to build.
+    Random,
+}
+
+impl Default for Algorithm {
+    fn default() -> Algorithm {
+        Algorithm::Maglev { table_size: MAGLEV_TABLE_SIZE }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Algorithm::Maglev { table_size } => write!(f, "maglev/{table_size}"),
+            Algorithm::Random => f.write_str("random"),
+        }
+    }
+}
+
+/// What a service frontend is: the value of `SERVICES_V4` and `SERVICES_V6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ServiceValue {
-    /// Ready backends; 0 means the service drops with `ServiceWithoutBackends`.
-    pub backend_count: u16,
-    /// `ServiceValue::CLUSTER_IP` and the other `ServiceValue` flag constants.
-    pub flags: u16,
-    /// Identifies the frontend in conntrack entries, to restore it in replies.
-    pub rev_nat_index: u16,
-    pub _pad: [u8; 2],
-    /// Session affinity timeout in seconds (with `SESSION_AFFINITY`).
-    pub affinity_timeout_s: u32,
-    /// This service's table in [`MAGLEV`](crate::maps::MAGLEV): a flow with hash `h` uses slot
-    /// `maglev_table * table_size + h % table_size`, as Katran lays out its rings.
-    pub maglev_table: u32,
+    /// A [`FrontendKind`] code.
+    pub kind: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<ServiceValue>() == 16 && align_of::<ServiceValue>() == 4);
+const _: () = assert!(size_of::<ServiceValue>() == 4 && align_of::<ServiceValue>() == 1);
 
 impl ServiceValue {
-    /// The frontend is a ClusterIP.
-    pub const CLUSTER_IP: u16 = 1 << 0;
-    /// The frontend is a NodePort on a node address.
-    pub const NODE_PORT: u16 = 1 << 1;
-    /// The frontend is a LoadBalancer ingress IP.
-    pub const LOAD_BALANCER: u16 = 1 << 2;
-    /// The frontend is one of the service's externalIPs.
-    pub const EXTERNAL_IP: u16 = 1 << 3;
-    /// sessionAffinity ClientIP: a client keeps its backend for `affinity_timeout_s`.
-    pub const SESSION_AFFINITY: u16 = 1 << 4;
-    /// externalTrafficPolicy Local: only this node's backends serve the external scope.
-    pub const EXT_LOCAL: u16 = 1 << 5;
-    /// internalTrafficPolicy Local: only this node's backends serve the internal scope.
-    pub const INT_LOCAL: u16 = 1 << 6;
-    /// An internal-scope entry exists too: clients in the cluster look that one up.
-    pub const TWO_SCOPES: u16 = 1 << 7;
+    pub const fn new(kind: FrontendKind) -> Self {
+        ServiceValue { kind: kind.code(), _pad: [0; 3] }
+    }
 }
 
-/// Identifies a backend: the key of [`BACKENDS`](crate::maps::BACKENDS) (host byte order).
-/// 0 means no backend, such as an unfilled Maglev slot.
+/// Identifies a backend of this node's services (host byte order), stable while the backend
+/// exists. 0 means no backend.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -121,78 +198,6 @@ impl BackendId {
     pub const NONE: BackendId = BackendId(0);
 }
 
-code_enum! {
-    /// Whether a backend takes flows. Codes are Cilium's backend states.
-    pub enum BackendState: u8, fn from_u8 {
-        Active = 0, "active", "Takes new flows.";
-        Terminating = 1, "terminating", "Keeps its flows but takes no new ones.";
-        Quarantined = 2, "quarantined", "Failed health checks; takes no new flows.";
-    }
-}
-
-/// A backend of a service, for both families: the value of `BACKENDS`. `addr` and `port` are
-/// network byte order (IPv4 in the first 4 bytes, as in [`crate::addr`]); the rest host order.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct Backend {
-    pub addr: [u8; 16],
-    pub port: u16,
-    /// Relative share of the Maglev table.
-    pub weight: u16,
-    /// An [`addr::Family`] code.
-    pub family: u8,
-    /// A [`BackendState`] code.
-    pub state: u8,
-    /// `Backend::NODE_LOCAL`.
-    pub flags: u8,
-    pub _pad: [u8; 1],
-}
-const _: () = assert!(size_of::<Backend>() == 24 && align_of::<Backend>() == 2);
-
-impl Backend {
-    /// The backend runs on this node (for the `Local` traffic policies).
-    pub const NODE_LOCAL: u8 = 1 << 0;
-
-    /// An active backend at `addr:port` (`port` in host order) with weight 1 and no flags.
-    pub const fn new(addr: IpAddr, port: u16) -> Self {
-        let (family, addr) = addr::encode(addr);
-        Backend {
-            addr,
-            port: port.to_be(),
-            weight: 1,
-            family: family.code(),
-            state: BackendState::Active.code(),
-            flags: 0,
-            _pad: [0],
-        }
-    }
-
-    /// The address; `None` if the family code is unknown.
-    pub fn ip(&self) -> Option<IpAddr> {
-        addr::decode(self.family, self.addr)
-    }
-
-    /// The port, in host order.
-    pub const fn port(&self) -> u16 {
-        u16::from_be(self.port)
-    }
-
-    /// The state; `None` for a code this version does not know.
-    pub const fn state(&self) -> Option<BackendState> {
-        BackendState::from_u8(self.state)
-    }
-}
-
-/// One slot of a Maglev table: the value of [`MAGLEV`](crate::maps::MAGLEV).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct MaglevSlot {
-    pub backend_id: BackendId,
-}
-const _: () = assert!(size_of::<MaglevSlot>() == 4 && align_of::<MaglevSlot>() == 4);
-
 /// The table sizes Maglev accepts, as Cilium's `--bpf-lb-maglev-table-size`: primes, so that
 /// every backend's permutation visits every slot.
 pub const MAGLEV_TABLE_SIZES: [u32; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071];
@@ -202,7 +207,7 @@ pub const MAGLEV_TABLE_SIZE: u32 = 16381;
 /// The largest Maglev table.
 pub const MAGLEV_TABLE_SIZE_MAX: u32 = 131071;
 
-pod!(ServiceKey4, ServiceKey6, ServiceValue, BackendId, Backend, MaglevSlot);
+pod!(ServiceKey4, ServiceKey6, ServiceValue, BackendId);
 
 #[cfg(test)]
 mod tests {
@@ -211,9 +216,10 @@ mod tests {
     #[test]
     fn enums() {
         ServiceScope::assert_well_formed();
-        BackendState::assert_well_formed();
         assert_eq!((ServiceScope::External.code(), ServiceScope::Internal.code()), (0, 1));
-        assert_eq!(BackendState::Quarantined.code(), 2);
+        for kind in FrontendKind::ALL {
+            assert_eq!(FrontendKind::from_u8(kind.code()), Some(kind));
+        }
     }
 
     #[test]
@@ -225,16 +231,6 @@ mod tests {
         let key = ServiceKey6::new("fd00::10".parse().unwrap(), 443, 17, ServiceScope::External);
         assert_eq!((key.vip[0], key.vip[15], key.dport.to_ne_bytes()), (0xfd, 0x10, [1, 0xbb]));
         assert_eq!(key.port(), 443);
-    }
-
-    #[test]
-    fn backend_round_trip() {
-        for ip in ["198.18.1.2".parse().unwrap(), "fd00::2".parse().unwrap()] {
-            let backend = Backend::new(ip, 80);
-            assert_eq!((backend.ip(), backend.port()), (Some(ip), 80));
-            assert_eq!(backend.port.to_ne_bytes(), [0, 80]);
-            assert_eq!(backend.state(), Some(BackendState::Active));
-        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Types shared by the XDP programs (kernel side) and userspace.
+//! Types shared by the XDP programs (kernel side) and userspace, and the enums every part of
+//! skiff names the same way (drop reasons, frontend kinds, algorithms).
 //!
 //! Every map key and value is `#[repr(C)]`, has no implicit padding and carries a size
 //! assertion, so the kernel and userspace views cannot drift apart. Userspace gets `aya::Pod`
@@ -10,7 +11,8 @@
 //!
 //! Enums live in maps as their raw code: a map value must be valid for any bit pattern, so
 //! the field holds the code and the enum's `from_u8` decodes it. `_pad` fields are part of
-//! hashed keys: keep them zero.
+//! hashed keys: keep them zero. The `serde` feature serialises the enums by name, for the
+//! local API.
 #![cfg_attr(not(test), no_std)]
 
 /// Defines a `#[repr($repr)]` enum whose variants carry a stable code, a kebab-case name and
@@ -60,6 +62,11 @@ macro_rules! code_enum {
                 }
             }
 
+            /// The variant called `name`, if any.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.into_iter().find(|x| x.name() == name)
+            }
+
             /// Kebab-case name, for metrics labels, flows and the CLI.
             pub const fn name(self) -> &'static str {
                 match self {
@@ -78,6 +85,39 @@ macro_rules! code_enum {
         impl core::fmt::Display for $name {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.write_str(self.name())
+            }
+        }
+
+        impl core::str::FromStr for $name {
+            type Err = $crate::UnknownName;
+            fn from_str(s: &str) -> Result<Self, $crate::UnknownName> {
+                Self::from_name(s).ok_or($crate::UnknownName { allowed: &[$($label),+] })
+            }
+        }
+
+        /// Serialised by name (stable across versions, unlike a position), so JSON and map
+        /// keys read as they print.
+        #[cfg(feature = "serde")]
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        #[cfg(feature = "serde")]
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Name;
+                impl serde::de::Visitor<'_> for Name {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                        f.write_str(concat!("the name of a ", stringify!($name)))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        $name::from_name(v).ok_or_else(|| E::unknown_variant(v, &[$($label),+]))
+                    }
+                }
+                d.deserialize_str(Name)
             }
         }
 
@@ -141,21 +181,39 @@ macro_rules! pod {
     };
 }
 
-pub mod addr;
 pub mod config;
 pub mod conntrack;
 pub mod counter;
 pub mod drop_reason;
 pub mod endpoint;
 pub mod event;
+pub mod identity;
 pub mod lb;
 pub mod lpm;
 pub mod meta;
 pub mod names;
-pub mod policy;
+pub mod proto;
 pub mod tunnel;
 
-pub use counter::{Counter, Verdict};
+pub use counter::{Counter, XdpAction};
+
+/// A name that is no variant's (parsing a `code_enum` from text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownName {
+    pub allowed: &'static [&'static str],
+}
+
+impl core::fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("expected one of:")?;
+        for name in self.allowed {
+            write!(f, " {name}")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for UnknownName {}
 pub use drop_reason::DropReason;
 pub use names::{maps, programs};
 

@@ -1,6 +1,6 @@
 //! What an XDP program tells the AF_XDP worker about a frame it redirects.
 
-use crate::policy::Identity;
+use crate::identity::Identity;
 
 /// Metadata written just in front of the packet with `bpf_xdp_adjust_meta`, where the worker
 /// finds it in the UMEM frame (host byte order). The kernel wants the area to be a multiple of

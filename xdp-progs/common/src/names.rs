@@ -51,8 +51,8 @@ macro_rules! map_names {
 map_names! {
     /// `PerCpuArray<Counter>` with one slot: what `skiff_xdp_count` saw.
     COUNT;
-    /// `PerCpuArray<Counter>` indexed by [`Verdict`](crate::Verdict) code.
-    VERDICT_COUNTS;
+    /// `PerCpuArray<Counter>` indexed by [`XdpAction`](crate::XdpAction) code.
+    ACTION_COUNTS;
     /// `PerCpuArray<Counter>` indexed by [`DropReason`](crate::DropReason) code.
     DROP_COUNTS;
     /// `LpmTrie<[u8; 4], DenyEntry>` ([`LpmKey4`](crate::lpm::LpmKey4) layout): source
@@ -65,24 +65,10 @@ map_names! {
     SERVICES_V4;
     /// `HashMap<ServiceKey6, ServiceValue>`: IPv6 service frontends.
     SERVICES_V6;
-    /// `HashMap<BackendId, Backend>`: the backends of every service.
-    BACKENDS;
-    /// `Array<MaglevSlot>`: every service's Maglev table, one after another.
-    MAGLEV;
     /// `LruHashMap<CtKey4, CtEntry>`: tracked IPv4 flows.
     CT_V4;
     /// `LruHashMap<CtKey6, CtEntry>`: tracked IPv6 flows.
     CT_V6;
-    /// `LpmTrie<[u8; 4], Identity>`: the security identity of each known IPv4 prefix.
-    IPCACHE_V4;
-    /// `LpmTrie<[u8; 16], Identity>`: the security identity of each known IPv6 prefix.
-    IPCACHE_V6;
-    /// `HashMap<PolicyKey, PolicyVerdict>`: the policy of every local identity.
-    POLICY;
-    /// `LpmTrie<[u8; 4], TunnelEndpoint>`: the node hosting each remote IPv4 pod CIDR.
-    TUNNEL_EP_V4;
-    /// `LpmTrie<[u8; 16], TunnelEndpoint>`: the node hosting each remote IPv6 pod CIDR.
-    TUNNEL_EP_V6;
     /// `XskMap` indexed by `slot * XSK_QUEUES_PER_IF + queue`: the AF_XDP socket of each
     /// (interface, receive queue)'s worker.
     XSKS;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap},
 };
 use skiff_common::{
-    Counter, DropReason, Verdict,
+    Counter, DropReason, XdpAction,
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CtEntry, CtKey4, CtKey6},
     endpoint::EndpointInfo,
@@ -17,7 +17,7 @@ use skiff_common::{
 #[map]
 pub static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
 #[map]
-pub static VERDICT_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(Verdict::COUNT as u32, 0);
+pub static ACTION_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(XdpAction::COUNT as u32, 0);
 #[map]
 pub static DROP_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(DropReason::COUNT as u32, 0);
 #[map]

@@ -11,14 +11,15 @@ use std::{
 
 use hashbrown::HashMap as FastMap;
 
-use skiff_common::{DropReason, lb::BackendId};
-use skiff_fastpath::{
+use skiff_common::{
+    DropReason,
+    lb::{Algorithm, BackendId, FrontendKind, TrafficPolicy},
+};
+use skiff_engine::{
     conntrack::Timeouts,
-    engine::{
-        Engine, Frontend, FrontendKind, Node, Partition, SNAT_PORTS, Service, ServiceConfig, SharedTables,
-        Tables, TrafficPolicy, Verdict,
-    },
-    lb::{Algorithm, Backend},
+    engine::{Action, Engine, Partition, SNAT_PORTS},
+    lb::Backend,
+    tables::{Frontend, LocalNode, Service, ServiceConfig, SharedTables, Tables},
 };
 use skiff_testkit::{
     Builder,
@@ -63,20 +64,20 @@ fn engine(services: &[(IpAddr, u8, Vec<IpAddr>)]) -> Engine {
     Engine::new(tables(services), 1024, Timeouts::default())
 }
 
-fn one_service(frontend: Frontend, service: Service, node: Node) -> Arc<Tables> {
+fn one_service(frontend: Frontend, service: Service, node: LocalNode) -> Arc<Tables> {
     Arc::new(Tables { services: [(frontend, service)].into_iter().collect(), node, ..Tables::default() })
 }
 
 /// Runs `input` through the engine and returns the verdict and the frame after it.
-fn run(e: &mut Engine, input: Vec<u8>) -> (Verdict, Vec<u8>) {
+fn run(e: &mut Engine, input: Vec<u8>) -> (Action, Vec<u8>) {
     let mut frame = input;
     let v = e.process(&mut frame, 0);
     (v, frame)
 }
 
 /// Where a forwarded frame goes: its destination after the rewrite.
-fn next_hop((v, frame): (Verdict, Vec<u8>)) -> IpAddr {
-    assert_eq!(v, Verdict::Forward, "expected a forward");
+fn next_hop((v, frame): (Action, Vec<u8>)) -> IpAddr {
+    assert_eq!(v, Action::Forward, "expected a forward");
     let p = skiff_wire::layers::parse(&frame).unwrap();
     p.addrs(&frame).unwrap().1
 }
@@ -86,7 +87,7 @@ fn dnat_and_reverse_nat_are_byte_identical_to_built_frames() {
     let mut e = engine(&[(VIP.into(), 6, vec![pod(0).into()])]);
     let syn = |b: Builder| b.tcp(45000, 80).seq(7).syn().tcp_options(&[2, 4, 5, 180]).payload(b"");
     let (v, out) = run(&mut e, syn(eth().ipv4(CLIENT, VIP)).build());
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     let want =
         eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(45000, 8080).seq(7).syn().tcp_options(&[2, 4, 5, 180]).build();
     assert_eq!(out, want, "DNAT to the backend");
@@ -95,7 +96,7 @@ fn dnat_and_reverse_nat_are_byte_identical_to_built_frames() {
         eth().ipv4(src, dst).ttl(ttl).tcp(sport, 45000).seq(99).syn().ack(8).payload(b"hello").build()
     };
     let (v, out) = run(&mut e, syn_ack(pod(0), CLIENT, 8080, 64));
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     assert_eq!(out, syn_ack(VIP, CLIENT, 80, 63), "reverse NAT to the frontend");
 }
 
@@ -106,11 +107,11 @@ fn udp_and_ipv6_flows() {
         (VIP6.into(), 6, vec!["fd00:0:0:128::11".parse().unwrap()]),
     ]);
     let (v, out) = run(&mut e, eth().ipv4(CLIENT, VIP).udp(5353, 80).payload(b"q").build());
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     assert_eq!(out, eth().ipv4(CLIENT, pod(1)).ttl(63).udp(5353, 8080).payload(b"q").build());
     let backend6: Ipv6Addr = "fd00:0:0:128::11".parse().unwrap();
     let (v, out) = run(&mut e, eth().ipv6(CLIENT6, VIP6).tcp(1, 80).syn().build());
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     assert_eq!(out, eth().ipv6(CLIENT6, backend6).ttl(63).tcp(1, 8080).syn().build());
 }
 
@@ -148,28 +149,28 @@ fn other_traffic_passes_and_bad_input_is_dropped_with_its_reason() {
         (IpAddr::from(Ipv4Addr::new(198, 19, 0, 11)), 6, vec![pod(0).into()]),
     ]);
     let (v, _) = run(&mut e, eth().ipv4(CLIENT, pod(3)).tcp(1, 22).build());
-    assert_eq!(v, Verdict::Pass, "not a service");
+    assert_eq!(v, Action::Pass, "not a service");
     // A service without backends refuses: TCP with a RST, UDP with port unreachable.
     let (v, out) = run(&mut e, eth().ipv4(CLIENT, VIP).tcp(1, 80).syn().build());
-    assert_eq!(v, Verdict::Reply { len: 54 });
+    assert_eq!(v, Action::Reply { len: 54 });
     let back = || eth().src_mac(DST_MAC).dst_mac(SRC_MAC).ipv4(VIP, CLIENT);
     assert_eq!(out[..54], back().tcp(80, 1).seq(0).rst().ack(2).window(0).build()[..]);
     let mut udp = engine(&[(VIP.into(), 17, vec![])]);
     let datagram = eth().ipv4(CLIENT, VIP).udp(5353, 80).payload(&[7; 30]).build();
     let (v, out) = run(&mut udp, datagram.clone());
-    assert_eq!(v, Verdict::Reply { len: 70 });
+    assert_eq!(v, Action::Reply { len: 70 });
     assert_eq!(out[..70], back().icmp(3, 3, 0).payload(&datagram[14..42]).build()[..]);
     let (v, _) = run(&mut udp, eth().ipv4(CLIENT, VIP).udp(5353, 80).build());
-    assert_eq!(v, Verdict::Drop(DropReason::ServiceWithoutBackends), "too short to hold the answer");
+    assert_eq!(v, Action::Drop(DropReason::ServiceWithoutBackends), "too short to hold the answer");
     let mut bad = eth().ipv4(CLIENT, VIP).tcp(1, 80).build();
     bad[14] = 0x44;
-    assert_eq!(run(&mut e, bad).0, Verdict::Drop(DropReason::Ipv4BadHeaderLength));
+    assert_eq!(run(&mut e, bad).0, Action::Drop(DropReason::Ipv4BadHeaderLength));
     let (v, _) =
         run(&mut e, eth().ipv4(CLIENT, Ipv4Addr::new(198, 19, 0, 11)).ttl(1).tcp(1, 80).syn().build());
-    assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(v, Action::Drop(DropReason::TtlExceeded));
     let fragment = eth().ipv4(CLIENT, VIP).fragment4(1480, false, 1).protocol(6).payload(&[0; 8]).build();
-    assert_eq!(run(&mut e, fragment).0, Verdict::Drop(DropReason::Ipv4Fragment));
-    assert_eq!(run(&mut e, vec![0; 10]).0, Verdict::Drop(DropReason::EthernetTruncated));
+    assert_eq!(run(&mut e, fragment).0, Action::Drop(DropReason::Ipv4Fragment));
+    assert_eq!(run(&mut e, vec![0; 10]).0, Action::Drop(DropReason::EthernetTruncated));
 }
 
 /// The control plane publishes 200 table versions while a worker processes 20 000 packets of
@@ -210,19 +211,19 @@ fn table_swaps_under_traffic_lose_nothing() {
 fn icmp_errors_follow_their_flow() {
     let mut e = engine(&[(VIP.into(), 17, vec![pod(1).into()])]);
     let (v, dnated) = run(&mut e, eth().ipv4(CLIENT, VIP).udp(5353, 80).payload(b"q").build());
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     let unreachable =
         |src, dst, quote: &[u8], ttl| eth().ipv4(src, dst).ttl(ttl).icmp(3, 3, 0).payload(quote).build();
     let (v, out) = run(&mut e, unreachable(pod(1), CLIENT, &dnated[14..14 + 28], 64));
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     let as_sent = eth().ipv4(CLIENT, VIP).ttl(63).udp(5353, 80).payload(b"q").build();
     assert_eq!(out, unreachable(VIP, CLIENT, &as_sent[14..14 + 28], 63));
 
     let stranger = eth().ipv4(CLIENT, VIP).udp(1, 9).payload(b"?").build();
     let (v, _) = run(&mut e, unreachable(pod(2), VIP, &stranger[14..14 + 28], 64));
-    assert_eq!(v, Verdict::Drop(DropReason::UnsolicitedIcmpError));
+    assert_eq!(v, Action::Drop(DropReason::UnsolicitedIcmpError));
     let (v, _) = run(&mut e, unreachable(pod(2), pod(3), &stranger[14..14 + 28], 64));
-    assert_eq!(v, Verdict::Pass, "not about a service");
+    assert_eq!(v, Action::Pass, "not about a service");
 }
 
 /// sessionAffinity ClientIP: a client's new flows stick to its backend until the timeout has
@@ -233,12 +234,12 @@ fn client_ip_affinity_sticks_until_its_timeout() {
     let service =
         Service::new(backends(&pods), ServiceConfig { affinity_timeout: Some(10), ..MAGLEV }).unwrap();
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
-    let mut e = Engine::new(one_service(frontend, service, Node::default()), 1024, Timeouts::default());
+    let mut e = Engine::new(one_service(frontend, service, LocalNode::default()), 1024, Timeouts::default());
     let syn = |client: Ipv4Addr, port: u16| eth().ipv4(client, VIP).tcp(port, 80).syn().build();
     let at = |e: &mut Engine, frame: Vec<u8>, now: u64| {
         let mut f = frame;
-        assert_eq!(e.process(&mut f, now), Verdict::Forward);
-        next_hop((Verdict::Forward, f))
+        assert_eq!(e.process(&mut f, now), Action::Forward);
+        next_hop((Action::Forward, f))
     };
     let first = at(&mut e, syn(CLIENT, 1000), 0);
     for port in 1001..1050 {
@@ -263,7 +264,7 @@ fn a_terminating_backend_keeps_only_its_existing_flows() {
     let mut terminating = backends(&pods);
     terminating[0].weight = 0;
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
-    e.set_tables(one_service(frontend, Service::new(terminating, MAGLEV).unwrap(), Node::default()));
+    e.set_tables(one_service(frontend, Service::new(terminating, MAGLEV).unwrap(), LocalNode::default()));
     assert_eq!(next_hop(run(&mut e, packet(port))), pods[0], "the existing flow stays");
     for p in 1000..1100 {
         assert_eq!(next_hop(run(&mut e, packet(p))), pods[1], "new flows avoid the terminating backend");
@@ -281,10 +282,10 @@ fn node_port(policy: TrafficPolicy, algorithm: Algorithm) -> (Frontend, Arc<Tabl
     b[1].local = false;
     let frontend = Frontend { addr: NODE.into(), port: NODE_PORT, protocol: 6 };
     let config = ServiceConfig { kind: FrontendKind::NodePort, traffic_policy: policy, algorithm, ..MAGLEV };
-    let node = Node {
+    let node = LocalNode {
         masquerade_v4: Some(NODE.into()),
         masquerade_v6: None,
-        cluster_prefixes: vec![(Ipv4Addr::new(198, 18, 128, 0).into(), 17)],
+        cluster_prefixes: vec!["198.18.128.0/17".parse().unwrap()],
     };
     (frontend, one_service(frontend, Service::new(b, config).unwrap(), node))
 }
@@ -294,7 +295,7 @@ fn flow_to(e: &mut Engine, client: Ipv4Addr, backend: Ipv4Addr) -> (u16, Vec<u8>
     (1000..2000u16)
         .find_map(|port| {
             let (v, out) = run(e, eth().ipv4(client, NODE).tcp(port, NODE_PORT).syn().build());
-            (v == Verdict::Forward && next_hop((v, out.clone())) == IpAddr::from(backend))
+            (v == Action::Forward && next_hop((v, out.clone())) == IpAddr::from(backend))
                 .then_some((port, out))
         })
         .expect("a flow to the backend")
@@ -319,7 +320,7 @@ fn node_port_masquerades_to_a_remote_backend_and_translates_the_reply_back() {
         eth().ipv4(src, dst).ttl(ttl).tcp(sport, dport).syn().ack(1).payload(b"hi").build()
     };
     let (v, out) = run(&mut e, reply(pod(1), 8080, NODE, snat, 64));
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     assert_eq!(out, reply(NODE, NODE_PORT, CLIENT, port, 63), "reverse NAT of both ends");
 
     // A local backend keeps the client's address.
@@ -340,7 +341,7 @@ fn icmp_errors_about_masqueraded_flows_are_translated_at_both_ends() {
     let error =
         |src, dst, quote: &[u8], ttl| eth().ipv4(src, dst).ttl(ttl).icmp(3, 4, 1400).payload(quote).build();
     let (v, translated) = run(&mut e, error(pod(1), NODE, &out[14..14 + 40], 64));
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     let as_sent = eth().ipv4(CLIENT, NODE).ttl(63).tcp(port, NODE_PORT).syn().build();
     assert_eq!(translated, error(NODE, CLIENT, &as_sent[14..14 + 40], 63));
 }
@@ -361,14 +362,14 @@ fn snat_ports_never_collide_and_stay_in_the_workers_share() {
         // As the flows' owner: handed over by whichever worker received them.
         let mut out = eth().ipv4(c, NODE).tcp(5000, NODE_PORT).syn().build();
         match e.process_handed(&mut out, 0) {
-            Verdict::Forward => {
+            Action::Forward => {
                 let flow = skiff_wire::layers::parse(&out).unwrap().flow(&out).unwrap();
                 if flow.dst == IpAddr::from(pod(1)) {
                     assert_eq!(flow.src_port % workers, 7, "port {} outside the share", flow.src_port);
                     assert!(ports.insert(flow.src_port), "port {} given twice", flow.src_port);
                 }
             }
-            Verdict::Drop(DropReason::NatPortExhausted) => exhausted += 1,
+            Action::Drop(DropReason::NatPortExhausted) => exhausted += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -394,7 +395,7 @@ fn both_directions_of_a_flow_meet_at_its_owner() {
     let mut deliver = |first: usize, input: Vec<u8>| {
         let mut frame = input.clone();
         match workers[first].process(&mut frame, 0) {
-            Verdict::Handoff { worker } => {
+            Action::Handoff { worker } => {
                 assert_eq!(frame, input, "handed over untouched");
                 let owner = usize::from(worker);
                 assert_ne!(owner, first);
@@ -410,13 +411,13 @@ fn both_directions_of_a_flow_meet_at_its_owner() {
         let (client, port) = (Ipv4Addr::from(u32::from(CLIENT) + u32::from(i % 7)), 1000 + i);
         let syn = eth().ipv4(client, NODE).tcp(port, NODE_PORT).syn().build();
         let (v, out, owner) = deliver(usize::from(i % 3), syn);
-        assert_eq!(v, Verdict::Forward);
+        assert_eq!(v, Action::Forward);
         let flow = skiff_wire::layers::parse(&out).unwrap().flow(&out).unwrap();
         let (IpAddr::V4(backend), IpAddr::V4(src)) = (flow.dst, flow.src) else { panic!("IPv4") };
         let reply = eth().ipv4(backend, src).tcp(8080, flow.src_port).syn().ack(1).build();
         // The reply arrives at another worker than the request did.
         let (v, back, reply_owner) = deliver(usize::from((i + 1) % 3), reply);
-        assert_eq!((v, reply_owner), (Verdict::Forward, owner), "flow {i}: reply at its owner");
+        assert_eq!((v, reply_owner), (Action::Forward, owner), "flow {i}: reply at its owner");
         assert_eq!(back, eth().ipv4(NODE, client).ttl(63).tcp(NODE_PORT, port).syn().ack(1).build());
         if owner != usize::from(i % 3) {
             handed += 1;
@@ -448,7 +449,7 @@ fn external_traffic_policy_local() {
     let service = Service::new(remote_only, *t.services[&frontend].config()).unwrap();
     e.set_tables(one_service(frontend, service, t.node.clone()));
     let (v, _) = run(&mut e, eth().ipv4(CLIENT, NODE).tcp(3000, NODE_PORT).syn().build());
-    assert_eq!(v, Verdict::Drop(DropReason::NoLocalBackend));
+    assert_eq!(v, Action::Drop(DropReason::NoLocalBackend));
 }
 
 /// internalTrafficPolicy Local: a ClusterIP sends every client to this node's backends only.
@@ -459,7 +460,7 @@ fn internal_traffic_policy_local() {
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
     let config = ServiceConfig { traffic_policy: TrafficPolicy::Local, ..MAGLEV };
     let mut e = Engine::new(
-        one_service(frontend, Service::new(b, config).unwrap(), Node::default()),
+        one_service(frontend, Service::new(b, config).unwrap(), LocalNode::default()),
         1024,
         Timeouts::default(),
     );
@@ -479,7 +480,8 @@ fn random_spreads_new_flows_and_keeps_established_ones() {
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
     let config = ServiceConfig { algorithm: Algorithm::Random, ..MAGLEV };
     let service = Service::new(backends(&pods), config).unwrap();
-    let mut e = Engine::new(one_service(frontend, service, Node::default()), 1 << 14, Timeouts::default());
+    let mut e =
+        Engine::new(one_service(frontend, service, LocalNode::default()), 1 << 14, Timeouts::default());
     let mut count: HashMap<IpAddr, u32> = HashMap::new();
     for port in 0..10_000u16 {
         let first = next_hop(run(&mut e, eth().ipv4(CLIENT, VIP).tcp(20000 + port, 80).syn().build()));
@@ -504,10 +506,10 @@ fn a_port_reused_towards_another_frontend_never_mixes_two_flows() {
     e.set_partition(Partition { index: 0, count: 2 });
     let syn = |vip, port| eth().ipv4(CLIENT, vip).tcp(port, 80).syn().build();
     // A port whose flows this worker owns (the other worker's are handed over).
-    let port = (40000..).find(|&p| run(&mut e, syn(vips[0], p)).0 == Verdict::Forward).unwrap();
+    let port = (40000..).find(|&p| run(&mut e, syn(vips[0], p)).0 == Action::Forward).unwrap();
 
     let (v, out) = run(&mut e, syn(vips[1], port));
-    assert_eq!(v, Verdict::Forward);
+    assert_eq!(v, Action::Forward);
     let p = skiff_wire::layers::parse(&out).unwrap();
     let skiff_wire::layers::L4::Tcp { src_port: remapped, .. } = p.l4 else { panic!("TCP out: {p:?}") };
     assert!(SNAT_PORTS.contains(&remapped), "the second connection's port is remapped: {remapped}");
@@ -515,18 +517,15 @@ fn a_port_reused_towards_another_frontend_never_mixes_two_flows() {
     // Each reply reaches its own connection, from its own frontend, on this worker.
     let syn_ack = |port| eth().ipv4(pod(0), CLIENT).tcp(8080, port).syn().ack(1).build();
     let answered = |vip| eth().ipv4(vip, CLIENT).ttl(63).tcp(80, port).syn().ack(1).build();
-    assert_eq!(run(&mut e, syn_ack(port)), (Verdict::Forward, answered(vips[0])));
-    assert_eq!(run(&mut e, syn_ack(remapped)), (Verdict::Forward, answered(vips[1])));
+    assert_eq!(run(&mut e, syn_ack(port)), (Action::Forward, answered(vips[0])));
+    assert_eq!(run(&mut e, syn_ack(remapped)), (Action::Forward, answered(vips[1])));
 
     // The first connection is reset; a third frontend's SYN from the same port takes its tuple.
     run(&mut e, eth().ipv4(CLIENT, vips[0]).tcp(port, 80).rst().build());
     let (v, out) = run(&mut e, syn(vips[2], port));
-    assert_eq!(
-        (v, out),
-        (Verdict::Forward, eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(port, 8080).syn().build())
-    );
-    assert_eq!(run(&mut e, syn_ack(port)), (Verdict::Forward, answered(vips[2])));
-    assert_eq!(run(&mut e, syn_ack(remapped)), (Verdict::Forward, answered(vips[1])), "the second lives on");
+    assert_eq!((v, out), (Action::Forward, eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(port, 8080).syn().build()));
+    assert_eq!(run(&mut e, syn_ack(port)), (Action::Forward, answered(vips[2])));
+    assert_eq!(run(&mut e, syn_ack(remapped)), (Action::Forward, answered(vips[1])), "the second lives on");
 }
 
 /// A SYN on the tuple of a finished connection opens a new one, balanced afresh: a client that

@@ -13,7 +13,7 @@ use skiff_wire::{
     layers::{L3, L4, Parsed},
 };
 
-use crate::conntrack::Tuple;
+use crate::flow::Tuple;
 
 /// Which endpoint of the packet to rewrite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +243,7 @@ mod tests {
     use skiff_wire::{icmp, layers};
 
     use super::Rewrite;
-    use crate::{conntrack::Tuple, hash::mix64};
+    use crate::{flow::Tuple, hash::mix64};
 
     /// A packet of `t` (ICMP: an echo request with the source port as identifier, or a reply
     /// with the destination port), built whole with every checksum computed.

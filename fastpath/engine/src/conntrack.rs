@@ -10,77 +10,14 @@
 //! No two flows share a reply tuple: an insert whose reply tuple is taken is refused with the
 //! flow that has it, for the engine to resolve the clash.
 
-use std::net::IpAddr;
-
 use hashbrown::{HashMap, hash_map::Entry as Key};
-use skiff_common::{conntrack::TcpState, lb::BackendId};
+use skiff_common::{conntrack::TcpState, lb::BackendId, proto::ip};
+use skiff_wire::tcp::TcpFlags;
 
-use crate::nat::Rewrite;
-
-/// One direction of a flow. IPv4 addresses are stored IPv4-mapped, so both families share one
-/// table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tuple {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub protocol: u8,
-}
-
-impl Tuple {
-    pub fn new(src: IpAddr, dst: IpAddr, protocol: u8, src_port: u16, dst_port: u16) -> Tuple {
-        Tuple { src: mapped(src), dst: mapped(dst), src_port, dst_port, protocol }
-    }
-    /// The fields in a fixed order, for hashing.
-    pub fn to_bytes(&self) -> [u8; 37] {
-        let mut b = [0u8; 37];
-        b[..16].copy_from_slice(&self.src);
-        b[16..32].copy_from_slice(&self.dst);
-        b[32..34].copy_from_slice(&self.src_port.to_be_bytes());
-        b[34..36].copy_from_slice(&self.dst_port.to_be_bytes());
-        b[36] = self.protocol;
-        b
-    }
-
-    /// The same flow seen from the other end.
-    pub fn reversed(&self) -> Tuple {
-        Tuple {
-            src: self.dst,
-            dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-            protocol: self.protocol,
-        }
-    }
-}
-
-/// Hashed as three words rather than field by field (the derived form writes each array's
-/// length and bytes separately: 15% of an established flow's cost, measured).
-impl std::hash::Hash for Tuple {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u128(u128::from_ne_bytes(self.src));
-        state.write_u128(u128::from_ne_bytes(self.dst));
-        state.write_u64(
-            u64::from(self.src_port) << 32 | u64::from(self.dst_port) << 16 | u64::from(self.protocol),
-        );
-    }
-}
-
-/// An address as a tuple holds it (IPv4 mapped into IPv6).
-pub fn mapped(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// Which way a packet goes relative to its flow's first packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Original,
-    Reply,
-}
+use crate::{
+    flow::{Direction, Tuple, masqueraded},
+    nat::Rewrite,
+};
 
 /// Lifetimes after the last packet, in seconds (Cilium's defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,13 +74,6 @@ impl Entry {
     }
 }
 
-/// Whether a flow's source is rewritten too (masquerading): its replies come back to another
-/// address or port than the client's.
-#[inline]
-pub fn masqueraded(original: &Tuple, reply: &Tuple) -> bool {
-    original.src != reply.dst || original.src_port != reply.dst_port
-}
-
 /// Why a flow could not be tracked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
@@ -174,11 +104,11 @@ const ENDED_PER_ROUND: usize = 256;
 
 /// Slots an insert into a full table examines for a victim.
 const EVICTION_PROBES: usize = 16;
-const TCP: u8 = 6;
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
+const TCP: u8 = ip::TCP;
+const FIN: u8 = TcpFlags::FIN.0;
+const SYN: u8 = TcpFlags::SYN.0;
+const RST: u8 = TcpFlags::RST.0;
+const ACK: u8 = TcpFlags::ACK.0;
 
 impl Conntrack {
     /// A table for at most `capacity` flows, allocated up front (no allocation per packet).
@@ -384,7 +314,7 @@ fn next_state(state: TcpState, dir: Direction, flags: u8) -> TcpState {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
 

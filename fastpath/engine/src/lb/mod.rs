@@ -5,7 +5,7 @@ pub mod maglev;
 
 use std::net::IpAddr;
 
-use skiff_common::lb::{BackendId, MAGLEV_TABLE_SIZE};
+use skiff_common::lb::{Algorithm, BackendId};
 
 use self::maglev::{Maglev, MaglevError};
 
@@ -19,23 +19,6 @@ pub struct Backend {
     pub weight: u16,
     /// On this node: the only backends a `Local` traffic policy uses, and never masqueraded.
     pub local: bool,
-}
-
-/// How a new flow's backend is chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Consistent hashing of the flow over a table of `table_size` slots (a prime from
-    /// `MAGLEV_TABLE_SIZES`): every worker and node picks the same backend for a flow, and a
-    /// change of backends moves few flows.
-    Maglev { table_size: u32 },
-    /// A weighted random draw per new flow (Cilium's `random`): no table to build.
-    Random,
-}
-
-impl Default for Algorithm {
-    fn default() -> Algorithm {
-        Algorithm::Maglev { table_size: MAGLEV_TABLE_SIZE }
-    }
 }
 
 /// A built chooser over a set of backends.

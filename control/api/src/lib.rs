@@ -1,0 +1,87 @@
+//! skiff-agent's local API: one JSON [`Request`] per line on a root-only unix socket, one JSON
+//! [`Answer`] per line back. The types are shared by the agent, the `skiff` CLI and scripts;
+//! the JSON stays readable (enums by name, addresses as text). [`Client`] asks, blocking.
+
+mod client;
+mod object;
+mod service;
+mod status;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::{Client, ClientError};
+pub use object::{FieldError, Kind, ObjectKey, Rejection};
+pub use service::{BackendView, Protocol, ServicePort, ServiceView};
+pub use status::{
+    ApplyReport, Datapath, Health, Io, LastApply, Problem, Source, Status, Tunnel, WorkerCounters,
+};
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/skiff/skiff.sock";
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    /// The agent's [`Status`].
+    Status,
+    /// Every service frontend with its backends.
+    ServiceList,
+}
+
+/// What the agent answers: the reply to the request, or why there is none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Answer {
+    Status(Box<Status>),
+    ServiceList(Vec<ServiceView>),
+    Error(ApiError),
+}
+
+/// A request the agent could not answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// Not a request this agent knows (an older agent, or a malformed line).
+    BadRequest,
+    /// The agent failed while answering.
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorCode::BadRequest => "bad request",
+            ErrorCode::Internal => "internal error",
+        })
+    }
+}
+
+impl Request {
+    /// Reads a request line; a line that is not one gets an error answer.
+    pub fn decode(line: &str) -> Result<Request, ApiError> {
+        serde_json::from_str(line.trim()).map_err(|e| ApiError {
+            code: ErrorCode::BadRequest,
+            message: format!(
+                "{e} (requests: {{\"request\": \"status\"}}, {{\"request\": \"service-list\"}})"
+            ),
+        })
+    }
+}
+
+/// One line of JSON, newline included.
+pub fn encode_line<T: Serialize>(message: &T) -> String {
+    let mut line = serde_json::to_string(message).unwrap_or_else(|e| {
+        let error = ApiError { code: ErrorCode::Internal, message: format!("encoding the answer: {e}") };
+        serde_json::to_string(&Answer::Error(error)).unwrap_or_default()
+    });
+    line.push('\n');
+    line
+}

@@ -1,0 +1,218 @@
+//! What `skiff status` shows: the agent's health, where its state comes from, how packets
+//! reach its workers, what it applied, and the workers' counters.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use skiff_common::{DropReason, config::XdpMode};
+
+use crate::object::{Kind, Rejection};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub health: Health,
+    pub node: String,
+    pub source: Source,
+    /// Whether the source is reachable (an API server can go away; the tables stay).
+    pub connected: bool,
+    pub datapath: Datapath,
+    /// Accepted objects by kind.
+    pub objects: BTreeMap<Kind, usize>,
+    pub rejections: Vec<Rejection>,
+    pub frontends: usize,
+    pub backends: usize,
+    /// Distinct pod label sets (the unit an identity is given for).
+    pub identities: usize,
+    pub tunnels: Vec<Tunnel>,
+    pub policies: usize,
+    pub next_hops: usize,
+    /// Tables published so far.
+    pub applies: u64,
+    pub last_apply: Option<LastApply>,
+    /// Live, read at each request; `None` without a datapath.
+    pub workers: Option<WorkerCounters>,
+}
+
+impl Status {
+    /// Nothing applied yet.
+    pub fn new(source: Source, datapath: Datapath) -> Status {
+        Status {
+            version: String::new(),
+            health: Health::Ok,
+            node: String::new(),
+            source,
+            connected: false,
+            datapath,
+            objects: BTreeMap::new(),
+            rejections: Vec::new(),
+            frontends: 0,
+            backends: 0,
+            identities: 0,
+            tunnels: Vec::new(),
+            policies: 0,
+            next_hops: 0,
+            applies: 0,
+            last_apply: None,
+            workers: None,
+        }
+    }
+}
+
+/// Whether the agent does what its objects ask.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Health {
+    #[default]
+    Ok,
+    /// Forwarding goes on with the last good tables, for these reasons.
+    Degraded { problems: Vec<Problem> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "problem", rename_all = "kebab-case")]
+pub enum Problem {
+    /// The source (folder or API server) cannot be read; the tables stay as they are.
+    SourceUnreachable,
+    /// The last apply failed; it is retried whole.
+    ApplyFailed { error: String },
+    /// Nothing is published until every kind's first list has arrived.
+    WaitingForFirstList { kinds: Vec<Kind> },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::SourceUnreachable => f.write_str("the source is not reachable"),
+            Problem::ApplyFailed { error } => write!(f, "the last apply failed: {error}"),
+            Problem::WaitingForFirstList { kinds } => {
+                let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+                write!(f, "waiting for the first list of {}", kinds.join(", "))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Ok => f.write_str("Ok"),
+            Health::Degraded { problems } => {
+                f.write_str("Degraded: ")?;
+                for (i, p) in problems.iter().enumerate() {
+                    write!(f, "{}{p}", if i == 0 { "" } else { "; " })?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where the cluster state comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Source {
+    /// A folder of YAML, watched.
+    StateDir { path: PathBuf },
+    /// An API server.
+    Kubernetes { server: String },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::StateDir { path } => write!(f, "state-dir {}", path.display()),
+            Source::Kubernetes { server } => write!(f, "kubernetes {server}"),
+        }
+    }
+}
+
+/// How packets reach the workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Datapath {
+    pub io: Io,
+    pub devices: Vec<String>,
+    pub workers: u16,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Io {
+    /// AF_XDP sockets behind skiff's XDP program, attached in this mode.
+    AfXdp { xdp_mode: XdpMode },
+    /// AF_PACKET sockets with nftables steering.
+    AfPacket,
+    /// Tables only: nothing forwards.
+    #[default]
+    None,
+}
+
+impl fmt::Display for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.io {
+            Io::AfXdp { xdp_mode } => write!(f, "AF_XDP ({xdp_mode} XDP)")?,
+            Io::AfPacket => f.write_str("AF_PACKET")?,
+            Io::None => return f.write_str("none (tables recorded, not forwarded)"),
+        }
+        let plural = if self.workers == 1 { "" } else { "s" };
+        write!(f, " on {} ({} worker{plural})", self.devices.join(", "), self.workers)
+    }
+}
+
+/// Another node's pod network, reached through a tunnel to its address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub node: String,
+    pub pod_cidr: IpNet,
+    pub endpoint: IpAddr,
+}
+
+/// What an apply changed, in frontends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+    /// Backend pools (Maglev tables) built by this apply.
+    pub pools_built: usize,
+}
+
+impl ApplyReport {
+    pub fn is_noop(&self) -> bool {
+        self.added == 0 && self.removed == 0 && self.changed == 0
+    }
+}
+
+impl fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "+{} ~{} -{} ={} frontends, {} pools built",
+            self.added, self.changed, self.removed, self.unchanged, self.pools_built
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastApply {
+    pub report: ApplyReport,
+    /// From the change's arrival to the tables' publication.
+    pub micros: u64,
+    pub unix_seconds: u64,
+}
+
+/// The workers' counters, summed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCounters {
+    pub received: u64,
+    pub forwarded: u64,
+    /// Answers sent back (RSTs and ICMP errors for services without backends).
+    pub replied: u64,
+    pub dropped: u64,
+    /// Frames a worker received for a flow another owns, and handed to it.
+    pub handed_off: u64,
+    /// Drops by reason (only reasons that occurred).
+    pub drops: BTreeMap<DropReason, u64>,
+}

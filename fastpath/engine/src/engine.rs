@@ -1,0 +1,511 @@
+//! The packet engine: what a worker does with one frame, with no I/O and no allocation.
+//!
+//! A frame goes through four stages. **Parse**: its headers, the flow tuple and TCP flags.
+//! **Track**: a packet of a known flow follows the flow, whatever the service's backends have
+//! become; replies get the frontend back as their source (reverse NAT), and ICMP errors about
+//! the flow are translated like it. **Balance**: a packet to a service frontend starts a flow,
+//! and a backend is picked (Maglev over the flow's hash or at random, or remembered for the
+//! client by session affinity, within the traffic policy); a service without backends is
+//! refused (TCP RST, ICMP unreachable). **Translate**: the flow is tracked with its post-NAT
+//! reply tuple and the destination rewritten to the backend (DNAT; the source too when
+//! masquerading). With several workers, a frame of a flow another worker owns is handed to it.
+//! Every forwarded packet's TTL drops by one. Anything else passes to the kernel.
+
+use std::{net::IpAddr, sync::Arc};
+
+use hashbrown::HashMap;
+
+use skiff_common::{
+    DropReason,
+    lb::{BackendId, FrontendKind},
+};
+use skiff_wire::{
+    icmp,
+    layers::{self, Fragment, L3, L4, Parsed},
+    tcp::TcpFlags,
+};
+
+use crate::{
+    conntrack::{Conntrack, Entry, InsertError, Timeouts},
+    flow::{Direction, Tuple, mapped, unmap},
+    hash::{hash64, mix64},
+    lb::Backend,
+    nat::{self, Side},
+    reply,
+    tables::{Frontend, Service, SharedTables, Tables},
+};
+
+/// The seed of the hash that gives a flow's owner (any fixed value other than the flow hash's
+/// 0: every worker must agree).
+const OWNER_SEED: u64 = 1;
+
+/// New flows remembered between two drains (a receive batch holds at most 64 frames).
+const NEW_FLOWS_PER_BATCH: usize = 256;
+
+/// Source ports for masquerading, and for a client's port remapped on a clash: above the
+/// kernel's ephemeral range (32768–60999), so they never take the 5-tuple of a connection
+/// whose port a kernel chose.
+pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
+
+/// A flow an engine started: as the client sent it, as its replies will come, and its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewFlow {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub backend: BackendId,
+}
+
+/// What to do with a frame after [`Engine::process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Rewritten: send it towards its (new) destination address, a backend or the client of a
+    /// reply. (Carrying the address here cost a piecewise copy of a 17-byte `IpAddr` on every
+    /// packet; the I/O layer reads it from the frame.)
+    Forward,
+    /// Rewritten into an answer to its sender (a TCP RST, an ICMP unreachable), `len` bytes
+    /// long: send it back.
+    Reply {
+        len: u16,
+    },
+    /// Not the engine's: hand it to the kernel.
+    Pass,
+    /// A flow another worker owns (see [`Partition`]): hand the frame, untouched, to that one.
+    Handoff {
+        worker: u16,
+    },
+    Drop(DropReason),
+}
+
+/// Which worker of how many an engine is. A flow belongs to the worker its client's endpoint
+/// (address and port) hashes to, whichever queue its packets arrive on: a request's source,
+/// a reply's destination. Workers masquerade with disjoint sets of source ports
+/// (`port % count == index`), so their flows never collide and a masqueraded reply's port
+/// names its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u16,
+    pub count: u16,
+}
+
+impl Default for Partition {
+    fn default() -> Partition {
+        Partition { index: 0, count: 1 }
+    }
+}
+
+/// One worker's engine: the shared tables and its own state.
+pub struct Engine {
+    tables: Arc<Tables>,
+    own: Own,
+}
+
+/// What belongs to one worker alone (no lock on the packet path): split from the tables so a
+/// stage can read a service while it updates the worker's state.
+struct Own {
+    conntrack: Conntrack,
+    partition: Partition,
+    /// Flows started since the last [`Engine::drain_new_flows`]: the XDP program must learn
+    /// their reply tuples to steer the replies to the worker.
+    new_flows: Vec<NewFlow>,
+    /// Session affinity: (frontend, client) → (backend, seconds of the last new flow).
+    affinity: HashMap<(Frontend, IpAddr), (BackendId, u64)>,
+    /// State of the random draws (`Algorithm::Random`).
+    random: u64,
+}
+
+/// A parsed IP packet as the later stages need it.
+struct Packet {
+    tuple: Tuple,
+    tcp_flags: u8,
+    /// From the IP header on.
+    len: usize,
+    v6: bool,
+}
+
+/// What balancing decided for a new flow.
+struct Decision {
+    backend: Backend,
+    /// The node address the flow leaves from, when it is masqueraded.
+    masquerade: Option<IpAddr>,
+    flow_hash: u64,
+}
+
+impl Engine {
+    pub fn new(tables: Arc<Tables>, ct_capacity: usize, timeouts: Timeouts) -> Engine {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()));
+        Engine {
+            tables,
+            own: Own {
+                conntrack: Conntrack::new(ct_capacity, timeouts),
+                partition: Partition::default(),
+                new_flows: Vec::with_capacity(NEW_FLOWS_PER_BATCH),
+                // As many clients as flows; preallocated so the packet path does not allocate.
+                affinity: HashMap::with_capacity(ct_capacity),
+                random: seed,
+            },
+        }
+    }
+
+    /// Makes this engine worker `index` of `count`.
+    pub fn set_partition(&mut self, partition: Partition) {
+        self.own.partition = partition;
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Installs new tables; tracked flows keep their backends.
+    pub fn set_tables(&mut self, tables: Arc<Tables>) {
+        self.tables = tables;
+    }
+
+    /// Takes the newest published tables, if they changed: a worker calls this between
+    /// batches.
+    pub fn refresh(&mut self, shared: &SharedTables) {
+        shared.refresh(&mut self.tables);
+    }
+
+    pub fn conntrack(&mut self) -> &mut Conntrack {
+        &mut self.own.conntrack
+    }
+
+    /// Hands each flow started since the last call to `f` (the worker mirrors their reply
+    /// tuples into the XDP program's tracked flows, before their first packet leaves).
+    pub fn drain_new_flows(&mut self, mut f: impl FnMut(&NewFlow)) {
+        for t in self.own.new_flows.drain(..) {
+            f(&t);
+        }
+    }
+
+    /// Processes one frame in place at time `now` (seconds).
+    pub fn process(&mut self, frame: &mut [u8], now: u64) -> Action {
+        self.try_process(frame, now, true).unwrap_or_else(Action::Drop)
+    }
+
+    /// Processes a frame another worker handed over (never hands it on: with tables that
+    /// just changed, two workers could disagree on the owner).
+    pub fn process_handed(&mut self, frame: &mut [u8], now: u64) -> Action {
+        self.try_process(frame, now, false).unwrap_or_else(Action::Drop)
+    }
+
+    fn try_process(&mut self, frame: &mut [u8], now: u64, may_hand_off: bool) -> Result<Action, DropReason> {
+        // Parse.
+        let p = layers::parse(frame)?;
+        let L3::Ip(ip) = p.l3 else { return Ok(Action::Pass) };
+        let (src_port, dst_port, tcp_flags) = match p.l4 {
+            L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0),
+            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+            L4::Icmp { msg_type, .. } if icmp::is_error(ip.v6, msg_type) => {
+                return self.own.icmp_error(&self.tables, frame, &p, may_hand_off);
+            }
+            L4::Icmp { msg_type, ident, .. } if msg_type == icmp::v4::ECHO_REPLY && !ip.v6 => (0, ident, 0),
+            L4::Icmp { msg_type: icmp::v6::ECHO_REPLY, ident, .. } if ip.v6 => (0, ident, 0),
+            L4::Icmp { ident, .. } => (ident, 0, 0),
+            L4::None => (0, 0, 0),
+        };
+        let tuple = Tuple::of(frame, &p, src_port, dst_port).ok_or(DropReason::Internal)?;
+        let packet = Packet { tuple, tcp_flags, len: p.l3_offset + ip.len, v6: ip.v6 };
+        // Track.
+        if let Some(forwarded) = self.own.follow(frame, &p, &packet, now)? {
+            return Ok(forwarded);
+        }
+        let dst = unmap(tuple.dst, ip.v6);
+        if ip.fragment == Fragment::Later {
+            // No ports: a fragment of a service flow cannot be balanced without reassembly.
+            let to_service = self.tables.is_frontend_address(dst);
+            return Ok(if to_service { Action::Drop(DropReason::Ipv4Fragment) } else { Action::Pass });
+        }
+        if p.l4 == L4::None {
+            return Ok(Action::Pass);
+        }
+        let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
+        let service = self.tables.services.get(&frontend);
+        if may_hand_off
+            && let Some(worker) = self.own.owner_elsewhere(&self.tables, &tuple, service.is_some())
+        {
+            return Ok(Action::Handoff { worker });
+        }
+        let Some(service) = service else { return Ok(Action::Pass) };
+        // Balance, then translate.
+        let internal_client = self.tables.node.is_internal(unmap(tuple.src, ip.v6));
+        let flow_hash = hash64(&tuple.to_bytes(), 0);
+        let Some(backend) = self.own.balance(service, frontend, &packet, internal_client, flow_hash, now)?
+        else {
+            return Ok(refuse(frame, &p));
+        };
+        let masquerade =
+            (service.config.kind != FrontendKind::ClusterIp && !internal_client && !backend.local)
+                .then(|| self.tables.node.masquerade(dst))
+                .flatten();
+        let decision = Decision { backend, masquerade, flow_hash };
+        self.own.start(&self.tables, frame, &p, &packet, decision, now)
+    }
+}
+
+impl Own {
+    /// Track: a packet of a tracked flow is accounted and translated like its flow. A new
+    /// connection on a finished one's tuple removes the old flow and goes on to be balanced
+    /// afresh (`None`, as for a packet of no flow).
+    #[inline]
+    fn follow(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        packet: &Packet,
+        now: u64,
+    ) -> Result<Option<Action>, DropReason> {
+        let Some((id, dir)) = self.conntrack.lookup(&packet.tuple) else { return Ok(None) };
+        if opens(packet.tcp_flags) && self.conntrack.finished(id) {
+            self.conntrack.remove(id);
+            return Ok(None);
+        }
+        self.conntrack.update(id, dir, packet.tcp_flags, packet.len, now);
+        let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        entry.rewrite(dir).apply(frame, p, entry.other(dir))?;
+        Ok(Some(Action::Forward))
+    }
+
+    /// Balance: the backend of a new flow to `service` (`None`: no backend takes new flows,
+    /// and the flow is refused).
+    fn balance(
+        &mut self,
+        service: &Service,
+        frontend: Frontend,
+        packet: &Packet,
+        internal_client: bool,
+        flow_hash: u64,
+        now: u64,
+    ) -> Result<Option<Backend>, DropReason> {
+        let local_only = service.local_only(internal_client);
+        let pool = &*service.pool;
+        let selector = if local_only { pool.local.as_ref() } else { Some(&pool.all) };
+        let client = unmap(packet.tuple.src, packet.v6);
+        self.random = mix64(self.random.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        let timeout = service.config.affinity_timeout;
+        let remembered = timeout.and_then(|timeout| {
+            let (id, at) = *self.affinity.get(&(frontend, client))?;
+            let b = pool.backends.get(&id)?;
+            (now.saturating_sub(at) <= timeout && b.weight > 0 && (b.local || !local_only)).then_some(id)
+        });
+        let Some(backend_id) = remembered.or_else(|| selector?.pick(flow_hash, self.random)) else {
+            if local_only && !pool.all.is_empty() {
+                // Backends elsewhere only: a Local policy drops rather than leave the node.
+                return Err(DropReason::NoLocalBackend);
+            }
+            return Ok(None);
+        };
+        // Past capacity new clients are not remembered (no allocation on the packet path);
+        // known clients are refreshed in place.
+        let key = (frontend, client);
+        if timeout.is_some()
+            && (self.affinity.len() < self.affinity.capacity() || self.affinity.contains_key(&key))
+        {
+            self.affinity.insert(key, (backend_id, now));
+        }
+        pool.backends.get(&backend_id).copied().map(Some).ok_or(DropReason::NoBackendMatch)
+    }
+
+    /// Translate: tracks the new flow with its reply tuple (from the node's address and a free
+    /// port when masqueraded) and rewrites its first packet.
+    fn start(
+        &mut self,
+        tables: &Tables,
+        frame: &mut [u8],
+        p: &Parsed,
+        packet: &Packet,
+        decision: Decision,
+        now: u64,
+    ) -> Result<Action, DropReason> {
+        let Decision { backend, masquerade, flow_hash } = decision;
+        let (tuple, flags) = (packet.tuple, packet.tcp_flags);
+        let client = unmap(tuple.src, packet.v6);
+        let reply = match masquerade {
+            Some(node) => {
+                let reply = Tuple::new(backend.addr, node, tuple.protocol, backend.port, 0);
+                Tuple { dst_port: self.free_port(tables, &reply, flow_hash)?, ..reply }
+            }
+            None => Tuple::new(backend.addr, client, tuple.protocol, backend.port, tuple.src_port),
+        };
+        let id = match self.conntrack.insert(tuple, reply, flags, backend.id, now) {
+            Err(InsertError::ReplyTaken(other)) => {
+                let reply = self.resolve_clash(tables, other, reply, flags, flow_hash)?;
+                self.conntrack.insert(tuple, reply, flags, backend.id, now)
+            }
+            inserted => inserted,
+        }
+        .map_err(|e| match e {
+            InsertError::Full(_) => DropReason::CtTableFull,
+            InsertError::ReplyTaken(_) => DropReason::Internal,
+        })?;
+        self.conntrack.update(id, Direction::Original, flags, packet.len, now);
+        let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
+            self.new_flows.push(NewFlow { original: tuple, reply: entry.reply, backend: backend.id });
+        }
+        entry.rewrite(Direction::Original).apply(frame, p, &entry.reply)?;
+        Ok(Action::Forward)
+    }
+
+    /// The worker owning the flow of `tuple`, a packet this worker's conntrack does not know,
+    /// if that is another worker.
+    fn owner_elsewhere(&self, tables: &Tables, tuple: &Tuple, to_frontend: bool) -> Option<u16> {
+        let owner = self.owner(tables, tuple, to_frontend);
+        (owner != self.partition.index).then_some(owner)
+    }
+
+    /// The worker owning the flow of `tuple`: by the client's endpoint (the source of a packet
+    /// to a frontend, otherwise the destination), or by the port of a masqueraded reply.
+    fn owner(&self, tables: &Tables, tuple: &Tuple, to_frontend: bool) -> u16 {
+        let Partition { index, count } = self.partition;
+        if count <= 1 {
+            return index;
+        }
+        let node = &tables.node;
+        let masqueraded_reply = !to_frontend
+            && SNAT_PORTS.contains(&tuple.dst_port)
+            && [node.masquerade_v4, node.masquerade_v6].into_iter().flatten().any(|a| mapped(a) == tuple.dst);
+        if masqueraded_reply {
+            return tuple.dst_port % count;
+        }
+        let (addr, port) =
+            if to_frontend { (tuple.src, tuple.src_port) } else { (tuple.dst, tuple.dst_port) };
+        let mut client = [0u8; 18];
+        client[..16].copy_from_slice(&addr);
+        client[16..].copy_from_slice(&port.to_be_bytes());
+        u16::try_from(hash64(&client, OWNER_SEED) % u64::from(count)).unwrap_or(0)
+    }
+
+    /// The reply tuple for a new flow whose `reply` flow `other` already has: a client reused
+    /// its port towards two frontends with the same backend, which must still tell the two
+    /// connections apart. A finished TCP connection gives way to a new SYN (the backend's
+    /// kernel decides, as without NAT); a live flow keeps its tuple and the new flow's client
+    /// port is remapped, as Linux's NAT does on a clash.
+    fn resolve_clash(
+        &mut self,
+        tables: &Tables,
+        other: u32,
+        reply: Tuple,
+        tcp_flags: u8,
+        flow_hash: u64,
+    ) -> Result<Tuple, DropReason> {
+        if opens(tcp_flags) && self.conntrack.finished(other) {
+            self.conntrack.remove(other);
+            return Ok(reply);
+        }
+        Ok(Tuple { dst_port: self.free_port(tables, &reply, flow_hash)?, ..reply })
+    }
+
+    /// A port of `SNAT_PORTS` for the client side of `reply` (its destination port) that no
+    /// flow's reply uses and whose replies this worker owns: from the flow's hash on, the first
+    /// such port (nearly always one of the first `count` tried).
+    fn free_port(&self, tables: &Tables, reply: &Tuple, flow_hash: u64) -> Result<u16, DropReason> {
+        let (first, n) = (*SNAT_PORTS.start(), SNAT_PORTS.len() as u64);
+        let start = flow_hash % n;
+        (0..n)
+            .filter_map(|k| u16::try_from((start + k) % n).ok())
+            .map(|offset| Tuple { dst_port: first + offset, ..*reply })
+            .find(|t| {
+                self.owner(tables, t, false) == self.partition.index && self.conntrack.lookup(t).is_none()
+            })
+            .map(|t| t.dst_port)
+            .ok_or(DropReason::NatPortExhausted)
+    }
+
+    /// An ICMP error quotes a packet as it was sent; the reverse of the quote is the direction
+    /// the error travels in. About a tracked flow it is translated like the flow (the client
+    /// must see it come from the frontend, the backend must see it about its own packet);
+    /// about no flow it is dropped if it targets a frontend address, and left alone otherwise.
+    fn icmp_error(
+        &mut self,
+        tables: &Tables,
+        frame: &mut [u8],
+        p: &Parsed,
+        may_hand_off: bool,
+    ) -> Result<Action, DropReason> {
+        let L3::Ip(ip) = p.l3 else { return Ok(Action::Pass) };
+        let (_, dst) = p.addrs(frame).ok_or(DropReason::Internal)?;
+        let quote = frame
+            .get(p.l4_offset + icmp::HEADER_LEN..p.l3_offset + ip.len)
+            .ok_or(DropReason::IcmpTruncated)?;
+        // The quote reversed: the tuple of a packet of the flow going the way the error goes.
+        let key = layers::parse_quoted(quote, ip.v6)
+            .ok()
+            .map(|q| Tuple::new(q.dst, q.src, q.protocol.0, q.dst_port, q.src_port));
+        let tracked = key.as_ref().and_then(|key| self.conntrack.lookup(key));
+        if tracked.is_none()
+            && may_hand_off
+            && let Some(key) = key
+        {
+            let frontend =
+                Frontend { addr: unmap(key.dst, ip.v6), port: key.dst_port, protocol: key.protocol };
+            if let Some(worker) = self.owner_elsewhere(tables, &key, tables.services.contains_key(&frontend))
+            {
+                return Ok(Action::Handoff { worker });
+            }
+        }
+        let Some((id, dir)) = tracked else {
+            return Ok(if tables.is_frontend_address(dst) {
+                Action::Drop(DropReason::UnsolicitedIcmpError)
+            } else {
+                Action::Pass
+            });
+        };
+        let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        nat::decrement_ttl(frame, p)?;
+        translate_icmp_error(frame, p, entry, dir)?;
+        Ok(Action::Forward)
+    }
+}
+
+/// Translates an ICMP error about a tracked flow, travelling in `dir`, like the flow's own
+/// packets: it leaves looking like the other direction's tuple reversed. The far end always
+/// changes (errors from the backend's side come from the frontend, the client's errors reach
+/// the backend); the near end only for a masqueraded flow.
+fn translate_icmp_error(
+    frame: &mut [u8],
+    p: &Parsed,
+    entry: &Entry,
+    dir: Direction,
+) -> Result<(), DropReason> {
+    let L3::Ip(ip) = p.l3 else { return Err(DropReason::UnsupportedEthertype) };
+    let other = entry.other(dir);
+    let endpoint = |side| match side {
+        Side::Source => (other.dst, other.dst_port),
+        Side::Destination => (other.src, other.src_port),
+    };
+    let (far, near) = match dir {
+        Direction::Original => (Side::Destination, Side::Source),
+        Direction::Reply => (Side::Source, Side::Destination),
+    };
+    let (addr, port) = endpoint(far);
+    nat::translate_icmp_error(frame, p, far, unmap(addr, ip.v6), port)?;
+    if entry.masqueraded() {
+        let (addr, port) = endpoint(near);
+        nat::translate_icmp_error(frame, p, near, unmap(addr, ip.v6), port)?;
+    }
+    Ok(())
+}
+
+/// Whether a packet's TCP flags open a connection: SYN without ACK (never for other
+/// protocols, whose flags are 0).
+#[inline]
+fn opens(tcp_flags: u8) -> bool {
+    tcp_flags & (TcpFlags::SYN.0 | TcpFlags::ACK.0) == TcpFlags::SYN.0
+}
+
+/// A service without backends answers: TCP with a RST, UDP with port unreachable (when the
+/// frame's buffer can hold it); anything else is dropped. Always counted as
+/// `ServiceWithoutBackends` by the caller's drop or reply accounting.
+fn refuse(frame: &mut [u8], p: &Parsed) -> Action {
+    let reply = match p.l4 {
+        L4::Tcp { .. } => reply::tcp_reset(frame, p),
+        L4::Udp { .. } => reply::port_unreachable(frame, p),
+        _ => None,
+    };
+    reply
+        .and_then(|len| u16::try_from(len).ok())
+        .map_or(Action::Drop(DropReason::ServiceWithoutBackends), |len| Action::Reply { len })
+}

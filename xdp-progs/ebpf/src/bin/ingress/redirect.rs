@@ -1,0 +1,64 @@
+//! Which frames need a worker (service frontends, pods under policy, tracked flows), and the
+//! redirect to the AF_XDP socket of the frame's receive queue. With no socket bound the frame
+//! passes to the kernel, so the node never blackholes while workers are down.
+
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use skiff_common::{
+    config::XSK_QUEUES_PER_IF,
+    conntrack::{CtKey4, CtKey6},
+    endpoint::EndpointInfo,
+    lb::{ServiceKey4, ServiceKey6},
+};
+use skiff_xdp_ebpf::packet::len;
+
+use crate::{maps::*, metrics::count};
+
+/// Whether an IPv4 packet from `src:sport` to `dst:dport` needs a worker.
+#[inline(always)]
+pub fn wanted_v4(src: [u8; 4], dst: [u8; 4], (sport, dport): (u16, u16), proto: u8) -> bool {
+    let service = ServiceKey4 { vip: dst, dport: dport.to_be(), proto, scope: 0 };
+    let flow =
+        CtKey4 { saddr: src, daddr: dst, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] };
+    SERVICES_V4.get_ptr(&service).is_some()
+        || under_policy(ENDPOINTS_V4.get_ptr(&dst))
+        || CT_V4.get_ptr(&flow).is_some()
+}
+
+/// Whether an IPv6 packet from `src:sport` to `dst:dport` needs a worker.
+#[inline(always)]
+pub fn wanted_v6(src: [u8; 16], dst: [u8; 16], (sport, dport): (u16, u16), proto: u8) -> bool {
+    let service = ServiceKey6 { vip: dst, dport: dport.to_be(), proto, scope: 0 };
+    let flow =
+        CtKey6 { saddr: src, daddr: dst, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] };
+    SERVICES_V6.get_ptr(&service).is_some()
+        || under_policy(ENDPOINTS_V6.get_ptr(&dst))
+        || CT_V6.get_ptr(&flow).is_some()
+}
+
+#[inline(always)]
+fn under_policy(endpoint: Option<*const EndpointInfo>) -> bool {
+    // SAFETY: the pointer comes from a successful lookup and stays valid for this program run
+    // (RCU); a concurrent update can at worst show the old or the new flags.
+    endpoint.is_some_and(|e| unsafe { (*e).flags } & EndpointInfo::POLICY_ENFORCED != 0)
+}
+
+/// To the AF_XDP socket of this interface's receive queue; XDP_PASS (counted in `NO_WORKER`)
+/// when none is bound.
+#[inline(always)]
+pub fn to_worker(ctx: &XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` is the program's valid xdp_md.
+    let (ifindex, queue) = unsafe { ((*ctx.ctx).ingress_ifindex, (*ctx.ctx).rx_queue_index) };
+    let slot = IF_SLOTS.get_ptr(&ifindex);
+    let action = match slot {
+        Some(slot) if queue < XSK_QUEUES_PER_IF => {
+            // SAFETY: a pointer from a successful lookup, valid for this run.
+            let index = unsafe { *slot } * XSK_QUEUES_PER_IF + queue;
+            XSKS.redirect(index, u64::from(XDP_PASS)).unwrap_or(XDP_PASS)
+        }
+        _ => XDP_PASS,
+    };
+    if action == XDP_PASS {
+        count(&NO_WORKER, 0, len(ctx) as u64);
+    }
+    action
+}
