@@ -26,9 +26,9 @@
 
 pub mod apiserver;
 mod netns;
+mod wire;
 
 use std::{
-    io::Write,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -36,6 +36,8 @@ use std::{
 };
 
 pub use netns::{Answers, Netns};
+pub use wire::mirror_v6;
+use wire::{Wire, batch, connect, join_nodes};
 
 /// Every lab namespace starts with this; `lab down` removes all of them.
 pub const PREFIX: &str = "skiff-";
@@ -132,7 +134,7 @@ impl Topology {
 
 /// A node namespace: forwards, and is the gateway of its pods.
 #[derive(Clone, Debug)]
-pub struct Node {
+pub struct LabNode {
     pub name: String,
     pub netns: Netns,
     /// The node's own address on its first link (the uplink for `node`, `peer` for `node2`):
@@ -143,7 +145,7 @@ pub struct Node {
     pub pod_net: u8,
 }
 
-impl Node {
+impl LabNode {
     pub fn pod_gateway_v4(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, self.pod_net, 1)
     }
@@ -175,7 +177,7 @@ pub struct Lab {
     id: String,
     namespaces: Vec<Netns>,
     servers: Vec<Child>,
-    nodes: Vec<Node>,
+    nodes: Vec<LabNode>,
     client: Option<Host>,
     pods: Vec<Host>,
     node2_pods: Vec<Host>,
@@ -185,10 +187,10 @@ impl Lab {
     pub fn id(&self) -> &str {
         &self.id
     }
-    pub fn node(&self) -> &Node {
+    pub fn node(&self) -> &LabNode {
         &self.nodes[0]
     }
-    pub fn node2(&self) -> Option<&Node> {
+    pub fn node2(&self) -> Option<&LabNode> {
         self.nodes.get(1)
     }
     pub fn client(&self) -> &Host {
@@ -262,17 +264,17 @@ impl Lab {
         Ok(ns)
     }
 
-    fn add_node(&mut self, name: &str, pod_net: u8) -> Result<Node, LabError> {
+    fn add_node(&mut self, name: &str, pod_net: u8) -> Result<LabNode, LabError> {
         let netns = self.add_namespace(name)?;
         let (ipv4, ipv6) = if name == "node" { Wire::uplink().node_addr() } else { Wire::peer().far_addr() };
-        let node = Node { name: name.into(), netns, ipv4, ipv6, pod_net };
+        let node = LabNode { name: name.into(), netns, ipv4, ipv6, pod_net };
         let gw4 = node.pod_gateway_v4();
         let gw6 = node.pod_gateway_v6();
         batch(&node.netns, &[format!("addr add {gw4}/32 dev lo"), format!("addr add {gw6}/128 dev lo")])?;
         Ok(node)
     }
 
-    fn add_host(&mut self, name: &str, node: &Node, wire: Wire) -> Result<Host, LabError> {
+    fn add_host(&mut self, name: &str, node: &LabNode, wire: Wire) -> Result<Host, LabError> {
         let netns = self.add_namespace(name)?;
         let host = Host {
             name: name.into(),
@@ -307,23 +309,6 @@ impl Lab {
         }
         Ok(host)
     }
-}
-
-/// Joins two nodes by the `peer` link and routes each one's pods through it.
-fn join_nodes(node: &Node, node2: &Node) -> Result<(), LabError> {
-    let wire = Wire::peer();
-    connect(&node.netns, &node2.netns, &wire, "peer")?;
-    let (n1v4, n1v6) = wire.node_addr();
-    let (n2v4, n2v6) = wire.far_addr();
-    let pods2 = Ipv4Addr::new(198, 18, node2.pod_net, 0);
-    batch(
-        &node.netns,
-        &[
-            format!("route add {pods2}/24 via {n2v4}"),
-            format!("route add {}/64 via {n2v6}", mirror_v6(pods2)),
-        ],
-    )?;
-    batch(&node2.netns, &[format!("route add default via {n1v4}"), format!("route add ::/0 via {n1v6}")])
 }
 
 impl Drop for Lab {
@@ -375,127 +360,6 @@ fn delete_namespace(name: &str) -> Result<(), LabError> {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     checked(Command::new("ip").args(["netns", "del", name])).map(drop)
-}
-
-/// One veth pair between a node and the host on its far end.
-#[derive(Clone, Debug)]
-struct Wire {
-    node_iface: String,
-    node_mac: [u8; 6],
-    far_mac: [u8; 6],
-    node_v4: Ipv4Addr,
-    far_v4: Ipv4Addr,
-    /// 24 for a shared subnet (uplink, peer); 32 for a pod (node side has no address on it).
-    prefix_len: u8,
-    /// Queues each way.
-    queues: u16,
-}
-
-impl Wire {
-    fn uplink() -> Wire {
-        Wire::subnet("uplink", 1, 0)
-    }
-    fn peer() -> Wire {
-        Wire::subnet("peer", 3, 2)
-    }
-    fn subnet(node_iface: &str, kind: u8, net: u8) -> Wire {
-        Wire {
-            node_iface: node_iface.into(),
-            node_mac: [0x02, 0, kind, 0, 0, 1],
-            far_mac: [0x02, 0, kind, 0, 0, 2],
-            node_v4: Ipv4Addr::new(198, 18, net, 1),
-            far_v4: Ipv4Addr::new(198, 18, net, 2),
-            prefix_len: 24,
-            queues: 1,
-        }
-    }
-    fn pod(node: &Node, i: usize) -> Wire {
-        let i = u8::try_from(i).expect("at most 200 pods per node");
-        Wire {
-            node_iface: format!("lxc{i}"),
-            node_mac: [0x02, 0, node.pod_net, i, 0, 1],
-            far_mac: [0x02, 0, node.pod_net, i, 0, 2],
-            node_v4: node.pod_gateway_v4(),
-            far_v4: Ipv4Addr::new(198, 18, node.pod_net, 10 + i),
-            prefix_len: 32,
-            queues: 1,
-        }
-    }
-    fn node_addr(&self) -> (Ipv4Addr, Ipv6Addr) {
-        (self.node_v4, mirror_v6(self.node_v4))
-    }
-    fn far_addr(&self) -> (Ipv4Addr, Ipv6Addr) {
-        (self.far_v4, mirror_v6(self.far_v4))
-    }
-}
-
-/// Creates the veth pair of `wire` between `node` and `far` (named `far_iface` there),
-/// addresses it, brings it up, adds static neighbours both ways and turns off transmit
-/// checksum offload on both ends.
-fn connect(node: &Netns, far: &Netns, wire: &Wire, far_iface: &str) -> Result<(), LabError> {
-    let (node_if, node_mac, far_mac) = (&wire.node_iface, mac(wire.node_mac), mac(wire.far_mac));
-    let (n4, n6) = wire.node_addr();
-    let (f4, f6) = wire.far_addr();
-    let (len4, len6) = if wire.prefix_len == 32 { (32, 128) } else { (24, 64) };
-    let mut node_cmds = vec![
-        format!(
-            "link add {node_if} numtxqueues {q} numrxqueues {q} address {node_mac} type veth peer name {far_iface} numtxqueues {q} numrxqueues {q} address {far_mac} netns {}",
-            far.name(),
-            q = wire.queues,
-        ),
-        format!("link set {node_if} up"),
-        format!("neigh replace {f4} lladdr {far_mac} dev {node_if} nud permanent"),
-        format!("neigh replace {f6} lladdr {far_mac} dev {node_if} nud permanent"),
-    ];
-    if wire.prefix_len < 32 {
-        node_cmds.push(format!("addr add {n4}/{len4} dev {node_if}"));
-        node_cmds.push(format!("addr add {n6}/{len6} dev {node_if} nodad"));
-    }
-    batch(node, &node_cmds)?;
-    batch(
-        far,
-        &[
-            format!("addr add {f4}/{len4} dev {far_iface}"),
-            format!("addr add {f6}/{len6} dev {far_iface} nodad"),
-            format!("link set {far_iface} up"),
-            format!("neigh replace {n4} lladdr {node_mac} dev {far_iface} nud permanent"),
-            format!("neigh replace {n6} lladdr {node_mac} dev {far_iface} nud permanent"),
-        ],
-    )?;
-    node.exec("ethtool", &["-K", node_if, "tx", "off"])?;
-    far.exec("ethtool", &["-K", far_iface, "tx", "off"])?;
-    Ok(())
-}
-
-/// `198.18.c.d` → `fd00:0:0:c::d`, written with the same digits so the two read alike.
-pub fn mirror_v6(v4: Ipv4Addr) -> Ipv6Addr {
-    let [_, _, c, d] = v4.octets();
-    let hexlike = |n: u8| u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex digits");
-    Ipv6Addr::new(0xfd00, 0, 0, hexlike(c), 0, 0, 0, hexlike(d))
-}
-
-fn mac(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
-/// Runs `ip` commands (one per line) in a namespace through one `ip -batch` process.
-fn batch(ns: &Netns, lines: &[String]) -> Result<(), LabError> {
-    let command = format!("ip -n {} -batch - <<< {lines:?}", ns.name());
-    let mut child = Command::new("ip")
-        .args(["-n", ns.name(), "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
-    let mut stdin = child.stdin.take().expect("piped");
-    stdin
-        .write_all(lines.join("\n").as_bytes())
-        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
-    drop(stdin);
-    let out =
-        child.wait_with_output().map_err(|source| LabError::Spawn { command: command.clone(), source })?;
-    check(command, out).map(drop)
 }
 
 /// Runs a command to completion; a non-zero exit becomes an error quoting it and its stderr.

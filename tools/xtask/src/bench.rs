@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::{cargo, run, setup, workspace_root};
 
 pub fn bench() -> Result<()> {
-    setup::setup()?;
+    setup::setup(setup::Purpose::Run)?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "wire"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "fastpath"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "xdp"]))?;

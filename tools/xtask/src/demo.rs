@@ -17,20 +17,14 @@ use skiff_lab::{Host, Lab, Netns, Topology};
 use crate::{cargo, run, setup, workspace_root};
 
 pub fn demo() -> Result<()> {
-    setup::setup()?;
-    println!("== building skiff-agent, the skiff CLI, the XDP programs and their loader");
-    run(cargo().args([
-        "build",
-        "-p",
-        "skiff-control",
-        "-p",
-        "skiff",
-        "-p",
-        "skiff-xdp",
-        "--bins",
-        "--example",
-        "ingress",
-    ]))?;
+    setup::setup(setup::Purpose::Run)?;
+    println!(
+        "== building skiff-agent, the skiff CLI, the XDP programs and their loader (minutes, the first time)"
+    );
+    let started = std::time::Instant::now();
+    let packages = ["-p", "skiff-control", "-p", "skiff", "-p", "skiff-xdp"];
+    run(cargo().args(["build", "-q", "--bins", "--example", "ingress"]).args(packages))?;
+    println!("  built in {:.0} s", started.elapsed().as_secs_f64());
     let bin = workspace_root().join("target/debug");
 
     println!("== lab: a node, an external client, 3 web pods serving HTTP on 8080, a client pod");

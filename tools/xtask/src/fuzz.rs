@@ -25,7 +25,7 @@ struct Outcome {
 }
 
 pub fn fuzz(target: Option<&str>, seconds: u64) -> Result<()> {
-    setup::setup()?;
+    setup::setup(setup::Purpose::Run)?;
     setup::cargo_fuzz(CARGO_FUZZ_VERSION)?;
     let targets: Vec<&'static str> = match target {
         Some(t) => vec![

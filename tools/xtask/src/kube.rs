@@ -1,5 +1,5 @@
 //! A real kube-apiserver for the control plane's integration tests: Kubernetes 1.20.2, built
-//! once from Debian's source package and cached (see shared/notes/kube-apiserver.md). No
+//! once from Debian's source package and cached (the steps are those of `ensure`). No
 //! registry ships the binary, and there is no Docker engine for kind.
 
 use std::{
@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::run;
+use crate::setup::Log;
 
 const VERSION: &str = "v1.20.2";
 /// Where the binary is cached; tests find it through `SKIFF_KUBE_APISERVER`.
@@ -24,7 +24,7 @@ pub fn binary() -> PathBuf {
 }
 
 /// Builds kube-apiserver unless the cached binary is there and runs. Returns whether it built.
-pub fn ensure() -> Result<bool> {
+pub fn ensure(log: &mut Log) -> Result<bool> {
     let bin = binary();
     let works = Command::new(&bin).arg("--version").output();
     if works.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(VERSION)) {
@@ -50,29 +50,33 @@ pub fn ensure() -> Result<bool> {
             .args(args);
         cmd
     };
-    run(&mut apt(&["update", "-q"])).context("apt-get update (deb-src)")?;
-    run(&mut apt(&["source", "--download-only", "-q", SOURCE_PACKAGE]))
+    log.run(&mut apt(&["update", "-q"])).context("apt-get update (deb-src)")?;
+    log.run(&mut apt(&["source", "--download-only", "-q", SOURCE_PACKAGE]))
         .context("fetching the kubernetes source")?;
     let dsc = std::fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "dsc"))
         .context("apt-get source left no .dsc")?;
-    run(Command::new("dpkg-source").current_dir(&work).args(["-x"]).arg(&dsc).arg("src"))?;
+    log.run(Command::new("dpkg-source").current_dir(&work).args(["-x"]).arg(&dsc).arg("src"))?;
     let src = work.join("src");
     // The vendored reflect2 1.0.1 crashes under Go >= 1.18 ("fatal error: fault" in
     // mapiterinit); Debian's 1.0.2 is a drop-in.
     let reflect2 = src.join("vendor/github.com/modern-go/reflect2");
     std::fs::remove_dir_all(&reflect2).context("removing the vendored reflect2")?;
-    run(Command::new("cp")
-        .arg("-r")
-        .arg("/usr/share/gocode/src/github.com/modern-go/reflect2")
-        .arg(&reflect2))?;
-    run(Command::new("make")
-        .current_dir(&src)
-        .arg("WHAT=cmd/kube-apiserver")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .env("KUBE_GIT_VERSION", VERSION))
+    log.run(
+        Command::new("cp")
+            .arg("-r")
+            .arg("/usr/share/gocode/src/github.com/modern-go/reflect2")
+            .arg(&reflect2),
+    )?;
+    log.run(
+        Command::new("make")
+            .current_dir(&src)
+            .arg("WHAT=cmd/kube-apiserver")
+            .env("GOPROXY", "off")
+            .env("CGO_ENABLED", "0")
+            .env("KUBE_GIT_VERSION", VERSION),
+    )
     .context("building kube-apiserver")?;
     let built = src.join("_output/bin/kube-apiserver");
     if !built.exists() {

@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
-  setup               install what a fresh machine lacks (apt packages, rust-src, bpf-linker)
+  setup               install what a fresh machine lacks (apt packages, rust-src, bpf-linker,
+                      the tests' kube-apiserver); logs in target/setup/
   build               setup, then build the workspace and the XDP programs
   test                setup, build, run every test (the privileged lab tests too)
   bench               setup, run the benchmarks, write target/bench-report/*.json
@@ -38,9 +39,9 @@ fn main() -> ExitCode {
 
 fn dispatch(args: &[&str]) -> Result<ExitCode> {
     match args {
-        ["setup"] => setup::setup()?,
+        ["setup"] => setup::setup(setup::Purpose::Test)?,
         ["build"] => {
-            setup::setup()?;
+            setup::setup(setup::Purpose::Run)?;
             build()?;
         }
         ["test"] => return test::test(),

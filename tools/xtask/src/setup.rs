@@ -1,17 +1,38 @@
-//! `cargo xtask setup`: installs what a fresh machine of this kind lacks, idempotently.
-//! Every step first checks cheaply whether its work is already done, so a second run takes
-//! about a second.
+//! `cargo xtask setup`: installs what a fresh machine of this kind lacks, idempotently. Every
+//! step first checks cheaply whether its work is already done, so a second run takes about a
+//! second. Each step prints one line (ticking while it works, on a terminal); the long output
+//! of apt, cargo and Go goes to `target/setup/<step>.log`, whose tail is printed if the step
+//! fails.
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{
+    fs::File,
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{output_of, run};
+use crate::{output_of, workspace_root};
 
-/// Debian packages: the lab and tests (iproute2 … python3), the C build of xsk-rs' libxdp and
-/// libbpf (m4 … libpcap-dev: libxdp's configure stops without pcap/dlt.h), and Debian's
-/// LLVM 22, which bpf-linker links against.
-const APT_PACKAGES: &[&str] = &[
+/// What the command that asks for setup will do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Build and run skiff: the demo, the benches, the fuzzers.
+    Run,
+    /// Also the tests' real parts: a kube-apiserver built from Debian's source, and etcd.
+    Test,
+}
+
+/// Debian packages: the lab (iproute2 … python3), the C build of xsk-rs' libxdp and libbpf
+/// (m4 … libpcap-dev: libxdp's configure stops without pcap/dlt.h), and Debian's LLVM 22,
+/// which bpf-linker links against.
+const APT_RUN: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "ethtool",
@@ -30,9 +51,11 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libpcap-dev",
     "llvm-22-dev",
-    // A real API server for the control plane's tests: Go and the reflect2 fix to build
-    // kube-apiserver from Debian's source package (dpkg-dev unpacks it), etcd, openssl for
-    // its certificates.
+];
+/// A real API server for the control plane's tests: Go and the reflect2 fix to build
+/// kube-apiserver from Debian's source package (dpkg-dev unpacks it), etcd, openssl for its
+/// certificates.
+const APT_TEST: &[&str] = &[
     "golang-go",
     "golang-github-modern-go-reflect2-dev",
     "dpkg-dev",
@@ -45,31 +68,31 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).
 const EBPF_TOOLCHAIN: &str = "nightly";
 
-pub fn setup() -> Result<()> {
+pub fn setup(purpose: Purpose) -> Result<()> {
     let started = Instant::now();
-    step("apt packages", apt_packages)?;
-    step("nightly rust-src (eBPF build-std)", rust_src)?;
-    step(&format!("bpf-linker {BPF_LINKER_VERSION}"), bpf_linker)?;
-    step("kube-apiserver v1.20.2 (from Debian's source)", || {
-        Ok(if crate::kube::ensure()? { Done::Installed } else { Done::Cached })
-    })?;
-    println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// Runs one step, printing what it did (`cached` when nothing was needed) or why it failed.
-fn step(name: &str, f: impl FnOnce() -> Result<Done>) -> Result<()> {
-    let started = Instant::now();
-    match f() {
-        Ok(Done::Cached) => println!("setup: {name}: cached"),
-        Ok(Done::Installed) => {
-            println!("setup: {name}: installed in {:.1} s", started.elapsed().as_secs_f64())
-        }
-        Err(e) => {
-            println!("setup: {name}: FAILED");
-            return Err(e.context(format!("setup step '{name}' failed")));
-        }
+    let packages: Vec<&str> = match purpose {
+        Purpose::Run => APT_RUN.to_vec(),
+        Purpose::Test => [APT_RUN, APT_TEST].concat(),
+    };
+    let mut steps: Vec<(String, &str, Box<dyn FnOnce(&mut Log) -> Result<Done>>)> = vec![
+        ("apt packages".into(), "apt", Box::new(move |log| apt_packages(log, &packages))),
+        ("nightly rust-src (eBPF build-std)".into(), "rust-src", Box::new(rust_src)),
+        (format!("bpf-linker {BPF_LINKER_VERSION}"), "bpf-linker", Box::new(bpf_linker)),
+    ];
+    if purpose == Purpose::Test {
+        let build =
+            |log: &mut Log| Ok(if crate::kube::ensure(log)? { Done::Installed } else { Done::Cached });
+        steps.push((
+            "kube-apiserver v1.20.2 (from Debian's source, ~5 min once)".into(),
+            "kube-apiserver",
+            Box::new(build),
+        ));
     }
+    let count = steps.len();
+    for (i, (name, log, f)) in steps.into_iter().enumerate() {
+        step(&format!("[{}/{count}] {name}", i + 1), log, f)?;
+    }
+    println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -78,47 +101,123 @@ enum Done {
     Installed,
 }
 
-fn apt_packages() -> Result<Done> {
-    let missing = missing_packages()?;
+/// A step's log file; the commands it runs write there.
+pub struct Log {
+    path: PathBuf,
+    file: File,
+}
+
+impl Log {
+    fn open(name: &str) -> Result<Log> {
+        let dir = workspace_root().join("target/setup");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.log"));
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Log { path, file })
+    }
+
+    /// Runs `cmd` with its output in the log; a non-zero exit is an error naming it.
+    pub fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        writeln!(self.file, "$ {cmd:?}")?;
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(self.file.try_clone()?)
+            .stderr(self.file.try_clone()?)
+            .status()
+            .with_context(|| format!("could not start {cmd:?}"))?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status} (see {})", self.path.display());
+        }
+        Ok(())
+    }
+
+    /// The log's last `n` lines.
+    fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Runs one step on one line: what it is, then `cached`, or how long the install took (with
+/// the seconds ticking on a terminal), or FAILED and the tail of its log.
+fn step(name: &str, log: &str, f: impl FnOnce(&mut Log) -> Result<Done>) -> Result<()> {
+    let mut log = Log::open(log)?;
+    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = std::io::stdout().is_terminal().then(|| {
+        let (done, name) = (done.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                print!("\rsetup: {name}: working {:.0} s ", started.elapsed().as_secs_f64());
+                let _ = std::io::stdout().flush();
+            }
+        })
+    });
+    let outcome = f(&mut log);
+    done.store(true, Ordering::Relaxed);
+    if let Some(ticker) = ticker {
+        let _ = ticker.join();
+        print!("\r\x1b[K");
+    }
+    match outcome {
+        Ok(Done::Cached) => println!("setup: {name}: cached"),
+        Ok(Done::Installed) => {
+            println!("setup: {name}: installed in {:.1} s", started.elapsed().as_secs_f64())
+        }
+        Err(e) => {
+            println!("setup: {name}: FAILED; the end of {}:", log.path.display());
+            println!("{}", log.tail(30));
+            return Err(e.context(format!("setup step '{name}' failed")));
+        }
+    }
+    Ok(())
+}
+
+fn apt_packages(log: &mut Log, packages: &[&str]) -> Result<Done> {
+    let missing = missing_packages(packages)?;
     if missing.is_empty() {
         return Ok(Done::Cached);
     }
-    println!("setup: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-q"])).context("apt-get update")?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    writeln!(log.file, "missing: {}", missing.join(" "))?;
+    log.run(Command::new("apt-get").args(["update", "-q"])).context("apt-get update")?;
+    log.run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
     .context("apt-get install")?;
-    let still = missing_packages()?;
+    let still = missing_packages(packages)?;
     if !still.is_empty() {
         bail!("apt-get reported success but these are still missing: {}", still.join(" "));
     }
     Ok(Done::Installed)
 }
 
-fn missing_packages() -> Result<Vec<String>> {
+fn missing_packages(packages: &[&str]) -> Result<Vec<String>> {
     // dpkg-query exits non-zero when some package is unknown, yet still prints the others.
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Status}\n"])
-        .args(APT_PACKAGES)
+        .args(packages)
         .output()
         .context("running dpkg-query (is this a Debian machine?)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(APT_PACKAGES
+    Ok(packages
         .iter()
         .filter(|pkg| !text.lines().any(|l| l == format!("{pkg} installed")))
         .map(|pkg| pkg.to_string())
         .collect())
 }
 
-fn rust_src() -> Result<Done> {
+fn rust_src(log: &mut Log) -> Result<Done> {
     let has_toolchain = Command::new("rustup")
         .args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_toolchain {
-        run(Command::new("rustup").args([
+        log.run(Command::new("rustup").args([
             "toolchain",
             "install",
             EBPF_TOOLCHAIN,
@@ -135,19 +234,19 @@ fn rust_src() -> Result<Done> {
     if core_src.exists() {
         return Ok(Done::Cached);
     }
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+    log.run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
     Ok(Done::Installed)
 }
 
 /// cargo-fuzz, only for `cargo xtask fuzz` (tests do not need it).
 pub fn cargo_fuzz(version: &str) -> Result<()> {
-    step(&format!("cargo-fuzz {version}"), || {
+    step(&format!("cargo-fuzz {version}"), "cargo-fuzz", |log| {
         let installed = Command::new("cargo").args(["fuzz", "--version"]).output();
         if installed.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
         {
             return Ok(Done::Cached);
         }
-        run(Command::new("cargo").args([
+        log.run(Command::new("cargo").args([
             "install",
             "cargo-fuzz",
             "--locked",
@@ -159,7 +258,7 @@ pub fn cargo_fuzz(version: &str) -> Result<()> {
     })
 }
 
-fn bpf_linker() -> Result<Done> {
+fn bpf_linker(log: &mut Log) -> Result<Done> {
     // `--version` also fails when the LLVM it was linked against has gone away.
     let installed = Command::new("bpf-linker").arg("--version").output();
     if installed
@@ -168,10 +267,12 @@ fn bpf_linker() -> Result<Done> {
         return Ok(Done::Cached);
     }
     // Plain `cargo install bpf-linker` wants LLVM 23; link against Debian's LLVM 22 instead
-    // (the nightly's LLVM is 22 too). See shared/notes/toolchain.md.
-    run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    // (the nightly's LLVM is 22 too).
+    log.run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )?;
     Ok(Done::Installed)
 }

@@ -22,7 +22,7 @@ struct Tally {
 pub fn test() -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut tally = Tally::default();
-    if let Err(e) = setup::setup().and_then(|()| build()) {
+    if let Err(e) = setup::setup(setup::Purpose::Test).and_then(|()| build()) {
         eprintln!("xtask: {e:#}");
         tally.failed += 1;
     } else {

@@ -11,6 +11,9 @@
 //! masquerading). With several workers, a frame of a flow another worker owns is handed to it.
 //! Every forwarded packet's TTL drops by one. Anything else passes to the kernel.
 
+mod icmp_error;
+mod partition;
+
 use std::{net::IpAddr, sync::Arc};
 
 use hashbrown::HashMap;
@@ -25,27 +28,18 @@ use skiff_wire::{
     tcp::TcpFlags,
 };
 
+pub use self::partition::{Partition, SNAT_PORTS};
 use crate::{
-    conntrack::{Conntrack, Entry, InsertError, Timeouts},
-    flow::{Direction, Tuple, mapped, unmap},
+    conntrack::{Conntrack, InsertError, Timeouts},
+    flow::{Direction, Tuple, unmap},
     hash::{hash64, mix64},
     lb::Backend,
-    nat::{self, Side},
     reply,
     tables::{Frontend, Service, SharedTables, Tables},
 };
 
-/// The seed of the hash that gives a flow's owner (any fixed value other than the flow hash's
-/// 0: every worker must agree).
-const OWNER_SEED: u64 = 1;
-
 /// New flows remembered between two drains (a receive batch holds at most 64 frames).
 const NEW_FLOWS_PER_BATCH: usize = 256;
-
-/// Source ports for masquerading, and for a client's port remapped on a clash: above the
-/// kernel's ephemeral range (32768–60999), so they never take the 5-tuple of a connection
-/// whose port a kernel chose.
-pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 /// A flow an engine started: as the client sent it, as its replies will come, and its backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,23 +68,6 @@ pub enum Action {
         worker: u16,
     },
     Drop(DropReason),
-}
-
-/// Which worker of how many an engine is. A flow belongs to the worker its client's endpoint
-/// (address and port) hashes to, whichever queue its packets arrive on: a request's source,
-/// a reply's destination. Workers masquerade with disjoint sets of source ports
-/// (`port % count == index`), so their flows never collide and a masqueraded reply's port
-/// names its owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Partition {
-    pub index: u16,
-    pub count: u16,
-}
-
-impl Default for Partition {
-    fn default() -> Partition {
-        Partition { index: 0, count: 1 }
-    }
 }
 
 /// One worker's engine: the shared tables and its own state.
@@ -348,145 +325,6 @@ impl Own {
         entry.rewrite(Direction::Original).apply(frame, p, &entry.reply)?;
         Ok(Action::Forward)
     }
-
-    /// The worker owning the flow of `tuple`, a packet this worker's conntrack does not know,
-    /// if that is another worker.
-    fn owner_elsewhere(&self, tables: &Tables, tuple: &Tuple, to_frontend: bool) -> Option<u16> {
-        let owner = self.owner(tables, tuple, to_frontend);
-        (owner != self.partition.index).then_some(owner)
-    }
-
-    /// The worker owning the flow of `tuple`: by the client's endpoint (the source of a packet
-    /// to a frontend, otherwise the destination), or by the port of a masqueraded reply.
-    fn owner(&self, tables: &Tables, tuple: &Tuple, to_frontend: bool) -> u16 {
-        let Partition { index, count } = self.partition;
-        if count <= 1 {
-            return index;
-        }
-        let node = &tables.node;
-        let masqueraded_reply = !to_frontend
-            && SNAT_PORTS.contains(&tuple.dst_port)
-            && [node.masquerade_v4, node.masquerade_v6].into_iter().flatten().any(|a| mapped(a) == tuple.dst);
-        if masqueraded_reply {
-            return tuple.dst_port % count;
-        }
-        let (addr, port) =
-            if to_frontend { (tuple.src, tuple.src_port) } else { (tuple.dst, tuple.dst_port) };
-        let mut client = [0u8; 18];
-        client[..16].copy_from_slice(&addr);
-        client[16..].copy_from_slice(&port.to_be_bytes());
-        u16::try_from(hash64(&client, OWNER_SEED) % u64::from(count)).unwrap_or(0)
-    }
-
-    /// The reply tuple for a new flow whose `reply` flow `other` already has: a client reused
-    /// its port towards two frontends with the same backend, which must still tell the two
-    /// connections apart. A finished TCP connection gives way to a new SYN (the backend's
-    /// kernel decides, as without NAT); a live flow keeps its tuple and the new flow's client
-    /// port is remapped, as Linux's NAT does on a clash.
-    fn resolve_clash(
-        &mut self,
-        tables: &Tables,
-        other: u32,
-        reply: Tuple,
-        tcp_flags: u8,
-        flow_hash: u64,
-    ) -> Result<Tuple, DropReason> {
-        if opens(tcp_flags) && self.conntrack.finished(other) {
-            self.conntrack.remove(other);
-            return Ok(reply);
-        }
-        Ok(Tuple { dst_port: self.free_port(tables, &reply, flow_hash)?, ..reply })
-    }
-
-    /// A port of `SNAT_PORTS` for the client side of `reply` (its destination port) that no
-    /// flow's reply uses and whose replies this worker owns: from the flow's hash on, the first
-    /// such port (nearly always one of the first `count` tried).
-    fn free_port(&self, tables: &Tables, reply: &Tuple, flow_hash: u64) -> Result<u16, DropReason> {
-        let (first, n) = (*SNAT_PORTS.start(), SNAT_PORTS.len() as u64);
-        let start = flow_hash % n;
-        (0..n)
-            .filter_map(|k| u16::try_from((start + k) % n).ok())
-            .map(|offset| Tuple { dst_port: first + offset, ..*reply })
-            .find(|t| {
-                self.owner(tables, t, false) == self.partition.index && self.conntrack.lookup(t).is_none()
-            })
-            .map(|t| t.dst_port)
-            .ok_or(DropReason::NatPortExhausted)
-    }
-
-    /// An ICMP error quotes a packet as it was sent; the reverse of the quote is the direction
-    /// the error travels in. About a tracked flow it is translated like the flow (the client
-    /// must see it come from the frontend, the backend must see it about its own packet);
-    /// about no flow it is dropped if it targets a frontend address, and left alone otherwise.
-    fn icmp_error(
-        &mut self,
-        tables: &Tables,
-        frame: &mut [u8],
-        p: &Parsed,
-        may_hand_off: bool,
-    ) -> Result<Action, DropReason> {
-        let L3::Ip(ip) = p.l3 else { return Ok(Action::Pass) };
-        let (_, dst) = p.addrs(frame).ok_or(DropReason::Internal)?;
-        let quote = frame
-            .get(p.l4_offset + icmp::HEADER_LEN..p.l3_offset + ip.len)
-            .ok_or(DropReason::IcmpTruncated)?;
-        // The quote reversed: the tuple of a packet of the flow going the way the error goes.
-        let key = layers::parse_quoted(quote, ip.v6)
-            .ok()
-            .map(|q| Tuple::new(q.dst, q.src, q.protocol.0, q.dst_port, q.src_port));
-        let tracked = key.as_ref().and_then(|key| self.conntrack.lookup(key));
-        if tracked.is_none()
-            && may_hand_off
-            && let Some(key) = key
-        {
-            let frontend =
-                Frontend { addr: unmap(key.dst, ip.v6), port: key.dst_port, protocol: key.protocol };
-            if let Some(worker) = self.owner_elsewhere(tables, &key, tables.services.contains_key(&frontend))
-            {
-                return Ok(Action::Handoff { worker });
-            }
-        }
-        let Some((id, dir)) = tracked else {
-            return Ok(if tables.is_frontend_address(dst) {
-                Action::Drop(DropReason::UnsolicitedIcmpError)
-            } else {
-                Action::Pass
-            });
-        };
-        let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
-        nat::decrement_ttl(frame, p)?;
-        translate_icmp_error(frame, p, entry, dir)?;
-        Ok(Action::Forward)
-    }
-}
-
-/// Translates an ICMP error about a tracked flow, travelling in `dir`, like the flow's own
-/// packets: it leaves looking like the other direction's tuple reversed. The far end always
-/// changes (errors from the backend's side come from the frontend, the client's errors reach
-/// the backend); the near end only for a masqueraded flow.
-fn translate_icmp_error(
-    frame: &mut [u8],
-    p: &Parsed,
-    entry: &Entry,
-    dir: Direction,
-) -> Result<(), DropReason> {
-    let L3::Ip(ip) = p.l3 else { return Err(DropReason::UnsupportedEthertype) };
-    let other = entry.other(dir);
-    let endpoint = |side| match side {
-        Side::Source => (other.dst, other.dst_port),
-        Side::Destination => (other.src, other.src_port),
-    };
-    let (far, near) = match dir {
-        Direction::Original => (Side::Destination, Side::Source),
-        Direction::Reply => (Side::Source, Side::Destination),
-    };
-    let (addr, port) = endpoint(far);
-    nat::translate_icmp_error(frame, p, far, unmap(addr, ip.v6), port)?;
-    if entry.masqueraded() {
-        let (addr, port) = endpoint(near);
-        nat::translate_icmp_error(frame, p, near, unmap(addr, ip.v6), port)?;
-    }
-    Ok(())
 }
 
 /// Whether a packet's TCP flags open a connection: SYN without ACK (never for other

@@ -7,6 +7,8 @@
 //! client's endpoint; a frame of it that a NIC's hash put on another queue is handed to the
 //! owner ([`crate::handoff`]).
 
+mod thread;
+
 use std::{
     fs::File,
     io,
@@ -17,23 +19,18 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use skiff_common::{
-    conntrack::{CtEntry, CtKey, CtKey4, CtKey6},
-    lb::FrontendKind,
-};
-use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
-
+use skiff_common::lb::FrontendKind;
 use skiff_engine::{
     conntrack::Timeouts,
     engine::{Engine, NewFlow, Partition},
-    flow::{Tuple, masqueraded},
     tables::{SharedTables, Tables},
 };
+use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
 
+use self::thread::WorkerThread;
 use crate::{
     handoff::{self, Inbox, Peer},
     io::{
@@ -41,7 +38,7 @@ use crate::{
         afxdp::{BusyPoll, XskPort},
         packet::{PacketPort, Steering},
     },
-    worker::{FlowEvent, Stats, Worker},
+    worker::{Stats, Worker},
 };
 
 /// Where the workers' frames come from.
@@ -106,8 +103,6 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError 
 
 /// Frames a worker's channels hold before it drops (new flows) or counts (exceptions) more.
 const CHANNEL_DEPTH: usize = 4096;
-/// How often a busy worker publishes its counters.
-const STATS_PERIOD: Duration = Duration::from_millis(1);
 
 /// The counters each worker publishes (as soon as it runs out of frames, and every
 /// `STATS_PERIOD` while it has more).
@@ -248,64 +243,24 @@ impl Datapath {
     fn spawn<P: PacketIo + Send + 'static>(
         &mut self,
         q: usize,
-        mut worker: Worker<P>,
-        mut mirror: Option<TrackedFlows>,
+        worker: Worker<P>,
+        mirror: Option<TrackedFlows>,
         flows: Sender<NewFlow>,
         cores: &[usize],
     ) {
-        let (stop, shared) = (self.stop.clone(), self.shared.clone());
         let stats = Arc::new(Mutex::new(Stats::default()));
         self.stats.0.push(stats.clone());
-        let core = (!cores.is_empty()).then(|| core_affinity::CoreId { id: cores[q % cores.len()] });
-        let nice = self.config.worker_nice;
-        self.workers.push(std::thread::spawn(move || {
-            if let Some(core) = core {
-                core_affinity::set_for_current(core);
-            }
-            // Above the NAPI thread feeding it when they share a core, the worker empties its
-            // ring before more is received; at equal priority they split the core, and the
-            // kernel spends its half receiving frames the full ring then drops (receive
-            // livelock). Measured in the lab bench: 0.35 → 0.52 Mpps.
-            // SAFETY: setpriority on the calling thread only; without CAP_SYS_NICE it fails
-            // and the worker keeps its priority.
-            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-            let started = Instant::now();
-            let (mut unpublished, mut published_at) = (false, Duration::ZERO);
-            while !stop.load(Ordering::Relaxed) {
-                worker.engine().refresh(&shared);
-                let now = started.elapsed();
-                // No waiting for frames while counts are unpublished: a status read just after
-                // the traffic stops sees all of it.
-                let wait_ms = if unpublished { 0 } else { 10 };
-                let got = worker.poll(wait_ms, now.as_secs(), |event| match event {
-                    FlowEvent::Started(flow) => {
-                        if let Some(m) = mirror.as_mut() {
-                            // A flow whose replies the program cannot steer would be lost: the
-                            // failure shows in the program's pass counters.
-                            let nat = if masqueraded(&flow.original, &flow.reply) {
-                                CtEntry::NAT_DNAT | CtEntry::NAT_SNAT
-                            } else {
-                                CtEntry::NAT_DNAT
-                            };
-                            let _ =
-                                m.track(ct_key(&flow.reply), CtEntry { flags: nat, ..CtEntry::default() });
-                        }
-                        let _ = flows.try_send(*flow);
-                    }
-                    FlowEvent::Ended(reply) => {
-                        if let Some(m) = mirror.as_mut() {
-                            let _ = m.untrack(ct_key(reply));
-                        }
-                    }
-                });
-                unpublished |= got > 0;
-                if unpublished && (got == 0 || now - published_at >= STATS_PERIOD) {
-                    *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
-                    (unpublished, published_at) = (false, now);
-                }
-            }
-            *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
-        }));
+        let thread = WorkerThread {
+            worker,
+            mirror,
+            flows,
+            stats,
+            stop: self.stop.clone(),
+            shared: self.shared.clone(),
+            core: (!cores.is_empty()).then(|| core_affinity::CoreId { id: cores[q % cores.len()] }),
+            nice: self.config.worker_nice,
+        };
+        self.workers.push(std::thread::spawn(move || thread.run()));
     }
 
     /// Makes `tables` the workers' tables (from their next batch on) and steers the frontends'
@@ -400,14 +355,5 @@ fn ifindex(iface: &str) -> Result<u32, DatapathError> {
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => Err(io_error(format!("interface {iface}"))(io::Error::last_os_error())),
         i => Ok(i),
-    }
-}
-
-/// The XDP program's key for a tuple.
-fn ct_key(t: &Tuple) -> CtKey {
-    let v4 = |a: &[u8; 16]| std::net::Ipv6Addr::from(*a).to_ipv4_mapped().map(|a| a.octets());
-    match (v4(&t.src), v4(&t.dst)) {
-        (Some(src), Some(dst)) => CtKey::V4(CtKey4::new(src, t.src_port, dst, t.dst_port, t.protocol)),
-        _ => CtKey::V6(CtKey6::new(t.src, t.src_port, t.dst, t.dst_port, t.protocol)),
     }
 }

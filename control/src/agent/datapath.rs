@@ -1,0 +1,121 @@
+//! The running datapath as the controller's sink.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use anyhow::{Context, Result};
+use skiff_api::WorkerCounters;
+use skiff_common::{DropReason, config::XdpConfig};
+use skiff_engine::tables::{Neighbor, Tables};
+use skiff_fastpath::datapath::{Config, Datapath, Io};
+use skiff_xdp::{Ingress, bpffs};
+
+use super::Options;
+use crate::{
+    api::LiveStats,
+    controller::Sink,
+    next_hops::{Changes, Kernel},
+};
+
+/// The running datapath as the controller's sink: publishes the tables with next hops from
+/// the kernel, and derives them again when the kernel's tables change.
+pub(super) struct DatapathSink {
+    datapath: Datapath,
+    kernel: Kernel,
+    description: skiff_api::Datapath,
+    last: Tables,
+    hops: HashMap<IpAddr, Neighbor>,
+}
+
+impl DatapathSink {
+    pub(super) fn start(options: &Options, io: Io) -> Result<(DatapathSink, Changes)> {
+        let ingress = match io {
+            Io::AfXdp(_) => {
+                bpffs::ensure_mounted().context("mounting bpffs")?;
+                let mut ingress = Ingress::load(&options.pin_dir).context("loading skiff_xdp_ingress")?;
+                ingress.set_config(&XdpConfig::DEFAULT)?;
+                Some(ingress)
+            }
+            Io::AfPacket => None,
+        };
+        let config =
+            Config { interfaces: options.devices.clone(), io, workers: options.workers, ..Config::default() };
+        let datapath =
+            Datapath::start(config, Tables::default(), ingress).context("starting the datapath")?;
+        let io = match (io, datapath.xdp_mode()) {
+            (Io::AfXdp(requested), mode) => skiff_api::Io::AfXdp { xdp_mode: mode.unwrap_or(requested) },
+            (Io::AfPacket, _) => skiff_api::Io::AfPacket,
+        };
+        let description =
+            skiff_api::Datapath { io, devices: options.devices.clone(), workers: options.workers };
+        tracing::info!("datapath: {description}");
+        let (kernel, changes) = Kernel::connect(&options.devices)?;
+        let sink =
+            DatapathSink { datapath, kernel, description, last: Tables::default(), hops: HashMap::new() };
+        Ok((sink, changes))
+    }
+
+    /// The next hops of the devices and of every backend, from the kernel (blocking this
+    /// thread of the agent's runtime while rtnetlink answers).
+    fn read_hops(&mut self) -> Result<HashMap<IpAddr, Neighbor>> {
+        // Each backend once, though every frontend of its service lists it.
+        let backends: BTreeSet<IpAddr> =
+            self.last.services.values().flat_map(|s| s.backends().map(|b| b.addr)).collect();
+        let kernel = &mut self.kernel;
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(kernel.next_hops(backends)))
+    }
+
+    fn publish_with_hops(&mut self) -> Result<()> {
+        let mut tables = self.last.clone();
+        tables.next_hops = self.hops.iter().map(|(&k, &v)| (k, v)).collect();
+        self.datapath.publish(tables)?;
+        Ok(())
+    }
+}
+
+impl Sink for DatapathSink {
+    fn publish(&mut self, tables: Tables) -> Result<()> {
+        self.last = tables;
+        self.hops = self.read_hops()?;
+        self.publish_with_hops()
+    }
+
+    fn refresh(&mut self) -> Result<bool> {
+        self.kernel.changed();
+        let hops = self.read_hops()?;
+        if hops == self.hops {
+            return Ok(false);
+        }
+        self.hops = hops;
+        self.publish_with_hops()?;
+        Ok(true)
+    }
+
+    fn describe(&self) -> skiff_api::Datapath {
+        self.description.clone()
+    }
+
+    fn next_hops(&self) -> usize {
+        self.hops.len()
+    }
+
+    fn stats(&self) -> Option<LiveStats> {
+        let handle = self.datapath.stats_handle();
+        Some(Arc::new(move || {
+            let s = handle.total();
+            let drops =
+                DropReason::ALL.into_iter().map(|r| (r, s.drops_of(r))).filter(|&(_, n)| n > 0).collect();
+            WorkerCounters {
+                received: s.received,
+                forwarded: s.forwarded,
+                replied: s.replied,
+                dropped: s.dropped,
+                handed_off: s.handed_off,
+                drops,
+            }
+        }))
+    }
+}

@@ -1,0 +1,176 @@
+//! `skiff-agent`: the node daemon. Loads the XDP program, starts the workers, runs the
+//! control loop on a source (a state folder or an API server), serves the local API, and on
+//! SIGTERM or SIGINT stops cleanly: workers joined, XDP detached, steering removed, pinned
+//! maps removed (or kept for the next start with `--keep-pinned`).
+
+mod datapath;
+mod options;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use skiff_api::Source;
+use skiff_fastpath::datapath::Io;
+use skiff_xdp::bpffs;
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+
+pub use self::options::{Cli, Command, IoMode, LogFormat, Options};
+use self::{datapath::DatapathSink, options::SourceArg};
+use crate::{
+    api,
+    compile::NodeContext,
+    controller::{Controller, Event, Recorder, Sink},
+    next_hops::Changes,
+    source,
+    validate::Limits,
+};
+
+/// How often a failed apply is retried.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Writes log lines to stderr, plain (coloured on a terminal) or as JSON: skiff's from info
+/// up, its libraries' (kube, rtnetlink) warnings and errors.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+    let levels =
+        Targets::new().with_target("skiff_control", tracing::Level::INFO).with_default(tracing::Level::WARN);
+    let plain = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Plain => tracing_subscriber::registry().with(plain).with(levels).init(),
+        LogFormat::Json => tracing_subscriber::registry().with(plain.json()).with(levels).init(),
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(options: Options) -> Result<()> {
+    let source_arg = options.source()?;
+    let io = options.io()?;
+    let (sink, changes): (Box<dyn Sink>, Option<Changes>) = match io {
+        None => (Box::new(Recorder::default()), None),
+        Some(io) => {
+            let (sink, changes) = DatapathSink::start(&options, io)?;
+            (Box::new(sink), Some(changes))
+        }
+    };
+    let ctx = NodeContext {
+        name: options.node_name.clone(),
+        addresses: options.node_addresses.clone(),
+        maglev_table_size: options.maglev_table_size,
+    };
+    let limits = Limits { node_ports: options.node_port_range.clone() };
+    let (events_tx, events) = mpsc::channel(1024);
+    let (source, kube_events, source_task) = match source_arg {
+        SourceArg::StateDir(dir) => {
+            let task = tokio::spawn(source::dir::watch(dir.clone(), events_tx));
+            (Source::StateDir { path: dir }, None, task)
+        }
+        SourceArg::Kubernetes(path) => {
+            let (client, server) = kube_client(path.as_ref()).await?;
+            let recorder = source::kube::Events::new(client.clone());
+            (
+                Source::Kubernetes { server },
+                Some(recorder),
+                tokio::spawn(source::kube::watch(client, events_tx)),
+            )
+        }
+    };
+    let controller = Controller::new(ctx, limits, sink, source);
+    let server = tokio::spawn({
+        let (path, snapshot) = (options.socket.clone(), controller.snapshot());
+        async move { api::serve(&path, snapshot).await }
+    });
+    tracing::info!("serving the local API on {}", options.socket.display());
+    let outcome = control_loop(controller, events, changes, kube_events).await;
+    source_task.abort();
+    server.abort();
+    let _ = std::fs::remove_file(&options.socket);
+    if matches!(io, Some(Io::AfXdp(_))) {
+        if options.keep_pinned {
+            tracing::info!("pinned maps kept in {}", options.pin_dir.display());
+        } else {
+            bpffs::remove_pins(&options.pin_dir)
+                .with_context(|| format!("removing the pinned maps in {}", options.pin_dir.display()))?;
+        }
+    }
+    let signal = outcome?;
+    let stopped = match io {
+        Some(Io::AfXdp(_)) => "workers stopped, XDP detached",
+        Some(Io::AfPacket) => "workers stopped, steering removed",
+        None => "stopped",
+    };
+    tracing::info!("{signal}: {stopped}");
+    Ok(())
+}
+
+/// Applies the source's events, the kernel's changes and retries until a signal; returns the
+/// signal's name. The controller (and with it the datapath) is stopped on return.
+async fn control_loop(
+    mut controller: Controller,
+    mut events: mpsc::Receiver<Event>,
+    mut changes: Option<Changes>,
+    kube_events: Option<source::kube::Events>,
+) -> Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut retry = tokio::time::interval(RETRY);
+    let kernel_changed = async |changes: &mut Option<Changes>| match changes {
+        Some(changes) => changes.next().await,
+        None => std::future::pending().await,
+    };
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { bail!("the source stopped") };
+                let mut rejected = controller.handle(event);
+                // Take every event already queued before applying: one apply per burst.
+                while let Ok(event) = events.try_recv() {
+                    rejected.extend(controller.handle(event));
+                }
+                for r in &rejected {
+                    tracing::warn!("rejected {r}");
+                    if let Some(k) = &kube_events {
+                        k.rejected(r).await;
+                    }
+                }
+                match controller.reconcile() {
+                    Ok(Some(report)) => tracing::info!("applied: {report}"),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!("apply failed, the last tables stay: {e:#}"),
+                }
+            }
+            Some(_) = kernel_changed(&mut changes) => {
+                // One refresh for a burst of notifications.
+                while changes.as_mut().is_some_and(|c| c.try_recv().is_ok()) {}
+                if let Err(e) = controller.refresh() {
+                    tracing::error!("next hops: {e:#}");
+                }
+            }
+            _ = retry.tick() => {
+                if let Err(e) = controller.retry() {
+                    tracing::error!("{e:#}");
+                }
+            }
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+        }
+    }
+}
+
+/// A client of the API server in `path` (or the in-cluster one), and the server's URL.
+async fn kube_client(path: Option<&PathBuf>) -> Result<(kube::Client, String)> {
+    let config = match path {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::incluster().context("the in-cluster configuration")?,
+    };
+    let server = config.cluster_url.to_string();
+    Ok((kube::Client::try_from(config)?, server))
+}

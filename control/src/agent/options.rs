@@ -1,0 +1,149 @@
+//! skiff-agent's command line.
+
+use std::{net::IpAddr, ops::RangeInclusive, path::PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use skiff_api::DEFAULT_SOCKET;
+use skiff_common::{
+    config::XdpMode,
+    lb::{MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZES},
+    names::PIN_ROOT,
+};
+use skiff_fastpath::datapath::Io;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skiff-agent",
+    version,
+    about = "skiff's node daemon: Kubernetes objects to an XDP/AF_XDP datapath"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CRDs skiff reads (CiliumNetworkPolicy, …) as YAML.
+    Crds,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args, Debug)]
+pub struct Options {
+    /// Kubernetes YAML in a folder, watched for changes.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    pub state_dir: Option<PathBuf>,
+    /// A Kubernetes API server (in a pod, without either flag: the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's Node object.
+    #[arg(long, value_name = "NAME", default_value_t = hostname())]
+    pub node_name: String,
+    /// NodePorts also listen here (repeatable).
+    #[arg(long = "node-address", value_name = "IP")]
+    pub node_addresses: Vec<IpAddr>,
+    /// A device the datapath serves (repeatable, uplink first).
+    #[arg(long = "device", value_name = "IFACE")]
+    pub devices: Vec<String>,
+    /// How packets reach the workers (none: tables only).
+    #[arg(long, value_enum, default_value_t = IoMode::Afxdp)]
+    pub io: IoMode,
+    /// auto: native where the driver has it, else generic (and says which); native; generic.
+    #[arg(long, value_name = "MODE", default_value_t = XdpMode::Auto)]
+    pub xdp_mode: XdpMode,
+    /// Workers, one per receive queue.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+    /// Slots of every service's Maglev table: a prime of 251..=131071.
+    #[arg(long, value_name = "M", default_value_t = MAGLEV_TABLE_SIZE, value_parser = maglev_table_size)]
+    pub maglev_table_size: u32,
+    /// The cluster's NodePort range.
+    #[arg(long, value_name = "A-B", default_value = "30000-32767", value_parser = port_range)]
+    pub node_port_range: RangeInclusive<i32>,
+    /// The local API's unix socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Where the XDP program's maps are pinned (bpffs).
+    #[arg(long, value_name = "DIR", default_value = PIN_ROOT)]
+    pub pin_dir: PathBuf,
+    /// On exit, keep the pinned maps for the next start.
+    #[arg(long)]
+    pub keep_pinned: bool,
+    /// How log lines are written (to stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IoMode {
+    /// AF_XDP sockets behind skiff's XDP program.
+    Afxdp,
+    /// AF_PACKET sockets with nftables steering (no AF_XDP needed).
+    Afpacket,
+    /// No datapath: the tables are compiled and shown, nothing forwards.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+fn maglev_table_size(text: &str) -> Result<u32, String> {
+    text.parse()
+        .ok()
+        .filter(|m| MAGLEV_TABLE_SIZES.contains(m))
+        .ok_or_else(|| format!("one of {MAGLEV_TABLE_SIZES:?}"))
+}
+
+fn port_range(text: &str) -> Result<RangeInclusive<i32>, String> {
+    let range =
+        text.split_once('-').and_then(|(a, b)| Some((a.parse::<i32>().ok()?, b.parse::<i32>().ok()?)));
+    match range {
+        Some((a, b)) if 1 <= a && a <= b && b <= 65535 => Ok(a..=b),
+        _ => Err("A-B with 1 <= A <= B <= 65535".into()),
+    }
+}
+
+/// Where the objects come from.
+pub(super) enum SourceArg {
+    StateDir(PathBuf),
+    /// A kubeconfig, or the in-cluster configuration.
+    Kubernetes(Option<PathBuf>),
+}
+
+impl Options {
+    pub(super) fn source(&self) -> Result<SourceArg> {
+        Ok(match (&self.state_dir, &self.kubeconfig) {
+            (Some(dir), _) => SourceArg::StateDir(dir.clone()),
+            (None, Some(file)) => SourceArg::Kubernetes(Some(file.clone())),
+            (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                SourceArg::Kubernetes(None)
+            }
+            (None, None) => bail!("no source: --state-dir DIR or --kubeconfig FILE"),
+        })
+    }
+
+    pub(super) fn io(&self) -> Result<Option<Io>> {
+        let io = match self.io {
+            IoMode::Afxdp => Some(Io::AfXdp(self.xdp_mode)),
+            IoMode::Afpacket => Some(Io::AfPacket),
+            IoMode::None => None,
+        };
+        if io.is_some() && self.devices.is_empty() {
+            bail!("the datapath needs at least one --device (or --io none)");
+        }
+        Ok(io)
+    }
+}
