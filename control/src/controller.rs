@@ -85,6 +85,7 @@ pub struct Controller {
     connected: bool,
     applied_generation: Option<u64>,
     applies: u64,
+    listings: u64,
     last_apply: Option<LastApply>,
     /// When the oldest change not yet applied arrived.
     pending_since: Option<Instant>,
@@ -111,6 +112,7 @@ impl Controller {
             connected: false,
             applied_generation: None,
             applies: 0,
+            listings: 0,
             last_apply: None,
             pending_since: None,
             compiler: Compiler::default(),
@@ -139,6 +141,7 @@ impl Controller {
         self.pending_since.get_or_insert_with(Instant::now);
         match event {
             Event::Resync { kinds, objects } => {
+                self.listings += 1;
                 self.unlisted.retain(|k| !kinds.contains(k));
                 let before: Vec<Rejection> = self.store.rejections().cloned().collect();
                 self.store.resync(&kinds, objects);
@@ -237,6 +240,7 @@ impl Controller {
             policies: self.compiler.desired().policies,
             next_hops: self.sink.next_hops(),
             applies: self.applies,
+            listings: self.listings,
             last_apply: self.last_apply.clone(),
             workers: None,
         };

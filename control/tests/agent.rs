@@ -107,13 +107,19 @@ mod privileged {
         );
         let workers = agent.status().unwrap().workers.expect("a datapath");
         assert!(workers.forwarded >= 300 * 8, "skiff's workers carried the connections: {workers:?}");
-        // Counters are published as the traffic stops: a moment later, at most the last
+        // Counters are published as the traffic stops: once they stop moving, at most the last
         // connection's closing frames are new.
-        std::thread::sleep(Duration::from_millis(200));
-        let settled = agent.status().unwrap().workers.expect("a datapath");
+        let forwarded = || agent.status().and_then(|s| s.workers).map_or(0, |w| w.forwarded);
+        let mut settled = 0;
+        wait_until("the counters to settle", || {
+            let before = forwarded();
+            std::thread::sleep(Duration::from_millis(100));
+            settled = forwarded();
+            settled == before
+        });
         assert!(
-            settled.forwarded - workers.forwarded <= 4,
-            "the counters lagged: {workers:?}, then {settled:?}"
+            settled - workers.forwarded <= 4,
+            "the counters lagged: {workers:?}, then {settled} forwarded"
         );
 
         std::fs::write(

@@ -6,9 +6,9 @@
 mod privileged {
     use std::{
         collections::{BTreeMap, BTreeSet},
+        io::{BufRead, BufReader, Write},
         net::{IpAddr, Ipv4Addr},
         process::{Child, Stdio},
-        time::Duration,
     };
 
     use hashbrown::HashMap;
@@ -155,16 +155,19 @@ mod privileged {
             answers.by_host
         }
 
-        /// A keep-alive connection making 12 requests 0.1 s apart, in the background.
+        /// A keep-alive connection in the background: it makes one request, prints `started`
+        /// and waits for a line on its stdin, then makes 11 more on the same connection and
+        /// prints the 12 answering pods' names.
         fn keep_alive(&self, url_host: &str, port: u16) -> Child {
             let script = format!(
-                "import http.client, time\nc = http.client.HTTPConnection('{url_host}', {port}, timeout=3)\nnames = []\nfor i in range(12):\n    c.request('GET', '/')\n    names.append(c.getresponse().read().decode().strip())\n    time.sleep(0.1)\nprint(','.join(names))\n"
+                "import http.client, sys\nc = http.client.HTTPConnection('{url_host}', {port}, timeout=3)\nnames = []\ndef get():\n    c.request('GET', '/')\n    names.append(c.getresponse().read().decode().strip())\nget()\nprint('started', flush=True)\nsys.stdin.readline()\nfor i in range(11):\n    get()\nprint(','.join(names))\n"
             );
             self.lab
                 .client()
                 .netns
                 .command("python3")
                 .args(["-c", &script])
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -198,14 +201,20 @@ mod privileged {
         let node = lab.lab.node().ipv4;
         assert_even(&lab.get(&format!("http://{node}:{NODE_PORT}/"), 3000), &three);
 
-        let client = lab.keep_alive(&VIP.to_string(), 80);
-        std::thread::sleep(Duration::from_millis(500));
+        // The connection has its first answer before the service grows, and goes on after.
+        let mut client = lab.keep_alive(&VIP.to_string(), 80);
+        let mut stdout = BufReader::new(client.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "started", "the first request was answered");
         let datapath = lab.datapath();
         let grown = Tables { next_hops: lab.next_hops.clone(), ..tables(&lab.lab, 5, 0) };
         lab.lab.node().netns.run(|| datapath.publish(grown)).unwrap().unwrap();
+        client.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let out = client.wait_with_output().unwrap();
-        let names = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let names: Vec<&str> = names.split(',').collect();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let names: Vec<&str> = line.trim().split(',').collect();
         assert_eq!(
             names.len(),
             12,

@@ -160,25 +160,25 @@ fn fixtures_through_a_worker_over_memory_ports() {
     }
 }
 
-/// A batch of fixtures in one poll gives the same frames as one at a time, in order.
+/// A batch of fixtures in one poll sends the same frames as one at a time, in the same order
+/// on each port.
 #[test]
 fn a_batch_gives_the_same_frames() {
     let (mut one, mut batch) = (worker(), worker());
-    let mut expected = Vec::new();
+    let sent = |w: &mut Worker<MemoryPort>, by_port: &mut [Vec<Vec<u8>>; 2]| {
+        for (port, out) in w.ports_mut().iter_mut().zip(by_port.iter_mut()) {
+            port.drain_sent(|frame| out.push(frame.to_vec()));
+        }
+    };
+    let (mut singly, mut together): ([Vec<Vec<u8>>; 2], [Vec<Vec<u8>>; 2]) = Default::default();
     for f in fixtures() {
         one.ports_mut()[0].push(&f.input);
         one.poll(0, 0, |_| {});
+        sent(&mut one, &mut singly);
         batch.ports_mut()[0].push(&f.input);
-        if let Some(o) = f.output {
-            expected.push(o);
-        }
     }
     batch.poll(0, 0, |_| {});
-    let mut out = Vec::new();
-    for port in batch.ports_mut() {
-        port.drain_sent(|frame| out.push(frame.to_vec()));
-    }
-    out.sort();
-    expected.sort();
-    assert_eq!(out, expected);
+    sent(&mut batch, &mut together);
+    assert!(singly.iter().map(Vec::len).sum::<usize>() >= 4, "the fixtures send frames: {singly:?}");
+    assert_eq!(together, singly);
 }

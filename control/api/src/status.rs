@@ -30,6 +30,9 @@ pub struct Status {
     pub next_hops: usize,
     /// Tables published so far.
     pub applies: u64,
+    /// Complete listings taken from the source: a folder read, a watcher's list or relist
+    /// of one kind.
+    pub listings: u64,
     pub last_apply: Option<LastApply>,
     /// Live, read at each request; `None` without a datapath.
     pub workers: Option<WorkerCounters>,
@@ -54,6 +57,7 @@ impl Status {
             policies: 0,
             next_hops: 0,
             applies: 0,
+            listings: 0,
             last_apply: None,
             workers: None,
         }

@@ -38,7 +38,8 @@ pub fn init_logging(format: LogFormat) {
         Targets::new().with_target("skiff_control", tracing::Level::INFO).with_default(tracing::Level::WARN);
     let plain = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
     match format {
         LogFormat::Plain => tracing_subscriber::registry().with(plain).with(levels).init(),
         LogFormat::Json => tracing_subscriber::registry().with(plain.json()).with(levels).init(),

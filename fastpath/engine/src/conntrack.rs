@@ -364,13 +364,18 @@ mod tests {
             let (o, r) = flow(n);
             ct.insert(o, r, ACK, BackendId::NONE, 0).unwrap();
         }
-        let (o, r) = flow(3);
-        let half_open = ct.insert(o, r, SYN, BackendId::NONE, 0).unwrap();
-        // Full: the new flow takes the half-open flow's place.
+        let (half_open, half_open_reply) = flow(3);
+        ct.insert(half_open, half_open_reply, SYN, BackendId::NONE, 0).unwrap();
+        ct.drain_ended(|_| {});
+        // Full: the new flow takes the half-open flow's place, and only its.
         let (o, r) = flow(4);
         ct.insert(o, r, ACK, BackendId::NONE, 1).unwrap();
-        assert!(ct.get(half_open).is_none() || ct.get(half_open).unwrap().original == o);
+        assert_eq!(ct.lookup(&half_open), None, "the half-open flow was evicted");
+        assert!(ct.lookup(&o).is_some() && ct.lookup(&r).is_some(), "the new flow is tracked");
         assert_eq!(ct.len(), 4);
+        let mut ended = Vec::new();
+        ct.drain_ended(|t| ended.push(*t));
+        assert_eq!(ended, [half_open_reply], "its reply tuple is withdrawn from the XDP program");
         // Now all four are established: a fifth is refused and they all still work.
         let (o, r) = flow(5);
         assert_eq!(ct.insert(o, r, SYN, BackendId::NONE, 1), Err(InsertError::Full(4)));

@@ -173,15 +173,19 @@ fn other_traffic_passes_and_bad_input_is_dropped_with_its_reason() {
     assert_eq!(run(&mut e, vec![0; 10]).0, Action::Drop(DropReason::EthernetTruncated));
 }
 
-/// The control plane publishes 200 table versions while a worker processes 20 000 packets of
-/// long-lived flows and new flows: every packet is forwarded, none waits for a lock, and every
+/// The control plane publishes 200 table versions while a worker processes packets of
+/// long-lived flows and new flows, the two overlapping (the worker starts first and stops
+/// after the last publish): the worker sees many versions, every packet is forwarded, every
+/// new flow goes to a backend of the version it saw (never a half-built table), and every
 /// long-lived flow keeps its first backend throughout.
 #[test]
 fn table_swaps_under_traffic_lose_nothing() {
     let shared = SharedTables::new((*tables(&[(VIP.into(), 6, vec![pod(0).into(), pod(1).into()])])).clone());
+    let started = Arc::new(std::sync::Barrier::new(2));
     let publisher = {
-        let shared = shared.clone();
+        let (shared, started) = (shared.clone(), started.clone());
         std::thread::spawn(move || {
+            started.wait();
             for n in 0..200u8 {
                 let pods = (0..2 + n % 6).map(|i| pod(i).into()).collect();
                 shared.publish((*tables(&[(VIP.into(), 6, pods)])).clone());
@@ -191,17 +195,31 @@ fn table_swaps_under_traffic_lose_nothing() {
     };
     let mut e = Engine::new(shared.current(), 1 << 16, Timeouts::default());
     let mut first: HashMap<u16, IpAddr> = HashMap::new();
-    for i in 0..20_000u32 {
+    let mut versions = std::collections::HashSet::new();
+    started.wait();
+    let mut i = 0u32;
+    while !publisher.is_finished() || i < 20_000 {
         e.refresh(&shared);
+        versions.insert(std::ptr::from_ref(e.tables()) as usize);
+        let in_this_version: Vec<IpAddr> =
+            e.tables().services.values().flat_map(|s| s.backends().map(|b| b.addr)).collect();
         // Ports 1..=50 are long-lived flows; the rest are new flows.
         let port = if i % 2 == 0 { 1 + (i / 2 % 50) as u16 } else { 1000 + (i % 30_000) as u16 };
         let backend = next_hop(run(&mut e, eth().ipv4(CLIENT, VIP).tcp(port, 80).ack(1).build()));
         if port <= 50 {
             assert_eq!(*first.entry(port).or_insert(backend), backend, "flow {port} moved");
+        } else if i < 30_000 {
+            // A port not used before: a new flow.
+            assert!(
+                in_this_version.contains(&backend),
+                "new flow {port} went to {backend}, not in its table"
+            );
         }
+        i += 1;
     }
     publisher.join().unwrap();
     assert_eq!(first.len(), 50);
+    assert!(versions.len() >= 10, "the worker saw {} table versions", versions.len());
 }
 
 /// A pod's port-unreachable about a DNATed datagram reaches the client as if the frontend had

@@ -79,10 +79,13 @@ fn show<T: Serialize + ?Sized>(output: Output, value: &T, table: impl FnOnce(&T)
     Ok(())
 }
 
-/// A borderless table, as cilium-dbg prints them.
+/// A borderless table, as cilium-dbg prints them (print it with `trim_fmt`).
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
-    table.load_style(NOTHING).set_header(header.to_vec());
+    table.load_style(NOTHING);
+    if !header.is_empty() {
+        table.set_header(header.to_vec());
+    }
     table
 }
 
@@ -126,7 +129,7 @@ fn print_status(s: &Status) {
         0 => row("Rejections", "none".into()),
         n => row("Rejections", format!("{n} (the last good version of each keeps running)")),
     }
-    println!("{t}");
+    println!("{}", t.trim_fmt());
     for r in &s.rejections {
         let object = r.key.as_ref().map_or_else(|| "(document)".into(), ToString::to_string);
         println!("  {object} ({})", r.origin);
@@ -165,5 +168,5 @@ fn print_services(services: &[ServiceView]) {
             backends,
         ]);
     }
-    println!("{t}");
+    println!("{}", t.trim_fmt());
 }

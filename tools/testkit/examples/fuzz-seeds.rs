@@ -1,102 +1,19 @@
-//! Writes the seed corpus of every fuzz target (fastpath/wire/fuzz) into OUT/<target>/: the
-//! frames captured in the lab plus frames the builder makes, cut at the layer each target
-//! parses. `cargo xtask fuzz` runs this before fuzzing.
+//! Writes the seed corpus of every fuzz target (fastpath/wire/fuzz) into OUT/<target>/
+//! (`skiff_testkit::fuzz_seeds`). `cargo xtask fuzz` runs this before fuzzing.
 //!
 //! usage: fuzz-seeds OUT
 
-use std::{fs, net::Ipv4Addr, path::Path};
-
-use skiff_testkit::{Builder, eth, pcap};
-use skiff_wire::{
-    arp::{ArpRepr, Operation},
-    ethernet::Mac,
-    geneve::GeneveOption,
-    layers::{self, L3, L4},
-};
+use std::{fs, path::Path};
 
 fn main() -> std::io::Result<()> {
     let out = std::env::args().nth(1).expect("usage: fuzz-seeds OUT");
     let captures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fastpath/wire/tests/captures");
-    let mut frames = Vec::new();
-    for entry in fs::read_dir(&captures)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "pcap") {
-            frames.extend(pcap::read(&path)?);
-        }
+    let seeds = skiff_testkit::fuzz_seeds::seeds(&captures)?;
+    for (i, (target, bytes)) in seeds.iter().enumerate() {
+        let dir = Path::new(&out).join(target);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join(format!("seed-{i:03}")), bytes)?;
     }
-    frames.extend(built());
-    let mut written = 0;
-    for (i, frame) in frames.iter().enumerate() {
-        for (target, bytes) in cuts(frame) {
-            let dir = Path::new(&out).join(target);
-            fs::create_dir_all(&dir)?;
-            fs::write(dir.join(format!("seed-{i:03}")), bytes)?;
-            written += 1;
-        }
-    }
-    println!("fuzz-seeds: {written} seeds from {} frames in {out}", frames.len());
+    println!("fuzz-seeds: {} seeds in {out}", seeds.len());
     Ok(())
-}
-
-fn built() -> Vec<Vec<u8>> {
-    let (a, b) = (Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 19, 0, 1));
-    let (a6, b6) = ("fd00::2".parse().unwrap(), "fd00:0:0:19::1".parse().unwrap());
-    let inner = |x: Builder| x.eth().ipv4(a, b).tcp(1, 80).syn().build();
-    let mut opt = [0u8; 8];
-    GeneveOption { class: 0x0103, kind: 0x80, data: &[0, 0, 1, 0] }.emit(&mut opt);
-    let arp = ArpRepr {
-        operation: Operation::REQUEST,
-        sender_mac: Mac([2, 0, 0, 0, 0, 1]),
-        sender_ip: a,
-        target_mac: Mac::default(),
-        target_ip: b,
-    };
-    vec![
-        eth().vlan(100).ipv4(a, b).udp(1, 53).payload(b"q").build(),
-        eth()
-            .vlan(200)
-            .vlan(10)
-            .ipv6(a6, b6)
-            .tcp(1, 443)
-            .syn()
-            .tcp_options(&[2, 4, 5, 180, 4, 2, 3, 3, 7])
-            .build(),
-        eth().ipv6(a6, b6).hop_by_hop().dst_opts(16).udp(2, 3).payload(b"x").build(),
-        eth().ipv6(a6, b6).fragment6(8, false, 1).payload(&[0; 8]).build(),
-        inner(eth().ipv4(a, b).udp(40000, 8472).vxlan(5)),
-        inner(eth().ipv4(a, b).udp(40000, 6081).geneve(5, &opt)),
-        eth().arp(arp).build(),
-    ]
-}
-
-/// The part of `frame` each target parses.
-fn cuts(frame: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-    let mut cuts = vec![("frame", frame.to_vec()), ("ethernet", frame.to_vec())];
-    let Ok(p) = layers::parse(frame) else { return cuts };
-    let l3 = frame[p.l3_offset..].to_vec();
-    match p.l3 {
-        L3::Arp => cuts.push(("arp", l3)),
-        L3::Ip(ip) => {
-            cuts.push((if ip.v6 { "ipv6" } else { "ipv4" }, l3));
-            let l4 = frame[p.l4_offset..p.l3_offset + ip.len].to_vec();
-            match p.l4 {
-                L4::Tcp { .. } => cuts.push(("tcp", l4)),
-                L4::Udp { dst_port, .. } => {
-                    let tunnel = match dst_port {
-                        8472 => Some("vxlan"),
-                        6081 => Some("geneve"),
-                        _ => None,
-                    };
-                    if let Some(target) = tunnel {
-                        cuts.push((target, l4[8..].to_vec()));
-                    }
-                    cuts.push(("udp", l4));
-                }
-                L4::Icmp { .. } => cuts.push(("icmp", [&[u8::from(ip.v6)][..], &l4].concat())),
-                L4::None => {}
-            }
-        }
-        L3::Other(_) => {}
-    }
-    cuts
 }

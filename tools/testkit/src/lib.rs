@@ -6,9 +6,11 @@
 //! - [`pcap`]: read and write classic pcap files (fixtures captured in the lab with tcpdump).
 //! - [`fixture`]: the `{description, input, expected action, expected output}` table that the
 //!   engine, the XDP tests and the benches share.
+//! - [`fuzz_seeds`]: the seed corpus of skiff-wire's fuzz targets.
 
 pub mod builder;
 pub mod fixture;
+pub mod fuzz_seeds;
 pub mod ingress;
 pub mod pcap;
 

@@ -190,7 +190,11 @@ fn services_through_skiff(lab: &Lab, bin: &std::path::Path) -> Result<()> {
     wait_for("the rejection", rejected)?;
     let status = skiff(&["status"])?;
     print_indented(
-        &status.lines().skip_while(|l| !l.starts_with("Rejections")).collect::<Vec<_>>().join("\n"),
+        &status
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("Rejections"))
+            .collect::<Vec<_>>()
+            .join("\n"),
     );
     println!("  the service keeps forwarding: {}", spread(&client_pod.netns, "198.19.0.10:80", 9)?);
 

@@ -10,14 +10,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, run, setup, workspace_root};
+use crate::{cargo, output_of, run, setup, workspace_root};
 
-pub const TARGETS: &[&str] =
-    &["ethernet", "arp", "ipv4", "ipv6", "tcp", "udp", "icmp", "vxlan", "geneve", "frame"];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 struct Outcome {
-    target: &'static str,
+    target: String,
     seconds: f64,
     runs: u64,
     corpus: u64,
@@ -27,30 +25,30 @@ struct Outcome {
 pub fn fuzz(target: Option<&str>, seconds: u64) -> Result<()> {
     setup::setup(setup::Purpose::Run)?;
     setup::cargo_fuzz(CARGO_FUZZ_VERSION)?;
-    let targets: Vec<&'static str> = match target {
-        Some(t) => vec![
-            TARGETS
-                .iter()
-                .copied()
-                .find(|x| *x == t)
-                .with_context(|| format!("unknown target {t}; one of {}", TARGETS.join(", ")))?,
-        ],
-        None => TARGETS.to_vec(),
-    };
     let root = workspace_root();
+    // The targets as cargo-fuzz lists them (fastpath/wire/fuzz/Cargo.toml's bins).
+    let all = output_of(
+        Command::new("cargo").current_dir(root.join("fastpath/wire/fuzz")).args(["+nightly", "fuzz", "list"]),
+    )?;
+    let all: Vec<String> = all.lines().map(str::to_owned).collect();
+    let targets: Vec<String> = match target {
+        Some(t) if all.iter().any(|x| x == t) => vec![t.to_owned()],
+        Some(t) => bail!("unknown target {t}; one of {}", all.join(", ")),
+        None => all,
+    };
     let seeds = root.join("target/fuzz-seeds");
     run(cargo().args(["run", "-q", "-p", "skiff-testkit", "--example", "fuzz-seeds", "--"]).arg(&seeds))?;
     let mut outcomes = Vec::new();
     for target in targets {
-        let corpus = root.join("target/fuzz-corpus").join(target);
+        let corpus = root.join("target/fuzz-corpus").join(&target);
         std::fs::create_dir_all(&corpus)?;
         println!("== fuzzing {target} for {seconds} s");
         let started = Instant::now();
         let mut child = Command::new("cargo")
             .current_dir(root.join("fastpath/wire"))
-            .args(["+nightly", "fuzz", "run", target])
+            .args(["+nightly", "fuzz", "run", &target])
             .arg(&corpus)
-            .arg(seeds.join(target))
+            .arg(seeds.join(&target))
             .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1"])
             .stderr(Stdio::piped())
             .spawn()
@@ -95,7 +93,7 @@ pub fn fuzz(target: Option<&str>, seconds: u64) -> Result<()> {
             u8::from(o.crashed)
         );
     }
-    let crashed: Vec<_> = outcomes.iter().filter(|o| o.crashed).map(|o| o.target).collect();
+    let crashed: Vec<_> = outcomes.iter().filter(|o| o.crashed).map(|o| o.target.as_str()).collect();
     if !crashed.is_empty() {
         bail!("crashes in {} (artifacts under fastpath/wire/fuzz/artifacts/)", crashed.join(", "));
     }

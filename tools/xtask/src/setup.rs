@@ -52,9 +52,9 @@ const APT_RUN: &[&str] = &[
     "libpcap-dev",
     "llvm-22-dev",
 ];
-/// A real API server for the control plane's tests: Go and the reflect2 fix to build
-/// kube-apiserver from Debian's source package (dpkg-dev unpacks it), etcd, openssl for its
-/// certificates.
+/// The tests' real parts: Go and the reflect2 fix to build kube-apiserver from Debian's
+/// source package (dpkg-dev unpacks it), etcd, openssl for its certificates; scapy, the
+/// independent VXLAN and Geneve encoder (it installs for /usr/bin/python3 only).
 const APT_TEST: &[&str] = &[
     "golang-go",
     "golang-github-modern-go-reflect2-dev",
@@ -63,6 +63,7 @@ const APT_TEST: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "openssl",
+    "python3-scapy",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, build, the workspace's tests, then the privileged lab tests.
+//! `cargo xtask test`: setup, build (the fuzz targets too), the workspace's tests, then the
+//! privileged lab tests.
 //!
 //! Privileged tests (they need root: network namespaces, XDP, AF_XDP) live in a module named
 //! `privileged` inside integration tests, so the two stages select them by path. They never
@@ -22,7 +23,9 @@ struct Tally {
 pub fn test() -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut tally = Tally::default();
-    if let Err(e) = setup::setup(setup::Purpose::Test).and_then(|()| build()) {
+    if let Err(e) =
+        setup::setup(setup::Purpose::Test).and_then(|()| build()).and_then(|()| build_fuzz_targets())
+    {
         eprintln!("xtask: {e:#}");
         tally.failed += 1;
     } else {
@@ -40,6 +43,14 @@ pub fn test() -> Result<ExitCode> {
     println!("test time {:.0} s", started.elapsed().as_secs_f64());
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The cargo-fuzz targets, outside the workspace (cargo fuzz builds them with nightly and
+/// sanitizers): built here with the stable toolchain, so a change that breaks one fails the
+/// tests (their checks run as `skiff-wire`'s `fuzz_seeds` test).
+fn build_fuzz_targets() -> Result<()> {
+    println!("== fuzz targets (fastpath/wire/fuzz)");
+    crate::run(cargo().args(["build", "-q", "--bins", "--manifest-path", "fastpath/wire/fuzz/Cargo.toml"]))
 }
 
 /// Runs one `cargo test` invocation, echoing its output and adding up libtest's

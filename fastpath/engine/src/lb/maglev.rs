@@ -157,6 +157,22 @@ mod tests {
         table.slots().filter(|s| *s == id).count() as f64 / table.slots().len() as f64
     }
 
+    /// A table depends on nothing but its backends and size: every node and every version
+    /// builds this one (pinned slot for slot), so a flow lands on the same backend whichever
+    /// node balances it.
+    #[test]
+    fn the_same_backends_give_the_same_table_everywhere() {
+        let table = Maglev::build(&backends(3), 251).unwrap();
+        let first: Vec<u32> = table.slots().take(24).map(|id| id.0).collect();
+        assert_eq!(first, GOLDEN_251_FIRST_24);
+        let counts: Vec<usize> = (1..=3).map(|i| table.slots().filter(|s| s.0 == i).count()).collect();
+        assert_eq!(counts, GOLDEN_251_COUNTS);
+    }
+
+    const GOLDEN_251_FIRST_24: [u32; 24] =
+        [2, 2, 1, 3, 3, 3, 3, 2, 2, 2, 3, 3, 3, 3, 3, 2, 3, 3, 1, 1, 1, 1, 1, 2];
+    const GOLDEN_251_COUNTS: [usize; 3] = [84, 84, 83];
+
     #[test]
     fn fills_every_slot_evenly() {
         let table = Maglev::build(&backends(10), MAGLEV_TABLE_SIZE).unwrap();
