@@ -108,7 +108,10 @@ fn slice(addresses: &[&str]) -> DynamicObject {
 const CLUSTER_IP: &str = "198.19.0.10:80/TCP";
 const NODE_PORT: &str = "198.18.0.1:30080/TCP";
 
+/// One API server for the whole story: starting one takes seconds, and each step builds on
+/// the state the last one left.
 #[test]
+#[allow(clippy::too_many_lines)]
 fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     let mut server = ApiServer::start().expect("etcd and kube-apiserver start");
     let rt = tokio::runtime::Runtime::new().unwrap();

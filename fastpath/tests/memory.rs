@@ -165,12 +165,14 @@ fn fixtures_through_a_worker_over_memory_ports() {
 #[test]
 fn a_batch_gives_the_same_frames() {
     let (mut one, mut batch) = (worker(), worker());
-    let sent = |w: &mut Worker<MemoryPort>, by_port: &mut [Vec<Vec<u8>>; 2]| {
+    /// The frames each of the two ports sent, in order.
+    type PerPort = [Vec<Vec<u8>>; 2];
+    let sent = |w: &mut Worker<MemoryPort>, by_port: &mut PerPort| {
         for (port, out) in w.ports_mut().iter_mut().zip(by_port.iter_mut()) {
             port.drain_sent(|frame| out.push(frame.to_vec()));
         }
     };
-    let (mut singly, mut together): ([Vec<Vec<u8>>; 2], [Vec<Vec<u8>>; 2]) = Default::default();
+    let (mut singly, mut together) = (PerPort::default(), PerPort::default());
     for f in fixtures() {
         one.ports_mut()[0].push(&f.input);
         one.poll(0, 0, |_| {});

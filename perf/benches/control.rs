@@ -17,7 +17,7 @@ use skiff_control::{
     store::Changes,
     validate::Limits,
 };
-use skiff_perf::{Record, lab::median, write_report};
+use skiff_perf::{Figure, Record, write_report};
 
 const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
@@ -102,23 +102,24 @@ fn main() {
     }
     // The same change with every table rebuilt (a fresh applier, as without the diff).
     let mut rebuilds = Vec::new();
-    for _ in 0..ROUNDS.min(3) {
+    for _ in 0..ROUNDS {
         let started = Instant::now();
         let mut compiler = Compiler::default();
         let (_, r) = Applier::default().apply(compiler.update(controller.store(), &Changes::all(), &ctx));
         rebuilds.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(r.pools_built, SERVICES);
     }
-    let (change, rebuild) = (median(changes), median(rebuilds));
-    println!("one endpoint change: {change:.1} ms (every table rebuilt: {rebuild:.1} ms)");
+    let (change, rebuild) = (Figure::rounds(changes), Figure::rounds(rebuilds));
+    println!("one endpoint change: {:.1} ms (every table rebuilt: {:.1} ms)", change.value, rebuild.value);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-report");
     write_report(
         &dir,
         "control",
         &[
-            Record::new("full apply, 10k services x 10 endpoints", full, "s"),
-            Record::new("peak memory (VmHWM)", peak, "bytes"),
-            Record::new("one endpoint change at 10k services", change, "ms").with_baseline(rebuild),
+            Record::new("full_apply_10k_services_x_10_endpoints", "s", Figure::one(full)),
+            Record::new("peak_memory_vmhwm", "bytes", Figure::one(peak)),
+            Record::new("one_endpoint_change_at_10k_services", "ms", change)
+                .against("every table rebuilt (no diff, a fresh applier)", rebuild),
         ],
     )
     .unwrap();

@@ -1,18 +1,19 @@
 //! Packets per second of a service's NAT path in the lab: skiff (XDP redirect → AF_XDP worker →
 //! DNAT → AF_XDP transmit to the pod) against the kernel's nftables DNAT with conntrack doing
-//! the same service, same generator, same run, alternating, medians of 3. One established UDP
-//! flow of 64-byte frames from the client to `VIP:80`, DNATed to the pod's port 8080, counted
-//! where it ends: an nftables drop rule on the pod's interface (the same sink for both).
+//! the same service, same generator, same run, ABBA rounds. One established UDP flow of
+//! 64-byte frames from the client to `VIP:80`, DNATed to the pod's port 8080, counted where it
+//! ends: an nftables drop rule on the pod's interface (one sink, the same for both).
 //!
-//! Then transmission onto another interface over AF_XDP, the two ways a worker can do it: a
-//! copy into the other socket's own UMEM (what `io::afxdp` does), or a second socket sharing
-//! the receiving socket's UMEM, transmitting the received frame itself. Frames from the uplink
-//! go out of the pod's veth unchanged, 64 and 1500 bytes, counted by the same sink.
+//! Then transmission onto another interface over AF_XDP: what skiff ships, a copy into the
+//! other socket's own UMEM (`io::afxdp`), against a second socket sharing the receiving
+//! socket's UMEM that transmits the received frame itself (measured to decide, not shipped).
+//! Frames from the uplink go out of the pod's veth unchanged, 64 and 1500 bytes, counted by
+//! the same sink.
 //!
 //! CPU 0 runs the generator; CPU 1 runs everything of the node: the uplink's threaded NAPI and,
 //! for skiff, the worker (pinned there, at a worker's priority). Writes
 //! `target/bench-report/fastpath-lab.json`, which `bench-report` adds to `fastpath.json`. Root
-//! only. `SKIFF_LAB_FRAMES` sets the frames per run (default 2^24).
+//! only. `SKIFF_LAB_FRAMES` sets the frames per round (default 2^24).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -37,12 +38,12 @@ use skiff_fastpath::{
     datapath::{Config, Datapath, Io},
     io::{BATCH, PacketIo, afxdp::XskPort, wait_readable},
 };
-use skiff_lab::Topology;
+use skiff_lab::{Lab, Topology};
 use skiff_perf::{
     Record,
     lab::{
-        FRAMES, Result, generate, generate_sized, ifindex, median, nft, nft_counter, nft_drop_rule,
-        set_affinity, split_layout, udp_frame,
+        FRAMES, ROUNDS, Result, abba, generate_sized, ifindex, nft, nft_counter, nft_drop_rule, set_affinity,
+        split_layout, udp_frame,
     },
     write_report,
 };
@@ -53,125 +54,142 @@ use xsk_rs::{
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
-const ROUNDS: usize = 3;
 const SINK: &str = "skiffsink";
+
+/// The lab, the generator's frames and the sink.
+struct Bench {
+    lab: Lab,
+    dir: PathBuf,
+    frames: u32,
+    out: u32,
+}
 
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
     let lab = Topology::new().pods(1).build()?;
-    let (client, node, pod) = (lab.client().clone(), lab.node().clone(), lab.pods()[0].clone());
-    let frame = udp_frame(&client, SocketAddrV4::new(client.ipv4, 40000), SocketAddrV4::new(VIP, 80), 64)?;
-    let out = ifindex(&client.netns, &client.iface)?;
+    let (client, pod) = (lab.client().clone(), lab.pods()[0].clone());
     nft_drop_rule(&pod.netns, SINK, &pod.iface, client.ipv4)?;
-    let delivered = || nft_counter(&pod.netns, "netdev", SINK);
-    let dir = PathBuf::from(format!("/sys/fs/bpf/skiff-bench-nat-{}", std::process::id()));
-
-    let frames = std::env::var("SKIFF_LAB_FRAMES").ok().and_then(|f| f.parse().ok()).unwrap_or(FRAMES);
-    let send = || -> Result<f64> {
-        let before = delivered()?;
-        let elapsed = generate(&client.netns, frame, out, frames)?;
-        Ok((delivered()? - before) as f64 / elapsed.as_secs_f64())
+    let bench = Bench {
+        out: ifindex(&client.netns, &client.iface)?,
+        frames: std::env::var("SKIFF_LAB_FRAMES").ok().and_then(|f| f.parse().ok()).unwrap_or(FRAMES),
+        dir: PathBuf::from(format!("/sys/fs/bpf/skiff-bench-nat-{}", std::process::id())),
+        lab,
     };
-    let (mut skiff, mut kernel) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        // skiff: the ingress program on the uplink and the pod's veth, one worker on CPU 1.
-        let mut ingress = Ingress::load(&dir)?;
-        ingress.set_config(&XdpConfig::DEFAULT)?;
-        let backend = Backend { id: BackendId(1), addr: pod.ipv4.into(), port: 8080, weight: 1, local: true };
-        let service = Service::new(vec![backend], ServiceConfig::default())?;
-        let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 17 };
-        let to_pod = Neighbor { port: 1, src_mac: pod.node_mac, dst_mac: pod.mac };
-        let tables = Tables {
-            services: [(frontend, service)].into_iter().collect(),
-            next_hops: [(pod.ipv4.into(), to_pod)].into_iter().collect(),
-            ..Tables::default()
-        };
-        let config = Config {
-            interfaces: vec![client.node_iface.clone(), pod.node_iface.clone()],
-            io: Io::AfXdp(XdpMode::Native),
-            cores: vec![1],
-            ..Config::default()
-        };
-        let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
-        split_layout(&node.netns, &client.node_iface)?;
-        skiff.push(send()?);
-        let stats = datapath.stop();
-        println!(
-            "skiff worker: received {}, forwarded {}, dropped {}",
-            stats.received, stats.forwarded, stats.dropped
-        );
-        bpffs::remove_pins(&dir)?;
-
-        // The kernel: DNAT in prerouting, conntrack, forwarding. The uplink needs an XDP
-        // program for the generator's redirect to arrive: the counting one, which passes.
-        let mut pass = CountProgram::load()?;
-        node.netns.run(|| pass.attach(&client.node_iface, XdpMode::Native))??;
-        split_layout(&node.netns, &client.node_iface)?;
-        nft(
-            &node.netns,
-            &format!(
-                "table ip skiffnat {{\n  chain prerouting {{\n    type nat hook prerouting priority -100;\n    ip daddr {VIP} udp dport 80 dnat to {}:8080\n  }}\n}}\n",
-                pod.ipv4
-            ),
-        )?;
-        kernel.push(send()?);
-        node.netns.exec("nft", &["delete", "table", "ip", "skiffnat"])?;
-        drop(pass);
-    }
-    println!("rounds: skiff {skiff:.0?} pps, nftables {kernel:.0?} pps");
-    let (skiff, kernel) = (median(skiff), median(kernel));
-    println!(
-        "NAT path, 1 established UDP flow: skiff AF_XDP {:.2} Mpps, nftables DNAT + conntrack {:.2} Mpps ({:.2}x)",
-        skiff / 1e6,
-        kernel / 1e6,
-        skiff / kernel
-    );
-    let mut records = vec![
-        Record::new("lab_pps_dnat_afxdp_vs_nftables_dnat_conntrack", skiff, "pps").with_baseline(kernel),
-    ];
-
-    // Transmission onto another interface: shared UMEM against a copy.
+    let mut records = vec![bench.nat_path()?];
     for len in [64, 1500] {
-        let frame =
-            udp_frame(&client, SocketAddrV4::new(client.ipv4, 40000), SocketAddrV4::new(VIP, 80), len)?;
-        let (mut copy, mut shared) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            for (mode, rates) in [(Tx::Copy, &mut copy), (Tx::SharedUmem, &mut shared)] {
-                let mut ingress = Ingress::load(&dir)?;
-                ingress.set_config(&XdpConfig::DEFAULT)?;
-                node.netns.run(|| ingress.attach(&client.node_iface, XdpMode::Native))??;
-                let uplink = ifindex(&node.netns, &client.node_iface)?;
-                let (from, to) = (client.node_iface.clone(), pod.node_iface.clone());
-                let forwarder = node.netns.run(move || Forwarder::start(mode, &from, &to))??;
-                ingress.set_worker(uplink, 0, forwarder.fd)?;
-                ingress.set_services(&[(VIP.into(), 80, 17, FrontendKind::ClusterIp)])?;
-                split_layout(&node.netns, &client.node_iface)?;
-                let before = delivered()?;
-                let elapsed = generate_sized(&client.netns, frame, len, out, frames)?;
-                rates.push((delivered()? - before) as f64 / elapsed.as_secs_f64());
-                forwarder.stop()?;
-                drop(ingress);
-                bpffs::remove_pins(&dir)?;
-            }
-        }
-        println!("rounds, {len}-byte frames: copy {copy:.0?} pps, shared UMEM {shared:.0?} pps");
-        let (copy, shared) = (median(copy), median(shared));
-        println!(
-            "AF_XDP transmit onto another interface, {len}-byte frames: shared UMEM {:.2} Mpps, copy {:.2} Mpps ({:.2}x)",
-            shared / 1e6,
-            copy / 1e6,
-            shared / copy
-        );
-        records.push(
-            Record::new(format!("lab_pps_xsk_tx_other_interface_{len}b_shared_umem_vs_copy"), shared, "pps")
-                .with_baseline(copy),
-        );
+        records.push(bench.transmit(len)?);
     }
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-report");
     write_report(&target, "fastpath-lab", &records)?;
     Ok(())
+}
+
+impl Bench {
+    /// Frames of `len` bytes to `VIP:80` that reach the pod's sink per second of generating.
+    fn delivered(&self, len: usize) -> Result<f64> {
+        let (client, pod) = (self.lab.client(), &self.lab.pods()[0]);
+        let frame =
+            udp_frame(client, SocketAddrV4::new(client.ipv4, 40000), SocketAddrV4::new(VIP, 80), len)?;
+        let before = nft_counter(&pod.netns, "netdev", SINK)?;
+        let elapsed = generate_sized(&client.netns, frame, len, self.out, self.frames)?;
+        Ok((nft_counter(&pod.netns, "netdev", SINK)? - before) as f64 / elapsed.as_secs_f64())
+    }
+
+    /// skiff's NAT path against nftables DNAT + conntrack.
+    fn nat_path(&self) -> Result<Record> {
+        let (client, node, pod) = (self.lab.client(), self.lab.node(), &self.lab.pods()[0]);
+        let skiff = || -> Result<f64> {
+            // The ingress program on the uplink and the pod's veth, one worker on CPU 1.
+            let mut ingress = Ingress::load(&self.dir)?;
+            ingress.set_config(&XdpConfig::DEFAULT)?;
+            let backend =
+                Backend { id: BackendId(1), addr: pod.ipv4.into(), port: 8080, weight: 1, local: true };
+            let service = Service::new(vec![backend], ServiceConfig::default())?;
+            let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 17 };
+            let to_pod = Neighbor { port: 1, src_mac: pod.node_mac, dst_mac: pod.mac };
+            let tables = Tables {
+                services: [(frontend, service)].into_iter().collect(),
+                next_hops: [(pod.ipv4.into(), to_pod)].into_iter().collect(),
+                ..Tables::default()
+            };
+            let config = Config {
+                interfaces: vec![client.node_iface.clone(), pod.node_iface.clone()],
+                io: Io::AfXdp(XdpMode::Native),
+                cores: vec![1],
+                ..Config::default()
+            };
+            let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
+            split_layout(&node.netns, &client.node_iface)?;
+            let pps = self.delivered(64);
+            let stats = datapath.stop();
+            println!(
+                "  skiff worker: received {}, forwarded {}, dropped {}",
+                stats.received, stats.forwarded, stats.dropped
+            );
+            bpffs::remove_pins(&self.dir)?;
+            pps
+        };
+        let kernel = || -> Result<f64> {
+            // DNAT in prerouting, conntrack, forwarding. The uplink needs an XDP program for
+            // the generator's redirect to arrive: the counting one, which passes.
+            let mut pass = CountProgram::load()?;
+            node.netns.run(|| pass.attach(&client.node_iface, XdpMode::Native))??;
+            split_layout(&node.netns, &client.node_iface)?;
+            nft(
+                &node.netns,
+                &format!(
+                    "table ip skiffnat {{\n  chain prerouting {{\n    type nat hook prerouting priority -100;\n    ip daddr {VIP} udp dport 80 dnat to {}:8080\n  }}\n}}\n",
+                    pod.ipv4
+                ),
+            )?;
+            let pps = self.delivered(64);
+            node.netns.exec("nft", &["delete", "table", "ip", "skiffnat"])?;
+            pps
+        };
+        let (skiff, kernel) = abba(ROUNDS, skiff, kernel)?;
+        println!(
+            "NAT path, 1 established UDP flow: skiff AF_XDP {:.2} Mpps, nftables DNAT + conntrack {:.2} Mpps; rounds {:.0?} and {:.0?}",
+            skiff.value / 1e6,
+            kernel.value / 1e6,
+            skiff.rounds,
+            kernel.rounds
+        );
+        Ok(Record::new("lab_pps_nat_path_dnat_afxdp", "pps", skiff)
+            .against("nftables DNAT + conntrack", kernel))
+    }
+
+    /// Transmission onto another interface: a copy (skiff's way) against a shared UMEM.
+    fn transmit(&self, len: usize) -> Result<Record> {
+        let (client, node, pod) = (self.lab.client(), self.lab.node(), &self.lab.pods()[0]);
+        let run = |mode: Tx| -> Result<f64> {
+            let mut ingress = Ingress::load(&self.dir)?;
+            ingress.set_config(&XdpConfig::DEFAULT)?;
+            node.netns.run(|| ingress.attach(&client.node_iface, XdpMode::Native))??;
+            let uplink = ifindex(&node.netns, &client.node_iface)?;
+            let (from, to) = (client.node_iface.clone(), pod.node_iface.clone());
+            let forwarder = node.netns.run(move || Forwarder::start(mode, &from, &to))??;
+            ingress.set_worker(uplink, 0, forwarder.fd)?;
+            ingress.set_services(&[(VIP.into(), 80, 17, FrontendKind::ClusterIp)])?;
+            split_layout(&node.netns, &client.node_iface)?;
+            let pps = self.delivered(len);
+            forwarder.stop()?;
+            drop(ingress);
+            bpffs::remove_pins(&self.dir)?;
+            pps
+        };
+        let (copy, shared) = abba(ROUNDS, || run(Tx::Copy), || run(Tx::SharedUmem))?;
+        println!(
+            "AF_XDP transmit onto another interface, {len}-byte frames: copy {:.2} Mpps, shared UMEM {:.2} Mpps; rounds {:.0?} and {:.0?}",
+            copy.value / 1e6,
+            shared.value / 1e6,
+            copy.rounds,
+            shared.rounds
+        );
+        Ok(Record::new(format!("lab_pps_xsk_tx_other_interface_{len}b_copy"), "pps", copy)
+            .against("a shared UMEM (not shipped)", shared))
+    }
 }
 
 /// How frames received on one interface leave by another.

@@ -1,6 +1,7 @@
-//! Packet rates in the lab (shared/notes/lab-rates.md): the live-frames generator pinned to
-//! CPU 0, the node's receive processing in a threaded NAPI pinned to CPU 1, packets counted
-//! where they end (an nftables drop counter), alternating the datapaths compared, medians.
+//! Packet rates in the lab (perf/README.md): the live-frames generator pinned to CPU 0, the
+//! node's receive processing in a threaded NAPI pinned to CPU 1, packets counted at one point
+//! that does not depend on the datapath measured, the two datapaths compared in ABBA rounds,
+//! medians with every round kept.
 
 use std::{net::SocketAddrV4, time::Duration};
 
@@ -8,6 +9,8 @@ use skiff_lab::{Host, Netns};
 use skiff_testkit::eth;
 use skiff_wire::ethernet::Mac;
 use skiff_xdp::TrafficGen;
+
+use crate::Figure;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -131,7 +134,36 @@ pub fn nft_counter(ns: &Netns, family: &str, table: &str) -> Result<u64> {
     counter(&json).ok_or_else(|| format!("no counter in nftables table {family} {table}").into())
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Rounds of each side of a lab comparison.
+pub const ROUNDS: usize = 5;
+
+/// Measures `a` and `b` `rounds` times each in ABBA order (a b, b a, a b, …), so that a drift
+/// of the machine during the run weighs on both alike; every round's figure is kept.
+pub fn abba(
+    rounds: usize,
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<(Figure, Figure)> {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            xs.push(a()?);
+            ys.push(b()?);
+        } else {
+            ys.push(b()?);
+            xs.push(a()?);
+        }
+    }
+    Ok((Figure::rounds(xs), Figure::rounds(ys)))
+}
+
+/// Frames the XDP hook of `iface` (a veth in `ns`) has taken off its receive ring, whatever
+/// the program then did with them: a count that does not depend on the datapath measured.
+pub fn xdp_received(ns: &Netns, iface: &str) -> Result<u64> {
+    let out = ns.exec("ethtool", &["-S", iface])?;
+    let text = String::from_utf8(out.stdout)?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("rx_queue_").and_then(|l| l.split_once("_xdp_packets: ")))
+        .map(|(_, n)| n.trim().parse::<u64>().map_err(Into::into))
+        .sum()
 }

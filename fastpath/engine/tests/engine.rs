@@ -204,7 +204,7 @@ fn table_swaps_under_traffic_lose_nothing() {
         let in_this_version: Vec<IpAddr> =
             e.tables().services.values().flat_map(|s| s.backends().map(|b| b.addr)).collect();
         // Ports 1..=50 are long-lived flows; the rest are new flows.
-        let port = if i % 2 == 0 { 1 + (i / 2 % 50) as u16 } else { 1000 + (i % 30_000) as u16 };
+        let port = if i.is_multiple_of(2) { 1 + (i / 2 % 50) as u16 } else { 1000 + (i % 30_000) as u16 };
         let backend = next_hop(run(&mut e, eth().ipv4(CLIENT, VIP).tcp(port, 80).ack(1).build()));
         if port <= 50 {
             assert_eq!(*first.entry(port).or_insert(backend), backend, "flow {port} moved");

@@ -70,7 +70,8 @@ fn with_inner(outer: Builder) -> Vec<u8> {
 }
 
 /// Every path through `skiff_xdp_ingress`. `Redirect` rows expect a worker; with no AF_XDP
-/// socket bound the program passes them and counts `NO_WORKER`.
+/// socket bound the program passes them and counts `NO_WORKER`. A table: one row per path.
+#[allow(clippy::too_many_lines)]
 pub fn fixtures() -> Vec<Fixture> {
     let identity_option = geneve_option(GENEVE_OPT_CLASS, GENEVE_OPT_IDENTITY, &Env::IDENTITY.to_be_bytes());
     let critical_unknown = geneve_option(0x0104, 0x80 | 7, &[0; 4]);

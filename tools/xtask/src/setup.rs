@@ -75,7 +75,7 @@ pub fn setup(purpose: Purpose) -> Result<()> {
         Purpose::Run => APT_RUN.to_vec(),
         Purpose::Test => [APT_RUN, APT_TEST].concat(),
     };
-    let mut steps: Vec<(String, &str, Box<dyn FnOnce(&mut Log) -> Result<Done>>)> = vec![
+    let mut steps: Vec<(String, &str, Box<Work>)> = vec![
         ("apt packages".into(), "apt", Box::new(move |log| apt_packages(log, &packages))),
         ("nightly rust-src (eBPF build-std)".into(), "rust-src", Box::new(rust_src)),
         (format!("bpf-linker {BPF_LINKER_VERSION}"), "bpf-linker", Box::new(bpf_linker)),
@@ -101,6 +101,9 @@ enum Done {
     Cached,
     Installed,
 }
+
+/// What a step does: checks, installs if it must, says which.
+type Work = dyn FnOnce(&mut Log) -> Result<Done>;
 
 /// A step's log file; the commands it runs write there.
 pub struct Log {

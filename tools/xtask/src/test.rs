@@ -1,5 +1,5 @@
-//! `cargo xtask test`: setup, build (the fuzz targets too), the workspace's tests, then the
-//! privileged lab tests.
+//! `cargo xtask test`: setup, build (the fuzz targets too), formatting and lints, the
+//! workspace's tests, then the privileged lab tests.
 //!
 //! Privileged tests (they need root: network namespaces, XDP, AF_XDP) live in a module named
 //! `privileged` inside integration tests, so the two stages select them by path. They never
@@ -29,6 +29,7 @@ pub fn test() -> Result<ExitCode> {
         eprintln!("xtask: {e:#}");
         tally.failed += 1;
     } else {
+        lints(&mut tally);
         println!("== workspace tests");
         stage(&mut tally, &["test", "--no-fail-fast", "--", "--skip", "privileged::"])?;
         println!("== privileged lab tests");
@@ -43,6 +44,22 @@ pub fn test() -> Result<ExitCode> {
     println!("test time {:.0} s", started.elapsed().as_secs_f64());
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The code as the project keeps it: formatted, and clippy (with the workspace's lints)
+/// silent. Each that complains counts as a failure.
+fn lints(tally: &mut Tally) {
+    println!("== formatting and lints");
+    let checks: [(&str, &[&str]); 2] = [
+        ("cargo fmt --check", &["fmt", "--all", "--check"]),
+        ("cargo clippy -D warnings", &["clippy", "-q", "--all-targets", "--", "-D", "warnings"]),
+    ];
+    for (what, args) in checks {
+        if crate::run(cargo().args(args)).is_err() {
+            eprintln!("xtask: {what} failed");
+            tally.failed += 1;
+        }
+    }
 }
 
 /// The cargo-fuzz targets, outside the workspace (cargo fuzz builds them with nightly and

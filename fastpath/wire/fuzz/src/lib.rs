@@ -15,8 +15,11 @@ use skiff_wire::{
     tcp, udp, vxlan,
 };
 
-/// Every target by name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target: its name and its check.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
     ("ethernet", ethernet),
     ("arp", arp),
     ("ipv4", ipv4),
