@@ -112,3 +112,54 @@ pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>) -> Result<()> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+
+    use skiff_api::{Answer, Client, ClientError, Datapath, ErrorCode, Health, Source};
+
+    use super::*;
+
+    /// The CLI's client against the agent's server: a typed status, the service list, and an
+    /// error answer (not a status) to a request the agent does not know.
+    #[test]
+    fn the_client_gets_typed_answers_and_errors() {
+        let dir = std::env::temp_dir().join(format!("skiff-api-test-{}", std::process::id()));
+        let socket = dir.join("skiff.sock");
+        let source = Source::StateDir { path: "/demo".into() };
+        let snapshot = Arc::new(RwLock::new(Snapshot::new(Status::new(source.clone(), Datapath::default()))));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let server = runtime.spawn({
+            let (socket, snapshot) = (socket.clone(), snapshot.clone());
+            async move { serve(&socket, snapshot).await }
+        });
+        let client = std::thread::spawn(move || {
+            let client = Client::new(&socket);
+            while !socket.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let status = client.status().unwrap();
+            assert_eq!((status.health, status.source), (Health::Ok, source));
+            assert!(client.services().unwrap().is_empty());
+            let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            raw.write_all(b"{\"request\": \"ct-list\"}\n").unwrap();
+            let mut line = String::new();
+            BufReader::new(&raw).read_line(&mut line).unwrap();
+            match serde_json::from_str::<Answer>(&line).unwrap() {
+                Answer::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e}"),
+                other => panic!("an error answer, not {other:?}"),
+            }
+            let gone = Client::new(socket.with_file_name("none.sock")).status().unwrap_err();
+            assert!(matches!(gone, ClientError::Connect { .. }), "{gone}");
+        });
+        runtime.block_on(async {
+            while !client.is_finished() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        client.join().unwrap();
+        server.abort();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -220,3 +220,40 @@ pub struct WorkerCounters {
     /// Drops by reason (only reasons that occurred).
     pub drops: BTreeMap<DropReason, u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What scripts read: enums by name, drops keyed by reason name.
+    #[test]
+    fn the_json_reads_as_it_prints() {
+        let counters =
+            WorkerCounters { drops: [(DropReason::TtlExceeded, 3)].into(), ..WorkerCounters::default() };
+        let json = serde_json::to_value(&counters).unwrap();
+        assert_eq!(json["drops"], serde_json::json!({"ttl-exceeded": 3}));
+        assert_eq!(serde_json::from_value::<WorkerCounters>(json).unwrap(), counters);
+        let health = Health::Degraded {
+            problems: vec![
+                Problem::ApplyFailed { error: "busy".into() },
+                Problem::WaitingForFirstList { kinds: vec![Kind::Pod] },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_value(&health).unwrap(),
+            serde_json::json!({"state": "degraded", "problems": [
+                {"problem": "apply-failed", "error": "busy"},
+                {"problem": "waiting-for-first-list", "kinds": ["Pod"]},
+            ]})
+        );
+        assert_eq!(
+            health.to_string(),
+            "Degraded: the last apply failed: busy; waiting for the first list of Pod"
+        );
+        let io = Io::AfXdp { xdp_mode: XdpMode::Generic };
+        assert_eq!(
+            serde_json::to_value(io).unwrap(),
+            serde_json::json!({"type": "af-xdp", "xdp_mode": "generic"})
+        );
+    }
+}
