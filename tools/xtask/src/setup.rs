@@ -276,7 +276,15 @@ fn bpf_linker(log: &mut Log) -> Result<Done> {
     // 76 s on a fresh machine.
     log.run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--debug", "--locked", "--force", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "bpf-linker",
+                "--debug",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )?;
