@@ -6,15 +6,11 @@
 //! it over: a copy through a bounded queue, and an eventfd that wakes the owner if it sleeps
 //! (VPP's NAT hands frames between workers the same way). With one worker, nothing is built.
 
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::Arc,
-};
+use std::{io, os::fd::RawFd, sync::Arc};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::io::FRAME_ROOM;
+use crate::io::{Bell, FRAME_ROOM};
 
 /// Frames a worker's inbox holds.
 const DEPTH: usize = 512;
@@ -28,14 +24,14 @@ pub struct Frame {
 /// The frames other workers handed to this one.
 pub struct Inbox {
     frames: Receiver<Frame>,
-    bell: Arc<OwnedFd>,
+    bell: Arc<Bell>,
 }
 
 /// Where a worker hands frames to one other worker.
 #[derive(Clone)]
 pub struct Peer {
     frames: Sender<Frame>,
-    bell: Arc<OwnedFd>,
+    bell: Arc<Bell>,
     /// Frames sent since the bell last rang.
     pending: bool,
 }
@@ -47,13 +43,7 @@ pub fn mesh(workers: usize) -> io::Result<Vec<(Inbox, Vec<Peer>)>> {
     let mut peers = Vec::with_capacity(workers);
     for _ in 0..workers {
         let (tx, rx) = crossbeam_channel::bounded(DEPTH);
-        // SAFETY: eventfd(2) with valid flags; the descriptor is owned from here on.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let bell = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let bell = Arc::new(Bell::new()?);
         inboxes.push(Inbox { frames: rx, bell: bell.clone() });
         peers.push(Peer { frames: tx, bell, pending: false });
     }
@@ -79,10 +69,7 @@ impl Peer {
     /// Wakes the peer if frames were sent since the last call: one system call per batch.
     pub fn ring(&mut self) {
         if std::mem::take(&mut self.pending) {
-            let one = 1u64;
-            // SAFETY: an 8-byte write from a live u64 to our eventfd. A full counter (never
-            // reached) would only mean the peer is already awake.
-            unsafe { libc::write(self.bell.as_raw_fd(), (&raw const one).cast(), 8) };
+            self.bell.ring();
         }
     }
 }
@@ -90,16 +77,13 @@ impl Peer {
 impl Inbox {
     /// Becomes readable when frames were handed over.
     pub fn fd(&self) -> RawFd {
-        self.bell.as_raw_fd()
+        self.bell.fd()
     }
 
     /// Takes up to `max` frames, handing each to `f` to edit in place; returns how many.
-    /// The bell is cleared first: a frame sent after that rings it again, so no wakeup is lost.
+    /// The bell is cleared first: a frame sent after that rings it again.
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(&mut [u8])) -> usize {
-        let mut count = 0u64;
-        // SAFETY: an 8-byte read into a live u64 from our non-blocking eventfd (it fails
-        // harmlessly when nothing rang).
-        unsafe { libc::read(self.bell.as_raw_fd(), (&raw mut count).cast(), 8) };
+        self.bell.clear();
         let mut n = 0;
         while n < max {
             let Ok(mut frame) = self.frames.try_recv() else { break };

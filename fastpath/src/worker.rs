@@ -10,7 +10,7 @@
 //! to the kernel when the kernel has no copy) leave the hot path, through a bounded channel to
 //! the slow path.
 
-use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use skiff_common::DropReason;
@@ -23,7 +23,7 @@ use skiff_engine::{
 
 use crate::{
     handoff::{Inbox, Peer},
-    io::{BATCH, FRAME_ROOM, PacketIo, wait_readable},
+    io::{BATCH, Bell, FRAME_ROOM, PacketIo, Readiness},
 };
 
 /// A flow that started or ended in a worker's conntrack.
@@ -99,15 +99,26 @@ impl Stats {
 const GC_PER_ROUND: usize = 64;
 
 pub struct Worker<P: PacketIo> {
-    ports: Vec<P>,
-    fds: Vec<RawFd>,
+    /// By port number (a next hop's `port`); `None` where a port was removed.
+    ports: Vec<Option<P>>,
+    /// What `poll` waits on: the ports' descriptors, the inbox's and the bell's.
+    ready: Readiness,
     /// Frames per receive batch.
     batch: usize,
+    /// The port a round starts receiving from: each in turn, so that with more ports than a
+    /// round has room for, every port is served.
+    first: usize,
     /// Frames other workers handed over, with several workers.
     inbox: Option<Inbox>,
+    /// Rung when the worker's thread has something for it (see [`Worker::with_bell`]).
+    bell: Option<Arc<Bell>>,
     core: Core,
     pub stats: Stats,
 }
+
+/// Frames one round receives from the ports, at most: with many ports (one per pod), the
+/// staging arena stays this size instead of growing with them.
+pub const ROUND: usize = 4 * BATCH;
 
 /// What a frame meets between receive and transmit: the engine, and where its output goes.
 struct Core {
@@ -122,14 +133,17 @@ struct Core {
 }
 
 impl<P: PacketIo> Worker<P> {
+    /// A worker over `ports`, numbered from 0 in order.
     pub fn new(engine: Engine, ports: Vec<P>) -> Worker<P> {
-        // A batch from every port and one from the inbox.
-        let room = (ports.len() + 1) * BATCH;
-        Worker {
-            fds: ports.iter().filter_map(PacketIo::fd).collect(),
-            ports,
+        // A round from the ports and a batch from the inbox.
+        let room = ROUND + BATCH;
+        let mut worker = Worker {
+            ports: ports.into_iter().map(Some).collect(),
+            ready: Readiness::default(),
             batch: BATCH,
+            first: 0,
             inbox: None,
+            bell: None,
             core: Core {
                 engine,
                 exceptions: None,
@@ -138,7 +152,37 @@ impl<P: PacketIo> Worker<P> {
                 staged: Vec::with_capacity(room),
             },
             stats: Stats::default(),
+        };
+        worker.ports_changed();
+        worker
+    }
+
+    /// Serves `port` as port number `number` from the next round on; gives back the one
+    /// there was (to be closed).
+    pub fn insert_port(&mut self, number: usize, port: P) -> Option<P> {
+        if self.ports.len() <= number {
+            self.ports.resize_with(number + 1, || None);
         }
+        let old = self.ports[number].replace(port);
+        self.ports_changed();
+        old
+    }
+
+    /// Stops serving port `number` and gives it back (to be closed).
+    pub fn remove_port(&mut self, number: usize) -> Option<P> {
+        let port = self.ports.get_mut(number).and_then(Option::take);
+        while self.ports.last().is_some_and(Option::is_none) {
+            self.ports.pop();
+        }
+        self.ports_changed();
+        port
+    }
+
+    fn ports_changed(&mut self) {
+        let inbox = self.inbox.as_ref().map(Inbox::fd);
+        let bell = self.bell.as_deref().map(Bell::fd);
+        self.ready =
+            Readiness::new(self.ports.iter().flatten().filter_map(PacketIo::fd).chain(inbox).chain(bell));
     }
 
     /// Frames per receive batch (at most [`BATCH`]).
@@ -154,11 +198,19 @@ impl<P: PacketIo> Worker<P> {
         self
     }
 
+    /// Wakes from waiting for frames when `bell` rings: whoever rings it (a port change, new
+    /// tables) need not wait out a sleep.
+    pub fn with_bell(mut self, bell: Arc<Bell>) -> Worker<P> {
+        self.bell = Some(bell);
+        self.ports_changed();
+        self
+    }
+
     /// Exchanges frames of each other's flows with the other workers (see [`crate::handoff`]).
     pub fn with_handoff(mut self, inbox: Inbox, peers: Vec<Peer>) -> Worker<P> {
-        self.fds.push(inbox.fd());
         self.inbox = Some(inbox);
         self.core.peers = peers;
+        self.ports_changed();
         self
     }
 
@@ -166,8 +218,14 @@ impl<P: PacketIo> Worker<P> {
         &mut self.core.engine
     }
 
-    pub fn ports_mut(&mut self) -> &mut [P] {
-        &mut self.ports
+    /// Port `number`, if the worker serves one under that number.
+    pub fn port_mut(&mut self, number: usize) -> Option<&mut P> {
+        self.ports.get_mut(number).and_then(Option::as_mut)
+    }
+
+    /// The ports, in number order.
+    pub fn ports_mut(&mut self) -> impl Iterator<Item = &mut P> {
+        self.ports.iter_mut().flatten()
     }
 
     /// One round: every port's waiting frames (and those handed over) through the engine and
@@ -177,7 +235,7 @@ impl<P: PacketIo> Worker<P> {
     /// removed. Returns frames received.
     pub fn poll(&mut self, timeout_ms: i32, now: u64, mut on_flow: impl FnMut(FlowEvent)) -> usize {
         let mut received = self.receive(now);
-        if received == 0 && timeout_ms != 0 && wait_readable(&self.fds, timeout_ms).unwrap_or(false) {
+        if received == 0 && timeout_ms != 0 && self.ready.wait(timeout_ms).unwrap_or(false) {
             received = self.receive(now);
         }
         let engine = &mut self.core.engine;
@@ -189,12 +247,14 @@ impl<P: PacketIo> Worker<P> {
         let Worker { ports, core, stats, .. } = self;
         for (slot, &(port, len)) in core.staged.iter().enumerate() {
             let frame = &core.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
-            match ports.get_mut(port).map(|p| p.send(frame)) {
+            match ports.get_mut(port).and_then(Option::as_mut).map(|p| p.send(frame)) {
                 Some(Ok(())) => stats.forwarded += 1,
-                _ => stats.count_drop(DropReason::NoTxSpace),
+                Some(Err(_)) => stats.count_drop(DropReason::NoTxSpace),
+                // Its port was removed after the frame's next hop was published.
+                None => stats.count_drop(DropReason::Unroutable),
             }
         }
-        for port in ports.iter_mut() {
+        for port in ports.iter_mut().flatten() {
             if port.flush().is_err() {
                 // Frames the ring had no room for; the count is not reported per frame.
                 stats.count_drop(DropReason::NoTxSpace);
@@ -203,14 +263,23 @@ impl<P: PacketIo> Worker<P> {
         received
     }
 
-    /// Receives one batch per port and from the inbox, and stages what goes out.
+    /// Receives a batch per port (a round's worth at most, from each port in turn) and one
+    /// from the inbox, and stages what goes out.
     fn receive(&mut self, now: u64) -> usize {
-        let Worker { ports, batch, inbox, core, stats, .. } = self;
+        let Worker { ports, batch, first, inbox, core, stats, .. } = self;
         core.staged.clear();
         let mut received = 0;
-        for port in ports.iter_mut() {
+        let count = ports.len();
+        for k in 0..count {
+            let room = ROUND - received;
+            if room == 0 {
+                // The rest start the next round.
+                *first = (*first + k) % count;
+                break;
+            }
+            let Some(port) = ports[(*first + k) % count].as_mut() else { continue };
             received += port
-                .recv(*batch, |frame| {
+                .recv((*batch).min(room), |frame| {
                     stats.received += 1;
                     let action = core.engine.process(frame, now);
                     core.stage(frame, action, stats);

@@ -109,7 +109,8 @@ fn fixtures() -> Vec<Fixture> {
     ]
 }
 
-fn worker() -> Worker<MemoryPort> {
+/// The engine of the fixtures: the service, the pod and the client as next hops.
+fn worker_engine() -> Engine {
     let backend = |port, id| Backend { id: BackendId(id), addr: POD.into(), port, weight: 1, local: true };
     let service = |backends| Service::new(backends, ServiceConfig::default()).unwrap();
     let frontend = |addr: Ipv4Addr, port, protocol| Frontend { addr: addr.into(), port, protocol };
@@ -127,8 +128,12 @@ fn worker() -> Worker<MemoryPort> {
         node: LocalNode::default(),
         next_hops: next_hops.into_iter().collect(),
     };
-    let engine = Engine::new(Arc::new(tables), 1024, Timeouts::default());
-    Worker::new(engine, vec![MemoryPort::new(), MemoryPort::new()])
+    Engine::new(Arc::new(tables), 1024, Timeouts::default())
+}
+
+/// A worker over two ports: the client's (0) and the pod's (1).
+fn worker() -> Worker<MemoryPort> {
+    Worker::new(worker_engine(), vec![MemoryPort::new(), MemoryPort::new()])
 }
 
 #[test]
@@ -136,7 +141,7 @@ fn fixtures_through_a_worker_over_memory_ports() {
     let mut w = worker();
     for f in fixtures() {
         let before = w.stats;
-        w.ports_mut()[0].push(&f.input);
+        w.port_mut(0).unwrap().push(&f.input);
         assert_eq!(w.poll(0, 0, |_| {}), 1, "{}", f.description);
         let mut out: Vec<Vec<u8>> = Vec::new();
         for port in w.ports_mut() {
@@ -168,19 +173,60 @@ fn a_batch_gives_the_same_frames() {
     /// The frames each of the two ports sent, in order.
     type PerPort = [Vec<Vec<u8>>; 2];
     let sent = |w: &mut Worker<MemoryPort>, by_port: &mut PerPort| {
-        for (port, out) in w.ports_mut().iter_mut().zip(by_port.iter_mut()) {
+        for (port, out) in w.ports_mut().zip(by_port.iter_mut()) {
             port.drain_sent(|frame| out.push(frame.to_vec()));
         }
     };
     let (mut singly, mut together) = (PerPort::default(), PerPort::default());
     for f in fixtures() {
-        one.ports_mut()[0].push(&f.input);
+        one.port_mut(0).unwrap().push(&f.input);
         one.poll(0, 0, |_| {});
         sent(&mut one, &mut singly);
-        batch.ports_mut()[0].push(&f.input);
+        batch.port_mut(0).unwrap().push(&f.input);
     }
     batch.poll(0, 0, |_| {});
     sent(&mut batch, &mut together);
     assert!(singly.iter().map(Vec::len).sum::<usize>() >= 4, "the fixtures send frames: {singly:?}");
     assert_eq!(together, singly);
+}
+
+/// Ports come and go while the worker runs (a pod's veth attached, then detached): a frame
+/// whose next hop is a removed port is dropped as unroutable, and the port inserted again
+/// under its number carries the flow on.
+#[test]
+fn ports_come_and_go_at_run_time() {
+    let mut w = worker();
+    let [syn, syn_ack, data, ..] = &fixtures()[..] else { panic!("the fixtures") };
+    let pod = w.remove_port(1).expect("the pod's port");
+    w.port_mut(0).unwrap().push(&syn.input);
+    w.poll(0, 0, |_| {});
+    assert_eq!(w.stats.drops_of(DropReason::Unroutable), 1, "no port for the pod's next hop");
+    w.insert_port(1, pod);
+    w.port_mut(1).unwrap().push(&syn_ack.input);
+    w.port_mut(0).unwrap().push(&data.input);
+    w.poll(0, 0, |_| {});
+    let mut to_pod = Vec::new();
+    w.port_mut(1).unwrap().drain_sent(|f| to_pod.push(f.to_vec()));
+    assert_eq!(Some(&to_pod[0]), data.output.as_ref(), "the pod's port carries the flow again");
+    assert!(w.remove_port(7).is_none(), "no port 7");
+}
+
+/// With more ports than a round has room for, a round takes `ROUND` frames and the next
+/// round starts where it stopped: every port is served, none starves.
+#[test]
+fn a_round_is_bounded_and_every_port_is_served() {
+    use skiff_fastpath::{io::BATCH, worker::ROUND};
+    let ports = ROUND / BATCH * 2;
+    let mut w = Worker::new(worker_engine(), (0..ports).map(|_| MemoryPort::new()).collect());
+    // Frames for no one: the engine leaves them to the kernel.
+    let foreign = eth().ipv4(CLIENT, Ipv4Addr::new(198, 18, 200, 1)).udp(1, 2).build();
+    for port in w.ports_mut() {
+        for _ in 0..BATCH {
+            port.push(&foreign);
+        }
+    }
+    assert_eq!(w.poll(0, 0, |_| {}), ROUND, "a round's worth");
+    assert_eq!(w.poll(0, 0, |_| {}), ROUND, "the ports the first round did not reach");
+    assert_eq!(w.poll(0, 0, |_| {}), 0, "all served");
+    assert_eq!(w.stats.not_ours, u64::try_from(ports * BATCH).unwrap());
 }

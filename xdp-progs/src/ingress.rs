@@ -76,6 +76,16 @@ impl Ingress {
         Ok(mode)
     }
 
+    /// Detaches from `iface` (a device already deleted has no program to detach: nothing to
+    /// do but forget its link).
+    pub fn detach(&mut self, iface: &str) {
+        let Some(i) = self.links.iter().position(|(name, _)| name == iface) else { return };
+        let (_, id) = self.links.swap_remove(i);
+        if let Ok(program) = self.program_mut() {
+            let _ = program.detach(id);
+        }
+    }
+
     /// Moves every attachment of this program to `next` in place: each bpf_link is updated
     /// (BPF_LINK_UPDATE), so no frame meets an interface without a program (an upgrade).
     /// `next` must be loaded; this program is left attached nowhere.
@@ -199,18 +209,30 @@ impl Ingress {
         let slot = match slots.get(&ifindex, 0) {
             Ok(slot) => slot,
             Err(_) => {
-                let slot = u32::try_from(slots.keys().count()).unwrap_or(u32::MAX);
-                if slot >= XSK_INTERFACES {
+                // The lowest slot free: those of detached interfaces are given again.
+                let taken: HashSet<u32> = slots.iter().filter_map(|e| e.ok().map(|(_, slot)| slot)).collect();
+                let Some(slot) = (0..XSK_INTERFACES).find(|s| !taken.contains(s)) else {
                     return Err(XdpError::Invalid(format!(
                         "more than {XSK_INTERFACES} interfaces with workers"
                     )));
-                }
+                };
                 slots.insert(ifindex, slot, 0).map_err(XdpError::map(maps::IF_SLOTS))?;
                 slot
             }
         };
         let mut xsks: XskMap<&mut MapData> = self.map_mut(maps::XSKS)?;
         xsks.set(slot * XSK_QUEUES_PER_IF + queue, fd, 0).map_err(XdpError::map(maps::XSKS))
+    }
+
+    /// Frees the slot of interface `ifindex` (detached) for the next interface. Its sockets
+    /// left the XSKMAP by themselves when they were closed (the kernel removes a closed AF_XDP
+    /// socket from every map).
+    pub fn unset_worker(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        let mut slots: HashMap<&mut MapData, u32, u32> = self.map_mut(maps::IF_SLOTS)?;
+        if slots.get(&ifindex, 0).is_err() {
+            return Ok(());
+        }
+        slots.remove(&ifindex).map_err(XdpError::map(maps::IF_SLOTS))
     }
 
     /// Packets and bytes per XDP action, summed over CPUs.

@@ -19,6 +19,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use crossbeam_channel::{Receiver, Sender};
@@ -34,7 +35,7 @@ use self::thread::WorkerThread;
 use crate::{
     handoff::{self, Inbox, Peer},
     io::{
-        BATCH, PacketIo,
+        BATCH, Bell, PacketIo,
         afxdp::{BusyPoll, XskPort},
         packet::{PacketPort, Steering},
     },
@@ -58,8 +59,12 @@ pub struct Config {
     pub workers: u16,
     /// Cores to pin workers to, worker `q` on `cores[q % len]`; empty: every core in turn.
     pub cores: Vec<usize>,
-    /// UMEM frames per AF_XDP socket.
+    /// UMEM frames per AF_XDP socket on `interfaces` (2 KiB each: 8 MiB per socket).
     pub umem_frames: u32,
+    /// UMEM frames per AF_XDP socket on an interface attached while running: a pod's veth,
+    /// which carries one pod's traffic. 512 (1 MiB per socket) keep 110 pods, kubelet's
+    /// default maximum, well inside the agent's 256 MiB.
+    pub attached_umem_frames: u32,
     pub batch: usize,
     pub busy_poll: Option<BusyPoll>,
     /// The workers' nice value (-20 is the highest priority).
@@ -77,6 +82,7 @@ impl Default for Config {
             workers: 1,
             cores: Vec::new(),
             umem_frames: 4096,
+            attached_umem_frames: 512,
             batch: BATCH,
             busy_poll: None,
             worker_nice: -20,
@@ -123,12 +129,23 @@ impl StatsHandle {
 pub struct Datapath {
     shared: SharedTables,
     config: Config,
-    /// The network namespace the datapath was started in, for steering changes made later
-    /// from other threads.
+    /// The network namespace the datapath was started in: interfaces are found, sockets bound
+    /// and steering changed there, from whatever thread asks.
     netns: File,
     ingress: Option<Mutex<Ingress>>,
-    /// The mode the XDP program got (auto resolves to native or generic).
+    /// The mode the XDP program got on the first interface (auto resolves to native or
+    /// generic).
     xdp_mode: Option<XdpMode>,
+    /// The interfaces served, by port number (a next hop's `port`); `None` where one was
+    /// detached (the number is given again to the next).
+    ports: Vec<Option<Port>>,
+    /// Each worker's channel for port changes.
+    changes: Changes,
+    /// Each worker's bell: rung after a port change or new tables, so that the worker takes
+    /// them at once instead of after its sleep (up to 10 ms) for frames.
+    bells: Vec<Arc<Bell>>,
+    /// The AF_PACKET steering as last applied (its interfaces change with the ports).
+    steering: Mutex<Steering>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     stats: StatsHandle,
@@ -138,11 +155,44 @@ pub struct Datapath {
     pub exceptions: Receiver<Vec<u8>>,
 }
 
+/// An interface the datapath serves.
+#[derive(Clone, Debug)]
+struct Port {
+    name: String,
+    ifindex: u32,
+}
+
+/// A change to a worker's ports: serve `port` as port `number`, or (`None`) stop serving it;
+/// the worker answers on `done` once it has, with the port it no longer serves (to be
+/// closed by [`close_aside`]).
+pub(crate) struct PortChange<P> {
+    number: usize,
+    port: Option<P>,
+    done: Sender<Option<P>>,
+}
+
+enum Changes {
+    AfXdp(Vec<Sender<PortChange<XskPort>>>),
+    AfPacket(Vec<Sender<PortChange<PacketPort>>>),
+}
+
+/// How long a worker may take to make a port change (it looks between rounds, woken by its
+/// bell).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An interface attached while running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// Its port number: next hops through it name it.
+    pub port: usize,
+    /// The mode the XDP program got on it, with AF_XDP.
+    pub xdp_mode: Option<XdpMode>,
+}
+
 impl Datapath {
-    /// Starts the workers on `config.interfaces` in the calling thread's network namespace,
-    /// with `tables` (whose next hops' `port` is the interface's index in
-    /// `config.interfaces`). AF_XDP needs `ingress`, the loaded XDP program, which is attached
-    /// to every interface. Returns once every socket is bound.
+    /// Starts the workers on `config.interfaces` (ports 0, 1, … in order) in the calling
+    /// thread's network namespace, with `tables`. AF_XDP needs `ingress`, the loaded XDP
+    /// program, which is attached to every interface. Returns once every socket is bound.
     pub fn start(
         config: Config,
         tables: Tables,
@@ -157,11 +207,19 @@ impl Datapath {
         } else {
             config.cores.clone()
         };
+        let changes = match config.io {
+            Io::AfXdp(_) => Changes::AfXdp(Vec::new()),
+            Io::AfPacket => Changes::AfPacket(Vec::new()),
+        };
         let mut datapath = Datapath {
             shared: SharedTables::new(Tables::default()),
             netns,
             ingress: None,
             xdp_mode: None,
+            ports: Vec::new(),
+            changes,
+            bells: Vec::new(),
+            steering: Mutex::new(Steering::default()),
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             stats: StatsHandle::default(),
@@ -169,51 +227,130 @@ impl Datapath {
             exceptions,
             config: config.clone(),
         };
+        let mut handoff = datapath.handoff()?;
         match config.io {
-            Io::AfXdp(mode) => {
-                let mut ingress = ingress.ok_or(DatapathError::NoIngress)?;
-                for iface in &config.interfaces {
-                    datapath.xdp_mode = Some(ingress.attach(iface, mode)?);
-                }
-                let mut per_worker = Vec::new();
-                for q in 0..config.workers {
-                    let mut ports = Vec::new();
-                    for iface in &config.interfaces {
-                        let port = XskPort::bind(iface, q.into(), config.umem_frames, config.busy_poll)
-                            .map_err(io_error(format!("AF_XDP socket on {iface} queue {q}")))?;
-                        let fd = port.fd().expect("an AF_XDP port has a socket");
-                        ingress.set_worker(ifindex(iface)?, q.into(), fd)?;
-                        ports.push(port);
-                    }
-                    per_worker.push((ports, Some(ingress.tracked_flows()?)));
+            Io::AfXdp(_) => {
+                let ingress = ingress.ok_or(DatapathError::NoIngress)?;
+                let mut senders = Vec::new();
+                for q in 0..usize::from(config.workers) {
+                    let mirror = ingress.tracked_flows()?;
+                    let worker = datapath.worker(q, &mut handoff).with_exceptions(exceptions_tx.clone());
+                    senders.push(datapath.spawn(q, worker, Some(mirror), flows_tx.clone(), &cores)?);
                 }
                 datapath.ingress = Some(Mutex::new(ingress));
-                datapath.publish(tables)?;
-                let mut handoff = datapath.handoff()?;
-                for (q, (ports, mirror)) in per_worker.into_iter().enumerate() {
-                    let worker =
-                        datapath.worker(q, ports, &mut handoff).with_exceptions(exceptions_tx.clone());
-                    datapath.spawn(q, worker, mirror, flows_tx.clone(), &cores);
-                }
+                datapath.changes = Changes::AfXdp(senders);
             }
             Io::AfPacket => {
-                datapath.publish(tables)?;
-                let mut handoff = datapath.handoff()?;
+                let mut senders = Vec::new();
                 for q in 0..usize::from(config.workers) {
-                    let ports = config
-                        .interfaces
-                        .iter()
-                        .map(|iface| {
-                            PacketPort::open(iface, config.workers > 1)
-                                .map_err(io_error(format!("AF_PACKET socket on {iface}")))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let worker = datapath.worker(q, ports, &mut handoff);
-                    datapath.spawn(q, worker, None, flows_tx.clone(), &cores);
+                    let worker = datapath.worker(q, &mut handoff);
+                    senders.push(datapath.spawn(q, worker, None, flows_tx.clone(), &cores)?);
                 }
+                datapath.changes = Changes::AfPacket(senders);
             }
         }
+        datapath.publish(tables)?;
+        for iface in &config.interfaces {
+            let attached = datapath.attach_port(iface, config.umem_frames)?;
+            datapath.xdp_mode = datapath.xdp_mode.or(attached.xdp_mode);
+        }
         Ok(datapath)
+    }
+
+    /// Serves `iface` too, from now on, without disturbing the other ports' traffic: a socket
+    /// per worker (with a small UMEM, `config.attached_umem_frames`), then the XDP program (or
+    /// the steering). For a pod's veth, made after the datapath started.
+    pub fn attach(&mut self, iface: &str) -> Result<Attached, DatapathError> {
+        if let Some(port) = self.port_of(iface) {
+            return Ok(Attached { port, xdp_mode: self.xdp_mode });
+        }
+        self.attach_port(iface, self.config.attached_umem_frames)
+    }
+
+    fn attach_port(&mut self, iface: &str, umem_frames: u32) -> Result<Attached, DatapathError> {
+        let number = self.ports.iter().position(Option::is_none).unwrap_or(self.ports.len());
+        let ifindex = self.in_netns(|| ifindex(iface)).map_err(io_error(format!("interface {iface}")))?;
+        let (workers, busy_poll) = (self.config.workers, self.config.busy_poll);
+        let mut xdp_mode = None;
+        match &self.changes {
+            Changes::AfXdp(senders) => {
+                let Io::AfXdp(mode) = self.config.io else { unreachable!("AF_XDP changes") };
+                let ingress = self.ingress.as_ref().ok_or(DatapathError::NoIngress)?;
+                let mut guard = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let ingress: &mut Ingress = &mut guard;
+                // Sockets first: the program redirects to a bound socket from its first frame.
+                let ports = self
+                    .in_netns(|| {
+                        (0..workers)
+                            .map(|q| XskPort::bind(iface, q.into(), umem_frames, busy_poll))
+                            .collect::<io::Result<Vec<_>>>()
+                    })
+                    .map_err(io_error(format!("AF_XDP sockets on {iface}")))?;
+                for (q, port) in (0u32..).zip(&ports) {
+                    ingress.set_worker(ifindex, q, port.fd().expect("an AF_XDP port has a socket"))?;
+                }
+                change_ports(senders, &self.bells, number, ports.into_iter().map(Some), iface)?;
+                let attached = self
+                    .in_netns(|| Ok(ingress.attach(iface, mode)))
+                    .map_err(io_error(format!("attaching XDP to {iface}")))?;
+                match attached {
+                    Ok(mode) => xdp_mode = Some(mode),
+                    Err(e) => {
+                        let _ = change_ports(senders, &self.bells, number, (0..workers).map(|_| None), iface);
+                        let _ = ingress.unset_worker(ifindex);
+                        return Err(e.into());
+                    }
+                }
+            }
+            Changes::AfPacket(senders) => {
+                let fanout = workers > 1;
+                let ports = self
+                    .in_netns(|| {
+                        (0..workers).map(|_| PacketPort::open(iface, fanout)).collect::<io::Result<Vec<_>>>()
+                    })
+                    .map_err(io_error(format!("AF_PACKET sockets on {iface}")))?;
+                change_ports(senders, &self.bells, number, ports.into_iter().map(Some), iface)?;
+            }
+        }
+        if number == self.ports.len() {
+            self.ports.push(None);
+        }
+        self.ports[number] = Some(Port { name: iface.to_owned(), ifindex });
+        self.steer()?;
+        Ok(Attached { port: number, xdp_mode })
+    }
+
+    /// Stops serving `iface`: the workers close its sockets, the XDP program leaves it (or the
+    /// steering does). An interface already deleted (its pod's namespace went) is detached all
+    /// the same. `false` if it was not served.
+    pub fn detach(&mut self, iface: &str) -> Result<bool, DatapathError> {
+        let Some(number) = self.port_of(iface) else { return Ok(false) };
+        let Some(port) = self.ports[number].take() else { return Ok(false) };
+        let workers = self.config.workers;
+        match &self.changes {
+            Changes::AfXdp(senders) => {
+                change_ports(senders, &self.bells, number, (0..workers).map(|_| None), iface)?;
+                if let Some(ingress) = &self.ingress {
+                    let mut ingress = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    ingress.detach(&port.name);
+                    ingress.unset_worker(port.ifindex)?;
+                }
+            }
+            Changes::AfPacket(senders) => {
+                change_ports(senders, &self.bells, number, (0..workers).map(|_| None), iface)?;
+            }
+        }
+        self.steer()?;
+        Ok(true)
+    }
+
+    /// The interfaces served, with their port numbers.
+    pub fn ports(&self) -> Vec<(usize, String)> {
+        self.ports.iter().enumerate().filter_map(|(n, p)| Some((n, p.as_ref()?.name.clone()))).collect()
+    }
+
+    fn port_of(&self, iface: &str) -> Option<usize> {
+        self.ports.iter().position(|p| p.as_ref().is_some_and(|p| p.name == iface))
     }
 
     /// Each worker's inbox and peers for frames of flows other workers own: none with one
@@ -227,19 +364,19 @@ impl Datapath {
     fn worker<P: PacketIo>(
         &self,
         q: usize,
-        ports: Vec<P>,
         handoff: &mut impl Iterator<Item = (Inbox, Vec<Peer>)>,
     ) -> Worker<P> {
         let mut engine = Engine::new(self.shared.current(), self.config.ct_capacity, self.config.timeouts);
         let index = u16::try_from(q).unwrap_or(u16::MAX);
         engine.set_partition(Partition { index, count: self.config.workers });
-        let worker = Worker::new(engine, ports).with_batch(self.config.batch);
+        let worker = Worker::new(engine, Vec::new()).with_batch(self.config.batch);
         match handoff.next() {
             Some((inbox, peers)) => worker.with_handoff(inbox, peers),
             None => worker,
         }
     }
 
+    /// Runs `worker` on its thread; returns where its port changes go.
     fn spawn<P: PacketIo + Send + 'static>(
         &mut self,
         q: usize,
@@ -247,20 +384,26 @@ impl Datapath {
         mirror: Option<TrackedFlows>,
         flows: Sender<NewFlow>,
         cores: &[usize],
-    ) {
+    ) -> Result<Sender<PortChange<P>>, DatapathError> {
         let stats = Arc::new(Mutex::new(Stats::default()));
         self.stats.0.push(stats.clone());
+        let (changes_tx, changes) = crossbeam_channel::unbounded();
+        let bell = Arc::new(Bell::new().map_err(io_error("a worker's eventfd"))?);
+        self.bells.push(bell.clone());
         let thread = WorkerThread {
-            worker,
+            worker: worker.with_bell(bell.clone()),
+            bell,
             mirror,
             flows,
             stats,
             stop: self.stop.clone(),
             shared: self.shared.clone(),
+            changes,
             core: (!cores.is_empty()).then(|| core_affinity::CoreId { id: cores[q % cores.len()] }),
             nice: self.config.worker_nice,
         };
         self.workers.push(std::thread::spawn(move || thread.run()));
+        Ok(changes_tx)
     }
 
     /// Makes `tables` the workers' tables (from their next batch on) and steers the frontends'
@@ -268,27 +411,45 @@ impl Datapath {
     pub fn publish(&self, tables: Tables) -> Result<(), DatapathError> {
         let frontends: Vec<(IpAddr, u16, u8, FrontendKind)> =
             tables.services.iter().map(|(f, s)| (f.addr, f.port, f.protocol, s.config().kind)).collect();
-        let steering = Steering {
-            interfaces: self.config.interfaces.clone(),
-            frontends: frontends.iter().map(|&(a, port, proto, _)| (a, proto, port)).collect(),
-            backends: tables
+        if self.ingress.is_none() {
+            let mut steering = self.steering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            steering.frontends = frontends.iter().map(|&(a, port, proto, _)| (a, proto, port)).collect();
+            steering.backends = tables
                 .services
                 .iter()
                 .flat_map(|(f, s)| s.backends().map(move |b| (b.addr, f.protocol, b.port)))
-                .collect(),
-            masquerade: [tables.node.masquerade_v4, tables.node.masquerade_v6]
-                .into_iter()
-                .flatten()
-                .collect(),
-        };
+                .collect();
+            steering.masquerade =
+                [tables.node.masquerade_v4, tables.node.masquerade_v6].into_iter().flatten().collect();
+        }
         self.shared.publish(tables);
+        self.bells.iter().for_each(|b| b.ring());
         match &self.ingress {
             Some(ingress) => {
-                ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).set_services(&frontends)?
+                ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).set_services(&frontends)?;
             }
-            None => self.in_netns(|| steering.apply()).map_err(io_error("steering frames to the workers"))?,
+            None => self.steer()?,
         }
         Ok(())
+    }
+
+    /// Applies the AF_PACKET steering over the interfaces served now (nothing to do with
+    /// AF_XDP, whose program steers).
+    fn steer(&self) -> Result<(), DatapathError> {
+        if self.ingress.is_some() {
+            return Ok(());
+        }
+        let mut guard = self.steering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let steering: &mut Steering = &mut guard;
+        let served: Vec<String> = self.ports().into_iter().map(|(_, name)| name).collect();
+        self.in_netns(|| {
+            // A pod's veth can go before its DEL comes (its namespace was deleted): nftables
+            // refuses a ruleset naming a device that does not exist.
+            steering.interfaces = served.into_iter().filter(|name| ifindex(name).is_ok()).collect();
+            // No interface yet (the datapath is starting): nothing to steer.
+            if steering.interfaces.is_empty() { Steering::remove() } else { steering.apply() }
+        })
+        .map_err(io_error("steering frames to the workers"))
     }
 
     /// The mode XDP was attached in, with AF_XDP.
@@ -342,18 +503,54 @@ impl Datapath {
     }
 }
 
+/// Sends each worker its part of a port change (`ports`: one per worker, in order) and waits
+/// until all have made it.
+fn change_ports<P: Send + 'static>(
+    senders: &[Sender<PortChange<P>>],
+    bells: &[Arc<Bell>],
+    number: usize,
+    ports: impl Iterator<Item = Option<P>>,
+    iface: &str,
+) -> Result<(), DatapathError> {
+    let (done_tx, done) = crossbeam_channel::bounded(senders.len());
+    for ((sender, bell), port) in senders.iter().zip(bells).zip(ports) {
+        let change = PortChange { number, port, done: done_tx.clone() };
+        sender.send(change).map_err(|_| io_error(iface)(io::Error::other("a worker has stopped")))?;
+        bell.ring();
+    }
+    let mut old = Vec::new();
+    for _ in senders {
+        let port = done.recv_timeout(CHANGE_TIMEOUT).map_err(|_| {
+            io_error(iface)(io::Error::new(io::ErrorKind::TimedOut, "a worker did not make the port change"))
+        })?;
+        old.extend(port);
+    }
+    close_aside(old);
+    Ok(())
+}
+
+/// Closes ports no worker serves any more, on a thread of their own: closing an AF_XDP or
+/// packet socket waits for an RCU grace period (`synchronize_net`), 5–13 ms measured, which
+/// neither a worker (its other ports' traffic) nor the caller (a CNI DEL) should wait for.
+fn close_aside<P: Send + 'static>(ports: Vec<P>) {
+    if !ports.is_empty() {
+        // Should the thread not start, the ports it was given are closed here instead.
+        let _ = std::thread::Builder::new().name("skiff-close".into()).spawn(move || drop(ports));
+    }
+}
+
 impl Drop for Datapath {
     fn drop(&mut self) {
         self.halt();
     }
 }
 
-fn ifindex(iface: &str) -> Result<u32, DatapathError> {
+fn ifindex(iface: &str) -> io::Result<u32> {
     let name = std::ffi::CString::new(iface)
-        .map_err(|_| io_error(iface)(io::Error::new(io::ErrorKind::InvalidInput, "interface name")))?;
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not an interface name"))?;
     // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(io_error(format!("interface {iface}"))(io::Error::last_os_error())),
+        0 => Err(io::Error::new(io::ErrorKind::NotFound, "no such interface")),
         i => Ok(i),
     }
 }

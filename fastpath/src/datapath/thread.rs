@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use skiff_common::conntrack::{CtEntry, CtKey, CtKey4, CtKey6};
 use skiff_engine::{
     engine::NewFlow,
@@ -19,8 +19,9 @@ use skiff_engine::{
 };
 use skiff_xdp::TrackedFlows;
 
+use super::PortChange;
 use crate::{
-    io::PacketIo,
+    io::{Bell, PacketIo},
     worker::{FlowEvent, Stats, Worker},
 };
 
@@ -35,6 +36,10 @@ pub(super) struct WorkerThread<P: PacketIo> {
     pub(super) stats: Arc<Mutex<Stats>>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) shared: SharedTables,
+    /// Ports to serve or stop serving (interfaces attached or detached while running).
+    pub(super) changes: Receiver<PortChange<P>>,
+    /// Rung after a port change or new tables.
+    pub(super) bell: Arc<Bell>,
     pub(super) core: Option<core_affinity::CoreId>,
     pub(super) nice: i32,
 }
@@ -53,8 +58,16 @@ impl<P: PacketIo> WorkerThread<P> {
         let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.nice) };
         let started = Instant::now();
         let (mut unpublished, mut published_at) = (false, Duration::ZERO);
-        let WorkerThread { worker, mirror, flows, stats, stop, shared, .. } = &mut self;
+        let WorkerThread { worker, mirror, flows, stats, stop, shared, changes, bell, .. } = &mut self;
         while !stop.load(Ordering::Relaxed) {
+            bell.clear();
+            for change in changes.try_iter() {
+                let old = match change.port {
+                    Some(port) => worker.insert_port(change.number, port),
+                    None => worker.remove_port(change.number),
+                };
+                let _ = change.done.send(old);
+            }
             worker.engine().refresh(shared);
             let now = started.elapsed();
             // No waiting for frames while counts are unpublished: a status read just after the

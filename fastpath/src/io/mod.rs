@@ -6,7 +6,10 @@ pub mod afxdp;
 pub mod memory;
 pub mod packet;
 
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
 
 /// Frames in one receive or transmit batch, unless configured otherwise.
 pub const BATCH: usize = 64;
@@ -32,22 +35,70 @@ pub trait PacketIo {
     fn fd(&self) -> Option<RawFd>;
 }
 
-/// Waits up to `timeout_ms` until one of `fds` is readable; returns whether one is.
-pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
-    const MAX: usize = 64;
-    let mut polled = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; MAX];
-    for (p, fd) in polled.iter_mut().zip(fds) {
-        p.fd = *fd;
+/// Descriptors to wait on until one is readable: a worker's ports and inbox (any number:
+/// a node has a port per pod).
+#[derive(Default)]
+pub struct Readiness(Vec<libc::pollfd>);
+
+impl Readiness {
+    pub fn new(fds: impl IntoIterator<Item = RawFd>) -> Readiness {
+        Readiness(fds.into_iter().map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect())
     }
-    let n = fds.len().min(MAX);
-    // SAFETY: `polled` holds `n` initialised pollfd entries for the duration of the call.
-    let rc = unsafe { libc::poll(polled.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
-    match rc {
-        0 => Ok(false),
-        r if r > 0 => Ok(true),
-        _ => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) }
+
+    /// Waits up to `timeout_ms` until one is readable; returns whether one is.
+    pub fn wait(&mut self, timeout_ms: i32) -> io::Result<bool> {
+        let n = libc::nfds_t::try_from(self.0.len()).map_err(|_| io::Error::other("too many descriptors"))?;
+        // SAFETY: the vector holds `n` initialised pollfd entries for the duration of the call.
+        let rc = unsafe { libc::poll(self.0.as_mut_ptr(), n, timeout_ms) };
+        match rc {
+            0 => Ok(false),
+            r if r > 0 => Ok(true),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) }
+            }
         }
     }
+}
+
+/// An eventfd that wakes a worker sleeping in [`Readiness::wait`]: rung by whoever has
+/// something for it (frames handed over, a port change, new tables).
+pub struct Bell(OwnedFd);
+
+impl Bell {
+    pub fn new() -> io::Result<Bell> {
+        // SAFETY: eventfd(2) with valid flags; the descriptor is owned from here on.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(Bell(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn ring(&self) {
+        let one = 1u64;
+        // SAFETY: an 8-byte write from a live u64 to our eventfd. A full counter (never
+        // reached) would only mean the sleeper is already awake.
+        unsafe { libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Silences it before the sleeper looks: whatever rings after this wakes the next wait,
+    /// so no wakeup is lost.
+    pub fn clear(&self) {
+        let mut count = 0u64;
+        // SAFETY: an 8-byte read into a live u64 from our non-blocking eventfd (it fails
+        // harmlessly when nothing rang).
+        unsafe { libc::read(self.0.as_raw_fd(), (&raw mut count).cast(), 8) };
+    }
+
+    /// Becomes readable when rung.
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits up to `timeout_ms` until one of `fds` is readable; returns whether one is.
+pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
+    Readiness::new(fds.iter().copied()).wait(timeout_ms)
 }

@@ -12,8 +12,9 @@ code_enum! {
 
 /// Receive queues per interface that can have a worker socket (`XSKS` slots per interface).
 pub const XSK_QUEUES_PER_IF: u32 = 16;
-/// Interfaces that can have worker sockets.
-pub const XSK_INTERFACES: u32 = 64;
+/// Interfaces that can have worker sockets: the uplinks and a veth per pod (kubelet allows
+/// 110 pods per node by default; this leaves room above that).
+pub const XSK_INTERFACES: u32 = 256;
 
 /// What `skiff_xdp_ingress` needs to know about this node. Addresses are in network byte
 /// order; ports and counts in host order.
