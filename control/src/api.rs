@@ -8,9 +8,15 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use skiff_api::{Answer, BackendView, Request, ServiceView, Status, WorkerCounters, encode_line};
+use skiff_api::{
+    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Request, ServiceView, Status,
+    WorkerCounters, encode_line,
+};
 use skiff_engine::tables::{Frontend, Service};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    sync::{mpsc, oneshot},
+};
 
 use crate::compile::{BackendSpec, FrontendKey, FrontendSpec};
 
@@ -26,23 +32,54 @@ pub struct Snapshot {
     pub applied: Arc<BTreeMap<FrontendKey, FrontendSpec>>,
     /// The published frontends (their backends carry the ids).
     pub services: hashbrown::HashMap<Frontend, Service>,
+    pub endpoints: Vec<EndpointView>,
+    /// The address pools, when the agent serves the CNI.
+    pub ipam: Option<IpamView>,
     pub live: Option<LiveStats>,
 }
 
+/// A request that changes the agent's state (`skiff-cni`'s), for the control loop to answer,
+/// with where the answer goes.
+pub type Asked = (Request, oneshot::Sender<Answer>);
+
 impl Snapshot {
     pub fn new(status: Status) -> Snapshot {
-        Snapshot { status, applied: Arc::default(), services: hashbrown::HashMap::new(), live: None }
+        Snapshot {
+            status,
+            applied: Arc::default(),
+            services: hashbrown::HashMap::new(),
+            endpoints: Vec::new(),
+            ipam: None,
+            live: None,
+        }
     }
 
-    /// The answer to `request`.
-    pub fn answer(&self, request: &Request) -> Answer {
-        match request {
+    /// The answer to `request`, if it only reads; `None` for the control loop to answer.
+    pub fn answer(&self, request: &Request) -> Option<Answer> {
+        Some(match request {
             Request::Status => {
                 let workers = self.live.as_ref().map(|live| live());
                 Answer::Status(Box::new(Status { workers, ..self.status.clone() }))
             }
             Request::ServiceList => Answer::ServiceList(self.service_views()),
-        }
+            Request::EndpointList => Answer::EndpointList(self.endpoints.clone()),
+            Request::EndpointGet { id } => match self.endpoints.iter().find(|e| e.id == *id) {
+                Some(e) => Answer::Endpoint(Box::new(e.clone())),
+                None => Answer::Error(ApiError::new(ErrorCode::NotFound, format!("no endpoint {id}"))),
+            },
+            Request::IpamList => match &self.ipam {
+                Some(ipam) => Answer::Ipam(ipam.clone()),
+                None => {
+                    Answer::Error(ApiError::new(ErrorCode::NotFound, "this agent hands out no addresses"))
+                }
+            },
+            Request::AddressAllocate { .. }
+            | Request::EndpointCreate(_)
+            | Request::EndpointDelete { .. }
+            | Request::EndpointCheck { .. }
+            | Request::CniGc { .. }
+            | Request::CniStatus => return None,
+        })
     }
 
     pub fn service_views(&self) -> Vec<ServiceView> {
@@ -82,8 +119,9 @@ impl Snapshot {
     }
 }
 
-/// Serves `snapshot` on `path` until the task is dropped.
-pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>) -> Result<()> {
+/// Serves `snapshot` on `path` until the task is dropped; requests that change state go to
+/// the control loop through `asks`.
+pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>, asks: mpsc::Sender<Asked>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().context("the socket path has a folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -94,14 +132,21 @@ pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let snapshot = snapshot.clone();
+        let (snapshot, asks) = (snapshot.clone(), asks.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match Request::decode(&line) {
                     Ok(request) => {
-                        snapshot.read().unwrap_or_else(std::sync::PoisonError::into_inner).answer(&request)
+                        let read = snapshot
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .answer(&request);
+                        match read {
+                            Some(answer) => answer,
+                            None => ask(&asks, request).await,
+                        }
                     }
                     Err(e) => Answer::Error(e),
                 };
@@ -111,6 +156,16 @@ pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>) -> Result<()> {
             }
         });
     }
+}
+
+/// The control loop's answer to `request`.
+async fn ask(asks: &mpsc::Sender<Asked>, request: Request) -> Answer {
+    let (tx, rx) = oneshot::channel();
+    let stopped = || Answer::Error(ApiError::new(ErrorCode::Internal, "skiff-agent is stopping"));
+    if asks.send((request, tx)).await.is_err() {
+        return stopped();
+    }
+    rx.await.unwrap_or_else(|_| stopped())
 }
 
 #[cfg(test)]
@@ -130,9 +185,17 @@ mod tests {
         let source = Source::StateDir { path: "/demo".into() };
         let snapshot = Arc::new(RwLock::new(Snapshot::new(Status::new(source.clone(), Datapath::default()))));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (asks, mut asked) = mpsc::channel::<Asked>(1);
         let server = runtime.spawn({
             let (socket, snapshot) = (socket.clone(), snapshot.clone());
-            async move { serve(&socket, snapshot).await }
+            async move { serve(&socket, snapshot, asks).await }
+        });
+        // The control loop's part: a state-changing request reaches it and its answer returns.
+        runtime.spawn(async move {
+            while let Some((request, answer)) = asked.recv().await {
+                let _ =
+                    answer.send(Answer::Error(ApiError::new(ErrorCode::NotReady, format!("{request:?}"))));
+            }
         });
         let client = std::thread::spawn(move || {
             let client = Client::new(&socket);
@@ -150,6 +213,11 @@ mod tests {
                 Answer::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e}"),
                 other => panic!("an error answer, not {other:?}"),
             }
+            let loop_answer = client.cni_status().unwrap_err();
+            assert!(
+                matches!(&loop_answer, ClientError::Agent(e) if e.code == ErrorCode::NotReady && e.message == "CniStatus"),
+                "{loop_answer}"
+            );
             let gone = Client::new(socket.with_file_name("none.sock")).status().unwrap_err();
             assert!(matches!(gone, ClientError::Connect { .. }), "{gone}");
         });

@@ -9,7 +9,10 @@ use std::{
 };
 
 use ipnet::IpNet;
-use k8s_openapi::api::{core::v1, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{core::v1, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use skiff_api::{Kind, ObjectKey, Protocol, ServicePort, Tunnel};
 use skiff_common::lb::{Algorithm, FrontendKind, TrafficPolicy};
 use skiff_engine::tables::{LocalNode, ServiceConfig};
@@ -29,6 +32,8 @@ pub struct NodeContext {
     pub addresses: Vec<IpAddr>,
     /// Maglev table size for every service (a prime, `--maglev-table-size`).
     pub maglev_table_size: u32,
+    /// This node's pod CIDRs given to the agent (cluster-pool IPAM), besides its Node's.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// A frontend's identity in the desired state: address, port, protocol (sortable).
@@ -57,6 +62,8 @@ pub struct Desired {
     /// Distinct label sets of pods (namespace included), the unit Cilium gives an identity.
     pub label_sets: BTreeSet<BTreeMap<String, String>>,
     pub tunnels: Vec<Tunnel>,
+    /// This node's pod CIDRs from its Node object (`spec.podCIDRs`), for kubernetes IPAM.
+    pub pod_cidrs: Vec<IpNet>,
     /// Policies in effect (NetworkPolicy and Cilium's), for the policy tables to come.
     pub policies: usize,
 }
@@ -98,11 +105,19 @@ impl Compiler {
                 .filter_map(|o| if let Object::Node(n) = o { Some(&**n) } else { None })
                 .collect();
             self.node_addresses = node_addresses(&nodes, ctx);
+            let mut prefixes = cluster_prefixes(&nodes);
+            for cidr in ctx.pod_cidrs.iter().map(IpNet::trunc) {
+                if !prefixes.contains(&cidr) {
+                    prefixes.push(cidr);
+                }
+            }
             d.node = LocalNode {
                 masquerade_v4: self.node_addresses.iter().copied().find(IpAddr::is_ipv4),
                 masquerade_v6: self.node_addresses.iter().copied().find(IpAddr::is_ipv6),
-                cluster_prefixes: cluster_prefixes(&nodes),
+                cluster_prefixes: prefixes,
             };
+            let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
+            d.pod_cidrs = ours.map(|n| pod_cidrs_of(n)).unwrap_or_default();
             d.tunnels = tunnels(&nodes, ctx);
         }
         let services: BTreeSet<(String, String)> = if changes.nodes || first {
@@ -129,18 +144,7 @@ impl Compiler {
             self.produced.insert((key.namespace, key.name), produced);
         }
         if changes.pods || first {
-            d.label_sets = store
-                .of_kind(Kind::Pod)
-                .map(|p| {
-                    let meta = p.metadata();
-                    let mut labels = meta.labels.clone().unwrap_or_default();
-                    labels.insert(
-                        "io.kubernetes.pod.namespace".into(),
-                        meta.namespace.clone().unwrap_or_default(),
-                    );
-                    labels
-                })
-                .collect();
+            d.label_sets = store.of_kind(Kind::Pod).map(|p| identity_labels(p.metadata())).collect();
         }
         if changes.policies || first {
             let kinds =
@@ -149,6 +153,30 @@ impl Compiler {
         }
         &self.desired
     }
+}
+
+/// The labels that give a pod its identity: its own and its namespace's
+/// (`io.kubernetes.pod.namespace`), as Cilium takes them.
+pub fn identity_labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    labels.insert("io.kubernetes.pod.namespace".into(), meta.namespace.clone().unwrap_or_default());
+    labels
+}
+
+/// A Node's pod CIDRs (`spec.podCIDRs`, or the older `spec.podCIDR`), each once.
+fn pod_cidrs_of(node: &v1::Node) -> Vec<IpNet> {
+    let spec = node.spec.as_ref();
+    let cidrs = spec
+        .and_then(|s| s.pod_cidr.as_ref())
+        .into_iter()
+        .chain(spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()));
+    let mut out: Vec<IpNet> = Vec::new();
+    for cidr in cidrs.filter_map(|c| c.parse::<IpNet>().ok()).map(|c| c.trunc()) {
+        if !out.contains(&cidr) {
+            out.push(cidr);
+        }
+    }
+    out
 }
 
 fn node_addresses(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<IpAddr> {
@@ -168,12 +196,7 @@ fn node_addresses(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<IpAddr> {
 fn cluster_prefixes(nodes: &[&v1::Node]) -> Vec<IpNet> {
     let mut prefixes = BTreeSet::new();
     for n in nodes {
-        let spec = n.spec.as_ref();
-        let cidrs = spec
-            .and_then(|s| s.pod_cidr.as_ref())
-            .into_iter()
-            .chain(spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()));
-        prefixes.extend(cidrs.filter_map(|c| c.parse::<IpNet>().ok()).map(|c| c.trunc()));
+        prefixes.extend(pod_cidrs_of(n));
         for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
             if let ("InternalIP", Ok(ip)) = (a.type_.as_str(), a.address.parse::<IpAddr>()) {
                 prefixes.insert(IpNet::from(ip));
@@ -192,10 +215,7 @@ fn tunnels(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<Tunnel> {
         else {
             continue;
         };
-        let spec = n.spec.as_ref();
-        let mut cidrs: BTreeSet<&String> = spec.iter().flat_map(|s| s.pod_cidrs.iter().flatten()).collect();
-        cidrs.extend(spec.and_then(|s| s.pod_cidr.as_ref()));
-        for pod_cidr in cidrs.into_iter().filter_map(|c| c.parse::<IpNet>().ok()) {
+        for pod_cidr in pod_cidrs_of(n) {
             tunnels.push(Tunnel { node: n.metadata.name.clone().unwrap_or_default(), pod_cidr, endpoint });
         }
     }

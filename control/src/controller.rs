@@ -4,13 +4,15 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     sync::{Arc, RwLock},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Result;
 use skiff_api::{
-    ApplyReport, Datapath, Health, Kind, LastApply, ObjectKey, Problem, Rejection, Source, Status,
+    Answer, ApplyReport, AttachMode, Datapath, Health, Kind, LastApply, ObjectKey, PodRef, Problem,
+    Rejection, Request, Source, Status,
 };
 use skiff_engine::tables::{LocalNode, Tables};
 
@@ -18,6 +20,7 @@ use crate::{
     api::{LiveStats, Snapshot},
     apply::Applier,
     compile::{Compiler, Desired, NodeContext},
+    endpoints::Endpoints,
     objects::{Documents, Object},
     store::Store,
     validate::Limits,
@@ -56,6 +59,18 @@ pub trait Sink: Send {
     /// A live view of the workers' counters, read at each status request.
     fn stats(&self) -> Option<LiveStats> {
         None
+    }
+    /// Serves an interface made while running (a pod's veth); how it does.
+    fn attach(&mut self, _iface: &str) -> Result<AttachMode> {
+        Ok(AttachMode::None)
+    }
+    /// Stops serving an interface `attach` served (it may be gone already).
+    fn detach(&mut self, _iface: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Readies the node to forward for its pods, whose gateways are `gateways`.
+    fn prepare_node(&mut self, _gateways: &[IpAddr]) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -98,6 +113,8 @@ pub struct Controller {
     /// so the datapath never runs a partial cluster (services without their endpoints, pods
     /// without their policies).
     unlisted: Vec<Kind>,
+    /// The pods `skiff-cni` gave a network, when the agent serves the CNI.
+    endpoints: Option<Endpoints>,
 }
 
 impl Controller {
@@ -119,9 +136,55 @@ impl Controller {
             published_node: None,
             failure: None,
             unlisted: Kind::ALL.to_vec(),
+            endpoints: None,
         };
         controller.refresh_snapshot();
         controller
+    }
+
+    /// Serves `skiff-cni` with `endpoints`: the saved ones are attached again now.
+    pub fn with_endpoints(mut self, mut endpoints: Endpoints) -> Result<Controller> {
+        endpoints.restore(&mut *self.sink)?;
+        self.endpoints = Some(endpoints);
+        self.label_endpoints();
+        self.refresh_snapshot();
+        Ok(self)
+    }
+
+    /// Whether `skiff-cni` can be served: endpoints kept and a pod CIDR to address them from.
+    pub fn cni_ready(&self) -> bool {
+        self.endpoints.as_ref().is_some_and(Endpoints::ready)
+    }
+
+    /// Answers a request of `skiff-cni` (addresses, endpoints).
+    pub fn endpoint_request(&mut self, request: &Request) -> Answer {
+        let Some(endpoints) = &mut self.endpoints else {
+            return Answer::Error(skiff_api::ApiError::new(
+                skiff_api::ErrorCode::NotReady,
+                "this agent does not serve the CNI (it runs without endpoints)",
+            ));
+        };
+        let answer = endpoints.answer(request, &mut *self.sink);
+        self.label_endpoints();
+        self.refresh_snapshot();
+        answer
+    }
+
+    /// Gives the endpoints their Pods' labels, and in kubernetes IPAM mode the Node's pod
+    /// CIDRs.
+    fn label_endpoints(&mut self) {
+        let Some(endpoints) = &mut self.endpoints else { return };
+        if let Err(e) = endpoints.set_node_cidrs(&self.compiler.desired().pod_cidrs, &mut *self.sink) {
+            tracing::error!("the pods' gateways: {e:#}");
+        }
+        let store = &self.store;
+        let labels = |pod: &PodRef| {
+            let key = ObjectKey { kind: Kind::Pod, namespace: pod.namespace.clone(), name: pod.name.clone() };
+            store.get(&key).map(|o| crate::compile::identity_labels(o.metadata()))
+        };
+        if let Err(e) = endpoints.label(labels) {
+            tracing::error!("endpoint identities: {e:#}");
+        }
     }
 
     pub fn snapshot(&self) -> Arc<RwLock<Snapshot>> {
@@ -187,6 +250,7 @@ impl Controller {
             }
             self.published_node = Some(self.compiler.desired().node.clone());
             self.applied_generation = Some(self.store.generation());
+            self.label_endpoints();
         }
         self.refresh_snapshot();
         Ok(report)
@@ -245,7 +309,13 @@ impl Controller {
             workers: None,
         };
         let live = self.sink.stats();
-        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Snapshot { status, applied: applied.clone(), services: self.applier.services().clone(), live };
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot {
+            status,
+            applied: applied.clone(),
+            services: self.applier.services().clone(),
+            endpoints: self.endpoints.as_ref().map(Endpoints::views).unwrap_or_default(),
+            ipam: self.endpoints.as_ref().map(Endpoints::ipam_view),
+            live,
+        };
     }
 }

@@ -12,9 +12,11 @@
 pub mod agent;
 pub mod api;
 pub mod apply;
+pub mod cni;
 pub mod compile;
 pub mod controller;
 pub mod crd;
+pub mod endpoints;
 pub mod next_hops;
 pub mod objects;
 pub mod source;

@@ -7,74 +7,43 @@
 mod privileged {
     use std::{
         collections::BTreeMap,
-        path::{Path, PathBuf},
-        process::Child,
+        path::Path,
         time::{Duration, Instant},
     };
 
-    use skiff_api::{Client, ServiceView, Status};
-    use skiff_lab::{Lab, Netns, Topology};
+    use skiff_lab::{Lab, Netns, Topology, agent::Agent};
 
-    struct Agent {
-        child: Child,
-        work: PathBuf,
-        pins: PathBuf,
+    /// `n` new connections from `from` to `url` through the agent's datapath, counted by the
+    /// pod that answered; all must answer.
+    fn curl(agent: &Agent, from: &Netns, url: &str, n: usize) -> BTreeMap<String, usize> {
+        let answers = from.http_get(url, n, 3).unwrap();
+        let status = agent.status();
+        assert_eq!(answers.answered(), n, "every request to {url} answered: {answers:?} {status:?}");
+        answers.by_host
     }
 
-    impl Agent {
-        fn socket(&self) -> PathBuf {
-            self.work.join("skiff.sock")
-        }
-
-        fn status(&self) -> Option<Status> {
-            Client::new(self.socket()).status().ok()
-        }
-
-        fn services(&self) -> Vec<ServiceView> {
-            Client::new(self.socket()).services().unwrap_or_default()
-        }
-
-        /// `n` new connections from `from` to `url` through the agent's datapath, counted by
-        /// the pod that answered; all must answer.
-        fn curl(&self, from: &Netns, url: &str, n: usize) -> BTreeMap<String, usize> {
-            let answers = from.http_get(url, n, 3).unwrap();
-            let status = self.status();
-            assert_eq!(answers.answered(), n, "every request to {url} answered: {answers:?} {status:?}");
-            answers.by_host
-        }
-    }
-
-    impl Drop for Agent {
-        fn drop(&mut self) {
-            if self.child.try_wait().ok().flatten().is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-            let _ = std::fs::remove_dir_all(&self.work);
-            let _ = skiff_xdp::bpffs::remove_pins(&self.pins);
-        }
-    }
-
-    fn start(lab: &Lab, io: &str) -> Agent {
-        let work = std::env::temp_dir().join(format!("skiff-test-agent-{}-{io}", lab.id()));
-        let state = work.join("state");
+    fn start(lab: &Lab, io: &str) -> (Agent, std::path::PathBuf) {
+        let state = std::env::temp_dir().join(format!("skiff-test-agent-{}-{io}-objects", lab.id()));
         std::fs::create_dir_all(&state).unwrap();
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
         for file in ["node.yaml", "web.yaml", "pods.yaml"] {
             std::fs::copy(demo.join(file), state.join(file)).unwrap();
         }
-        let pins = PathBuf::from(format!("/sys/fs/bpf/skiff-test-agent-{}", lab.id()));
-        let mut cmd = lab.node().netns.command(env!("CARGO_BIN_EXE_skiff-agent"));
-        cmd.arg("--state-dir").arg(&state).args(["--node-name", "node1", "--io", io]);
+        let mut args: Vec<String> =
+            ["--state-dir", state.to_str().unwrap(), "--node-name", "node1", "--io", io]
+                .map(String::from)
+                .into();
         for device in
             std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface))
         {
-            cmd.args(["--device", device]);
+            args.extend(["--device".to_owned(), device.clone()]);
         }
-        cmd.arg("--socket").arg(work.join("skiff.sock")).arg("--pin-dir").arg(&pins);
-        let agent = Agent { child: cmd.spawn().expect("skiff-agent starts"), work, pins };
-        wait_until("the first apply", || agent.status().is_some_and(|s| s.applies >= 1));
-        agent
+        let name = format!("test-agent-{}-{io}", lab.id());
+        let mut agent =
+            Agent::start(&lab.node().netns, Path::new(env!("CARGO_BIN_EXE_skiff-agent")), &name, &args)
+                .expect("skiff-agent starts");
+        agent.wait_until("the first apply", |a| a.status().is_some_and(|s| s.applies >= 1)).unwrap();
+        (agent, state)
     }
 
     fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -91,17 +60,18 @@ mod privileged {
         for pod in &web {
             lab.serve_http(pod, 8080).unwrap();
         }
-        let mut agent = start(&lab, io);
+        let (mut agent, state) = start(&lab, io);
+        let services = |agent: &Agent| agent.client().services().unwrap_or_default();
         let (client_pod, client) = (lab.pods()[3].netns.clone(), lab.client().netns.clone());
         let three = ["pod0", "pod1", "pod2"];
         let keys = |m: BTreeMap<String, usize>| m.into_keys().collect::<Vec<_>>();
         assert_eq!(
-            keys(agent.curl(&client_pod, "http://198.19.0.10/", 150)),
+            keys(curl(&agent, &client_pod, "http://198.19.0.10/", 150)),
             three,
             "the ClusterIP, from a pod"
         );
         assert_eq!(
-            keys(agent.curl(&client, "http://198.18.0.1:30080/", 150)),
+            keys(curl(&agent, &client, "http://198.18.0.1:30080/", 150)),
             three,
             "the NodePort, from outside"
         );
@@ -123,27 +93,25 @@ mod privileged {
         );
 
         std::fs::write(
-            agent.work.join("state/bad.yaml"),
+            state.join("bad.yaml"),
             "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {ports: [{port: 65536}]}\n",
         )
         .unwrap();
         wait_until("the rejection", || agent.status().is_some_and(|s| !s.rejections.is_empty()));
-        assert!(agent.services().iter().all(|s| s.backends.len() == 3), "the last good Service runs");
-        assert_eq!(keys(agent.curl(&client_pod, "http://198.19.0.10/", 60)), three);
+        assert!(services(&agent).iter().all(|s| s.backends.len() == 3), "the last good Service runs");
+        assert_eq!(keys(curl(&agent, &client_pod, "http://198.19.0.10/", 60)), three);
 
-        let web = agent.work.join("state/web.yaml");
+        let web = state.join("web.yaml");
         let text = std::fs::read_to_string(&web).unwrap();
         let cut = text.find("  - addresses: [198.18.128.12]").unwrap();
         std::fs::write(&web, &text[..cut]).unwrap();
-        wait_until("the endpoint removal", || agent.services().iter().all(|s| s.backends.len() == 2));
-        assert_eq!(keys(agent.curl(&client, "http://198.18.0.1:30080/", 60)), ["pod0", "pod1"]);
+        wait_until("the endpoint removal", || services(&agent).iter().all(|s| s.backends.len() == 2));
+        assert_eq!(keys(curl(&agent, &client, "http://198.18.0.1:30080/", 60)), ["pod0", "pod1"]);
 
-        let pid = i32::try_from(agent.child.id()).unwrap();
-        // SAFETY: kill(2) on the agent this test spawned and has not reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert!(agent.child.wait().unwrap().success(), "a clean exit on SIGTERM");
+        assert!(agent.terminate().unwrap().success(), "a clean exit on SIGTERM");
         assert!(!agent.socket().exists(), "the socket is removed");
         assert!(!agent.pins.exists(), "the pinned maps are removed");
+        std::fs::remove_dir_all(state).unwrap();
     }
 
     #[test]

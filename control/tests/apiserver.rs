@@ -36,12 +36,15 @@ struct Agent {
 
 impl Agent {
     fn start(kubeconfig: &Path) -> Agent {
-        let socket =
-            std::env::temp_dir().join(format!("skiff-test-agent-{}", std::process::id())).join("skiff.sock");
+        let work = std::env::temp_dir().join(format!("skiff-test-agent-{}", std::process::id()));
+        let socket = work.join("skiff.sock");
+        // In the machine's own namespace: no CNI installed, no pods (the node stays as it is).
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-agent"))
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--io", "none", "--node-name", "node1", "--socket"])
+            .args(["--io", "none", "--node-name", "node1", "--cni-install", "false", "--data-dir"])
+            .arg(work.join("data"))
+            .arg("--socket")
             .arg(&socket)
             .spawn()
             .expect("skiff-agent starts");

@@ -22,7 +22,7 @@ fn objects(texts: &[&str]) -> Vec<Object> {
 }
 
 fn ctx() -> NodeContext {
-    NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 }
+    NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251, pod_cidrs: Vec::new() }
 }
 
 fn ip(text: &str) -> IpAddr {

@@ -25,7 +25,12 @@ fn documents(text: &str, origin: &str) -> Documents {
 
 fn demo() -> (Controller, Recorder) {
     let recorder = Recorder::default();
-    let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
+    let ctx = NodeContext {
+        name: "node1".into(),
+        addresses: Vec::new(),
+        maglev_table_size: 251,
+        pod_cidrs: Vec::new(),
+    };
     let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
     assert!(c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).is_empty(), "the demo is valid");
@@ -150,7 +155,12 @@ impl Sink for FailsOnce {
 #[test]
 fn a_failed_publish_degrades_health_and_is_retried_whole() {
     let recorder = Recorder::default();
-    let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
+    let ctx = NodeContext {
+        name: "node1".into(),
+        addresses: Vec::new(),
+        maglev_table_size: 251,
+        pod_cidrs: Vec::new(),
+    };
     let mut c =
         Controller::new(ctx, Limits::default(), Box::new(FailsOnce(true, recorder.clone())), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
@@ -170,7 +180,12 @@ fn a_failed_publish_degrades_health_and_is_retried_whole() {
 #[test]
 fn nothing_is_published_before_every_kind_is_listed() {
     let recorder = Recorder::default();
-    let ctx = NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251 };
+    let ctx = NodeContext {
+        name: "node1".into(),
+        addresses: Vec::new(),
+        maglev_table_size: 251,
+        pod_cidrs: Vec::new(),
+    };
     let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
     let (services, rest): (Vec<_>, Vec<_>) =

@@ -64,6 +64,7 @@ fn main() {
         name: "node1".into(),
         addresses: vec!["198.18.0.1".parse().unwrap()],
         maglev_table_size: 16381,
+        pod_cidrs: Vec::new(),
     };
     let objects: Vec<_> = (0..SERVICES).flat_map(|i| [decoded(service(i)), decoded(slice(i, 0))]).collect();
     let rss_before = peak_rss();

@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{Answer, ApiError, Request, ServiceView, Status, encode_line};
+use crate::{
+    Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IpamView, PodRef, Request,
+    ServiceView, Status, encode_line,
+};
 
 /// Asks an agent on its socket, one connection per question.
 pub struct Client {
@@ -45,6 +48,71 @@ impl Client {
     pub fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
         match self.ask(&Request::ServiceList)? {
             Answer::ServiceList(services) => Ok(services),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<EndpointView>, ClientError> {
+        match self.ask(&Request::EndpointList)? {
+            Answer::EndpointList(endpoints) => Ok(endpoints),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn endpoint(&self, id: u32) -> Result<EndpointView, ClientError> {
+        self.endpoint_answer(&Request::EndpointGet { id })
+    }
+
+    pub fn ipam(&self) -> Result<IpamView, ClientError> {
+        match self.ask(&Request::IpamList)? {
+            Answer::Ipam(ipam) => Ok(ipam),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Addresses for `attachment` (the ones it has, if it has some).
+    pub fn allocate(&self, attachment: &Attachment, pod: Option<&PodRef>) -> Result<Addressing, ClientError> {
+        let request = Request::AddressAllocate { attachment: attachment.clone(), pod: pod.cloned() };
+        match self.ask(&request)? {
+            Answer::Addressing(addressing) => Ok(addressing),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointView, ClientError> {
+        self.endpoint_answer(&Request::EndpointCreate(spec.clone()))
+    }
+
+    pub fn check_endpoint(&self, attachment: &Attachment) -> Result<EndpointView, ClientError> {
+        self.endpoint_answer(&Request::EndpointCheck { attachment: attachment.clone() })
+    }
+
+    pub fn delete_endpoint(&self, attachment: &Attachment) -> Result<(), ClientError> {
+        self.done(&Request::EndpointDelete { attachment: attachment.clone() })
+    }
+
+    /// Removes the endpoints of attachments not in `valid`; the endpoints removed.
+    pub fn gc(&self, valid: Vec<Attachment>) -> Result<Vec<EndpointView>, ClientError> {
+        match self.ask(&Request::CniGc { valid })? {
+            Answer::EndpointList(removed) => Ok(removed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn cni_status(&self) -> Result<(), ClientError> {
+        self.done(&Request::CniStatus)
+    }
+
+    fn endpoint_answer(&self, request: &Request) -> Result<EndpointView, ClientError> {
+        match self.ask(request)? {
+            Answer::Endpoint(endpoint) => Ok(*endpoint),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn done(&self, request: &Request) -> Result<(), ClientError> {
+        match self.ask(request)? {
+            Answer::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }

@@ -3,6 +3,7 @@
 //! the JSON stays readable (enums by name, addresses as text). [`Client`] asks, blocking.
 
 mod client;
+mod endpoint;
 mod object;
 mod service;
 mod status;
@@ -10,6 +11,9 @@ mod status;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
+pub use endpoint::{
+    Addressing, AttachMode, Attachment, EndpointSpec, EndpointState, EndpointView, IpamView, PodRef, PoolView,
+};
 pub use object::{FieldError, Kind, ObjectKey, Rejection};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
 pub use status::{
@@ -27,6 +31,26 @@ pub enum Request {
     Status,
     /// Every service frontend with its backends.
     ServiceList,
+    /// Every endpoint.
+    EndpointList,
+    /// One endpoint, by its id.
+    EndpointGet { id: u32 },
+    /// The address pools and who holds each address.
+    IpamList,
+    /// `skiff-cni` ADD, first: addresses for an attachment (the ones it has, if it has some).
+    AddressAllocate { attachment: Attachment, pod: Option<PodRef> },
+    /// `skiff-cni` ADD, then: the interfaces exist; serve them.
+    EndpointCreate(EndpointSpec),
+    /// `skiff-cni` DEL: stop serving the attachment and release its addresses; an
+    /// attachment the agent does not know is already deleted.
+    EndpointDelete { attachment: Attachment },
+    /// `skiff-cni` CHECK: the endpoint of an attachment.
+    EndpointCheck { attachment: Attachment },
+    /// `skiff-cni` GC: every attachment not in `valid` goes, with its addresses; the answer
+    /// lists the endpoints removed (their veths are the plugin's to delete).
+    CniGc { valid: Vec<Attachment> },
+    /// `skiff-cni` STATUS: whether an ADD can be served now.
+    CniStatus,
 }
 
 /// What the agent answers: the reply to the request, or why there is none.
@@ -35,6 +59,12 @@ pub enum Request {
 pub enum Answer {
     Status(Box<Status>),
     ServiceList(Vec<ServiceView>),
+    EndpointList(Vec<EndpointView>),
+    Endpoint(Box<EndpointView>),
+    Ipam(IpamView),
+    Addressing(Addressing),
+    /// Done, nothing to report.
+    Done,
     Error(ApiError),
 }
 
@@ -53,6 +83,20 @@ pub enum ErrorCode {
     BadRequest,
     /// The agent failed while answering.
     Internal,
+    /// What the request names does not exist.
+    NotFound,
+    /// No address is left in a pool.
+    Exhausted,
+    /// The agent cannot serve it yet (its Node's pod CIDRs are not known); try again later.
+    NotReady,
+    /// It contradicts what exists (an attachment served on other interfaces).
+    Conflict,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
+    }
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -60,6 +104,10 @@ impl std::fmt::Display for ErrorCode {
         f.write_str(match self {
             ErrorCode::BadRequest => "bad request",
             ErrorCode::Internal => "internal error",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::Exhausted => "exhausted",
+            ErrorCode::NotReady => "not ready",
+            ErrorCode::Conflict => "conflict",
         })
     }
 }
@@ -70,7 +118,7 @@ impl Request {
         serde_json::from_str(line.trim()).map_err(|e| ApiError {
             code: ErrorCode::BadRequest,
             message: format!(
-                "{e} (requests: {{\"request\": \"status\"}}, {{\"request\": \"service-list\"}})"
+                "{e} (a request is {{\"request\": \"status\"}}, {{\"request\": \"endpoint-list\"}}, …)"
             ),
         })
     }

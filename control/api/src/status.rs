@@ -160,7 +160,12 @@ impl fmt::Display for Datapath {
             Io::None => return f.write_str("none (tables recorded, not forwarded)"),
         }
         let plural = if self.workers == 1 { "" } else { "s" };
-        write!(f, " on {} ({} worker{plural})", self.devices.join(", "), self.workers)
+        // A node serves a veth per pod: the first few name the rest.
+        let devices = match self.devices.len() {
+            n if n > 4 => format!("{}, … ({n} devices)", self.devices[..3].join(", ")),
+            _ => self.devices.join(", "),
+        };
+        write!(f, " on {devices} ({} worker{plural})", self.workers)
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use skiff_api::WorkerCounters;
+use skiff_api::{AttachMode, WorkerCounters};
 use skiff_common::{DropReason, config::XdpConfig};
 use skiff_engine::tables::{Neighbor, Tables};
 use skiff_fastpath::datapath::{Config, Datapath, Io};
@@ -41,8 +41,13 @@ impl DatapathSink {
             }
             Io::AfPacket => None,
         };
-        let config =
-            Config { interfaces: options.devices.clone(), io, workers: options.workers, ..Config::default() };
+        let config = Config {
+            interfaces: options.devices.clone(),
+            io,
+            workers: options.workers,
+            ct_capacity: usize::try_from(options.ct_capacity)?,
+            ..Config::default()
+        };
         let datapath =
             Datapath::start(config, Tables::default(), ingress).context("starting the datapath")?;
         let io = match (io, datapath.xdp_mode()) {
@@ -52,7 +57,7 @@ impl DatapathSink {
         let description =
             skiff_api::Datapath { io, devices: options.devices.clone(), workers: options.workers };
         tracing::info!("datapath: {description}");
-        let (kernel, changes) = Kernel::connect(&options.devices)?;
+        let (kernel, changes) = Kernel::connect(datapath.ports())?;
         let sink =
             DatapathSink { datapath, kernel, description, last: Tables::default(), hops: HashMap::new() };
         Ok((sink, changes))
@@ -66,6 +71,13 @@ impl DatapathSink {
             self.last.services.values().flat_map(|s| s.backends().map(|b| b.addr)).collect();
         let kernel = &mut self.kernel;
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(kernel.next_hops(backends)))
+    }
+
+    /// The next hops through the ports served now.
+    fn ports_changed(&mut self) -> Result<()> {
+        self.kernel.set_devices(self.datapath.ports());
+        self.hops = self.read_hops()?;
+        self.publish_with_hops()
     }
 
     fn publish_with_hops(&mut self) -> Result<()> {
@@ -94,8 +106,38 @@ impl Sink for DatapathSink {
         Ok(true)
     }
 
+    fn attach(&mut self, iface: &str) -> Result<AttachMode> {
+        let attached = self.datapath.attach(iface).with_context(|| format!("serving {iface}"))?;
+        self.ports_changed()?;
+        Ok(match attached.xdp_mode {
+            Some(xdp_mode) => AttachMode::AfXdp { xdp_mode },
+            None => AttachMode::AfPacket,
+        })
+    }
+
+    fn detach(&mut self, iface: &str) -> Result<()> {
+        self.datapath.detach(iface).with_context(|| format!("no longer serving {iface}"))?;
+        self.ports_changed()
+    }
+
+    /// Forwarding on, and each pod gateway on the loopback device, so that a pod's packets to
+    /// its gateway reach the node.
+    fn prepare_node(&mut self, gateways: &[IpAddr]) -> Result<()> {
+        for (setting, path) in [
+            ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+            ("net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"),
+        ] {
+            std::fs::write(path, "1").with_context(|| format!("setting {setting}=1"))?;
+        }
+        let kernel = &self.kernel;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(kernel.add_to_loopback(gateways))
+        })
+    }
+
     fn describe(&self) -> skiff_api::Datapath {
-        self.description.clone()
+        let devices = self.datapath.ports().into_iter().map(|(_, name)| name).collect();
+        skiff_api::Datapath { devices, ..self.description.clone() }
     }
 
     fn next_hops(&self) -> usize {

@@ -15,12 +15,13 @@ use skiff_fastpath::datapath::Io;
 use skiff_xdp::bpffs;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
-pub use self::options::{Cli, Command, IoMode, LogFormat, Options};
+pub use self::options::{Cli, Command, IoMode, IpamArg, LogFormat, Options};
 use self::{datapath::DatapathSink, options::SourceArg};
 use crate::{
-    api,
+    api::{self, Asked},
     compile::NodeContext,
     controller::{Controller, Event, Recorder, Sink},
+    endpoints::{Endpoints, cni_conf::CniInstall, ipam::IpamMode},
     next_hops::Changes,
     source,
     validate::Limits,
@@ -50,6 +51,7 @@ pub fn init_logging(format: LogFormat) {
 pub async fn run(options: Options) -> Result<()> {
     let source_arg = options.source()?;
     let io = options.io()?;
+    let endpoint_config = options.endpoints()?;
     let (sink, changes): (Box<dyn Sink>, Option<Changes>) = match io {
         None => (Box::new(Recorder::default()), None),
         Some(io) => {
@@ -61,6 +63,10 @@ pub async fn run(options: Options) -> Result<()> {
         name: options.node_name.clone(),
         addresses: options.node_addresses.clone(),
         maglev_table_size: options.maglev_table_size,
+        pod_cidrs: match &endpoint_config.ipam {
+            IpamMode::ClusterPool(cidrs) => cidrs.clone(),
+            IpamMode::Kubernetes => Vec::new(),
+        },
     };
     let limits = Limits { node_ports: options.node_port_range.clone() };
     let (events_tx, events) = mpsc::channel(1024);
@@ -79,13 +85,15 @@ pub async fn run(options: Options) -> Result<()> {
             )
         }
     };
-    let controller = Controller::new(ctx, limits, sink, source);
+    let endpoints = Endpoints::open(endpoint_config)?;
+    let controller = Controller::new(ctx, limits, sink, source).with_endpoints(endpoints)?;
+    let (asks_tx, asks) = mpsc::channel(64);
     let server = tokio::spawn({
         let (path, snapshot) = (options.socket.clone(), controller.snapshot());
-        async move { api::serve(&path, snapshot).await }
+        async move { api::serve(&path, snapshot, asks_tx).await }
     });
     tracing::info!("serving the local API on {}", options.socket.display());
-    let outcome = control_loop(controller, events, changes, kube_events).await;
+    let outcome = control_loop(controller, events, changes, asks, kube_events, options.cni()).await;
     source_task.abort();
     server.abort();
     let _ = std::fs::remove_file(&options.socket);
@@ -113,7 +121,9 @@ async fn control_loop(
     mut controller: Controller,
     mut events: mpsc::Receiver<Event>,
     mut changes: Option<Changes>,
+    mut asks: mpsc::Receiver<Asked>,
     kube_events: Option<source::kube::Events>,
+    mut cni: Option<CniInstall>,
 ) -> Result<&'static str> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -123,6 +133,14 @@ async fn control_loop(
         None => std::future::pending().await,
     };
     loop {
+        // The CNI configuration is written once ADD can be served, as Cilium's
+        // `write-cni-conf-when-ready`: until then the kubelet holds pods back ("cni config
+        // uninitialized") instead of failing their ADDs.
+        if controller.cni_ready()
+            && let Some(cni) = cni.take()
+        {
+            install_cni(&cni)?;
+        }
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { bail!("the source stopped") };
@@ -150,6 +168,9 @@ async fn control_loop(
                     tracing::error!("next hops: {e:#}");
                 }
             }
+            Some((request, answer)) = asks.recv() => {
+                let _ = answer.send(controller.endpoint_request(&request));
+            }
             _ = retry.tick() => {
                 if let Err(e) = controller.retry() {
                     tracing::error!("{e:#}");
@@ -159,6 +180,21 @@ async fn control_loop(
             _ = int.recv() => return Ok("SIGINT"),
         }
     }
+}
+
+fn install_cni(cni: &CniInstall) -> Result<()> {
+    let plugin = std::env::current_exe()?.with_file_name(crate::endpoints::cni_conf::PLUGIN);
+    let (conflist, moved) = cni.install(&plugin)?;
+    tracing::info!(
+        "CNI: {} installed in {}, conflist {}",
+        plugin.display(),
+        cni.bin_dir.display(),
+        conflist.display()
+    );
+    for aside in moved {
+        tracing::info!("CNI: moved aside {} (--cni-exclusive)", aside.display());
+    }
+    Ok(())
 }
 
 /// A client of the API server in `path` (or the in-cluster one), and the server's URL.

@@ -3,7 +3,8 @@
 use std::{net::IpAddr, ops::RangeInclusive, path::PathBuf};
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use skiff_api::DEFAULT_SOCKET;
 use skiff_common::{
     config::XdpMode,
@@ -11,6 +12,8 @@ use skiff_common::{
     names::PIN_ROOT,
 };
 use skiff_fastpath::datapath::Io;
+
+use crate::endpoints::{EndpointConfig, cni_conf::CniInstall, ipam::IpamMode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,6 +63,10 @@ pub struct Options {
     /// Workers, one per receive queue.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
+    /// Connection-tracking entries per worker (the table is allocated up front; it becomes
+    /// resident as flows touch it: about 0.4 KiB per entry at most).
+    #[arg(long, value_name = "N", default_value_t = 512 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 << 20))]
+    pub ct_capacity: u64,
     /// Slots of every service's Maglev table: a prime of 251..=131071.
     #[arg(long, value_name = "M", default_value_t = MAGLEV_TABLE_SIZE, value_parser = maglev_table_size)]
     pub maglev_table_size: u32,
@@ -78,6 +85,45 @@ pub struct Options {
     /// How log lines are written (to stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+    /// Where pods' addresses come from: their Node's spec.podCIDRs, or --pod-cidr.
+    #[arg(long, value_enum, default_value_t = IpamArg::Kubernetes)]
+    pub ipam: IpamArg,
+    /// This node's pod CIDR of a family, for --ipam cluster-pool (repeatable: IPv4, IPv6).
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pub pod_cidrs: Vec<IpNet>,
+    /// The pods' MTU (default: the first device's).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1280..=9000))]
+    pub mtu: Option<u32>,
+    /// Where endpoints, address allocations and identities are kept across restarts.
+    #[arg(long, value_name = "DIR", default_value = "/run/skiff/state")]
+    pub data_dir: PathBuf,
+    /// Install skiff-cni and its conflist for the node's container runtime, once the node
+    /// has a pod CIDR.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    pub cni_install: bool,
+    /// Where the runtime finds CNI plugins.
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_path: PathBuf,
+    /// Where the runtime reads CNI configurations.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_path: PathBuf,
+    /// The conflist's file name (runtimes take the first in name order).
+    #[arg(long, value_name = "NAME", default_value = "05-skiff.conflist")]
+    pub cni_conf_name: String,
+    /// Move the other CNI configurations aside (renamed *.skiff_bak).
+    #[arg(long)]
+    pub cni_exclusive: bool,
+    /// Install this conflist instead of skiff's (its first plugin must be skiff-cni).
+    #[arg(long, value_name = "FILE")]
+    pub cni_custom_conf: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IpamArg {
+    /// The Node object's spec.podCIDRs (Kubernetes' node IPAM).
+    Kubernetes,
+    /// The CIDRs given with --pod-cidr.
+    ClusterPool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -132,6 +178,38 @@ impl Options {
                 SourceArg::Kubernetes(None)
             }
             (None, None) => bail!("no source: --state-dir DIR or --kubeconfig FILE"),
+        })
+    }
+
+    pub(super) fn endpoints(&self) -> Result<EndpointConfig> {
+        let ipam = match (self.ipam, self.pod_cidrs.is_empty()) {
+            (IpamArg::Kubernetes, true) => IpamMode::Kubernetes,
+            (IpamArg::Kubernetes, false) => bail!("--pod-cidr is for --ipam cluster-pool"),
+            (IpamArg::ClusterPool, true) => bail!("--ipam cluster-pool needs --pod-cidr CIDR"),
+            (IpamArg::ClusterPool, false) => IpamMode::ClusterPool(self.pod_cidrs.clone()),
+        };
+        let device_mtu = || {
+            let first = self.devices.first()?;
+            std::fs::read_to_string(format!("/sys/class/net/{first}/mtu")).ok()?.trim().parse().ok()
+        };
+        Ok(EndpointConfig {
+            dir: self.data_dir.clone(),
+            ipam,
+            // No tunnel yet: the underlay's MTU is the pods'.
+            mtu: self.mtu.or_else(device_mtu).unwrap_or(1500),
+            queues: self.workers,
+            node: self.node_name.clone(),
+        })
+    }
+
+    pub(super) fn cni(&self) -> Option<CniInstall> {
+        self.cni_install.then(|| CniInstall {
+            bin_dir: self.cni_bin_path.clone(),
+            conf_dir: self.cni_conf_path.clone(),
+            conf_name: self.cni_conf_name.clone(),
+            exclusive: self.cni_exclusive,
+            custom_conf: self.cni_custom_conf.clone(),
+            socket: self.socket.clone(),
         })
     }
 

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
-use skiff_api::{Client, DEFAULT_SOCKET, ServiceView, Status};
+use skiff_api::{Client, DEFAULT_SOCKET, EndpointView, IpamView, ServiceView, Status};
 
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "Ask a running skiff-agent what it does")]
@@ -37,6 +37,16 @@ enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Endpoints: the pods skiff-cni gave a network.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+    /// Pod addresses: the pools and who holds each address.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -44,6 +54,20 @@ enum Command {
 #[derive(Subcommand)]
 enum ServiceCommand {
     /// Every service frontend with its backends.
+    List,
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Every endpoint: id, identity, labels, addresses, interface, attach mode, state.
+    List,
+    /// One endpoint in full.
+    Get { id: u32 },
+}
+
+#[derive(Subcommand)]
+enum IpamCommand {
+    /// The pools and their allocations.
     List,
 }
 
@@ -64,6 +88,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Service { command: ServiceCommand::List } => {
             show(cli.output, &client.services()?, |s| print_services(s))
         }
+        Command::Endpoint { command: EndpointCommand::List } => {
+            show(cli.output, &client.endpoints()?, |e| print_endpoints(e))
+        }
+        Command::Endpoint { command: EndpointCommand::Get { id } } => {
+            show(cli.output, &client.endpoint(id)?, print_endpoint)
+        }
+        Command::Ipam { command: IpamCommand::List } => show(cli.output, &client.ipam()?, print_ipam),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
             Ok(())
@@ -166,6 +197,73 @@ fn print_services(services: &[ServiceView]) {
             policy,
             s.algorithm.to_string(),
             backends,
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+/// Labels as Cilium prints them: `k8s:key=value`, one per line.
+fn labels(e: &EndpointView) -> String {
+    if e.labels.is_empty() {
+        return "reserved:init".into();
+    }
+    e.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect::<Vec<_>>().join("\n")
+}
+
+fn addresses(e: &EndpointView, v4: bool) -> String {
+    let found: Vec<String> =
+        e.addresses.iter().filter(|a| a.is_ipv4() == v4).map(ToString::to_string).collect();
+    found.join("\n")
+}
+
+fn print_endpoints(endpoints: &[EndpointView]) {
+    let mut t = table(&["ENDPOINT", "IDENTITY", "LABELS", "IPv4", "IPv6", "INTERFACE", "ATTACH", "STATE"]);
+    for e in endpoints {
+        t.add_row(vec![
+            e.id.to_string(),
+            e.identity.to_string(),
+            labels(e),
+            addresses(e, true),
+            addresses(e, false),
+            e.host_ifname.clone(),
+            e.attach.to_string(),
+            e.state.to_string(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+fn print_endpoint(e: &EndpointView) {
+    let mut t = table(&[]);
+    let mut row = |k: &str, v: String| {
+        t.add_row(vec![format!("{k}:"), v]);
+    };
+    row("Endpoint", e.id.to_string());
+    row("Pod", e.pod.as_ref().map_or_else(|| "(not named by the runtime)".into(), ToString::to_string));
+    row("Container", e.attachment.to_string());
+    row("Network namespace", e.netns.display().to_string());
+    row("Identity", e.identity.to_string());
+    row("Labels", labels(e));
+    row("IPv4", addresses(e, true));
+    row("IPv6", addresses(e, false));
+    row("Host interface", e.host_ifname.clone());
+    row("Attach", e.attach.to_string());
+    row("State", e.state.to_string());
+    println!("{}", t.trim_fmt());
+}
+
+fn print_ipam(ipam: &IpamView) {
+    println!("IPAM mode: {}", ipam.mode);
+    let mut t = table(&["POOL", "GATEWAY", "IN USE", "ADDRESS", "ATTACHMENT"]);
+    for p in &ipam.pools {
+        let (addresses, holders): (Vec<String>, Vec<String>) =
+            p.allocated.iter().map(|(a, h)| (a.to_string(), h.to_string())).unzip();
+        t.add_row(vec![
+            p.cidr.to_string(),
+            p.gateway.to_string(),
+            format!("{} of {}", p.allocated.len(), p.capacity),
+            addresses.join("\n"),
+            holders.join("\n"),
         ]);
     }
     println!("{}", t.trim_fmt());

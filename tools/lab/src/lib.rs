@@ -24,7 +24,9 @@
 //! [`Lab`] guard removes everything it created in `Drop`, also when a test panics;
 //! [`remove`] removes what a crashed run left behind.
 
+pub mod agent;
 pub mod apiserver;
+pub mod cni;
 mod netns;
 mod wire;
 
@@ -54,12 +56,17 @@ pub enum LabError {
     Parse { what: String, text: String },
     #[error("HTTP server in {host} did not start listening on port {port} within 10 s{detail}")]
     ServerStart { host: String, port: u16, detail: String },
+    #[error("skiff-agent exited ({status}) while waiting for {what}")]
+    Exited { what: String, status: String },
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
 }
 
 /// What to build: a node with a client and `pods` pods; optionally a second node with pods.
 #[derive(Clone, Debug, Default)]
 pub struct Topology {
     pods: usize,
+    cni_pods: usize,
     second_node_pods: Option<usize>,
     queues: u16,
 }
@@ -73,6 +80,12 @@ impl Topology {
     /// `n` pods on the node.
     pub fn pods(mut self, n: usize) -> Self {
         self.pods = n;
+        self
+    }
+
+    /// `n` pod namespaces with no network (`cni0`, `cni1`, …): a CNI plugin gives them one.
+    pub fn cni_pods(mut self, n: usize) -> Self {
+        self.cni_pods = n;
         self
     }
 
@@ -108,6 +121,7 @@ impl Topology {
             nodes: Vec::new(),
             client: None,
             pods: Vec::new(),
+            cni_pods: Vec::new(),
             node2_pods: Vec::new(),
         };
         let node = lab.add_node("node", 128)?;
@@ -117,6 +131,10 @@ impl Topology {
         for i in 0..self.pods {
             let pod = lab.add_host(&format!("pod{i}"), &node, Wire { queues, ..Wire::pod(&node, i) })?;
             lab.pods.push(pod);
+        }
+        for i in 0..self.cni_pods {
+            let netns = lab.add_namespace(&format!("cni{i}"))?;
+            lab.cni_pods.push(netns);
         }
         lab.nodes.push(node.clone());
         if let Some(pods) = self.second_node_pods {
@@ -180,6 +198,7 @@ pub struct Lab {
     nodes: Vec<LabNode>,
     client: Option<Host>,
     pods: Vec<Host>,
+    cni_pods: Vec<Netns>,
     node2_pods: Vec<Host>,
 }
 
@@ -201,6 +220,10 @@ impl Lab {
     }
     pub fn node2_pods(&self) -> &[Host] {
         &self.node2_pods
+    }
+    /// The namespaces of the pods a CNI plugin gives their network.
+    pub fn cni_pods(&self) -> &[Netns] {
+        &self.cni_pods
     }
 
     /// Starts an HTTP server (python3) in `host` on `port`, IPv4 and IPv6, answering every GET

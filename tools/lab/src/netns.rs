@@ -5,6 +5,7 @@ use std::{
     fs::File,
     io,
     os::fd::AsRawFd,
+    path::PathBuf,
     process::{Command, Output},
 };
 
@@ -38,6 +39,11 @@ impl Netns {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The file that names it (what `CNI_NETNS` is).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
     }
 
     /// `n` HTTP GETs to `url` from inside the namespace, each on a new connection (one curl
@@ -79,8 +85,8 @@ impl Netns {
     /// descriptors it returns (sockets, BPF links) stay usable from any thread. A panic in `f`
     /// is propagated to the caller.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
-        let ns = File::open(format!("/run/netns/{}", self.name))
-            .map_err(|e| LabError::Netns { name: self.name.clone(), source: e })?;
+        let ns =
+            File::open(self.path()).map_err(|e| LabError::Netns { name: self.name.clone(), source: e })?;
         std::thread::scope(|scope| {
             let thread = scope.spawn(move || {
                 // SAFETY: setns only changes this (new, unshared) thread's network namespace;

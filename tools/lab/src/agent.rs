@@ -1,0 +1,142 @@
+//! skiff-agent running in a lab node, for tests, benches and the demo: everything it writes
+//! (socket, endpoint state, CNI folders) in a work folder of its own, its maps pinned in a
+//! folder of its own; dropping it kills it and removes both.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus},
+    time::{Duration, Instant},
+};
+
+use skiff_api::{Client, Status};
+
+use crate::{LabError, Netns};
+
+pub struct Agent {
+    child: Child,
+    /// The work folder: `skiff.sock`, `data/` (endpoints, addresses, identities), `cni/bin`,
+    /// `cni/net.d`.
+    pub work: PathBuf,
+    pub pins: PathBuf,
+}
+
+impl Agent {
+    /// Starts `binary` (skiff-agent) in `node` with `args`, named `name` (unique per run: it
+    /// names the work and pin folders; a work folder already there is used again, as a
+    /// restarted agent finds its state), and waits until it answers on its socket and has
+    /// installed its CNI configuration (once it has a pod CIDR: pods can be served).
+    pub fn start(node: &Netns, binary: &Path, name: &str, args: &[String]) -> Result<Agent, LabError> {
+        let mut agent = Agent::spawn(node, binary, name, args)?;
+        agent.wait_until("skiff-agent to install its CNI configuration", |a| a.cni_conf().0.exists())?;
+        Ok(agent)
+    }
+
+    /// As [`start`](Agent::start), but waits only until the agent answers on its socket.
+    pub fn spawn(node: &Netns, binary: &Path, name: &str, args: &[String]) -> Result<Agent, LabError> {
+        let work = std::env::temp_dir().join(format!("skiff-{name}"));
+        let pins = PathBuf::from(format!("/sys/fs/bpf/skiff-{name}"));
+        let io = |source| LabError::Spawn { command: format!("creating {}", work.display()), source };
+        std::fs::create_dir_all(work.join("cni/net.d")).map_err(io)?;
+        std::fs::create_dir_all(work.join("cni/bin")).map_err(io)?;
+        let mut cmd = node.command(binary.to_str().unwrap_or_default());
+        cmd.args(args)
+            .arg("--socket")
+            .arg(work.join("skiff.sock"))
+            .arg("--pin-dir")
+            .arg(&pins)
+            .arg("--data-dir")
+            .arg(work.join("data"))
+            .arg("--cni-bin-path")
+            .arg(work.join("cni/bin"))
+            .arg("--cni-conf-path")
+            .arg(work.join("cni/net.d"));
+        let child =
+            cmd.spawn().map_err(|source| LabError::Spawn { command: "skiff-agent".into(), source })?;
+        let mut agent = Agent { child, work, pins };
+        agent.wait_until("skiff-agent to answer", |a| a.status().is_some())?;
+        Ok(agent)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.work.join("skiff.sock")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.socket())
+    }
+
+    pub fn status(&self) -> Option<Status> {
+        self.client().status().ok()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The conflist the agent installed, and its plugin.
+    pub fn cni_conf(&self) -> (PathBuf, PathBuf) {
+        (self.work.join("cni/net.d/05-skiff.conflist"), self.work.join("cni/bin/skiff-cni"))
+    }
+
+    /// Polls `done` every 50 ms for up to 30 s; an agent that exits fails the wait at once.
+    pub fn wait_until(&mut self, what: &str, mut done: impl FnMut(&Agent) -> bool) -> Result<(), LabError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(LabError::Exited { what: what.into(), status: status.to_string() });
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(what.into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and its exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus, LabError> {
+        let pid = i32::try_from(self.child.id()).unwrap_or(i32::MAX);
+        // SAFETY: kill(2) on the agent this value spawned and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child
+            .wait()
+            .map_err(|source| LabError::Spawn { command: "waiting for skiff-agent".into(), source })
+    }
+
+    /// SIGKILL (a crash), and its exit; the work folder stays for a restart.
+    pub fn kill(&mut self) -> Result<ExitStatus, LabError> {
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .map_err(|source| LabError::Spawn { command: "waiting for skiff-agent".into(), source })
+    }
+
+    /// Starts the agent again with `args` over the same work folder (after
+    /// [`terminate`](Agent::terminate) or [`kill`](Agent::kill)): it finds the state it left.
+    pub fn restart(&mut self, node: &Netns, binary: &Path, args: &[String]) -> Result<(), LabError> {
+        let folder = self.work.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = folder.trim_start_matches("skiff-").to_owned();
+        let mut again = Agent::start(node, binary, &name, args)?;
+        std::mem::swap(&mut self.child, &mut again.child);
+        // `again` now holds the exited process; the folders are this value's to remove.
+        again.work = PathBuf::new();
+        again.pins = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !self.work.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.work);
+        }
+        if !self.pins.as_os_str().is_empty() {
+            // Pinned maps are files on bpffs, removed like any other.
+            let _ = std::fs::remove_dir_all(&self.pins);
+        }
+    }
+}
