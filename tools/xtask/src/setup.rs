@@ -30,8 +30,9 @@ pub enum Purpose {
 }
 
 /// Debian packages: the lab (iproute2 … python3), the C build of xsk-rs' libxdp and libbpf
-/// (m4 … libpcap-dev: libxdp's configure stops without pcap/dlt.h), and Debian's LLVM 22,
-/// which bpf-linker links against.
+/// (m4 … libpcap-dev: libxdp's configure stops without pcap/dlt.h), Debian's LLVM 22, which
+/// bpf-linker links against, and the reference CNI plugins (the CNI bench's baseline, chained
+/// after skiff-cni in the tests).
 const APT_RUN: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -48,11 +49,15 @@ const APT_RUN: &[&str] = &[
     "zlib1g-dev",
     "libpcap-dev",
     "llvm-22-dev",
+    "containernetworking-plugins",
 ];
 /// The tests' real parts: Go and the reflect2 fix to build kube-apiserver from Debian's
 /// source package (dpkg-dev unpacks it), etcd, openssl for its certificates; scapy, the
 /// independent VXLAN and Geneve encoder (it installs for /usr/bin/python3 only); tcpdump and
-/// tshark to capture and dissect lab traffic (`fastpath/wire/tests/captures/capture.sh`).
+/// tshark to capture and dissect lab traffic (`fastpath/wire/tests/captures/capture.sh`); a
+/// real container runtime calling skiff-cni (podman with runc: crun refuses this machine's
+/// hybrid cgroups), iptables for the portmap plugin chained after it, and busybox-static for
+/// the image the runtime test builds.
 const APT_TEST: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -64,6 +69,10 @@ const APT_TEST: &[&str] = &[
     "etcd-client",
     "openssl",
     "python3-scapy",
+    "podman",
+    "runc",
+    "iptables",
+    "busybox-static",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).
