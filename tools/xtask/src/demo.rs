@@ -1,10 +1,12 @@
 //! `cargo xtask demo`: skiff at work in a lab of network namespaces, torn down at the end.
-//! First the XDP program alone at the node's uplink (it passes the node's traffic, drops a
-//! denied CIDR at the NIC, decapsulates VXLAN from the client's kernel); then skiff-agent on
-//! the node with `examples/demo` as the cluster: a client pod curls the ClusterIP and an
-//! external client the NodePort through skiff's workers, `skiff status` and `skiff service
-//! list` show it, a bad manifest is rejected while the service keeps forwarding, an endpoint
-//! removed from the folder leaves the service live, and SIGTERM stops the agent cleanly.
+//! First skiff-agent on the node with `examples/demo` as the cluster: `skiff-cni` gives four
+//! empty pod namespaces their network (`skiff endpoint list` shows them), the EndpointSlice
+//! names the addresses they got, a client pod curls the ClusterIP and an external client the
+//! NodePort through skiff's workers, `skiff status` and `skiff service list` show it, a bad
+//! manifest is rejected while the service keeps forwarding, a pod deleted (CNI DEL) leaves
+//! the service live, and SIGTERM stops the agent cleanly (the pods keep their network). Then
+//! the XDP program alone at the node's uplink: it passes the node's traffic, drops a denied
+//! CIDR at the NIC, decapsulates VXLAN from the client's kernel.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -12,7 +14,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use skiff_lab::{Host, Lab, Netns, Topology};
+use skiff_lab::{
+    Host, Lab, Netns, Topology,
+    agent::Agent,
+    cni::{self, Call},
+};
 
 use crate::{cargo, run, setup, workspace_root};
 
@@ -27,22 +33,12 @@ pub fn demo() -> Result<()> {
     println!("  built in {:.0} s", started.elapsed().as_secs_f64());
     let bin = workspace_root().join("target/debug");
 
-    println!("== lab: a node, an external client, 3 web pods serving HTTP on 8080, a client pod");
-    let mut lab = Topology::new().pods(4).build()?;
-    let web = lab.pods()[..3].to_vec();
-    for pod in &web {
-        lab.serve_http(pod, 8080)?;
-    }
+    println!("== lab: a node, an external client, and 4 pod namespaces with no network yet");
+    let mut lab = Topology::new().cni_pods(4).build()?;
     let (node, client) = (lab.node().clone(), lab.client().clone());
-    let pods: Vec<String> = lab.pods().iter().map(|p| p.ipv4.to_string()).collect();
-    println!(
-        "  client {} ── uplink ── node {} ── lxc0..3 ── pods {} (the last one is the client pod)",
-        client.ipv4,
-        node.ipv4,
-        pods.join(", ")
-    );
-    xdp_at_the_nic(&lab, &bin.join("examples/ingress"))?;
-    services_through_skiff(&lab, &bin)?;
+    println!("  client {} ── uplink ── node {} ── (the pods: skiff-cni will tell)", client.ipv4, node.ipv4);
+    let web = services_through_skiff(&mut lab, &bin)?;
+    xdp_at_the_nic(&lab, &web, &bin.join("examples/ingress"))?;
 
     println!("== removing the lab");
     let id = lab.id().to_owned();
@@ -61,10 +57,11 @@ pub fn demo() -> Result<()> {
 }
 
 /// The XDP program alone at the node's uplink: it passes the node's traffic, drops a denied
-/// CIDR and decapsulates VXLAN from the client's kernel.
-fn xdp_at_the_nic(lab: &Lab, loader: &std::path::Path) -> Result<()> {
+/// CIDR and decapsulates VXLAN from the client's kernel. `web` are pods that kept their
+/// network.
+fn xdp_at_the_nic(lab: &Lab, web: &[Host], loader: &std::path::Path) -> Result<()> {
     let (node, client) = (lab.node(), lab.client());
-    let pods: Vec<String> = lab.pods().iter().map(|p| p.ipv4.to_string()).collect();
+    let pods: Vec<String> = web.iter().map(|p| p.ipv4.to_string()).collect();
     println!("== XDP alone: attaching skiff_xdp_ingress to the node's uplink (mode auto)");
     let pin_dir = format!("/sys/fs/bpf/skiff-demo-{}", lab.id());
     let mut agent = node
@@ -82,8 +79,7 @@ fn xdp_at_the_nic(lab: &Lab, loader: &std::path::Path) -> Result<()> {
     println!("  {}", control.line()?);
 
     println!("== the client curls each web pod through the node: XDP passes the node's traffic");
-    let web = lab.pods()[..3].to_vec();
-    for pod in &web {
+    for pod in web {
         println!(
             "  curl http://{}:8080/ → {}",
             pod.ipv4,
@@ -125,117 +121,154 @@ fn xdp_at_the_nic(lab: &Lab, loader: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// skiff-agent on the node with examples/demo as the cluster: the ClusterIP from the client
-/// pod and the NodePort from outside through skiff's workers, the CLI's view, a rejected
-/// manifest that changes nothing, an endpoint removed live, and a clean SIGTERM.
-fn services_through_skiff(lab: &Lab, bin: &std::path::Path) -> Result<()> {
-    let (node, client) = (lab.node(), lab.client());
-    let client_pod = &lab.pods()[3];
-    let work = std::env::temp_dir().join(format!("skiff-demo-{}", lab.id()));
-    let state = work.join("state");
-    std::fs::create_dir_all(&state)?;
-    for file in ["node.yaml", "web.yaml", "pods.yaml"] {
-        std::fs::copy(workspace_root().join("examples/demo").join(file), state.join(file))?;
+/// skiff-agent on the lab's node, with the CLI and skiff-cni as the demo calls them.
+struct OnTheNode {
+    node: Netns,
+    agent: Agent,
+    skiff: std::path::PathBuf,
+    /// The folder of objects the agent watches.
+    state: std::path::PathBuf,
+    plugin: std::path::PathBuf,
+    /// The plugin's configuration, derived from the installed conflist as a runtime does.
+    conf: String,
+}
+
+impl OnTheNode {
+    fn start(lab: &Lab, bin: &std::path::Path) -> Result<OnTheNode> {
+        let node = lab.node().netns.clone();
+        let name = format!("demo-agent-{}", lab.id());
+        let state = std::env::temp_dir().join(format!("skiff-{name}-objects"));
+        std::fs::create_dir_all(&state)?;
+        for file in ["node.yaml", "pods.yaml"] {
+            std::fs::copy(workspace_root().join("examples/demo").join(file), state.join(file))?;
+        }
+        let state_arg = state.display().to_string();
+        let uplink = &lab.client().node_iface;
+        let args: Vec<String> =
+            ["--state-dir", &state_arg, "--node-name", "node1", "--device", uplink].map(String::from).into();
+        println!("== skiff-agent on the node: objects from examples/demo, the pods' network from skiff-cni");
+        println!("  skiff-agent {}", args.join(" "));
+        let agent = Agent::start(&node, &bin.join("skiff-agent"), &name, &args)?;
+        let (conflist, plugin) = agent.cni_conf();
+        println!("  it installed {} and {}", plugin.display(), conflist.display());
+        let list: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist)?)?;
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        Ok(OnTheNode { node, agent, skiff: bin.join("skiff"), state, plugin, conf: conf.to_string() })
     }
-    let socket = work.join("skiff.sock");
-    let pin_dir = format!("/sys/fs/bpf/skiff-demo-agent-{}", lab.id());
-    let mut args =
-        vec!["--state-dir".to_owned(), state.display().to_string(), "--node-name".into(), "node1".into()];
-    for device in std::iter::once(&client.node_iface).chain(lab.pods().iter().map(|p| &p.node_iface)) {
-        args.extend(["--device".to_owned(), device.clone()]);
-    }
-    args.extend(["--socket".into(), socket.display().to_string(), "--pin-dir".into(), pin_dir]);
-    println!("== skiff-agent on the node, state from examples/demo");
-    println!("  skiff-agent {}", args.join(" "));
-    let mut agent = Agent(
-        node.netns
-            .command(bin.join("skiff-agent").to_str().context("path is UTF-8")?)
-            .args(&args)
-            .spawn()
-            .context("starting skiff-agent")?,
-    );
-    let skiff = |args: &[&str]| -> Result<String> {
-        let out =
-            std::process::Command::new(bin.join("skiff")).arg("--socket").arg(&socket).args(args).output()?;
+
+    /// The `skiff` CLI's output.
+    fn skiff(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new(&self.skiff)
+            .arg("--socket")
+            .arg(self.agent.socket())
+            .args(args)
+            .output()?;
         if !out.status.success() {
             bail!("skiff {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let applies = || -> u64 {
-        let status = skiff(&["status", "-o", "json"]).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&status)
-            .ok()
-            .and_then(|s| s["applies"].as_u64())
-            .unwrap_or(0)
-    };
-    wait_for("the first apply", || applies() >= 1)?;
+    }
 
+    /// skiff-cni `command` for pod `pod` in `netns`; its result.
+    fn cni(&self, command: &str, pod: &str, netns: &Netns) -> Result<cni::Output> {
+        let args = format!("K8S_POD_NAMESPACE=demo;K8S_POD_NAME={pod}");
+        let id = format!("demo-{pod}");
+        let out = cni::call(
+            &self.node,
+            &self.plugin,
+            &self.conf,
+            &Call { args: &args, ..Call::new(command, &id, netns) },
+        )?;
+        if !out.success {
+            bail!("skiff-cni {command} {pod}: {}", out.json);
+        }
+        Ok(out)
+    }
+
+    /// Waits until the web Service has `n` backends.
+    fn wait_backends(&self, n: usize) -> Result<()> {
+        wait_for("the web Service", || {
+            self.skiff(&["service", "list", "-o", "json"]).is_ok_and(|s| {
+                let services: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+                services[0]["backends"].as_array().is_some_and(|b| b.len() == n)
+            })
+        })
+    }
+}
+
+/// skiff-agent on the node with examples/demo as the cluster: skiff-cni gives the pods their
+/// network, the ClusterIP from the client pod and the NodePort from outside go through skiff's
+/// workers, the CLI shows it, a rejected manifest changes nothing, a pod deleted live leaves
+/// the service answering, and SIGTERM stops the agent. Returns the web pods still there.
+fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Host>> {
+    let mut on = OnTheNode::start(lab, bin)?;
+    println!("== skiff-cni ADD for each pod, as a container runtime calls it");
+    let mut pods = Vec::new();
+    let cni_pods = lab.cni_pods().to_vec();
+    for (name, netns) in ["web-0", "web-1", "web-2", "client"].into_iter().zip(&cni_pods) {
+        let out = on.cni("ADD", name, netns)?;
+        let pod = cni::host_of(name, netns, &out.json)?;
+        let ms = out.elapsed.as_secs_f64() * 1000.0;
+        println!("  {name}: {} and {} on {} ({ms:.0} ms)", pod.ipv4, pod.ipv6, pod.node_iface);
+        pods.push(pod);
+    }
+    println!("== skiff endpoint list");
+    print_indented(&on.skiff(&["endpoint", "list"])?);
+    for pod in &pods[..3] {
+        lab.serve_http(pod, 8080)?;
+    }
+    let (client_pod, client, node) = (pods[3].clone(), lab.client().clone(), lab.node().clone());
+
+    println!("== the web Service's EndpointSlice names the addresses the pods got");
+    let mut web = std::fs::read_to_string(workspace_root().join("examples/demo/web.yaml"))?;
+    for (i, pod) in pods[..3].iter().enumerate() {
+        web = web.replace(&format!("[198.18.128.1{i}]"), &format!("[{}]", pod.ipv4));
+    }
+    std::fs::write(on.state.join("web.yaml"), &web)?;
+    on.wait_backends(3)?;
     println!("== 30 curls from the client pod ({}) to the ClusterIP 198.19.0.10:80", client_pod.ipv4);
     println!("  answers by pod: {}", spread(&client_pod.netns, "198.19.0.10:80", 30)?);
     println!("== 30 curls from the external client to the NodePort {}:30080", node.ipv4);
     println!("  answers by pod: {}", spread(&client.netns, &format!("{}:30080", node.ipv4), 30)?);
-
     println!("== skiff status");
-    print_indented(&skiff(&["status"])?);
+    print_indented(&on.skiff(&["status"])?);
     println!("== skiff service list");
-    print_indented(&skiff(&["service", "list"])?);
+    print_indented(&on.skiff(&["service", "list"])?);
+    bad_manifest(&on, &client_pod)?;
 
-    println!("== a bad manifest arrives: a Service on port 65536");
-    std::fs::write(
-        state.join("bad.yaml"),
-        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  clusterIP: 198.19.0.11\n  ports: [{port: 65536, targetPort: 8080}]\n",
-    )?;
-    let rejected = || skiff(&["status", "-o", "json"]).is_ok_and(|s| s.contains("broken"));
-    wait_for("the rejection", rejected)?;
-    let status = skiff(&["status"])?;
-    print_indented(
-        &status
-            .lines()
-            .skip_while(|l| !l.trim_start().starts_with("Rejections"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
-    println!("  the service keeps forwarding: {}", spread(&client_pod.netns, "198.19.0.10:80", 9)?);
-
-    println!("== web-2 goes away: its endpoint leaves the EndpointSlice");
-    let web = std::fs::read_to_string(state.join("web.yaml"))?;
-    let cut = web.find("  - addresses: [198.18.128.12]").context("web.yaml has web-2")?;
-    let before = applies();
-    std::fs::write(state.join("web.yaml"), &web[..cut])?;
-    wait_for("the endpoint change", || applies() > before)?;
-    print_indented(&skiff(&["service", "list"])?);
+    println!("== web-2 is deleted: skiff-cni DEL, and its endpoint leaves the EndpointSlice");
+    on.cni("DEL", "web-2", &cni_pods[2])?;
+    let cut = web.find(&format!("  - addresses: [{}]", pods[2].ipv4)).context("web.yaml has web-2")?;
+    std::fs::write(on.state.join("web.yaml"), &web[..cut])?;
+    on.wait_backends(2)?;
+    print_indented(&on.skiff(&["endpoint", "list"])?);
     println!("  30 new connections: {}", spread(&client_pod.netns, "198.19.0.10:80", 30)?);
 
-    println!("== SIGTERM to skiff-agent");
-    agent.terminate()?;
-    std::fs::remove_dir_all(&work)?;
+    println!("== SIGTERM to skiff-agent (the pods keep their network)");
+    let exit = on.agent.terminate()?;
+    if !exit.success() {
+        bail!("skiff-agent exited with {exit}");
+    }
+    std::fs::remove_dir_all(&on.state)?;
+    Ok(pods[..2].to_vec())
+}
+
+/// A Service on port 65536 arrives: rejected, and the service keeps forwarding.
+fn bad_manifest(on: &OnTheNode, client_pod: &Host) -> Result<()> {
+    println!("== a bad manifest arrives: a Service on port 65536");
+    std::fs::write(
+        on.state.join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  clusterIP: 198.19.0.11\n  ports: [{port: 65536, targetPort: 8080}]\n",
+    )?;
+    wait_for("the rejection", || on.skiff(&["status", "-o", "json"]).is_ok_and(|s| s.contains("broken")))?;
+    let status = on.skiff(&["status"])?;
+    let rejections: Vec<&str> =
+        status.lines().skip_while(|l| !l.trim_start().starts_with("Rejections")).collect();
+    print_indented(&rejections.join("\n"));
+    println!("  the service keeps forwarding: {}", spread(&client_pod.netns, "198.19.0.10:80", 9)?);
     Ok(())
-}
-
-/// skiff-agent, stopped with SIGTERM (and killed if a failure cuts the demo short).
-struct Agent(std::process::Child);
-
-impl Agent {
-    fn terminate(&mut self) -> Result<()> {
-        let pid = i32::try_from(self.0.id())?;
-        // SAFETY: kill(2) on the agent we spawned and have not reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = self.0.wait()?;
-        if !status.success() {
-            bail!("skiff-agent exited with {status}");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
