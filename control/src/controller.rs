@@ -42,6 +42,9 @@ pub enum Event {
     Delete(ObjectKey),
     /// The source became reachable, or stopped being so (the tables stay as they are).
     Connected(bool),
+    /// The source does not serve this kind (its CRD is missing): it has no objects, and the
+    /// other kinds need not wait for its first list.
+    NotServed(Kind),
 }
 
 /// Where the tables go: the running datapath, or a recorder in tests.
@@ -113,6 +116,8 @@ pub struct Controller {
     /// so the datapath never runs a partial cluster (services without their endpoints, pods
     /// without their policies).
     unlisted: Vec<Kind>,
+    /// Kinds the source does not serve (CRDs not installed).
+    not_served: Vec<Kind>,
     /// The pods `skiff-cni` gave a network, when the agent serves the CNI.
     endpoints: Option<Endpoints>,
 }
@@ -136,6 +141,7 @@ impl Controller {
             published_node: None,
             failure: None,
             unlisted: Kind::ALL.to_vec(),
+            not_served: Vec::new(),
             endpoints: None,
         };
         controller.refresh_snapshot();
@@ -206,6 +212,7 @@ impl Controller {
             Event::Resync { kinds, objects } => {
                 self.listings += 1;
                 self.unlisted.retain(|k| !kinds.contains(k));
+                self.not_served.retain(|k| !kinds.contains(k));
                 let before: Vec<Rejection> = self.store.rejections().cloned().collect();
                 self.store.resync(&kinds, objects);
                 return self.store.rejections().filter(|r| !before.contains(r)).cloned().collect();
@@ -215,6 +222,13 @@ impl Controller {
             }
             Event::Delete(key) => self.store.delete(&key),
             Event::Connected(up) => self.connected = up,
+            Event::NotServed(kind) => {
+                self.unlisted.retain(|&k| k != kind);
+                if !self.not_served.contains(&kind) {
+                    self.not_served.push(kind);
+                }
+                self.store.resync(&[kind], Vec::new());
+            }
         }
         Vec::new()
     }
@@ -287,6 +301,9 @@ impl Controller {
         }
         if !self.unlisted.is_empty() {
             problems.push(Problem::WaitingForFirstList { kinds: self.unlisted.clone() });
+        }
+        if !self.not_served.is_empty() {
+            problems.push(Problem::NotServed { kinds: self.not_served.clone() });
         }
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),

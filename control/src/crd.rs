@@ -1,12 +1,24 @@
 //! Cilium's policy custom resources, `cilium.io/v2` CiliumNetworkPolicy and
-//! CiliumClusterwideNetworkPolicy: the subset skiff reads (endpoint selectors, CIDR and
-//! endpoint peers, ports), with an openAPIV3Schema strict enough that the API server itself
-//! rejects a bad value such as port 65536. `control/crds/cilium.yaml` is generated from these
-//! types (`skiff-agent crds`); a test keeps the shipped file equal to the types.
+//! CiliumClusterwideNetworkPolicy: the fields skiff models (endpoint selectors, CIDR and
+//! endpoint peers, ports) with an openAPIV3Schema strict enough that the API server itself
+//! rejects a bad value such as port 65536, and every other field of Cilium's schema kept
+//! whole (`x-kubernetes-preserve-unknown-fields`, `unmodelled`): a policy written for Cilium
+//! applies unchanged and reaches skiff as written, so that what skiff does not enforce is
+//! known and never pruned into a wider rule. `control/crds/cilium.yaml` is generated from
+//! these types (`skiff-agent crds`); a test keeps the shipped file equal to the types.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Fields of Cilium's schema that skiff does not model, by name, as the API server stored them.
+pub type Unmodelled = BTreeMap<String, Value>;
 
 /// Cilium's own pattern: a port number 0–65535 or an IANA port name.
 pub const PORT_PATTERN: &str = r"^(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})$|^([a-zA-Z0-9]-?)*[a-zA-Z](-?[a-zA-Z0-9])*$";
@@ -22,15 +34,21 @@ pub const PORT_PATTERN: &str = r"^(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4
     derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct PolicySpec {
-    /// The endpoints the rules apply to.
-    pub endpoint_selector: Selector,
+    /// The endpoints the rules apply to (a host policy has a `nodeSelector` instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_selector: Option<Selector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<Rule>,
+    /// `nodeSelector`, `ingressDeny`, `egressDeny`, `enableDefaultDeny`, `labels`, …
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unmodelled: Unmodelled,
 }
 
 /// The same policy, cluster-wide (no namespace).
@@ -77,6 +95,7 @@ pub enum Operator {
 /// One ingress or egress rule: peers (`fromEndpoints`/`toEndpoints`, CIDRs) and ports.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct Rule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from_endpoints: Vec<Selector>,
@@ -88,12 +107,23 @@ pub struct Rule {
     pub to_cidr: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to_ports: Vec<PortRule>,
+    /// `fromEntities`, `toEntities`, `fromCIDRSet`, `toCIDRSet`, `icmps`, `toFQDNs`,
+    /// `toServices`, `authentication`, …
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unmodelled: Unmodelled,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct PortRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 40))]
     pub ports: Vec<PortProtocol>,
+    /// L7 `rules`, `listener`, `serverNames`, TLS contexts, …
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unmodelled: Unmodelled,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -125,7 +155,37 @@ pub enum L4Proto {
 /// The CustomResourceDefinitions skiff reads, as multi-document YAML: what
 /// `control/crds/cilium.yaml` ships and `skiff-agent crds` prints.
 pub fn crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(|crd| format!("---\n{}", serde_saphyr::to_string(crd).expect("a CRD serializes")))
+        .collect()
+}
+
+/// The CustomResourceDefinitions skiff reads, as the agent installs them. Beside `spec`, a
+/// policy may hold a list of them in `specs`, and a `status`, as in Cilium's schema.
+pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    let yaml = |crd| serde_saphyr::to_string(&crd).expect("a CRD serializes");
-    format!("---\n{}---\n{}", yaml(CiliumNetworkPolicy::crd()), yaml(CiliumClusterwideNetworkPolicy::crd()))
+    let mut crds = vec![CiliumNetworkPolicy::crd(), CiliumClusterwideNetworkPolicy::crd()];
+    for version in crds.iter_mut().flat_map(|crd| crd.spec.versions.iter_mut()) {
+        let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else {
+            continue;
+        };
+        // `spec` or `specs`.
+        root.required = None;
+        let Some(properties) = root.properties.as_mut() else { continue };
+        let Some(spec) = properties.get("spec").cloned() else { continue };
+        let specs = JSONSchemaProps {
+            type_: Some("array".into()),
+            items: Some(JSONSchemaPropsOrArray::Schema(Box::new(spec))),
+            ..JSONSchemaProps::default()
+        };
+        properties.insert("specs".into(), specs);
+        let status = JSONSchemaProps {
+            type_: Some("object".into()),
+            x_kubernetes_preserve_unknown_fields: Some(true),
+            ..JSONSchemaProps::default()
+        };
+        properties.insert("status".into(), status);
+    }
+    crds
 }

@@ -96,6 +96,14 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
         let allowed = kind.api_versions().join(", ");
         return Err(reject("apiVersion", format!("{api_version:?} is not one skiff reads ({allowed})")));
     }
+    if matches!(kind, Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy)
+        && value.get("specs").is_some()
+    {
+        return Err(reject(
+            "specs",
+            "a list of specs is not read by skiff yet: write a policy per spec".into(),
+        ));
+    }
     if api_version == "discovery.k8s.io/v1beta1" {
         endpoint_slice_from_v1beta1(&mut value);
     }

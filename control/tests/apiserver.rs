@@ -3,7 +3,9 @@
 //! applied tables; the CRDs install and the API server itself rejects a bad policy; skiff's
 //! own rejections show in status and as Kubernetes Events while the last good version runs;
 //! the API server killed and restarted: the tables stay, then converge. Also reports the
-//! write → apply latency over 200 updates.
+//! write → apply latency over 200 updates. Without Cilium's CRDs, Services are applied and
+//! status says which kinds are not served; the agent installs the CRDs, and policies written
+//! for Cilium reach it whole.
 
 use std::{
     path::{Path, PathBuf},
@@ -35,7 +37,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(kubeconfig: &Path) -> Agent {
+    fn start(kubeconfig: &Path, extra: &[&str]) -> Agent {
         let work = std::env::temp_dir().join(format!("skiff-test-agent-{}", std::process::id()));
         let socket = work.join("skiff.sock");
         // In the machine's own namespace: no CNI installed, no pods (the node stays as it is).
@@ -46,6 +48,7 @@ impl Agent {
             .arg(work.join("data"))
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .spawn()
             .expect("skiff-agent starts");
         Agent { child, socket }
@@ -118,11 +121,7 @@ const NODE_PORT: &str = "198.18.0.1:30080/TCP";
 fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     let mut server = ApiServer::start().expect("etcd and kube-apiserver start");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-        Client::try_from(config).unwrap()
-    });
+    let client = client_of(&server, &rt);
     let pp = PostParams::default();
     let slices =
         ApiResource::from_gvk(&GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice"));
@@ -180,7 +179,7 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
         cnps.create(&pp, &cnp("8080")).await.unwrap();
     });
 
-    let agent = Agent::start(&server.kubeconfig());
+    let agent = Agent::start(&server.kubeconfig(), &[]);
     wait_until("the service on 3 backends", || {
         agent.backends(CLUSTER_IP) == Some(3) && agent.backends(NODE_PORT) == Some(3)
     });
@@ -280,5 +279,142 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     rt.block_on(services.delete("web", &DeleteParams::default())).unwrap();
     wait_until("the delete", || web().is_empty());
     let _ = rt.block_on(slice_api.delete("web-abcde", &DeleteParams::default()));
+    agent.terminate();
+}
+
+fn client_of(server: &ApiServer, rt: &tokio::runtime::Runtime) -> Client {
+    rt.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        Client::try_from(config).unwrap()
+    })
+}
+
+/// The namespace `demo` with the Service `web` (ClusterIP 198.19.0.10) on three endpoints.
+fn create_web(client: &Client, rt: &tokio::runtime::Runtime) {
+    let pp = PostParams::default();
+    let slices =
+        ApiResource::from_gvk(&GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice"));
+    rt.block_on(async {
+        Api::<Namespace>::all(client.clone())
+            .create(&pp, &object(json!({"metadata": {"name": "demo"}})))
+            .await
+            .unwrap();
+        let service = json!({"metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"clusterIP": "198.19.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+        Api::<Service>::namespaced(client.clone(), "demo").create(&pp, &object(service)).await.unwrap();
+        Api::<DynamicObject>::namespaced_with(client.clone(), "demo", &slices)
+            .create(&pp, &slice(&["198.18.128.10", "198.18.128.11", "198.18.128.12"]))
+            .await
+            .unwrap();
+    });
+}
+
+/// Policies as users write them for Cilium, with fields skiff does not model: L7 rules, a host
+/// policy with entities and default deny, a `specs` list.
+fn written_for_cilium() -> [Value; 3] {
+    let l7 = json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "l7-get-public", "namespace": "demo"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"role": "frontend"}}],
+                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
+                                           "rules": {"http": [{"method": "GET", "path": "/public"}]}}]}]}
+    });
+    let host = json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": {"name": "host-ssh"},
+        "spec": {"nodeSelector": {"matchLabels": {"node-role": "worker"}},
+                 "enableDefaultDeny": {"ingress": true},
+                 "ingress": [{"fromEntities": ["cluster", "world"],
+                              "toPorts": [{"ports": [{"port": "22", "protocol": "TCP"}]}]}]}
+    });
+    let specs = json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "two-specs", "namespace": "demo"},
+        "specs": [{"endpointSelector": {"matchLabels": {"app": "a"}}, "egress": [{"toEntities": ["world"]}]},
+                  {"endpointSelector": {"matchLabels": {"app": "b"}}, "ingressDeny": [{"fromEntities": ["world"]}]}]
+    });
+    [l7, host, specs]
+}
+
+/// Cilium's CRDs missing: the Service is applied all the same and status says which kinds are
+/// not served. The agent then installs the CRDs itself, and policies written for Cilium (L7
+/// rules, a host policy with entities and default deny, a `specs` list) are stored whole by
+/// the API server and reach skiff: taken, or rejected by name; no watcher stalls.
+#[test]
+fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
+    let server = ApiServer::start().expect("etcd and kube-apiserver start");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = client_of(&server, &rt);
+    let pp = PostParams::default();
+    create_web(&client, &rt);
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let cnp_crd = "ciliumnetworkpolicies.cilium.io";
+
+    let agent = Agent::start(&server.kubeconfig(), &["--skip-crd-creation"]);
+    wait_until("the service, without Cilium's CRDs", || agent.backends(CLUSTER_IP) == Some(3));
+    let health = agent.status().unwrap().health.to_string();
+    println!("without the CRDs: {health}");
+    assert!(
+        health.contains(
+            "does not serve CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy (CRD not installed)"
+        ),
+        "status names the kinds not served: {health}"
+    );
+    assert!(rt.block_on(crds.get_opt(cnp_crd)).unwrap().is_none(), "--skip-crd-creation installs nothing");
+    agent.terminate();
+
+    let agent = Agent::start(&server.kubeconfig(), &[]);
+    wait_until("the CRDs installed and listed", || {
+        agent.status().is_some_and(|s| s.health == skiff_api::Health::Ok && s.connected)
+    });
+    let installed = rt.block_on(crds.get(cnp_crd)).unwrap();
+    let labels = installed.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("skiff-agent"));
+    assert_eq!(agent.backends(CLUSTER_IP), Some(3), "the service stays");
+
+    let resource = |kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cilium.io", "v2", kind), plural)
+    };
+    let cnps = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "demo",
+        &resource("CiliumNetworkPolicy", "ciliumnetworkpolicies"),
+    );
+    let ccnps = Api::<DynamicObject>::all_with(
+        client.clone(),
+        &resource("CiliumClusterwideNetworkPolicy", "ciliumclusterwidenetworkpolicies"),
+    );
+    let [l7, host, specs] = written_for_cilium().map(object::<DynamicObject>);
+    rt.block_on(async {
+        cnps.create(&pp, &l7).await.expect("an L7 policy is taken as written");
+        ccnps.create(&pp, &host).await.expect("a host policy with entities is taken as written");
+        cnps.create(&pp, &specs).await.expect("a specs list is taken as written");
+    });
+    let stored = rt.block_on(cnps.get("l7-get-public")).unwrap().data;
+    assert_eq!(
+        stored.pointer("/spec/ingress/0/toPorts/0/rules/http/0/path"),
+        Some(&json!("/public")),
+        "the API server keeps the L7 rules: {stored}"
+    );
+    let stored = rt.block_on(ccnps.get("host-ssh")).unwrap().data;
+    assert_eq!(stored.pointer("/spec/ingress/0/fromEntities/1"), Some(&json!("world")), "{stored}");
+    assert_eq!(
+        stored.pointer("/spec/nodeSelector/matchLabels/node-role"),
+        Some(&json!("worker")),
+        "{stored}"
+    );
+    let stored = rt.block_on(cnps.get("two-specs")).unwrap().data;
+    assert_eq!(stored.pointer("/specs/1/ingressDeny/0/fromEntities/0"), Some(&json!("world")), "{stored}");
+
+    let names = |r: &skiff_api::Rejection, name: &str| r.key.as_ref().is_some_and(|k| k.name == name);
+    wait_until("the policies in skiff", || {
+        agent.status().is_some_and(|s| s.policies == 2 && s.rejections.iter().any(|r| names(r, "two-specs")))
+    });
+    let rejection = agent.status().unwrap().rejections.into_iter().find(|r| names(r, "two-specs")).unwrap();
+    println!("skiff: {rejection}");
+    assert!(rejection.to_string().contains("specs"), "names the field: {rejection}");
+    assert_eq!(agent.backends(CLUSTER_IP), Some(3), "the service stays");
     agent.terminate();
 }

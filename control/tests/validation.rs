@@ -205,3 +205,33 @@ fn nothing_is_published_before_every_kind_is_listed() {
     assert_eq!(recorder.0.read().unwrap().1.services.len(), 2, "the whole cluster, at once");
     assert_eq!(c.snapshot().read().unwrap().status.health, Health::Ok);
 }
+
+/// A kind the source does not serve (Cilium's CRDs missing) does not hold the others back:
+/// they are published, health names the kind, and a later list of it clears the problem.
+#[test]
+fn a_kind_not_served_holds_nothing_back() {
+    let recorder = Recorder::default();
+    let ctx = NodeContext {
+        name: "node1".into(),
+        addresses: Vec::new(),
+        maglev_table_size: 251,
+        pod_cidrs: Vec::new(),
+    };
+    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
+    let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    let cilium = [Kind::CiliumNetworkPolicy, Kind::CiliumClusterwideNetworkPolicy];
+    let served: Vec<Kind> = Kind::ALL.into_iter().filter(|k| !cilium.contains(k)).collect();
+    c.handle(Event::Connected(true));
+    c.handle(Event::Resync { kinds: served, objects });
+    assert_eq!(c.reconcile().unwrap(), None, "waiting for Cilium's kinds");
+    for kind in cilium {
+        c.handle(Event::NotServed(kind));
+    }
+    assert!(c.reconcile().unwrap().is_some(), "published without them");
+    assert_eq!(recorder.0.read().unwrap().1.services.len(), 2);
+    let health = c.snapshot().read().unwrap().status.health.clone();
+    assert_eq!(health, Health::Degraded { problems: vec![Problem::NotServed { kinds: cilium.to_vec() }] });
+    c.handle(Event::Resync { kinds: cilium.to_vec(), objects: Vec::new() });
+    c.reconcile().unwrap();
+    assert_eq!(c.snapshot().read().unwrap().status.health, Health::Ok, "served once listed");
+}

@@ -83,6 +83,9 @@ pub enum Problem {
     ApplyFailed { error: String },
     /// Nothing is published until every kind's first list has arrived.
     WaitingForFirstList { kinds: Vec<Kind> },
+    /// The API server does not serve these kinds (their CRDs are not installed): their
+    /// objects are not read; every other kind is applied.
+    NotServed { kinds: Vec<Kind> },
 }
 
 impl fmt::Display for Problem {
@@ -93,6 +96,14 @@ impl fmt::Display for Problem {
             Problem::WaitingForFirstList { kinds } => {
                 let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
                 write!(f, "waiting for the first list of {}", kinds.join(", "))
+            }
+            Problem::NotServed { kinds } => {
+                let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+                write!(
+                    f,
+                    "the API server does not serve {} (CRD not installed): not read, the other kinds are applied",
+                    kinds.join(", ")
+                )
             }
         }
     }

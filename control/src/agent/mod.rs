@@ -77,6 +77,9 @@ pub async fn run(options: Options) -> Result<()> {
         }
         SourceArg::Kubernetes(path) => {
             let (client, server) = kube_client(path.as_ref()).await?;
+            if !options.skip_crd_creation {
+                source::kube::install_crds(&client).await;
+            }
             let recorder = source::kube::Events::new(client.clone());
             (
                 Source::Kubernetes { server },

@@ -45,6 +45,10 @@ pub struct Options {
     /// A Kubernetes API server (in a pod, without either flag: the in-cluster config).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// Leave the CRDs skiff reads to the user: without this, the agent installs them or
+    /// updates its own older ones, as cilium-agent does.
+    #[arg(long)]
+    pub skip_crd_creation: bool,
     /// This node's Node object.
     #[arg(long, value_name = "NAME", default_value_t = hostname())]
     pub node_name: String,

@@ -3,6 +3,11 @@
 //! unreachable API server converges to its state again without touching what did not change;
 //! while it is away, the tables stay as they are. EndpointSlices are read as
 //! `discovery.k8s.io/v1` where the server has it and as `v1beta1` (Kubernetes 1.20) otherwise.
+//!
+//! Nothing one kind does stalls the others: every object is listed untyped and decoded by
+//! skiff, so one that does not decode is a rejection of that object, not a failed list; a
+//! kind the server does not serve (Cilium's CRDs not installed) is [`Event::NotServed`]
+//! until it is, and the other kinds are applied meanwhile.
 
 use std::fmt::Debug;
 
@@ -13,18 +18,19 @@ use k8s_openapi::{
         core::v1::{Node, ObjectReference, Pod, Service},
         networking::v1::NetworkPolicy,
     },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    Api, Client, Resource,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
     runtime::{
         WatchStreamExt,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        wait::{await_condition, conditions},
         watcher,
     },
 };
-use serde::{Serialize, de::DeserializeOwned};
 use skiff_api::{Kind, ObjectKey, Rejection};
 use tokio::sync::mpsc::Sender;
 
@@ -38,19 +44,19 @@ const ORIGIN: &str = "api";
 
 /// Watches every kind until `events` closes; each watcher retries with backoff on its own.
 pub async fn watch(client: Client, events: Sender<Event>) -> Result<()> {
-    let slices = endpoint_slice_resource(&client).await;
+    let resources = [
+        (Kind::Service, ApiResource::erase::<Service>(&())),
+        (Kind::Pod, ApiResource::erase::<Pod>(&())),
+        (Kind::Node, ApiResource::erase::<Node>(&())),
+        (Kind::NetworkPolicy, ApiResource::erase::<NetworkPolicy>(&())),
+        (Kind::CiliumNetworkPolicy, ApiResource::erase::<CiliumNetworkPolicy>(&())),
+        (Kind::CiliumClusterwideNetworkPolicy, ApiResource::erase::<CiliumClusterwideNetworkPolicy>(&())),
+        (Kind::EndpointSlice, endpoint_slice_resource(&client).await),
+    ];
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(typed::<Service>(client.clone(), Kind::Service, events.clone()));
-    tasks.spawn(typed::<Pod>(client.clone(), Kind::Pod, events.clone()));
-    tasks.spawn(typed::<Node>(client.clone(), Kind::Node, events.clone()));
-    tasks.spawn(typed::<NetworkPolicy>(client.clone(), Kind::NetworkPolicy, events.clone()));
-    tasks.spawn(typed::<CiliumNetworkPolicy>(client.clone(), Kind::CiliumNetworkPolicy, events.clone()));
-    tasks.spawn(typed::<CiliumClusterwideNetworkPolicy>(
-        client.clone(),
-        Kind::CiliumClusterwideNetworkPolicy,
-        events.clone(),
-    ));
-    tasks.spawn(dynamic(client, slices, Kind::EndpointSlice, events));
+    for (kind, resource) in resources {
+        tasks.spawn(dynamic(client.clone(), resource, kind, events.clone()));
+    }
     while let Some(done) = tasks.join_next().await {
         done??;
     }
@@ -64,22 +70,6 @@ async fn endpoint_slice_resource(client: &Client) -> ApiResource {
         _ => "v1beta1",
     };
     ApiResource::from_gvk(&GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice"))
-}
-
-async fn typed<K>(client: Client, kind: Kind, events: Sender<Event>) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    let api = Api::<K>::all(client);
-    run(watcher(api, watcher::Config::default()), kind, events, |o: K| {
-        let mut value =
-            serde_json::to_value(&o).map_err(|e| Rejection::new(None, ORIGIN, "(object)", e.to_string()))?;
-        // List items come without their type; `decode` wants it.
-        value["apiVersion"] = K::api_version(&()).into();
-        value["kind"] = K::kind(&()).into();
-        decode(value, ORIGIN)
-    })
-    .await
 }
 
 async fn dynamic(client: Client, resource: ApiResource, kind: Kind, events: Sender<Event>) -> Result<()> {
@@ -111,10 +101,18 @@ where
     let stream = stream.default_backoff();
     futures::pin_mut!(stream);
     let mut listing = Vec::new();
+    let mut not_served = false;
     loop {
         let event = match stream.try_next().await {
             Ok(Some(event)) => event,
             Ok(None) => return Ok(()),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(e))) if e.code == 404 => {
+                if !std::mem::replace(&mut not_served, true) {
+                    tracing::warn!("the API server does not serve {kind} (is its CRD installed?): not read");
+                    events.send(Event::NotServed(kind)).await?;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!("watching {kind}: {e}");
                 events.send(Event::Connected(false)).await?;
@@ -131,6 +129,7 @@ where
                 continue;
             }
             watcher::Event::InitDone => {
+                not_served = false;
                 events.send(Event::Connected(true)).await?;
                 Event::Resync { kinds: vec![kind], objects: std::mem::take(&mut listing) }
             }
@@ -140,6 +139,60 @@ where
         events.send(sent).await?;
     }
 }
+
+/// Marks the CRDs skiff installed, and which of its schemas each holds.
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "skiff-agent");
+const SCHEMA_DIGEST: &str = "skiff.dev/schema-digest";
+
+/// Installs the CRDs skiff reads, as cilium-agent does: created where missing (then served
+/// before the watchers list them), updated where an older one of skiff's is; a CRD installed
+/// by someone else (Cilium's own: a superset of skiff's schema) is left as it is. Without the
+/// right to, it says so, and the kinds are read once someone installs them.
+pub async fn install_crds(client: &Client) {
+    use std::fmt::Write;
+
+    use sha2::{Digest, Sha256};
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for mut crd in crate::crd::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let spec = serde_json::to_vec(&crd.spec).unwrap_or_default();
+        let digest = Sha256::digest(spec).iter().fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
+        crd.metadata.labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
+        crd.metadata.annotations = Some([(SCHEMA_DIGEST.to_owned(), digest.clone())].into());
+        let pp = PostParams::default();
+        let outcome = match api.get_opt(&name).await {
+            Ok(None) => api.create(&pp, &crd).await.map(|_| "installed"),
+            Ok(Some(old)) if old.labels().get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) => {
+                Ok("installed by someone else, left as it is")
+            }
+            Ok(Some(old)) if old.annotations().get(SCHEMA_DIGEST) == Some(&digest) => Ok("up to date"),
+            Ok(Some(old)) => {
+                crd.metadata.resource_version = old.metadata.resource_version;
+                api.replace(&name, &pp, &crd).await.map(|_| "updated")
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(what) => {
+                let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+                if tokio::time::timeout(CRD_ESTABLISHED, established).await.is_err() {
+                    tracing::warn!("CRD {name}: {what}, not yet served after {CRD_ESTABLISHED:?}");
+                } else {
+                    tracing::info!("CRD {name}: {what}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "CRD {name}: cannot install it ({e}); `skiff-agent crds | kubectl apply -f -` installs it"
+            ),
+        }
+    }
+}
+
+/// How long the agent waits for a CRD it installed to be served.
+const CRD_ESTABLISHED: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn key(kind: Kind, meta: &ObjectMeta) -> ObjectKey {
     ObjectKey {

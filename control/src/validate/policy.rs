@@ -81,7 +81,13 @@ fn network_policy_port(v: &mut Check, at: &str, port: &NetworkPolicyPort) {
 }
 
 pub(super) fn cilium_policy(v: &mut Check, spec: &PolicySpec) {
-    v.cilium_selector("spec.endpointSelector", &spec.endpoint_selector);
+    match (&spec.endpoint_selector, spec.unmodelled.contains_key("nodeSelector")) {
+        (Some(selector), false) => v.cilium_selector("spec.endpointSelector", selector),
+        // A host policy.
+        (None, true) => {}
+        (Some(_), true) => v.error("spec.nodeSelector", "may not be set with endpointSelector"),
+        (None, false) => v.error("spec.endpointSelector", "missing: a policy selects endpoints (or nodes)"),
+    }
     for (direction, rules) in [("ingress", &spec.ingress), ("egress", &spec.egress)] {
         for (i, rule) in rules.iter().enumerate() {
             let at = format!("spec.{direction}[{i}]");
