@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use skiff_api::{
-    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Request, ServiceView, Status,
-    WorkerCounters, encode_line,
+    Answer, ApiError, BackendView, EndpointView, ErrorCode, IdentityView, IpamView, Request, ServiceView,
+    Status, WorkerCounters, encode_line,
 };
 use skiff_engine::tables::{Frontend, Service};
 use tokio::{
@@ -35,6 +35,7 @@ pub struct Snapshot {
     pub endpoints: Vec<EndpointView>,
     /// The address pools, when the agent serves the CNI.
     pub ipam: Option<IpamView>,
+    pub identities: Vec<IdentityView>,
     pub live: Option<LiveStats>,
 }
 
@@ -50,6 +51,7 @@ impl Snapshot {
             services: hashbrown::HashMap::new(),
             endpoints: Vec::new(),
             ipam: None,
+            identities: Vec::new(),
             live: None,
         }
     }
@@ -67,6 +69,7 @@ impl Snapshot {
                 Some(e) => Answer::Endpoint(Box::new(e.clone())),
                 None => Answer::Error(ApiError::new(ErrorCode::NotFound, format!("no endpoint {id}"))),
             },
+            Request::IdentityList => Answer::Identities(self.identities.clone()),
             Request::IpamList => match &self.ipam {
                 Some(ipam) => Answer::Ipam(ipam.clone()),
                 None => {

@@ -9,15 +9,13 @@ use std::{
 };
 
 use ipnet::IpNet;
-use k8s_openapi::{
-    api::{core::v1, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::{core::v1, discovery::v1::EndpointSlice};
 use skiff_api::{Kind, ObjectKey, Protocol, ServicePort, Tunnel};
 use skiff_common::lb::{Algorithm, FrontendKind, TrafficPolicy};
 use skiff_engine::tables::{LocalNode, ServiceConfig};
 
 use crate::{
+    labels,
     objects::Object,
     store::{Changes, Store},
     validate::LB_ALGORITHM,
@@ -144,7 +142,10 @@ impl Compiler {
             self.produced.insert((key.namespace, key.name), produced);
         }
         if changes.pods || first {
-            d.label_sets = store.of_kind(Kind::Pod).map(|p| identity_labels(p.metadata())).collect();
+            d.label_sets = store
+                .of_kind(Kind::Pod)
+                .filter_map(|p| if let Object::Pod(p) = p { Some(labels::of_pod(p, store)) } else { None })
+                .collect();
         }
         if changes.policies || first {
             let kinds =
@@ -153,14 +154,6 @@ impl Compiler {
         }
         &self.desired
     }
-}
-
-/// The labels that give a pod its identity: its own and its namespace's
-/// (`io.kubernetes.pod.namespace`), as Cilium takes them.
-pub fn identity_labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
-    let mut labels = meta.labels.clone().unwrap_or_default();
-    labels.insert("io.kubernetes.pod.namespace".into(), meta.namespace.clone().unwrap_or_default());
-    labels
 }
 
 /// A Node's pod CIDRs (`spec.podCIDRs`, or the older `spec.podCIDR`), each once.

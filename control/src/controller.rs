@@ -180,13 +180,19 @@ impl Controller {
     /// CIDRs.
     fn label_endpoints(&mut self) {
         let Some(endpoints) = &mut self.endpoints else { return };
+        if let Err(e) = endpoints.allocate_identities(&self.compiler.desired().label_sets) {
+            tracing::error!("identities: {e:#}");
+        }
         if let Err(e) = endpoints.set_node_cidrs(&self.compiler.desired().pod_cidrs, &mut *self.sink) {
             tracing::error!("the pods' gateways: {e:#}");
         }
         let store = &self.store;
         let labels = |pod: &PodRef| {
             let key = ObjectKey { kind: Kind::Pod, namespace: pod.namespace.clone(), name: pod.name.clone() };
-            store.get(&key).map(|o| crate::compile::identity_labels(o.metadata()))
+            match store.get(&key) {
+                Some(Object::Pod(p)) => Some(crate::labels::of_pod(p, store)),
+                _ => None,
+            }
         };
         if let Err(e) = endpoints.label(labels) {
             tracing::error!("endpoint identities: {e:#}");
@@ -332,6 +338,7 @@ impl Controller {
             services: self.applier.services().clone(),
             endpoints: self.endpoints.as_ref().map(Endpoints::views).unwrap_or_default(),
             ipam: self.endpoints.as_ref().map(Endpoints::ipam_view),
+            identities: self.endpoints.as_ref().map(Endpoints::identity_views).unwrap_or_default(),
             live,
         };
     }

@@ -17,6 +17,7 @@ pub mod compile;
 pub mod controller;
 pub mod crd;
 pub mod endpoints;
+pub mod labels;
 pub mod next_hops;
 pub mod objects;
 pub mod source;

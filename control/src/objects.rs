@@ -4,7 +4,7 @@
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Pod, Service},
+        core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -22,6 +22,7 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     Pod(Box<Pod>),
     Node(Box<Node>),
+    Namespace(Box<Namespace>),
     NetworkPolicy(Box<NetworkPolicy>),
     CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
     CiliumClusterwideNetworkPolicy(Box<CiliumClusterwideNetworkPolicy>),
@@ -34,6 +35,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Pod(_) => Kind::Pod,
             Object::Node(_) => Kind::Node,
+            Object::Namespace(_) => Kind::Namespace,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::CiliumNetworkPolicy(_) => Kind::CiliumNetworkPolicy,
             Object::CiliumClusterwideNetworkPolicy(_) => Kind::CiliumClusterwideNetworkPolicy,
@@ -46,6 +48,7 @@ impl Object {
             Object::EndpointSlice(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
             Object::CiliumNetworkPolicy(o) => &o.metadata,
             Object::CiliumClusterwideNetworkPolicy(o) => &o.metadata,
@@ -119,6 +122,7 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
         Kind::EndpointSlice => typed(value).map(Object::EndpointSlice),
         Kind::Pod => typed(value).map(Object::Pod),
         Kind::Node => typed(value).map(Object::Node),
+        Kind::Namespace => typed(value).map(Object::Namespace),
         Kind::NetworkPolicy => typed(value).map(Object::NetworkPolicy),
         Kind::CiliumNetworkPolicy => typed(value).map(Object::CiliumNetworkPolicy),
         Kind::CiliumClusterwideNetworkPolicy => typed(value).map(Object::CiliumClusterwideNetworkPolicy),

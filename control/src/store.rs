@@ -56,7 +56,8 @@ impl Changes {
             }
             Object::EndpointSlice(_) => self.services.extend(service_of(object).map(|s| (namespace(), s))),
             Object::Node(_) => self.nodes = true,
-            Object::Pod(_) => self.pods = true,
+            // A namespace's labels are part of its pods' identities.
+            Object::Pod(_) | Object::Namespace(_) => self.pods = true,
             Object::NetworkPolicy(_)
             | Object::CiliumNetworkPolicy(_)
             | Object::CiliumClusterwideNetworkPolicy(_) => self.policies = true,

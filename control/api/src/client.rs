@@ -7,8 +7,8 @@ use std::{
 };
 
 use crate::{
-    Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IpamView, PodRef, Request,
-    ServiceView, Status, encode_line,
+    Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IdentityView, IpamView, PodRef,
+    Request, ServiceView, Status, encode_line,
 };
 
 /// Asks an agent on its socket, one connection per question.
@@ -61,6 +61,13 @@ impl Client {
 
     pub fn endpoint(&self, id: u32) -> Result<EndpointView, ClientError> {
         self.endpoint_answer(&Request::EndpointGet { id })
+    }
+
+    pub fn identities(&self) -> Result<Vec<IdentityView>, ClientError> {
+        match self.ask(&Request::IdentityList)? {
+            Answer::Identities(identities) => Ok(identities),
+            other => Err(unexpected(other)),
+        }
     }
 
     pub fn ipam(&self) -> Result<IpamView, ClientError> {

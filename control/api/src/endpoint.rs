@@ -120,6 +120,14 @@ pub struct EndpointView {
     pub state: EndpointState,
 }
 
+/// A security identity as `skiff identity list` shows it: its number and the labels it
+/// stands for, with their source as Cilium prints them (`reserved:host`, `k8s:app=web`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityView {
+    pub id: u32,
+    pub labels: Vec<String>,
+}
+
 /// The addresses the agent hands out, and to whom.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamView {

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
 pub use endpoint::{
-    Addressing, AttachMode, Attachment, EndpointSpec, EndpointState, EndpointView, IpamView, PodRef, PoolView,
+    Addressing, AttachMode, Attachment, EndpointSpec, EndpointState, EndpointView, IdentityView, IpamView,
+    PodRef, PoolView,
 };
 pub use object::{FieldError, Kind, ObjectKey, Rejection};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
@@ -37,6 +38,8 @@ pub enum Request {
     EndpointGet { id: u32 },
     /// The address pools and who holds each address.
     IpamList,
+    /// The security identities: the reserved ones, and one per distinct pod label set.
+    IdentityList,
     /// `skiff-cni` ADD, first: addresses for an attachment (the ones it has, if it has some).
     AddressAllocate { attachment: Attachment, pod: Option<PodRef> },
     /// `skiff-cni` ADD, then: the interfaces exist; serve them.
@@ -62,6 +65,7 @@ pub enum Answer {
     EndpointList(Vec<EndpointView>),
     Endpoint(Box<EndpointView>),
     Ipam(IpamView),
+    Identities(Vec<IdentityView>),
     Addressing(Addressing),
     /// Done, nothing to report.
     Done,

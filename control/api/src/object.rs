@@ -11,17 +11,20 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     Node,
+    /// Read for its labels: they are part of its pods' identities and select them.
+    Namespace,
     NetworkPolicy,
     CiliumNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
         Kind::Node,
+        Kind::Namespace,
         Kind::NetworkPolicy,
         Kind::CiliumNetworkPolicy,
         Kind::CiliumClusterwideNetworkPolicy,
@@ -30,7 +33,7 @@ impl Kind {
     /// The API versions skiff reads a kind in, the current one first.
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::Service | Kind::Pod | Kind::Node => &["v1"],
+            Kind::Service | Kind::Pod | Kind::Node | Kind::Namespace => &["v1"],
             // 1.20 API servers serve only v1beta1; the agent converts its fields.
             Kind::EndpointSlice => &["discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"],
             Kind::NetworkPolicy => &["networking.k8s.io/v1"],
@@ -39,7 +42,7 @@ impl Kind {
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::CiliumClusterwideNetworkPolicy)
+        !matches!(self, Kind::Node | Kind::Namespace | Kind::CiliumClusterwideNetworkPolicy)
     }
 
     /// The kind called `name` (as in an object's `kind` field).
@@ -53,6 +56,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
             Kind::Node => "Node",
+            Kind::Namespace => "Namespace",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             Kind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",

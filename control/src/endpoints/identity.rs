@@ -1,12 +1,14 @@
-//! Security identities of label sets: a number from 256 up for each distinct set (below are
-//! Cilium's reserved ones), kept on disk so an endpoint keeps its number across restarts.
-//! Numbers are this node's own until identities are agreed between nodes.
+//! Security identities of label sets: a number from 256 up for each distinct set of the
+//! cluster's pods (below are Cilium's reserved ones), kept on disk so that a label set keeps
+//! its number across restarts. Numbers are this node's own until identities are agreed
+//! between nodes. A number stays with its labels after their last pod goes.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
+use skiff_api::IdentityView;
 use skiff_common::identity::Identity;
 
 use super::{read_json, write_atomically};
@@ -27,15 +29,45 @@ impl Identities {
 
     /// The identity of `labels`: the one they have, or the next free number (saved first).
     pub fn of(&mut self, labels: &Labels) -> anyhow::Result<Identity> {
-        if let Some(id) = self.by_labels.get(labels) {
-            return Ok(*id);
+        self.allocate([labels])?;
+        Ok(self.by_labels[labels])
+    }
+
+    /// Numbers every set in `sets` that has none yet; saves once.
+    pub fn allocate<'a>(&mut self, sets: impl IntoIterator<Item = &'a Labels>) -> anyhow::Result<()> {
+        let mut next = self.by_labels.values().max().map_or(Identity::FIRST_ALLOCATED, |m| Identity(m.0 + 1));
+        let mut added = false;
+        for labels in sets {
+            if !self.by_labels.contains_key(labels) {
+                self.by_labels.insert(labels.clone(), next);
+                next = Identity(next.0 + 1);
+                added = true;
+            }
         }
-        let id = self.by_labels.values().max().map_or(Identity::FIRST_ALLOCATED, |m| Identity(m.0 + 1));
-        self.by_labels.insert(labels.clone(), id);
-        let saved: Vec<(&Labels, u32)> = self.by_labels.iter().map(|(l, id)| (l, id.0)).collect();
-        write_atomically(&self.path, &serde_json::to_vec_pretty(&saved)?)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))?;
-        Ok(id)
+        if added {
+            let saved: Vec<(&Labels, u32)> = self.by_labels.iter().map(|(l, id)| (l, id.0)).collect();
+            write_atomically(&self.path, &serde_json::to_vec_pretty(&saved)?)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The reserved identities, then the allocated ones, by number.
+    pub fn views(&self) -> Vec<IdentityView> {
+        let reserved = (1..Identity::FIRST_ALLOCATED.0).filter_map(|id| {
+            let name = Identity(id).reserved_name()?;
+            Some(IdentityView { id, labels: vec![format!("reserved:{name}")] })
+        });
+        let mut allocated: Vec<IdentityView> = self
+            .by_labels
+            .iter()
+            .map(|(labels, id)| IdentityView {
+                id: id.0,
+                labels: labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect(),
+            })
+            .collect();
+        allocated.sort_by_key(|v| v.id);
+        reserved.chain(allocated).collect()
     }
 }
 
@@ -55,6 +87,13 @@ mod tests {
         assert_eq!((of(&mut ids, &web), of(&mut ids, &db), of(&mut ids, &web)), (256, 257, 256));
         let mut again = Identities::open(&path).unwrap();
         assert_eq!((of(&mut again, &db), of(&mut again, &Labels::new())), (257, 258));
+        let api: Labels = [("app".into(), "api".into())].into();
+        again.allocate([&web, &api, &db]).unwrap();
+        let views = Identities::open(&path).unwrap().views();
+        let of_view = |id: u32| views.iter().find(|v| v.id == id).map(|v| v.labels.clone());
+        assert_eq!(of_view(1), Some(vec!["reserved:host".to_owned()]));
+        assert_eq!(of_view(259), Some(vec!["k8s:app=api".to_owned()]), "only the new set is numbered");
+        assert_eq!(views.iter().filter(|v| v.id >= 256).count(), 4);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -163,6 +163,18 @@ impl Endpoints {
         !self.ipam.gateways().is_empty()
     }
 
+    /// Numbers every label set of the cluster's pods that has no identity yet.
+    pub fn allocate_identities<'a>(
+        &mut self,
+        sets: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
+    ) -> Result<()> {
+        self.identities.allocate(sets)
+    }
+
+    pub fn identity_views(&self) -> Vec<skiff_api::IdentityView> {
+        self.identities.views()
+    }
+
     pub fn ipam_view(&self) -> skiff_api::IpamView {
         self.ipam.view()
     }

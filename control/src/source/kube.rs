@@ -15,7 +15,7 @@ use anyhow::Result;
 use futures::TryStreamExt;
 use k8s_openapi::{
     api::{
-        core::v1::{Node, ObjectReference, Pod, Service},
+        core::v1::{Namespace, Node, ObjectReference, Pod, Service},
         networking::v1::NetworkPolicy,
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -48,6 +48,7 @@ pub async fn watch(client: Client, events: Sender<Event>) -> Result<()> {
         (Kind::Service, ApiResource::erase::<Service>(&())),
         (Kind::Pod, ApiResource::erase::<Pod>(&())),
         (Kind::Node, ApiResource::erase::<Node>(&())),
+        (Kind::Namespace, ApiResource::erase::<Namespace>(&())),
         (Kind::NetworkPolicy, ApiResource::erase::<NetworkPolicy>(&())),
         (Kind::CiliumNetworkPolicy, ApiResource::erase::<CiliumNetworkPolicy>(&())),
         (Kind::CiliumClusterwideNetworkPolicy, ApiResource::erase::<CiliumClusterwideNetworkPolicy>(&())),

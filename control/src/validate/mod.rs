@@ -56,6 +56,7 @@ pub fn validate(object: &Object, limits: &Limits) -> Result<(), Vec<FieldError>>
         Object::EndpointSlice(s) => endpoint_slice(&mut v, s),
         Object::Pod(p) => pod(&mut v, p),
         Object::Node(n) => node(&mut v, n),
+        Object::Namespace(_) => {}
         Object::NetworkPolicy(p) => network_policy(&mut v, p),
         Object::CiliumNetworkPolicy(p) => cilium_policy(&mut v, &p.spec),
         Object::CiliumClusterwideNetworkPolicy(p) => cilium_policy(&mut v, &p.spec.policy),

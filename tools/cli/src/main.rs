@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
-use skiff_api::{Client, DEFAULT_SOCKET, EndpointView, IpamView, ServiceView, Status};
+use skiff_api::{Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, ServiceView, Status};
 
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "Ask a running skiff-agent what it does")]
@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
     },
+    /// Security identities: the reserved ones, and one per distinct pod label set.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Pod addresses: the pools and who holds each address.
     Ipam {
         #[command(subcommand)]
@@ -63,6 +68,12 @@ enum EndpointCommand {
     List,
     /// One endpoint in full.
     Get { id: u32 },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Every identity with its labels.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +104,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Endpoint { command: EndpointCommand::Get { id } } => {
             show(cli.output, &client.endpoint(id)?, print_endpoint)
+        }
+        Command::Identity { command: IdentityCommand::List } => {
+            show(cli.output, &client.identities()?, |ids| print_identities(ids))
         }
         Command::Ipam { command: IpamCommand::List } => show(cli.output, &client.ipam()?, print_ipam),
         Command::Completions { shell } => {
@@ -249,6 +263,14 @@ fn print_endpoint(e: &EndpointView) {
     row("Host interface", e.host_ifname.clone());
     row("Attach", e.attach.to_string());
     row("State", e.state.to_string());
+    println!("{}", t.trim_fmt());
+}
+
+fn print_identities(identities: &[IdentityView]) {
+    let mut t = table(&["ID", "LABELS"]);
+    for i in identities {
+        t.add_row(vec![i.id.to_string(), i.labels.join("\n")]);
+    }
     println!("{}", t.trim_fmt());
 }
 

@@ -216,6 +216,8 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     }
     println!("== skiff endpoint list");
     print_indented(&on.skiff(&["endpoint", "list"])?);
+    println!("== skiff identity list: Cilium's reserved identities, then one per pod label set");
+    print_indented(&on.skiff(&["identity", "list"])?);
     for pod in &pods[..3] {
         lab.serve_http(pod, 8080)?;
     }

@@ -35,6 +35,23 @@ impl Identity {
     /// The first identity allocated for labels; those below are reserved.
     pub const FIRST_ALLOCATED: Identity = Identity(256);
 
+    /// A reserved identity's name, as Cilium's `reserved:` label gives it.
+    pub const fn reserved_name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            1 => "host",
+            2 => "world",
+            3 => "unmanaged",
+            4 => "health",
+            5 => "init",
+            6 => "remote-node",
+            7 => "kube-apiserver",
+            8 => "ingress",
+            9 => "world-ipv4",
+            10 => "world-ipv6",
+            _ => return None,
+        })
+    }
+
     /// A reserved identity such as `HOST` or `WORLD` (not `UNKNOWN`).
     pub const fn is_reserved(self) -> bool {
         self.0 > Self::UNKNOWN.0 && self.0 < Self::FIRST_ALLOCATED.0
@@ -52,5 +69,7 @@ mod tests {
         assert_eq!((Identity::HOST.0, Identity::WORLD.0, Identity::REMOTE_NODE.0), (1, 2, 6));
         assert!(Identity::HOST.is_reserved() && Identity::WORLD_IPV6.is_reserved());
         assert!(!Identity::UNKNOWN.is_reserved() && !Identity::FIRST_ALLOCATED.is_reserved());
+        assert_eq!(Identity::REMOTE_NODE.reserved_name(), Some("remote-node"));
+        assert_eq!((Identity::UNKNOWN.reserved_name(), Identity(11).reserved_name()), (None, None));
     }
 }
