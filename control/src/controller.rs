@@ -232,6 +232,7 @@ impl Controller {
                 self.unlisted.retain(|&k| k != kind);
                 if !self.not_served.contains(&kind) {
                     self.not_served.push(kind);
+                    self.not_served.sort();
                 }
                 self.store.resync(&[kind], Vec::new());
             }

@@ -37,8 +37,9 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(kubeconfig: &Path, extra: &[&str]) -> Agent {
-        let work = std::env::temp_dir().join(format!("skiff-test-agent-{}", std::process::id()));
+    /// `name`: unique among the tests, which run at once.
+    fn start(kubeconfig: &Path, name: &str, extra: &[&str]) -> Agent {
+        let work = std::env::temp_dir().join(format!("skiff-test-{name}-{}", std::process::id()));
         let socket = work.join("skiff.sock");
         // In the machine's own namespace: no CNI installed, no pods (the node stays as it is).
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-agent"))
@@ -179,7 +180,7 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
         cnps.create(&pp, &cnp("8080")).await.unwrap();
     });
 
-    let agent = Agent::start(&server.kubeconfig(), &[]);
+    let agent = Agent::start(&server.kubeconfig(), "restart", &[]);
     wait_until("the service on 3 backends", || {
         agent.backends(CLUSTER_IP) == Some(3) && agent.backends(NODE_PORT) == Some(3)
     });
@@ -352,7 +353,7 @@ fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     let cnp_crd = "ciliumnetworkpolicies.cilium.io";
 
-    let agent = Agent::start(&server.kubeconfig(), &["--skip-crd-creation"]);
+    let agent = Agent::start(&server.kubeconfig(), "crds-skipped", &["--skip-crd-creation"]);
     wait_until("the service, without Cilium's CRDs", || agent.backends(CLUSTER_IP) == Some(3));
     let health = agent.status().unwrap().health.to_string();
     println!("without the CRDs: {health}");
@@ -365,7 +366,7 @@ fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
     assert!(rt.block_on(crds.get_opt(cnp_crd)).unwrap().is_none(), "--skip-crd-creation installs nothing");
     agent.terminate();
 
-    let agent = Agent::start(&server.kubeconfig(), &[]);
+    let agent = Agent::start(&server.kubeconfig(), "crds-installed", &[]);
     wait_until("the CRDs installed and listed", || {
         agent.status().is_some_and(|s| s.health == skiff_api::Health::Ok && s.connected)
     });
