@@ -23,7 +23,8 @@ fn documents(text: &str, origin: &str) -> Documents {
     decode_yaml(text, origin).unwrap_or_else(|broken| vec![(origin.to_owned(), Err(broken))])
 }
 
-fn demo() -> (Controller, Recorder) {
+/// A controller before any list, and the demo's objects.
+fn unlisted() -> (Controller, Recorder, Documents) {
     let recorder = Recorder::default();
     let ctx = NodeContext {
         name: "node1".into(),
@@ -31,8 +32,13 @@ fn demo() -> (Controller, Recorder) {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
     };
-    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
+    let c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    (c, recorder, objects)
+}
+
+fn demo() -> (Controller, Recorder) {
+    let (mut c, recorder, objects) = unlisted();
     assert!(c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).is_empty(), "the demo is valid");
     c.reconcile().unwrap();
     (c, recorder)
@@ -179,15 +185,7 @@ fn a_failed_publish_degrades_health_and_is_retried_whole() {
 /// connected, or lists Services before EndpointSlices, never gets a partial cluster forwarded.
 #[test]
 fn nothing_is_published_before_every_kind_is_listed() {
-    let recorder = Recorder::default();
-    let ctx = NodeContext {
-        name: "node1".into(),
-        addresses: Vec::new(),
-        maglev_table_size: 251,
-        pod_cidrs: Vec::new(),
-    };
-    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
-    let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    let (mut c, recorder, objects) = unlisted();
     let (services, rest): (Vec<_>, Vec<_>) =
         objects.into_iter().partition(|(_, o)| o.as_ref().is_ok_and(|o| o.kind() == Kind::Service));
     c.handle(Event::Connected(true));
@@ -210,15 +208,7 @@ fn nothing_is_published_before_every_kind_is_listed() {
 /// they are published, health names the kind, and a later list of it clears the problem.
 #[test]
 fn a_kind_not_served_holds_nothing_back() {
-    let recorder = Recorder::default();
-    let ctx = NodeContext {
-        name: "node1".into(),
-        addresses: Vec::new(),
-        maglev_table_size: 251,
-        pod_cidrs: Vec::new(),
-    };
-    let mut c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
-    let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    let (mut c, recorder, objects) = unlisted();
     let cilium = [Kind::CiliumNetworkPolicy, Kind::CiliumClusterwideNetworkPolicy];
     let served: Vec<Kind> = Kind::ALL.into_iter().filter(|k| !cilium.contains(k)).collect();
     c.handle(Event::Connected(true));
