@@ -45,6 +45,8 @@ pub enum Event {
     /// The source does not serve this kind (its CRD is missing): it has no objects, and the
     /// other kinds need not wait for its first list.
     NotServed(Kind),
+    /// Documents of kinds skiff does not read, in the source now (a folder's Deployments).
+    Ignored(Vec<String>),
 }
 
 /// Where the tables go: the running datapath, or a recorder in tests.
@@ -118,6 +120,8 @@ pub struct Controller {
     unlisted: Vec<Kind>,
     /// Kinds the source does not serve (CRDs not installed).
     not_served: Vec<Kind>,
+    /// Documents of kinds skiff does not read, as the source last reported them.
+    ignored: Vec<String>,
     /// The pods `skiff-cni` gave a network, when the agent serves the CNI.
     endpoints: Option<Endpoints>,
 }
@@ -142,6 +146,7 @@ impl Controller {
             failure: None,
             unlisted: Kind::ALL.to_vec(),
             not_served: Vec::new(),
+            ignored: Vec::new(),
             endpoints: None,
         };
         controller.refresh_snapshot();
@@ -228,6 +233,7 @@ impl Controller {
             }
             Event::Delete(key) => self.store.delete(&key),
             Event::Connected(up) => self.connected = up,
+            Event::Ignored(documents) => self.ignored = documents,
             Event::NotServed(kind) => {
                 self.unlisted.retain(|&k| k != kind);
                 if !self.not_served.contains(&kind) {
@@ -321,6 +327,7 @@ impl Controller {
             datapath: self.sink.describe(),
             objects,
             rejections: self.store.rejections().cloned().collect(),
+            ignored: self.ignored.clone(),
             frontends: applied.len(),
             backends: self.applier.backend_count(),
             identities: self.compiler.desired().label_sets.len(),

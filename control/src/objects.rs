@@ -147,25 +147,52 @@ fn endpoint_slice_from_v1beta1(value: &mut Value) {
 /// Decoded documents with their origins, as a source reports them.
 pub type Documents = Vec<(String, Result<Object, Rejection>)>;
 
+/// A YAML text's documents: decoded (objects or rejections), and those of kinds skiff does
+/// not read, named.
+#[derive(Clone, Debug, Default)]
+pub struct Manifest {
+    pub documents: Documents,
+    /// A folder of manifests holds Deployments, ConfigMaps, …: not errors, but listed in status
+    /// (`Deployment demo/web (web.yaml#2)`), so that a misspelt kind is seen.
+    pub ignored: Vec<String>,
+}
+
 /// Every document of a YAML text, decoded, with its origin: `origin` names the text (a file
 /// name) and documents are numbered from 1 (`web.yaml#2`). Empty documents are skipped; a
 /// `List` is taken apart. A text that is not YAML is one rejection (`Err`) for the whole
 /// text: its parser cannot tell where the next document starts.
-pub fn decode_yaml(text: &str, origin: &str) -> Result<Documents, Rejection> {
+pub fn decode_yaml(text: &str, origin: &str) -> Result<Manifest, Rejection> {
     let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
         Rejection::new(None, origin, "(document)", format!("not YAML: {}", e.without_snippet()))
     })?;
-    let mut out = Vec::new();
+    let mut out = Manifest::default();
+    let mut take = |value: Value, origin: &str| match not_read(&value) {
+        Some(named) => out.ignored.push(format!("{named} ({origin})")),
+        None => out.documents.push((origin.to_owned(), decode(value, origin))),
+    };
     for (i, value) in documents.into_iter().enumerate() {
         let origin = format!("{origin}#{}", i + 1);
         match value {
             Value::Null => {}
             value if value.get("kind").and_then(Value::as_str) == Some("List") => {
                 let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
-                out.extend(items.into_iter().map(|item| (origin.clone(), decode(item, &origin))));
+                items.into_iter().for_each(|item| take(item, &origin));
             }
-            value => out.push((origin.clone(), decode(value, &origin))),
+            value => take(value, &origin),
         }
     }
     Ok(out)
+}
+
+/// `Kind namespace/name` of an object whose kind skiff does not read.
+fn not_read(value: &Value) -> Option<String> {
+    let kind = value.get("kind")?.as_str()?;
+    if Kind::from_name(kind).is_some() {
+        return None;
+    }
+    let text = |field: &str| value.pointer(field).and_then(Value::as_str).unwrap_or_default();
+    Some(match text("/metadata/namespace") {
+        "" => format!("{kind} {}", text("/metadata/name")),
+        namespace => format!("{kind} {namespace}/{}", text("/metadata/name")),
+    })
 }

@@ -18,7 +18,11 @@ const DEMO: &[&str] = &[
 ];
 
 fn objects(texts: &[&str]) -> Vec<Object> {
-    texts.iter().flat_map(|t| decode_yaml(t, "test").expect("YAML")).map(|(_, o)| o.expect("valid")).collect()
+    texts
+        .iter()
+        .flat_map(|t| decode_yaml(t, "test").expect("YAML").documents)
+        .map(|(_, o)| o.expect("valid"))
+        .collect()
 }
 
 fn ctx() -> NodeContext {
@@ -218,7 +222,7 @@ fn the_incremental_compiler_agrees_with_a_whole_compile_after_every_change() {
     let fewer = DEMO[1].replace("  - addresses: [198.18.128.12]", "  - addresses: [198.18.128.13]");
     let steps: [&[&str]; 6] = [DEMO, &[&second_service], &[&fewer], &[&moved_node], &[DEMO[2]], &[DEMO[0]]];
     for (i, step) in steps.iter().enumerate() {
-        for (origin, object) in step.iter().flat_map(|t| decode_yaml(t, "step").expect("YAML")) {
+        for (origin, object) in step.iter().flat_map(|t| decode_yaml(t, "step").expect("YAML").documents) {
             store.upsert(&origin, object);
         }
         if i == 4 {

@@ -20,7 +20,7 @@ fn source() -> Source {
 
 /// The documents of a text, or its one rejection when it is not YAML.
 fn documents(text: &str, origin: &str) -> Documents {
-    decode_yaml(text, origin).unwrap_or_else(|broken| vec![(origin.to_owned(), Err(broken))])
+    decode_yaml(text, origin).map_or_else(|broken| vec![(origin.to_owned(), Err(broken))], |m| m.documents)
 }
 
 /// A controller before any list, and the demo's objects.
@@ -224,4 +224,21 @@ fn a_kind_not_served_holds_nothing_back() {
     c.handle(Event::Resync { kinds: cilium.to_vec(), objects: Vec::new() });
     c.reconcile().unwrap();
     assert_eq!(c.snapshot().read().unwrap().status.health, Health::Ok, "served once listed");
+}
+
+/// A folder of manifests holds kinds skiff does not read: they are no rejections, and status
+/// lists them (a misspelt kind shows there).
+#[test]
+fn kinds_skiff_does_not_read_are_listed_not_rejected() {
+    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: demo}\n---\n\
+                apiVersion: v1\nkind: Servce\nmetadata: {name: typo}\n---\n\
+                apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n";
+    let manifest = decode_yaml(text, "mixed.yaml").unwrap();
+    assert_eq!(manifest.ignored, ["Deployment demo/web (mixed.yaml#1)", "Servce typo (mixed.yaml#2)"]);
+    assert_eq!(manifest.documents.len(), 1, "the Namespace is read");
+    let (mut c, _) = demo();
+    c.handle(Event::Ignored(manifest.ignored.clone()));
+    c.reconcile().unwrap();
+    let status = c.snapshot().read().unwrap().status.clone();
+    assert_eq!((status.ignored, status.rejections.len()), (manifest.ignored, 0));
 }

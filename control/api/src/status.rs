@@ -21,6 +21,9 @@ pub struct Status {
     /// Accepted objects by kind.
     pub objects: BTreeMap<Kind, usize>,
     pub rejections: Vec<Rejection>,
+    /// Documents of kinds skiff does not read (`Deployment demo/web (web.yaml#2)`): left out.
+    #[serde(default)]
+    pub ignored: Vec<String>,
     pub frontends: usize,
     pub backends: usize,
     /// Distinct pod label sets (the unit an identity is given for).
@@ -50,6 +53,7 @@ impl Status {
             datapath,
             objects: BTreeMap::new(),
             rejections: Vec::new(),
+            ignored: Vec::new(),
             frontends: 0,
             backends: 0,
             identities: 0,

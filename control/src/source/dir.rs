@@ -18,7 +18,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::{
     controller::Event,
-    objects::{Documents, decode_yaml},
+    objects::{Documents, Manifest, decode_yaml},
 };
 
 /// How long a burst of changes (an editor's write, rename and delete) has to go quiet before
@@ -31,13 +31,13 @@ const RETRY: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Folder {
     /// What each file held when it was last YAML.
-    last_good: HashMap<PathBuf, Documents>,
+    last_good: HashMap<PathBuf, Manifest>,
 }
 
 impl Folder {
     /// Decodes every manifest of `dir`, in file-name order.
-    pub fn read(&mut self, dir: &Path) -> Result<Documents> {
-        let mut out = Vec::new();
+    pub fn read(&mut self, dir: &Path) -> Result<Manifest> {
+        let mut out = Manifest::default();
         let paths = manifests(dir)?;
         self.last_good.retain(|p, _| paths.contains(p));
         for path in paths {
@@ -46,14 +46,17 @@ impl Folder {
                 .map_err(|e| Rejection::new(None, &name, "(file)", format!("unreadable: {e}")))
                 .and_then(|text| decode_yaml(&text, &name));
             match decoded {
-                Ok(documents) => {
-                    self.last_good.insert(path, documents.clone());
-                    out.extend(documents);
+                Ok(manifest) => {
+                    self.last_good.insert(path, manifest.clone());
+                    out.documents.extend(manifest.documents);
+                    out.ignored.extend(manifest.ignored);
                 }
                 Err(broken) => {
-                    out.push((name, Err(broken)));
-                    let kept = self.last_good.get(&path).into_iter().flatten();
-                    out.extend(kept.filter(|(_, d)| d.is_ok()).cloned());
+                    out.documents.push((name, Err(broken)));
+                    if let Some(kept) = self.last_good.get(&path) {
+                        out.documents.extend(kept.documents.iter().filter(|(_, d)| d.is_ok()).cloned());
+                        out.ignored.extend(kept.ignored.iter().cloned());
+                    }
                 }
             }
         }
@@ -63,7 +66,7 @@ impl Folder {
 
 /// Decodes every manifest of `dir` once (tests, tools).
 pub fn read(dir: &Path) -> Result<Documents> {
-    Folder::default().read(dir)
+    Ok(Folder::default().read(dir)?.documents)
 }
 
 fn manifests(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -100,9 +103,10 @@ pub async fn watch(dir: PathBuf, events: Sender<Event>) -> Result<()> {
         // Watched before it is read: no change can fall between the two.
         loop {
             match folder.read(&dir) {
-                Ok(objects) => {
+                Ok(Manifest { documents, ignored }) => {
                     events.send(Event::Connected(true)).await?;
-                    events.send(Event::Resync { kinds: Kind::ALL.to_vec(), objects }).await?;
+                    events.send(Event::Ignored(ignored)).await?;
+                    events.send(Event::Resync { kinds: Kind::ALL.to_vec(), objects: documents }).await?;
                 }
                 Err(e) => {
                     tracing::warn!("{e:#}; keeping the last state");

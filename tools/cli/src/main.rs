@@ -170,6 +170,9 @@ fn print_status(s: &Status) {
             row("", format!("{n:>10} {reason}"));
         }
     }
+    if !s.ignored.is_empty() {
+        row("Ignored", format!("{} of kinds skiff does not read: {}", s.ignored.len(), s.ignored.join(", ")));
+    }
     match s.rejections.len() {
         0 => row("Rejections", "none".into()),
         n => row("Rejections", format!("{n} (the last good version of each keeps running)")),
