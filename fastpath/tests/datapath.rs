@@ -18,6 +18,7 @@ mod privileged {
         lb::{BackendId, FrontendKind},
     };
     use skiff_engine::{
+        conntrack::Timeouts,
         engine::SNAT_PORTS,
         lb::Backend,
         tables::{Frontend, LocalNode, Neighbor, Service, ServiceConfig, Tables},
@@ -133,7 +134,11 @@ mod privileged {
             ingress.set_config(&XdpConfig::DEFAULT).unwrap();
             ingress
         });
-        let config = Config { interfaces, io, workers, ct_capacity: 1 << 16, ..Config::default() };
+        // Closed flows stay tracked for the whole test (not the default 10 s, which a slow run
+        // outlasts): their ports are given again only after they expire, as Linux's NAT does,
+        // and the checks on ports assume none did.
+        let timeouts = Timeouts { tcp_closing: 600, ..Timeouts::default() };
+        let config = Config { interfaces, io, workers, ct_capacity: 1 << 16, timeouts, ..Config::default() };
         let mut tables = tables(&guard.lab, local, remote);
         tables.next_hops = guard.next_hops.clone();
         let datapath = node.netns.run(move || Datapath::start(config, tables, ingress)).unwrap();
