@@ -240,6 +240,8 @@ status:
         let nat = podman.lab.node().netns.exec("iptables-save", &["-t", "nat"]).unwrap();
         let nat = String::from_utf8_lossy(&nat.stdout);
         assert!(!nat.contains(&addr(ea, true).to_string()), "portmap's rules are gone:\n{nat}");
+        // podman first: its last `rm` takes a lock in the agent's CNI folder.
+        drop(podman);
         drop(agent);
         std::fs::remove_dir_all(objects).unwrap();
     }

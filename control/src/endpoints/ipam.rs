@@ -280,6 +280,7 @@ mod tests {
             ["198.18.128.1".parse::<IpAddr>().unwrap(), "fd00:0:0:128::1".parse().unwrap()]
         );
         assert_ne!(ipam.allocate(&attachment(2), "node1").unwrap(), got);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -302,6 +303,7 @@ mod tests {
         assert!(again.release(&attachment(0)).unwrap());
         assert!(!again.release(&attachment(0)).unwrap(), "released once");
         assert_eq!(again.allocate(&attachment(9), "n").unwrap(), first[0], "the freed address comes back");
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -316,5 +318,6 @@ mod tests {
         assert_eq!(ipam.retain(|a| a.container_id == "c2").unwrap(), 3);
         assert_eq!(ipam.view().pools[0].allocated.len(), 1);
         assert_eq!(ipam.view().pools[0].capacity, 253);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }
