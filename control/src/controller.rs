@@ -185,9 +185,6 @@ impl Controller {
     /// CIDRs.
     fn label_endpoints(&mut self) {
         let Some(endpoints) = &mut self.endpoints else { return };
-        if let Err(e) = endpoints.allocate_identities(&self.compiler.desired().label_sets) {
-            tracing::error!("identities: {e:#}");
-        }
         if let Err(e) = endpoints.set_node_cidrs(&self.compiler.desired().pod_cidrs, &mut *self.sink) {
             tracing::error!("the pods' gateways: {e:#}");
         }
@@ -277,6 +274,12 @@ impl Controller {
             }
             self.published_node = Some(self.compiler.desired().node.clone());
             self.applied_generation = Some(self.store.generation());
+            // The label sets change only here: not at every CNI call.
+            if let Some(endpoints) = &mut self.endpoints
+                && let Err(e) = endpoints.allocate_identities(&self.compiler.desired().label_sets)
+            {
+                tracing::error!("identities: {e:#}");
+            }
             self.label_endpoints();
         }
         self.refresh_snapshot();
