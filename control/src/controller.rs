@@ -321,6 +321,10 @@ impl Controller {
         if !self.not_served.is_empty() {
             problems.push(Problem::NotServed { kinds: self.not_served.clone() });
         }
+        let policies = self.compiler.desired().policies;
+        if policies > 0 {
+            problems.push(Problem::PoliciesNotEnforced { policies });
+        }
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
             health: if problems.is_empty() { Health::Ok } else { Health::Degraded { problems } },

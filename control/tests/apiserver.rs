@@ -187,6 +187,8 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     wait_until("every object", || agent.status().is_some_and(|s| s.policies == 2 && s.identities == 1));
     let status = agent.status().unwrap();
     assert!(status.connected && status.rejections.is_empty(), "{status:?}");
+    let health = status.health.to_string();
+    assert!(health.contains("2 network policies are accepted but NOT ENFORCED yet"), "says so: {health}");
     println!("objects seen by the agent: {:?}", status.objects);
 
     // An object the API server takes but skiff refuses: rejected in status and as an Event;

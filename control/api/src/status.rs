@@ -90,6 +90,9 @@ pub enum Problem {
     /// The API server does not serve these kinds (their CRDs are not installed): their
     /// objects are not read; every other kind is applied.
     NotServed { kinds: Vec<Kind> },
+    /// Policies are accepted and counted, but nothing enforces them yet: what they would deny
+    /// still flows.
+    PoliciesNotEnforced { policies: usize },
 }
 
 impl fmt::Display for Problem {
@@ -101,6 +104,10 @@ impl fmt::Display for Problem {
                 let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
                 write!(f, "waiting for the first list of {}", kinds.join(", "))
             }
+            Problem::PoliciesNotEnforced { policies } => write!(
+                f,
+                "{policies} network policies are accepted but NOT ENFORCED yet: what they would deny still flows"
+            ),
             Problem::NotServed { kinds } => {
                 let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
                 write!(

@@ -148,7 +148,13 @@ fn print_status(s: &Status) {
     row("Objects", if objects.is_empty() { "none".into() } else { objects.join(", ") });
     row("Services", format!("{} frontends, {} backends, {} next hops", s.frontends, s.backends, s.next_hops));
     row("Identities", format!("{} (distinct pod label sets)", s.identities));
-    row("Policies", s.policies.to_string());
+    row(
+        "Policies",
+        match s.policies {
+            0 => "0".into(),
+            n => format!("{n} (accepted, NOT ENFORCED yet)"),
+        },
+    );
     row("Tunnels", s.tunnels.len().to_string());
     for tunnel in &s.tunnels {
         row("", format!("{} via {} ({})", tunnel.pod_cidr, tunnel.endpoint, tunnel.node));
