@@ -173,18 +173,17 @@ impl Ingress {
         sync(self.map_mut(maps::SERVICES_V6)?, &want6, maps::SERVICES_V6)
     }
 
-    /// Records a local endpoint (pod); with `POLICY_ENFORCED`, packets to it go to the workers.
-    pub fn add_endpoint(&mut self, addr: IpAddr, info: EndpointInfo) -> Result<(), XdpError> {
-        match addr {
-            IpAddr::V4(a) => {
-                let mut m: HashMap<_, [u8; 4], EndpointInfo> = self.map_mut(maps::ENDPOINTS_V4)?;
-                m.insert(a.octets(), info, 0).map_err(XdpError::map(maps::ENDPOINTS_V4))
-            }
-            IpAddr::V6(a) => {
-                let mut m: HashMap<_, [u8; 16], EndpointInfo> = self.map_mut(maps::ENDPOINTS_V6)?;
-                m.insert(a.octets(), info, 0).map_err(XdpError::map(maps::ENDPOINTS_V6))
-            }
+    /// Makes the endpoints (pods under policy, the node's own addresses) exactly `endpoints`.
+    pub fn set_endpoints(&mut self, endpoints: &[(IpAddr, EndpointInfo)]) -> Result<(), XdpError> {
+        let (mut want4, mut want6) = (StdHashMap::new(), StdHashMap::new());
+        for &(addr, info) in endpoints {
+            match addr {
+                IpAddr::V4(a) => want4.insert(a.octets(), info),
+                IpAddr::V6(a) => want6.insert(a.octets(), info),
+            };
         }
+        sync(self.map_mut(maps::ENDPOINTS_V4)?, &want4, maps::ENDPOINTS_V4)?;
+        sync(self.map_mut(maps::ENDPOINTS_V6)?, &want6, maps::ENDPOINTS_V6)
     }
 
     /// A handle on the tracked-flow maps for a worker of its own (opened from the pins).
@@ -307,13 +306,13 @@ impl Ingress {
 
 /// Makes `map` exactly `want`: removes the stale keys and writes the missing or changed
 /// entries (one syscall per change, none for an unchanged entry).
-fn sync<K: aya::Pod + Eq + Hash>(
-    mut map: HashMap<&mut MapData, K, ServiceValue>,
-    want: &StdHashMap<K, ServiceValue>,
+fn sync<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
+    mut map: HashMap<&mut MapData, K, V>,
+    want: &StdHashMap<K, V>,
     name: &'static str,
 ) -> Result<(), XdpError> {
     let mut unchanged = HashSet::new();
-    for entry in map.iter().collect::<Result<Vec<(K, ServiceValue)>, _>>().map_err(XdpError::map(name))? {
+    for entry in map.iter().collect::<Result<Vec<(K, V)>, _>>().map_err(XdpError::map(name))? {
         match want.get(&entry.0) {
             Some(value) if *value == entry.1 => {
                 unchanged.insert(entry.0);

@@ -57,7 +57,8 @@ mod privileged {
                 ])
                 .unwrap();
             let pod = EndpointInfo { identity: Identity(300), flags: EndpointInfo::POLICY_ENFORCED };
-            ingress.add_endpoint(Env::POLICY_POD_V4.into(), pod).unwrap();
+            let node = EndpointInfo { identity: Identity::HOST, flags: EndpointInfo::HOST };
+            ingress.set_endpoints(&[(Env::POLICY_POD_V4.into(), pod), (Env::NODE_V4.into(), node)]).unwrap();
             let mut flows = ingress.tracked_flows().unwrap();
             flows.track(tracked_key(), CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
             loaded

@@ -11,7 +11,10 @@ use hashbrown::HashMap;
 use ipnet::IpNet;
 use skiff_common::lb::{Algorithm, BackendId, FrontendKind, TrafficPolicy};
 
-use crate::lb::{Backend, Selector, maglev::MaglevError};
+use crate::{
+    lb::{Backend, Selector, maglev::MaglevError},
+    policy::Policy,
+};
 
 /// A service frontend: address, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,6 +130,9 @@ pub struct Tables {
     /// Where translated packets go, by destination address; the unspecified address of a
     /// family is its default route.
     pub next_hops: HashMap<IpAddr, Neighbor>,
+    /// Network policy: identities and this node's endpoints' rules (shared between publishes
+    /// that do not change it).
+    pub policy: Arc<Policy>,
 }
 
 impl Tables {

@@ -558,3 +558,62 @@ fn a_syn_after_a_reset_is_balanced_afresh() {
     run(&mut e, eth().ipv4(pod(0), CLIENT).tcp(8080, 47000).rst().build());
     assert_eq!(next_hop(run(&mut e, syn())), IpAddr::from(pod(1)), "after the reset");
 }
+
+/// Tables where `pod(1)` admits only identity 300 (`pod(0)`) on TCP 8080, and `pod(2)` may
+/// send nothing (egress isolated); the service at `VIP` has `pod(1)` as its backend.
+fn policy_tables() -> Arc<Tables> {
+    use skiff_common::identity::Identity;
+    use skiff_engine::policy::{EndpointPolicy, Entry, Policy, PortRange, Rules};
+    let mut policy = Policy::default();
+    let mut ingress = Rules::default();
+    let ports = PortRange { protocol: 6, first: 8080, last: 8080 };
+    ingress.insert(Identity(300), Entry { ports, deny: false, rule: 4 });
+    for (i, identity, ingress, egress) in [
+        (0, 300, None, None),
+        (1, 301, Some(Arc::new(ingress)), None),
+        (2, 302, None, Some(Arc::new(Rules::default()))),
+    ] {
+        let addr = IpAddr::from(pod(i));
+        policy.ipcache.insert(addr.into(), Identity(identity));
+        policy
+            .endpoints
+            .insert(addr, Arc::new(EndpointPolicy { identity: Identity(identity), ingress, egress }));
+    }
+    let service = Service::new(backends(&[pod(1).into()]), MAGLEV).unwrap();
+    let services = [(Frontend { addr: VIP.into(), port: 80, protocol: 6 }, service)].into_iter().collect();
+    Arc::new(Tables { services, policy: Arc::new(policy), ..Tables::default() })
+}
+
+#[test]
+fn policy_allows_tracks_and_denies_new_flows() {
+    let mut e = Engine::new(policy_tables(), 1024, Timeouts::default());
+    // Allowed: tracked untranslated, and its reply follows the flow.
+    let (v, out) = run(&mut e, eth().ipv4(pod(0), pod(1)).tcp(40000, 8080).syn().build());
+    assert_eq!(
+        (v, out),
+        (Action::Forward, eth().ipv4(pod(0), pod(1)).ttl(63).tcp(40000, 8080).syn().build())
+    );
+    let reply = eth().ipv4(pod(1), pod(0)).tcp(8080, 40000).syn().ack(1).build();
+    assert_eq!(run(&mut e, reply).0, Action::Forward, "the reply of an allowed flow");
+    // Another port, another peer, another protocol: no rule allows them.
+    for denied in [
+        eth().ipv4(pod(0), pod(1)).tcp(40001, 81).syn().build(),
+        eth().ipv4(CLIENT, pod(1)).tcp(40002, 8080).syn().build(),
+        eth().ipv4(pod(0), pod(1)).udp(40003, 8080).payload(b"q").build(),
+        eth().ipv4(pod(0), pod(1)).echo_request(1, 1).build(),
+    ] {
+        assert_eq!(run(&mut e, denied).0, Action::Drop(DropReason::PolicyDenied));
+    }
+    // Egress isolation at the sender: pod(2) reaches nobody, not even an open pod.
+    let (v, _) = run(&mut e, eth().ipv4(pod(2), pod(0)).udp(5000, 53).payload(b"q").build());
+    assert_eq!(v, Action::Drop(DropReason::PolicyDenied));
+    // A service flow is judged towards its backend: allowed for pod(0), not for the client.
+    assert_eq!(
+        next_hop(run(&mut e, eth().ipv4(pod(0), VIP).tcp(40010, 80).syn().build())),
+        IpAddr::from(pod(1))
+    );
+    let (v, _) = run(&mut e, eth().ipv4(CLIENT, VIP).tcp(40011, 80).syn().build());
+    assert_eq!(v, Action::Drop(DropReason::PolicyDenied));
+    // Traffic between addresses no policy selects passes to the kernel as before.
+    assert_eq!(run(&mut e, eth().ipv4(CLIENT, pod(0)).tcp(1, 2).syn().build()).0, Action::Pass);
+}

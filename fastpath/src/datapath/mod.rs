@@ -23,10 +23,11 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use skiff_common::lb::FrontendKind;
+use skiff_common::{endpoint::EndpointInfo, identity::Identity, lb::FrontendKind};
 use skiff_engine::{
     conntrack::Timeouts,
     engine::{Engine, NewFlow, Partition},
+    policy::Policy,
     tables::{SharedTables, Tables},
 };
 use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
@@ -411,6 +412,7 @@ impl Datapath {
     pub fn publish(&self, tables: Tables) -> Result<(), DatapathError> {
         let frontends: Vec<(IpAddr, u16, u8, FrontendKind)> =
             tables.services.iter().map(|(f, s)| (f.addr, f.port, f.protocol, s.config().kind)).collect();
+        let endpoints = steered_endpoints(&tables.policy);
         if self.ingress.is_none() {
             let mut steering = self.steering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             steering.frontends = frontends.iter().map(|&(a, port, proto, _)| (a, proto, port)).collect();
@@ -421,12 +423,18 @@ impl Datapath {
                 .collect();
             steering.masquerade =
                 [tables.node.masquerade_v4, tables.node.masquerade_v6].into_iter().flatten().collect();
+            let with =
+                |flag| endpoints.iter().filter(|(_, e)| e.flags & flag != 0).map(|(a, _)| *a).collect();
+            steering.enforced = with(EndpointInfo::POLICY_ENFORCED);
+            steering.host = with(EndpointInfo::HOST);
         }
         self.shared.publish(tables);
         self.bells.iter().for_each(|b| b.ring());
         match &self.ingress {
             Some(ingress) => {
-                ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).set_services(&frontends)?;
+                let mut ingress = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                ingress.set_services(&frontends)?;
+                ingress.set_endpoints(&endpoints)?;
             }
             None => self.steer()?,
         }
@@ -505,6 +513,21 @@ impl Datapath {
 
 /// Sends each worker its part of a port change (`ports`: one per worker, in order) and waits
 /// until all have made it.
+/// The endpoints whose frames the workers must see (pods under policy), and the node's own
+/// addresses (frames to them stay the kernel's).
+fn steered_endpoints(policy: &Policy) -> Vec<(IpAddr, EndpointInfo)> {
+    let pods = policy.endpoints.iter().filter(|(_, e)| e.enforced()).map(|(addr, e)| {
+        (*addr, EndpointInfo { identity: e.identity, flags: EndpointInfo::POLICY_ENFORCED })
+    });
+    let host = policy
+        .ipcache
+        .entries()
+        .into_iter()
+        .filter(|(net, id)| *id == Identity::HOST && net.prefix_len() == net.max_prefix_len());
+    let host = host.map(|(net, id)| (net.addr(), EndpointInfo { identity: id, flags: EndpointInfo::HOST }));
+    pods.chain(host).collect()
+}
+
 fn change_ports<P: Send + 'static>(
     senders: &[Sender<PortChange<P>>],
     bells: &[Arc<Bell>],

@@ -188,13 +188,16 @@ impl PacketIo for PacketPort {
 
 /// What the AF_PACKET workers take from the kernel: frames to these frontends, on any of the
 /// node's interfaces, and their replies: from these backends (address, protocol, port), and to
-/// the node's masquerading ports.
+/// the node's masquerading ports; frames to and from pods under policy, except to the node.
 #[derive(Clone, Debug, Default)]
 pub struct Steering {
     pub interfaces: Vec<String>,
     pub frontends: Vec<(IpAddr, u8, u16)>,
     pub backends: Vec<(IpAddr, u8, u16)>,
     pub masquerade: Vec<IpAddr>,
+    pub enforced: Vec<IpAddr>,
+    /// The node's own addresses.
+    pub host: Vec<IpAddr>,
 }
 
 /// The nftables table the fallback's rules live in.
@@ -215,12 +218,15 @@ impl Steering {
                     .map(|(a, proto, port)| format!("{a} . {proto} . {port}"))
                     .collect::<Vec<_>>()
             };
-            let masquerade: Vec<String> =
-                self.masquerade.iter().filter(|a| a.is_ipv4() == v4).map(ToString::to_string).collect();
+            let addresses = |list: &[IpAddr]| -> Vec<String> {
+                list.iter().filter(|a| a.is_ipv4() == v4).map(ToString::to_string).collect()
+            };
             for (name, key, elements) in [
                 ("frontends", "inet_proto . inet_service", endpoints(&self.frontends)),
                 ("backends", "inet_proto . inet_service", endpoints(&self.backends)),
-                ("masquerade", "", masquerade),
+                ("masquerade", "", addresses(&self.masquerade)),
+                ("enforced", "", addresses(&self.enforced)),
+                ("host", "", addresses(&self.host)),
             ] {
                 let key = if key.is_empty() { addr_type.to_owned() } else { format!("{addr_type} . {key}") };
                 let elements = if elements.is_empty() {
@@ -233,7 +239,9 @@ impl Steering {
             rules += &format!(
                 "    {ip} daddr . meta l4proto . th dport @frontends_{ip} drop\n    \
                  {ip} saddr . meta l4proto . th sport @backends_{ip} drop\n    \
-                 {ip} daddr @masquerade_{ip} th dport {low}-{high} drop\n"
+                 {ip} daddr @masquerade_{ip} th dport {low}-{high} drop\n    \
+                 {ip} daddr @enforced_{ip} drop\n    \
+                 {ip} saddr @enforced_{ip} {ip} daddr != @host_{ip} drop\n"
             );
         }
         format!(

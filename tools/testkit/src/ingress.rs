@@ -179,6 +179,16 @@ pub fn fixtures() -> Vec<Fixture> {
             Expect::Redirect,
         ),
         Fixture::new(
+            "from a pod under policy",
+            eth().ipv4(Env::POLICY_POD_V4, Env::CLIENT_V4).udp(53, 1).payload(b"q").build(),
+            Expect::Redirect,
+        ),
+        Fixture::new(
+            "from a pod under policy to the node passes",
+            eth().ipv4(Env::POLICY_POD_V4, Env::NODE_V4).tcp(45000, 22).syn().build(),
+            Expect::Pass,
+        ),
+        Fixture::new(
             "a tracked flow's reply",
             eth().ipv4(tracked_src, tracked_dst).tcp(tracked_sport, tracked_dport).ack(1).build(),
             Expect::Redirect,

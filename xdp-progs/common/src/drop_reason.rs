@@ -55,7 +55,9 @@ code_enum! {
         NoTunnelEndpoint = 47, "no-tunnel-endpoint", "No tunnel endpoint covers the destination pod CIDR.";
         // Prefilter and policy.
         DeniedCidr = 50, "denied-cidr", "The source address is in a denied CIDR (prefilter).";
-        PolicyDenied = 51, "policy-denied", "Network policy denies the flow.";
+        PolicyDenied = 51, "policy-denied", "Network policy denies the flow: no rule allows it.";
+        PolicyDeniedByDenyRule = 52, "policy-denied-by-deny-rule",
+            "A deny rule of a network policy denies the flow (deny rules win over allows).";
         // Services.
         NoService = 60, "no-service", "Addressed to a service IP on a port with no service.";
         ServiceWithoutBackends = 61, "service-without-backends", "The service has no ready backend.";
@@ -87,6 +89,7 @@ mod tests {
     fn well_formed() {
         DropReason::assert_well_formed();
         assert_eq!(DropReason::COUNT, 88);
+        assert_eq!(DropReason::PolicyDeniedByDenyRule.code(), 52);
     }
 
     #[test]

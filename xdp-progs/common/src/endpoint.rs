@@ -1,4 +1,5 @@
-//! Local endpoints (pods on this node) whose traffic the XDP program hands to the workers.
+//! Local endpoints (pods on this node) whose traffic the XDP program hands to the workers, and
+//! the node's own addresses.
 
 use crate::identity::Identity;
 
@@ -9,14 +10,17 @@ use crate::identity::Identity;
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct EndpointInfo {
     pub identity: Identity,
-    /// `EndpointInfo::POLICY_ENFORCED`.
+    /// `EndpointInfo::POLICY_ENFORCED`, `EndpointInfo::HOST`.
     pub flags: u32,
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 8);
 
 impl EndpointInfo {
-    /// Network policy selects this pod: packets to it go to a worker for a verdict.
+    /// Network policy selects this pod: packets to and from it go to a worker for a verdict.
     pub const POLICY_ENFORCED: u32 = 1 << 0;
+    /// One of the node's own addresses: packets to it pass to the kernel (a worker could not
+    /// hand them up), also from pods under policy.
+    pub const HOST: u32 = 1 << 1;
 }
 
 pod!(EndpointInfo);

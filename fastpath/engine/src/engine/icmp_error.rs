@@ -40,10 +40,11 @@ impl Own {
             && may_hand_off
             && let Some(key) = key
         {
-            let frontend =
-                Frontend { addr: unmap(key.dst, ip.v6), port: key.dst_port, protocol: key.protocol };
-            if let Some(worker) = self.owner_elsewhere(tables, &key, tables.services.contains_key(&frontend))
-            {
+            let (src, dst) = (unmap(key.src, ip.v6), unmap(key.dst, ip.v6));
+            let frontend = Frontend { addr: dst, port: key.dst_port, protocol: key.protocol };
+            let to_frontend = tables.services.contains_key(&frontend);
+            let under_policy = tables.policy.enforces(src) || tables.policy.enforces(dst);
+            if let Some(worker) = self.owner_elsewhere(tables, &key, to_frontend, under_policy) {
                 return Ok(Action::Handoff { worker });
             }
         }

@@ -8,8 +8,12 @@
 //! client by session affinity, within the traffic policy); a service without backends is
 //! refused (TCP RST, ICMP unreachable). **Translate**: the flow is tracked with its post-NAT
 //! reply tuple and the destination rewritten to the backend (DNAT; the source too when
-//! masquerading). With several workers, a frame of a flow another worker owns is handed to it.
-//! Every forwarded packet's TTL drops by one. Anything else passes to the kernel.
+//! masquerading). **Policy** decides every new flow of an endpoint under network policy, after
+//! translation (the backend is the peer): a denied flow's first packet is dropped, an allowed
+//! one is tracked like a service flow (without translation when it is not one), so the
+//! verdict holds for the flow's life and its replies. With several workers, a frame of a flow
+//! another worker owns is handed to it. Every forwarded packet's TTL drops by one. Anything
+//! else passes to the kernel.
 
 mod icmp_error;
 mod partition;
@@ -34,6 +38,7 @@ use crate::{
     flow::{Direction, Tuple, unmap},
     hash::{hash64, mix64},
     lb::Backend,
+    policy::Policy,
     reply,
     tables::{Frontend, Service, SharedTables, Tables},
 };
@@ -99,9 +104,10 @@ struct Packet {
     v6: bool,
 }
 
-/// What balancing decided for a new flow.
+/// Where a new flow goes: a service's backend, or its own destination.
 struct Decision {
-    backend: Backend,
+    to: (IpAddr, u16),
+    backend: BackendId,
     /// The node address the flow leaves from, when it is masqueraded.
     masquerade: Option<IpAddr>,
     flow_hash: u64,
@@ -172,16 +178,21 @@ impl Engine {
         // Parse.
         let p = layers::parse(frame)?;
         let L3::Ip(ip) = p.l3 else { return Ok(Action::Pass) };
-        let (src_port, dst_port, tcp_flags) = match p.l4 {
-            L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0),
-            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+        // `policy_port`: the port policy rules name, an ICMP message's type for ICMP.
+        let (src_port, dst_port, tcp_flags, policy_port) = match p.l4 {
+            L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0, dst_port),
+            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0, dst_port),
             L4::Icmp { msg_type, .. } if icmp::is_error(ip.v6, msg_type) => {
                 return self.own.icmp_error(&self.tables, frame, &p, may_hand_off);
             }
-            L4::Icmp { msg_type, ident, .. } if msg_type == icmp::v4::ECHO_REPLY && !ip.v6 => (0, ident, 0),
-            L4::Icmp { msg_type: icmp::v6::ECHO_REPLY, ident, .. } if ip.v6 => (0, ident, 0),
-            L4::Icmp { ident, .. } => (ident, 0, 0),
-            L4::None => (0, 0, 0),
+            L4::Icmp { msg_type, ident, .. } if msg_type == icmp::v4::ECHO_REPLY && !ip.v6 => {
+                (0, ident, 0, u16::from(msg_type))
+            }
+            L4::Icmp { msg_type: icmp::v6::ECHO_REPLY, ident, .. } if ip.v6 => {
+                (0, ident, 0, u16::from(icmp::v6::ECHO_REPLY))
+            }
+            L4::Icmp { msg_type, ident, .. } => (ident, 0, 0, u16::from(msg_type)),
+            L4::None => (0, 0, 0, 0),
         };
         let tuple = Tuple::of(frame, &p, src_port, dst_port).ok_or(DropReason::Internal)?;
         let packet = Packet { tuple, tcp_flags, len: p.l3_offset + ip.len, v6: ip.v6 };
@@ -189,35 +200,50 @@ impl Engine {
         if let Some(forwarded) = self.own.follow(frame, &p, &packet, now)? {
             return Ok(forwarded);
         }
-        let dst = unmap(tuple.dst, ip.v6);
+        let (src, dst) = (unmap(tuple.src, ip.v6), unmap(tuple.dst, ip.v6));
+        let policy = &*self.tables.policy;
+        let under_policy = policy.enforces(src) || policy.enforces(dst);
         if ip.fragment == Fragment::Later {
-            // No ports: a fragment of a service flow cannot be balanced without reassembly.
-            let to_service = self.tables.is_frontend_address(dst);
-            return Ok(if to_service { Action::Drop(DropReason::Ipv4Fragment) } else { Action::Pass });
+            // No ports: a fragment of a service flow cannot be balanced without reassembly,
+            // nor one of a flow under policy judged.
+            let ours = under_policy || self.tables.is_frontend_address(dst);
+            return Ok(if ours { Action::Drop(DropReason::Ipv4Fragment) } else { Action::Pass });
         }
-        if p.l4 == L4::None {
+        if p.l4 == L4::None && !under_policy {
             return Ok(Action::Pass);
         }
         let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
-        let service = self.tables.services.get(&frontend);
+        let service = if p.l4 == L4::None { None } else { self.tables.services.get(&frontend) };
         if may_hand_off
-            && let Some(worker) = self.own.owner_elsewhere(&self.tables, &tuple, service.is_some())
+            && let Some(worker) =
+                self.own.owner_elsewhere(&self.tables, &tuple, service.is_some(), under_policy)
         {
             return Ok(Action::Handoff { worker });
         }
-        let Some(service) = service else { return Ok(Action::Pass) };
-        // Balance, then translate.
-        let internal_client = self.tables.node.is_internal(unmap(tuple.src, ip.v6));
         let flow_hash = hash64(&tuple.to_bytes(), 0);
+        let Some(service) = service else {
+            if !under_policy {
+                return Ok(Action::Pass);
+            }
+            // Not a service: tracked as it is, once policy allows it.
+            policy.check(src, dst, ip.protocol.0, policy_port)?;
+            let decision =
+                Decision { to: (dst, dst_port), backend: BackendId::NONE, masquerade: None, flow_hash };
+            return self.own.start(&self.tables, frame, &p, &packet, decision, now);
+        };
+        // Balance, judge (the backend is the peer), then translate.
+        let internal_client = self.tables.node.is_internal(src);
         let Some(backend) = self.own.balance(service, frontend, &packet, internal_client, flow_hash, now)?
         else {
             return Ok(refuse(frame, &p));
         };
+        judge(policy, src, &backend, ip.protocol.0)?;
         let masquerade =
             (service.config.kind != FrontendKind::ClusterIp && !internal_client && !backend.local)
                 .then(|| self.tables.node.masquerade(dst))
                 .flatten();
-        let decision = Decision { backend, masquerade, flow_hash };
+        let decision =
+            Decision { to: (backend.addr, backend.port), backend: backend.id, masquerade, flow_hash };
         self.own.start(&self.tables, frame, &p, &packet, decision, now)
     }
 }
@@ -296,20 +322,20 @@ impl Own {
         decision: Decision,
         now: u64,
     ) -> Result<Action, DropReason> {
-        let Decision { backend, masquerade, flow_hash } = decision;
+        let Decision { to: (addr, port), backend, masquerade, flow_hash } = decision;
         let (tuple, flags) = (packet.tuple, packet.tcp_flags);
         let client = unmap(tuple.src, packet.v6);
         let reply = match masquerade {
             Some(node) => {
-                let reply = Tuple::new(backend.addr, node, tuple.protocol, backend.port, 0);
+                let reply = Tuple::new(addr, node, tuple.protocol, port, 0);
                 Tuple { dst_port: self.free_port(tables, &reply, flow_hash)?, ..reply }
             }
-            None => Tuple::new(backend.addr, client, tuple.protocol, backend.port, tuple.src_port),
+            None => Tuple::new(addr, client, tuple.protocol, port, tuple.src_port),
         };
-        let id = match self.conntrack.insert(tuple, reply, flags, backend.id, now) {
+        let id = match self.conntrack.insert(tuple, reply, flags, backend, now) {
             Err(InsertError::ReplyTaken(other)) => {
                 let reply = self.resolve_clash(tables, other, reply, flags, flow_hash)?;
-                self.conntrack.insert(tuple, reply, flags, backend.id, now)
+                self.conntrack.insert(tuple, reply, flags, backend, now)
             }
             inserted => inserted,
         }
@@ -320,11 +346,20 @@ impl Own {
         self.conntrack.update(id, Direction::Original, flags, packet.len, now);
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
         if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
-            self.new_flows.push(NewFlow { original: tuple, reply: entry.reply, backend: backend.id });
+            self.new_flows.push(NewFlow { original: tuple, reply: entry.reply, backend });
         }
         entry.rewrite(Direction::Original).apply(frame, p, &entry.reply)?;
         Ok(Action::Forward)
     }
+}
+
+/// Policy on a new service flow, towards the backend chosen for it, on the backend's port.
+#[inline]
+fn judge(policy: &Policy, src: IpAddr, backend: &Backend, protocol: u8) -> Result<(), DropReason> {
+    if !policy.enforces(src) && !policy.enforces(backend.addr) {
+        return Ok(());
+    }
+    policy.check(src, backend.addr, protocol, backend.port)
 }
 
 /// Whether a packet's TCP flags open a connection: SYN without ACK (never for other

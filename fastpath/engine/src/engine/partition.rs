@@ -38,10 +38,38 @@ impl Default for Partition {
 
 impl Own {
     /// The worker owning the flow of `tuple`, a packet this worker's conntrack does not know,
-    /// if that is another worker.
-    pub(super) fn owner_elsewhere(&self, tables: &Tables, tuple: &Tuple, to_frontend: bool) -> Option<u16> {
-        let owner = self.owner(tables, tuple, to_frontend);
+    /// if that is another worker. A flow under policy that is no service's is untranslated:
+    /// its owner follows from its two endpoints whichever way a packet goes.
+    pub(super) fn owner_elsewhere(
+        &self,
+        tables: &Tables,
+        tuple: &Tuple,
+        to_frontend: bool,
+        under_policy: bool,
+    ) -> Option<u16> {
+        let owner = if under_policy && !to_frontend {
+            self.owner_of_pair(tuple)
+        } else {
+            self.owner(tables, tuple, to_frontend)
+        };
         (owner != self.partition.index).then_some(owner)
+    }
+
+    /// The owner of an untranslated flow: by its two endpoints, in a fixed order.
+    fn owner_of_pair(&self, tuple: &Tuple) -> u16 {
+        let Partition { index, count } = self.partition;
+        if count <= 1 {
+            return index;
+        }
+        let mut ends = [[0u8; 18]; 2];
+        for (end, (addr, port)) in
+            ends.iter_mut().zip([(tuple.src, tuple.src_port), (tuple.dst, tuple.dst_port)])
+        {
+            end[..16].copy_from_slice(&addr);
+            end[16..].copy_from_slice(&port.to_be_bytes());
+        }
+        ends.sort_unstable();
+        u16::try_from(hash64(ends.as_flattened(), OWNER_SEED) % u64::from(count)).unwrap_or(0)
     }
 
     /// The worker owning the flow of `tuple`: by the client's endpoint (the source of a packet

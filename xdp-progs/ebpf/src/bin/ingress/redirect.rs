@@ -20,7 +20,7 @@ pub fn wanted_v4(src: [u8; 4], dst: [u8; 4], (sport, dport): (u16, u16), proto: 
     let flow =
         CtKey4 { saddr: src, daddr: dst, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] };
     SERVICES_V4.get_ptr(&service).is_some()
-        || under_policy(ENDPOINTS_V4.get_ptr(&dst))
+        || under_policy(ENDPOINTS_V4.get_ptr(&dst), ENDPOINTS_V4.get_ptr(&src))
         || CT_V4.get_ptr(&flow).is_some()
 }
 
@@ -31,15 +31,20 @@ pub fn wanted_v6(src: [u8; 16], dst: [u8; 16], (sport, dport): (u16, u16), proto
     let flow =
         CtKey6 { saddr: src, daddr: dst, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] };
     SERVICES_V6.get_ptr(&service).is_some()
-        || under_policy(ENDPOINTS_V6.get_ptr(&dst))
+        || under_policy(ENDPOINTS_V6.get_ptr(&dst), ENDPOINTS_V6.get_ptr(&src))
         || CT_V6.get_ptr(&flow).is_some()
 }
 
+/// Whether a packet between these endpoints needs a verdict: to a pod under policy, or from
+/// one (unless it goes to the node itself).
 #[inline(always)]
-fn under_policy(endpoint: Option<*const EndpointInfo>) -> bool {
-    // SAFETY: the pointer comes from a successful lookup and stays valid for this program run
+fn under_policy(dst: Option<*const EndpointInfo>, src: Option<*const EndpointInfo>) -> bool {
+    // SAFETY: the pointers come from successful lookups and stay valid for this program run
     // (RCU); a concurrent update can at worst show the old or the new flags.
-    endpoint.is_some_and(|e| unsafe { (*e).flags } & EndpointInfo::POLICY_ENFORCED != 0)
+    let flags = |e: Option<*const EndpointInfo>| e.map_or(0, |e| unsafe { (*e).flags });
+    let to = flags(dst);
+    to & EndpointInfo::POLICY_ENFORCED != 0
+        || (to & EndpointInfo::HOST == 0 && flags(src) & EndpointInfo::POLICY_ENFORCED != 0)
 }
 
 /// To the AF_XDP socket of this interface's receive queue; XDP_PASS (counted in `NO_WORKER`)
