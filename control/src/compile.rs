@@ -17,6 +17,7 @@ use skiff_engine::tables::{LocalNode, ServiceConfig};
 use crate::{
     labels,
     objects::Object,
+    policy::Enforcement,
     store::{Changes, Store},
     validate::LB_ALGORITHM,
 };
@@ -32,6 +33,8 @@ pub struct NodeContext {
     pub maglev_table_size: u32,
     /// This node's pod CIDRs given to the agent (cluster-pool IPAM), besides its Node's.
     pub pod_cidrs: Vec<IpNet>,
+    /// How endpoints come under network policy (`--policy-enforcement`).
+    pub policy_enforcement: Enforcement,
 }
 
 /// A frontend's identity in the desired state: address, port, protocol (sortable).
@@ -57,12 +60,15 @@ pub struct FrontendSpec {
 pub struct Desired {
     pub frontends: BTreeMap<FrontendKey, FrontendSpec>,
     pub node: LocalNode,
+    /// This node's addresses (its Node's and `--node-address`).
+    pub node_addresses: Vec<IpAddr>,
     /// Distinct label sets of pods (namespace included), the unit Cilium gives an identity.
     pub label_sets: BTreeSet<BTreeMap<String, String>>,
     pub tunnels: Vec<Tunnel>,
     /// This node's pod CIDRs from its Node object (`spec.podCIDRs`), for kubernetes IPAM.
     pub pod_cidrs: Vec<IpNet>,
-    /// Policies in effect (NetworkPolicy and Cilium's), for the policy tables to come.
+    /// Policies in effect (NetworkPolicy and Cilium's); the controller compiles them with the
+    /// identities it numbers (`crate::policy`).
     pub policies: usize,
 }
 
@@ -85,7 +91,6 @@ pub struct Compiler {
     desired: Desired,
     /// The frontends each service (namespace, name) produced.
     produced: HashMap<(String, String), Vec<FrontendKey>>,
-    node_addresses: Vec<IpAddr>,
     started: bool,
 }
 
@@ -102,7 +107,7 @@ impl Compiler {
                 .of_kind(Kind::Node)
                 .filter_map(|o| if let Object::Node(n) = o { Some(&**n) } else { None })
                 .collect();
-            self.node_addresses = node_addresses(&nodes, ctx);
+            d.node_addresses = node_addresses(&nodes, ctx);
             let mut prefixes = cluster_prefixes(&nodes);
             for cidr in ctx.pod_cidrs.iter().map(IpNet::trunc) {
                 if !prefixes.contains(&cidr) {
@@ -110,8 +115,8 @@ impl Compiler {
                 }
             }
             d.node = LocalNode {
-                masquerade_v4: self.node_addresses.iter().copied().find(IpAddr::is_ipv4),
-                masquerade_v6: self.node_addresses.iter().copied().find(IpAddr::is_ipv6),
+                masquerade_v4: d.node_addresses.iter().copied().find(IpAddr::is_ipv4),
+                masquerade_v6: d.node_addresses.iter().copied().find(IpAddr::is_ipv6),
                 cluster_prefixes: prefixes,
             };
             let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
@@ -138,7 +143,7 @@ impl Compiler {
                 .slices_of(&key.namespace, &key.name)
                 .filter_map(|o| if let Object::EndpointSlice(s) = o { Some(&**s) } else { None })
                 .collect();
-            let produced = frontends(&mut d.frontends, service, &slices, &self.node_addresses, ctx);
+            let produced = frontends(&mut d.frontends, service, &slices, &d.node_addresses, ctx);
             self.produced.insert((key.namespace, key.name), produced);
         }
         if changes.pods || first {

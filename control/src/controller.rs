@@ -14,14 +14,20 @@ use skiff_api::{
     Answer, ApplyReport, AttachMode, Datapath, Health, Kind, LastApply, ObjectKey, PodRef, Problem,
     Rejection, Request, Source, Status,
 };
-use skiff_engine::tables::{LocalNode, Tables};
+use skiff_common::identity::Identity;
+use skiff_engine::{
+    policy::Policy,
+    tables::{LocalNode, Tables},
+};
 
 use crate::{
     api::{LiveStats, Snapshot},
     apply::Applier,
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
+    labels,
     objects::{Documents, Object},
+    policy::{self, Cluster, Compiled, Enforcement, Local, identity::Identities},
     store::Store,
     validate::Limits,
 };
@@ -114,6 +120,12 @@ pub struct Controller {
     failure: Option<String>,
     /// The node part of the last published tables (its changes publish too).
     published_node: Option<LocalNode>,
+    /// The policy of the last published tables.
+    published_policy: Option<Arc<Policy>>,
+    /// The security identities of the cluster's pod label sets.
+    identities: Identities,
+    /// The policies as last compiled.
+    policy: Compiled,
     /// Kinds whose first full list has not arrived: nothing is published before all have,
     /// so the datapath never runs a partial cluster (services without their endpoints, pods
     /// without their policies).
@@ -143,6 +155,9 @@ impl Controller {
             pending_since: None,
             compiler: Compiler::default(),
             published_node: None,
+            published_policy: None,
+            identities: Identities::default(),
+            policy: Compiled::default(),
             failure: None,
             unlisted: Kind::ALL.to_vec(),
             not_served: Vec::new(),
@@ -153,8 +168,10 @@ impl Controller {
         controller
     }
 
-    /// Serves `skiff-cni` with `endpoints`: the saved ones are attached again now.
+    /// Serves `skiff-cni` with `endpoints`: the saved ones are attached again now. The
+    /// identities are kept in their folder from now on.
     pub fn with_endpoints(mut self, mut endpoints: Endpoints) -> Result<Controller> {
+        self.identities = Identities::open(&endpoints.dir().join("identities.json"))?;
         endpoints.restore(&mut *self.sink)?;
         self.endpoints = Some(endpoints);
         self.label_endpoints();
@@ -177,6 +194,14 @@ impl Controller {
         };
         let answer = endpoints.answer(request, &mut *self.sink);
         self.label_endpoints();
+        // A new endpoint is under its policy before its pod starts; a gone one leaves it.
+        self.compile_policy();
+        if self.unlisted.is_empty() {
+            let (tables, report) = self.applier.apply(self.compiler.desired());
+            if let Err(e) = self.publish(tables, report.is_noop()) {
+                tracing::error!("publishing the endpoints' policy: {e:#}");
+            }
+        }
         self.refresh_snapshot();
         answer
     }
@@ -188,17 +213,86 @@ impl Controller {
         if let Err(e) = endpoints.set_node_cidrs(&self.compiler.desired().pod_cidrs, &mut *self.sink) {
             tracing::error!("the pods' gateways: {e:#}");
         }
-        let store = &self.store;
-        let labels = |pod: &PodRef| {
+        let (store, identities) = (&self.store, &mut self.identities);
+        let of_pod = |pod: &PodRef| {
             let key = ObjectKey { kind: Kind::Pod, namespace: pod.namespace.clone(), name: pod.name.clone() };
-            match store.get(&key) {
-                Some(Object::Pod(p)) => Some(crate::labels::of_pod(p, store)),
-                _ => None,
-            }
+            let Some(Object::Pod(p)) = store.get(&key) else { return Ok(None) };
+            let labels = labels::of_pod(p, store);
+            let identity = identities.of(&labels)?;
+            Ok(Some((labels, identity)))
         };
-        if let Err(e) = endpoints.label(labels) {
+        if let Err(e) = endpoints.label(of_pod) {
             tracing::error!("endpoint identities: {e:#}");
         }
+    }
+
+    /// Compiles the policies for this node's endpoints: those skiff-cni made, and pods of
+    /// this node on interfaces given to the agent (`--device`).
+    fn compile_policy(&mut self) {
+        let store = &self.store;
+        let pod_object = |namespace: &str, name: &str| {
+            let key = ObjectKey { kind: Kind::Pod, namespace: namespace.into(), name: name.into() };
+            if let Some(Object::Pod(p)) = store.get(&key) { Some(p) } else { None }
+        };
+        let mut local = Vec::new();
+        for e in self.endpoints.iter().flat_map(Endpoints::views) {
+            let pod = e.pod.as_ref().and_then(|p| pod_object(&p.namespace, &p.name));
+            local.push(Local {
+                addresses: e.addresses.clone(),
+                identity: Identity(e.identity),
+                labels: (e.identity != Identity::INIT.0).then(|| e.labels.clone()),
+                named_ports: pod.map(|p| policy::container_ports(p)).unwrap_or_default(),
+            });
+        }
+        let served: Vec<IpAddr> = local.iter().flat_map(|l| l.addresses.iter().copied()).collect();
+        for pod in
+            store.of_kind(Kind::Pod).filter_map(|o| if let Object::Pod(p) = o { Some(p) } else { None })
+        {
+            let spec = pod.spec.as_ref();
+            let here = spec.and_then(|s| s.node_name.as_deref()) == Some(self.ctx.name.as_str());
+            let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+            let addresses: Vec<IpAddr> =
+                policy::pod_ips(pod).into_iter().filter(|a| !served.contains(a)).collect();
+            let labels = labels::of_pod(pod, store);
+            let Some(&identity) = self.identities.all().get(&labels) else { continue };
+            if here && !host_network && !addresses.is_empty() {
+                let named_ports = policy::container_ports(pod);
+                local.push(Local { addresses, identity, labels: Some(labels), named_ports });
+            }
+        }
+        let mut host_addresses = self.compiler.desired().node_addresses.clone();
+        host_addresses.extend(self.endpoints.iter().flat_map(Endpoints::gateways));
+        self.policy = policy::compile(&Cluster {
+            store,
+            identities: self.identities.all(),
+            local: &local,
+            host_addresses: &host_addresses,
+            node_name: &self.ctx.name,
+            enforcement: self.ctx.policy_enforcement,
+        });
+    }
+
+    /// Publishes `tables` with the compiled policy, unless nothing changed since the last
+    /// publish (`unchanged`: the applier's report is a no-op). Whether it published.
+    fn publish(&mut self, mut tables: Tables, unchanged: bool) -> Result<bool> {
+        tables.policy = self.policy.policy.clone();
+        let same_policy = self.published_policy.as_ref().is_some_and(|p| **p == *tables.policy);
+        if unchanged && same_policy && self.published_node.as_ref() == Some(&tables.node) {
+            return Ok(false);
+        }
+        let (node, policy) = (tables.node.clone(), tables.policy.clone());
+        if let Err(e) = self.sink.publish(tables) {
+            // Retried by the next reconcile or tick, with the whole tables again.
+            self.failure = Some(format!("{e:#}"));
+            self.published_node = None;
+            self.published_policy = None;
+            self.refresh_snapshot();
+            return Err(e);
+        }
+        self.failure = None;
+        self.published_node = Some(node);
+        self.published_policy = Some(policy);
+        Ok(true)
     }
 
     pub fn snapshot(&self) -> Arc<RwLock<Snapshot>> {
@@ -254,17 +348,15 @@ impl Controller {
         let mut report = None;
         if self.applied_generation != Some(self.store.generation()) {
             let changes = self.store.take_changes();
-            let desired = self.compiler.update(&self.store, &changes, &self.ctx);
-            let (tables, r) = self.applier.apply(desired);
-            if !r.is_noop() || self.published_node.as_ref() != Some(&tables.node) {
-                if let Err(e) = self.sink.publish(tables) {
-                    // Retried by the next reconcile or tick, with the whole tables again.
-                    self.failure = Some(format!("{e:#}"));
-                    self.published_node = None;
-                    self.refresh_snapshot();
-                    return Err(e);
-                }
-                self.failure = None;
+            self.compiler.update(&self.store, &changes, &self.ctx);
+            // The label sets change only here: not at every CNI call.
+            if let Err(e) = self.identities.allocate(&self.compiler.desired().label_sets) {
+                tracing::error!("identities: {e:#}");
+            }
+            self.label_endpoints();
+            self.compile_policy();
+            let (tables, r) = self.applier.apply(self.compiler.desired());
+            if self.publish(tables, r.is_noop())? {
                 self.applies += 1;
                 let micros =
                     started.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -272,15 +364,7 @@ impl Controller {
                 self.last_apply = Some(LastApply { report: r, micros, unix_seconds });
                 report = Some(r);
             }
-            self.published_node = Some(self.compiler.desired().node.clone());
             self.applied_generation = Some(self.store.generation());
-            // The label sets change only here: not at every CNI call.
-            if let Some(endpoints) = &mut self.endpoints
-                && let Err(e) = endpoints.allocate_identities(&self.compiler.desired().label_sets)
-            {
-                tracing::error!("identities: {e:#}");
-            }
-            self.label_endpoints();
         }
         self.refresh_snapshot();
         Ok(report)
@@ -322,8 +406,17 @@ impl Controller {
             problems.push(Problem::NotServed { kinds: self.not_served.clone() });
         }
         let policies = self.compiler.desired().policies;
-        if policies > 0 {
-            problems.push(Problem::PoliciesNotEnforced { policies });
+        let enforcement = self.ctx.policy_enforcement;
+        if enforcement == Enforcement::Never && policies > 0 {
+            problems.push(Problem::PolicyEnforcementOff { policies });
+        }
+        if !self.policy.not_enforced.is_empty() {
+            problems.push(Problem::RulesNotEnforced { rules: self.policy.not_enforced.clone() });
+        }
+        let enforced = &self.policy.enforced;
+        let mut endpoints = self.endpoints.as_ref().map(Endpoints::views).unwrap_or_default();
+        for e in &mut endpoints {
+            e.policy = e.addresses.iter().find_map(|a| enforced.get(a).copied()).unwrap_or_default();
         }
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -339,7 +432,9 @@ impl Controller {
             backends: self.applier.backend_count(),
             identities: self.compiler.desired().label_sets.len(),
             tunnels: self.compiler.desired().tunnels.clone(),
-            policies: self.compiler.desired().policies,
+            policies,
+            policy_enforcement: enforcement.name().into(),
+            enforced: self.policy.counts,
             next_hops: self.sink.next_hops(),
             applies: self.applies,
             listings: self.listings,
@@ -351,10 +446,24 @@ impl Controller {
             status,
             applied: applied.clone(),
             services: self.applier.services().clone(),
-            endpoints: self.endpoints.as_ref().map(Endpoints::views).unwrap_or_default(),
+            endpoints,
             ipam: self.endpoints.as_ref().map(Endpoints::ipam_view),
-            identities: self.endpoints.as_ref().map(Endpoints::identity_views).unwrap_or_default(),
+            identities: self.identities.views(),
+            policy: Arc::new(skiff_api::PolicyView {
+                enforcement: enforcement.name().into(),
+                policies: self.policy.sources.clone(),
+                rules: self.policy.rules.clone(),
+            }),
+            tables_policy: self.policy.policy.clone(),
+            pods: self.store.of_kind(Kind::Pod).filter_map(pod_addresses).collect(),
             live,
         };
     }
+}
+
+/// A pod's (namespace, name) and addresses, for `skiff policy trace`.
+fn pod_addresses(o: &Object) -> Option<((String, String), Vec<IpAddr>)> {
+    let Object::Pod(p) = o else { return None };
+    let key = o.key();
+    Some(((key.namespace, key.name), policy::pod_ips(p)))
 }

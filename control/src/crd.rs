@@ -39,16 +39,102 @@ pub struct PolicySpec {
     /// The endpoints the rules apply to (a host policy has a `nodeSelector` instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_selector: Option<Selector>,
+    /// The nodes a host policy applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<Selector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_deny: Vec<Rule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<Rule>,
-    /// `nodeSelector`, `ingressDeny`, `egressDeny`, `enableDefaultDeny`, `labels`, …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_deny: Vec<Rule>,
+    /// Whether this policy isolates the endpoints it selects (in each direction it has rules
+    /// for; `false`: it only adds to what others allow or deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_default_deny: Option<DefaultDeny>,
+    /// `labels`, …
     #[serde(flatten)]
     #[schemars(skip)]
     pub unmodelled: Unmodelled,
+    /// The other specs of a policy given as a list (`specs`), filled by decoding.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub more: Vec<PolicySpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct DefaultDeny {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<bool>,
+}
+
+/// Cilium's entities: reserved identities, and sets of them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Entity {
+    All,
+    World,
+    #[serde(rename = "world-ipv4")]
+    WorldIpv4,
+    #[serde(rename = "world-ipv6")]
+    WorldIpv6,
+    Cluster,
+    Host,
+    RemoteNode,
+    KubeApiserver,
+    Health,
+    Init,
+    Unmanaged,
+    Ingress,
+}
+
+/// A CIDR with exceptions (`fromCIDRSet`, `toCIDRSet`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct CidrRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
+    /// `cidrGroupRef`, `cidrGroupSelector`.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unmodelled: Unmodelled,
+}
+
+/// ICMP messages a rule allows (`icmps`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct IcmpRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 40))]
+    pub fields: Vec<IcmpField>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct IcmpField {
+    /// A message type: its number, or its name as Cilium spells it (`EchoRequest`).
+    #[serde(rename = "type")]
+    #[schemars(schema_with = "int_or_string")]
+    pub type_: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<IcmpFamily>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum IcmpFamily {
+    IPv4,
+    IPv6,
+}
+
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
 }
 
 /// The same policy, cluster-wide (no namespace).
@@ -84,7 +170,7 @@ pub struct Requirement {
     pub values: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 pub enum Operator {
     In,
     NotIn,
@@ -105,10 +191,20 @@ pub struct Rule {
     pub from_cidr: Vec<String>,
     #[serde(default, rename = "toCIDR", skip_serializing_if = "Vec::is_empty")]
     pub to_cidr: Vec<String>,
+    #[serde(default, rename = "fromCIDRSet", skip_serializing_if = "Vec::is_empty")]
+    pub from_cidr_set: Vec<CidrRule>,
+    #[serde(default, rename = "toCIDRSet", skip_serializing_if = "Vec::is_empty")]
+    pub to_cidr_set: Vec<CidrRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_entities: Vec<Entity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_entities: Vec<Entity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to_ports: Vec<PortRule>,
-    /// `fromEntities`, `toEntities`, `fromCIDRSet`, `toCIDRSet`, `icmps`, `toFQDNs`,
-    /// `toServices`, `authentication`, …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub icmps: Vec<IcmpRule>,
+    /// `toFQDNs`, `toServices`, `toGroups`, `fromRequires`, `authentication`, …: kept, and
+    /// reported as not enforced (an allow that allows nothing, a deny of every peer).
     #[serde(flatten)]
     #[schemars(skip)]
     pub unmodelled: Unmodelled,

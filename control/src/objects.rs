@@ -99,13 +99,22 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
         let allowed = kind.api_versions().join(", ");
         return Err(reject("apiVersion", format!("{api_version:?} is not one skiff reads ({allowed})")));
     }
+    // A Cilium policy's `specs`: the first is its spec (with `spec` absent), the others follow
+    // it in `more`.
+    let mut more = Vec::new();
     if matches!(kind, Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy)
-        && value.get("specs").is_some()
+        && let Some(specs) = value.as_object_mut().and_then(|o| o.remove("specs"))
     {
-        return Err(reject(
-            "specs",
-            "a list of specs is not read by skiff yet: write a policy per spec".into(),
-        ));
+        let Value::Array(mut specs) = specs else { return Err(reject("specs", "must be a list".into())) };
+        if value.get("spec").is_none() && !specs.is_empty() {
+            value["spec"] = specs.remove(0);
+        }
+        for (i, spec) in specs.into_iter().enumerate() {
+            let at = if value.get("spec").is_some() { i + 1 } else { i };
+            let spec: crate::crd::PolicySpec = serde_path_to_error::deserialize(spec)
+                .map_err(|e| reject(&format!("specs[{at}].{}", e.path()), e.into_inner().to_string()))?;
+            more.push(spec);
+        }
     }
     if api_version == "discovery.k8s.io/v1beta1" {
         endpoint_slice_from_v1beta1(&mut value);
@@ -117,7 +126,7 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
             (field, e.into_inner().to_string())
         })
     }
-    let object = match kind {
+    let mut object = match kind {
         Kind::Service => typed(value).map(Object::Service),
         Kind::EndpointSlice => typed(value).map(Object::EndpointSlice),
         Kind::Pod => typed(value).map(Object::Pod),
@@ -127,6 +136,11 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
         Kind::CiliumNetworkPolicy => typed(value).map(Object::CiliumNetworkPolicy),
         Kind::CiliumClusterwideNetworkPolicy => typed(value).map(Object::CiliumClusterwideNetworkPolicy),
     };
+    match &mut object {
+        Ok(Object::CiliumNetworkPolicy(p)) => p.spec.more = more,
+        Ok(Object::CiliumClusterwideNetworkPolicy(p)) => p.spec.policy.more = more,
+        _ => {}
+    }
     object.map_err(|(field, message)| reject(if field == "." { "(object)" } else { &field }, message))
 }
 

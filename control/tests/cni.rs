@@ -6,18 +6,14 @@
 //! `tests/runtime.rs`. Root only (network namespaces, XDP, AF_XDP).
 
 mod privileged {
-    use std::{
-        collections::BTreeSet,
-        net::IpAddr,
-        path::{Path, PathBuf},
-    };
+    use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
     use serde_json::{Value, json};
     use skiff_api::{EndpointState, EndpointView};
     use skiff_lab::{
         Host, Lab, Netns, Topology,
         agent::Agent,
-        cni::{self, Call, Output},
+        cni::{self, Call, CniNode, Output},
     };
 
     const AGENT: &str = env!("CARGO_BIN_EXE_skiff-agent");
@@ -37,63 +33,35 @@ status:
 ";
 
     /// A lab node running skiff-agent, and the CNI configuration it installed.
-    struct Cluster {
-        agent: Agent,
-        lab: Lab,
-        args: Vec<String>,
-        /// The plugin's configuration, derived from the conflist as a runtime derives it.
-        conf: String,
-        plugin: PathBuf,
+    struct Cluster(CniNode);
+
+    impl std::ops::Deref for Cluster {
+        type Target = CniNode;
+        fn deref(&self) -> &CniNode {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Cluster {
+        fn deref_mut(&mut self) -> &mut CniNode {
+            &mut self.0
+        }
     }
 
     impl Cluster {
         /// `lab`'s node with skiff-agent (`io`, `extra` options) on the folder `objects`.
         fn start(lab: Lab, name: &str, io: &str, extra: &[&str], objects: &str) -> Cluster {
-            let state = std::env::temp_dir().join(format!("skiff-{name}-{}-objects", lab.id()));
-            std::fs::create_dir_all(&state).unwrap();
-            std::fs::write(state.join("cluster.yaml"), objects).unwrap();
-            let mut args: Vec<String> =
-                ["--state-dir", state.to_str().unwrap(), "--node-name", "node1", "--io", io]
-                    .into_iter()
-                    .map(String::from)
-                    .collect();
-            args.extend(["--device".into(), lab.client().node_iface.clone()]);
-            args.extend(extra.iter().map(|a| (*a).to_owned()));
-            let agent =
-                Agent::start(&lab.node().netns, Path::new(AGENT), &format!("{name}-{}", lab.id()), &args)
-                    .expect("skiff-agent starts");
-            let (conflist, plugin) = agent.cni_conf();
-            let list: Value =
-                serde_json::from_slice(&std::fs::read(&conflist).expect("the conflist")).unwrap();
-            let mut conf = list["plugins"][0].clone();
-            conf["cniVersion"] = list["cniVersion"].clone();
-            conf["name"] = list["name"].clone();
-            Cluster { agent, lab, args, conf: conf.to_string(), plugin }
-        }
-
-        fn objects(&self) -> PathBuf {
-            PathBuf::from(&self.args[1])
-        }
-
-        fn call(&self, call: &Call) -> Output {
-            cni::call(&self.lab.node().netns, &self.plugin, &self.conf, call).expect("skiff-cni runs")
+            Cluster(CniNode::start(lab, Path::new(AGENT), name, io, extra, objects))
         }
 
         /// ADD for pod `name` (namespace `demo`) in `netns`, container `container`.
         fn add(&self, container: &str, netns: &Netns, name: &str) -> Output {
-            let args = format!("K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name}");
-            self.call(&Call { args: &args, ..Call::new("ADD", container, netns) })
+            self.0.add(container, netns, "demo", name)
         }
 
         /// ADD that must succeed: the pod as a lab host.
         fn pod(&self, container: &str, netns: &Netns, name: &str) -> Host {
-            let out = self.add(container, netns, name);
-            assert!(out.success, "ADD {name}: {} {}", out.json, out.stderr);
-            cni::host_of(name, netns, &out.json).unwrap()
-        }
-
-        fn del(&self, container: &str, netns: &Netns) -> Output {
-            self.call(&Call::new("DEL", container, netns))
+            self.0.pod(container, netns, "demo", name)
         }
 
         fn endpoints(&self) -> Vec<EndpointView> {
@@ -135,14 +103,6 @@ status:
                     !services.is_empty() && services.iter().all(|s| s.backends.len() == want)
                 })
                 .unwrap();
-        }
-    }
-
-    impl Drop for Cluster {
-        fn drop(&mut self) {
-            // The agent first: it watches the folder of objects.
-            let _ = self.agent.kill();
-            let _ = std::fs::remove_dir_all(self.objects());
         }
     }
 
@@ -288,8 +248,8 @@ status:
         let before = c.endpoints();
 
         c.agent.kill().unwrap();
-        let args = c.args.clone();
-        c.agent.restart(&c.lab.node().netns, Path::new(AGENT), &args).expect("the agent restarts");
+        let (args, node) = (c.args.clone(), c.lab.node().netns.clone());
+        c.agent.restart(&node, Path::new(AGENT), &args).expect("the agent restarts");
         // Restored at once, and ready once the agent has read its Pods again.
         let ready = |e: Vec<EndpointView>| e.len() == 2 && e.iter().all(|e| e.state == EndpointState::Ready);
         c.agent.wait_until("the restored endpoints", |a| a.client().endpoints().is_ok_and(ready)).unwrap();

@@ -9,6 +9,7 @@ use skiff_control::{
     apply::Applier,
     compile::{BackendSpec, Desired, NodeContext, compile},
     objects::{Object, decode_yaml},
+    policy::Enforcement,
 };
 
 const DEMO: &[&str] = &[
@@ -26,7 +27,13 @@ fn objects(texts: &[&str]) -> Vec<Object> {
 }
 
 fn ctx() -> NodeContext {
-    NodeContext { name: "node1".into(), addresses: Vec::new(), maglev_table_size: 251, pod_cidrs: Vec::new() }
+    NodeContext {
+        name: "node1".into(),
+        addresses: Vec::new(),
+        maglev_table_size: 251,
+        pod_cidrs: Vec::new(),
+        policy_enforcement: Enforcement::Default,
+    }
 }
 
 fn ip(text: &str) -> IpAddr {

@@ -10,6 +10,7 @@ use skiff_control::{
     compile::NodeContext,
     controller::{Controller, Event, Recorder, Sink},
     objects::{Documents, decode_yaml},
+    policy::Enforcement,
     source::dir,
     validate::Limits,
 };
@@ -31,6 +32,7 @@ fn unlisted() -> (Controller, Recorder, Documents) {
         addresses: Vec::new(),
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
+        policy_enforcement: Enforcement::Default,
     };
     let c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
@@ -166,6 +168,7 @@ fn a_failed_publish_degrades_health_and_is_retried_whole() {
         addresses: Vec::new(),
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
+        policy_enforcement: Enforcement::Default,
     };
     let mut c =
         Controller::new(ctx, Limits::default(), Box::new(FailsOnce(true, recorder.clone())), source());

@@ -127,6 +127,7 @@ fn worker_engine() -> Engine {
         services: services.into_iter().collect(),
         node: LocalNode::default(),
         next_hops: next_hops.into_iter().collect(),
+        ..Tables::default()
     };
     Engine::new(Arc::new(tables), 1024, Timeouts::default())
 }

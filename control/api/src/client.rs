@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IdentityView, IpamView, PodRef,
-    Request, ServiceView, Status, encode_line,
+    PolicyView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView, encode_line,
 };
 
 /// Asks an agent on its socket, one connection per question.
@@ -66,6 +66,27 @@ impl Client {
     pub fn identities(&self) -> Result<Vec<IdentityView>, ClientError> {
         match self.ask(&Request::IdentityList)? {
             Answer::Identities(identities) => Ok(identities),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn policy(&self) -> Result<PolicyView, ClientError> {
+        match self.ask(&Request::PolicyGet)? {
+            Answer::Policy(policy) => Ok(*policy),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The verdict on a new flow from `src` to `dst` on `port`/`protocol`.
+    pub fn trace(
+        &self,
+        src: TraceEnd,
+        dst: TraceEnd,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<TraceView, ClientError> {
+        match self.ask(&Request::PolicyTrace { src, dst, port, protocol })? {
+            Answer::Trace(trace) => Ok(*trace),
             other => Err(unexpected(other)),
         }
     }

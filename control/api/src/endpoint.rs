@@ -118,6 +118,9 @@ pub struct EndpointView {
     pub host_ifname: String,
     pub attach: AttachMode,
     pub state: EndpointState,
+    /// Whether policy governs its ingress, and its egress (filled by the agent's policy).
+    #[serde(default)]
+    pub policy: (bool, bool),
 }
 
 /// A security identity as `skiff identity list` shows it: its number and the labels it

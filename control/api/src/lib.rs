@@ -5,6 +5,7 @@
 mod client;
 mod endpoint;
 mod object;
+mod policy;
 mod service;
 mod status;
 
@@ -16,6 +17,7 @@ pub use endpoint::{
     PodRef, PoolView,
 };
 pub use object::{FieldError, Kind, ObjectKey, Rejection};
+pub use policy::{PolicyView, RuleView, TraceEnd, TraceView, VerdictView};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
 pub use status::{
     ApplyReport, Datapath, Health, Io, LastApply, Problem, Source, Status, Tunnel, WorkerCounters,
@@ -40,6 +42,10 @@ pub enum Request {
     IpamList,
     /// The security identities: the reserved ones, and one per distinct pod label set.
     IdentityList,
+    /// The compiled policy rules.
+    PolicyGet,
+    /// The verdict on a new flow from `src` to `dst` on `port`/`protocol`, from the tables.
+    PolicyTrace { src: TraceEnd, dst: TraceEnd, port: u16, protocol: Protocol },
     /// `skiff-cni` ADD, first: addresses for an attachment (the ones it has, if it has some).
     AddressAllocate { attachment: Attachment, pod: Option<PodRef> },
     /// `skiff-cni` ADD, then: the interfaces exist; serve them.
@@ -66,6 +72,8 @@ pub enum Answer {
     Endpoint(Box<EndpointView>),
     Ipam(IpamView),
     Identities(Vec<IdentityView>),
+    Policy(Box<PolicyView>),
+    Trace(Box<TraceView>),
     Addressing(Addressing),
     /// Done, nothing to report.
     Done,

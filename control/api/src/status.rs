@@ -30,6 +30,12 @@ pub struct Status {
     pub identities: usize,
     pub tunnels: Vec<Tunnel>,
     pub policies: usize,
+    /// `default`, `always` or `never` (`--policy-enforcement`).
+    #[serde(default)]
+    pub policy_enforcement: String,
+    /// Local endpoints whose ingress, and whose egress, is under policy.
+    #[serde(default)]
+    pub enforced: (usize, usize),
     pub next_hops: usize,
     /// Tables published so far.
     pub applies: u64,
@@ -59,6 +65,8 @@ impl Status {
             identities: 0,
             tunnels: Vec::new(),
             policies: 0,
+            policy_enforcement: String::new(),
+            enforced: (0, 0),
             next_hops: 0,
             applies: 0,
             listings: 0,
@@ -90,9 +98,12 @@ pub enum Problem {
     /// The API server does not serve these kinds (their CRDs are not installed): their
     /// objects are not read; every other kind is applied.
     NotServed { kinds: Vec<Kind> },
-    /// Policies are accepted and counted, but nothing enforces them yet: what they would deny
-    /// still flows.
-    PoliciesNotEnforced { policies: usize },
+    /// Rules accepted but not enforced as written (L7, FQDNs, host policies, …): each says
+    /// what skiff does instead (it denies what they would govern, or, for host policies,
+    /// nothing yet).
+    RulesNotEnforced { rules: Vec<String> },
+    /// `--policy-enforcement never`: no policy is enforced.
+    PolicyEnforcementOff { policies: usize },
 }
 
 impl fmt::Display for Problem {
@@ -104,9 +115,13 @@ impl fmt::Display for Problem {
                 let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
                 write!(f, "waiting for the first list of {}", kinds.join(", "))
             }
-            Problem::PoliciesNotEnforced { policies } => write!(
+            Problem::RulesNotEnforced { rules } => {
+                write!(f, "{} policy rules are not enforced as written:", rules.len())?;
+                rules.iter().try_for_each(|r| write!(f, "\n    {r}"))
+            }
+            Problem::PolicyEnforcementOff { policies } => write!(
                 f,
-                "{policies} network policies are accepted but NOT ENFORCED yet: what they would deny still flows"
+                "policy enforcement is off (--policy-enforcement never): {policies} policies are NOT ENFORCED"
             ),
             Problem::NotServed { kinds } => {
                 let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();

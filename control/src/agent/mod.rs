@@ -67,6 +67,7 @@ pub async fn run(options: Options) -> Result<()> {
             IpamMode::ClusterPool(cidrs) => cidrs.clone(),
             IpamMode::Kubernetes => Vec::new(),
         },
+        policy_enforcement: options.policy_enforcement,
     };
     let limits = Limits { node_ports: options.node_port_range.clone() };
     let (events_tx, events) = mpsc::channel(1024);

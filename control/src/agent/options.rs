@@ -13,7 +13,10 @@ use skiff_common::{
 };
 use skiff_fastpath::datapath::Io;
 
-use crate::endpoints::{EndpointConfig, cni_conf::CniInstall, ipam::IpamMode};
+use crate::{
+    endpoints::{EndpointConfig, cni_conf::CniInstall, ipam::IpamMode},
+    policy::Enforcement,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,6 +123,11 @@ pub struct Options {
     /// Install this conflist instead of skiff's (its first plugin must be skiff-cni).
     #[arg(long, value_name = "FILE")]
     pub cni_custom_conf: Option<PathBuf>,
+    /// How endpoints come under network policy, as Cilium's policyEnforcementMode: once a
+    /// policy selects them (default), always (what no rule allows is denied, also with no
+    /// policy), or never.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Enforcement::Default)]
+    pub policy_enforcement: Enforcement,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -5,7 +5,6 @@
 //! agent serves them again (their veths are still there).
 
 pub mod cni_conf;
-pub mod identity;
 pub mod ipam;
 
 use std::{
@@ -24,11 +23,8 @@ use skiff_api::{
 };
 use skiff_common::identity::Identity;
 
-use self::{
-    identity::Identities,
-    ipam::{Ipam, IpamError, IpamMode},
-};
-use crate::controller::Sink;
+use self::ipam::{Ipam, IpamError, IpamMode};
+use crate::{controller::Sink, labels::Labels};
 
 /// What the agent's endpoints need to know.
 #[derive(Clone, Debug)]
@@ -66,7 +62,6 @@ pub struct Endpoints {
     by_attachment: BTreeMap<Attachment, Endpoint>,
     next_id: u32,
     ipam: Ipam,
-    identities: Identities,
     /// The gateways put on the node for its pods (done when the first pod comes, not before:
     /// an agent that serves no pods leaves the node as it is).
     prepared: Vec<IpAddr>,
@@ -82,7 +77,6 @@ impl Endpoints {
         let next_id = saved.iter().map(|e| e.id + 1).max().unwrap_or(1);
         Ok(Endpoints {
             ipam: Ipam::open(&dir.join("ipam.json"), config.ipam.clone())?,
-            identities: Identities::open(&dir.join("identities.json"))?,
             path,
             by_attachment: saved.into_iter().map(|e| (e.spec.attachment.clone(), e)).collect(),
             next_id,
@@ -138,14 +132,25 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Gives each endpoint its Pod's labels (`pod_labels`) and their identity, or `init`
-    /// while its Pod is not known.
-    pub fn label(&mut self, pod_labels: impl Fn(&PodRef) -> Option<BTreeMap<String, String>>) -> Result<()> {
+    /// Where endpoints, allocations and identities are kept.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Gives each endpoint its Pod's labels and their identity (`of_pod`), or `init` while its
+    /// Pod is not known.
+    pub fn label(
+        &mut self,
+        mut of_pod: impl FnMut(&PodRef) -> Result<Option<(Labels, Identity)>>,
+    ) -> Result<()> {
         for endpoint in self.by_attachment.values_mut() {
-            endpoint.labels = endpoint.spec.pod.as_ref().and_then(&pod_labels);
-            endpoint.identity = match &endpoint.labels {
-                Some(labels) => self.identities.of(labels)?,
-                None => Identity::INIT,
+            let found = match &endpoint.spec.pod {
+                Some(pod) => of_pod(pod)?,
+                None => None,
+            };
+            (endpoint.labels, endpoint.identity) = match found {
+                Some((labels, identity)) => (Some(labels), identity),
+                None => (None, Identity::INIT),
             };
         }
         Ok(())
@@ -158,21 +163,14 @@ impl Endpoints {
         views
     }
 
+    /// The pods' gateways (addresses of the node).
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        self.ipam.gateways()
+    }
+
     /// Whether ADD can be served: the node has a pod CIDR.
     pub fn ready(&self) -> bool {
         !self.ipam.gateways().is_empty()
-    }
-
-    /// Numbers every label set of the cluster's pods that has no identity yet.
-    pub fn allocate_identities<'a>(
-        &mut self,
-        sets: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
-    ) -> Result<()> {
-        self.identities.allocate(sets)
-    }
-
-    pub fn identity_views(&self) -> Vec<skiff_api::IdentityView> {
-        self.identities.views()
     }
 
     pub fn ipam_view(&self) -> skiff_api::IpamView {
@@ -317,6 +315,7 @@ fn view(endpoint: &Endpoint) -> EndpointView {
         host_ifname: endpoint.spec.host_ifname.clone(),
         attach: endpoint.attach.unwrap_or(AttachMode::None),
         state,
+        policy: (false, false),
     }
 }
 
@@ -422,7 +421,7 @@ mod tests {
         let other = EndpointSpec { host_ifname: "lxc-other".into(), ..spec("a", &addressing) };
         assert_eq!(code(e.answer(&Request::EndpointCreate(other), &mut sink)), ErrorCode::Conflict);
 
-        e.label(|_| Some([("app".to_owned(), "web".to_owned())].into())).unwrap();
+        e.label(|_| Ok(Some(([("app".to_owned(), "web".to_owned())].into(), Identity(300))))).unwrap();
         // No Pod named: no labels, the init identity.
         assert_eq!(e.views()[0].identity, Identity::INIT.0);
 

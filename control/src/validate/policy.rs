@@ -8,7 +8,7 @@ use k8s_openapi::{
 };
 
 use super::{PORTS, check::Check};
-use crate::crd::PolicySpec;
+use crate::crd::{IcmpFamily, PolicySpec, Rule};
 
 pub(super) fn network_policy(v: &mut Check, p: &NetworkPolicy) {
     let Some(spec) = &p.spec else { return v.error("spec", "missing: a NetworkPolicy needs a spec") };
@@ -38,16 +38,14 @@ pub(super) fn network_policy(v: &mut Check, p: &NetworkPolicy) {
 
 fn network_policy_peer(v: &mut Check, at: &str, peer: &NetworkPolicyPeer) {
     if let Some(block) = &peer.ip_block {
-        if let Some(net) = v.cidr(&format!("{at}.ipBlock.cidr"), &block.cidr) {
-            for (k, except) in block.except.iter().flatten().enumerate() {
-                let field = format!("{at}.ipBlock.except[{k}]");
-                if let Some(inner) = v.cidr(&field, except)
-                    && !(inner.prefix_len() > net.prefix_len() && net.contains(&inner))
-                {
-                    v.error(&field, format!("{except} is not strictly inside ipBlock.cidr {}", block.cidr));
-                }
-            }
-        }
+        let except = block.except.as_deref().unwrap_or_default();
+        cidr_with_except(
+            v,
+            &format!("{at}.ipBlock.cidr"),
+            &block.cidr,
+            &format!("{at}.ipBlock.except"),
+            except,
+        );
         if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
             v.error(at, "ipBlock may not be combined with podSelector or namespaceSelector");
         }
@@ -80,49 +78,107 @@ fn network_policy_port(v: &mut Check, at: &str, port: &NetworkPolicyPort) {
     }
 }
 
+/// A Cilium policy: its spec, and each of its `specs` (fields named `specs[i].…`).
 pub(super) fn cilium_policy(v: &mut Check, spec: &PolicySpec) {
-    match (&spec.endpoint_selector, spec.unmodelled.contains_key("nodeSelector")) {
-        (Some(selector), false) => v.cilium_selector("spec.endpointSelector", selector),
-        // A host policy.
-        (None, true) => {}
-        (Some(_), true) => v.error("spec.nodeSelector", "may not be set with endpointSelector"),
-        (None, false) => v.error("spec.endpointSelector", "missing: a policy selects endpoints (or nodes)"),
+    if spec.more.is_empty() {
+        return cilium_spec(v, "spec", spec);
     }
-    for (direction, rules) in [("ingress", &spec.ingress), ("egress", &spec.egress)] {
+    for (i, s) in std::iter::once(spec).chain(&spec.more).enumerate() {
+        cilium_spec(v, &format!("specs[{i}]"), s);
+    }
+}
+
+fn cilium_spec(v: &mut Check, at: &str, spec: &PolicySpec) {
+    match (&spec.endpoint_selector, &spec.node_selector) {
+        (Some(selector), None) => v.cilium_selector(&format!("{at}.endpointSelector"), selector),
+        // A host policy.
+        (None, Some(selector)) => v.cilium_selector(&format!("{at}.nodeSelector"), selector),
+        (Some(_), Some(_)) => v.error(&format!("{at}.nodeSelector"), "may not be set with endpointSelector"),
+        (None, None) => {
+            v.error(&format!("{at}.endpointSelector"), "missing: a policy selects endpoints (or nodes)")
+        }
+    }
+    for (direction, rules) in [
+        ("ingress", &spec.ingress),
+        ("ingressDeny", &spec.ingress_deny),
+        ("egress", &spec.egress),
+        ("egressDeny", &spec.egress_deny),
+    ] {
         for (i, rule) in rules.iter().enumerate() {
-            let at = format!("spec.{direction}[{i}]");
-            for (field, selectors) in
-                [("fromEndpoints", &rule.from_endpoints), ("toEndpoints", &rule.to_endpoints)]
-            {
-                for (j, s) in selectors.iter().enumerate() {
-                    v.cilium_selector(&format!("{at}.{field}[{j}]"), s);
+            cilium_rule(v, &format!("{at}.{direction}[{i}]"), rule);
+        }
+    }
+}
+
+fn cilium_rule(v: &mut Check, at: &str, rule: &Rule) {
+    for (field, selectors) in [("fromEndpoints", &rule.from_endpoints), ("toEndpoints", &rule.to_endpoints)] {
+        for (j, s) in selectors.iter().enumerate() {
+            v.cilium_selector(&format!("{at}.{field}[{j}]"), s);
+        }
+    }
+    for (field, cidrs) in [("fromCIDR", &rule.from_cidr), ("toCIDR", &rule.to_cidr)] {
+        for (j, cidr) in cidrs.iter().enumerate() {
+            v.cidr(&format!("{at}.{field}[{j}]"), cidr);
+        }
+    }
+    for (field, sets) in [("fromCIDRSet", &rule.from_cidr_set), ("toCIDRSet", &rule.to_cidr_set)] {
+        for (j, set) in sets.iter().enumerate() {
+            let at = format!("{at}.{field}[{j}]");
+            match &set.cidr {
+                Some(cidr) => {
+                    cidr_with_except(v, &format!("{at}.cidr"), cidr, &format!("{at}.except"), &set.except)
                 }
-            }
-            for (field, cidrs) in [("fromCIDR", &rule.from_cidr), ("toCIDR", &rule.to_cidr)] {
-                for (j, cidr) in cidrs.iter().enumerate() {
-                    v.cidr(&format!("{at}.{field}[{j}]"), cidr);
+                None if set.unmodelled.is_empty() => {
+                    v.error(&format!("{at}.cidr"), "missing: a CIDR set needs a cidr (or a cidrGroupRef)")
                 }
+                None => {}
             }
-            for (j, ports) in rule.to_ports.iter().enumerate() {
-                for (k, p) in ports.ports.iter().enumerate() {
-                    let field = format!("{at}.toPorts[{j}].ports[{k}]");
-                    match p.port.parse::<i64>() {
-                        Ok(n) => {
-                            if !(0..=65535).contains(&n) {
-                                v.error(&format!("{field}.port"), format!("{n} is out of range 0..=65535"));
-                            } else if let Some(end) = p.end_port {
-                                // n is within 0..=65535 here.
-                                v.range(
-                                    &format!("{field}.endPort"),
-                                    end,
-                                    i32::try_from(n).unwrap_or(0)..=65535,
-                                );
-                            }
-                        }
-                        Err(_) => v.port_name(&format!("{field}.port"), &p.port),
+        }
+    }
+    for (j, ports) in rule.to_ports.iter().enumerate() {
+        for (k, p) in ports.ports.iter().enumerate() {
+            let field = format!("{at}.toPorts[{j}].ports[{k}]");
+            match p.port.parse::<i64>() {
+                Ok(n) => {
+                    if !(0..=65535).contains(&n) {
+                        v.error(&format!("{field}.port"), format!("{n} is out of range 0..=65535"));
+                    } else if let Some(end) = p.end_port {
+                        // n is within 0..=65535 here.
+                        v.range(&format!("{field}.endPort"), end, i32::try_from(n).unwrap_or(0)..=65535);
                     }
                 }
+                Err(_) => v.port_name(&format!("{field}.port"), &p.port),
             }
+        }
+    }
+    for (j, icmp) in rule.icmps.iter().enumerate() {
+        for (k, f) in icmp.fields.iter().enumerate() {
+            let family = f.family.unwrap_or(IcmpFamily::IPv4);
+            if crate::policy::icmp_type(&f.type_, family).is_none() {
+                let value = match &f.type_ {
+                    IntOrString::Int(n) => n.to_string(),
+                    IntOrString::String(s) => s.clone(),
+                };
+                v.error(
+                    &format!("{at}.icmps[{j}].fields[{k}].type"),
+                    format!(
+                        "{value:?} is no {family:?} ICMP type (a number 0-255 or a name such as EchoRequest)"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A CIDR and its exceptions, each strictly inside it.
+fn cidr_with_except(v: &mut Check, field: &str, cidr: &str, except_field: &str, except: &[String]) {
+    let Some(net) = v.cidr(field, cidr) else { return };
+    for (k, e) in except.iter().enumerate() {
+        let field = format!("{except_field}[{k}]");
+        if let Some(inner) = v.cidr(&field, e)
+            && !(inner.prefix_len() > net.prefix_len() && net.contains(&inner))
+        {
+            v.error(&field, format!("{e} is not strictly inside {cidr}"));
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Entry {
 pub struct Rules {
     /// By peer identity; `Identity::UNKNOWN` holds the entries for any peer.
     by_peer: HashMap<Identity, Vec<Entry>>,
+    /// What no entry matches is allowed: the endpoint is not isolated in this direction, only
+    /// its deny rules (and allows, which change nothing) apply (Cilium's
+    /// `enableDefaultDeny: false`).
+    pub default_allow: bool,
 }
 
 /// What policy says about a new flow.
@@ -79,7 +83,7 @@ impl Rules {
     }
 
     /// The verdict for a flow with `peer` on `protocol`/`port`: a matching deny wins, then a
-    /// matching allow, else denied.
+    /// matching allow, else denied (allowed when the direction is not isolated).
     #[inline]
     pub fn verdict(&self, peer: Identity, protocol: u8, port: u16) -> Verdict {
         let mut allowed = None;
@@ -92,7 +96,11 @@ impl Rules {
                 allowed.get_or_insert(entry.rule);
             }
         }
-        allowed.map_or(Verdict::Denied, |rule| Verdict::Allowed(Some(rule)))
+        match allowed {
+            Some(rule) => Verdict::Allowed(Some(rule)),
+            None if self.default_allow => Verdict::Allowed(None),
+            None => Verdict::Denied,
+        }
     }
 
     /// Entries, by peer.
@@ -295,6 +303,13 @@ mod tests {
         assert_eq!(rules.verdict(Identity(302), UDP, 9), Verdict::Allowed(Some(2)), "any peer");
         assert_eq!(rules.verdict(Identity(301), UDP, 53), Verdict::DeniedByRule(3));
         assert_eq!(Rules::default().verdict(Identity(300), TCP, 80), Verdict::Denied);
+        rules.default_allow = true;
+        assert_eq!(
+            rules.verdict(Identity(301), UDP, 53),
+            Verdict::DeniedByRule(3),
+            "not isolated: denies still deny"
+        );
+        assert_eq!(rules.verdict(Identity(301), TCP, 9), Verdict::Allowed(None));
     }
 
     #[test]

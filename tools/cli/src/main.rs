@@ -1,13 +1,16 @@
 //! `skiff`: the command line to a running skiff-agent, modelled on `cilium-dbg`. Tables for
 //! people, `-o json` for scripts; an error from the agent is printed as one and exits 1.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
-use skiff_api::{Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, ServiceView, Status};
+use skiff_api::{
+    Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, PodRef, PolicyView, Protocol, RuleView,
+    ServiceView, Status, TraceEnd, TraceView,
+};
 
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "Ask a running skiff-agent what it does")]
@@ -47,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Network policy: the compiled rules, and the verdict on a flow.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Pod addresses: the pools and who holds each address.
     Ipam {
         #[command(subcommand)]
@@ -74,6 +82,29 @@ enum EndpointCommand {
 enum IdentityCommand {
     /// Every identity with its labels.
     List,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Every compiled rule with the object it came from.
+    Get,
+    /// The verdict on a new flow, from the tables the workers use, and the rule that decided
+    /// (as `cilium policy trace`).
+    Trace {
+        /// The source pod, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/NAME", required_unless_present = "src_ip")]
+        src_pod: Option<String>,
+        #[arg(long, value_name = "IP", conflicts_with = "src_pod")]
+        src_ip: Option<IpAddr>,
+        /// The destination pod, NAMESPACE/NAME.
+        #[arg(long, value_name = "NS/NAME", required_unless_present = "dst_ip")]
+        dst_pod: Option<String>,
+        #[arg(long, value_name = "IP", conflicts_with = "dst_pod")]
+        dst_ip: Option<IpAddr>,
+        /// The destination port and protocol: 80, 80/TCP, 53/UDP.
+        #[arg(long, value_name = "PORT[/PROTO]")]
+        dport: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,11 +139,40 @@ fn run(cli: Cli) -> Result<()> {
         Command::Identity { command: IdentityCommand::List } => {
             show(cli.output, &client.identities()?, |ids| print_identities(ids))
         }
+        Command::Policy { command: PolicyCommand::Get } => show(cli.output, &client.policy()?, print_policy),
+        Command::Policy { command: PolicyCommand::Trace { src_pod, src_ip, dst_pod, dst_ip, dport } } => {
+            let (port, protocol) = port_and_protocol(&dport)?;
+            let (src, dst) = (end(src_pod, src_ip)?, end(dst_pod, dst_ip)?);
+            show(cli.output, &client.trace(src, dst, port, protocol)?, print_trace)
+        }
         Command::Ipam { command: IpamCommand::List } => show(cli.output, &client.ipam()?, print_ipam),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
             Ok(())
         }
+    }
+}
+
+/// `80`, `80/TCP`, `53/udp`.
+fn port_and_protocol(text: &str) -> Result<(u16, Protocol)> {
+    let (port, protocol) = text.split_once('/').unwrap_or((text, "TCP"));
+    let port = port.parse().with_context(|| format!("--dport {text}: {port:?} is not a port 0-65535"))?;
+    let Some(protocol) = Protocol::from_name(&protocol.to_uppercase()) else {
+        bail!("--dport {text}: {protocol:?} is not TCP, UDP or SCTP");
+    };
+    Ok((port, protocol))
+}
+
+fn end(pod: Option<String>, ip: Option<IpAddr>) -> Result<TraceEnd> {
+    match (pod, ip) {
+        (_, Some(ip)) => Ok(TraceEnd::Ip(ip)),
+        (Some(pod), None) => match pod.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                Ok(TraceEnd::Pod(PodRef { namespace: namespace.into(), name: name.into() }))
+            }
+            _ => bail!("{pod:?}: a pod is NAMESPACE/NAME"),
+        },
+        (None, None) => bail!("a pod or an address is needed"),
     }
 }
 
@@ -148,12 +208,13 @@ fn print_status(s: &Status) {
     row("Objects", if objects.is_empty() { "none".into() } else { objects.join(", ") });
     row("Services", format!("{} frontends, {} backends, {} next hops", s.frontends, s.backends, s.next_hops));
     row("Identities", format!("{} (distinct pod label sets)", s.identities));
+    let (ingress, egress) = s.enforced;
     row(
         "Policies",
-        match s.policies {
-            0 => "0".into(),
-            n => format!("{n} (accepted, NOT ENFORCED yet)"),
-        },
+        format!(
+            "{} (enforcement {}): {ingress} endpoints with ingress policy, {egress} with egress policy",
+            s.policies, s.policy_enforcement
+        ),
     );
     row("Tunnels", s.tunnels.len().to_string());
     for tunnel in &s.tunnels {
@@ -240,10 +301,23 @@ fn addresses(e: &EndpointView, v4: bool) -> String {
 }
 
 fn print_endpoints(endpoints: &[EndpointView]) {
-    let mut t = table(&["ENDPOINT", "IDENTITY", "LABELS", "IPv4", "IPv6", "INTERFACE", "ATTACH", "STATE"]);
+    let mut t = table(&[
+        "ENDPOINT",
+        "POLICY (ingress)",
+        "POLICY (egress)",
+        "IDENTITY",
+        "LABELS",
+        "IPv4",
+        "IPv6",
+        "INTERFACE",
+        "ATTACH",
+        "STATE",
+    ]);
     for e in endpoints {
         t.add_row(vec![
             e.id.to_string(),
+            enabled(e.policy.0).into(),
+            enabled(e.policy.1).into(),
             e.identity.to_string(),
             labels(e),
             addresses(e, true),
@@ -266,6 +340,7 @@ fn print_endpoint(e: &EndpointView) {
     row("Container", e.attachment.to_string());
     row("Network namespace", e.netns.display().to_string());
     row("Identity", e.identity.to_string());
+    row("Policy", format!("ingress {}, egress {}", enabled(e.policy.0), enabled(e.policy.1)));
     row("Labels", labels(e));
     row("IPv4", addresses(e, true));
     row("IPv6", addresses(e, false));
@@ -273,6 +348,47 @@ fn print_endpoint(e: &EndpointView) {
     row("Attach", e.attach.to_string());
     row("State", e.state.to_string());
     println!("{}", t.trim_fmt());
+}
+
+fn enabled(on: bool) -> &'static str {
+    if on { "Enabled" } else { "Disabled" }
+}
+
+fn print_policy(p: &PolicyView) {
+    println!("Policy enforcement: {}", p.enforcement);
+    println!("Policies: {}", if p.policies.is_empty() { "none".into() } else { p.policies.join(", ") });
+    let mut t = table(&["RULE", "SOURCE", "DIRECTION", "SUBJECT", "PEERS", "PORTS", "NOTE"]);
+    for r in &p.rules {
+        let direction = if r.deny { format!("{} DENY", r.direction) } else { r.direction.clone() };
+        t.add_row(vec![
+            r.id.to_string(),
+            format!("{}\n{}", r.source, r.at).trim().to_owned(),
+            direction,
+            r.subject.replace(", ", "\n"),
+            r.peers.join("\n"),
+            r.ports.join("\n"),
+            r.not_enforced.as_deref().map_or_else(String::new, |n| format!("NOT ENFORCED: {n}")),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+fn rule_line(rule: Option<&RuleView>) -> String {
+    rule.map_or_else(String::new, |r| format!(" by rule {} ({} {})", r.id, r.source, r.at).replace(" )", ")"))
+}
+
+fn print_trace(t: &TraceView) {
+    println!(
+        "Tracing {} (identity {}) -> {} (identity {}) port {}/{}",
+        t.src, t.src_identity, t.dst, t.dst_identity, t.port, t.protocol
+    );
+    for (what, verdict) in [("Egress of the source", &t.egress), ("Ingress of the destination", &t.ingress)] {
+        match verdict {
+            None => println!("{what}: not an endpoint of this node"),
+            Some(v) => println!("{what}: {}{}", v.verdict, rule_line(v.rule.as_ref())),
+        }
+    }
+    println!("Final verdict: {}", t.verdict);
 }
 
 fn print_identities(identities: &[IdentityView]) {

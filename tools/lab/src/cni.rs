@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Host, LabError, Netns};
+use crate::{Host, Lab, LabError, Netns, agent::Agent};
 
 /// One call of the plugin.
 #[derive(Clone, Debug)]
@@ -125,4 +125,76 @@ pub fn host_of(name: &str, netns: &Netns, result: &Value) -> Result<Host, LabErr
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect::<Option<_>>()?;
     bytes.try_into().ok()
+}
+
+/// A lab's node running skiff-agent on a folder of objects, with the CNI configuration it
+/// installed as a runtime derives it (the conflist's first plugin). Dropping it kills the
+/// agent and removes the folder.
+pub struct CniNode {
+    pub agent: Agent,
+    pub lab: Lab,
+    /// The agent's arguments (for a restart).
+    pub args: Vec<String>,
+    pub conf: String,
+    pub plugin: PathBuf,
+}
+
+impl CniNode {
+    /// `lab`'s node with `agent` (skiff-agent) run with `--io io` and `extra` options on a
+    /// folder holding `objects` as `cluster.yaml`; `name` makes its folders unique.
+    pub fn start(lab: Lab, agent: &Path, name: &str, io: &str, extra: &[&str], objects: &str) -> CniNode {
+        let state = std::env::temp_dir().join(format!("skiff-{name}-{}-objects", lab.id()));
+        std::fs::create_dir_all(&state).expect("the objects folder");
+        std::fs::write(state.join("cluster.yaml"), objects).expect("the objects");
+        let mut args: Vec<String> =
+            ["--state-dir", state.to_str().unwrap_or_default(), "--node-name", "node1", "--io", io]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        args.extend(["--device".into(), lab.client().node_iface.clone()]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let agent = Agent::start(&lab.node().netns, agent, &format!("{name}-{}", lab.id()), &args)
+            .expect("skiff-agent starts");
+        let (conflist, plugin) = agent.cni_conf();
+        let list: Value =
+            serde_json::from_slice(&std::fs::read(&conflist).expect("the conflist")).expect("JSON");
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        CniNode { agent, lab, args, conf: conf.to_string(), plugin }
+    }
+
+    /// The folder of objects the agent watches.
+    pub fn objects(&self) -> PathBuf {
+        PathBuf::from(&self.args[1])
+    }
+
+    pub fn call(&self, what: &Call) -> Output {
+        call(&self.lab.node().netns, &self.plugin, &self.conf, what).expect("skiff-cni runs")
+    }
+
+    /// ADD for pod `namespace/name` in `netns`, container `container`.
+    pub fn add(&self, container: &str, netns: &Netns, namespace: &str, name: &str) -> Output {
+        let args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+        self.call(&Call { args: &args, ..Call::new("ADD", container, netns) })
+    }
+
+    /// ADD that must succeed: the pod as a lab host.
+    pub fn pod(&self, container: &str, netns: &Netns, namespace: &str, name: &str) -> Host {
+        let out = self.add(container, netns, namespace, name);
+        assert!(out.success, "ADD {namespace}/{name}: {} {}", out.json, out.stderr);
+        host_of(name, netns, &out.json).expect("an ADD result")
+    }
+
+    pub fn del(&self, container: &str, netns: &Netns) -> Output {
+        self.call(&Call::new("DEL", container, netns))
+    }
+}
+
+impl Drop for CniNode {
+    fn drop(&mut self) {
+        // The agent first: it watches the folder of objects.
+        let _ = self.agent.kill();
+        let _ = std::fs::remove_dir_all(self.objects());
+    }
 }

@@ -28,6 +28,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cni;
 mod netns;
+pub mod probe;
 mod wire;
 
 use std::{

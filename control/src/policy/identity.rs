@@ -1,7 +1,8 @@
 //! Security identities of label sets: a number from 256 up for each distinct set of the
-//! cluster's pods (below are Cilium's reserved ones), kept on disk so that a label set keeps
-//! its number across restarts. Numbers are this node's own until identities are agreed
-//! between nodes. A number stays with its labels after their last pod goes.
+//! cluster's pods (below are Cilium's reserved ones), kept on disk (in the agent's data
+//! folder) so that a label set keeps its number across restarts. Numbers are this node's own
+//! until identities are agreed between nodes. A number stays with its labels after their last
+//! pod goes.
 
 use std::{
     collections::BTreeMap,
@@ -11,12 +12,15 @@ use std::{
 use skiff_api::IdentityView;
 use skiff_common::identity::Identity;
 
-use super::{read_json, write_atomically};
+use crate::{
+    endpoints::{read_json, write_atomically},
+    labels::Labels,
+};
 
-type Labels = BTreeMap<String, String>;
-
+#[derive(Default)]
 pub struct Identities {
-    path: PathBuf,
+    /// Where they are kept; `None`: in memory only.
+    path: Option<PathBuf>,
     by_labels: BTreeMap<Labels, Identity>,
 }
 
@@ -24,7 +28,12 @@ impl Identities {
     pub fn open(path: &Path) -> anyhow::Result<Identities> {
         let saved: Vec<(Labels, u32)> = read_json(path)?.unwrap_or_default();
         let by_labels = saved.into_iter().map(|(labels, id)| (labels, Identity(id))).collect();
-        Ok(Identities { path: path.to_owned(), by_labels })
+        Ok(Identities { path: Some(path.to_owned()), by_labels })
+    }
+
+    /// Every label set with its number.
+    pub fn all(&self) -> &BTreeMap<Labels, Identity> {
+        &self.by_labels
     }
 
     /// The identity of `labels`: the one they have, or the next free number (saved first).
@@ -44,10 +53,10 @@ impl Identities {
                 added = true;
             }
         }
-        if added {
+        if added && let Some(path) = &self.path {
             let saved: Vec<(&Labels, u32)> = self.by_labels.iter().map(|(l, id)| (l, id.0)).collect();
-            write_atomically(&self.path, &serde_json::to_vec_pretty(&saved)?)
-                .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))?;
+            write_atomically(path, &serde_json::to_vec_pretty(&saved)?)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         }
         Ok(())
     }

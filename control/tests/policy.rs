@@ -1,0 +1,908 @@
+//! Network policy enforced, probed as the conformance tools probe it (Cyclonus, the Kubernetes
+//! e2e netpol suite): three namespaces x, y, z with pods a, b, c each, made by skiff-cni on
+//! a lab node running skiff-agent, serve TCP and UDP on ports 80 and 81; every pod, the node
+//! (`host`) and a client outside the cluster (`world`) probe every pod, and every pod probes
+//! the world. Each scenario applies its policies (NetworkPolicy, CiliumNetworkPolicy,
+//! CiliumClusterwideNetworkPolicy) and compares every cell with its expectation, written by
+//! hand from the upstream documentation. Then: a connection open before a policy denies it
+//! keeps flowing while new ones are refused, and the enforcement modes `always` and
+//! `never`. Root only (network namespaces, XDP, AF_XDP).
+
+mod privileged {
+    use std::{
+        collections::BTreeMap,
+        io::{Read, Write},
+        net::{IpAddr, SocketAddr, TcpStream},
+        path::Path,
+        time::Duration,
+    };
+
+    use skiff_api::EndpointState;
+    use skiff_lab::{
+        Host, Netns, Topology,
+        cni::CniNode,
+        probe::{self, Probe, Proto, Servers},
+    };
+
+    const AGENT: &str = env!("CARGO_BIN_EXE_skiff-agent");
+
+    const CLUSTER: &str = r"
+apiVersion: v1
+kind: Node
+metadata: {name: node1}
+spec:
+  podCIDRs: [198.18.128.0/24, 'fd00:0:0:128::/64']
+status:
+  addresses: [{type: InternalIP, address: 198.18.0.1}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: 'y', labels: {ns: 'y'}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: z, labels: {ns: z}}
+";
+
+    const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+    const PODS: [&str; 3] = ["a", "b", "c"];
+    const PORTS: [u16; 2] = [80, 81];
+    /// How long a probe waits: an allowed one answers within a millisecond.
+    const DEADLINE: Duration = Duration::from_millis(700);
+
+    /// A scenario: its policies (YAML) and its expectation, hand-written. Each expectation
+    /// line is `allow|deny FROM TO PORTS`; the last line that matches a probe decides, and a
+    /// probe no line matches is allowed (no policy isolates anyone by default). FROM and TO
+    /// are `x/a`, `x/*`, `*/a`, `pods` (any pod), `world`, `host` or `*`; PORTS are `*`,
+    /// `tcp/*`, `*/80` or `udp/81`.
+    struct Scenario {
+        name: &'static str,
+        policies: &'static str,
+        expect: &'static [&'static str],
+    }
+
+    /// What the node may always do (Cilium's allow-localhost) once `TO` is isolated.
+    const HOST_X_A: &str = "allow host x/a *";
+
+    const SCENARIOS: &[Scenario] = &[
+        Scenario { name: "no policy: everything flows", policies: "", expect: &[] },
+        Scenario {
+            name: "NetworkPolicy: default deny ingress in x",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: deny-in, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}",
+            expect: &["deny * x/* *", "allow host x/* *"],
+        },
+        Scenario {
+            name: "NetworkPolicy: default deny egress in x",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: deny-out, namespace: x}
+spec: {podSelector: {}, policyTypes: [Egress]}",
+            expect: &["deny x/* * *"],
+        },
+        Scenario {
+            name: "NetworkPolicy: default deny both ways in x",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}",
+            expect: &["deny * x/* *", "deny x/* * *", "allow host x/* *"],
+        },
+        Scenario {
+            name: "NetworkPolicy: x/a from pods labelled pod=b of its namespace",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]",
+            expect: &["deny * x/a *", "allow x/b x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: x/a from namespace y",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]",
+            expect: &["deny * x/a *", "allow y/* x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: x/a from pod=b in namespace y (both in one peer)",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-y-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}, podSelector: {matchLabels: {pod: b}}}]",
+            expect: &["deny * x/a *", "allow y/b x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: x/a from namespace y or pod=b (two peers)",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-y-or-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}, {podSelector: {matchLabels: {pod: b}}}]",
+            expect: &["deny * x/a *", "allow y/* x/a *", "allow x/b x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: x/a from every namespace (not the world)",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-all-ns, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}}]}]",
+            expect: &["deny * x/a *", "allow pods x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: x/a on TCP 80 from anyone",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: tcp-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: 80}]}]",
+            expect: &["deny * x/a *", "allow * x/a tcp/80", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: x/a on UDP 81 from anyone",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: udp-81, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: 81, protocol: UDP}]}]",
+            expect: &["deny * x/a *", "allow * x/a udp/81", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: a port range (80-81 TCP) from namespace z",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: range, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {ns: z}}}]
+      ports: [{port: 80, endPort: 81, protocol: TCP}]",
+            expect: &["deny * x/a *", "allow z/* x/a tcp/*", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: a named port (serve-81-tcp) of the pod",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: named, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: serve-81-tcp}]}]",
+            expect: &["deny * x/a *", "allow * x/a tcp/81", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: egress to the peers' named port serve-80-udp",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: named-out, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Egress]
+  egress: [{to: [{namespaceSelector: {}}], ports: [{port: serve-80-udp, protocol: UDP}]}]",
+            expect: &["deny x/b * *", "allow x/b pods udp/80"],
+        },
+        Scenario {
+            name: "NetworkPolicy: ipBlock of the world's subnet",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: ipblock, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/24}}]}]",
+            expect: &["deny * x/a *", "allow world x/a *", HOST_X_A],
+        },
+        Scenario {
+            // Pod addresses are inside the block too, but CIDR rules do not match pods.
+            name: "NetworkPolicy: ipBlock with the world's subnet excepted",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: ipblock-except, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.0.0/24]}}]}]",
+            expect: &["deny * x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: egress to one address outside the cluster",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: to-client, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 198.18.0.2/32}}]}]",
+            expect: &["deny x/* * *", "allow x/* world *"],
+        },
+        Scenario {
+            name: "NetworkPolicy: egress to namespace y on TCP 80",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: to-y-80, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{to: [{namespaceSelector: {matchLabels: {ns: 'y'}}}], ports: [{port: 80}]}]",
+            expect: &["deny x/* * *", "allow x/* y/* tcp/80"],
+        },
+        Scenario {
+            name: "NetworkPolicy: two policies add up",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-x-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-y-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}, podSelector: {matchLabels: {pod: c}}}]}]",
+            expect: &["deny * x/a *", "allow x/b x/a *", "allow y/c x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "NetworkPolicy: policyTypes Ingress leaves its egress rules out",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: ingress-only, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}]}]
+  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]",
+            expect: &["deny * x/a *", "allow x/c x/a *", HOST_X_A],
+        },
+        Scenario {
+            // Without policyTypes, egress rules make it Ingress and Egress: ingress isolated
+            // with no rule.
+            name: "NetworkPolicy: egress rules without policyTypes isolate ingress too",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: egress-rules, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]",
+            expect: &["deny * x/a *", HOST_X_A, "deny x/a * *", "allow x/a x/b *"],
+        },
+        Scenario {
+            name: "NetworkPolicy: an empty ingress rule allows everything",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: allow-all, namespace: x}
+spec: {podSelector: {matchLabels: {pod: a}}, ingress: [{}]}",
+            expect: &[],
+        },
+        Scenario {
+            name: "NetworkPolicy: podSelector with In selects y/a and y/b",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: in, namespace: 'y'}
+spec:
+  podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, b]}]}
+  policyTypes: [Ingress]",
+            expect: &["deny * y/a *", "deny * y/b *", "allow host y/a *", "allow host y/b *"],
+        },
+        Scenario {
+            name: "NetworkPolicy: podSelector with NotIn selects z/b and z/c",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: not-in, namespace: z}
+spec:
+  podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [a]}]}
+  policyTypes: [Ingress]",
+            expect: &["deny * z/b *", "deny * z/c *", "allow host z/b *", "allow host z/c *"],
+        },
+        Scenario {
+            name: "NetworkPolicy: namespaceSelector with In (x and y into z)",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: ns-in, namespace: z}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [x, 'y']}]}}]}]",
+            expect: &["deny * z/* *", "allow x/* z/* *", "allow y/* z/* *", "allow host z/* *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: allow-frontend-to-backend, as Cilium's documentation has it",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-frontend-to-backend, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {role: backend}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {role: frontend}}]
+      toPorts: [{ports: [{port: '80', protocol: TCP}]}]",
+            expect: &["deny * x/b *", "allow x/a x/b tcp/80", "allow host x/b *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: an empty fromEndpoints selector is its namespace",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: same-ns, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEndpoints: [{}]}]",
+            expect: &["deny * x/a *", "allow x/* x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: fromEndpoints naming namespace y (k8s: prefix)",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-y, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': 'y'}}]}]",
+            expect: &["deny * x/a *", "allow y/* x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: fromEndpoints by namespace label (ns=z)",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-ns-label, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEndpoints: [{matchLabels: {'io.cilium.k8s.namespace.labels.ns': z, pod: c}}]}]",
+            expect: &["deny * x/a *", "allow z/c x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: fromEntities world",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-world, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEntities: [world]}]",
+            expect: &["deny * x/a *", "allow world x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: fromEntities cluster",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-cluster, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEntities: [cluster]}]",
+            expect: &["deny * x/a *", "allow pods x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: fromEntities host",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-host, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEntities: [host]}]",
+            expect: &["deny * x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: toEntities world",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-world, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  egress: [{toEntities: [world]}]",
+            expect: &["deny x/a * *", "allow x/a world *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: toEntities cluster",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-cluster, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  egress: [{toEntities: [cluster]}]",
+            expect: &["deny x/a * *", "allow x/a pods *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: toCIDRSet with the world excepted",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cidr-set, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  egress: [{toCIDRSet: [{cidr: 198.18.0.0/16, except: [198.18.0.0/28]}]}]",
+            expect: &["deny x/a * *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: toCIDR of the client on UDP 81",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cidr-udp, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  egress: [{toCIDR: [198.18.0.2/32], toPorts: [{ports: [{port: '81', protocol: UDP}]}]}]",
+            expect: &["deny x/a * *", "allow x/a world udp/81"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: toPorts ANY on 81 (TCP and UDP)",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: any-81, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEndpoints: [{}], toPorts: [{ports: [{port: '81', protocol: ANY}]}]}]",
+            expect: &["deny * x/a *", "allow x/* x/a */81", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: a port range with endPort from entity all",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: range, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEntities: [all], toPorts: [{ports: [{port: '80', endPort: 81, protocol: TCP}]}]}]",
+            expect: &["deny * x/a *", "allow * x/a tcp/*", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: ingressDeny wins over an allow of all",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-b, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEntities: [all]}]
+  ingressDeny: [{fromEndpoints: [{matchLabels: {pod: b}}]}]",
+            expect: &["deny x/b x/a *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: a deny-only policy isolates too",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-only, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingressDeny: [{fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': 'y'}}]}]",
+            expect: &["deny * x/a *", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: enableDefaultDeny false only denies what it denies",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-y-only, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  enableDefaultDeny: {ingress: false}
+  ingressDeny: [{fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': 'y'}}]}]",
+            expect: &["deny y/* x/a *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: egressDeny of UDP 80 beside an allow of all",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-udp-80, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  egress: [{toEntities: [all]}]
+  egressDeny: [{toEntities: [all], toPorts: [{ports: [{port: '80', protocol: UDP}]}]}]",
+            expect: &["deny x/a * udp/80"],
+        },
+        Scenario {
+            name: "CiliumClusterwideNetworkPolicy: pod=a in every namespace from pod=c anywhere",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: c-to-a}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEndpoints: [{matchLabels: {pod: c}}]}]",
+            expect: &["deny * */a *", "allow */c */a *", "allow host */a *"],
+        },
+        Scenario {
+            name: "CiliumClusterwideNetworkPolicy: an empty fromEndpoints selector is every pod",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: z-from-pods}
+spec:
+  endpointSelector: {matchLabels: {'k8s:io.kubernetes.pod.namespace': z}}
+  ingress: [{fromEndpoints: [{}]}]",
+            expect: &["deny * z/* *", "allow pods z/* *", "allow host z/* *"],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: L7 rules are not enforced: their port is denied",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress:
+    - fromEndpoints: [{}]
+      toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{method: GET}]}}]
+    - fromEndpoints: [{}]
+      toPorts: [{ports: [{port: '81', protocol: TCP}]}]",
+            expect: &["deny * x/a *", "allow x/* x/a tcp/81", HOST_X_A],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: toFQDNs is not enforced: it allows nothing",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  egress:
+    - toFQDNs: [{matchName: example.com}]
+    - toEntities: [world]
+      toPorts: [{ports: [{port: '81', protocol: TCP}]}]",
+            expect: &["deny x/a * *", "allow x/a world tcp/81"],
+        },
+        Scenario {
+            name: "CiliumClusterwideNetworkPolicy: a host policy is accepted, not enforced",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: host-fw}
+spec:
+  nodeSelector: {}
+  ingress: [{fromEntities: [cluster]}]",
+            expect: &[],
+        },
+        Scenario {
+            name: "CiliumNetworkPolicy: a list of specs",
+            policies: "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: two-specs, namespace: x}
+specs:
+  - endpointSelector: {matchLabels: {pod: a}}
+    ingress: [{fromEndpoints: [{matchLabels: {pod: b}}]}]
+  - endpointSelector: {matchLabels: {pod: c}}
+    ingress: [{}]",
+            expect: &["deny * x/a *", "allow x/b x/a *", HOST_X_A, "deny * x/c *", "allow host x/c *"],
+        },
+        Scenario {
+            name: "NetworkPolicy and CiliumNetworkPolicy on one pod add up",
+            policies: "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-b, namespace: 'y'}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-world-udp, namespace: 'y'}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  ingress: [{fromEntities: [world], toPorts: [{ports: [{port: '80', protocol: UDP}]}]}]",
+            expect: &["deny * y/a *", "allow y/b y/a *", "allow world y/a udp/80", "allow host y/a *"],
+        },
+    ];
+
+    /// The lab: the node with its agent, the pods by `ns/name`, the node's and the world's
+    /// namespaces, and the servers.
+    struct Matrix {
+        node: CniNode,
+        pods: BTreeMap<String, Host>,
+        world: Host,
+        _servers: Servers,
+    }
+
+    /// A probe's two ends and port, by name (`x/a`, `world`, `host`).
+    type Cell = (String, String, Proto, u16);
+
+    impl Matrix {
+        fn start() -> Matrix {
+            let lab = Topology::new().cni_pods(9).build().unwrap();
+            let netns: Vec<Netns> = lab.cni_pods().to_vec();
+            let node = CniNode::start(lab, Path::new(AGENT), "policy", "afxdp", &[], CLUSTER);
+            let mut pods = BTreeMap::new();
+            let mut objects = String::new();
+            for (i, (ns, pod)) in
+                NAMESPACES.iter().flat_map(|ns| PODS.iter().map(move |p| (ns, p))).enumerate()
+            {
+                let host = node.pod(&format!("{ns}-{pod}"), &netns[i], ns, pod);
+                objects += &pod_yaml(ns, pod, &host);
+                pods.insert(format!("{ns}/{pod}"), host);
+            }
+            std::fs::write(node.objects().join("pods.yaml"), objects).unwrap();
+            let ready = |e: Vec<skiff_api::EndpointView>| {
+                e.len() == 9 && e.iter().all(|e| e.state == EndpointState::Ready)
+            };
+            let mut node = node;
+            node.agent
+                .wait_until("9 labelled endpoints", |a| a.client().endpoints().is_ok_and(ready))
+                .unwrap();
+            let world = node.lab.client().clone();
+            // The world reaches the pods through the node.
+            world.netns.exec("ip", &["route", "replace", "198.18.128.0/24", "via", "198.18.0.1"]).unwrap();
+            let mut hosts: Vec<&Netns> = pods.values().map(|h| &h.netns).collect();
+            hosts.push(&world.netns);
+            let servers = Servers::start(&hosts, &PORTS).unwrap();
+            Matrix { node, pods, world, _servers: servers }
+        }
+
+        /// Applies `policies` and waits until the agent has compiled (and so published)
+        /// exactly them.
+        fn apply(&mut self, policies: &str) {
+            let path = self.node.objects().join("policies.yaml");
+            let names: Vec<&str> = policies
+                .split("metadata: {name: ")
+                .skip(1)
+                .filter_map(|rest| rest.split([',', '}']).next())
+                .collect();
+            if policies.is_empty() {
+                let _ = std::fs::remove_file(&path);
+            } else {
+                std::fs::write(&path, policies).unwrap();
+            }
+            let applied = |a: &skiff_lab::agent::Agent| {
+                let Ok(p) = a.client().policy() else { return false };
+                // `Kind ns/name` or `Kind name`, and `specs[i]` after it.
+                let is = |s: &String, n: &str| s.split([' ', '/']).any(|w| w == n);
+                p.policies.iter().all(|s| names.iter().any(|n| is(s, n)))
+                    && names.iter().all(|n| p.policies.iter().any(|s| is(s, n)))
+            };
+            self.node
+                .agent
+                .wait_until("the policies", applied)
+                .unwrap_or_else(|e| panic!("{e}: {:#?}", self.node.agent.status()));
+            let status = self.node.agent.status().unwrap();
+            assert!(status.rejections.is_empty(), "rejected: {:#?}", status.rejections);
+        }
+
+        /// Every cell probed: pods, the node and the world to every pod, pods to the world.
+        fn probe(&self) -> BTreeMap<Cell, bool> {
+            let node_netns = self.node.lab.node().netns.clone();
+            let mut ends: Vec<(String, Netns, Option<IpAddr>)> =
+                self.pods.iter().map(|(n, h)| (n.clone(), h.netns.clone(), Some(h.ipv4.into()))).collect();
+            ends.push(("world".into(), self.world.netns.clone(), Some(self.world.ipv4.into())));
+            ends.push(("host".into(), node_netns, None));
+            let mut cells = Vec::new();
+            let mut probes = Vec::new();
+            for (from, netns, _) in &ends {
+                for (to, _, addr) in &ends {
+                    let Some(addr) = addr else { continue };
+                    let pod_involved = from.contains('/') || to.contains('/');
+                    if from == to || !pod_involved || (from == "host" && !to.contains('/')) {
+                        continue;
+                    }
+                    for proto in [Proto::Tcp, Proto::Udp] {
+                        for port in PORTS {
+                            cells.push((from.clone(), to.clone(), proto, port));
+                            probes.push(Probe { from: netns.clone(), to: *addr, proto, port });
+                        }
+                    }
+                }
+            }
+            let results = probe::run(&probes, DEADLINE).unwrap();
+            cells.into_iter().zip(results).collect()
+        }
+    }
+
+    /// A Pod of the matrix: labels `pod`, `role` (a is a frontend, b a backend), its named
+    /// ports, this node, its addresses.
+    fn pod_yaml(ns: &str, pod: &str, host: &Host) -> String {
+        let role = match pod {
+            "a" => "frontend",
+            "b" => "backend",
+            _ => "none",
+        };
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: '{ns}', labels: {{pod: {pod}, role: {role}}}}}\n\
+             spec:\n  nodeName: node1\n  containers:\n    - name: serve\n      image: skiff/probe\n      ports:\n\
+             \x20       - {{name: serve-80-tcp, containerPort: 80}}\n        - {{name: serve-81-tcp, containerPort: 81}}\n\
+             \x20       - {{name: serve-80-udp, containerPort: 80, protocol: UDP}}\n        - {{name: serve-81-udp, containerPort: 81, protocol: UDP}}\n\
+             status:\n  podIP: {v4}\n  podIPs: [{{ip: {v4}}}, {{ip: '{v6}'}}]\n",
+            v4 = host.ipv4,
+            v6 = host.ipv6,
+        )
+    }
+
+    /// Whether `pattern` (`x/a`, `x/*`, `*/a`, `pods`, `world`, `host`, `*`) names `end`.
+    fn names(pattern: &str, end: &str) -> bool {
+        match (pattern, end.split_once('/')) {
+            ("*", _) => true,
+            ("pods", Some(_)) => true,
+            (p, Some((ns, pod))) => match p.split_once('/') {
+                Some((pns, ppod)) => (pns == "*" || pns == ns) && (ppod == "*" || ppod == pod),
+                None => false,
+            },
+            (p, None) => p == end,
+        }
+    }
+
+    /// The hand-written verdict of `expect` for one cell.
+    fn expected(expect: &[&str], (from, to, proto, port): &Cell) -> bool {
+        let mut allowed = true;
+        for line in expect {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [verdict, src, dst, ports] = words[..] else { panic!("bad expectation {line:?}") };
+            let (p, n) = ports.split_once('/').unwrap_or((ports, "*"));
+            let proto_ok = match p {
+                "*" => true,
+                "tcp" => *proto == Proto::Tcp,
+                "udp" => *proto == Proto::Udp,
+                _ => panic!("bad ports in {line:?}"),
+            };
+            if names(src, from) && names(dst, to) && proto_ok && (n == "*" || n == port.to_string()) {
+                allowed = verdict == "allow";
+            }
+        }
+        allowed
+    }
+
+    /// The cells where the probes disagree with the expectation, one line each.
+    fn mismatches(expect: &[&str], results: &BTreeMap<Cell, bool>) -> Vec<String> {
+        results
+            .iter()
+            .filter(|(cell, got)| expected(expect, cell) != **got)
+            .map(|((from, to, proto, port), got)| {
+                let got = if *got { "got through" } else { "was blocked" };
+                format!("{from} -> {to} {proto:?}/{port} {got}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_probe_matrix_matches_every_scenario() {
+        let mut m = Matrix::start();
+        let mut failures = Vec::new();
+        let mut cells = 0;
+        for scenario in SCENARIOS {
+            println!("{}", scenario.name);
+            m.apply(scenario.policies);
+            let results = m.probe();
+            cells += results.len();
+            let wrong = mismatches(scenario.expect, &results);
+            if !wrong.is_empty() {
+                failures.push(format!(
+                    "{}: {} cells wrong:\n    {}",
+                    scenario.name,
+                    wrong.len(),
+                    wrong.join("\n    ")
+                ));
+            }
+        }
+        println!("{} scenarios, {cells} probes", SCENARIOS.len());
+        assert!(SCENARIOS.len() >= 40);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+        an_open_connection_outlives_a_policy_that_denies_it(&mut m);
+        enforcement_modes(&mut m);
+    }
+
+    const DENY_X: &str = "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: deny-in, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}";
+
+    const ALLOW_Y_TO_X: &str = "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]";
+
+    /// As Cilium: a connection allowed when it opened keeps its conntrack entry, and so its
+    /// verdict, until it ends; new connections get the new verdict at once. (A connection
+    /// opened before its pod came under any policy was the kernel's, never tracked by a
+    /// worker: it is judged like a new one once the pod is.)
+    fn an_open_connection_outlives_a_policy_that_denies_it(m: &mut Matrix) {
+        m.apply(ALLOW_Y_TO_X);
+        let client = m.pods["y/a"].netns.clone();
+        let to = SocketAddr::from((m.pods["x/a"].ipv4, 80));
+        let mut open = client.run(|| TcpStream::connect_timeout(&to, DEADLINE)).unwrap().expect("allowed");
+        open.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let echo = |s: &mut TcpStream, text: &[u8]| {
+            s.write_all(text).unwrap();
+            let mut buf = vec![0; text.len()];
+            s.read_exact(&mut buf).map(|()| buf == text).unwrap_or(false)
+        };
+        assert!(echo(&mut open, b"before"), "the connection works");
+        m.apply(DENY_X);
+        for i in 0..20 {
+            assert!(
+                echo(&mut open, format!("under the deny {i}").as_bytes()),
+                "the open connection keeps flowing"
+            );
+        }
+        let new = client.run(|| TcpStream::connect_timeout(&to, DEADLINE)).unwrap();
+        assert!(new.is_err(), "a new connection is denied at once");
+        m.apply("");
+        let new = client.run(|| TcpStream::connect_timeout(&to, DEADLINE)).unwrap();
+        assert!(new.is_ok(), "allowed again once the policy goes");
+        let drops = m.node.agent.status().unwrap().workers.unwrap().drops;
+        assert!(
+            drops.get(&skiff_common::DropReason::PolicyDenied).is_some_and(|&n| n > 0),
+            "counted: {drops:?}"
+        );
+    }
+
+    /// The agent restarted with `--policy-enforcement always`: with no policy at all every pod
+    /// is isolated both ways (the node still reaches them); with `never`, a deny-all policy
+    /// denies nothing, and status says it is not enforced.
+    fn enforcement_modes(m: &mut Matrix) {
+        let restart = |m: &mut Matrix, mode: &str| {
+            m.node.agent.kill().unwrap();
+            let mut args = m.node.args.clone();
+            args.extend(["--policy-enforcement".into(), mode.into()]);
+            let node = m.node.lab.node().netns.clone();
+            m.node.agent.restart(&node, Path::new(AGENT), &args).unwrap();
+            let ready = |e: Vec<skiff_api::EndpointView>| {
+                e.len() == 9 && e.iter().all(|e| e.state == EndpointState::Ready)
+            };
+            m.node
+                .agent
+                .wait_until("the endpoints again", |a| a.client().endpoints().is_ok_and(ready))
+                .unwrap();
+        };
+        restart(m, "always");
+        m.apply("");
+        let status = m.node.agent.status().unwrap();
+        assert_eq!((status.policy_enforcement.as_str(), status.enforced), ("always", (9, 9)));
+        let wrong = mismatches(&["deny * * *", "allow host pods *"], &m.probe());
+        assert!(wrong.is_empty(), "always: {} cells wrong:\n{}", wrong.len(), wrong.join("\n"));
+        restart(m, "never");
+        m.apply(DENY_X);
+        let wrong = mismatches(&[], &m.probe());
+        assert!(wrong.is_empty(), "never: {} cells wrong:\n{}", wrong.len(), wrong.join("\n"));
+        let health = m.node.agent.status().unwrap().health.to_string();
+        assert!(health.contains("policy enforcement is off"), "{health}");
+    }
+}
