@@ -126,6 +126,8 @@ pub struct Controller {
     identities: Identities,
     /// The policies as last compiled.
     policy: Compiled,
+    /// Rules newly not enforced as written, until the control loop posts them as Events.
+    notices: Vec<(ObjectKey, String)>,
     /// Kinds whose first full list has not arrived: nothing is published before all have,
     /// so the datapath never runs a partial cluster (services without their endpoints, pods
     /// without their policies).
@@ -158,6 +160,7 @@ impl Controller {
             published_policy: None,
             identities: Identities::default(),
             policy: Compiled::default(),
+            notices: Vec::new(),
             failure: None,
             unlisted: Kind::ALL.to_vec(),
             not_served: Vec::new(),
@@ -262,7 +265,7 @@ impl Controller {
         }
         let mut host_addresses = self.compiler.desired().node_addresses.clone();
         host_addresses.extend(self.endpoints.iter().flat_map(Endpoints::gateways));
-        self.policy = policy::compile(&Cluster {
+        let compiled = policy::compile(&Cluster {
             store,
             identities: self.identities.all(),
             local: &local,
@@ -270,6 +273,14 @@ impl Controller {
             node_name: &self.ctx.name,
             enforcement: self.ctx.policy_enforcement,
         });
+        let known = &self.policy.not_enforced;
+        self.notices.extend(compiled.not_enforced.iter().filter(|n| !known.contains(n)).cloned());
+        self.policy = compiled;
+    }
+
+    /// What is newly not enforced as written since the last call, by object (for Events).
+    pub fn take_notices(&mut self) -> Vec<(ObjectKey, String)> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Publishes `tables` with the compiled policy, unless nothing changed since the last
@@ -411,7 +422,8 @@ impl Controller {
             problems.push(Problem::PolicyEnforcementOff { policies });
         }
         if !self.policy.not_enforced.is_empty() {
-            problems.push(Problem::RulesNotEnforced { rules: self.policy.not_enforced.clone() });
+            let rules = self.policy.not_enforced.iter().map(|(_, line)| line.clone()).collect();
+            problems.push(Problem::RulesNotEnforced { rules });
         }
         let enforced = &self.policy.enforced;
         let mut endpoints = self.endpoints.as_ref().map(Endpoints::views).unwrap_or_default();

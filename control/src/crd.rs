@@ -123,12 +123,15 @@ pub struct IcmpField {
     #[serde(rename = "type")]
     #[schemars(schema_with = "int_or_string")]
     pub type_: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub family: Option<IcmpFamily>,
+    /// IPv4 unless said (an `Option` would put `null` among the schema's enum values, which
+    /// the API server refuses).
+    #[serde(default)]
+    pub family: IcmpFamily,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum IcmpFamily {
+    #[default]
     IPv4,
     IPv6,
 }

@@ -187,8 +187,8 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     wait_until("every object", || agent.status().is_some_and(|s| s.policies == 2 && s.identities == 1));
     let status = agent.status().unwrap();
     assert!(status.connected && status.rejections.is_empty(), "{status:?}");
-    let health = status.health.to_string();
-    assert!(health.contains("2 network policies are accepted but NOT ENFORCED yet"), "says so: {health}");
+    assert_eq!(status.health, skiff_api::Health::Ok, "both policies are enforceable as written");
+    assert_eq!(status.policy_enforcement, "default");
     println!("objects seen by the agent: {:?}", status.objects);
 
     // An object the API server takes but skiff refuses: rejected in status and as an Event;
@@ -344,7 +344,8 @@ fn written_for_cilium() -> [Value; 3] {
 /// Cilium's CRDs missing: the Service is applied all the same and status says which kinds are
 /// not served. The agent then installs the CRDs itself, and policies written for Cilium (L7
 /// rules, a host policy with entities and default deny, a `specs` list) are stored whole by
-/// the API server and reach skiff: taken, or rejected by name; no watcher stalls.
+/// the API server and reach skiff, which says what it does not enforce as written; no watcher
+/// stalls.
 #[test]
 fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
     let server = ApiServer::start().expect("etcd and kube-apiserver start");
@@ -411,13 +412,28 @@ fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
     let stored = rt.block_on(cnps.get("two-specs")).unwrap().data;
     assert_eq!(stored.pointer("/specs/1/ingressDeny/0/fromEntities/0"), Some(&json!("world")), "{stored}");
 
-    let names = |r: &skiff_api::Rejection, name: &str| r.key.as_ref().is_some_and(|k| k.name == name);
-    wait_until("the policies in skiff", || {
-        agent.status().is_some_and(|s| s.policies == 2 && s.rejections.iter().any(|r| names(r, "two-specs")))
+    wait_until("the policies in skiff", || agent.status().is_some_and(|s| s.policies == 3));
+    let status = agent.status().unwrap();
+    assert!(status.rejections.is_empty(), "{:?}", status.rejections);
+    let health = status.health.to_string();
+    println!("skiff: {health}");
+    for said in [
+        "CiliumNetworkPolicy demo/l7-get-public spec.ingress[0]: toPorts.rules not enforced yet",
+        "the rule allows nothing instead",
+        "CiliumClusterwideNetworkPolicy host-ssh: a host policy (nodeSelector) is not enforced yet",
+    ] {
+        assert!(health.contains(said), "status says {said:?}: {health}");
+    }
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "demo");
+    wait_until("the NotEnforced Event", || {
+        rt.block_on(events.list(&Default::default())).is_ok_and(|list| {
+            list.items.iter().any(|e| {
+                e.reason.as_deref() == Some("NotEnforced")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("l7-get-public")
+                    && e.note.as_deref().is_some_and(|n| n.contains("toPorts.rules"))
+            })
+        })
     });
-    let rejection = agent.status().unwrap().rejections.into_iter().find(|r| names(r, "two-specs")).unwrap();
-    println!("skiff: {rejection}");
-    assert!(rejection.to_string().contains("specs"), "names the field: {rejection}");
     assert_eq!(agent.backends(CLUSTER_IP), Some(3), "the service stays");
     agent.terminate();
 }

@@ -164,6 +164,12 @@ async fn control_loop(
                     Ok(None) => {}
                     Err(e) => tracing::error!("apply failed, the last tables stay: {e:#}"),
                 }
+                for (key, note) in controller.take_notices() {
+                    tracing::warn!("not enforced as written: {note}");
+                    if let Some(k) = &kube_events {
+                        k.not_enforced(&key, &note).await;
+                    }
+                }
             }
             Some(_) = kernel_changed(&mut changes) => {
                 // One refresh for a burst of notifications.

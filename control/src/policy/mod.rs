@@ -28,7 +28,7 @@ use k8s_openapi::{
     api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use skiff_api::{Kind, Protocol, RuleView, TraceView, VerdictView};
+use skiff_api::{Kind, ObjectKey, Protocol, RuleView, TraceView, VerdictView};
 use skiff_common::{identity::Identity, proto::ip};
 use skiff_engine::policy::{EndpointPolicy, Entry, Policy, PortRange, RuleId, Rules, Verdict};
 
@@ -92,8 +92,8 @@ pub struct Compiled {
     /// The policies (specs) compiled, by name.
     pub sources: Vec<String>,
     pub rules: Vec<RuleView>,
-    /// One line per rule (or host policy) not enforced as written.
-    pub not_enforced: Vec<String>,
+    /// One line per rule (or host policy) not enforced as written, with its object.
+    pub not_enforced: Vec<(ObjectKey, String)>,
     /// Endpoints under policy: (ingress, egress) by address.
     pub enforced: HashMap<IpAddr, (bool, bool)>,
     /// How many endpoints have ingress policy, and egress policy.
@@ -144,6 +144,8 @@ struct SpecRule {
 
 /// One policy (one spec of a Cilium policy), normalised.
 struct Spec {
+    key: ObjectKey,
+    /// `Kind namespace/name`, and `specs[i]` for one of several.
     source: String,
     /// `None`: a host policy.
     subject: Option<Selector>,
@@ -200,9 +202,12 @@ pub fn compile(cluster: &Cluster) -> Compiled {
 fn number(specs: &mut [Spec], out: &mut Compiled) {
     for spec in specs.iter_mut() {
         if spec.subject.is_none() {
-            out.not_enforced.push(format!(
-                "{}: a host policy (nodeSelector) is not enforced yet; the node's own traffic is not filtered",
-                spec.source
+            out.not_enforced.push((
+                spec.key.clone(),
+                format!(
+                    "{}: a host policy (nodeSelector) is not enforced yet; the node's own traffic is not filtered",
+                    spec.source
+                ),
             ));
         }
         for i in 0..spec.rules.len() {
@@ -210,7 +215,7 @@ fn number(specs: &mut [Spec], out: &mut Compiled) {
             spec.rules[i].id = id;
             let rule = &spec.rules[i];
             if let Some(why) = &rule.not_enforced {
-                out.not_enforced.push(format!("{} {}: {why}", spec.source, rule.at));
+                out.not_enforced.push((spec.key.clone(), format!("{} {}: {why}", spec.source, rule.at)));
             }
             out.rules.push(rule_view(id, spec, rule));
         }
@@ -601,37 +606,28 @@ fn specs(store: &Store) -> Vec<Spec> {
             } else {
                 format!("{} {}/{}", kind.name(), key.namespace, key.name)
             };
-            match object {
-                Object::NetworkPolicy(p) => out.extend(network_policy(p, source, &key.namespace)),
-                Object::CiliumNetworkPolicy(p) => {
-                    let all = std::iter::once(&p.spec).chain(&p.spec.more);
-                    for (i, spec) in all.enumerate() {
-                        out.push(cilium_spec(
-                            spec,
-                            numbered(&source, i, p.spec.more.len()),
-                            Some(&key.namespace),
-                        ));
-                    }
+            let (specs, namespace) = match object {
+                Object::NetworkPolicy(p) => {
+                    out.extend(network_policy(p, &key, source));
+                    continue;
                 }
-                Object::CiliumClusterwideNetworkPolicy(p) => {
-                    let spec = &p.spec.policy;
-                    for (i, s) in std::iter::once(spec).chain(&spec.more).enumerate() {
-                        out.push(cilium_spec(s, numbered(&source, i, spec.more.len()), None));
-                    }
-                }
-                _ => {}
+                Object::CiliumNetworkPolicy(p) => (&p.spec, Some(key.namespace.as_str())),
+                Object::CiliumClusterwideNetworkPolicy(p) => (&p.spec.policy, None),
+                _ => continue,
+            };
+            for (i, spec) in std::iter::once(specs).chain(&specs.more).enumerate() {
+                // A policy's name, with the spec's number when it has several.
+                let source =
+                    if specs.more.is_empty() { source.clone() } else { format!("{source} specs[{i}]") };
+                out.push(cilium_spec(spec, &key, source, namespace));
             }
         }
     }
     out
 }
 
-/// A policy's name, with the spec's number when it has several (`specs[1]`).
-fn numbered(source: &str, i: usize, more: usize) -> String {
-    if more == 0 { source.to_owned() } else { format!("{source} specs[{i}]") }
-}
-
-fn network_policy(p: &NetworkPolicy, source: String, namespace: &str) -> Option<Spec> {
+fn network_policy(p: &NetworkPolicy, key: &ObjectKey, source: String) -> Option<Spec> {
+    let namespace = key.namespace.as_str();
     let spec = p.spec.as_ref()?;
     let subject = spec
         .pod_selector
@@ -670,6 +666,7 @@ fn network_policy(p: &NetworkPolicy, source: String, namespace: &str) -> Option<
     // Rules of a direction the policy types leave out do not apply.
     rules.retain(|r| types.contains(&if r.direction == INGRESS { "Ingress" } else { "Egress" }));
     Some(Spec {
+        key: key.clone(),
         source,
         subject: Some(subject),
         isolates: [types.contains(&"Ingress"), types.contains(&"Egress")],
@@ -732,7 +729,7 @@ fn k8s_ports(ports: Option<&[NetworkPolicyPort]>) -> Vec<Ports> {
         .collect()
 }
 
-fn cilium_spec(spec: &PolicySpec, source: String, namespace: Option<&str>) -> Spec {
+fn cilium_spec(spec: &PolicySpec, key: &ObjectKey, source: String, namespace: Option<&str>) -> Spec {
     let subject = spec.endpoint_selector.as_ref().map(|s| {
         let s = Selector::of_cilium(s);
         match namespace {
@@ -756,7 +753,7 @@ fn cilium_spec(spec: &PolicySpec, source: String, namespace: Option<&str>) -> Sp
             rules.push(cilium_rule(rule, direction, deny, format!("spec.{field}[{i}]"), namespace));
         }
     }
-    Spec { source, subject, isolates, rules }
+    Spec { key: key.clone(), source, subject, isolates, rules }
 }
 
 fn cilium_rule(rule: &Rule, direction: usize, deny: bool, at: String, namespace: Option<&str>) -> SpecRule {
@@ -846,7 +843,7 @@ fn cilium_ports(rule: &Rule, missing: &mut Vec<String>) -> Vec<Ports> {
         }
     }
     for field in rule.icmps.iter().flat_map(|i| &i.fields) {
-        let family = field.family.unwrap_or(IcmpFamily::IPv4);
+        let family = field.family;
         match icmp_type(&field.type_, family) {
             Some(t) => {
                 let protocol = if family == IcmpFamily::IPv4 { ip::ICMP } else { ip::ICMPV6 };

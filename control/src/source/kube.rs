@@ -216,6 +216,16 @@ impl Events {
 
     pub async fn rejected(&self, rejection: &Rejection) {
         let Some(key) = &rejection.key else { return };
+        let note: String = rejection.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        self.warn(key, "Rejected", "Validate", &note).await;
+    }
+
+    /// A policy rule skiff does not enforce as written (what it does instead is in `note`).
+    pub async fn not_enforced(&self, key: &ObjectKey, note: &str) {
+        self.warn(key, "NotEnforced", "Enforce", note).await;
+    }
+
+    async fn warn(&self, key: &ObjectKey, reason: &str, action: &str, note: &str) {
         let reference = ObjectReference {
             api_version: Some(key.kind.api_versions()[0].into()),
             kind: Some(key.kind.to_string()),
@@ -223,17 +233,16 @@ impl Events {
             namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
             ..ObjectReference::default()
         };
-        let note: String = rejection.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
         let event = KubeEvent {
             type_: EventType::Warning,
-            reason: "Rejected".into(),
+            reason: reason.into(),
             // The API bounds a note to 1 kB.
             note: Some(note.chars().take(1000).collect()),
-            action: "Validate".into(),
+            action: action.into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!("could not post the rejection of {key} as an Event: {e}");
+            tracing::warn!("could not post {reason} for {key} as an Event: {e}");
         }
     }
 }

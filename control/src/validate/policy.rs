@@ -8,7 +8,7 @@ use k8s_openapi::{
 };
 
 use super::{PORTS, check::Check};
-use crate::crd::{IcmpFamily, PolicySpec, Rule};
+use crate::crd::{PolicySpec, Rule};
 
 pub(super) fn network_policy(v: &mut Check, p: &NetworkPolicy) {
     let Some(spec) = &p.spec else { return v.error("spec", "missing: a NetworkPolicy needs a spec") };
@@ -153,7 +153,7 @@ fn cilium_rule(v: &mut Check, at: &str, rule: &Rule) {
     }
     for (j, icmp) in rule.icmps.iter().enumerate() {
         for (k, f) in icmp.fields.iter().enumerate() {
-            let family = f.family.unwrap_or(IcmpFamily::IPv4);
+            let family = f.family;
             if crate::policy::icmp_type(&f.type_, family).is_none() {
                 let value = match &f.type_ {
                     IntOrString::Int(n) => n.to_string(),

@@ -303,13 +303,14 @@ mod tests {
         assert_eq!(rules.verdict(Identity(302), UDP, 9), Verdict::Allowed(Some(2)), "any peer");
         assert_eq!(rules.verdict(Identity(301), UDP, 53), Verdict::DeniedByRule(3));
         assert_eq!(Rules::default().verdict(Identity(300), TCP, 80), Verdict::Denied);
-        rules.default_allow = true;
+        let mut open = Rules { default_allow: true, ..Rules::default() };
+        open.insert(Identity(301), entry(UDP, 53, 53, true, 3));
         assert_eq!(
-            rules.verdict(Identity(301), UDP, 53),
+            open.verdict(Identity(301), UDP, 53),
             Verdict::DeniedByRule(3),
-            "not isolated: denies still deny"
+            "not isolated: denies deny"
         );
-        assert_eq!(rules.verdict(Identity(301), TCP, 9), Verdict::Allowed(None));
+        assert_eq!(open.verdict(Identity(301), TCP, 9), Verdict::Allowed(None));
     }
 
     #[test]
