@@ -212,16 +212,7 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     };
     let maglev = |s: &ServiceView| matches!(s.algorithm, skiff_common::lb::Algorithm::Maglev { .. });
     assert!(web().iter().all(|s| maglev(s) && s.backends.len() == 3), "the last good version runs");
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "demo");
-    wait_until("the Kubernetes Event", || {
-        rt.block_on(events.list(&Default::default())).is_ok_and(|list| {
-            list.items.iter().any(|e| {
-                e.reason.as_deref() == Some("Rejected")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
-                    && e.note.as_deref().is_some_and(|n| n.contains("round-robin"))
-            })
-        })
-    });
+    wait_for_event(&client, &rt, "Rejected", "web", "round-robin");
     annotate(Some("random"));
     wait_until("the good version", || {
         agent.status().is_some_and(|s| s.rejections.is_empty())
@@ -283,6 +274,20 @@ fn kubernetes_objects_reach_the_tables_and_survive_an_api_server_restart() {
     wait_until("the delete", || web().is_empty());
     let _ = rt.block_on(slice_api.delete("web-abcde", &DeleteParams::default()));
     agent.terminate();
+}
+
+/// Waits for an Event in `demo` with `reason` about the object `name`, its note saying `text`.
+fn wait_for_event(client: &Client, rt: &tokio::runtime::Runtime, reason: &str, name: &str, text: &str) {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "demo");
+    wait_until(&format!("the {reason} Event about {name}"), || {
+        rt.block_on(events.list(&Default::default())).is_ok_and(|list| {
+            list.items.iter().any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                    && e.note.as_deref().is_some_and(|n| n.contains(text))
+            })
+        })
+    });
 }
 
 fn client_of(server: &ApiServer, rt: &tokio::runtime::Runtime) -> Client {
@@ -424,16 +429,7 @@ fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
     ] {
         assert!(health.contains(said), "status says {said:?}: {health}");
     }
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "demo");
-    wait_until("the NotEnforced Event", || {
-        rt.block_on(events.list(&Default::default())).is_ok_and(|list| {
-            list.items.iter().any(|e| {
-                e.reason.as_deref() == Some("NotEnforced")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("l7-get-public")
-                    && e.note.as_deref().is_some_and(|n| n.contains("toPorts.rules"))
-            })
-        })
-    });
+    wait_for_event(&client, &rt, "NotEnforced", "l7-get-public", "toPorts.rules");
     assert_eq!(agent.backends(CLUSTER_IP), Some(3), "the service stays");
     agent.terminate();
 }
