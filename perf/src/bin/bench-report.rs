@@ -50,7 +50,19 @@ const WIRE: &[Row] = &[
 ];
 
 const FASTPATH: &[Row] = &[
-    ("established_flow_dnat_plus_reverse_nat_2_packets", "engine/established_dnat_and_reverse_nat", "", None),
+    ("established_flow_dnat_plus_reverse_nat_2_packets", "engine/established", "dnat_and_reverse_nat", None),
+    (
+        "established_flow_2_packets_backend_under_policy",
+        "engine/established",
+        "under_policy",
+        Some(("dnat_and_reverse_nat", "the same flow with no policy")),
+    ),
+    (
+        "policy_verdict_new_flow_1000_rules_10k_identities",
+        "policy_verdict_1000_rules_10k_identities",
+        "identity_map",
+        Some(("rule_list", "the same rules evaluated one by one (first match)")),
+    ),
     ("new_flow_ct_miss_maglev_pick_and_ct_insert", "engine/new_flow_maglev_and_ct_insert", "", None),
     ("maglev_build_1000_backends_m16381", "maglev_build_1000_backends", "m16381", None),
     ("maglev_build_1000_backends_m131071", "maglev_build_1000_backends", "m131071", None),
