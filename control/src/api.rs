@@ -3,20 +3,16 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     path::Path,
     sync::{Arc, RwLock},
 };
 
 use anyhow::{Context, Result};
 use skiff_api::{
-    Answer, ApiError, BackendView, EndpointView, ErrorCode, IdentityView, IpamView, PolicyView, Request,
-    ServiceView, Status, TraceEnd, WorkerCounters, encode_line,
+    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Request, ServiceView, Status,
+    WorkerCounters, encode_line,
 };
-use skiff_engine::{
-    policy::Policy,
-    tables::{Frontend, Service},
-};
+use skiff_engine::tables::{Frontend, Service};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     sync::{mpsc, oneshot},
@@ -39,17 +35,11 @@ pub struct Snapshot {
     pub endpoints: Vec<EndpointView>,
     /// The address pools, when the agent serves the CNI.
     pub ipam: Option<IpamView>,
-    pub identities: Vec<IdentityView>,
-    pub policy: Arc<PolicyView>,
-    /// The compiled policy the workers have, for traces.
-    pub tables_policy: Arc<Policy>,
-    /// Every pod's addresses, by (namespace, name), for traces.
-    pub pods: BTreeMap<(String, String), Vec<IpAddr>>,
     pub live: Option<LiveStats>,
 }
 
-/// A request that changes the agent's state (`skiff-cni`'s), for the control loop to answer,
-/// with where the answer goes.
+/// A request the control loop answers (`skiff-cni`'s, which change the agent's state, and
+/// those that read tables too large to copy into every snapshot), with where the answer goes.
 pub type Asked = (Request, oneshot::Sender<Answer>);
 
 impl Snapshot {
@@ -60,10 +50,6 @@ impl Snapshot {
             services: hashbrown::HashMap::new(),
             endpoints: Vec::new(),
             ipam: None,
-            identities: Vec::new(),
-            policy: Arc::default(),
-            tables_policy: Arc::default(),
-            pods: BTreeMap::new(),
             live: None,
         }
     }
@@ -81,40 +67,15 @@ impl Snapshot {
                 Some(e) => Answer::Endpoint(Box::new(e.clone())),
                 None => Answer::Error(ApiError::new(ErrorCode::NotFound, format!("no endpoint {id}"))),
             },
-            Request::IdentityList => Answer::Identities(self.identities.clone()),
-            Request::PolicyGet => Answer::Policy(Box::new((*self.policy).clone())),
-            Request::PolicyTrace { src, dst, port, protocol } => {
-                let addresses = |end: &TraceEnd| self.addresses(end);
-                match (addresses(src), addresses(dst)) {
-                    (Ok(from), Ok(to)) => {
-                        // The first pair of one family.
-                        let pair = from
-                            .iter()
-                            .find_map(|&a| to.iter().find(|b| b.is_ipv4() == a.is_ipv4()).map(|&b| (a, b)));
-                        match pair {
-                            Some((a, b)) => Answer::Trace(Box::new(crate::policy::trace(
-                                &self.tables_policy,
-                                &self.policy.rules,
-                                a,
-                                b,
-                                *protocol,
-                                *port,
-                            ))),
-                            None => Answer::Error(ApiError::new(
-                                ErrorCode::NotFound,
-                                "the two ends share no address family",
-                            )),
-                        }
-                    }
-                    (Err(e), _) | (_, Err(e)) => Answer::Error(e),
-                }
-            }
             Request::IpamList => match &self.ipam {
                 Some(ipam) => Answer::Ipam(ipam.clone()),
                 None => {
                     Answer::Error(ApiError::new(ErrorCode::NotFound, "this agent hands out no addresses"))
                 }
             },
+            // Built when asked, by the control loop: 10k identities or pods are not copied
+            // into every snapshot.
+            Request::IdentityList | Request::PolicyGet | Request::PolicyTrace { .. } => return None,
             Request::AddressAllocate { .. }
             | Request::EndpointCreate(_)
             | Request::EndpointDelete { .. }
@@ -122,28 +83,6 @@ impl Snapshot {
             | Request::CniGc { .. }
             | Request::CniStatus => return None,
         })
-    }
-
-    /// The addresses of one end of a trace: a pod's (its endpoint's, if the Pod shows none).
-    fn addresses(&self, end: &TraceEnd) -> Result<Vec<IpAddr>, ApiError> {
-        let pod = match end {
-            TraceEnd::Ip(a) => return Ok(vec![*a]),
-            TraceEnd::Pod(pod) => pod,
-        };
-        let of_endpoint = || {
-            let endpoint = self.endpoints.iter().find(|e| e.pod.as_ref() == Some(pod));
-            endpoint.map(|e| e.addresses.clone()).unwrap_or_default()
-        };
-        match self.pods.get(&(pod.namespace.clone(), pod.name.clone())) {
-            Some(addresses) if !addresses.is_empty() => Ok(addresses.clone()),
-            found => match of_endpoint() {
-                addresses if !addresses.is_empty() => Ok(addresses),
-                _ if found.is_some() => {
-                    Err(ApiError::new(ErrorCode::NotFound, format!("pod {pod} has no address yet")))
-                }
-                _ => Err(ApiError::new(ErrorCode::NotFound, format!("no pod {pod}"))),
-            },
-        }
     }
 
     pub fn service_views(&self) -> Vec<ServiceView> {

@@ -15,7 +15,7 @@ use skiff_common::lb::{Algorithm, FrontendKind, TrafficPolicy};
 use skiff_engine::tables::{LocalNode, ServiceConfig};
 
 use crate::{
-    labels,
+    labels::{self, Labels},
     objects::Object,
     policy::Enforcement,
     store::{Changes, Store},
@@ -62,8 +62,11 @@ pub struct Desired {
     pub node: LocalNode,
     /// This node's addresses (its Node's and `--node-address`).
     pub node_addresses: Vec<IpAddr>,
-    /// Distinct label sets of pods (namespace included), the unit Cilium gives an identity.
-    pub label_sets: BTreeSet<BTreeMap<String, String>>,
+    /// Each pod's identity labels (namespace included), by (namespace, name).
+    pub pod_labels: HashMap<(String, String), Labels>,
+    /// Distinct label sets of pods, the unit Cilium gives an identity, with how many pods
+    /// have each.
+    pub label_sets: BTreeMap<Labels, usize>,
     pub tunnels: Vec<Tunnel>,
     /// This node's pod CIDRs from its Node object (`spec.podCIDRs`), for kubernetes IPAM.
     pub pod_cidrs: Vec<IpNet>,
@@ -91,12 +94,19 @@ pub struct Compiler {
     desired: Desired,
     /// The frontends each service (namespace, name) produced.
     produced: HashMap<(String, String), Vec<FrontendKey>>,
+    /// Label sets that appeared since the last [`Compiler::take_new_label_sets`].
+    new_label_sets: Vec<Labels>,
     started: bool,
 }
 
 impl Compiler {
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// The label sets that appeared since the last call (for identities to number).
+    pub fn take_new_label_sets(&mut self) -> Vec<Labels> {
+        std::mem::take(&mut self.new_label_sets)
     }
 
     pub fn update(&mut self, store: &Store, changes: &Changes, ctx: &NodeContext) -> &Desired {
@@ -146,11 +156,34 @@ impl Compiler {
             let produced = frontends(&mut d.frontends, service, &slices, &d.node_addresses, ctx);
             self.produced.insert((key.namespace, key.name), produced);
         }
-        if changes.pods || first {
-            d.label_sets = store
-                .of_kind(Kind::Pod)
-                .filter_map(|p| if let Object::Pod(p) = p { Some(labels::of_pod(p, store)) } else { None })
-                .collect();
+        // Only the pods that changed, or whose namespace did, get their labels again.
+        let pods: Vec<(String, String)> = if first {
+            store.of_kind(Kind::Pod).map(|o| (o.key().namespace, o.key().name)).collect()
+        } else {
+            let in_changed_namespaces =
+                d.pod_labels.keys().filter(|(namespace, _)| changes.namespaces.contains(namespace)).cloned();
+            let mut pods: BTreeSet<(String, String)> = in_changed_namespaces.collect();
+            pods.extend(changes.pods.iter().cloned());
+            pods.into_iter().collect()
+        };
+        for key in pods {
+            if let Some(old) = d.pod_labels.remove(&key)
+                && let Some(count) = d.label_sets.get_mut(&old)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    d.label_sets.remove(&old);
+                }
+            }
+            let object = ObjectKey { kind: Kind::Pod, namespace: key.0.clone(), name: key.1.clone() };
+            let Some(Object::Pod(pod)) = store.get(&object) else { continue };
+            let labels = labels::of_pod(pod, store);
+            let count = d.label_sets.entry(labels.clone()).or_insert(0);
+            if *count == 0 {
+                self.new_label_sets.push(labels.clone());
+            }
+            *count += 1;
+            d.pod_labels.insert(key, labels);
         }
         if changes.policies || first {
             let kinds =

@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::Result;
 use skiff_api::{
-    Answer, ApplyReport, AttachMode, Datapath, Health, Kind, LastApply, ObjectKey, PodRef, Problem,
-    Rejection, Request, Source, Status,
+    Answer, ApiError, ApplyReport, AttachMode, Datapath, ErrorCode, Health, Kind, LastApply, ObjectKey,
+    PodRef, PolicyView, Problem, Rejection, Request, Source, Status, TraceEnd,
 };
 use skiff_common::identity::Identity;
 use skiff_engine::{
@@ -25,7 +25,6 @@ use crate::{
     apply::Applier,
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
-    labels,
     objects::{Documents, Object},
     policy::{self, Cluster, Compiled, Enforcement, Local, identity::Identities},
     store::Store,
@@ -187,8 +186,66 @@ impl Controller {
         self.endpoints.as_ref().is_some_and(Endpoints::ready)
     }
 
+    /// Answers what the snapshot leaves to the control loop: `skiff-cni`'s requests, and
+    /// those that read the identities, the compiled policy or every pod.
+    pub fn request(&mut self, request: &Request) -> Answer {
+        match request {
+            Request::IdentityList => Answer::Identities(self.identities.views()),
+            Request::PolicyGet => Answer::Policy(Box::new(PolicyView {
+                enforcement: self.ctx.policy_enforcement.name().into(),
+                policies: self.policy.sources.clone(),
+                rules: self.policy.rules.clone(),
+            })),
+            Request::PolicyTrace { src, dst, port, protocol } => {
+                match (self.trace_addresses(src), self.trace_addresses(dst)) {
+                    (Ok(from), Ok(to)) => {
+                        // The first pair of one family.
+                        let same_family =
+                            |&a: &IpAddr| to.iter().find(|b| b.is_ipv4() == a.is_ipv4()).map(|&b| (a, b));
+                        match from.iter().find_map(same_family) {
+                            Some((a, b)) => Answer::Trace(Box::new(policy::trace(
+                                &self.policy.policy,
+                                &self.policy.rules,
+                                a,
+                                b,
+                                *protocol,
+                                *port,
+                            ))),
+                            None => Answer::Error(ApiError::new(
+                                ErrorCode::NotFound,
+                                "the two ends share no address family",
+                            )),
+                        }
+                    }
+                    (Err(e), _) | (_, Err(e)) => Answer::Error(e),
+                }
+            }
+            _ => self.endpoint_request(request),
+        }
+    }
+
+    /// The addresses of one end of a trace: a pod's (its endpoint's, if the Pod shows none).
+    fn trace_addresses(&self, end: &TraceEnd) -> Result<Vec<IpAddr>, ApiError> {
+        let pod = match end {
+            TraceEnd::Ip(a) => return Ok(vec![*a]),
+            TraceEnd::Pod(pod) => pod,
+        };
+        let key = ObjectKey { kind: Kind::Pod, namespace: pod.namespace.clone(), name: pod.name.clone() };
+        let of_pod = match self.store.get(&key) {
+            Some(Object::Pod(p)) => policy::pod_ips(p),
+            _ => Vec::new(),
+        };
+        let endpoints = self.endpoints.iter().flat_map(Endpoints::views);
+        let of_endpoint = endpoints.filter(|e| e.pod.as_ref() == Some(pod)).flat_map(|e| e.addresses);
+        let addresses: Vec<IpAddr> = of_pod.into_iter().chain(of_endpoint).collect();
+        if addresses.is_empty() {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no pod {pod} with an address")));
+        }
+        Ok(addresses)
+    }
+
     /// Answers a request of `skiff-cni` (addresses, endpoints).
-    pub fn endpoint_request(&mut self, request: &Request) -> Answer {
+    fn endpoint_request(&mut self, request: &Request) -> Answer {
         let Some(endpoints) = &mut self.endpoints else {
             return Answer::Error(skiff_api::ApiError::new(
                 skiff_api::ErrorCode::NotReady,
@@ -216,13 +273,12 @@ impl Controller {
         if let Err(e) = endpoints.set_node_cidrs(&self.compiler.desired().pod_cidrs, &mut *self.sink) {
             tracing::error!("the pods' gateways: {e:#}");
         }
-        let (store, identities) = (&self.store, &mut self.identities);
+        let (pod_labels, identities) = (&self.compiler.desired().pod_labels, &mut self.identities);
         let of_pod = |pod: &PodRef| {
-            let key = ObjectKey { kind: Kind::Pod, namespace: pod.namespace.clone(), name: pod.name.clone() };
-            let Some(Object::Pod(p)) = store.get(&key) else { return Ok(None) };
-            let labels = labels::of_pod(p, store);
-            let identity = identities.of(&labels)?;
-            Ok(Some((labels, identity)))
+            let Some(labels) = pod_labels.get(&(pod.namespace.clone(), pod.name.clone())) else {
+                return Ok(None);
+            };
+            Ok(Some((labels.clone(), identities.of(labels)?)))
         };
         if let Err(e) = endpoints.label(of_pod) {
             tracing::error!("endpoint identities: {e:#}");
@@ -248,25 +304,29 @@ impl Controller {
             });
         }
         let served: Vec<IpAddr> = local.iter().flat_map(|l| l.addresses.iter().copied()).collect();
-        for pod in
-            store.of_kind(Kind::Pod).filter_map(|o| if let Object::Pod(p) = o { Some(p) } else { None })
-        {
+        let pod_labels = &self.compiler.desired().pod_labels;
+        for object in store.of_kind(Kind::Pod) {
+            let Object::Pod(pod) = object else { continue };
             let spec = pod.spec.as_ref();
             let here = spec.and_then(|s| s.node_name.as_deref()) == Some(self.ctx.name.as_str());
-            let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+            if !here || spec.and_then(|s| s.host_network).unwrap_or(false) {
+                continue;
+            }
             let addresses: Vec<IpAddr> =
                 policy::pod_ips(pod).into_iter().filter(|a| !served.contains(a)).collect();
-            let labels = labels::of_pod(pod, store);
-            let Some(&identity) = self.identities.all().get(&labels) else { continue };
-            if here && !host_network && !addresses.is_empty() {
+            let key = object.key();
+            let Some(labels) = pod_labels.get(&(key.namespace, key.name)) else { continue };
+            let Some(&identity) = self.identities.all().get(labels) else { continue };
+            if !addresses.is_empty() {
                 let named_ports = policy::container_ports(pod);
-                local.push(Local { addresses, identity, labels: Some(labels), named_ports });
+                local.push(Local { addresses, identity, labels: Some(labels.clone()), named_ports });
             }
         }
         let mut host_addresses = self.compiler.desired().node_addresses.clone();
         host_addresses.extend(self.endpoints.iter().flat_map(Endpoints::gateways));
         let compiled = policy::compile(&Cluster {
             store,
+            pod_labels,
             identities: self.identities.all(),
             local: &local,
             host_addresses: &host_addresses,
@@ -361,7 +421,7 @@ impl Controller {
             let changes = self.store.take_changes();
             self.compiler.update(&self.store, &changes, &self.ctx);
             // The label sets change only here: not at every CNI call.
-            if let Err(e) = self.identities.allocate(&self.compiler.desired().label_sets) {
+            if let Err(e) = self.identities.allocate(&self.compiler.take_new_label_sets()) {
                 tracing::error!("identities: {e:#}");
             }
             self.label_endpoints();
@@ -460,22 +520,7 @@ impl Controller {
             services: self.applier.services().clone(),
             endpoints,
             ipam: self.endpoints.as_ref().map(Endpoints::ipam_view),
-            identities: self.identities.views(),
-            policy: Arc::new(skiff_api::PolicyView {
-                enforcement: enforcement.name().into(),
-                policies: self.policy.sources.clone(),
-                rules: self.policy.rules.clone(),
-            }),
-            tables_policy: self.policy.policy.clone(),
-            pods: self.store.of_kind(Kind::Pod).filter_map(pod_addresses).collect(),
             live,
         };
     }
-}
-
-/// A pod's (namespace, name) and addresses, for `skiff policy trace`.
-fn pod_addresses(o: &Object) -> Option<((String, String), Vec<IpAddr>)> {
-    let Object::Pod(p) = o else { return None };
-    let key = o.key();
-    Some(((key.namespace, key.name), policy::pod_ips(p)))
 }

@@ -36,16 +36,20 @@ pub struct Store {
 pub struct Changes {
     /// Nodes changed (node addresses, pod CIDRs): every service is recompiled.
     pub nodes: bool,
-    pub pods: bool,
+    /// Pods (namespace, name) added, changed or removed.
+    pub pods: BTreeSet<(String, String)>,
+    /// Namespaces whose labels (part of their pods' identities) changed.
+    pub namespaces: BTreeSet<String>,
     pub policies: bool,
     /// Services (namespace, name) whose object or EndpointSlices changed.
     pub services: BTreeSet<(String, String)>,
 }
 
 impl Changes {
-    /// Everything, for a first compile.
+    /// What a first compile takes whole (a compiler's first update compiles every pod and
+    /// service anyway).
     pub fn all() -> Changes {
-        Changes { nodes: true, pods: true, policies: true, services: BTreeSet::new() }
+        Changes { nodes: true, policies: true, ..Changes::default() }
     }
 
     fn record(&mut self, object: &Object) {
@@ -56,8 +60,12 @@ impl Changes {
             }
             Object::EndpointSlice(_) => self.services.extend(service_of(object).map(|s| (namespace(), s))),
             Object::Node(_) => self.nodes = true,
-            // A namespace's labels are part of its pods' identities.
-            Object::Pod(_) | Object::Namespace(_) => self.pods = true,
+            Object::Pod(p) => {
+                self.pods.insert((namespace(), p.metadata.name.clone().unwrap_or_default()));
+            }
+            Object::Namespace(n) => {
+                self.namespaces.insert(n.metadata.name.clone().unwrap_or_default());
+            }
             Object::NetworkPolicy(_)
             | Object::CiliumNetworkPolicy(_)
             | Object::CiliumClusterwideNetworkPolicy(_) => self.policies = true,

@@ -9,7 +9,7 @@
 use std::{path::PathBuf, time::Instant};
 
 use serde_json::{Value, json};
-use skiff_api::{Kind, Source};
+use skiff_api::{Answer, Kind, Request, Source};
 use skiff_control::{
     compile::NodeContext,
     controller::{Controller, Event, Recorder},
@@ -31,25 +31,31 @@ fn namespace(n: usize) -> Value {
 }
 
 /// Pod `k`: in namespace `k / 100`, labelled `app` (200 apps, so 10 000 label sets: one
-/// identity each) and `tier`; the first `LOCAL` on this node.
+/// identity each) and `tier`; every 91st (`LOCAL` of them, across the namespaces) on this
+/// node.
 fn pod(k: usize, app: usize) -> Value {
     let ip = format!("198.18.{}.{}", 128 + k / 256, k % 256);
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": format!("p-{k}"), "namespace": format!("ns-{}", k / 100),
-                        "labels": {"app": format!("a{app}"), "tier": if k % 2 == 0 { "web" } else { "db" }}},
-           "spec": {"nodeName": if k < LOCAL { "node1" } else { "node2" },
+                        "labels": {"app": format!("a{app}"), "tier": if k.is_multiple_of(2) { "web" } else { "db" }}},
+           "spec": {"nodeName": if local(k) { "node1" } else { "node2" },
                     "containers": [{"name": "c", "image": "i", "ports": [{"name": "http", "containerPort": 8080}]}]},
            "status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
 }
 
-/// Policy `p`: a NetworkPolicy for even `p`, a CiliumNetworkPolicy for odd.
+fn local(k: usize) -> bool {
+    k.is_multiple_of(91)
+}
+
+/// Policy `p`: a NetworkPolicy for even `p` (on the web tier of its namespace), a
+/// CiliumNetworkPolicy for odd (on one app).
 fn policy(p: usize) -> Value {
-    let ns = format!("ns-{}", p % NAMESPACES);
+    let ns = format!("ns-{}", p / 2 % NAMESPACES);
     let (app, peer) = (format!("a{}", p % 200), format!("a{}", (p + 7) % 200));
-    if p % 2 == 0 {
+    if p.is_multiple_of(2) {
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                "metadata": {"name": format!("np-{p}"), "namespace": ns},
-               "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress", "Egress"],
+               "spec": {"podSelector": {"matchLabels": {"tier": "web"}}, "policyTypes": ["Ingress", "Egress"],
                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": peer}}},
                                               {"namespaceSelector": {"matchLabels": {"team": format!("t{}", p % 10)}}}],
                                      "ports": [{"port": 8000, "endPort": 8100}, {"port": "http"}]}],
@@ -111,18 +117,19 @@ fn main() {
     let status = controller.snapshot().read().unwrap().status.clone();
     let enforced = recorder.0.read().unwrap().1.policy.endpoints.values().filter(|e| e.enforced()).count();
     assert_eq!((status.policies, status.identities), (POLICIES, PODS));
-    assert!(enforced > 0, "some local endpoints are under policy");
+    assert_eq!((0..PODS).filter(|&k| local(k)).count(), LOCAL);
+    assert!(enforced >= LOCAL / 2, "the web tier's local endpoints are under policy: {enforced}");
+    let Answer::Policy(view) = controller.request(&Request::PolicyGet) else { panic!("the policy") };
     println!(
-        "{POLICIES} policies over {PODS} pods: {} local endpoint addresses under policy, {} rules",
-        enforced,
-        controller.snapshot().read().unwrap().policy.rules.len()
+        "{POLICIES} policies over {PODS} pods: {enforced} local endpoints under policy, {} rules",
+        view.rules.len()
     );
 
     // One local pod's labels change: a new label set, so a new identity, and the policies
     // selecting it (as subject or peer) change.
     let mut changes = Vec::new();
     for round in 0..ROUNDS {
-        let object = decode(pod(3, 1000 + round), "bench");
+        let object = decode(pod(91, 1000 + round), "bench");
         let started = Instant::now();
         controller.handle(Event::Upsert { origin: "bench".into(), object });
         controller.reconcile().unwrap().expect("published");

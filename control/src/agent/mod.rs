@@ -179,7 +179,7 @@ async fn control_loop(
                 }
             }
             Some((request, answer)) = asks.recv() => {
-                let _ = answer.send(controller.endpoint_request(&request));
+                let _ = answer.send(controller.request(&request));
             }
             _ = retry.tick() => {
                 if let Err(e) = controller.retry() {

@@ -5,7 +5,7 @@
 //! pod goes.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
     path::{Path, PathBuf},
 };
 
@@ -21,7 +21,8 @@ use crate::{
 pub struct Identities {
     /// Where they are kept; `None`: in memory only.
     path: Option<PathBuf>,
-    by_labels: BTreeMap<Labels, Identity>,
+    /// Hashed: a lookup hashes a label set once rather than comparing it with a dozen others.
+    by_labels: HashMap<Labels, Identity>,
 }
 
 impl Identities {
@@ -32,7 +33,7 @@ impl Identities {
     }
 
     /// Every label set with its number.
-    pub fn all(&self) -> &BTreeMap<Labels, Identity> {
+    pub fn all(&self) -> &HashMap<Labels, Identity> {
         &self.by_labels
     }
 
@@ -54,7 +55,8 @@ impl Identities {
             }
         }
         if added && let Some(path) = &self.path {
-            let saved: Vec<(&Labels, u32)> = self.by_labels.iter().map(|(l, id)| (l, id.0)).collect();
+            let mut saved: Vec<(&Labels, u32)> = self.by_labels.iter().map(|(l, id)| (l, id.0)).collect();
+            saved.sort_by_key(|&(_, id)| id);
             write_atomically(path, &serde_json::to_vec_pretty(&saved)?)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         }

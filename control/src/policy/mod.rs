@@ -76,8 +76,10 @@ pub struct Local {
 /// What policy is compiled from besides the policies.
 pub struct Cluster<'a> {
     pub store: &'a Store,
+    /// Every pod's identity labels, by (namespace, name).
+    pub pod_labels: &'a HashMap<(String, String), Labels>,
     /// Every pod label set's identity.
-    pub identities: &'a BTreeMap<Labels, Identity>,
+    pub identities: &'a HashMap<Labels, Identity>,
     pub local: &'a [Local],
     /// The node's own addresses (the pods' gateways too): the `host` identity.
     pub host_addresses: &'a [IpAddr],
@@ -173,8 +175,9 @@ pub fn compile(cluster: &Cluster) -> Compiled {
             "traffic to the node's own addresses goes to the kernel, not to a worker: not judged",
         ),
     ];
+    let reserved = reserved_labels();
     let mut builder = Builder {
-        resolver: Resolver::new(cluster, &specs),
+        resolver: Resolver::new(cluster, &reserved, &specs),
         specs: &specs,
         enforcement: cluster.enforcement,
         added,
@@ -226,9 +229,16 @@ fn number(specs: &mut [Spec], out: &mut Compiled) {
 /// ingress, with the same named ports): built once, shared.
 type SharedRules = HashMap<(usize, Vec<usize>, Vec<(String, u8, u16)>), Arc<Rules>>;
 
+/// The reserved identities with their one label (`reserved:host`), for selectors naming them.
+fn reserved_labels() -> Vec<(Labels, Identity)> {
+    let ids = (1..Identity::FIRST_ALLOCATED.0).map(Identity);
+    ids.filter_map(|id| Some(([(format!("{RESERVED}{}", id.reserved_name()?), String::new())].into(), id)))
+        .collect()
+}
+
 /// Builds each endpoint's rules.
 struct Builder<'a> {
-    resolver: Resolver,
+    resolver: Resolver<'a>,
     specs: &'a [Spec],
     enforcement: Enforcement,
     /// The agent's own rules, by direction: allow-localhost, traffic to the node.
@@ -386,8 +396,8 @@ fn describe_ports(ports: &Ports) -> String {
 }
 
 /// Turns peers into identities and names into ports, caching what rules share.
-struct Resolver {
-    pods: Index<Identity>,
+struct Resolver<'a> {
+    pods: Index<'a, Identity>,
     /// Identities of every pod label set, for `cluster`.
     pod_identities: Vec<Identity>,
     /// CIDR prefixes of the rules with their identities, by prefix.
@@ -397,16 +407,11 @@ struct Resolver {
     named_ports: BTreeMap<(String, u8), BTreeSet<u16>>,
 }
 
-impl Resolver {
-    fn new(cluster: &Cluster, specs: &[Spec]) -> Resolver {
+impl<'a> Resolver<'a> {
+    fn new(cluster: &Cluster<'a>, reserved: &'a [(Labels, Identity)], specs: &[Spec]) -> Resolver<'a> {
         let mut pods = Index::default();
-        for (labels, &id) in cluster.identities {
-            pods.insert(labels.clone(), id);
-        }
-        for id in (1..Identity::FIRST_ALLOCATED.0).map(Identity) {
-            if let Some(name) = id.reserved_name() {
-                pods.insert([(format!("{RESERVED}{name}"), String::new())].into(), id);
-            }
+        for (labels, &id) in cluster.identities.iter().chain(reserved.iter().map(|(l, id)| (l, id))) {
+            pods.insert(labels, id);
         }
         let mut prefixes = BTreeSet::new();
         for rule in specs.iter().flat_map(|s| &s.rules) {
@@ -463,10 +468,14 @@ impl Resolver {
                 cache.insert(addr.into(), Identity::KUBE_APISERVER);
             }
         }
-        for pod in cluster.store.of_kind(Kind::Pod).filter_map(pod_of) {
-            let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-            let labels = crate::labels::of_pod(pod, cluster.store);
-            let (Some(&id), false) = (cluster.identities.get(&labels), host_network) else { continue };
+        for object in cluster.store.of_kind(Kind::Pod) {
+            let Object::Pod(pod) = object else { continue };
+            if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+                continue;
+            }
+            let key = object.key();
+            let labels = cluster.pod_labels.get(&(key.namespace, key.name));
+            let Some(&id) = labels.and_then(|l| cluster.identities.get(l)) else { continue };
             for addr in pod_ips(pod) {
                 cache.insert(addr.into(), id);
             }

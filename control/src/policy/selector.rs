@@ -3,7 +3,7 @@
 //! identity), and a namespaced policy's peer selectors are scoped to its namespace unless they
 //! name a namespace or a reserved label themselves.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -137,17 +137,22 @@ fn key(k: &str) -> String {
 
 /// Label sets indexed by their `key=value` pairs, so that a selector with an equality looks
 /// at the sets that have it rather than at all.
-#[derive(Default)]
-pub struct Index<T> {
-    all: Vec<(Labels, T)>,
-    by_pair: BTreeMap<(String, String), Vec<usize>>,
+pub struct Index<'l, T> {
+    all: Vec<(&'l Labels, T)>,
+    by_pair: HashMap<(&'l str, &'l str), Vec<usize>>,
 }
 
-impl<T: Copy> Index<T> {
-    pub fn insert(&mut self, labels: Labels, value: T) {
+impl<T> Default for Index<'_, T> {
+    fn default() -> Self {
+        Index { all: Vec::new(), by_pair: HashMap::new() }
+    }
+}
+
+impl<'l, T: Copy> Index<'l, T> {
+    pub fn insert(&mut self, labels: &'l Labels, value: T) {
         let at = self.all.len();
-        for (k, v) in &labels {
-            self.by_pair.entry((k.clone(), v.clone())).or_default().push(at);
+        for (k, v) in labels {
+            self.by_pair.entry((k.as_str(), v.as_str())).or_default().push(at);
         }
         self.all.push((labels, value));
     }
@@ -155,9 +160,8 @@ impl<T: Copy> Index<T> {
     /// The values of the label sets `selector` matches.
     pub fn select<'a>(&'a self, selector: &'a Selector) -> Box<dyn Iterator<Item = T> + 'a> {
         match selector.anchor() {
-            Some((k, v)) => {
-                let candidates =
-                    self.by_pair.get(&(k.to_owned(), v.to_owned())).map_or(&[][..], Vec::as_slice);
+            Some(pair) => {
+                let candidates = self.by_pair.get(&pair).map_or(&[][..], Vec::as_slice);
                 Box::new(
                     candidates
                         .iter()
@@ -201,9 +205,14 @@ mod tests {
 
     #[test]
     fn the_index_finds_what_a_full_scan_finds() {
+        let sets: Vec<Labels> = ["web", "db", "web"]
+            .iter()
+            .enumerate()
+            .map(|(i, app)| labels(&[("app", app), ("n", &i.to_string())]))
+            .collect();
         let mut index = Index::default();
-        for (i, app) in ["web", "db", "web"].into_iter().enumerate() {
-            index.insert(labels(&[("app", app), ("n", &i.to_string())]), i);
+        for (i, set) in sets.iter().enumerate() {
+            index.insert(set, i);
         }
         let web = Selector::default().with("app", "web");
         assert_eq!(index.select(&web).collect::<Vec<_>>(), [0, 2]);

@@ -2,7 +2,8 @@
 //! `{name, value, unit, baseline, ratio}`), printing each table: `wire` and `fastpath`
 //! (criterion; `fastpath` also gets the lab's NAT packet rate against nftables from the `nat`
 //! bench), `xdp` (BPF_PROG_TEST_RUN costs, and XDP_DROP against nftables in a lab) and `control`
-//! (10k services × 10 endpoints to tables), `cni` (a pod's ADD and DEL against the reference
+//! (10k services × 10 endpoints to tables), `policy` (1000 policies over 10k pods to tables,
+//! one pod's label change), `cni` (a pod's ADD and DEL against the reference
 //! plugins, the agent's memory at 0 and 110 pods). The lab benches need root.
 
 use anyhow::Result;
@@ -16,6 +17,7 @@ pub fn bench() -> Result<()> {
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "xdp"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "nat"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "control"]))?;
+    run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "policy"]))?;
     // The CNI bench runs skiff-agent and skiff-cni as a node runs them: release binaries.
     run(cargo().args(["build", "--release", "-p", "skiff-control", "--bins"]))?;
     run(cargo().env("SKIFF_BIN_DIR", workspace_root().join("target/release")).args([
