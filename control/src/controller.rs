@@ -70,8 +70,9 @@ pub trait Sink: Send {
     fn stats(&self) -> Option<LiveStats> {
         None
     }
-    /// Serves an interface made while running (a pod's veth); how it does.
-    fn attach(&mut self, _iface: &str) -> Result<AttachMode> {
+    /// Serves an interface made while running (a pod's veth, whose pod may send only from
+    /// `sources`); how it does.
+    fn attach(&mut self, _iface: &str, _sources: &[IpAddr]) -> Result<AttachMode> {
         Ok(AttachMode::None)
     }
     /// Stops serving an interface `attach` served (it may be gone already).

@@ -12,7 +12,7 @@ mod privileged {
     use std::{
         collections::BTreeMap,
         io::{Read, Write},
-        net::{IpAddr, SocketAddr, TcpStream},
+        net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
         path::Path,
         time::Duration,
     };
@@ -645,10 +645,11 @@ spec:
     type Cell = (String, String, Proto, u16);
 
     impl Matrix {
-        fn start() -> Matrix {
+        /// The lab, the agent serving it with `io` (`afxdp` or `afpacket`).
+        fn start(io: &str) -> Matrix {
             let lab = Topology::new().cni_pods(9).build().unwrap();
             let netns: Vec<Netns> = lab.cni_pods().to_vec();
-            let node = CniNode::start(lab, Path::new(AGENT), "policy", "afxdp", &[], CLUSTER);
+            let node = CniNode::start(lab, Path::new(AGENT), &format!("policy-{io}"), io, &[], CLUSTER);
             let mut pods = BTreeMap::new();
             let mut objects = String::new();
             for (i, (ns, pod)) in
@@ -797,12 +798,35 @@ spec:
             .collect()
     }
 
+    /// Every scenario over AF_XDP; then a connection under a new deny, a spoofed source, and
+    /// the enforcement modes.
     #[test]
     fn the_probe_matrix_matches_every_scenario() {
-        let mut m = Matrix::start();
-        let mut failures = Vec::new();
-        let mut cells = 0;
-        for scenario in SCENARIOS {
+        let mut m = Matrix::start("afxdp");
+        let (scenarios, cells) = run_scenarios(&mut m, SCENARIOS.iter());
+        println!("{scenarios} scenarios, {cells} probes");
+        assert!(scenarios >= 40);
+        an_open_connection_outlives_a_policy_that_denies_it(&mut m);
+        a_pod_cannot_send_as_another(&mut m, false);
+        enforcement_modes(&mut m);
+    }
+
+    /// Over AF_PACKET (the workers see a copy of every frame, nftables keeps the kernel's
+    /// from going on): every third scenario, and a spoofed source.
+    #[test]
+    fn the_probe_matrix_holds_over_af_packet() {
+        let mut m = Matrix::start("afpacket");
+        let (scenarios, cells) = run_scenarios(&mut m, SCENARIOS.iter().step_by(3));
+        println!("{scenarios} scenarios, {cells} probes over AF_PACKET");
+        a_pod_cannot_send_as_another(&mut m, true);
+    }
+
+    /// Applies and probes each scenario; panics listing every cell that differs from its
+    /// expectation. How many scenarios and probes ran.
+    fn run_scenarios<'a>(m: &mut Matrix, scenarios: impl Iterator<Item = &'a Scenario>) -> (usize, usize) {
+        let (mut failures, mut cells, mut count) = (Vec::new(), 0, 0);
+        for scenario in scenarios {
+            count += 1;
             println!("{}", scenario.name);
             m.apply(scenario.policies);
             let results = m.probe();
@@ -817,12 +841,44 @@ spec:
                 ));
             }
         }
-        println!("{} scenarios, {cells} probes", SCENARIOS.len());
-        assert!(SCENARIOS.len() >= 40);
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+        (count, cells)
+    }
 
-        an_open_connection_outlives_a_policy_that_denies_it(&mut m);
-        enforcement_modes(&mut m);
+    const ONLY_X_A_TO_Y_A: &str = "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: only-x-a, namespace: 'y'}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]}]";
+
+    /// y/a admits only x/a. x/b, sending with x/a's address (added to its interface), gets
+    /// nothing through: its frames are dropped at its veth (`spoofed-source`), while x/a's
+    /// own get through.
+    fn a_pod_cannot_send_as_another(m: &mut Matrix, counted: bool) {
+        m.apply(ONLY_X_A_TO_Y_A);
+        let (x_a, x_b, y_a) = (m.pods["x/a"].clone(), m.pods["x/b"].clone(), m.pods["y/a"].clone());
+        let to = SocketAddr::from((y_a.ipv4, 9999));
+        let server = y_a.netns.run(|| UdpSocket::bind(to)).unwrap().unwrap();
+        server.set_read_timeout(Some(DEADLINE)).unwrap();
+        let send_from = |netns: &Netns| {
+            let from = SocketAddr::from((x_a.ipv4, 0));
+            netns.run(|| UdpSocket::bind(from).and_then(|s| s.send_to(b"who", to))).unwrap().unwrap();
+            let mut buf = [0u8; 8];
+            server.recv_from(&mut buf).is_ok()
+        };
+        assert!(send_from(&x_a.netns), "x/a's own datagram arrives");
+        let spoof = format!("{}/32", x_a.ipv4);
+        x_b.netns.exec("ip", &["addr", "add", &spoof, "dev", "eth0"]).unwrap();
+        let arrived = send_from(&x_b.netns);
+        x_b.netns.exec("ip", &["addr", "del", &spoof, "dev", "eth0"]).unwrap();
+        assert!(!arrived, "x/b sending as x/a is dropped");
+        if counted {
+            let drops = m.node.agent.status().unwrap().workers.unwrap().drops;
+            assert!(drops.get(&skiff_common::DropReason::SpoofedSource).is_some_and(|&n| n > 0), "{drops:?}");
+        }
+        m.apply("");
     }
 
     const DENY_X: &str = "

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use skiff_common::DropReason;
+use skiff_common::{DropReason, endpoint::PodSources};
 use skiff_wire::layers;
 
 use skiff_engine::{
@@ -101,6 +101,9 @@ const GC_PER_ROUND: usize = 64;
 pub struct Worker<P: PacketIo> {
     /// By port number (a next hop's `port`); `None` where a port was removed.
     ports: Vec<Option<P>>,
+    /// By port number: the addresses the pod behind a port may send from, where the worker
+    /// checks them (with AF_PACKET; the XDP program does with AF_XDP).
+    sources: Vec<Option<PodSources>>,
     /// What `poll` waits on: the ports' descriptors, the inbox's and the bell's.
     ready: Readiness,
     /// Frames per receive batch.
@@ -138,6 +141,7 @@ impl<P: PacketIo> Worker<P> {
         // A round from the ports and a batch from the inbox.
         let room = ROUND + BATCH;
         let mut worker = Worker {
+            sources: vec![None; ports.len()],
             ports: ports.into_iter().map(Some).collect(),
             ready: Readiness::default(),
             batch: BATCH,
@@ -157,12 +161,14 @@ impl<P: PacketIo> Worker<P> {
         worker
     }
 
-    /// Serves `port` as port number `number` from the next round on; gives back the one
-    /// there was (to be closed).
-    pub fn insert_port(&mut self, number: usize, port: P) -> Option<P> {
+    /// Serves `port` as port number `number` from the next round on, its frames only from
+    /// `sources` when given; gives back the one there was (to be closed).
+    pub fn insert_port(&mut self, number: usize, port: P, sources: Option<PodSources>) -> Option<P> {
         if self.ports.len() <= number {
             self.ports.resize_with(number + 1, || None);
+            self.sources.resize(number + 1, None);
         }
+        self.sources[number] = sources;
         let old = self.ports[number].replace(port);
         self.ports_changed();
         old
@@ -174,6 +180,7 @@ impl<P: PacketIo> Worker<P> {
         while self.ports.last().is_some_and(Option::is_none) {
             self.ports.pop();
         }
+        self.sources.truncate(self.ports.len());
         self.ports_changed();
         port
     }
@@ -266,7 +273,7 @@ impl<P: PacketIo> Worker<P> {
     /// Receives a batch per port (a round's worth at most, from each port in turn) and one
     /// from the inbox, and stages what goes out.
     fn receive(&mut self, now: u64) -> usize {
-        let Worker { ports, batch, first, inbox, core, stats, .. } = self;
+        let Worker { ports, sources, batch, first, inbox, core, stats, .. } = self;
         core.staged.clear();
         let mut received = 0;
         let count = ports.len();
@@ -277,10 +284,17 @@ impl<P: PacketIo> Worker<P> {
                 *first = (*first + k) % count;
                 break;
             }
-            let Some(port) = ports[(*first + k) % count].as_mut() else { continue };
+            let number = (*first + k) % count;
+            let Some(port) = ports[number].as_mut() else { continue };
+            let own = sources.get(number).copied().flatten();
             received += port
                 .recv((*batch).min(room), |frame| {
                     stats.received += 1;
+                    if let Some(own) = &own
+                        && !from_own(frame, own)
+                    {
+                        return stats.count_drop(DropReason::SpoofedSource);
+                    }
                     let action = core.engine.process(frame, now);
                     core.stage(frame, action, stats);
                 })
@@ -348,5 +362,15 @@ impl Core {
         } else {
             stats.count_drop(DropReason::MtuExceeded);
         }
+    }
+}
+
+/// Whether a frame from a pod's port comes from one of the pod's addresses (frames that are
+/// not IP, and IPv6 neighbour discovery, do).
+fn from_own(frame: &[u8], own: &PodSources) -> bool {
+    let Some((src, _)) = layers::parse(frame).ok().and_then(|p| p.addrs(frame)) else { return true };
+    match src {
+        std::net::IpAddr::V4(a) => a.octets() == own.v4,
+        std::net::IpAddr::V6(a) => a.octets() == own.v6 || PodSources::neighbour_discovery_v6(&a.octets()),
     }
 }

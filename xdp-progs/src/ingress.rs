@@ -18,7 +18,7 @@ use skiff_common::{
     Counter, DropReason, XdpAction,
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig, XdpMode},
     conntrack::{CtEntry, CtKey, CtKey4, CtKey6},
-    endpoint::EndpointInfo,
+    endpoint::{EndpointInfo, PodSources},
     event::DropEvent,
     lb::{FrontendKind, ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
     lpm::{DenyEntry, LpmKey4, LpmKey6},
@@ -184,6 +184,18 @@ impl Ingress {
         }
         sync(self.map_mut(maps::ENDPOINTS_V4)?, &want4, maps::ENDPOINTS_V4)?;
         sync(self.map_mut(maps::ENDPOINTS_V6)?, &want6, maps::ENDPOINTS_V6)
+    }
+
+    /// Lets the pod behind interface `ifindex` send only from `sources` (`None`: any more, the
+    /// interface is no pod's now).
+    pub fn set_pod_sources(&mut self, ifindex: u32, sources: Option<PodSources>) -> Result<(), XdpError> {
+        let mut m: HashMap<_, u32, PodSources> = self.map_mut(maps::POD_SOURCES)?;
+        match sources {
+            Some(s) => m.insert(ifindex, s, 0),
+            None if m.get(&ifindex, 0).is_ok() => m.remove(&ifindex),
+            None => Ok(()),
+        }
+        .map_err(XdpError::map(maps::POD_SOURCES))
     }
 
     /// A handle on the tracked-flow maps for a worker of its own (opened from the pins).

@@ -106,8 +106,8 @@ impl Sink for DatapathSink {
         Ok(true)
     }
 
-    fn attach(&mut self, iface: &str) -> Result<AttachMode> {
-        let attached = self.datapath.attach(iface).with_context(|| format!("serving {iface}"))?;
+    fn attach(&mut self, iface: &str, sources: &[IpAddr]) -> Result<AttachMode> {
+        let attached = self.datapath.attach(iface, sources).with_context(|| format!("serving {iface}"))?;
         self.ports_changed()?;
         Ok(match attached.xdp_mode {
             Some(xdp_mode) => AttachMode::AfXdp { xdp_mode },

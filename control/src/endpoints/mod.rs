@@ -99,7 +99,7 @@ impl Endpoints {
                 gone.push(endpoint.spec.attachment.clone());
                 continue;
             }
-            match sink.attach(ifname) {
+            match sink.attach(ifname, &endpoint.spec.addresses) {
                 Ok(mode) => endpoint.attach = Some(mode),
                 Err(e) => tracing::error!("endpoint {}: attaching to {ifname}: {e:#}", endpoint.id),
             }
@@ -242,7 +242,7 @@ impl Endpoints {
             ));
         }
         let internal = |e: anyhow::Error| ApiError::new(ErrorCode::Internal, format!("{e:#}"));
-        let mode = sink.attach(&spec.host_ifname).map_err(internal)?;
+        let mode = sink.attach(&spec.host_ifname, &spec.addresses).map_err(internal)?;
         let id = self.next_id;
         let endpoint =
             Endpoint { id, spec: spec.clone(), attach: Some(mode), labels: None, identity: Identity::INIT };

@@ -23,7 +23,11 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use skiff_common::{endpoint::EndpointInfo, identity::Identity, lb::FrontendKind};
+use skiff_common::{
+    endpoint::{EndpointInfo, PodSources},
+    identity::Identity,
+    lb::FrontendKind,
+};
 use skiff_engine::{
     conntrack::Timeouts,
     engine::{Engine, NewFlow, Partition},
@@ -161,6 +165,8 @@ pub struct Datapath {
 struct Port {
     name: String,
     ifindex: u32,
+    /// A pod's addresses, the only sources its frames may have.
+    sources: Option<PodSources>,
 }
 
 /// A change to a worker's ports: serve `port` as port `number`, or (`None`) stop serving it;
@@ -169,6 +175,8 @@ struct Port {
 pub(crate) struct PortChange<P> {
     number: usize,
     port: Option<P>,
+    /// The addresses the pod behind the port may send from, when the worker checks them.
+    sources: Option<PodSources>,
     done: Sender<Option<P>>,
 }
 
@@ -252,7 +260,7 @@ impl Datapath {
         }
         datapath.publish(tables)?;
         for iface in &config.interfaces {
-            let attached = datapath.attach_port(iface, config.umem_frames)?;
+            let attached = datapath.attach_port(iface, config.umem_frames, None)?;
             datapath.xdp_mode = datapath.xdp_mode.or(attached.xdp_mode);
         }
         Ok(datapath)
@@ -261,14 +269,22 @@ impl Datapath {
     /// Serves `iface` too, from now on, without disturbing the other ports' traffic: a socket
     /// per worker (with a small UMEM, `config.attached_umem_frames`), then the XDP program (or
     /// the steering). For a pod's veth, made after the datapath started.
-    pub fn attach(&mut self, iface: &str) -> Result<Attached, DatapathError> {
+    /// Serves `iface` from now on. When it is a pod's veth, `sources` are the pod's addresses:
+    /// its frames from any other are dropped (`SpoofedSource`), so that no pod takes another's
+    /// identity; empty for an interface that is no pod's.
+    pub fn attach(&mut self, iface: &str, sources: &[IpAddr]) -> Result<Attached, DatapathError> {
         if let Some(port) = self.port_of(iface) {
             return Ok(Attached { port, xdp_mode: self.xdp_mode });
         }
-        self.attach_port(iface, self.config.attached_umem_frames)
+        self.attach_port(iface, self.config.attached_umem_frames, pod_sources(sources))
     }
 
-    fn attach_port(&mut self, iface: &str, umem_frames: u32) -> Result<Attached, DatapathError> {
+    fn attach_port(
+        &mut self,
+        iface: &str,
+        umem_frames: u32,
+        sources: Option<PodSources>,
+    ) -> Result<Attached, DatapathError> {
         let number = self.ports.iter().position(Option::is_none).unwrap_or(self.ports.len());
         let ifindex = self.in_netns(|| ifindex(iface)).map_err(io_error(format!("interface {iface}")))?;
         let (workers, busy_poll) = (self.config.workers, self.config.busy_poll);
@@ -290,15 +306,25 @@ impl Datapath {
                 for (q, port) in (0u32..).zip(&ports) {
                     ingress.set_worker(ifindex, q, port.fd().expect("an AF_XDP port has a socket"))?;
                 }
-                change_ports(senders, &self.bells, number, ports.into_iter().map(Some), iface)?;
+                // Before the program attaches: a pod's first frame is checked already.
+                ingress.set_pod_sources(ifindex, sources)?;
+                change_ports(senders, &self.bells, number, ports.into_iter().map(Some), None, iface)?;
                 let attached = self
                     .in_netns(|| Ok(ingress.attach(iface, mode)))
                     .map_err(io_error(format!("attaching XDP to {iface}")))?;
                 match attached {
                     Ok(mode) => xdp_mode = Some(mode),
                     Err(e) => {
-                        let _ = change_ports(senders, &self.bells, number, (0..workers).map(|_| None), iface);
+                        let _ = change_ports(
+                            senders,
+                            &self.bells,
+                            number,
+                            (0..workers).map(|_| None),
+                            None,
+                            iface,
+                        );
                         let _ = ingress.unset_worker(ifindex);
+                        let _ = ingress.set_pod_sources(ifindex, None);
                         return Err(e.into());
                     }
                 }
@@ -310,13 +336,14 @@ impl Datapath {
                         (0..workers).map(|_| PacketPort::open(iface, fanout)).collect::<io::Result<Vec<_>>>()
                     })
                     .map_err(io_error(format!("AF_PACKET sockets on {iface}")))?;
-                change_ports(senders, &self.bells, number, ports.into_iter().map(Some), iface)?;
+                // The workers see every frame: they check the sources.
+                change_ports(senders, &self.bells, number, ports.into_iter().map(Some), sources, iface)?;
             }
         }
         if number == self.ports.len() {
             self.ports.push(None);
         }
-        self.ports[number] = Some(Port { name: iface.to_owned(), ifindex });
+        self.ports[number] = Some(Port { name: iface.to_owned(), ifindex, sources });
         self.steer()?;
         Ok(Attached { port: number, xdp_mode })
     }
@@ -330,15 +357,16 @@ impl Datapath {
         let workers = self.config.workers;
         match &self.changes {
             Changes::AfXdp(senders) => {
-                change_ports(senders, &self.bells, number, (0..workers).map(|_| None), iface)?;
+                change_ports(senders, &self.bells, number, (0..workers).map(|_| None), None, iface)?;
                 if let Some(ingress) = &self.ingress {
                     let mut ingress = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     ingress.detach(&port.name);
                     ingress.unset_worker(port.ifindex)?;
+                    ingress.set_pod_sources(port.ifindex, None)?;
                 }
             }
             Changes::AfPacket(senders) => {
-                change_ports(senders, &self.bells, number, (0..workers).map(|_| None), iface)?;
+                change_ports(senders, &self.bells, number, (0..workers).map(|_| None), None, iface)?;
             }
         }
         self.steer()?;
@@ -450,10 +478,14 @@ impl Datapath {
         let mut guard = self.steering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let steering: &mut Steering = &mut guard;
         let served: Vec<String> = self.ports().into_iter().map(|(_, name)| name).collect();
+        let pods: Vec<(String, PodSources)> =
+            self.ports.iter().flatten().filter_map(|p| Some((p.name.clone(), p.sources?))).collect();
         self.in_netns(|| {
             // A pod's veth can go before its DEL comes (its namespace was deleted): nftables
             // refuses a ruleset naming a device that does not exist.
             steering.interfaces = served.into_iter().filter(|name| ifindex(name).is_ok()).collect();
+            steering.sources =
+                pods.into_iter().filter(|(name, _)| steering.interfaces.contains(name)).collect();
             // No interface yet (the datapath is starting): nothing to steer.
             if steering.interfaces.is_empty() { Steering::remove() } else { steering.apply() }
         })
@@ -513,6 +545,18 @@ impl Datapath {
 
 /// Sends each worker its part of a port change (`ports`: one per worker, in order) and waits
 /// until all have made it.
+/// A pod's addresses as the source check holds them (`None`: no address, no check).
+fn pod_sources(addresses: &[IpAddr]) -> Option<PodSources> {
+    let mut sources = PodSources::default();
+    for a in addresses {
+        match a {
+            IpAddr::V4(a) => sources.v4 = a.octets(),
+            IpAddr::V6(a) => sources.v6 = a.octets(),
+        }
+    }
+    (!addresses.is_empty()).then_some(sources)
+}
+
 /// The endpoints whose frames the workers must see (pods under policy), and the node's own
 /// addresses (frames to them stay the kernel's).
 fn steered_endpoints(policy: &Policy) -> Vec<(IpAddr, EndpointInfo)> {
@@ -533,11 +577,12 @@ fn change_ports<P: Send + 'static>(
     bells: &[Arc<Bell>],
     number: usize,
     ports: impl Iterator<Item = Option<P>>,
+    sources: Option<PodSources>,
     iface: &str,
 ) -> Result<(), DatapathError> {
     let (done_tx, done) = crossbeam_channel::bounded(senders.len());
     for ((sender, bell), port) in senders.iter().zip(bells).zip(ports) {
-        let change = PortChange { number, port, done: done_tx.clone() };
+        let change = PortChange { number, port, sources, done: done_tx.clone() };
         sender.send(change).map_err(|_| io_error(iface)(io::Error::other("a worker has stopped")))?;
         bell.ring();
     }

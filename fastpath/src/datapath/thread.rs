@@ -63,7 +63,7 @@ impl<P: PacketIo> WorkerThread<P> {
             bell.clear();
             for change in changes.try_iter() {
                 let old = match change.port {
-                    Some(port) => worker.insert_port(change.number, port),
+                    Some(port) => worker.insert_port(change.number, port, change.sources),
                     None => worker.remove_port(change.number),
                 };
                 let _ = change.done.send(old);

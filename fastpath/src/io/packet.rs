@@ -17,6 +17,7 @@ use std::{
 };
 
 use super::{BATCH, FRAME_ROOM, PacketIo};
+use skiff_common::endpoint::PodSources;
 use skiff_engine::engine::SNAT_PORTS;
 
 const ETH_P_ALL: u16 = 0x0003;
@@ -198,6 +199,8 @@ pub struct Steering {
     pub enforced: Vec<IpAddr>,
     /// The node's own addresses.
     pub host: Vec<IpAddr>,
+    /// Pods' interfaces with the addresses their frames may come from (others are dropped).
+    pub sources: Vec<(String, PodSources)>,
 }
 
 /// The nftables table the fallback's rules live in.
@@ -242,6 +245,14 @@ impl Steering {
                  {ip} daddr @masquerade_{ip} th dport {low}-{high} drop\n    \
                  {ip} daddr @enforced_{ip} drop\n    \
                  {ip} saddr @enforced_{ip} {ip} daddr != @host_{ip} drop\n"
+            );
+        }
+        for (iface, own) in &self.sources {
+            // A pod's frame from an address not its own (IPv6 neighbour discovery aside).
+            let (v4, v6) = (std::net::Ipv4Addr::from(own.v4), std::net::Ipv6Addr::from(own.v6));
+            rules += &format!(
+                "    iifname \"{iface}\" ip saddr != {v4} drop\n    \
+                 iifname \"{iface}\" ip6 saddr != {{ {v6}, fe80::/10, :: }} drop\n"
             );
         }
         format!(

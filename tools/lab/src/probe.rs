@@ -122,16 +122,31 @@ fn attempt(p: &Probe, deadline: Duration) -> bool {
     match p.proto {
         Proto::Tcp => TcpStream::connect_timeout(&to, deadline).is_ok(),
         Proto::Udp => {
-            let any: SocketAddr = if p.to.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let Ok(socket) = UdpSocket::bind(any) else { return false };
+            let Some(socket) = udp_socket(p.to.is_ipv4()) else { return false };
             let _ = socket.set_read_timeout(Some(deadline));
             let mut buf = [0u8; 16];
             socket.send_to(b"probe", to).is_ok()
                 && socket.recv_from(&mut buf).is_ok_and(|(n, _)| &buf[..n] == b"probe")
         }
     }
+}
+
+/// Source ports UDP probes take in turn, so that no probe of a run reuses an earlier one's
+/// tuple: a datagram on a tuple a datapath still tracks belongs to that flow, and would get
+/// its verdict instead of a new one.
+const UDP_PORTS: std::ops::Range<u16> = 20_000..60_000;
+
+fn udp_socket(v4: bool) -> Option<UdpSocket> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(UDP_PORTS.end - UDP_PORTS.start);
+    for _ in 0..16 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = UDP_PORTS.start + u16::try_from(offset).ok()?;
+        let any: SocketAddr =
+            if v4 { ([0, 0, 0, 0], port).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, port).into() };
+        if let Ok(socket) = UdpSocket::bind(any) {
+            return Some(socket);
+        }
+    }
+    None
 }

@@ -58,6 +58,7 @@ code_enum! {
         PolicyDenied = 51, "policy-denied", "Network policy denies the flow: no rule allows it.";
         PolicyDeniedByDenyRule = 52, "policy-denied-by-deny-rule",
             "A deny rule of a network policy denies the flow (deny rules win over allows).";
+        SpoofedSource = 53, "spoofed-source", "A pod sent from an address that is not its own.";
         // Services.
         NoService = 60, "no-service", "Addressed to a service IP on a port with no service.";
         ServiceWithoutBackends = 61, "service-without-backends", "The service has no ready backend.";
@@ -89,6 +90,7 @@ mod tests {
     fn well_formed() {
         DropReason::assert_well_formed();
         assert_eq!(DropReason::COUNT, 88);
+        assert_eq!(DropReason::SpoofedSource.code(), 53);
         assert_eq!(DropReason::PolicyDeniedByDenyRule.code(), 52);
     }
 

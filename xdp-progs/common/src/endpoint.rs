@@ -23,4 +23,25 @@ impl EndpointInfo {
     pub const HOST: u32 = 1 << 1;
 }
 
-pod!(EndpointInfo);
+/// The value of [`POD_SOURCES`](crate::maps::POD_SOURCES), keyed by the interface index of a
+/// pod's host-side veth: the addresses (network order) the pod may send from. A frame from
+/// that pod with another source is dropped (`SpoofedSource`), so no pod can take another's
+/// identity; IPv6 link-local and unspecified sources (neighbour discovery) pass. Zero: the pod
+/// has no address of that family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PodSources {
+    pub v4: [u8; 4],
+    pub v6: [u8; 16],
+}
+const _: () = assert!(size_of::<PodSources>() == 20);
+
+impl PodSources {
+    /// Whether an IPv6 source is one neighbour discovery uses (link-local `fe80::/10`, or `::`).
+    pub fn neighbour_discovery_v6(src: &[u8; 16]) -> bool {
+        (src[0] == 0xfe && src[1] & 0xc0 == 0x80) || *src == [0; 16]
+    }
+}
+
+pod!(EndpointInfo, PodSources);

@@ -78,6 +78,9 @@ map_names! {
     ENDPOINTS_V4;
     /// `HashMap<[u8; 16], EndpointInfo>`: local IPv6 pods whose traffic goes to a worker.
     ENDPOINTS_V6;
+    /// `HashMap<u32, PodSources>`: a pod veth's interface index → the addresses its pod may
+    /// send from.
+    POD_SOURCES;
     /// `Array<XdpConfig>` with one slot: the ingress program's settings.
     CONFIG;
     /// `PerCpuArray<Counter>` with one slot: frames that needed a worker but found no AF_XDP

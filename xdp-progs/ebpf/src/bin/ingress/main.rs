@@ -3,7 +3,8 @@
 //!
 //! 1. [`parse`]: Ethernet (up to two VLAN tags), IPv4/IPv6 (extension headers, bounded) and
 //!    the L4 header; malformed frames are dropped with their reason.
-//! 2. [`prefilter`]: a source in a denied CIDR is dropped.
+//! 2. [`prefilter`]: a source in a denied CIDR, or a pod's frame from another address than
+//!    its own, is dropped.
 //! 3. [`tunnel`]: VXLAN or Geneve to this node's tunnel address is decapsulated in place, and
 //!    the inner frame goes through steps 1–4.
 //! 4. [`redirect`]: what needs a worker goes to the queue's AF_XDP socket.
@@ -135,6 +136,9 @@ fn ipv4(
 ) -> Result<Next, DropReason> {
     let h = parse::ipv4(ctx, l3)?;
     prefilter::check_v4(h.src)?;
+    if decap {
+        prefilter::check_source_v4(ctx, h.src)?;
+    }
     // A later fragment has no ports: the kernel reassembles it.
     if h.later_fragment {
         return Ok(Next::Pass);
@@ -162,6 +166,9 @@ fn ipv6(
 ) -> Result<Next, DropReason> {
     let mut h = parse::ipv6(ctx, l3)?;
     prefilter::check_v6(h.src)?;
+    if decap {
+        prefilter::check_source_v6(ctx, h.src)?;
+    }
     parse::extension_headers(ctx, &mut h)?;
     if h.later_fragment {
         return Ok(Next::Pass);

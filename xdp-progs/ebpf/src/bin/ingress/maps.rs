@@ -9,7 +9,7 @@ use skiff_common::{
     Counter, DropReason, XdpAction,
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CtEntry, CtKey4, CtKey6},
-    endpoint::EndpointInfo,
+    endpoint::{EndpointInfo, PodSources},
     lb::{ServiceKey4, ServiceKey6, ServiceValue},
     lpm::DenyEntry,
 };
@@ -32,6 +32,8 @@ pub static SERVICES_V6: HashMap<ServiceKey6, ServiceValue> = HashMap::pinned(1 <
 pub static ENDPOINTS_V4: HashMap<[u8; 4], EndpointInfo> = HashMap::pinned(1 << 16, 0);
 #[map]
 pub static ENDPOINTS_V6: HashMap<[u8; 16], EndpointInfo> = HashMap::pinned(1 << 16, 0);
+#[map]
+pub static POD_SOURCES: HashMap<u32, PodSources> = HashMap::pinned(1 << 12, 0);
 #[map]
 pub static CT_V4: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(1 << 17, 0);
 #[map]

@@ -1,10 +1,38 @@
-//! The prefilter: a source address in a denied CIDR (the deny LPM tries) is dropped before
-//! anything else looks at the frame.
+//! The prefilter: a source address in a denied CIDR (the deny LPM tries), or a pod's frame from
+//! an address that is not the pod's (on its veth), is dropped before anything else looks at
+//! the frame.
 
-use aya_ebpf::maps::lpm_trie::Key;
-use skiff_common::DropReason;
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use skiff_common::{DropReason, endpoint::PodSources};
 
-use crate::maps::{DENY_V4, DENY_V6};
+use crate::maps::{DENY_V4, DENY_V6, POD_SOURCES};
+
+/// The sources the pod behind the frame's interface may use, if the interface is a pod's.
+#[inline(always)]
+fn pod_sources(ctx: &XdpContext) -> Option<PodSources> {
+    // SAFETY: `ctx.ctx` is the program's valid xdp_md.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: a pointer from a successful lookup, valid for this run.
+    POD_SOURCES.get_ptr(&ifindex).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+pub fn check_source_v4(ctx: &XdpContext, src: [u8; 4]) -> Result<(), DropReason> {
+    match pod_sources(ctx) {
+        Some(own) if own.v4 != src => Err(DropReason::SpoofedSource),
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+pub fn check_source_v6(ctx: &XdpContext, src: [u8; 16]) -> Result<(), DropReason> {
+    match pod_sources(ctx) {
+        Some(own) if own.v6 != src && !PodSources::neighbour_discovery_v6(&src) => {
+            Err(DropReason::SpoofedSource)
+        }
+        _ => Ok(()),
+    }
+}
 
 #[inline(always)]
 pub fn check_v4(src: [u8; 4]) -> Result<(), DropReason> {
