@@ -5,7 +5,7 @@
 
 use std::{net::Ipv4Addr, sync::Arc};
 
-use skiff_common::{DropReason, lb::BackendId};
+use skiff_common::{DropReason, endpoint::PodSources, lb::BackendId};
 use skiff_engine::{
     conntrack::Timeouts,
     engine::Engine,
@@ -202,7 +202,7 @@ fn ports_come_and_go_at_run_time() {
     w.port_mut(0).unwrap().push(&syn.input);
     w.poll(0, 0, |_| {});
     assert_eq!(w.stats.drops_of(DropReason::Unroutable), 1, "no port for the pod's next hop");
-    w.insert_port(1, pod);
+    w.insert_port(1, pod, None);
     w.port_mut(1).unwrap().push(&syn_ack.input);
     w.port_mut(0).unwrap().push(&data.input);
     w.poll(0, 0, |_| {});
@@ -230,4 +230,20 @@ fn a_round_is_bounded_and_every_port_is_served() {
     assert_eq!(w.poll(0, 0, |_| {}), ROUND, "the ports the first round did not reach");
     assert_eq!(w.poll(0, 0, |_| {}), 0, "all served");
     assert_eq!(w.stats.not_ours, u64::try_from(ports * BATCH).unwrap());
+}
+
+/// A port that carries a pod's sources (AF_PACKET: the worker checks them) drops a frame
+/// from any other address as spoofed-source, and passes the pod's own.
+#[test]
+fn a_pods_port_drops_other_sources() {
+    let mut w = worker();
+    let pod = w.remove_port(1).expect("the pod's port");
+    let sources = PodSources { v4: POD.octets(), v6: [0; 16] };
+    w.insert_port(1, pod, Some(sources));
+    let other = Ipv4Addr::new(198, 18, 128, 99);
+    w.port_mut(1).unwrap().push(&eth().ipv4(other, CLIENT).udp(1, 2).build());
+    w.port_mut(1).unwrap().push(&eth().ipv4(POD, CLIENT).udp(1, 2).build());
+    w.poll(0, 0, |_| {});
+    assert_eq!(w.stats.drops_of(DropReason::SpoofedSource), 1, "only the frame from another address");
+    assert_eq!(w.stats.received, 2);
 }
