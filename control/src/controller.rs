@@ -225,20 +225,22 @@ impl Controller {
         }
     }
 
-    /// The addresses of one end of a trace: a pod's (its endpoint's, if the Pod shows none).
+    /// The addresses of one end of a trace: a pod's (its endpoint's on this node, which are
+    /// what the datapath knows it by; else the Pod's).
     fn trace_addresses(&self, end: &TraceEnd) -> Result<Vec<IpAddr>, ApiError> {
         let pod = match end {
             TraceEnd::Ip(a) => return Ok(vec![*a]),
             TraceEnd::Pod(pod) => pod,
         };
-        let key = ObjectKey { kind: Kind::Pod, namespace: pod.namespace.clone(), name: pod.name.clone() };
-        let of_pod = match self.store.get(&key) {
-            Some(Object::Pod(p)) => policy::pod_ips(p),
-            _ => Vec::new(),
-        };
         let endpoints = self.endpoints.iter().flat_map(Endpoints::views);
-        let of_endpoint = endpoints.filter(|e| e.pod.as_ref() == Some(pod)).flat_map(|e| e.addresses);
-        let addresses: Vec<IpAddr> = of_pod.into_iter().chain(of_endpoint).collect();
+        let mut addresses: Vec<IpAddr> =
+            endpoints.filter(|e| e.pod.as_ref() == Some(pod)).flat_map(|e| e.addresses).collect();
+        let key = ObjectKey { kind: Kind::Pod, namespace: pod.namespace.clone(), name: pod.name.clone() };
+        if addresses.is_empty()
+            && let Some(Object::Pod(p)) = self.store.get(&key)
+        {
+            addresses = policy::pod_ips(p);
+        }
         if addresses.is_empty() {
             return Err(ApiError::new(ErrorCode::NotFound, format!("no pod {pod} with an address")));
         }
@@ -295,7 +297,10 @@ impl Controller {
             if let Some(Object::Pod(p)) = store.get(&key) { Some(p) } else { None }
         };
         let mut local = Vec::new();
+        // Pods skiff-cni serves: their endpoints' addresses are theirs, whatever the Pod says.
+        let mut served_pods = Vec::new();
         for e in self.endpoints.iter().flat_map(Endpoints::views) {
+            served_pods.extend(e.pod.as_ref().map(|p| (p.namespace.clone(), p.name.clone())));
             let pod = e.pod.as_ref().and_then(|p| pod_object(&p.namespace, &p.name));
             local.push(Local {
                 addresses: e.addresses.clone(),
@@ -316,7 +321,11 @@ impl Controller {
             let addresses: Vec<IpAddr> =
                 policy::pod_ips(pod).into_iter().filter(|a| !served.contains(a)).collect();
             let key = object.key();
-            let Some(labels) = pod_labels.get(&(key.namespace, key.name)) else { continue };
+            let key = (key.namespace, key.name);
+            if served_pods.contains(&key) {
+                continue;
+            }
+            let Some(labels) = pod_labels.get(&key) else { continue };
             let Some(&identity) = self.identities.all().get(labels) else { continue };
             if !addresses.is_empty() {
                 let named_ports = policy::container_ports(pod);

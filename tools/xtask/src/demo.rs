@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use skiff_lab::{
-    Host, Lab, Netns, Topology,
+    Host, Lab, LabNode, Netns, Topology,
     agent::Agent,
     cni::{self, Call},
 };
@@ -159,6 +159,13 @@ impl OnTheNode {
     }
 
     /// The `skiff` CLI's output.
+    /// A field of `skiff status -o json`, by JSON pointer.
+    fn status(&self, pointer: &str) -> Option<serde_json::Value> {
+        let json: serde_json::Value =
+            serde_json::from_str(&self.skiff(&["status", "-o", "json"]).ok()?).ok()?;
+        json.pointer(pointer).cloned()
+    }
+
     fn skiff(&self, args: &[&str]) -> Result<String> {
         let out = std::process::Command::new(&self.skiff)
             .arg("--socket")
@@ -239,6 +246,7 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     println!("== skiff service list");
     print_indented(&on.skiff(&["service", "list"])?);
     bad_manifest(&on, &client_pod)?;
+    network_policy(&on, &client_pod, &client, &node)?;
 
     println!("== web-2 is deleted: skiff-cni DEL, and its endpoint leaves the EndpointSlice");
     on.cni("DEL", "web-2", &cni_pods[2])?;
@@ -270,6 +278,53 @@ fn bad_manifest(on: &OnTheNode, client_pod: &Host) -> Result<()> {
         status.lines().skip_while(|l| !l.trim_start().starts_with("Rejections")).collect();
     print_indented(&rejections.join("\n"));
     println!("  the service keeps forwarding: {}", spread(&client_pod.netns, "198.19.0.10:80", 9)?);
+    Ok(())
+}
+
+/// A CiliumNetworkPolicy lets only the client pods reach the web pods: the client pod still
+/// gets through the ClusterIP, the world no longer through the NodePort; `skiff policy get`
+/// and `trace` say why; without it the NodePort answers again.
+fn network_policy(on: &OnTheNode, client_pod: &Host, client: &Host, node: &LabNode) -> Result<()> {
+    println!("== a CiliumNetworkPolicy: only app=client may reach app=web, on TCP 8080");
+    let policy = std::fs::read_to_string(workspace_root().join("examples/policy/web-from-client.yaml"))?;
+    print_indented(&policy);
+    std::fs::write(on.state.join("policy.yaml"), policy)?;
+    // The three web pods under ingress policy.
+    wait_for("the policy", || on.status("/enforced/0") == Some(3.into()))
+        .with_context(|| format!("status: {:?}", on.skiff(&["status"])))?;
+    print_indented(&on.skiff(&["endpoint", "list"])?);
+    println!("  the client pod through the ClusterIP: {}", spread(&client_pod.netns, "198.19.0.10:80", 9)?);
+    let nodeport = format!("{}:30080", node.ipv4);
+    let denied = client.netns.http_get(&format!("http://{nodeport}/"), 2, 1)?;
+    println!("  the external client through the NodePort: {} of 2 answered (denied)", denied.answered());
+    println!("== skiff policy get");
+    print_indented(&on.skiff(&["policy", "get"])?);
+    println!("== skiff policy trace, from the client pod and from the world");
+    print_indented(&on.skiff(&[
+        "policy",
+        "trace",
+        "--src-pod",
+        "demo/client",
+        "--dst-pod",
+        "demo/web-0",
+        "--dport",
+        "8080/TCP",
+    ])?);
+    let world = client.ipv4.to_string();
+    print_indented(&on.skiff(&[
+        "policy",
+        "trace",
+        "--src-ip",
+        &world,
+        "--dst-pod",
+        "demo/web-0",
+        "--dport",
+        "8080/TCP",
+    ])?);
+    println!("== the policy is deleted: the NodePort answers again");
+    std::fs::remove_file(on.state.join("policy.yaml"))?;
+    wait_for("no policy", || on.status("/policies") == Some(0.into()))?;
+    println!("  the external client through the NodePort: {}", spread(&client.netns, &nodeport, 9)?);
     Ok(())
 }
 
