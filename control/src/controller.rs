@@ -16,7 +16,7 @@ use skiff_api::{
 };
 use skiff_common::identity::Identity;
 use skiff_engine::{
-    policy::Policy,
+    policy::{Policy, PrefixMap},
     tables::{LocalNode, Tables},
 };
 
@@ -27,6 +27,7 @@ use crate::{
     endpoints::Endpoints,
     objects::{Documents, Object},
     policy::{self, Cluster, Compiled, Enforcement, Local, identity::Identities},
+    prefilter::Prefilter,
     store::Store,
     validate::Limits,
 };
@@ -128,6 +129,9 @@ pub struct Controller {
     policy: Compiled,
     /// Rules newly not enforced as written, until the control loop posts them as Events.
     notices: Vec<(ObjectKey, String)>,
+    prefilter: Prefilter,
+    /// The prefilter of the last published tables.
+    published_prefilter: Option<Arc<PrefixMap<u32>>>,
     /// Kinds whose first full list has not arrived: nothing is published before all have,
     /// so the datapath never runs a partial cluster (services without their endpoints, pods
     /// without their policies).
@@ -161,6 +165,8 @@ impl Controller {
             identities: Identities::default(),
             policy: Compiled::default(),
             notices: Vec::new(),
+            prefilter: Prefilter::default(),
+            published_prefilter: None,
             failure: None,
             unlisted: Kind::ALL.to_vec(),
             not_served: Vec::new(),
@@ -175,6 +181,7 @@ impl Controller {
     /// identities are kept in their folder from now on.
     pub fn with_endpoints(mut self, mut endpoints: Endpoints) -> Result<Controller> {
         self.identities = Identities::open(&endpoints.dir().join("identities.json"))?;
+        self.prefilter = Prefilter::open(&endpoints.dir().join("prefilter.json"))?;
         endpoints.restore(&mut *self.sink)?;
         self.endpoints = Some(endpoints);
         self.label_endpoints();
@@ -220,6 +227,25 @@ impl Controller {
                     }
                     (Err(e), _) | (_, Err(e)) => Answer::Error(e),
                 }
+            }
+            Request::PrefilterList => Answer::Prefilter(self.prefilter.view()),
+            Request::PrefilterUpdate { cidrs } | Request::PrefilterDelete { cidrs } => {
+                let changed = if matches!(request, Request::PrefilterUpdate { .. }) {
+                    self.prefilter.update(cidrs)
+                } else {
+                    self.prefilter.delete(cidrs)
+                };
+                if let Err(e) = changed {
+                    return Answer::Error(ApiError::new(ErrorCode::BadRequest, format!("{e:#}")));
+                }
+                if self.unlisted.is_empty() {
+                    let (tables, report) = self.applier.apply(self.compiler.desired());
+                    if let Err(e) = self.publish(tables, report.is_noop()) {
+                        return Answer::Error(ApiError::new(ErrorCode::Internal, format!("{e:#}")));
+                    }
+                }
+                self.refresh_snapshot();
+                Answer::Prefilter(self.prefilter.view())
             }
             _ => self.endpoint_request(request),
         }
@@ -357,22 +383,28 @@ impl Controller {
     /// publish (`unchanged`: the applier's report is a no-op). Whether it published.
     fn publish(&mut self, mut tables: Tables, unchanged: bool) -> Result<bool> {
         tables.policy = self.policy.policy.clone();
+        tables.prefilter = self.prefilter.table().clone();
         let same_policy = self.published_policy.as_ref().is_some_and(|p| **p == *tables.policy);
-        if unchanged && same_policy && self.published_node.as_ref() == Some(&tables.node) {
+        let same_prefilter =
+            self.published_prefilter.as_ref().is_some_and(|p| Arc::ptr_eq(p, &tables.prefilter));
+        if unchanged && same_policy && same_prefilter && self.published_node.as_ref() == Some(&tables.node) {
             return Ok(false);
         }
-        let (node, policy) = (tables.node.clone(), tables.policy.clone());
+        let (node, policy, prefilter) =
+            (tables.node.clone(), tables.policy.clone(), tables.prefilter.clone());
         if let Err(e) = self.sink.publish(tables) {
             // Retried by the next reconcile or tick, with the whole tables again.
             self.failure = Some(format!("{e:#}"));
             self.published_node = None;
             self.published_policy = None;
+            self.published_prefilter = None;
             self.refresh_snapshot();
             return Err(e);
         }
         self.failure = None;
         self.published_node = Some(node);
         self.published_policy = Some(policy);
+        self.published_prefilter = Some(prefilter);
         Ok(true)
     }
 
@@ -517,6 +549,7 @@ impl Controller {
             policies,
             policy_enforcement: enforcement.name().into(),
             enforced: self.policy.counts,
+            prefilter: self.prefilter.len(),
             next_hops: self.sink.next_hops(),
             applies: self.applies,
             listings: self.listings,

@@ -21,6 +21,7 @@ pub mod labels;
 pub mod next_hops;
 pub mod objects;
 pub mod policy;
+pub mod prefilter;
 pub mod source;
 pub mod store;
 pub mod validate;

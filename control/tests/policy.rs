@@ -17,7 +17,7 @@ mod privileged {
         time::Duration,
     };
 
-    use skiff_api::EndpointState;
+    use skiff_api::{EndpointState, Request};
     use skiff_lab::{
         Host, Netns, Topology,
         cni::CniNode,
@@ -808,6 +808,7 @@ spec:
         assert!(scenarios >= 40);
         an_open_connection_outlives_a_policy_that_denies_it(&mut m);
         a_pod_cannot_send_as_another(&mut m, false);
+        the_prefilter_drops_a_source(&mut m, true);
         enforcement_modes(&mut m);
     }
 
@@ -819,6 +820,7 @@ spec:
         let (scenarios, cells) = run_scenarios(&mut m, SCENARIOS.iter().step_by(3));
         println!("{scenarios} scenarios, {cells} probes over AF_PACKET");
         a_pod_cannot_send_as_another(&mut m, true);
+        the_prefilter_drops_a_source(&mut m, false);
     }
 
     /// Applies and probes each scenario; panics listing every cell that differs from its
@@ -930,31 +932,61 @@ spec:
         );
     }
 
+    /// `skiff prefilter update` drops the world's client at the NIC, whatever policy says (with
+    /// `restart`: also after the agent restarts, the prefix kept in its data folder); `delete`
+    /// lets it in again.
+    fn the_prefilter_drops_a_source(m: &mut Matrix, restart: bool) {
+        let world: ipnet::IpNet = "198.18.0.2/32".parse().unwrap();
+        let client = m.node.agent.client();
+        let view = client.prefilter(&Request::PrefilterUpdate { cidrs: vec![world] }).unwrap();
+        assert_eq!(view.cidrs, [(world, 1)]);
+        let from_world = |m: &Matrix| {
+            let probes: Vec<Probe> = ["x/a", "y/b", "z/c"]
+                .iter()
+                .map(|p| Probe {
+                    from: m.world.netns.clone(),
+                    to: m.pods[*p].ipv4.into(),
+                    proto: Proto::Tcp,
+                    port: 80,
+                })
+                .collect();
+            probe::run(&probes, DEADLINE).unwrap()
+        };
+        assert_eq!(from_world(m), [false; 3], "the world is dropped at the NIC");
+        if restart {
+            restart_agent(m, &[]);
+            assert_eq!(m.node.agent.status().unwrap().prefilter, 1, "kept across the restart");
+            assert_eq!(from_world(m), [false; 3], "still dropped after the restart");
+        }
+        let view = m.node.agent.client().prefilter(&Request::PrefilterDelete { cidrs: vec![world] }).unwrap();
+        assert!(view.cidrs.is_empty());
+        assert_eq!(from_world(m), [true; 3], "the world gets in again");
+    }
+
+    /// Restarts the agent with its arguments and `extra`; waits for its 9 endpoints.
+    fn restart_agent(m: &mut Matrix, extra: &[&str]) {
+        m.node.agent.kill().unwrap();
+        let mut args = m.node.args.clone();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let node = m.node.lab.node().netns.clone();
+        m.node.agent.restart(&node, Path::new(AGENT), &args).unwrap();
+        let ready = |e: Vec<skiff_api::EndpointView>| {
+            e.len() == 9 && e.iter().all(|e| e.state == EndpointState::Ready)
+        };
+        m.node.agent.wait_until("the endpoints again", |a| a.client().endpoints().is_ok_and(ready)).unwrap();
+    }
+
     /// The agent restarted with `--policy-enforcement always`: with no policy at all every pod
     /// is isolated both ways (the node still reaches them); with `never`, a deny-all policy
     /// denies nothing, and status says it is not enforced.
     fn enforcement_modes(m: &mut Matrix) {
-        let restart = |m: &mut Matrix, mode: &str| {
-            m.node.agent.kill().unwrap();
-            let mut args = m.node.args.clone();
-            args.extend(["--policy-enforcement".into(), mode.into()]);
-            let node = m.node.lab.node().netns.clone();
-            m.node.agent.restart(&node, Path::new(AGENT), &args).unwrap();
-            let ready = |e: Vec<skiff_api::EndpointView>| {
-                e.len() == 9 && e.iter().all(|e| e.state == EndpointState::Ready)
-            };
-            m.node
-                .agent
-                .wait_until("the endpoints again", |a| a.client().endpoints().is_ok_and(ready))
-                .unwrap();
-        };
-        restart(m, "always");
+        restart_agent(m, &["--policy-enforcement", "always"]);
         m.apply("");
         let status = m.node.agent.status().unwrap();
         assert_eq!((status.policy_enforcement.as_str(), status.enforced), ("always", (9, 9)));
         let wrong = mismatches(&["deny * * *", "allow host pods *"], &m.probe());
         assert!(wrong.is_empty(), "always: {} cells wrong:\n{}", wrong.len(), wrong.join("\n"));
-        restart(m, "never");
+        restart_agent(m, &["--policy-enforcement", "never"]);
         m.apply(DENY_X);
         let wrong = mismatches(&[], &m.probe());
         assert!(wrong.is_empty(), "never: {} cells wrong:\n{}", wrong.len(), wrong.join("\n"));

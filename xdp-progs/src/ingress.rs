@@ -122,6 +122,36 @@ impl Ingress {
         self.edit_deny_list(addr, prefix_len, None)
     }
 
+    /// Makes the denied prefixes exactly `denied` (prefix, rule number): removes the others.
+    pub fn set_deny_list(&mut self, denied: &[(IpAddr, u8, u32)]) -> Result<(), XdpError> {
+        let mut present: Vec<(IpAddr, u8)> = Vec::new();
+        let v4: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
+        for key in v4.keys() {
+            let key = key.map_err(XdpError::map(maps::DENY_V4))?;
+            present.push((
+                std::net::Ipv4Addr::from(key.data()).into(),
+                u8::try_from(key.prefix_len()).unwrap_or(32),
+            ));
+        }
+        let v6: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
+        for key in v6.keys() {
+            let key = key.map_err(XdpError::map(maps::DENY_V6))?;
+            present.push((
+                std::net::Ipv6Addr::from(key.data()).into(),
+                u8::try_from(key.prefix_len()).unwrap_or(128),
+            ));
+        }
+        for (addr, len) in present {
+            if !denied.iter().any(|&(a, l, _)| (a, l) == (addr, len)) {
+                self.undeny(addr, len)?;
+            }
+        }
+        for &(addr, len, rule) in denied {
+            self.deny(addr, len, rule)?;
+        }
+        Ok(())
+    }
+
     /// Inserts (`Some`) or removes (`None`) a prefix in the deny trie of its family.
     fn edit_deny_list(
         &mut self,

@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IdentityView, IpamView, PodRef,
-    PolicyView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView, encode_line,
+    PolicyView, PrefilterView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView, encode_line,
 };
 
 /// Asks an agent on its socket, one connection per question.
@@ -87,6 +87,14 @@ impl Client {
     ) -> Result<TraceView, ClientError> {
         match self.ask(&Request::PolicyTrace { src, dst, port, protocol })? {
             Answer::Trace(trace) => Ok(*trace),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The prefilter after `request` (`PrefilterList`, `PrefilterUpdate`, `PrefilterDelete`).
+    pub fn prefilter(&self, request: &Request) -> Result<PrefilterView, ClientError> {
+        match self.ask(request)? {
+            Answer::Prefilter(view) => Ok(view),
             other => Err(unexpected(other)),
         }
     }

@@ -17,7 +17,7 @@ pub use endpoint::{
     PodRef, PoolView,
 };
 pub use object::{FieldError, Kind, ObjectKey, Rejection};
-pub use policy::{PolicyView, RuleView, TraceEnd, TraceView, VerdictView};
+pub use policy::{PolicyView, PrefilterView, RuleView, TraceEnd, TraceView, VerdictView};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
 pub use status::{
     ApplyReport, Datapath, Health, Io, LastApply, Problem, Source, Status, Tunnel, WorkerCounters,
@@ -46,6 +46,12 @@ pub enum Request {
     PolicyGet,
     /// The verdict on a new flow from `src` to `dst` on `port`/`protocol`, from the tables.
     PolicyTrace { src: TraceEnd, dst: TraceEnd, port: u16, protocol: Protocol },
+    /// The prefilter's prefixes.
+    PrefilterList,
+    /// Drops these sources on arrival from now on (and after a restart).
+    PrefilterUpdate { cidrs: Vec<ipnet::IpNet> },
+    /// No longer drops these sources.
+    PrefilterDelete { cidrs: Vec<ipnet::IpNet> },
     /// `skiff-cni` ADD, first: addresses for an attachment (the ones it has, if it has some).
     AddressAllocate { attachment: Attachment, pod: Option<PodRef> },
     /// `skiff-cni` ADD, then: the interfaces exist; serve them.
@@ -74,6 +80,7 @@ pub enum Answer {
     Identities(Vec<IdentityView>),
     Policy(Box<PolicyView>),
     Trace(Box<TraceView>),
+    Prefilter(PrefilterView),
     Addressing(Addressing),
     /// Done, nothing to report.
     Done,

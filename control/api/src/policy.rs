@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{PodRef, Protocol};
@@ -69,4 +71,11 @@ pub struct TraceView {
     pub ingress: Option<VerdictView>,
     /// `allowed` or why not.
     pub verdict: String,
+}
+
+/// The NIC prefilter (`skiff prefilter`): sources dropped on arrival, kept across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefilterView {
+    /// Each prefix with its rule number (as drops name it).
+    pub cidrs: Vec<(IpNet, u32)>,
 }

@@ -36,6 +36,9 @@ pub struct Status {
     /// Local endpoints whose ingress, and whose egress, is under policy.
     #[serde(default)]
     pub enforced: (usize, usize),
+    /// Prefixes the NIC prefilter drops.
+    #[serde(default)]
+    pub prefilter: usize,
     pub next_hops: usize,
     /// Tables published so far.
     pub applies: u64,
@@ -67,6 +70,7 @@ impl Status {
             policies: 0,
             policy_enforcement: String::new(),
             enforced: (0, 0),
+            prefilter: 0,
             next_hops: 0,
             applies: 0,
             listings: 0,

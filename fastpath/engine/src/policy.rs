@@ -132,68 +132,66 @@ impl EndpointPolicy {
     }
 }
 
-/// Addresses to identities, by longest prefix: pods and nodes as /32 and /128 entries, the
-/// CIDRs of rules as their prefixes; any other address is the world's. One hash lookup per
-/// prefix length in use, longest first (a handful: host entries and the rules' CIDRs).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Ipcache {
-    v4: Vec<(u8, HashMap<u32, Identity>)>,
-    v6: Vec<(u8, HashMap<u128, Identity>)>,
+/// Values by longest prefix: one hash lookup per prefix length in use, longest first (a
+/// handful: host entries and the rules' CIDRs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefixMap<V> {
+    v4: Vec<(u8, HashMap<u32, V>)>,
+    v6: Vec<(u8, HashMap<u128, V>)>,
 }
 
-impl Ipcache {
-    /// Maps `net` (its address truncated to the prefix) to `identity`, replacing what it had.
-    pub fn insert(&mut self, net: IpNet, identity: Identity) {
+impl<V> Default for PrefixMap<V> {
+    fn default() -> Self {
+        PrefixMap { v4: Vec::new(), v6: Vec::new() }
+    }
+}
+
+impl<V: Copy> PrefixMap<V> {
+    /// Maps `net` (its address truncated to the prefix) to `value`, replacing what it had.
+    pub fn insert(&mut self, net: IpNet, value: V) {
         let len = net.prefix_len();
         match net.trunc() {
-            IpNet::V4(n) => insert_at(&mut self.v4, len, u32::from(n.network()), identity),
-            IpNet::V6(n) => insert_at(&mut self.v6, len, u128::from(n.network()), identity),
+            IpNet::V4(n) => insert_at(&mut self.v4, len, u32::from(n.network()), value),
+            IpNet::V6(n) => insert_at(&mut self.v6, len, u128::from(n.network()), value),
         }
     }
 
-    /// The identity of `addr`: its longest prefix's, or `WORLD`.
+    /// The value of the longest prefix holding `addr`.
     #[inline]
-    pub fn lookup(&self, addr: IpAddr) -> Identity {
-        let found =
-            match addr {
-                IpAddr::V4(a) => {
-                    longest(
-                        &self.v4,
-                        u32::from(a),
-                        |a, len| if len == 0 { 0 } else { a & (u32::MAX << (32 - len)) },
-                    )
-                }
-                IpAddr::V6(a) => longest(&self.v6, u128::from(a), |a, len| {
-                    if len == 0 { 0 } else { a & (u128::MAX << (128 - len)) }
-                }),
-            };
-        found.unwrap_or(Identity::WORLD)
+    pub fn longest(&self, addr: IpAddr) -> Option<V> {
+        match addr {
+            IpAddr::V4(a) => {
+                let mask = |a: u32, len: u8| if len == 0 { 0 } else { a & (u32::MAX << (32 - len)) };
+                self.v4.iter().find_map(|(len, m)| m.get(&mask(u32::from(a), *len)).copied())
+            }
+            IpAddr::V6(a) => {
+                let mask = |a: u128, len: u8| if len == 0 { 0 } else { a & (u128::MAX << (128 - len)) };
+                self.v6.iter().find_map(|(len, m)| m.get(&mask(u128::from(a), *len)).copied())
+            }
+        }
     }
 
-    /// Every entry, as prefixes with their identities.
-    pub fn entries(&self) -> Vec<(IpNet, Identity)> {
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Every entry, by prefix.
+    pub fn entries(&self) -> Vec<(IpNet, V)> {
         let v4 = self.v4.iter().flat_map(|(len, m)| {
-            m.iter().filter_map(|(&a, &id)| {
-                Some((IpNet::new(std::net::Ipv4Addr::from(a).into(), *len).ok()?, id))
-            })
+            m.iter()
+                .filter_map(|(&a, &v)| Some((IpNet::new(std::net::Ipv4Addr::from(a).into(), *len).ok()?, v)))
         });
         let v6 = self.v6.iter().flat_map(|(len, m)| {
-            m.iter().filter_map(|(&a, &id)| {
-                Some((IpNet::new(std::net::Ipv6Addr::from(a).into(), *len).ok()?, id))
-            })
+            m.iter()
+                .filter_map(|(&a, &v)| Some((IpNet::new(std::net::Ipv6Addr::from(a).into(), *len).ok()?, v)))
         });
-        let mut all: Vec<(IpNet, Identity)> = v4.chain(v6).collect();
-        all.sort();
+        let mut all: Vec<(IpNet, V)> = v4.chain(v6).collect();
+        all.sort_by_key(|(net, _)| *net);
         all
     }
 }
 
-fn insert_at<K: std::hash::Hash + Eq>(
-    levels: &mut Vec<(u8, HashMap<K, Identity>)>,
-    len: u8,
-    key: K,
-    id: Identity,
-) {
+fn insert_at<K: std::hash::Hash + Eq, V>(levels: &mut Vec<(u8, HashMap<K, V>)>, len: u8, key: K, value: V) {
     let i = match levels.iter().position(|(l, _)| *l <= len) {
         Some(i) if levels[i].0 == len => i,
         Some(i) => {
@@ -205,16 +203,30 @@ fn insert_at<K: std::hash::Hash + Eq>(
             levels.len() - 1
         }
     };
-    levels[i].1.insert(key, id);
+    levels[i].1.insert(key, value);
 }
 
-#[inline]
-fn longest<K: std::hash::Hash + Eq + Copy>(
-    levels: &[(u8, HashMap<K, Identity>)],
-    addr: K,
-    mask: impl Fn(K, u8) -> K,
-) -> Option<Identity> {
-    levels.iter().find_map(|(len, m)| m.get(&mask(addr, *len)).copied())
+/// Addresses to identities, by longest prefix: pods and nodes as /32 and /128 entries, the
+/// CIDRs of rules as their prefixes; any other address is the world's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ipcache(pub PrefixMap<Identity>);
+
+impl Ipcache {
+    /// Maps `net` to `identity`, replacing what it had.
+    pub fn insert(&mut self, net: IpNet, identity: Identity) {
+        self.0.insert(net, identity);
+    }
+
+    /// The identity of `addr`: its longest prefix's, or `WORLD`.
+    #[inline]
+    pub fn lookup(&self, addr: IpAddr) -> Identity {
+        self.0.longest(addr).unwrap_or(Identity::WORLD)
+    }
+
+    /// Every entry, as prefixes with their identities.
+    pub fn entries(&self) -> Vec<(IpNet, Identity)> {
+        self.0.entries()
+    }
 }
 
 /// What the control plane gives the workers for policy.

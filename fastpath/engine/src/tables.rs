@@ -13,7 +13,7 @@ use skiff_common::lb::{Algorithm, BackendId, FrontendKind, TrafficPolicy};
 
 use crate::{
     lb::{Backend, Selector, maglev::MaglevError},
-    policy::Policy,
+    policy::{Policy, PrefixMap},
 };
 
 /// A service frontend: address, port and protocol.
@@ -133,6 +133,9 @@ pub struct Tables {
     /// Network policy: identities and this node's endpoints' rules (shared between publishes
     /// that do not change it).
     pub policy: Arc<Policy>,
+    /// Sources dropped on arrival, by prefix (`skiff prefilter`), with their rule numbers; the
+    /// XDP program drops them first, the workers when they see frames the kernel also sees.
+    pub prefilter: Arc<PrefixMap<u32>>,
 }
 
 impl Tables {

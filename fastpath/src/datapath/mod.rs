@@ -441,6 +441,12 @@ impl Datapath {
         let frontends: Vec<(IpAddr, u16, u8, FrontendKind)> =
             tables.services.iter().map(|(f, s)| (f.addr, f.port, f.protocol, s.config().kind)).collect();
         let endpoints = steered_endpoints(&tables.policy);
+        let denied: Vec<(IpAddr, u8, u32)> = tables
+            .prefilter
+            .entries()
+            .into_iter()
+            .map(|(net, rule)| (net.addr(), net.prefix_len(), rule))
+            .collect();
         if self.ingress.is_none() {
             let mut steering = self.steering.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             steering.frontends = frontends.iter().map(|&(a, port, proto, _)| (a, proto, port)).collect();
@@ -455,6 +461,7 @@ impl Datapath {
                 |flag| endpoints.iter().filter(|(_, e)| e.flags & flag != 0).map(|(a, _)| *a).collect();
             steering.enforced = with(EndpointInfo::POLICY_ENFORCED);
             steering.host = with(EndpointInfo::HOST);
+            steering.denied = tables.prefilter.entries().into_iter().map(|(net, _)| net).collect();
         }
         self.shared.publish(tables);
         self.bells.iter().for_each(|b| b.ring());
@@ -463,6 +470,7 @@ impl Datapath {
                 let mut ingress = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 ingress.set_services(&frontends)?;
                 ingress.set_endpoints(&endpoints)?;
+                ingress.set_deny_list(&denied)?;
             }
             None => self.steer()?,
         }

@@ -201,6 +201,8 @@ pub struct Steering {
     pub host: Vec<IpAddr>,
     /// Pods' interfaces with the addresses their frames may come from (others are dropped).
     pub sources: Vec<(String, PodSources)>,
+    /// Sources dropped on arrival (the prefilter).
+    pub denied: Vec<ipnet::IpNet>,
 }
 
 /// The nftables table the fallback's rules live in.
@@ -246,6 +248,13 @@ impl Steering {
                  {ip} daddr @enforced_{ip} drop\n    \
                  {ip} saddr @enforced_{ip} {ip} daddr != @host_{ip} drop\n"
             );
+        }
+        for (v4, ip) in [(true, "ip"), (false, "ip6")] {
+            let denied: Vec<String> =
+                self.denied.iter().filter(|n| n.addr().is_ipv4() == v4).map(ToString::to_string).collect();
+            if !denied.is_empty() {
+                rules += &format!("    {ip} saddr {{ {} }} drop\n", denied.join(", "));
+            }
         }
         for (iface, own) in &self.sources {
             // A pod's frame from an address not its own (IPv6 neighbour discovery aside).

@@ -8,8 +8,8 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 use skiff_api::{
-    Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, PodRef, PolicyView, Protocol, RuleView,
-    ServiceView, Status, TraceEnd, TraceView,
+    Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, PodRef, PolicyView, PrefilterView,
+    Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView,
 };
 
 #[derive(Parser)]
@@ -54,6 +54,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// The NIC prefilter: source prefixes dropped on arrival (kept across restarts).
+    Prefilter {
+        #[command(subcommand)]
+        command: PrefilterCommand,
     },
     /// Pod addresses: the pools and who holds each address.
     Ipam {
@@ -108,6 +113,22 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+enum PrefilterCommand {
+    /// The prefixes dropped, with their rule numbers.
+    List,
+    /// Drops these source prefixes from now on.
+    Update {
+        #[arg(long = "cidr", value_name = "CIDR", required = true)]
+        cidrs: Vec<ipnet::IpNet>,
+    },
+    /// No longer drops these source prefixes.
+    Delete {
+        #[arg(long = "cidr", value_name = "CIDR", required = true)]
+        cidrs: Vec<ipnet::IpNet>,
+    },
+}
+
+#[derive(Subcommand)]
 enum IpamCommand {
     /// The pools and their allocations.
     List,
@@ -144,6 +165,14 @@ fn run(cli: Cli) -> Result<()> {
             let (port, protocol) = port_and_protocol(&dport)?;
             let (src, dst) = (end(src_pod, src_ip)?, end(dst_pod, dst_ip)?);
             show(cli.output, &client.trace(src, dst, port, protocol)?, print_trace)
+        }
+        Command::Prefilter { command } => {
+            let request = match command {
+                PrefilterCommand::List => Request::PrefilterList,
+                PrefilterCommand::Update { cidrs } => Request::PrefilterUpdate { cidrs },
+                PrefilterCommand::Delete { cidrs } => Request::PrefilterDelete { cidrs },
+            };
+            show(cli.output, &client.prefilter(&request)?, print_prefilter)
         }
         Command::Ipam { command: IpamCommand::List } => show(cli.output, &client.ipam()?, print_ipam),
         Command::Completions { shell } => {
@@ -216,6 +245,7 @@ fn print_status(s: &Status) {
             s.policies, s.policy_enforcement
         ),
     );
+    row("Prefilter", format!("{} source prefixes dropped at the NIC", s.prefilter));
     row("Tunnels", s.tunnels.len().to_string());
     for tunnel in &s.tunnels {
         row("", format!("{} via {} ({})", tunnel.pod_cidr, tunnel.endpoint, tunnel.node));
@@ -389,6 +419,14 @@ fn print_trace(t: &TraceView) {
         }
     }
     println!("Final verdict: {}", t.verdict);
+}
+
+fn print_prefilter(p: &PrefilterView) {
+    let mut t = table(&["RULE", "PREFIX"]);
+    for (cidr, rule) in &p.cidrs {
+        t.add_row(vec![rule.to_string(), cidr.to_string()]);
+    }
+    println!("{}", t.trim_fmt());
 }
 
 fn print_identities(identities: &[IdentityView]) {

@@ -178,6 +178,10 @@ impl Engine {
         // Parse.
         let p = layers::parse(frame)?;
         let L3::Ip(ip) = p.l3 else { return Ok(Action::Pass) };
+        let prefilter = &self.tables.prefilter;
+        if !prefilter.is_empty() && p.addrs(frame).is_some_and(|(src, _)| prefilter.longest(src).is_some()) {
+            return Err(DropReason::DeniedCidr);
+        }
         // `policy_port`: the port policy rules name, an ICMP message's type for ICMP.
         let (src_port, dst_port, tcp_flags, policy_port) = match p.l4 {
             L4::Tcp { src_port, dst_port, flags } => (src_port, dst_port, flags.0, dst_port),
