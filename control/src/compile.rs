@@ -17,7 +17,7 @@ use skiff_engine::tables::{LocalNode, ServiceConfig};
 use crate::{
     labels::{self, Labels},
     objects::Object,
-    policy::Enforcement,
+    policy::{self, Enforcement},
     store::{Changes, Store},
     validate::LB_ALGORITHM,
 };
@@ -35,6 +35,19 @@ pub struct NodeContext {
     pub pod_cidrs: Vec<IpNet>,
     /// How endpoints come under network policy (`--policy-enforcement`).
     pub policy_enforcement: Enforcement,
+}
+
+/// A pod as policy needs it, kept per pod and computed again only when the pod (or its
+/// namespace) changes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInfo {
+    /// Its identity labels (namespace included).
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    pub node: Option<String>,
+    pub host_network: bool,
+    /// Its containers' named ports (name, protocol, number).
+    pub named_ports: Vec<(String, u8, u16)>,
 }
 
 /// A frontend's identity in the desired state: address, port, protocol (sortable).
@@ -62,8 +75,8 @@ pub struct Desired {
     pub node: LocalNode,
     /// This node's addresses (its Node's and `--node-address`).
     pub node_addresses: Vec<IpAddr>,
-    /// Each pod's identity labels (namespace included), by (namespace, name).
-    pub pod_labels: HashMap<(String, String), Labels>,
+    /// Each pod as policy needs it, by (namespace, name).
+    pub pods: HashMap<(String, String), PodInfo>,
     /// Distinct label sets of pods, the unit Cilium gives an identity, with how many pods
     /// have each.
     pub label_sets: BTreeMap<Labels, usize>,
@@ -102,6 +115,51 @@ pub struct Compiler {
 impl Compiler {
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// Only the pods that changed, or whose namespace did, get their labels again (all of
+    /// them on the `first` update).
+    fn update_pods(&mut self, store: &Store, changes: &Changes, first: bool) {
+        let pods: Vec<(String, String)> = if first {
+            store.of_kind(Kind::Pod).map(|o| (o.key().namespace, o.key().name)).collect()
+        } else {
+            let in_changed_namespaces = self
+                .desired
+                .pods
+                .keys()
+                .filter(|(namespace, _)| changes.namespaces.contains(namespace))
+                .cloned();
+            let mut pods: BTreeSet<(String, String)> = in_changed_namespaces.collect();
+            pods.extend(changes.pods.iter().cloned());
+            pods.into_iter().collect()
+        };
+        for key in pods {
+            if let Some(old) = self.desired.pods.remove(&key)
+                && let Some(count) = self.desired.label_sets.get_mut(&old.labels)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.desired.label_sets.remove(&old.labels);
+                }
+            }
+            let object = ObjectKey { kind: Kind::Pod, namespace: key.0.clone(), name: key.1.clone() };
+            let Some(Object::Pod(pod)) = store.get(&object) else { continue };
+            let labels = labels::of_pod(pod, store);
+            let count = self.desired.label_sets.entry(labels.clone()).or_insert(0);
+            if *count == 0 {
+                self.new_label_sets.push(labels.clone());
+            }
+            *count += 1;
+            let spec = pod.spec.as_ref();
+            let info = PodInfo {
+                labels,
+                ips: policy::pod_ips(pod),
+                node: spec.and_then(|s| s.node_name.clone()),
+                host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+                named_ports: policy::container_ports(pod),
+            };
+            self.desired.pods.insert(key, info);
+        }
     }
 
     /// The label sets that appeared since the last call (for identities to number).
@@ -156,40 +214,12 @@ impl Compiler {
             let produced = frontends(&mut d.frontends, service, &slices, &d.node_addresses, ctx);
             self.produced.insert((key.namespace, key.name), produced);
         }
-        // Only the pods that changed, or whose namespace did, get their labels again.
-        let pods: Vec<(String, String)> = if first {
-            store.of_kind(Kind::Pod).map(|o| (o.key().namespace, o.key().name)).collect()
-        } else {
-            let in_changed_namespaces =
-                d.pod_labels.keys().filter(|(namespace, _)| changes.namespaces.contains(namespace)).cloned();
-            let mut pods: BTreeSet<(String, String)> = in_changed_namespaces.collect();
-            pods.extend(changes.pods.iter().cloned());
-            pods.into_iter().collect()
-        };
-        for key in pods {
-            if let Some(old) = d.pod_labels.remove(&key)
-                && let Some(count) = d.label_sets.get_mut(&old)
-            {
-                *count -= 1;
-                if *count == 0 {
-                    d.label_sets.remove(&old);
-                }
-            }
-            let object = ObjectKey { kind: Kind::Pod, namespace: key.0.clone(), name: key.1.clone() };
-            let Some(Object::Pod(pod)) = store.get(&object) else { continue };
-            let labels = labels::of_pod(pod, store);
-            let count = d.label_sets.entry(labels.clone()).or_insert(0);
-            if *count == 0 {
-                self.new_label_sets.push(labels.clone());
-            }
-            *count += 1;
-            d.pod_labels.insert(key, labels);
-        }
         if changes.policies || first {
             let kinds =
                 [Kind::NetworkPolicy, Kind::CiliumNetworkPolicy, Kind::CiliumClusterwideNetworkPolicy];
             d.policies = kinds.into_iter().map(|k| store.of_kind(k).count()).sum();
         }
+        self.update_pods(store, changes, first);
         &self.desired
     }
 }

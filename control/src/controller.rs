@@ -26,7 +26,7 @@ use crate::{
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
     objects::{Documents, Object},
-    policy::{self, Cluster, Compiled, Enforcement, Local, identity::Identities},
+    policy::{self, Cluster, Compiled, Enforcement, Local, PolicyCompiler, identity::Identities},
     prefilter::Prefilter,
     store::Store,
     validate::Limits,
@@ -127,6 +127,9 @@ pub struct Controller {
     identities: Identities,
     /// The policies as last compiled.
     policy: Compiled,
+    policy_compiler: PolicyCompiler,
+    /// Counts the reconciles that saw a policy change: rules built for the same count hold.
+    policy_generation: u64,
     /// Rules newly not enforced as written, until the control loop posts them as Events.
     notices: Vec<(ObjectKey, String)>,
     prefilter: Prefilter,
@@ -164,6 +167,8 @@ impl Controller {
             published_policy: None,
             identities: Identities::default(),
             policy: Compiled::default(),
+            policy_compiler: PolicyCompiler::default(),
+            policy_generation: 0,
             notices: Vec::new(),
             prefilter: Prefilter::default(),
             published_prefilter: None,
@@ -202,7 +207,7 @@ impl Controller {
             Request::PolicyGet => Answer::Policy(Box::new(PolicyView {
                 enforcement: self.ctx.policy_enforcement.name().into(),
                 policies: self.policy.sources.clone(),
-                rules: self.policy.rules.clone(),
+                rules: self.policy.rules.to_vec(),
             })),
             Request::PolicyTrace { src, dst, port, protocol } => {
                 match (self.trace_addresses(src), self.trace_addresses(dst)) {
@@ -302,12 +307,10 @@ impl Controller {
         if let Err(e) = endpoints.set_node_cidrs(&self.compiler.desired().pod_cidrs, &mut *self.sink) {
             tracing::error!("the pods' gateways: {e:#}");
         }
-        let (pod_labels, identities) = (&self.compiler.desired().pod_labels, &mut self.identities);
+        let (pods, identities) = (&self.compiler.desired().pods, &mut self.identities);
         let of_pod = |pod: &PodRef| {
-            let Some(labels) = pod_labels.get(&(pod.namespace.clone(), pod.name.clone())) else {
-                return Ok(None);
-            };
-            Ok(Some((labels.clone(), identities.of(labels)?)))
+            let Some(info) = pods.get(&(pod.namespace.clone(), pod.name.clone())) else { return Ok(None) };
+            Ok(Some((info.labels.clone(), identities.of(&info.labels)?)))
         };
         if let Err(e) = endpoints.label(of_pod) {
             tracing::error!("endpoint identities: {e:#}");
@@ -317,58 +320,48 @@ impl Controller {
     /// Compiles the policies for this node's endpoints: those skiff-cni made, and pods of
     /// this node on interfaces given to the agent (`--device`).
     fn compile_policy(&mut self) {
-        let store = &self.store;
-        let pod_object = |namespace: &str, name: &str| {
-            let key = ObjectKey { kind: Kind::Pod, namespace: namespace.into(), name: name.into() };
-            if let Some(Object::Pod(p)) = store.get(&key) { Some(p) } else { None }
-        };
+        let pods = &self.compiler.desired().pods;
         let mut local = Vec::new();
         // Pods skiff-cni serves: their endpoints' addresses are theirs, whatever the Pod says.
         let mut served_pods = Vec::new();
         for e in self.endpoints.iter().flat_map(Endpoints::views) {
-            served_pods.extend(e.pod.as_ref().map(|p| (p.namespace.clone(), p.name.clone())));
-            let pod = e.pod.as_ref().and_then(|p| pod_object(&p.namespace, &p.name));
+            let key = e.pod.as_ref().map(|p| (p.namespace.clone(), p.name.clone()));
+            let named_ports = key.as_ref().and_then(|k| pods.get(k)).map(|p| p.named_ports.clone());
+            served_pods.extend(key);
             local.push(Local {
                 addresses: e.addresses.clone(),
                 identity: Identity(e.identity),
                 labels: (e.identity != Identity::INIT.0).then(|| e.labels.clone()),
-                named_ports: pod.map(|p| policy::container_ports(p)).unwrap_or_default(),
+                named_ports: named_ports.unwrap_or_default(),
             });
         }
         let served: Vec<IpAddr> = local.iter().flat_map(|l| l.addresses.iter().copied()).collect();
-        let pod_labels = &self.compiler.desired().pod_labels;
-        for object in store.of_kind(Kind::Pod) {
-            let Object::Pod(pod) = object else { continue };
-            let spec = pod.spec.as_ref();
-            let here = spec.and_then(|s| s.node_name.as_deref()) == Some(self.ctx.name.as_str());
-            if !here || spec.and_then(|s| s.host_network).unwrap_or(false) {
+        for (key, pod) in pods {
+            if pod.node.as_deref() != Some(self.ctx.name.as_str())
+                || pod.host_network
+                || served_pods.contains(key)
+            {
                 continue;
             }
-            let addresses: Vec<IpAddr> =
-                policy::pod_ips(pod).into_iter().filter(|a| !served.contains(a)).collect();
-            let key = object.key();
-            let key = (key.namespace, key.name);
-            if served_pods.contains(&key) {
-                continue;
-            }
-            let Some(labels) = pod_labels.get(&key) else { continue };
-            let Some(&identity) = self.identities.all().get(labels) else { continue };
+            let addresses: Vec<IpAddr> = pod.ips.iter().copied().filter(|a| !served.contains(a)).collect();
+            let Some(&identity) = self.identities.all().get(&pod.labels) else { continue };
             if !addresses.is_empty() {
-                let named_ports = policy::container_ports(pod);
-                local.push(Local { addresses, identity, labels: Some(labels.clone()), named_ports });
+                let (labels, named_ports) = (Some(pod.labels.clone()), pod.named_ports.clone());
+                local.push(Local { addresses, identity, labels, named_ports });
             }
         }
         let mut host_addresses = self.compiler.desired().node_addresses.clone();
         host_addresses.extend(self.endpoints.iter().flat_map(Endpoints::gateways));
-        let compiled = policy::compile(&Cluster {
-            store,
-            pod_labels,
+        let cluster = Cluster {
+            store: &self.store,
+            pods,
             identities: self.identities.all(),
             local: &local,
             host_addresses: &host_addresses,
             node_name: &self.ctx.name,
             enforcement: self.ctx.policy_enforcement,
-        });
+        };
+        let compiled = self.policy_compiler.compile(&cluster, self.policy_generation);
         let known = &self.policy.not_enforced;
         self.notices.extend(compiled.not_enforced.iter().filter(|n| !known.contains(n)).cloned());
         self.policy = compiled;
@@ -461,6 +454,7 @@ impl Controller {
         let mut report = None;
         if self.applied_generation != Some(self.store.generation()) {
             let changes = self.store.take_changes();
+            self.policy_generation += u64::from(changes.policies);
             self.compiler.update(&self.store, &changes, &self.ctx);
             // The label sets change only here: not at every CNI call.
             if let Err(e) = self.identities.allocate(&self.compiler.take_new_label_sets()) {

@@ -243,3 +243,52 @@ fn the_incremental_compiler_agrees_with_a_whole_compile_after_every_change() {
     }
     assert_eq!(compiler.desired().frontends.len(), 2, "api's ClusterIP and NodePort remain");
 }
+
+/// The demo's web pods under `examples/policy/web-from-client.yaml`, traced by the
+/// controller: a client pod that appears afterwards (a new label set, so a new identity) is
+/// added to the rules already built, and a pod that is no client is not.
+#[test]
+fn a_new_identity_joins_the_rules_already_built() {
+    use skiff_api::{Answer, Request, Source, TraceEnd};
+    use skiff_control::{
+        controller::{Controller, Event, Recorder},
+        validate::Limits,
+    };
+    let policy = include_str!("../../examples/policy/web-from-client.yaml");
+    let mut texts = DEMO.to_vec();
+    texts.push(policy);
+    let source = Source::StateDir { path: "test".into() };
+    let mut c = Controller::new(ctx(), Limits::default(), Box::new(Recorder::default()), source);
+    let listed = objects(&texts).into_iter().map(|o| ("test".to_owned(), Ok(o))).collect();
+    assert!(c.handle(Event::Resync { kinds: Kind::ALL.to_vec(), objects: listed }).is_empty());
+    c.reconcile().unwrap();
+    let verdict = |c: &mut Controller, from: &str| {
+        let request = Request::PolicyTrace {
+            src: TraceEnd::Ip(ip(from)),
+            dst: TraceEnd::Ip(ip("198.18.128.10")),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        };
+        match c.request(&request) {
+            Answer::Trace(t) => t.verdict,
+            other => panic!("a trace: {other:?}"),
+        }
+    };
+    assert_eq!(verdict(&mut c, "198.18.128.13"), "allowed", "the demo's client pod");
+    let pod = |name: &str, labels: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: demo, labels: {labels}}}\n\
+             spec: {{nodeName: node2, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"
+        )
+    };
+    for (name, labels, address, want) in [
+        ("client-2", "{app: client, tier: new}", "198.18.129.20", "allowed"),
+        ("batch", "{app: batch}", "198.18.129.21", "denied: no rule allows it"),
+    ] {
+        let text = pod(name, labels, address);
+        let object = objects(&[&text]).remove(0);
+        assert!(c.handle(Event::Upsert { origin: "test".into(), object: Ok(object) }).is_empty());
+        c.reconcile().unwrap();
+        assert_eq!(verdict(&mut c, address), want, "{name}");
+    }
+}

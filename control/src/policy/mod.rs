@@ -34,6 +34,7 @@ use skiff_engine::policy::{EndpointPolicy, Entry, Policy, PortRange, RuleId, Rul
 
 use self::selector::{Index, RESERVED, Selector};
 use crate::{
+    compile::PodInfo,
     crd::{CidrRule, Entity, IcmpFamily, L4Proto, PolicySpec, Rule},
     labels::{Labels, NAMESPACE},
     objects::Object,
@@ -76,8 +77,8 @@ pub struct Local {
 /// What policy is compiled from besides the policies.
 pub struct Cluster<'a> {
     pub store: &'a Store,
-    /// Every pod's identity labels, by (namespace, name).
-    pub pod_labels: &'a HashMap<(String, String), Labels>,
+    /// Every pod (labels, addresses, named ports), by (namespace, name).
+    pub pods: &'a HashMap<(String, String), PodInfo>,
     /// Every pod label set's identity.
     pub identities: &'a HashMap<Labels, Identity>,
     pub local: &'a [Local],
@@ -93,7 +94,7 @@ pub struct Compiled {
     pub policy: Arc<Policy>,
     /// The policies (specs) compiled, by name.
     pub sources: Vec<String>,
-    pub rules: Vec<RuleView>,
+    pub rules: Arc<Vec<RuleView>>,
     /// One line per rule (or host policy) not enforced as written, with its object.
     pub not_enforced: Vec<(ObjectKey, String)>,
     /// Endpoints under policy: (ingress, egress) by address.
@@ -155,57 +156,223 @@ struct Spec {
     rules: Vec<SpecRule>,
 }
 
-/// Compiles every policy in `cluster.store` for this node.
-pub fn compile(cluster: &Cluster) -> Compiled {
-    let mut specs = specs(cluster.store);
-    let mut out =
-        Compiled { sources: specs.iter().map(|s| s.source.clone()).collect(), ..Compiled::default() };
-    number(&mut specs, &mut out);
+/// Compiles the policies, keeping what it built for the next compile: one that follows only
+/// new identities (a pod's labels changed, a pod came) adds them to the rules it built,
+/// instead of building every endpoint's rules again.
+#[derive(Default)]
+pub struct PolicyCompiler {
+    last: Option<Built>,
+}
+
+/// What a compile built that the next may reuse.
+struct Built {
+    /// The controller's count of policy changes it was built for.
+    generation: u64,
+    enforcement: Enforcement,
+    named_ports: NamedPorts,
+    specs: Arc<Vec<Spec>>,
+    cidrs: Arc<BTreeMap<IpNet, Identity>>,
+    /// `Compiled`'s sources, rules and what is not enforced.
+    template: Compiled,
+    added: [RuleId; 2],
+    /// The highest identity the rules were built over: newer ones are to add.
+    max_identity: Identity,
+    shared: SharedRules,
+}
+
+/// Every pod's named ports, by (name, protocol): egress rules resolve a name against the
+/// peers'.
+type NamedPorts = BTreeMap<(String, u8), BTreeSet<u16>>;
+
+impl PolicyCompiler {
+    /// Compiles every policy in `cluster.store` for this node. `generation` changes whenever a
+    /// policy did: rules built for the same generation are reused.
+    pub fn compile(&mut self, cluster: &Cluster, generation: u64) -> Compiled {
+        let named_ports = named_ports(cluster.pods);
+        let reusable = self.last.take().filter(|b| {
+            b.generation == generation && b.enforcement == cluster.enforcement && b.named_ports == named_ports
+        });
+        let (built_specs, cidrs, mut out, added, mut shared, since) = match reusable {
+            Some(b) => (b.specs, b.cidrs, b.template, b.added, b.shared, Some(b.max_identity)),
+            None => {
+                let (specs, out, added) = normalise(cluster.store);
+                let cidrs = Arc::new(cidr_identities(&specs));
+                (Arc::new(specs), cidrs, out, added, SharedRules::new(), None)
+            }
+        };
+        if let Some(since) = since {
+            let new: Vec<(&Labels, Identity)> =
+                cluster.identities.iter().filter(|&(_, &id)| id > since).map(|(l, &id)| (l, id)).collect();
+            if !new.is_empty() {
+                for (key, rules) in &mut shared {
+                    add_identities(key, rules, &built_specs, &new, &named_ports);
+                }
+            }
+        }
+        let template = Compiled {
+            sources: out.sources.clone(),
+            rules: out.rules.clone(),
+            not_enforced: out.not_enforced.clone(),
+            ..Compiled::default()
+        };
+        let reserved = reserved_labels();
+        let mut builder = Builder {
+            cluster,
+            reserved: &reserved,
+            cidrs: &cidrs,
+            named_ports: &named_ports,
+            resolver: None,
+            specs: &built_specs,
+            enforcement: cluster.enforcement,
+            added,
+            shared,
+            used: BTreeSet::new(),
+        };
+        let mut policy = Policy { ipcache: ipcache(cluster, &cidrs), endpoints: hashbrown::HashMap::new() };
+        for local in cluster.local {
+            let [ingress, egress] = [INGRESS, EGRESS].map(|direction| builder.rules(local, direction));
+            out.counts.0 += usize::from(ingress.is_some());
+            out.counts.1 += usize::from(egress.is_some());
+            for &addr in &local.addresses {
+                out.enforced.insert(addr, (ingress.is_some(), egress.is_some()));
+            }
+            let endpoint = Arc::new(EndpointPolicy { identity: local.identity, ingress, egress });
+            for &addr in &local.addresses {
+                policy.endpoints.insert(addr, endpoint.clone());
+            }
+        }
+        out.policy = Arc::new(policy);
+        let Builder { mut shared, used, .. } = builder;
+        // Rules no endpoint uses any more go.
+        shared.retain(|key, _| used.contains(key));
+        self.last = Some(Built {
+            generation,
+            enforcement: cluster.enforcement,
+            named_ports,
+            specs: built_specs,
+            cidrs,
+            template,
+            added,
+            max_identity: cluster.identities.values().max().copied().unwrap_or_default(),
+            shared,
+        });
+        out
+    }
+}
+
+/// Every policy of `store` normalised and numbered, the lists of `Compiled` filled (its
+/// sources, rules, what is not enforced), and the agent's own two rules' numbers.
+fn normalise(store: &Store) -> (Vec<Spec>, Compiled, [RuleId; 2]) {
+    let mut specs = specs(store);
+    let mut views = Vec::new();
+    let mut not_enforced = Vec::new();
+    number(&mut specs, &mut views, &mut not_enforced);
     let added = [
         agent_rule(
-            &mut out.rules,
+            &mut views,
             "allow-localhost",
             INGRESS,
             "the node reaches its pods (Cilium's allow-localhost=always)",
         ),
         agent_rule(
-            &mut out.rules,
+            &mut views,
             "node-traffic",
             EGRESS,
             "traffic to the node's own addresses goes to the kernel, not to a worker: not judged",
         ),
     ];
-    let reserved = reserved_labels();
-    let mut builder = Builder {
-        resolver: Resolver::new(cluster, &reserved, &specs),
-        specs: &specs,
-        enforcement: cluster.enforcement,
-        added,
-        shared: HashMap::new(),
+    let out = Compiled {
+        sources: specs.iter().map(|s| s.source.clone()).collect(),
+        rules: Arc::new(views),
+        not_enforced,
+        ..Compiled::default()
     };
-    let mut policy =
-        Policy { ipcache: builder.resolver.ipcache(cluster), endpoints: hashbrown::HashMap::new() };
-    for local in cluster.local {
-        let [ingress, egress] = [INGRESS, EGRESS].map(|direction| builder.rules(local, direction));
-        out.counts.0 += usize::from(ingress.is_some());
-        out.counts.1 += usize::from(egress.is_some());
-        for &addr in &local.addresses {
-            out.enforced.insert(addr, (ingress.is_some(), egress.is_some()));
+    (specs, out, added)
+}
+
+/// Adds identities that appeared since `rules` were built to them, where a rule's peer
+/// selects them.
+fn add_identities(
+    (direction, selecting, own_ports): &RulesKey,
+    rules: &mut Arc<Rules>,
+    specs: &[Spec],
+    new: &[(&Labels, Identity)],
+    named_ports: &NamedPorts,
+) {
+    for rule in selecting.iter().flat_map(|&i| &specs[i].rules).filter(|r| r.direction == *direction) {
+        if rule.not_enforced.is_some() {
+            // Its entries are for any peer, or none: new identities change nothing.
+            continue;
         }
-        let endpoint = Arc::new(EndpointPolicy { identity: local.identity, ingress, egress });
-        for &addr in &local.addresses {
-            policy.endpoints.insert(addr, endpoint.clone());
+        let ranges = port_ranges(rule, own_ports, named_ports);
+        for &(labels, identity) in new {
+            let selects = rule.peers.iter().any(|peer| match peer {
+                Peer::Pods(selector) => selector.matches(labels),
+                Peer::Cluster => true,
+                _ => false,
+            });
+            if selects {
+                let rules = Arc::make_mut(rules);
+                for &ports in &ranges {
+                    rules.insert(identity, Entry { ports, deny: rule.deny, rule: rule.id });
+                }
+            }
         }
     }
-    out.policy = Arc::new(policy);
-    out
+}
+
+/// The port ranges of `rule`: named ports resolved against the endpoint's own (ingress) or
+/// every pod's (egress).
+fn port_ranges(rule: &SpecRule, own_ports: &[(String, u8, u16)], named_ports: &NamedPorts) -> Vec<PortRange> {
+    let mut ranges = Vec::new();
+    for ports in &rule.ports {
+        match ports {
+            Ports::Range(r) => ranges.push(*r),
+            Ports::Named { name, protocol } if rule.direction == INGRESS => ranges.extend(
+                own_ports
+                    .iter()
+                    .filter(|(n, p, _)| n == name && p == protocol)
+                    .map(|&(_, p, port)| PortRange { protocol: p, first: port, last: port }),
+            ),
+            Ports::Named { name, protocol } => ranges.extend(
+                named_ports.get(&(name.clone(), *protocol)).into_iter().flatten().map(|&port| PortRange {
+                    protocol: *protocol,
+                    first: port,
+                    last: port,
+                }),
+            ),
+        }
+    }
+    ranges
+}
+
+fn named_ports(pods: &HashMap<(String, String), PodInfo>) -> NamedPorts {
+    let mut named: NamedPorts = BTreeMap::new();
+    for (name, protocol, port) in pods.values().flat_map(|p| &p.named_ports) {
+        named.entry((name.clone(), *protocol)).or_default().insert(*port);
+    }
+    named
+}
+
+/// An identity for every prefix the rules name (their CIDRs and exceptions; /0 is the
+/// world's), numbered in Cilium's local scope.
+fn cidr_identities(specs: &[Spec]) -> BTreeMap<IpNet, Identity> {
+    let mut prefixes = BTreeSet::new();
+    for rule in specs.iter().flat_map(|s| &s.rules) {
+        for peer in &rule.peers {
+            if let Peer::Cidr { net, except } = peer {
+                prefixes.extend(std::iter::once(net).chain(except).filter(|n| n.prefix_len() > 0).copied());
+            }
+        }
+    }
+    prefixes.into_iter().zip(FIRST_CIDR_IDENTITY..).map(|(n, i)| (n, Identity(i))).collect()
 }
 
 /// Numbers every rule, lists it, and notes what is not enforced as written.
-fn number(specs: &mut [Spec], out: &mut Compiled) {
+fn number(specs: &mut [Spec], views: &mut Vec<RuleView>, not_enforced: &mut Vec<(ObjectKey, String)>) {
     for spec in specs.iter_mut() {
         if spec.subject.is_none() {
-            out.not_enforced.push((
+            not_enforced.push((
                 spec.key.clone(),
                 format!(
                     "{}: a host policy (nodeSelector) is not enforced yet; the node's own traffic is not filtered",
@@ -214,20 +381,24 @@ fn number(specs: &mut [Spec], out: &mut Compiled) {
             ));
         }
         for i in 0..spec.rules.len() {
-            let id = RuleId::try_from(out.rules.len()).unwrap_or(RuleId::MAX);
+            let id = RuleId::try_from(views.len()).unwrap_or(RuleId::MAX);
             spec.rules[i].id = id;
             let rule = &spec.rules[i];
             if let Some(why) = &rule.not_enforced {
-                out.not_enforced.push((spec.key.clone(), format!("{} {}: {why}", spec.source, rule.at)));
+                not_enforced.push((spec.key.clone(), format!("{} {}: {why}", spec.source, rule.at)));
             }
-            out.rules.push(rule_view(id, spec, rule));
+            views.push(rule_view(id, spec, rule));
         }
     }
 }
 
+/// Which rules: a direction, the policies (specs) selecting the endpoint, and for ingress its
+/// named ports.
+type RulesKey = (usize, Vec<usize>, Vec<(String, u8, u16)>);
+
 /// The rules of one direction for the endpoints selected by the same policies (and, for
 /// ingress, with the same named ports): built once, shared.
-type SharedRules = HashMap<(usize, Vec<usize>, Vec<(String, u8, u16)>), Arc<Rules>>;
+type SharedRules = HashMap<RulesKey, Arc<Rules>>;
 
 /// The reserved identities with their one label (`reserved:host`), for selectors naming them.
 fn reserved_labels() -> Vec<(Labels, Identity)> {
@@ -238,12 +409,19 @@ fn reserved_labels() -> Vec<(Labels, Identity)> {
 
 /// Builds each endpoint's rules.
 struct Builder<'a> {
-    resolver: Resolver<'a>,
+    cluster: &'a Cluster<'a>,
+    reserved: &'a [(Labels, Identity)],
+    cidrs: &'a BTreeMap<IpNet, Identity>,
+    named_ports: &'a NamedPorts,
+    /// Made when rules are to be built from scratch (indexing every identity's labels).
+    resolver: Option<Resolver<'a>>,
     specs: &'a [Spec],
     enforcement: Enforcement,
     /// The agent's own rules, by direction: allow-localhost, traffic to the node.
     added: [RuleId; 2],
     shared: SharedRules,
+    /// The keys of the rules the endpoints use.
+    used: BTreeSet<RulesKey>,
 }
 
 impl Builder<'_> {
@@ -269,13 +447,18 @@ impl Builder<'_> {
         // Ingress rules may name the endpoint's own ports; egress rules name the peers'.
         let own_ports = if direction == INGRESS { local.named_ports.clone() } else { Vec::new() };
         let key = (direction, selecting, own_ports);
+        self.used.insert(key.clone());
         if let Some(rules) = self.shared.get(&key) {
             return Some(rules.clone());
         }
         let mut rules = Rules::default();
         rules.default_allow = !isolated;
+        let (cluster, reserved, cidrs, named_ports) =
+            (self.cluster, self.reserved, self.cidrs, self.named_ports);
+        let resolver =
+            self.resolver.get_or_insert_with(|| Resolver::new(cluster, reserved, cidrs, named_ports));
         for rule in key.1.iter().flat_map(|&i| &specs[i].rules).filter(|r| r.direction == direction) {
-            self.resolver.add(&mut rules, rule, &local.named_ports);
+            resolver.add(&mut rules, rule, &local.named_ports);
         }
         let added = Entry { ports: PortRange::ANY, deny: false, rule: self.added[direction] };
         rules.insert(Identity::HOST, added);
@@ -395,100 +578,35 @@ fn describe_ports(ports: &Ports) -> String {
     }
 }
 
-/// Turns peers into identities and names into ports, caching what rules share.
+/// Turns peers into identities, caching what rules share.
 struct Resolver<'a> {
     pods: Index<'a, Identity>,
     /// Identities of every pod label set, for `cluster`.
     pod_identities: Vec<Identity>,
     /// CIDR prefixes of the rules with their identities, by prefix.
-    cidrs: BTreeMap<IpNet, Identity>,
+    cidrs: &'a BTreeMap<IpNet, Identity>,
+    named_ports: &'a NamedPorts,
     selected: HashMap<Peer, Arc<Vec<Identity>>>,
-    /// Named ports of every pod: egress rules resolve a name against the peers'.
-    named_ports: BTreeMap<(String, u8), BTreeSet<u16>>,
 }
 
 impl<'a> Resolver<'a> {
-    fn new(cluster: &Cluster<'a>, reserved: &'a [(Labels, Identity)], specs: &[Spec]) -> Resolver<'a> {
+    fn new(
+        cluster: &Cluster<'a>,
+        reserved: &'a [(Labels, Identity)],
+        cidrs: &'a BTreeMap<IpNet, Identity>,
+        named_ports: &'a NamedPorts,
+    ) -> Resolver<'a> {
         let mut pods = Index::default();
         for (labels, &id) in cluster.identities.iter().chain(reserved.iter().map(|(l, id)| (l, id))) {
             pods.insert(labels, id);
-        }
-        let mut prefixes = BTreeSet::new();
-        for rule in specs.iter().flat_map(|s| &s.rules) {
-            for peer in &rule.peers {
-                if let Peer::Cidr { net, except } = peer {
-                    prefixes
-                        .extend(std::iter::once(net).chain(except).filter(|n| n.prefix_len() > 0).copied());
-                }
-            }
-        }
-        let cidrs = prefixes.into_iter().zip(FIRST_CIDR_IDENTITY..).map(|(n, i)| (n, Identity(i))).collect();
-        let mut named_ports: BTreeMap<(String, u8), BTreeSet<u16>> = BTreeMap::new();
-        for pod in cluster.store.of_kind(Kind::Pod).filter_map(pod_of) {
-            for (name, protocol, port) in container_ports(pod) {
-                named_ports.entry((name, protocol)).or_default().insert(port);
-            }
         }
         Resolver {
             pods,
             pod_identities: cluster.identities.values().copied().collect(),
             cidrs,
-            selected: HashMap::new(),
             named_ports,
+            selected: HashMap::new(),
         }
-    }
-
-    /// Every address's identity: pods, this node, the other nodes, the API server, the
-    /// rules' CIDRs.
-    fn ipcache(&self, cluster: &Cluster) -> skiff_engine::policy::Ipcache {
-        let mut cache = skiff_engine::policy::Ipcache::default();
-        for (&net, &id) in &self.cidrs {
-            cache.insert(net, id);
-        }
-        for node in cluster
-            .store
-            .of_kind(Kind::Node)
-            .filter_map(|o| if let Object::Node(n) = o { Some(n) } else { None })
-        {
-            let ours = node.metadata.name.as_deref() == Some(cluster.node_name);
-            let id = if ours { Identity::HOST } else { Identity::REMOTE_NODE };
-            for a in node.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
-                if let ("InternalIP" | "ExternalIP", Ok(addr)) =
-                    (a.type_.as_str(), a.address.parse::<IpAddr>())
-                {
-                    cache.insert(addr.into(), id);
-                }
-            }
-        }
-        for slice in cluster.store.slices_of("default", "kubernetes") {
-            let Object::EndpointSlice(slice) = slice else { continue };
-            for addr in
-                slice.endpoints.iter().flat_map(|e| &e.addresses).filter_map(|a| a.parse::<IpAddr>().ok())
-            {
-                cache.insert(addr.into(), Identity::KUBE_APISERVER);
-            }
-        }
-        for object in cluster.store.of_kind(Kind::Pod) {
-            let Object::Pod(pod) = object else { continue };
-            if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
-                continue;
-            }
-            let key = object.key();
-            let labels = cluster.pod_labels.get(&(key.namespace, key.name));
-            let Some(&id) = labels.and_then(|l| cluster.identities.get(l)) else { continue };
-            for addr in pod_ips(pod) {
-                cache.insert(addr.into(), id);
-            }
-        }
-        for local in cluster.local {
-            for &addr in &local.addresses {
-                cache.insert(addr.into(), local.identity);
-            }
-        }
-        for &addr in cluster.host_addresses {
-            cache.insert(addr.into(), Identity::HOST);
-        }
-        cache
     }
 
     /// The identities `peer` stands for (`Identity::UNKNOWN` alone: any).
@@ -534,25 +652,7 @@ impl<'a> Resolver<'a> {
             return;
         }
         let peers: Vec<Peer> = if not_enforced { vec![Peer::Any] } else { rule.peers.clone() };
-        let mut ranges = Vec::new();
-        for ports in &rule.ports {
-            match ports {
-                Ports::Range(r) => ranges.push(*r),
-                Ports::Named { name, protocol } if rule.direction == INGRESS => ranges.extend(
-                    own_ports
-                        .iter()
-                        .filter(|(n, p, _)| n == name && p == protocol)
-                        .map(|&(_, p, port)| PortRange { protocol: p, first: port, last: port }),
-                ),
-                Ports::Named { name, protocol } => ranges.extend(
-                    self.named_ports
-                        .get(&(name.clone(), *protocol))
-                        .into_iter()
-                        .flatten()
-                        .map(|&port| PortRange { protocol: *protocol, first: port, last: port }),
-                ),
-            }
-        }
+        let ranges = port_ranges(rule, own_ports, self.named_ports);
         for peer in &peers {
             let ids = self.identities(peer);
             for &identity in ids.iter() {
@@ -564,8 +664,46 @@ impl<'a> Resolver<'a> {
     }
 }
 
-fn pod_of(o: &Object) -> Option<&k8s_openapi::api::core::v1::Pod> {
-    if let Object::Pod(p) = o { Some(p) } else { None }
+/// Every address's identity: pods, this node, the other nodes, the API server, the rules'
+/// CIDRs.
+fn ipcache(cluster: &Cluster, cidrs: &BTreeMap<IpNet, Identity>) -> skiff_engine::policy::Ipcache {
+    let mut cache = skiff_engine::policy::Ipcache::default();
+    for (&net, &id) in cidrs {
+        cache.insert(net, id);
+    }
+    for node in
+        cluster.store.of_kind(Kind::Node).filter_map(|o| if let Object::Node(n) = o { Some(n) } else { None })
+    {
+        let ours = node.metadata.name.as_deref() == Some(cluster.node_name);
+        let id = if ours { Identity::HOST } else { Identity::REMOTE_NODE };
+        for a in node.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+            if let ("InternalIP" | "ExternalIP", Ok(addr)) = (a.type_.as_str(), a.address.parse::<IpAddr>()) {
+                cache.insert(addr.into(), id);
+            }
+        }
+    }
+    for slice in cluster.store.slices_of("default", "kubernetes") {
+        let Object::EndpointSlice(slice) = slice else { continue };
+        for addr in slice.endpoints.iter().flat_map(|e| &e.addresses).filter_map(|a| a.parse::<IpAddr>().ok())
+        {
+            cache.insert(addr.into(), Identity::KUBE_APISERVER);
+        }
+    }
+    for pod in cluster.pods.values().filter(|p| !p.host_network) {
+        let Some(&id) = cluster.identities.get(&pod.labels) else { continue };
+        for &addr in &pod.ips {
+            cache.insert(addr.into(), id);
+        }
+    }
+    for local in cluster.local {
+        for &addr in &local.addresses {
+            cache.insert(addr.into(), local.identity);
+        }
+    }
+    for &addr in cluster.host_addresses {
+        cache.insert(addr.into(), Identity::HOST);
+    }
+    cache
 }
 
 pub fn pod_ips(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<IpAddr> {

@@ -44,8 +44,11 @@ pub struct Entry {
 /// How one direction of an endpoint is decided.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rules {
-    /// By peer identity; `Identity::UNKNOWN` holds the entries for any peer.
-    by_peer: HashMap<Identity, Vec<Entry>>,
+    /// By peer identity (`Identity::UNKNOWN`: any peer), where its entries sit in `entries`
+    /// (start, count): plain values, so a copy of 10 000 peers' rules is one memcpy, not
+    /// 10 000 allocations (the control plane copies rules to add a new identity to them).
+    by_peer: HashMap<Identity, (u32, u32)>,
+    entries: Vec<Entry>,
     /// What no entry matches is allowed: the endpoint is not isolated in this direction, only
     /// its deny rules (and allows, which change nothing) apply (Cilium's
     /// `enableDefaultDeny: false`).
@@ -76,10 +79,29 @@ impl Verdict {
 impl Rules {
     /// Adds an entry for `peer` (`Identity::UNKNOWN`: any peer).
     pub fn insert(&mut self, peer: Identity, entry: Entry) {
-        let entries = self.by_peer.entry(peer).or_default();
-        if !entries.contains(&entry) {
-            entries.push(entry);
+        let end = self.entries.len();
+        let (start, count) = self.by_peer.get(&peer).map_or((end, 0), |&(s, c)| (s as usize, c as usize));
+        if self.entries[start..start + count].contains(&entry) {
+            return;
         }
+        let start = if start + count == end {
+            start
+        } else {
+            // Not the last peer's: its entries move to the end (the old ones stay unused).
+            self.entries.extend_from_within(start..start + count);
+            end
+        };
+        self.entries.push(entry);
+        let index = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.by_peer.insert(peer, (index(start), index(count + 1)));
+    }
+
+    /// `peer`'s entries.
+    #[inline]
+    fn of(&self, peer: Identity) -> &[Entry] {
+        self.by_peer.get(&peer).map_or(&[], |&(start, count)| {
+            self.entries.get(start as usize..(start + count) as usize).unwrap_or_default()
+        })
     }
 
     /// The verdict for a flow with `peer` on `protocol`/`port`: a matching deny wins, then a
@@ -87,8 +109,7 @@ impl Rules {
     #[inline]
     pub fn verdict(&self, peer: Identity, protocol: u8, port: u16) -> Verdict {
         let mut allowed = None;
-        let lists = [self.by_peer.get(&peer), self.by_peer.get(&Identity::UNKNOWN)];
-        for entry in lists.into_iter().flatten().flatten() {
+        for entry in self.of(peer).iter().chain(self.of(Identity::UNKNOWN)) {
             if entry.ports.contains(protocol, port) {
                 if entry.deny {
                     return Verdict::DeniedByRule(entry.rule);
@@ -101,19 +122,6 @@ impl Rules {
             None if self.default_allow => Verdict::Allowed(None),
             None => Verdict::Denied,
         }
-    }
-
-    /// Entries, by peer.
-    pub fn entries(&self) -> impl Iterator<Item = (Identity, &Entry)> {
-        self.by_peer.iter().flat_map(|(&peer, entries)| entries.iter().map(move |e| (peer, e)))
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_peer.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty()
     }
 }
 
@@ -323,6 +331,21 @@ mod tests {
             "not isolated: denies deny"
         );
         assert_eq!(open.verdict(Identity(301), TCP, 9), Verdict::Allowed(None));
+    }
+
+    #[test]
+    fn a_peers_entries_stay_together_when_added_to_later() {
+        let mut rules = Rules::default();
+        rules.insert(Identity(300), entry(TCP, 80, 80, false, 1));
+        rules.insert(Identity(301), entry(TCP, 81, 81, false, 2));
+        rules.insert(Identity(300), entry(UDP, 53, 53, false, 3));
+        rules.insert(Identity(300), entry(UDP, 53, 53, false, 3));
+        let copy = rules.clone();
+        assert_eq!(copy.verdict(Identity(300), TCP, 80), Verdict::Allowed(Some(1)));
+        assert_eq!(copy.verdict(Identity(300), UDP, 53), Verdict::Allowed(Some(3)));
+        assert_eq!(copy.verdict(Identity(301), TCP, 81), Verdict::Allowed(Some(2)));
+        assert_eq!(copy.verdict(Identity(301), UDP, 53), Verdict::Denied);
+        assert_eq!(copy.of(Identity(300)).len(), 2, "once each");
     }
 
     #[test]
