@@ -4,10 +4,9 @@
 //! until identities are agreed between nodes. A number stays with its labels after their last
 //! pod goes.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
+
+use hashbrown::HashMap;
 
 use skiff_api::IdentityView;
 use skiff_common::identity::Identity;
@@ -21,7 +20,8 @@ use crate::{
 pub struct Identities {
     /// Where they are kept; `None`: in memory only.
     path: Option<PathBuf>,
-    /// Hashed: a lookup hashes a label set once rather than comparing it with a dozen others.
+    /// Hashed (hashbrown's fast hasher): a lookup hashes a label set once rather than
+    /// comparing it with a dozen others.
     by_labels: HashMap<Labels, Identity>,
 }
 

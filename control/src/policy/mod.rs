@@ -80,7 +80,7 @@ pub struct Cluster<'a> {
     /// Every pod (labels, addresses, named ports), by (namespace, name).
     pub pods: &'a HashMap<(String, String), PodInfo>,
     /// Every pod label set's identity.
-    pub identities: &'a HashMap<Labels, Identity>,
+    pub identities: &'a hashbrown::HashMap<Labels, Identity>,
     pub local: &'a [Local],
     /// The node's own addresses (the pods' gateways too): the `host` identity.
     pub host_addresses: &'a [IpAddr],
@@ -178,6 +178,8 @@ struct Built {
     /// The highest identity the rules were built over: newer ones are to add.
     max_identity: Identity,
     shared: SharedRules,
+    /// The specs selecting each local endpoint's identity.
+    selecting: HashMap<Identity, Vec<usize>>,
 }
 
 /// Every pod's named ports, by (name, protocol): egress rules resolve a name against the
@@ -189,11 +191,15 @@ impl PolicyCompiler {
     /// policy did: rules built for the same generation are reused.
     pub fn compile(&mut self, cluster: &Cluster, generation: u64) -> Compiled {
         let named_ports = named_ports(cluster.pods);
+        let mut selecting = HashMap::new();
         let reusable = self.last.take().filter(|b| {
             b.generation == generation && b.enforcement == cluster.enforcement && b.named_ports == named_ports
         });
         let (built_specs, cidrs, mut out, added, mut shared, since) = match reusable {
-            Some(b) => (b.specs, b.cidrs, b.template, b.added, b.shared, Some(b.max_identity)),
+            Some(b) => {
+                selecting = b.selecting;
+                (b.specs, b.cidrs, b.template, b.added, b.shared, Some(b.max_identity))
+            }
             None => {
                 let (specs, out, added) = normalise(cluster.store);
                 let cidrs = Arc::new(cidr_identities(&specs));
@@ -227,6 +233,7 @@ impl PolicyCompiler {
             added,
             shared,
             used: BTreeSet::new(),
+            selecting,
         };
         let mut policy = Policy { ipcache: ipcache(cluster, &cidrs), endpoints: hashbrown::HashMap::new() };
         for local in cluster.local {
@@ -242,7 +249,7 @@ impl PolicyCompiler {
             }
         }
         out.policy = Arc::new(policy);
-        let Builder { mut shared, used, .. } = builder;
+        let Builder { mut shared, used, selecting, .. } = builder;
         // Rules no endpoint uses any more go.
         shared.retain(|key, _| used.contains(key));
         self.last = Some(Built {
@@ -255,6 +262,7 @@ impl PolicyCompiler {
             added,
             max_identity: cluster.identities.values().max().copied().unwrap_or_default(),
             shared,
+            selecting,
         });
         out
     }
@@ -422,16 +430,24 @@ struct Builder<'a> {
     shared: SharedRules,
     /// The keys of the rules the endpoints use.
     used: BTreeSet<RulesKey>,
+    /// The specs selecting each endpoint identity (its labels are the identity's).
+    selecting: HashMap<Identity, Vec<usize>>,
 }
 
 impl Builder<'_> {
     /// `local`'s rules in `direction`; `None` when nothing applies (all allowed).
     fn rules(&mut self, local: &Local, direction: usize) -> Option<Arc<Rules>> {
         let specs = self.specs;
-        let selecting: Vec<usize> = match &local.labels {
-            Some(labels) => (0..specs.len())
-                .filter(|&i| specs[i].subject.as_ref().is_some_and(|s| s.matches(labels)))
-                .collect(),
+        let selecting = match &local.labels {
+            Some(labels) => self
+                .selecting
+                .entry(local.identity)
+                .or_insert_with(|| {
+                    (0..specs.len())
+                        .filter(|&i| specs[i].subject.as_ref().is_some_and(|s| s.matches(labels)))
+                        .collect()
+                })
+                .clone(),
             None => Vec::new(),
         };
         let isolated = match self.enforcement {
