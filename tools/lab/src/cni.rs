@@ -153,8 +153,14 @@ impl CniNode {
                 .collect();
         args.extend(["--device".into(), lab.client().node_iface.clone()]);
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let agent = Agent::start(&lab.node().netns, agent, &format!("{name}-{}", lab.id()), &args)
-            .expect("skiff-agent starts");
+        let agent = match Agent::start(&lab.node().netns, agent, &format!("{name}-{}", lab.id()), &args) {
+            Ok(agent) => agent,
+            Err(e) => {
+                // Nothing left behind by a failed start.
+                let _ = std::fs::remove_dir_all(&state);
+                panic!("skiff-agent starts: {e}");
+            }
+        };
         let (conflist, plugin) = agent.cni_conf();
         let list: Value =
             serde_json::from_slice(&std::fs::read(&conflist).expect("the conflist")).expect("JSON");

@@ -133,6 +133,13 @@ struct OnTheNode {
     conf: String,
 }
 
+/// The folder of objects goes with it, also when the demo fails part-way.
+impl Drop for OnTheNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 impl OnTheNode {
     fn start(lab: &Lab, bin: &std::path::Path) -> Result<OnTheNode> {
         let node = lab.node().netns.clone();
@@ -261,7 +268,6 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     if !exit.success() {
         bail!("skiff-agent exited with {exit}");
     }
-    std::fs::remove_dir_all(&on.state)?;
     Ok(pods[..2].to_vec())
 }
 
