@@ -124,29 +124,27 @@ impl Ingress {
 
     /// Makes the denied prefixes exactly `denied` (prefix, rule number): removes the others.
     pub fn set_deny_list(&mut self, denied: &[(IpAddr, u8, u32)]) -> Result<(), XdpError> {
-        let mut present: Vec<(IpAddr, u8)> = Vec::new();
+        // What the tries hold now: a publish touches only what changed (every table publish
+        // syncs the prefilter, which may hold 100k prefixes).
+        let mut present: StdHashMap<(IpAddr, u8), u32> = StdHashMap::new();
         let v4: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
-        for key in v4.keys() {
-            let key = key.map_err(XdpError::map(maps::DENY_V4))?;
-            present.push((
-                std::net::Ipv4Addr::from(key.data()).into(),
-                u8::try_from(key.prefix_len()).unwrap_or(32),
-            ));
+        for entry in v4.iter() {
+            let (key, value) = entry.map_err(XdpError::map(maps::DENY_V4))?;
+            let len = u8::try_from(key.prefix_len()).unwrap_or(32);
+            present.insert((std::net::Ipv4Addr::from(key.data()).into(), len), value.rule_id);
         }
         let v6: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
-        for key in v6.keys() {
-            let key = key.map_err(XdpError::map(maps::DENY_V6))?;
-            present.push((
-                std::net::Ipv6Addr::from(key.data()).into(),
-                u8::try_from(key.prefix_len()).unwrap_or(128),
-            ));
+        for entry in v6.iter() {
+            let (key, value) = entry.map_err(XdpError::map(maps::DENY_V6))?;
+            let len = u8::try_from(key.prefix_len()).unwrap_or(128);
+            present.insert((std::net::Ipv6Addr::from(key.data()).into(), len), value.rule_id);
         }
-        for (addr, len) in present {
-            if !denied.iter().any(|&(a, l, _)| (a, l) == (addr, len)) {
-                self.undeny(addr, len)?;
-            }
+        let wanted: StdHashMap<(IpAddr, u8), u32> =
+            denied.iter().map(|&(a, l, rule)| ((a, l), rule)).collect();
+        for &(addr, len) in present.keys().filter(|k| !wanted.contains_key(k)) {
+            self.undeny(addr, len)?;
         }
-        for &(addr, len, rule) in denied {
+        for (&(addr, len), &rule) in wanted.iter().filter(|(k, rule)| present.get(k) != Some(rule)) {
             self.deny(addr, len, rule)?;
         }
         Ok(())
