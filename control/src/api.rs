@@ -75,7 +75,9 @@ impl Snapshot {
             },
             // Built when asked, by the control loop: 10k identities or pods are not copied
             // into every snapshot.
-            Request::IdentityList | Request::PolicyGet | Request::PolicyTrace { .. } => return None,
+            Request::IdentityList | Request::NodeList | Request::PolicyGet | Request::PolicyTrace { .. } => {
+                return None;
+            }
             Request::PrefilterList | Request::PrefilterUpdate { .. } | Request::PrefilterDelete { .. } => {
                 return None;
             }

@@ -94,8 +94,12 @@ impl Applier {
         self.pools = pools;
         self.applied = Arc::new(desired.frontends.clone());
         self.release_ids();
-        let tables =
-            Tables { services: self.services.clone(), node: desired.node.clone(), ..Tables::default() };
+        let tables = Tables {
+            services: self.services.clone(),
+            node: desired.node.clone(),
+            overlay: desired.overlay.clone(),
+            ..Tables::default()
+        };
         (tables, report)
     }
 

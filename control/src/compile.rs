@@ -1,22 +1,27 @@
 //! From objects to the desired datapath state: service frontends with their backends and
 //! settings, this node's addresses and the cluster's prefixes, security identities from pod
-//! labels, and tunnel endpoints towards the other nodes. Pure: the same objects give the
+//! labels, and the other nodes' pod CIDRs (the overlay in tunnel routing). Pure: the same objects give the
 //! same state, whatever their order.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
 use k8s_openapi::api::{core::v1, discovery::v1::EndpointSlice};
-use skiff_api::{Kind, ObjectKey, Protocol, ServicePort, Tunnel};
+use skiff_api::{Kind, NodeView, ObjectKey, Protocol, ServicePort, Tunnel};
 use skiff_common::lb::{Algorithm, FrontendKind, TrafficPolicy};
-use skiff_engine::tables::{LocalNode, ServiceConfig};
+use skiff_engine::{
+    tables::{LocalNode, ServiceConfig},
+    tunnel::Overlay,
+};
 
 use crate::{
     labels::{self, Labels},
     objects::Object,
+    overlay::{self, Routing},
     policy::{self, Enforcement},
     store::{Changes, Store},
     validate::LB_ALGORITHM,
@@ -35,6 +40,8 @@ pub struct NodeContext {
     pub pod_cidrs: Vec<IpNet>,
     /// How endpoints come under network policy (`--policy-enforcement`).
     pub policy_enforcement: Enforcement,
+    /// How pods on different nodes reach each other (`--routing-mode`, …).
+    pub routing: Routing,
 }
 
 /// A pod as policy needs it, kept per pod and computed again only when the pod (or its
@@ -80,7 +87,12 @@ pub struct Desired {
     /// Distinct label sets of pods, the unit Cilium gives an identity, with how many pods
     /// have each.
     pub label_sets: BTreeMap<Labels, usize>,
+    /// Every Node, as `skiff node list` shows it (the controller adds their health).
+    pub nodes: Vec<NodeView>,
+    /// The other nodes' pod CIDRs with their InternalIPs (tunnel endpoints or next hops).
     pub tunnels: Vec<Tunnel>,
+    /// In tunnel routing, the overlay the workers encapsulate by.
+    pub overlay: Option<Arc<Overlay>>,
     /// This node's pod CIDRs from its Node object (`spec.podCIDRs`), for kubernetes IPAM.
     pub pod_cidrs: Vec<IpNet>,
     /// Policies in effect (NetworkPolicy and Cilium's); the controller compiles them with the
@@ -190,6 +202,12 @@ impl Compiler {
             let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
             d.pod_cidrs = ours.map(|n| pod_cidrs_of(n)).unwrap_or_default();
             d.tunnels = tunnels(&nodes, ctx);
+            d.nodes = nodes.iter().map(|n| node_view(n, ctx)).collect();
+            // The underlay address other nodes tunnel to is this node's InternalIP.
+            let underlay: Vec<IpAddr> =
+                ours.iter().flat_map(|n| internal_ips(n)).chain(d.node_addresses.iter().copied()).collect();
+            let own_cidrs: Vec<IpNet> = d.pod_cidrs.iter().chain(&ctx.pod_cidrs).copied().collect();
+            d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, &own_cidrs);
         }
         let services: BTreeSet<(String, String)> = if changes.nodes || first {
             let mut all: BTreeSet<_> = self.produced.keys().cloned().collect();
@@ -267,15 +285,33 @@ fn cluster_prefixes(nodes: &[&v1::Node]) -> Vec<IpNet> {
     prefixes.into_iter().collect()
 }
 
+fn node_view(n: &v1::Node, ctx: &NodeContext) -> NodeView {
+    let name = n.metadata.name.clone().unwrap_or_default();
+    let local = name == ctx.name;
+    let addresses = n.status.iter().flat_map(|s| s.addresses.iter().flatten());
+    NodeView {
+        addresses: addresses
+            .filter(|a| matches!(a.type_.as_str(), "InternalIP" | "ExternalIP"))
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
+        pod_cidrs: pod_cidrs_of(n),
+        tunnel_endpoint: if local { None } else { internal_ips(n).next() },
+        health: String::new(),
+        local,
+        name,
+    }
+}
+
+/// A Node's InternalIPs, in its order.
+fn internal_ips(node: &v1::Node) -> impl Iterator<Item = IpAddr> + '_ {
+    let addresses = node.status.iter().flat_map(|s| s.addresses.iter().flatten());
+    addresses.filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok())
+}
+
 fn tunnels(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<Tunnel> {
     let mut tunnels = Vec::new();
     for n in nodes.iter().filter(|n| n.metadata.name.as_deref() != Some(&ctx.name)) {
-        let addresses = n.status.iter().flat_map(|s| s.addresses.iter().flatten());
-        let Some(endpoint) =
-            addresses.filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse().ok())
-        else {
-            continue;
-        };
+        let Some(endpoint) = internal_ips(n).next() else { continue };
         for pod_cidr in pod_cidrs_of(n) {
             tunnels.push(Tunnel { node: n.metadata.name.clone().unwrap_or_default(), pod_cidr, endpoint });
         }

@@ -11,12 +11,13 @@ use std::{
 
 use anyhow::Result;
 use skiff_api::{
-    Answer, ApiError, ApplyReport, AttachMode, Datapath, ErrorCode, Health, Kind, LastApply, ObjectKey,
-    PodRef, PolicyView, Problem, Rejection, Request, Source, Status, TraceEnd,
+    Answer, ApiError, ApplyReport, AttachMode, Datapath, ErrorCode, Health, Kind, LastApply, NodeView,
+    ObjectKey, PodRef, PolicyView, Problem, Rejection, Request, Source, Status, TraceEnd,
 };
 use skiff_common::identity::Identity;
 use skiff_engine::{
-    policy::{Policy, PrefixMap},
+    policy::Policy,
+    prefix::PrefixMap,
     tables::{LocalNode, Tables},
 };
 
@@ -66,6 +67,10 @@ pub trait Sink: Send {
     fn describe(&self) -> Datapath;
     fn next_hops(&self) -> usize {
         0
+    }
+    /// Whether the datapath has a next hop towards `addr` (`None`: no datapath to ask).
+    fn reaches(&self, _addr: IpAddr) -> Option<bool> {
+        None
     }
     /// A live view of the workers' counters, read at each status request.
     fn stats(&self) -> Option<LiveStats> {
@@ -199,11 +204,29 @@ impl Controller {
         self.endpoints.as_ref().is_some_and(Endpoints::ready)
     }
 
+    /// The nodes with their health: whether the datapath reaches their InternalIP.
+    fn node_views(&self) -> Vec<NodeView> {
+        let mut nodes = self.compiler.desired().nodes.clone();
+        for n in &mut nodes {
+            n.health = match (n.local, n.tunnel_endpoint) {
+                (true, _) => "local".into(),
+                (false, None) => "no InternalIP".into(),
+                (false, Some(endpoint)) => match self.sink.reaches(endpoint) {
+                    Some(true) => "reachable".into(),
+                    Some(false) => "no next hop".into(),
+                    None => "unknown".into(),
+                },
+            };
+        }
+        nodes
+    }
+
     /// Answers what the snapshot leaves to the control loop: `skiff-cni`'s requests, and
     /// those that read the identities, the compiled policy or every pod.
     pub fn request(&mut self, request: &Request) -> Answer {
         match request {
             Request::IdentityList => Answer::Identities(self.identities.views()),
+            Request::NodeList => Answer::Nodes(self.node_views()),
             Request::PolicyGet => Answer::Policy(Box::new(PolicyView {
                 enforcement: self.ctx.policy_enforcement.name().into(),
                 policies: self.policy.sources.clone(),
@@ -457,7 +480,11 @@ impl Controller {
             self.policy_generation += u64::from(changes.policies);
             self.compiler.update(&self.store, &changes, &self.ctx);
             // The label sets change only here: not at every CNI call.
-            if let Err(e) = self.identities.allocate(&self.compiler.take_new_label_sets()) {
+            // Numbered in label order: nodes that start from the same objects number them
+            // alike (until CiliumIdentity objects make them agree).
+            let mut new_label_sets = self.compiler.take_new_label_sets();
+            new_label_sets.sort_unstable();
+            if let Err(e) = self.identities.allocate(&new_label_sets) {
                 tracing::error!("identities: {e:#}");
             }
             self.label_endpoints();
@@ -539,6 +566,7 @@ impl Controller {
             frontends: applied.len(),
             backends: self.applier.backend_count(),
             identities: self.compiler.desired().label_sets.len(),
+            routing: self.ctx.routing.describe(),
             tunnels: self.compiler.desired().tunnels.clone(),
             policies,
             policy_enforcement: enforcement.name().into(),

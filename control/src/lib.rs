@@ -20,6 +20,7 @@ pub mod endpoints;
 pub mod labels;
 pub mod next_hops;
 pub mod objects;
+pub mod overlay;
 pub mod policy;
 pub mod prefilter;
 pub mod source;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Result;
 use ipnet::IpNet;
 use skiff_api::PrefilterView;
-use skiff_engine::policy::PrefixMap;
+use skiff_engine::prefix::PrefixMap;
 
 use crate::endpoints::{read_json, write_atomically};
 

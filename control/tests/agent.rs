@@ -33,6 +33,10 @@ mod privileged {
             ["--state-dir", state.to_str().unwrap(), "--node-name", "node1", "--io", io]
                 .map(String::from)
                 .into();
+        if io == "afpacket" {
+            // Without XDP nothing decapsulates: AF_PACKET runs with native routing.
+            args.extend(["--routing-mode".to_owned(), "native".to_owned()]);
+        }
         for device in
             std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface))
         {

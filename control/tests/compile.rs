@@ -9,6 +9,7 @@ use skiff_control::{
     apply::Applier,
     compile::{BackendSpec, Desired, NodeContext, compile},
     objects::{Object, decode_yaml},
+    overlay::Routing,
     policy::Enforcement,
 };
 
@@ -33,6 +34,7 @@ fn ctx() -> NodeContext {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
+        routing: Routing::default(),
     }
 }
 

@@ -10,6 +10,7 @@ use skiff_control::{
     compile::NodeContext,
     controller::{Controller, Event, Recorder, Sink},
     objects::{Documents, decode_yaml},
+    overlay::Routing,
     policy::Enforcement,
     source::dir,
     validate::Limits,
@@ -33,6 +34,7 @@ fn unlisted() -> (Controller, Recorder, Documents) {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
+        routing: Routing::default(),
     };
     let c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
@@ -169,6 +171,7 @@ fn a_failed_publish_degrades_health_and_is_retried_whole() {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
+        routing: Routing::default(),
     };
     let mut c =
         Controller::new(ctx, Limits::default(), Box::new(FailsOnce(true, recorder.clone())), source());

@@ -2,8 +2,8 @@
 //! each destination goes.
 //!
 //! [`Worker::poll`] receives a batch on every port, runs each frame through the engine, writes
-//! the MACs of the frame's next hop (its destination after NAT) and queues it on that
-//! neighbour's port; each port then transmits its batch at once. Frames of flows another
+//! the MACs of the frame's next hop (its destination after NAT, or for a pod on another node
+//! the node, the frame then encapsulated) and queues it on that neighbour's port; each port then transmits its batch at once. Frames of flows another
 //! worker owns go to it ([`crate::handoff`]). Frames are staged in a
 //! preallocated arena between receive and transmit (a port cannot send while another is lent
 //! out to receive), so nothing allocates per packet. Only exceptions (frames the engine leaves
@@ -19,6 +19,7 @@ use skiff_wire::layers;
 use skiff_engine::{
     engine::{Action, Engine, NewFlow},
     flow::Tuple,
+    tunnel::{self, Encap},
 };
 
 use crate::{
@@ -348,19 +349,45 @@ impl Core {
                 return;
             }
         };
-        let next_hop = layers::parse(frame).ok().and_then(|p| p.addrs(frame)).map(|(_, dst)| dst);
-        let Some(n) = next_hop.and_then(|dst| self.engine.tables().next_hop(dst)) else {
+        let parsed = layers::parse(frame).ok();
+        let Some((src, dst)) = parsed.as_ref().and_then(|p| p.addrs(frame)) else {
             stats.count_drop(DropReason::Unroutable);
             return;
         };
+        let tables = self.engine.tables();
+        // A pod on another node: through the tunnel to its node.
+        let tunnel = tables.overlay.as_deref().and_then(|o| Some((o, o.remote_node(dst)?)));
+        let Some(n) = tables.next_hop(tunnel.map_or(dst, |(_, node)| node)) else {
+            stats.count_drop(DropReason::Unroutable);
+            return;
+        };
+        // Inside a tunnel too the frame is addressed as the outer one: a Linux vxlan device
+        // whose address is its uplink's takes it.
         frame[..6].copy_from_slice(&n.dst_mac);
         frame[6..12].copy_from_slice(&n.src_mac);
         let slot = self.staged.len();
-        if frame.len() <= FRAME_ROOM && (slot + 1) * FRAME_ROOM <= self.arena.len() {
-            self.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + frame.len()].copy_from_slice(frame);
-            self.staged.push((n.port, frame.len()));
-        } else {
-            stats.count_drop(DropReason::MtuExceeded);
+        let Some(out) = self.arena.get_mut(slot * FRAME_ROOM..(slot + 1) * FRAME_ROOM) else {
+            return stats.count_drop(DropReason::NoTxSpace);
+        };
+        let len = match (tunnel, &parsed) {
+            (Some((overlay, node)), Some(p)) => {
+                let to = Encap {
+                    node,
+                    src_mac: n.src_mac,
+                    dst_mac: n.dst_mac,
+                    identity: tables.policy.ipcache.lookup(src),
+                    flow_hash: tunnel::flow_hash(frame, p),
+                };
+                overlay.encapsulate(out, frame, &to)
+            }
+            _ => out.get_mut(..frame.len()).map(|out| {
+                out.copy_from_slice(frame);
+                frame.len()
+            }),
+        };
+        match len {
+            Some(len) => self.staged.push((n.port, len)),
+            None => stats.count_drop(DropReason::MtuExceeded),
         }
     }
 }

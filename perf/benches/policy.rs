@@ -14,6 +14,7 @@ use skiff_control::{
     compile::NodeContext,
     controller::{Controller, Event, Recorder},
     objects::decode,
+    overlay::Routing,
     policy::Enforcement,
     validate::Limits,
 };
@@ -81,6 +82,7 @@ fn controller() -> (Controller, Recorder) {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
+        routing: Routing::default(),
     };
     let recorder = Recorder::default();
     let source = Source::StateDir { path: "bench".into() };

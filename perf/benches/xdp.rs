@@ -61,6 +61,9 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
     }
     ingress.deny(Env::DENIED_V4.0.into(), Env::DENIED_V4.1, PREFIXES)?;
     ingress.set_services(&[(Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6, FrontendKind::ClusterIp)])?;
+    let (pods, len) = Env::REMOTE_PODS_V4;
+    ingress.set_overlay(&Env::NODES, &[(pods.into(), len)])?;
+    ingress.set_identities(&Env::IDENTITIES)?;
     let floor = CountProgram::load()?;
 
     let cases = [

@@ -1,6 +1,7 @@
 //! Attaches `skiff_xdp_ingress` to an interface of the current network namespace (maps pinned
 //! in PIN_DIR, removed at exit) and takes commands on stdin, one per line:
 //!   deny CIDR     drop every packet from CIDR on arrival
+//!   node ADDR ID  accept tunnel frames from ADDR (a node) carrying identity ID as their VNI
 //!   stats         print the action and drop counters, and the sampled drop events
 //! Each answer ends with a line holding only ".". Detaches at EOF. What `cargo xtask demo`
 //! drives inside the lab's node namespace.
@@ -46,6 +47,11 @@ fn serve(ingress: &mut Ingress, out: &mut impl Write) -> Result<()> {
                 let (addr, len) = cidr.split_once('/').ok_or("deny takes ADDR/LEN")?;
                 ingress.deny(addr.parse::<IpAddr>()?, len.parse()?, 1)?;
                 writeln!(out, "denied {cidr}")?;
+            }
+            ["node", addr, identity] => {
+                ingress.set_overlay(&[addr.parse()?], &[])?;
+                ingress.set_identities(&[identity.parse()?])?;
+                writeln!(out, "tunnel frames from {addr} with VNI {identity} are decapsulated")?;
             }
             ["stats"] => stats(ingress, out)?,
             other => writeln!(out, "unknown command {other:?}")?,

@@ -27,6 +27,11 @@ use skiff_common::{
 
 use crate::{TestRun, XdpError, attach, bpffs, per_cpu_sum, test_run::test_run};
 
+/// A pair of prefix tries: IPv4, IPv6.
+type Tries = (&'static str, &'static str);
+const DENY: Tries = (maps::DENY_V4, maps::DENY_V6);
+const REMOTE_PODS: Tries = (maps::REMOTE_PODS_V4, maps::REMOTE_PODS_V6);
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress"));
 
 /// A drop reason and what it dropped.
@@ -114,70 +119,102 @@ impl Ingress {
 
     /// Drops every packet from `addr/prefix_len` on arrival, as CIDR rule `rule_id`.
     pub fn deny(&mut self, addr: IpAddr, prefix_len: u8, rule_id: u32) -> Result<(), XdpError> {
-        self.edit_deny_list(addr, prefix_len, Some(DenyEntry { rule_id }))
+        self.edit_prefix(DENY, addr, prefix_len, Some(DenyEntry { rule_id }))
     }
 
     /// Removes a denied prefix.
     pub fn undeny(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), XdpError> {
-        self.edit_deny_list(addr, prefix_len, None)
+        self.edit_prefix::<DenyEntry>(DENY, addr, prefix_len, None)
     }
 
     /// Makes the denied prefixes exactly `denied` (prefix, rule number): removes the others.
     pub fn set_deny_list(&mut self, denied: &[(IpAddr, u8, u32)]) -> Result<(), XdpError> {
-        // What the tries hold now: a publish touches only what changed (every table publish
-        // syncs the prefilter, which may hold 100k prefixes).
-        let mut present: StdHashMap<(IpAddr, u8), u32> = StdHashMap::new();
-        let v4: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
+        let want = denied.iter().map(|&(a, l, rule_id)| ((a, l), DenyEntry { rule_id })).collect();
+        self.sync_prefixes(DENY, &want)
+    }
+
+    /// Makes the overlay's tables exactly these: the other nodes' underlay addresses (tunnel
+    /// frames are decapsulated only from them) and their pod CIDRs (frames to them go to a
+    /// worker, which encapsulates them).
+    pub fn set_overlay(&mut self, nodes: &[IpAddr], remote_pods: &[(IpAddr, u8)]) -> Result<(), XdpError> {
+        let (mut want4, mut want6) = (StdHashMap::new(), StdHashMap::new());
+        for &node in nodes {
+            match node {
+                IpAddr::V4(a) => want4.insert(a.octets(), 1u8),
+                IpAddr::V6(a) => want6.insert(a.octets(), 1u8),
+            };
+        }
+        sync(self.map_mut(maps::NODES_V4)?, &want4, maps::NODES_V4)?;
+        sync(self.map_mut(maps::NODES_V6)?, &want6, maps::NODES_V6)?;
+        let want = remote_pods.iter().map(|&prefix| (prefix, 1u8)).collect();
+        self.sync_prefixes(REMOTE_PODS, &want)
+    }
+
+    /// Makes the known security identities exactly `identities` (a tunnel frame's VNI must be
+    /// one of them).
+    pub fn set_identities(&mut self, identities: &[u32]) -> Result<(), XdpError> {
+        let want = identities.iter().map(|&id| (id, 1u8)).collect();
+        sync(self.map_mut(maps::IDENTITIES)?, &want, maps::IDENTITIES)
+    }
+
+    /// Makes the prefix tries `names` (IPv4, IPv6) hold exactly `want`. A publish touches only
+    /// what changed (every table publish syncs the prefilter, which may hold 100k prefixes).
+    fn sync_prefixes<V: aya::Pod + PartialEq>(
+        &mut self,
+        names: Tries,
+        want: &StdHashMap<(IpAddr, u8), V>,
+    ) -> Result<(), XdpError> {
+        let mut present: StdHashMap<(IpAddr, u8), V> = StdHashMap::new();
+        let v4: LpmTrie<_, [u8; 4], V> = self.map_mut(names.0)?;
         for entry in v4.iter() {
-            let (key, value) = entry.map_err(XdpError::map(maps::DENY_V4))?;
+            let (key, value) = entry.map_err(XdpError::map(names.0))?;
             let len = u8::try_from(key.prefix_len()).unwrap_or(32);
-            present.insert((std::net::Ipv4Addr::from(key.data()).into(), len), value.rule_id);
+            present.insert((std::net::Ipv4Addr::from(key.data()).into(), len), value);
         }
-        let v6: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
+        let v6: LpmTrie<_, [u8; 16], V> = self.map_mut(names.1)?;
         for entry in v6.iter() {
-            let (key, value) = entry.map_err(XdpError::map(maps::DENY_V6))?;
+            let (key, value) = entry.map_err(XdpError::map(names.1))?;
             let len = u8::try_from(key.prefix_len()).unwrap_or(128);
-            present.insert((std::net::Ipv6Addr::from(key.data()).into(), len), value.rule_id);
+            present.insert((std::net::Ipv6Addr::from(key.data()).into(), len), value);
         }
-        let wanted: StdHashMap<(IpAddr, u8), u32> =
-            denied.iter().map(|&(a, l, rule)| ((a, l), rule)).collect();
-        for &(addr, len) in present.keys().filter(|k| !wanted.contains_key(k)) {
-            self.undeny(addr, len)?;
+        for &(addr, len) in present.keys().filter(|k| !want.contains_key(k)) {
+            self.edit_prefix::<V>(names, addr, len, None)?;
         }
-        for (&(addr, len), &rule) in wanted.iter().filter(|(k, rule)| present.get(k) != Some(rule)) {
-            self.deny(addr, len, rule)?;
+        for (&(addr, len), value) in want.iter().filter(|(k, v)| present.get(k) != Some(v)) {
+            self.edit_prefix(names, addr, len, Some(*value))?;
         }
         Ok(())
     }
 
-    /// Inserts (`Some`) or removes (`None`) a prefix in the deny trie of its family.
-    fn edit_deny_list(
+    /// Inserts (`Some`) or removes (`None`) a prefix in the trie of its family.
+    fn edit_prefix<V: aya::Pod>(
         &mut self,
+        names: Tries,
         addr: IpAddr,
         prefix_len: u8,
-        entry: Option<DenyEntry>,
+        value: Option<V>,
     ) -> Result<(), XdpError> {
         let bad_prefix = || bad_prefix(addr, prefix_len);
         match addr {
             IpAddr::V4(a) => {
                 let k = LpmKey4::new(a, prefix_len.into()).ok_or_else(bad_prefix)?;
-                let mut trie: LpmTrie<_, [u8; 4], DenyEntry> = self.map_mut(maps::DENY_V4)?;
+                let mut trie: LpmTrie<_, [u8; 4], V> = self.map_mut(names.0)?;
                 let key = Key::new(k.prefix_len, k.addr);
-                match entry {
-                    Some(e) => trie.insert(&key, e, 0),
+                match value {
+                    Some(v) => trie.insert(&key, v, 0),
                     None => trie.remove(&key),
                 }
-                .map_err(XdpError::map(maps::DENY_V4))
+                .map_err(XdpError::map(names.0))
             }
             IpAddr::V6(a) => {
                 let k = LpmKey6::new(a, prefix_len.into()).ok_or_else(bad_prefix)?;
-                let mut trie: LpmTrie<_, [u8; 16], DenyEntry> = self.map_mut(maps::DENY_V6)?;
+                let mut trie: LpmTrie<_, [u8; 16], V> = self.map_mut(names.1)?;
                 let key = Key::new(k.prefix_len, k.addr);
-                match entry {
-                    Some(e) => trie.insert(&key, e, 0),
+                match value {
+                    Some(v) => trie.insert(&key, v, 0),
                     None => trie.remove(&key),
                 }
-                .map_err(XdpError::map(maps::DENY_V6))
+                .map_err(XdpError::map(names.1))
             }
         }
     }

@@ -59,6 +59,9 @@ mod privileged {
             let pod = EndpointInfo { identity: Identity(300), flags: EndpointInfo::POLICY_ENFORCED };
             let node = EndpointInfo { identity: Identity::HOST, flags: EndpointInfo::HOST };
             ingress.set_endpoints(&[(Env::POLICY_POD_V4.into(), pod), (Env::NODE_V4.into(), node)]).unwrap();
+            let (pods, len) = Env::REMOTE_PODS_V4;
+            ingress.set_overlay(&Env::NODES, &[(pods.into(), len)]).unwrap();
+            ingress.set_identities(&Env::IDENTITIES).unwrap();
             let mut flows = ingress.tracked_flows().unwrap();
             flows.track(tracked_key(), CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
             loaded

@@ -7,8 +7,9 @@ use std::{
 };
 
 use crate::{
-    Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IdentityView, IpamView, PodRef,
-    PolicyView, PrefilterView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView, encode_line,
+    Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IdentityView, IpamView, NodeView,
+    PodRef, PolicyView, PrefilterView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView,
+    encode_line,
 };
 
 /// Asks an agent on its socket, one connection per question.
@@ -66,6 +67,13 @@ impl Client {
     pub fn identities(&self) -> Result<Vec<IdentityView>, ClientError> {
         match self.ask(&Request::IdentityList)? {
             Answer::Identities(identities) => Ok(identities),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        match self.ask(&Request::NodeList)? {
+            Answer::Nodes(nodes) => Ok(nodes),
             other => Err(unexpected(other)),
         }
     }

@@ -20,7 +20,7 @@ pub use object::{FieldError, Kind, ObjectKey, Rejection};
 pub use policy::{PolicyView, PrefilterView, RuleView, TraceEnd, TraceView, VerdictView};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
 pub use status::{
-    ApplyReport, Datapath, Health, Io, LastApply, Problem, Source, Status, Tunnel, WorkerCounters,
+    ApplyReport, Datapath, Health, Io, LastApply, NodeView, Problem, Source, Status, Tunnel, WorkerCounters,
 };
 
 /// Where the agent listens unless told otherwise.
@@ -42,6 +42,8 @@ pub enum Request {
     IpamList,
     /// The security identities: the reserved ones, and one per distinct pod label set.
     IdentityList,
+    /// The cluster's nodes: addresses, pod CIDRs, tunnel endpoints, health.
+    NodeList,
     /// The compiled policy rules.
     PolicyGet,
     /// The verdict on a new flow from `src` to `dst` on `port`/`protocol`, from the tables.
@@ -78,6 +80,7 @@ pub enum Answer {
     Endpoint(Box<EndpointView>),
     Ipam(IpamView),
     Identities(Vec<IdentityView>),
+    Nodes(Vec<NodeView>),
     Policy(Box<PolicyView>),
     Trace(Box<TraceView>),
     Prefilter(PrefilterView),

@@ -28,6 +28,9 @@ pub struct Status {
     pub backends: usize,
     /// Distinct pod label sets (the unit an identity is given for).
     pub identities: usize,
+    /// How pods on different nodes reach each other: `tunnel (vxlan, port 8472)`, `native`.
+    #[serde(default)]
+    pub routing: String,
     pub tunnels: Vec<Tunnel>,
     pub policies: usize,
     /// `default`, `always` or `never` (`--policy-enforcement`).
@@ -66,6 +69,7 @@ impl Status {
             frontends: 0,
             backends: 0,
             identities: 0,
+            routing: String::new(),
             tunnels: Vec::new(),
             policies: 0,
             policy_enforcement: String::new(),
@@ -210,12 +214,31 @@ impl fmt::Display for Datapath {
     }
 }
 
-/// Another node's pod network, reached through a tunnel to its address.
+/// Another node's pod network, reached through a tunnel to its address (or, in native
+/// routing, routed via it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Tunnel {
     pub node: String,
     pub pod_cidr: IpNet,
     pub endpoint: IpAddr,
+}
+
+/// A node of the cluster as `skiff node list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    /// This agent's node.
+    pub local: bool,
+    /// Its InternalIPs and ExternalIPs.
+    pub addresses: Vec<IpAddr>,
+    pub pod_cidrs: Vec<IpNet>,
+    /// Where frames for its pods go: its InternalIP (none for this node, or a node without
+    /// one).
+    pub tunnel_endpoint: Option<IpAddr>,
+    /// `local`; `reachable` when the datapath has a next hop to its endpoint, `no next hop`
+    /// when it has none (its pods cannot be reached); `no InternalIP`; `unknown` without a
+    /// datapath.
+    pub health: String,
 }
 
 /// What an apply changed, in frontends.

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use skiff_api::{AttachMode, WorkerCounters};
-use skiff_common::{DropReason, config::XdpConfig};
+use skiff_common::DropReason;
 use skiff_engine::tables::{Neighbor, Tables};
 use skiff_fastpath::datapath::{Config, Datapath, Io};
 use skiff_xdp::{Ingress, bpffs};
@@ -35,9 +35,8 @@ impl DatapathSink {
         let ingress = match io {
             Io::AfXdp(_) => {
                 bpffs::ensure_mounted().context("mounting bpffs")?;
-                let mut ingress = Ingress::load(&options.pin_dir).context("loading skiff_xdp_ingress")?;
-                ingress.set_config(&XdpConfig::DEFAULT)?;
-                Some(ingress)
+                // Its settings come with the first tables.
+                Some(Ingress::load(&options.pin_dir).context("loading skiff_xdp_ingress")?)
             }
             Io::AfPacket => None,
         };
@@ -66,9 +65,12 @@ impl DatapathSink {
     /// The next hops of the devices and of every backend, from the kernel (blocking this
     /// thread of the agent's runtime while rtnetlink answers).
     fn read_hops(&mut self) -> Result<HashMap<IpAddr, Neighbor>> {
-        // Each backend once, though every frontend of its service lists it.
+        // Each backend once, though every frontend of its service lists it; and the other
+        // nodes' tunnel endpoints.
+        let overlay = self.last.overlay.as_deref();
+        let endpoints = overlay.into_iter().flat_map(|o| o.remote.entries()).map(|(_, node)| node);
         let backends: BTreeSet<IpAddr> =
-            self.last.services.values().flat_map(|s| s.backends().map(|b| b.addr)).collect();
+            self.last.services.values().flat_map(|s| s.backends().map(|b| b.addr)).chain(endpoints).collect();
         let kernel = &mut self.kernel;
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(kernel.next_hops(backends)))
     }
@@ -142,6 +144,12 @@ impl Sink for DatapathSink {
 
     fn next_hops(&self) -> usize {
         self.hops.len()
+    }
+
+    fn reaches(&self, addr: IpAddr) -> Option<bool> {
+        let tables =
+            Tables { next_hops: self.hops.iter().map(|(&k, &v)| (k, v)).collect(), ..Tables::default() };
+        Some(tables.next_hop(addr).is_some())
     }
 
     fn stats(&self) -> Option<LiveStats> {

@@ -68,6 +68,7 @@ pub async fn run(options: Options) -> Result<()> {
             IpamMode::Kubernetes => Vec::new(),
         },
         policy_enforcement: options.policy_enforcement,
+        routing: options.routing(),
     };
     let limits = Limits { node_ports: options.node_port_range.clone() };
     let (events_tx, events) = mpsc::channel(1024);

@@ -11,10 +11,12 @@ use skiff_common::{
     lb::{MAGLEV_TABLE_SIZE, MAGLEV_TABLE_SIZES},
     names::PIN_ROOT,
 };
+use skiff_engine::tunnel::TunnelProtocol;
 use skiff_fastpath::datapath::Io;
 
 use crate::{
     endpoints::{EndpointConfig, cni_conf::CniInstall, ipam::IpamMode},
+    overlay::Routing,
     policy::Enforcement,
 };
 
@@ -128,6 +130,34 @@ pub struct Options {
     /// policy), or never.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = Enforcement::Default)]
     pub policy_enforcement: Enforcement,
+    /// How pods on different nodes reach each other, as Cilium's routingMode: through a
+    /// tunnel to the node hosting the pod CIDR (needs --io afxdp), or routed natively.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = RoutingMode::Tunnel)]
+    pub routing_mode: RoutingMode,
+    /// The tunnel's encapsulation, as Cilium's tunnelProtocol.
+    #[arg(long, value_name = "PROTOCOL", value_enum, default_value_t = TunnelArg::Vxlan)]
+    pub tunnel_protocol: TunnelArg,
+    /// The tunnel's UDP port [default: 8472 for VXLAN, 6081 for Geneve, as Cilium's].
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub tunnel_port: Option<u16>,
+    /// In native routing, add a route to each other node's pod CIDRs via its InternalIP (the
+    /// nodes share a link), and remove it when the Node goes.
+    #[arg(long)]
+    pub auto_direct_node_routes: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoutingMode {
+    /// VXLAN or Geneve between nodes (--tunnel-protocol).
+    Tunnel,
+    /// No encapsulation: the network (or --auto-direct-node-routes) routes pod CIDRs.
+    Native,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TunnelArg {
+    Vxlan,
+    Geneve,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -204,11 +234,14 @@ impl Options {
             let first = self.devices.first()?;
             std::fs::read_to_string(format!("/sys/class/net/{first}/mtu")).ok()?.trim().parse().ok()
         };
+        // The tunnel's headers come out of the underlay's MTU (over IPv6 when the node's
+        // addresses are all IPv6).
+        let v6_underlay = !self.node_addresses.is_empty() && self.node_addresses.iter().all(IpAddr::is_ipv6);
+        let overhead = self.routing().mtu_overhead(v6_underlay);
         Ok(EndpointConfig {
             dir: self.data_dir.clone(),
             ipam,
-            // No tunnel yet: the underlay's MTU is the pods'.
-            mtu: self.mtu.or_else(device_mtu).unwrap_or(1500),
+            mtu: self.mtu.unwrap_or_else(|| device_mtu().unwrap_or(1500) - overhead),
             queues: self.workers,
             node: self.node_name.clone(),
         })
@@ -225,12 +258,34 @@ impl Options {
         })
     }
 
+    pub(super) fn routing(&self) -> Routing {
+        match self.routing_mode {
+            RoutingMode::Tunnel => Routing::tunnel(
+                match self.tunnel_protocol {
+                    TunnelArg::Vxlan => TunnelProtocol::Vxlan,
+                    TunnelArg::Geneve => TunnelProtocol::Geneve,
+                },
+                self.tunnel_port,
+            ),
+            RoutingMode::Native => Routing::Native { auto_direct_node_routes: self.auto_direct_node_routes },
+        }
+    }
+
     pub(super) fn io(&self) -> Result<Option<Io>> {
         let io = match self.io {
             IoMode::Afxdp => Some(Io::AfXdp(self.xdp_mode)),
             IoMode::Afpacket => Some(Io::AfPacket),
             IoMode::None => None,
         };
+        if self.io == IoMode::Afpacket && self.routing_mode == RoutingMode::Tunnel {
+            // Refused rather than started with pods that cannot reach other nodes.
+            bail!(
+                "--routing-mode tunnel needs --io afxdp (skiff's XDP program decapsulates); with AF_PACKET use --routing-mode native"
+            );
+        }
+        if self.auto_direct_node_routes && self.routing_mode == RoutingMode::Tunnel {
+            bail!("--auto-direct-node-routes is for --routing-mode native");
+        }
         if io.is_some() && self.devices.is_empty() {
             bail!("the datapath needs at least one --device (or --io none)");
         }

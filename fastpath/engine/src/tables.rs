@@ -1,5 +1,6 @@
 //! What the control plane gives the workers: the service frontends with their backend pools,
-//! this node's masquerading addresses and cluster prefixes, and the next hops. Published
+//! this node's masquerading addresses and cluster prefixes, the next hops, policy and the
+//! overlay. Published
 //! whole as a snapshot and never edited in place.
 
 use std::{
@@ -13,7 +14,9 @@ use skiff_common::lb::{Algorithm, BackendId, FrontendKind, TrafficPolicy};
 
 use crate::{
     lb::{Backend, Selector, maglev::MaglevError},
-    policy::{Policy, PrefixMap},
+    policy::Policy,
+    prefix::PrefixMap,
+    tunnel::Overlay,
 };
 
 /// A service frontend: address, port and protocol.
@@ -136,6 +139,8 @@ pub struct Tables {
     /// Sources dropped on arrival, by prefix (`skiff prefilter`), with their rule numbers; the
     /// XDP program drops them first, the workers when they see frames the kernel also sees.
     pub prefilter: Arc<PrefixMap<u32>>,
+    /// The tunnels to the other nodes, in tunnel routing mode.
+    pub overlay: Option<Arc<Overlay>>,
 }
 
 impl Tables {

@@ -24,6 +24,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender};
 use skiff_common::{
+    config::XdpConfig,
     endpoint::{EndpointInfo, PodSources},
     identity::Identity,
     lb::FrontendKind,
@@ -33,6 +34,7 @@ use skiff_engine::{
     engine::{Engine, NewFlow, Partition},
     policy::Policy,
     tables::{SharedTables, Tables},
+    tunnel::{Overlay, TunnelProtocol},
 };
 use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
 
@@ -463,6 +465,9 @@ impl Datapath {
             steering.host = with(EndpointInfo::HOST);
             steering.denied = tables.prefilter.entries().into_iter().map(|(net, _)| net).collect();
         }
+        let identities = (!Arc::ptr_eq(&self.shared.current().policy, &tables.policy))
+            .then(|| known_identities(&tables.policy));
+        let overlay = tables.overlay.clone();
         self.shared.publish(tables);
         self.bells.iter().for_each(|b| b.ring());
         match &self.ingress {
@@ -471,6 +476,17 @@ impl Datapath {
                 ingress.set_services(&frontends)?;
                 ingress.set_endpoints(&endpoints)?;
                 ingress.set_deny_list(&denied)?;
+                if let Some(identities) = identities {
+                    ingress.set_identities(&identities)?;
+                }
+                let remote = overlay.as_ref().map(|o| o.remote.entries()).unwrap_or_default();
+                let mut nodes: Vec<IpAddr> = remote.iter().map(|&(_, node)| node).collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                let pods: Vec<(IpAddr, u8)> =
+                    remote.iter().map(|(net, _)| (net.addr(), net.prefix_len())).collect();
+                ingress.set_overlay(&nodes, &pods)?;
+                ingress.set_config(&xdp_config(overlay.as_deref()))?;
             }
             None => self.steer()?,
         }
@@ -578,6 +594,30 @@ fn steered_endpoints(policy: &Policy) -> Vec<(IpAddr, EndpointInfo)> {
         .filter(|(net, id)| *id == Identity::HOST && net.prefix_len() == net.max_prefix_len());
     let host = host.map(|(net, id)| (net.addr(), EndpointInfo { identity: id, flags: EndpointInfo::HOST }));
     pods.chain(host).collect()
+}
+
+/// Every identity a tunnel frame may carry: the reserved ones and those the ipcache gives.
+fn known_identities(policy: &Policy) -> Vec<u32> {
+    let reserved = (1..Identity::FIRST_ALLOCATED.0).filter(|&id| Identity(id).is_reserved());
+    let mut all: Vec<u32> =
+        reserved.chain(policy.ipcache.entries().into_iter().map(|(_, id)| id.0)).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The XDP program's settings: in tunnel routing, this node's underlay addresses and the
+/// tunnel's port (the other protocol's port off), so tunnel frames are decapsulated.
+fn xdp_config(overlay: Option<&Overlay>) -> XdpConfig {
+    let Some(o) = overlay else { return XdpConfig::DEFAULT };
+    let port = |p| if o.protocol == p { o.port } else { 0 };
+    XdpConfig {
+        tunnel_v4: o.local_v4.map_or([0; 4], |a| a.octets()),
+        tunnel_v6: o.local_v6.map_or([0; 16], |a| a.octets()),
+        vxlan_port: port(TunnelProtocol::Vxlan),
+        geneve_port: port(TunnelProtocol::Geneve),
+        ..XdpConfig::DEFAULT
+    }
 }
 
 fn change_ports<P: Send + 'static>(

@@ -8,8 +8,8 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 use skiff_api::{
-    Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, PodRef, PolicyView, PrefilterView,
-    Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView,
+    Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, NodeView, PodRef, PolicyView,
+    PrefilterView, Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView,
 };
 
 #[derive(Parser)]
@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// The cluster's nodes: addresses, pod CIDRs, tunnel endpoints and health.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Network policy: the compiled rules, and the verdict on a flow.
     Policy {
         #[command(subcommand)]
@@ -86,6 +91,12 @@ enum EndpointCommand {
 #[derive(Subcommand)]
 enum IdentityCommand {
     /// Every identity with its labels.
+    List,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Every node, this one first.
     List,
 }
 
@@ -159,6 +170,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Identity { command: IdentityCommand::List } => {
             show(cli.output, &client.identities()?, |ids| print_identities(ids))
+        }
+        Command::Node { command: NodeCommand::List } => {
+            show(cli.output, &client.nodes()?, |n| print_nodes(n))
         }
         Command::Policy { command: PolicyCommand::Get } => show(cli.output, &client.policy()?, print_policy),
         Command::Policy { command: PolicyCommand::Trace { src_pod, src_ip, dst_pod, dst_ip, dport } } => {
@@ -246,7 +260,8 @@ fn print_status(s: &Status) {
         ),
     );
     row("Prefilter", format!("{} source prefixes dropped at the NIC", s.prefilter));
-    row("Tunnels", s.tunnels.len().to_string());
+    let nodes: std::collections::BTreeSet<&str> = s.tunnels.iter().map(|t| t.node.as_str()).collect();
+    row("Routing", format!("{}: {} pod CIDRs of {} other nodes", s.routing, s.tunnels.len(), nodes.len()));
     for tunnel in &s.tunnels {
         row("", format!("{} via {} ({})", tunnel.pod_cidr, tunnel.endpoint, tunnel.node));
     }
@@ -433,6 +448,21 @@ fn print_identities(identities: &[IdentityView]) {
     let mut t = table(&["ID", "LABELS"]);
     for i in identities {
         t.add_row(vec![i.id.to_string(), i.labels.join("\n")]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+fn print_nodes(nodes: &[NodeView]) {
+    let mut t = table(&["NAME", "ADDRESSES", "POD CIDRS", "TUNNEL ENDPOINT", "HEALTH"]);
+    for n in nodes.iter().filter(|n| n.local).chain(nodes.iter().filter(|n| !n.local)) {
+        let list = |items: Vec<String>| if items.is_empty() { "-".to_owned() } else { items.join("\n") };
+        t.add_row(vec![
+            n.name.clone(),
+            list(n.addresses.iter().map(ToString::to_string).collect()),
+            list(n.pod_cidrs.iter().map(ToString::to_string).collect()),
+            n.tunnel_endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            n.health.clone(),
+        ]);
     }
     println!("{}", t.trim_fmt());
 }

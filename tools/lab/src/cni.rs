@@ -127,33 +127,49 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
-/// A lab's node running skiff-agent on a folder of objects, with the CNI configuration it
-/// installed as a runtime derives it (the conflist's first plugin). Dropping it kills the
-/// agent and removes the folder.
-pub struct CniNode {
+/// skiff-agent running in a node's namespace on a folder of objects, with the CNI
+/// configuration it installed as a runtime derives it (the conflist's first plugin). Dropping
+/// it kills the agent and removes the folder.
+pub struct CniAgent {
     pub agent: Agent,
-    pub lab: Lab,
+    /// The node's namespace.
+    pub node: Netns,
     /// The agent's arguments (for a restart).
     pub args: Vec<String>,
     pub conf: String,
     pub plugin: PathBuf,
 }
 
-impl CniNode {
-    /// `lab`'s node with `agent` (skiff-agent) run with `--io io` and `extra` options on a
-    /// folder holding `objects` as `cluster.yaml`; `name` makes its folders unique.
-    pub fn start(lab: Lab, agent: &Path, name: &str, io: &str, extra: &[&str], objects: &str) -> CniNode {
-        let state = std::env::temp_dir().join(format!("skiff-{name}-{}-objects", lab.id()));
+impl CniAgent {
+    /// `agent` (skiff-agent) as node `node_name` in `node`, serving `device`, run with `--io io`
+    /// and `extra` options on a folder holding `objects` as `cluster.yaml`; `name` makes its
+    /// folders unique.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        node: &Netns,
+        agent: &Path,
+        name: &str,
+        node_name: &str,
+        device: &str,
+        io: &str,
+        extra: &[&str],
+        objects: &str,
+    ) -> CniAgent {
+        let state = std::env::temp_dir().join(format!("skiff-{name}-objects"));
         std::fs::create_dir_all(&state).expect("the objects folder");
         std::fs::write(state.join("cluster.yaml"), objects).expect("the objects");
         let mut args: Vec<String> =
-            ["--state-dir", state.to_str().unwrap_or_default(), "--node-name", "node1", "--io", io]
+            ["--state-dir", state.to_str().unwrap_or_default(), "--node-name", node_name, "--io", io]
                 .into_iter()
                 .map(String::from)
                 .collect();
-        args.extend(["--device".into(), lab.client().node_iface.clone()]);
+        args.extend(["--device".into(), device.to_owned()]);
+        if io == "afpacket" {
+            // Without XDP nothing decapsulates: AF_PACKET runs with native routing.
+            args.extend(["--routing-mode".into(), "native".into()]);
+        }
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let agent = match Agent::start(&lab.node().netns, agent, &format!("{name}-{}", lab.id()), &args) {
+        let agent = match Agent::start(node, agent, name, &args) {
             Ok(agent) => agent,
             Err(e) => {
                 // Nothing left behind by a failed start.
@@ -167,7 +183,7 @@ impl CniNode {
         let mut conf = list["plugins"][0].clone();
         conf["cniVersion"] = list["cniVersion"].clone();
         conf["name"] = list["name"].clone();
-        CniNode { agent, lab, args, conf: conf.to_string(), plugin }
+        CniAgent { agent, node: node.clone(), args, conf: conf.to_string(), plugin }
     }
 
     /// The folder of objects the agent watches.
@@ -175,8 +191,15 @@ impl CniNode {
         PathBuf::from(&self.args[1])
     }
 
+    /// Replaces the objects the agent reads, at once (written aside, then renamed).
+    pub fn set_objects(&self, objects: &str) {
+        let (aside, file) = (self.objects().join(".cluster.yaml.new"), self.objects().join("cluster.yaml"));
+        std::fs::write(&aside, objects).expect("the objects");
+        std::fs::rename(aside, file).expect("the objects in place");
+    }
+
     pub fn call(&self, what: &Call) -> Output {
-        call(&self.lab.node().netns, &self.plugin, &self.conf, what).expect("skiff-cni runs")
+        call(&self.node, &self.plugin, &self.conf, what).expect("skiff-cni runs")
     }
 
     /// ADD for pod `namespace/name` in `netns`, container `container`.
@@ -197,10 +220,41 @@ impl CniNode {
     }
 }
 
-impl Drop for CniNode {
+impl Drop for CniAgent {
     fn drop(&mut self) {
         // The agent first: it watches the folder of objects.
         let _ = self.agent.kill();
         let _ = std::fs::remove_dir_all(self.objects());
+    }
+}
+
+/// A lab's node running skiff-agent (see [`CniAgent`]) with the client's link as its device.
+/// Dropping it stops the agent, then removes the lab.
+pub struct CniNode {
+    agent: CniAgent,
+    pub lab: Lab,
+}
+
+impl CniNode {
+    /// `lab`'s node with `agent` (skiff-agent) run with `--io io` and `extra` options on a
+    /// folder holding `objects` as `cluster.yaml`; `name` makes its folders unique.
+    pub fn start(lab: Lab, agent: &Path, name: &str, io: &str, extra: &[&str], objects: &str) -> CniNode {
+        let device = lab.client().node_iface.clone();
+        let name = format!("{name}-{}", lab.id());
+        let agent = CniAgent::start(&lab.node().netns, agent, &name, "node1", &device, io, extra, objects);
+        CniNode { agent, lab }
+    }
+}
+
+impl std::ops::Deref for CniNode {
+    type Target = CniAgent;
+    fn deref(&self) -> &CniAgent {
+        &self.agent
+    }
+}
+
+impl std::ops::DerefMut for CniNode {
+    fn deref_mut(&mut self) -> &mut CniAgent {
+        &mut self.agent
     }
 }

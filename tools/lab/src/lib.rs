@@ -40,7 +40,7 @@ use std::{
 
 pub use netns::{Answers, Netns};
 pub use wire::mirror_v6;
-use wire::{Wire, batch, connect, join_nodes};
+use wire::{Port, Wire, batch, connect, join_nodes, plug_all};
 
 /// Every lab namespace starts with this; `lab down` removes all of them.
 pub const PREFIX: &str = "skiff-";
@@ -70,6 +70,7 @@ pub struct Topology {
     cni_pods: usize,
     second_node_pods: Option<usize>,
     queues: u16,
+    cluster: usize,
 }
 
 impl Topology {
@@ -103,6 +104,13 @@ impl Topology {
         self
     }
 
+    /// `n` nodes and the client on one switch instead (see [`Lab::nodes`]); their pods come
+    /// from `cni_pods` and a CNI.
+    pub fn cluster(mut self, n: usize) -> Self {
+        self.cluster = n;
+        self
+    }
+
     /// Builds the topology under a fresh unique id.
     pub fn build(self) -> Result<Lab, LabError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -125,21 +133,25 @@ impl Topology {
             cni_pods: Vec::new(),
             node2_pods: Vec::new(),
         };
-        let node = lab.add_node("node", 128)?;
         let queues = self.queues.max(1);
+        for i in 0..self.cni_pods {
+            let netns = lab.add_namespace(&format!("cni{i}"))?;
+            lab.cni_pods.push(netns);
+        }
+        if self.cluster > 0 {
+            lab.switch(self.cluster)?;
+            return Ok(lab);
+        }
+        let node = lab.add_node("node", 128, Wire::uplink().node_v4)?;
         let client = lab.add_host("client", &node, Wire { queues, ..Wire::uplink() })?;
         lab.client = Some(client);
         for i in 0..self.pods {
             let pod = lab.add_host(&format!("pod{i}"), &node, Wire { queues, ..Wire::pod(&node, i) })?;
             lab.pods.push(pod);
         }
-        for i in 0..self.cni_pods {
-            let netns = lab.add_namespace(&format!("cni{i}"))?;
-            lab.cni_pods.push(netns);
-        }
         lab.nodes.push(node.clone());
         if let Some(pods) = self.second_node_pods {
-            let node2 = lab.add_node("node2", 129)?;
+            let node2 = lab.add_node("node2", 129, Wire::peer().far_v4)?;
             join_nodes(&node, &node2)?;
             for i in 0..pods {
                 let pod = lab.add_host(&format!("node2-pod{i}"), &node2, Wire::pod(&node2, i))?;
@@ -212,6 +224,10 @@ impl Lab {
     }
     pub fn node2(&self) -> Option<&LabNode> {
         self.nodes.get(1)
+    }
+    /// Every node (with [`Topology::cluster`], `node1`…`nodeN`).
+    pub fn nodes(&self) -> &[LabNode] {
+        &self.nodes
     }
     pub fn client(&self) -> &Host {
         self.client.as_ref().expect("every topology has a client")
@@ -288,14 +304,52 @@ impl Lab {
         Ok(ns)
     }
 
-    fn add_node(&mut self, name: &str, pod_net: u8) -> Result<LabNode, LabError> {
+    fn add_node(&mut self, name: &str, pod_net: u8, ipv4: Ipv4Addr) -> Result<LabNode, LabError> {
         let netns = self.add_namespace(name)?;
-        let (ipv4, ipv6) = if name == "node" { Wire::uplink().node_addr() } else { Wire::peer().far_addr() };
-        let node = LabNode { name: name.into(), netns, ipv4, ipv6, pod_net };
+        let node = LabNode { name: name.into(), netns, ipv4, ipv6: mirror_v6(ipv4), pod_net };
         let gw4 = node.pod_gateway_v4();
         let gw6 = node.pod_gateway_v6();
         batch(&node.netns, &[format!("addr add {gw4}/32 dev lo"), format!("addr add {gw6}/128 dev lo")])?;
         Ok(node)
+    }
+
+    /// The cluster topology: nodes `node1`…`nodeN` and the client on a switch's bridge,
+    /// 198.18.0.0/24 (node1 .1, the client .2, node *k* .(*k* + 1)), every neighbour static;
+    /// node *k*'s pods are 198.18.(9 + *k*).0/24, its uplink `uplink`.
+    fn switch(&mut self, nodes: usize) -> Result<(), LabError> {
+        let switch = self.add_namespace("switch")?;
+        batch(&switch, &["link add br0 type bridge".into(), "link set br0 up".into()])?;
+        let mut ports = Vec::new();
+        for k in 1..=nodes {
+            let k8 = u8::try_from(k).expect("a few nodes");
+            let v4 = Ipv4Addr::new(198, 18, 0, if k == 1 { 1 } else { k8 + 1 });
+            let node = self.add_node(&format!("node{k}"), 9 + k8, v4)?;
+            ports.push(Port {
+                netns: node.netns.clone(),
+                iface: "uplink".into(),
+                mac: [2, 0, 1, 0, k8, 1],
+                v4,
+            });
+            self.nodes.push(node);
+        }
+        let netns = self.add_namespace("client")?;
+        let client = Port { netns, iface: "eth0".into(), mac: [2, 0, 1, 0, 0, 2], v4: Wire::uplink().far_v4 };
+        let (first_iface, first_mac, gw4) = (ports[0].iface.clone(), ports[0].mac, ports[0].v4);
+        self.client = Some(Host {
+            name: "client".into(),
+            netns: client.netns.clone(),
+            iface: client.iface.clone(),
+            mac: client.mac,
+            ipv4: client.v4,
+            ipv6: mirror_v6(client.v4),
+            node_iface: first_iface,
+            node_mac: first_mac,
+        });
+        ports.push(client);
+        plug_all(&switch, &ports)?;
+        let gw6 = mirror_v6(gw4);
+        let client = self.client().netns.clone();
+        batch(&client, &[format!("route add default via {gw4}"), format!("route add ::/0 via {gw6}")])
     }
 
     fn add_host(&mut self, name: &str, node: &LabNode, wire: Wire) -> Result<Host, LabError> {

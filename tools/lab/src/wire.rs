@@ -116,6 +116,48 @@ pub(crate) fn connect(node: &Netns, far: &Netns, wire: &Wire, far_iface: &str) -
     Ok(())
 }
 
+/// A host's link to a switch: its interface, MAC and IPv4 address (/24; IPv6 the mirror /64).
+pub(crate) struct Port {
+    pub(crate) netns: Netns,
+    pub(crate) iface: String,
+    pub(crate) mac: [u8; 6],
+    pub(crate) v4: Ipv4Addr,
+}
+
+/// Plugs every port's host into `switch`'s bridge `br0` and gives each host a static
+/// neighbour entry for every other.
+pub(crate) fn plug_all(switch: &Netns, ports: &[Port]) -> Result<(), LabError> {
+    for (i, p) in ports.iter().enumerate() {
+        let (v4, v6) = (p.v4, mirror_v6(p.v4));
+        batch(
+            switch,
+            &[
+                format!(
+                    "link add sw{i} type veth peer name {} address {} netns {}",
+                    p.iface,
+                    mac(p.mac),
+                    p.netns.name()
+                ),
+                format!("link set sw{i} master br0"),
+                format!("link set sw{i} up"),
+            ],
+        )?;
+        let mut cmds = vec![
+            format!("addr add {v4}/24 dev {}", p.iface),
+            format!("addr add {v6}/64 dev {} nodad", p.iface),
+            format!("link set {} up", p.iface),
+        ];
+        for other in ports.iter().filter(|o| o.v4 != p.v4) {
+            let (o4, o6, m) = (other.v4, mirror_v6(other.v4), mac(other.mac));
+            cmds.push(format!("neigh replace {o4} lladdr {m} dev {} nud permanent", p.iface));
+            cmds.push(format!("neigh replace {o6} lladdr {m} dev {} nud permanent", p.iface));
+        }
+        batch(&p.netns, &cmds)?;
+        p.netns.exec("ethtool", &["-K", &p.iface, "tx", "off"])?;
+    }
+    Ok(())
+}
+
 /// `198.18.c.d` → `fd00:0:0:c::d`, written with the same digits so the two read alike.
 pub fn mirror_v6(v4: Ipv4Addr) -> Ipv6Addr {
     let [_, _, c, d] = v4.octets();

@@ -38,6 +38,13 @@ impl Env {
     pub const VNI: u32 = 42;
     /// An identity carried in a Geneve option.
     pub const IDENTITY: u32 = 4242;
+    /// The identities known (tunnel VNIs must be one).
+    pub const IDENTITIES: [u32; 3] = [7, Self::VNI, Self::IDENTITY];
+    /// The other nodes: the client's addresses (tunnel frames come from them), and their pod
+    /// CIDR.
+    pub const NODES: [std::net::IpAddr; 2] =
+        [std::net::IpAddr::V4(Self::CLIENT_V4), std::net::IpAddr::V6(Self::CLIENT_V6)];
+    pub const REMOTE_PODS_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 129, 0), 24);
 }
 
 fn to_node() -> Builder {
@@ -122,12 +129,16 @@ pub fn fixtures() -> Vec<Fixture> {
             eth().ipv6(Env::IN_DENIED_V6, Env::NODE_V6).tcp(1, 80).syn().build(),
             Expect::Drop(DropReason::DeniedCidr),
         ),
-        Fixture::new("VXLAN to the node is decapsulated", with_inner(vxlan_to_node(Env::VNI)), Expect::Pass)
-            .output(inner_frame()),
+        Fixture::new(
+            "VXLAN to the node is decapsulated",
+            with_inner(vxlan_to_node(Env::VNI)),
+            Expect::Redirect,
+        )
+        .output(inner_frame()),
         Fixture::new(
             "VXLAN over IPv6 is decapsulated",
             with_inner(eth().ipv6(Env::CLIENT_V6, Env::NODE_V6).udp(51000, 8472).vxlan(7)),
-            Expect::Pass,
+            Expect::Redirect,
         )
         .output(inner_frame()),
         Fixture::new(
@@ -138,19 +149,45 @@ pub fn fixtures() -> Vec<Fixture> {
         Fixture::new(
             "Geneve without options is decapsulated",
             with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &[])),
-            Expect::Pass,
+            Expect::Redirect,
         )
         .output(inner_frame()),
         Fixture::new(
             "Geneve with an identity option is decapsulated",
             with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &identity_option)),
-            Expect::Pass,
+            Expect::Redirect,
         )
         .output(inner_frame()),
         Fixture::new(
             "Geneve with an unknown critical option",
             with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &critical_unknown)),
             Expect::Drop(DropReason::GeneveCriticalOption),
+        ),
+        Fixture::new(
+            "VXLAN from an address that is no node",
+            with_inner(
+                eth().ipv4(Ipv4Addr::new(198, 18, 0, 9), Env::NODE_V4).udp(51000, 8472).vxlan(Env::VNI),
+            ),
+            Expect::Drop(DropReason::TunnelUnknownNode),
+        ),
+        Fixture::new(
+            "VXLAN with a VNI that is no identity",
+            with_inner(vxlan_to_node(999)),
+            Expect::Drop(DropReason::UnknownVni),
+        ),
+        Fixture::new(
+            "VXLAN inside VXLAN is not opened twice",
+            [vxlan_to_node(Env::VNI).build(), with_inner(vxlan_to_node(Env::VNI))].concat(),
+            Expect::Drop(DropReason::TunnelNested),
+        ),
+        Fixture::new(
+            "to a pod on another node",
+            eth()
+                .ipv4(Ipv4Addr::new(198, 18, 128, 11), Ipv4Addr::new(198, 18, 129, 10))
+                .tcp(40000, 80)
+                .syn()
+                .build(),
+            Expect::Redirect,
         ),
         Fixture::new(
             "TCP to an IPv4 service",

@@ -53,6 +53,9 @@ code_enum! {
             "A Geneve option marked critical is not understood.";
         UnknownVni = 46, "unknown-vni", "The tunnel VNI belongs to no known network.";
         NoTunnelEndpoint = 47, "no-tunnel-endpoint", "No tunnel endpoint covers the destination pod CIDR.";
+        TunnelUnknownNode = 48, "tunnel-unknown-node", "A tunnel frame from an address that is no known node.";
+        TunnelOnPodInterface = 49, "tunnel-on-pod-interface",
+            "A tunnel frame arrived on a pod's interface instead of the node's uplink.";
         // Prefilter and policy.
         DeniedCidr = 50, "denied-cidr", "The source address is in a denied CIDR (prefilter).";
         PolicyDenied = 51, "policy-denied", "Network policy denies the flow: no rule allows it.";
@@ -79,6 +82,8 @@ code_enum! {
         Internal = 85, "internal", "A map or helper call that should not fail did.";
         SlowPathBusy = 86, "slow-path-busy", "The slow path's queue is full; the frame is dropped.";
         HandoffBusy = 87, "handoff-busy", "The queue to the worker owning the flow is full.";
+        // Tunnels, continued.
+        TunnelNested = 90, "tunnel-nested", "A tunnel frame inside a tunnel frame: never decapsulated twice.";
     }
 }
 
@@ -89,7 +94,7 @@ mod tests {
     #[test]
     fn well_formed() {
         DropReason::assert_well_formed();
-        assert_eq!(DropReason::COUNT, 88);
+        assert_eq!(DropReason::COUNT, 91);
         assert_eq!(DropReason::SpoofedSource.code(), 53);
         assert_eq!(DropReason::PolicyDeniedByDenyRule.code(), 52);
     }

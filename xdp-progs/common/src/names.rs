@@ -83,6 +83,18 @@ map_names! {
     POD_SOURCES;
     /// `Array<XdpConfig>` with one slot: the ingress program's settings.
     CONFIG;
+    /// `HashMap<[u8; 4], u8>`: the other nodes' IPv4 underlay addresses (tunnel frames are
+    /// decapsulated only from them).
+    NODES_V4;
+    /// `HashMap<[u8; 16], u8>`: the other nodes' IPv6 underlay addresses.
+    NODES_V6;
+    /// `LpmTrie<[u8; 4], u8>`: the other nodes' IPv4 pod CIDRs, whose frames a worker
+    /// encapsulates.
+    REMOTE_PODS_V4;
+    /// `LpmTrie<[u8; 16], u8>`: the other nodes' IPv6 pod CIDRs.
+    REMOTE_PODS_V6;
+    /// `HashMap<u32, u8>`: the security identities known here (a tunnel's VNI must be one).
+    IDENTITIES;
     /// `PerCpuArray<Counter>` with one slot: frames that needed a worker but found no AF_XDP
     /// socket on their queue, and went to the kernel instead.
     NO_WORKER;

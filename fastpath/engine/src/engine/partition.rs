@@ -38,16 +38,17 @@ impl Default for Partition {
 
 impl Own {
     /// The worker owning the flow of `tuple`, a packet this worker's conntrack does not know,
-    /// if that is another worker. A flow under policy that is no service's is untranslated:
-    /// its owner follows from its two endpoints whichever way a packet goes.
+    /// if that is another worker. A tracked flow that is no service's (under policy, or
+    /// through the overlay) is untranslated: its owner follows from its two endpoints
+    /// whichever way a packet goes.
     pub(super) fn owner_elsewhere(
         &self,
         tables: &Tables,
         tuple: &Tuple,
         to_frontend: bool,
-        under_policy: bool,
+        untranslated: bool,
     ) -> Option<u16> {
-        let owner = if under_policy && !to_frontend {
+        let owner = if untranslated && !to_frontend {
             self.owner_of_pair(tuple)
         } else {
             self.owner(tables, tuple, to_frontend)

@@ -5,9 +5,10 @@
 //!    the L4 header; malformed frames are dropped with their reason.
 //! 2. [`prefilter`]: a source in a denied CIDR, or a pod's frame from another address than
 //!    its own, is dropped.
-//! 3. [`tunnel`]: VXLAN or Geneve to this node's tunnel address is decapsulated in place, and
-//!    the inner frame goes through steps 1–4.
-//! 4. [`redirect`]: what needs a worker goes to the queue's AF_XDP socket.
+//! 3. [`tunnel`]: VXLAN or Geneve to this node's tunnel address from a known node is
+//!    decapsulated in place, and the inner frame goes through steps 1–2, then to a worker.
+//! 4. [`redirect`]: what needs a worker goes to the queue's AF_XDP socket (services, pods
+//!    under policy, tracked flows, pods on other nodes).
 //! 5. Everything else passes: the node's own traffic.
 //!
 //! One exit counts every XDP action (and every drop's reason) per CPU, and samples drops into
@@ -35,7 +36,7 @@ use skiff_common::{
 use skiff_xdp_ebpf::packet::len;
 
 use crate::{
-    maps::{ACTION_COUNTS, CONFIG, DROP_COUNTS},
+    maps::{ACTION_COUNTS, CONFIG, DROP_COUNTS, NODES_V4, NODES_V6},
     tunnel::Decap,
 };
 
@@ -70,11 +71,10 @@ fn try_ingress(ctx: &XdpContext) -> Result<u32, DropReason> {
         Next::Redirect => Ok(redirect::to_worker(ctx)),
         Next::Decap => {
             tunnel::decapsulate(ctx, &decap)?;
-            // One level of tunnels: an inner tunnel packet is just UDP.
-            match Next::decode(classify(ctx, &config, false, &mut decap))? {
-                Next::Redirect => Ok(redirect::to_worker(ctx)),
-                Next::Pass | Next::Decap => Ok(XDP_PASS),
-            }
+            // The inner frame passes the same checks (an inner tunnel is dropped), then a
+            // worker delivers it: its MACs are the sender's, not this node's.
+            Next::decode(classify(ctx, &config, false, &mut decap))?;
+            Ok(redirect::to_worker(ctx))
         }
     }
 }
@@ -144,11 +144,12 @@ fn ipv4(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
-    if decap
-        && config.tunnel_v4 != [0; 4]
+    if config.tunnel_v4 != [0; 4]
         && h.dst == config.tunnel_v4
         && h.protocol == ip::UDP
-        && let Some(found) = tunnel::inspect(ctx, config, h.l4, ports.1)?
+        && tunnel::is_port(config, ports.1)
+        && let Some(found) =
+            tunnel::admit(ctx, config, (h.l4, ports.1), decap, NODES_V4.get_ptr(&h.src).is_some())?
     {
         *out = found;
         return Ok(Next::Decap);
@@ -174,11 +175,12 @@ fn ipv6(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
-    if decap
-        && config.tunnel_v6 != [0; 16]
+    if config.tunnel_v6 != [0; 16]
         && h.dst == config.tunnel_v6
         && h.protocol == ip::UDP
-        && let Some(found) = tunnel::inspect(ctx, config, h.l4, ports.1)?
+        && tunnel::is_port(config, ports.1)
+        && let Some(found) =
+            tunnel::admit(ctx, config, (h.l4, ports.1), decap, NODES_V6.get_ptr(&h.src).is_some())?
     {
         *out = found;
         return Ok(Next::Decap);

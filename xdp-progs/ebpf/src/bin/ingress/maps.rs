@@ -35,6 +35,16 @@ pub static ENDPOINTS_V6: HashMap<[u8; 16], EndpointInfo> = HashMap::pinned(1 << 
 #[map]
 pub static POD_SOURCES: HashMap<u32, PodSources> = HashMap::pinned(1 << 12, 0);
 #[map]
+pub static NODES_V4: HashMap<[u8; 4], u8> = HashMap::pinned(1 << 14, 0);
+#[map]
+pub static NODES_V6: HashMap<[u8; 16], u8> = HashMap::pinned(1 << 14, 0);
+#[map]
+pub static REMOTE_PODS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(1 << 14, 0);
+#[map]
+pub static REMOTE_PODS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(1 << 14, 0);
+#[map]
+pub static IDENTITIES: HashMap<u32, u8> = HashMap::pinned(1 << 16, 0);
+#[map]
 pub static CT_V4: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(1 << 17, 0);
 #[map]
 pub static CT_V6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(1 << 17, 0);

@@ -16,6 +16,12 @@ fn pod_sources(ctx: &XdpContext) -> Option<PodSources> {
     POD_SOURCES.get_ptr(&ifindex).map(|p| unsafe { *p })
 }
 
+/// Whether the frame arrived on a pod's interface.
+#[inline(always)]
+pub fn on_pod_interface(ctx: &XdpContext) -> bool {
+    pod_sources(ctx).is_some()
+}
+
 #[inline(always)]
 pub fn check_source_v4(ctx: &XdpContext, src: [u8; 4]) -> Result<(), DropReason> {
     match pod_sources(ctx) {

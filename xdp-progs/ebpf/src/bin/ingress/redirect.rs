@@ -1,8 +1,9 @@
-//! Which frames need a worker (service frontends, pods under policy, tracked flows), and the
+//! Which frames need a worker (service frontends, pods under policy, tracked flows, pods on
+//! other nodes, which a worker encapsulates), and the
 //! redirect to the AF_XDP socket of the frame's receive queue. With no socket bound the frame
 //! passes to the kernel, so the node never blackholes while workers are down.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, maps::lpm_trie::Key, programs::XdpContext};
 use skiff_common::{
     config::XSK_QUEUES_PER_IF,
     conntrack::{CtKey4, CtKey6},
@@ -22,6 +23,7 @@ pub fn wanted_v4(src: [u8; 4], dst: [u8; 4], (sport, dport): (u16, u16), proto: 
     SERVICES_V4.get_ptr(&service).is_some()
         || under_policy(ENDPOINTS_V4.get_ptr(&dst), ENDPOINTS_V4.get_ptr(&src))
         || CT_V4.get_ptr(&flow).is_some()
+        || REMOTE_PODS_V4.get(Key::new(32, dst)).is_some()
 }
 
 /// Whether an IPv6 packet from `src:sport` to `dst:dport` needs a worker.
@@ -33,6 +35,7 @@ pub fn wanted_v6(src: [u8; 16], dst: [u8; 16], (sport, dport): (u16, u16), proto
     SERVICES_V6.get_ptr(&service).is_some()
         || under_policy(ENDPOINTS_V6.get_ptr(&dst), ENDPOINTS_V6.get_ptr(&src))
         || CT_V6.get_ptr(&flow).is_some()
+        || REMOTE_PODS_V6.get(Key::new(128, dst)).is_some()
 }
 
 /// Whether a packet between these endpoints needs a verdict: to a pod under policy, or from

@@ -1,5 +1,7 @@
-//! Tunnels: VXLAN or Geneve addressed to this node's tunnel address and port is decapsulated
-//! in place; the VNI and skiff's identity option go into the XDP metadata for the worker.
+//! Tunnels: VXLAN or Geneve addressed to this node's tunnel address and port, from a known
+//! node, on an uplink, with a known identity as its VNI, is decapsulated in place; the VNI
+//! and skiff's identity option go into the XDP metadata for the worker. Anything else on the
+//! tunnel port is dropped with its reason, and a tunnel inside a tunnel is never opened.
 
 use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
@@ -15,7 +17,7 @@ use skiff_common::{
 };
 use skiff_xdp_ebpf::packet::{be16, bytes, len};
 
-use crate::parse::ETH_LEN;
+use crate::{maps::IDENTITIES, parse::ETH_LEN, prefilter};
 
 /// Geneve options examined; more are only accepted when none can be critical.
 const MAX_GENEVE_OPTIONS: usize = 8;
@@ -29,10 +31,42 @@ pub struct Decap {
     pub identity: u32,
 }
 
+/// Whether a datagram to this node's tunnel address on `dport` is a tunnel frame.
+#[inline(always)]
+pub fn is_port(config: &XdpConfig, dport: u16) -> bool {
+    dport != 0 && (dport == config.vxlan_port || dport == config.geneve_port)
+}
+
+/// A tunnel frame (see [`is_port`]): `Some` with what to strip when it may be decapsulated;
+/// `None` for Geneve that carries no Ethernet (the kernel's).
+#[inline(always)]
+pub fn admit(
+    ctx: &XdpContext,
+    config: &XdpConfig,
+    (udp, dport): (usize, u16),
+    outer: bool,
+    from_node: bool,
+) -> Result<Option<Decap>, DropReason> {
+    if !outer {
+        return Err(DropReason::TunnelNested);
+    }
+    if prefilter::on_pod_interface(ctx) {
+        return Err(DropReason::TunnelOnPodInterface);
+    }
+    if !from_node {
+        return Err(DropReason::TunnelUnknownNode);
+    }
+    let Some(found) = inspect(ctx, config, udp, dport)? else { return Ok(None) };
+    if IDENTITIES.get_ptr(&found.vni).is_none() {
+        return Err(DropReason::UnknownVni);
+    }
+    Ok(Some(found))
+}
+
 /// A UDP datagram to this node's tunnel address: `Some` with what to strip if it is on a
 /// tunnel port.
 #[inline(always)]
-pub fn inspect(
+fn inspect(
     ctx: &XdpContext,
     config: &XdpConfig,
     udp: usize,
