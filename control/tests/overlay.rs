@@ -2,7 +2,10 @@
 //! skiff-agent (AF_XDP) on the same objects, its pods made by skiff-cni; every pod reaches
 //! every other over TCP and UDP, IPv4 and IPv6, through VXLAN or Geneve; a ClusterIP with a
 //! backend on each node answers every node's pods from all three; a Node deleted from the
-//! objects takes its tunnels with it.
+//! objects takes its tunnels with it. The lab's client is a fourth node skiff does not run
+//! on (Node `kernel`): with VXLAN its kernel's own vxlan device (collect_md, as Cilium's)
+//! exchanges pod traffic with skiff's pods both ways; with Geneve (this kernel has no Geneve
+//! module) scapy's independent encoder sends to a skiff pod and tshark dissects the answer.
 
 mod privileged {
     use std::{collections::BTreeMap, path::Path, time::Duration};
@@ -20,6 +23,8 @@ mod privileged {
     const PODS_PER_NODE: usize = 2;
     /// The Service whose backends are the first pod of each node.
     const CLUSTER_IP: &str = "198.19.0.10";
+    /// The pod of Node `kernel` (the lab's client), on the client's `lo`.
+    const KERNEL_POD: &str = "198.18.20.10";
 
     /// The lab, an agent per node, and the pods each node made.
     struct Cluster {
@@ -38,6 +43,18 @@ mod privileged {
              status: {{addresses: [{{type: InternalIP, address: {v4}}}, {{type: Hostname, address: {name}}}]}}\n",
             name = node.name,
             v4 = node.ipv4,
+        )
+    }
+
+    /// The client as a node skiff does not run on, with its one pod.
+    fn kernel_node_yaml(lab: &Lab) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: kernel}}\nspec: {{podCIDRs: [198.18.20.0/24]}}\n\
+             status: {{addresses: [{{type: InternalIP, address: {client}}}]}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: kernel-pod, namespace: default, labels: {{app: kernel}}}}\n\
+             spec: {{nodeName: kernel, containers: [{{name: serve, image: skiff/probe}}]}}\n\
+             status: {{podIP: {KERNEL_POD}, podIPs: [{{ip: {KERNEL_POD}}}]}}\n",
+            client = lab.client().ipv4,
         )
     }
 
@@ -107,14 +124,16 @@ mod privileged {
         fn set_objects(&mut self, all_nodes: bool) {
             let nodes = if all_nodes { NODES } else { NODES - 1 };
             let mut objects: String = (0..nodes).map(|k| node_yaml(k, &self.lab)).collect();
+            objects += &kernel_node_yaml(&self.lab);
             objects += &self.pods.iter().map(|(k, p)| pod_yaml(*k, p)).collect::<String>();
             objects += &web_yaml(&self.pods);
             for a in &self.agents {
                 a.set_objects(&objects);
             }
-            let tunnels = 2 * (nodes - 1);
-            let pods = self.pods.len();
-            for (k, a) in self.agents.iter_mut().enumerate().take(nodes) {
+            // Two pod CIDRs of each other skiff node, the kernel node's one.
+            let tunnels = 2 * (nodes - 1) + 1;
+            let (nodes, pods) = (nodes + 1, self.pods.len() + 1);
+            for (k, a) in self.agents.iter_mut().enumerate().take(nodes - 1) {
                 let done = |s: &Status| {
                     s.objects.get(&Kind::Pod) == Some(&pods)
                         && s.objects.get(&Kind::Node) == Some(&nodes)
@@ -178,9 +197,10 @@ mod privileged {
             let tunnel_drops: Vec<_> = w.drops.iter().filter(|(r, _)| tunnel_reason(r)).collect();
             assert!(tunnel_drops.is_empty(), "node{}: {tunnel_drops:?}", k + 1);
             let nodes = a.agent.client().nodes().unwrap();
-            let expected: BTreeMap<String, String> = (0..NODES)
+            let mut expected: BTreeMap<String, String> = (0..NODES)
                 .map(|n| (format!("node{}", n + 1), if n == k { "local" } else { "reachable" }.to_owned()))
                 .collect();
+            expected.insert("kernel".into(), "reachable".into());
             assert_eq!(health(&nodes), expected, "skiff node list on node{}", k + 1);
         }
 
@@ -201,6 +221,11 @@ mod privileged {
             }
         }
 
+        match encapsulation {
+            "vxlan" => kernel_vxlan_exchanges_with_skiff_pods(&mut c),
+            _ => scapy_geneve_is_answered_in_geneve(&c),
+        }
+
         // A Node deleted from the objects: its tunnels go, its pods become unreachable.
         c.set_objects(false);
         let to_node3 = c.pods.iter().find(|(k, _)| *k == 2).expect("a pod on node3").1.clone();
@@ -213,6 +238,146 @@ mod privileged {
             "node3's pod after node3 went"
         );
         drop(servers);
+    }
+
+    /// The identity of a label (`k8s:app=kernel`) as node1 numbers it.
+    fn identity_of(c: &Cluster, label: &str) -> u32 {
+        let identities = c.agents[0].agent.client().identities().unwrap();
+        identities.iter().find(|i| i.labels.iter().any(|l| l == label)).expect("the label's identity").id
+    }
+
+    /// The client's kernel as a node: a collect_md vxlan device (VNI per route, port 8472, as
+    /// Cilium's), a route with the kernel pod's identity as VNI to each skiff node's pod CIDR,
+    /// its MAC the client's own (skiff addresses the inner frame as the outer one).
+    fn kernel_vxlan_exchanges_with_skiff_pods(c: &mut Cluster) {
+        let identity = identity_of(c, "k8s:app=kernel");
+        let client = c.lab.client().clone();
+        let mac: Vec<String> = client.mac.iter().map(|b| format!("{b:02x}")).collect();
+        let mut commands = vec![
+            format!("ip addr add {KERNEL_POD}/32 dev lo"),
+            format!("ip link add vx0 address {} type vxlan external dstport 8472 dev eth0", mac.join(":")),
+            "ip link set vx0 up".to_owned(),
+        ];
+        for node in c.lab.nodes() {
+            let net = node.pod_net;
+            commands.push(format!(
+                "ip route add 198.18.{net}.0/24 via 198.18.{net}.1 dev vx0 onlink encap ip id {identity} dst {}",
+                node.ipv4
+            ));
+            commands
+                .push(format!("ip neigh add 198.18.{net}.1 lladdr 02:00:00:00:00:99 dev vx0 nud permanent"));
+        }
+        for command in &commands {
+            let argv: Vec<&str> = command.split_whitespace().collect();
+            client.netns.exec(argv[0], &argv[1..]).unwrap();
+        }
+        // The kernel's pod reaches each node's web pod, and each node's client pod it.
+        for k in 1..=NODES {
+            let web = &c.pods.iter().find(|(_, p)| p.name == format!("pod-{k}-0")).unwrap().1;
+            let out = client
+                .netns
+                .command("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "3",
+                    "--interface",
+                    KERNEL_POD,
+                    &format!("http://{}:8080/", web.ipv4),
+                ])
+                .output()
+                .unwrap();
+            let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            println!(
+                "kernel vxlan {KERNEL_POD} → {}: {answer:?} {}",
+                web.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            assert_eq!(answer, web.name, "from the kernel's vxlan to {}", web.name);
+        }
+        let kernel_pod = Host { name: "kernel-pod".into(), ipv4: KERNEL_POD.parse().unwrap(), ..client };
+        c.lab.serve_http(&kernel_pod, 8080).unwrap();
+        for k in 1..=NODES {
+            let answers =
+                c.netns(&format!("pod-{k}-1")).http_get(&format!("http://{KERNEL_POD}:8080/"), 5, 3).unwrap();
+            println!("pod-{k}-1 → kernel vxlan: {:?} {}", answers.by_host, answers.errors);
+            assert_eq!(
+                answers.by_host.get("kernel-pod"),
+                Some(&5),
+                "pod-{k}-1 to the kernel's pod: {}",
+                answers.errors
+            );
+        }
+    }
+
+    /// scapy (an encoder of its own) sends a Geneve frame with skiff's identity option from
+    /// the kernel node to a skiff pod's UDP echo; the echo comes back in Geneve, which tshark
+    /// dissects: the pod's identity as VNI and in the option, the inner datagram intact.
+    fn scapy_geneve_is_answered_in_geneve(c: &Cluster) {
+        let identity = identity_of(c, "k8s:app=kernel");
+        let (node1, client) = (&c.lab.nodes()[0], c.lab.client());
+        let web = &c.pods.iter().find(|(_, p)| p.name == "pod-1-0").unwrap().1;
+        let web_identity = identity_of(c, "k8s:app=web");
+        client.netns.exec("ip", &["addr", "add", &format!("{KERNEL_POD}/32"), "dev", "lo"]).unwrap();
+        let servers = Servers::start(&[&web.netns], &[80]).unwrap();
+        let pcap = std::env::temp_dir().join(format!("skiff-overlay-{}-geneve.pcap", c.lab.id()));
+        let mut capture = client
+            .netns
+            .command("tcpdump")
+            .args(["-i", "eth0", "-U", "-w", pcap.to_str().unwrap(), "udp port 6081 and src host"])
+            .arg(node1.ipv4.to_string())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let script = format!(
+            "from scapy.all import *\nfrom scapy.contrib.geneve import GENEVE, GeneveOptions\nimport struct\n\
+             o = GeneveOptions(classid=0xfff0, type=1, data=struct.pack('>I', {identity}))\n\
+             p = Ether(src='{cmac}', dst='{nmac}')/IP(src='{client}', dst='{node}')/UDP(sport=50000, dport=6081)/\
+             GENEVE(vni={identity}, proto=0x6558, options=[o])/Ether(src='{cmac}', dst='{nmac}')/\
+             IP(src='{KERNEL_POD}', dst='{pod}')/UDP(sport=40000, dport=80)/Raw(b'probe')\n\
+             sendp(p, iface='eth0', count=3, verbose=False)\n",
+            cmac = mac(client.mac),
+            nmac = mac(client.node_mac),
+            client = client.ipv4,
+            node = node1.ipv4,
+            pod = web.ipv4,
+        );
+        let sent = client.netns.command("/usr/bin/python3").args(["-c", &script]).output().unwrap();
+        assert!(sent.status.success(), "scapy: {}", String::from_utf8_lossy(&sent.stderr));
+        std::thread::sleep(Duration::from_secs(1));
+        // SAFETY: SIGTERM to the tcpdump this test started.
+        unsafe { libc::kill(i32::try_from(capture.id()).unwrap(), libc::SIGTERM) };
+        capture.wait().unwrap();
+        drop(servers);
+        let fields = [
+            "geneve.vni",
+            "geneve.option.class",
+            "geneve.option.type",
+            "ip.src",
+            "ip.dst",
+            "udp.dstport",
+            "data.data",
+        ];
+        let mut args =
+            vec!["-r", pcap.to_str().unwrap(), "-Y", "geneve", "-T", "fields", "-E", "separator=|"];
+        for f in fields {
+            args.extend(["-e", f]);
+        }
+        let dissected = std::process::Command::new("tshark").args(&args).output().unwrap();
+        let _ = std::fs::remove_file(&pcap);
+        let text = String::from_utf8_lossy(&dissected.stdout);
+        println!("tshark on skiff's Geneve answers:\n{text}");
+        let first = text.lines().next().expect("skiff answered in Geneve");
+        let expected = format!(
+            // tshark prints the VNI and the option type in hex.
+            "{web_identity:#08x}|0xfff0|0x01|{node},{pod}|{client},{KERNEL_POD}|6081,40000|70726f6265",
+            node = node1.ipv4,
+            pod = web.ipv4,
+            client = client.ipv4,
+        );
+        assert_eq!(first, expected, "VNI, option, outer and inner addresses, payload");
     }
 
     fn health(nodes: &[NodeView]) -> BTreeMap<String, String> {
