@@ -93,6 +93,9 @@ pub struct Desired {
     pub tunnels: Vec<Tunnel>,
     /// In tunnel routing, the overlay the workers encapsulate by.
     pub overlay: Option<Arc<Overlay>>,
+    /// In native routing with auto-direct-node-routes, a route to each other node's pod
+    /// CIDRs via its InternalIP of the family.
+    pub node_routes: Vec<(IpNet, IpAddr)>,
     /// This node's pod CIDRs from its Node object (`spec.podCIDRs`), for kubernetes IPAM.
     pub pod_cidrs: Vec<IpNet>,
     /// Policies in effect (NetworkPolicy and Cilium's); the controller compiles them with the
@@ -208,6 +211,10 @@ impl Compiler {
                 ours.iter().flat_map(|n| internal_ips(n)).chain(d.node_addresses.iter().copied()).collect();
             let own_cidrs: Vec<IpNet> = d.pod_cidrs.iter().chain(&ctx.pod_cidrs).copied().collect();
             d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, &own_cidrs);
+            d.node_routes = match ctx.routing {
+                Routing::Native { auto_direct_node_routes: true } => node_routes(&nodes, ctx),
+                _ => Vec::new(),
+            };
         }
         let services: BTreeSet<(String, String)> = if changes.nodes || first {
             let mut all: BTreeSet<_> = self.produced.keys().cloned().collect();
@@ -306,6 +313,20 @@ fn node_view(n: &v1::Node, ctx: &NodeContext) -> NodeView {
 fn internal_ips(node: &v1::Node) -> impl Iterator<Item = IpAddr> + '_ {
     let addresses = node.status.iter().flat_map(|s| s.addresses.iter().flatten());
     addresses.filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok())
+}
+
+/// Each other node's pod CIDRs via its InternalIP of the CIDR's family (none without one).
+fn node_routes(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<(IpNet, IpAddr)> {
+    let mut routes = Vec::new();
+    for n in nodes.iter().filter(|n| n.metadata.name.as_deref() != Some(&ctx.name)) {
+        for cidr in pod_cidrs_of(n) {
+            if let Some(via) = internal_ips(n).find(|a| a.is_ipv4() == cidr.addr().is_ipv4()) {
+                routes.push((cidr, via));
+            }
+        }
+    }
+    routes.sort();
+    routes
 }
 
 fn tunnels(nodes: &[&v1::Node], ctx: &NodeContext) -> Vec<Tunnel> {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
+use ipnet::IpNet;
 use skiff_api::{
     Answer, ApiError, ApplyReport, AttachMode, Datapath, ErrorCode, Health, Kind, LastApply, NodeView,
     ObjectKey, PodRef, PolicyView, Problem, Rejection, Request, Source, Status, TraceEnd,
@@ -19,6 +20,7 @@ use skiff_engine::{
     policy::Policy,
     prefix::PrefixMap,
     tables::{LocalNode, Tables},
+    tunnel::Overlay,
 };
 
 use crate::{
@@ -89,6 +91,11 @@ pub trait Sink: Send {
     fn prepare_node(&mut self, _gateways: &[IpAddr]) -> Result<()> {
         Ok(())
     }
+    /// Makes the kernel's routes to other nodes' pod CIDRs exactly `routes` (pod CIDR via
+    /// the node's address), for native routing with auto-direct-node-routes.
+    fn set_node_routes(&mut self, _routes: &[(IpNet, IpAddr)]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A sink that keeps what was published (tests, benchmarks, `--no-datapath`).
@@ -124,8 +131,10 @@ pub struct Controller {
     compiler: Compiler,
     /// Why the last publish failed, until one succeeds.
     failure: Option<String>,
-    /// The node part of the last published tables (its changes publish too).
-    published_node: Option<LocalNode>,
+    /// The node and overlay of the last published tables (their changes publish too).
+    published_node: Option<(LocalNode, Option<Arc<Overlay>>)>,
+    /// The routes to other nodes' pod CIDRs last installed (native routing).
+    installed_routes: Option<Vec<(IpNet, IpAddr)>>,
     /// The policy of the last published tables.
     published_policy: Option<Arc<Policy>>,
     /// The security identities of the cluster's pod label sets.
@@ -169,6 +178,7 @@ impl Controller {
             pending_since: None,
             compiler: Compiler::default(),
             published_node: None,
+            installed_routes: None,
             published_policy: None,
             identities: Identities::default(),
             policy: Compiled::default(),
@@ -403,11 +413,11 @@ impl Controller {
         let same_policy = self.published_policy.as_ref().is_some_and(|p| **p == *tables.policy);
         let same_prefilter =
             self.published_prefilter.as_ref().is_some_and(|p| Arc::ptr_eq(p, &tables.prefilter));
-        if unchanged && same_policy && same_prefilter && self.published_node.as_ref() == Some(&tables.node) {
+        let node = (tables.node.clone(), tables.overlay.clone());
+        if unchanged && same_policy && same_prefilter && self.published_node.as_ref() == Some(&node) {
             return Ok(false);
         }
-        let (node, policy, prefilter) =
-            (tables.node.clone(), tables.policy.clone(), tables.prefilter.clone());
+        let (policy, prefilter) = (tables.policy.clone(), tables.prefilter.clone());
         if let Err(e) = self.sink.publish(tables) {
             // Retried by the next reconcile or tick, with the whole tables again.
             self.failure = Some(format!("{e:#}"));
@@ -498,10 +508,24 @@ impl Controller {
                 self.last_apply = Some(LastApply { report: r, micros, unix_seconds });
                 report = Some(r);
             }
+            self.install_routes()?;
             self.applied_generation = Some(self.store.generation());
         }
         self.refresh_snapshot();
         Ok(report)
+    }
+
+    /// Installs the routes to other nodes' pod CIDRs when they changed.
+    fn install_routes(&mut self) -> Result<()> {
+        let routes = &self.compiler.desired().node_routes;
+        if self.installed_routes.as_ref() == Some(routes) {
+            return Ok(());
+        }
+        let routes = routes.clone();
+        self.installed_routes = None;
+        self.sink.set_node_routes(&routes)?;
+        self.installed_routes = Some(routes);
+        Ok(())
     }
 
     /// Retries a failed apply (periodically, until one succeeds).

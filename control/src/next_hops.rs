@@ -5,7 +5,8 @@
 //! route's gateway becomes the entry for the unspecified address, the fallback for any other
 //! destination. The kernel's notifications of link, neighbour and route changes say when to
 //! read again, and a gateway lookup is remembered until one comes. Until the slow path
-//! resolves neighbours itself, the kernel's tables are the source.
+//! resolves neighbours itself, the kernel's tables are the source. In native routing the
+//! agent also adds its routes to other nodes' pod CIDRs here.
 
 use std::{
     collections::HashMap,
@@ -14,6 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt, channel::mpsc::UnboundedReceiver};
+use ipnet::IpNet;
 use rtnetlink::{
     Handle, MulticastGroup, RouteMessageBuilder,
     packet_core::NetlinkMessage,
@@ -21,11 +23,14 @@ use rtnetlink::{
         RouteNetlinkMessage,
         link::LinkAttribute,
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
     },
     sys::SocketAddr,
 };
 use skiff_engine::tables::Neighbor;
+
+/// The routing protocol number of the routes skiff adds (unassigned in `rt_protos`).
+pub const RTPROT_SKIFF: u8 = 83;
 
 /// Notifications of the kernel's link, neighbour and route changes.
 pub type Changes = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
@@ -141,6 +146,53 @@ impl Kernel {
         Ok(())
     }
 
+    /// Makes skiff's routes (protocol [`RTPROT_SKIFF`], `proto 83` in `ip route`) exactly
+    /// `routes` (pod CIDR via a node's address): adds the missing, deletes the others, those
+    /// a previous agent left included.
+    pub async fn set_node_routes(&self, routes: &[(IpNet, IpAddr)]) -> Result<()> {
+        let mut kept = Vec::new();
+        let mut dump = self.handle.route().get(RouteMessageBuilder::<IpAddr>::new().build()).execute();
+        let mut stale = Vec::new();
+        while let Some(r) = dump.try_next().await.context("reading the routes")? {
+            if r.header.protocol != RouteProtocol::Other(RTPROT_SKIFF) {
+                continue;
+            }
+            let route = destination(&r).zip(gateway(&r).map(|(via, _)| via));
+            match route.filter(|route| routes.contains(route)) {
+                Some(route) => kept.push(route),
+                None => stale.push(r),
+            }
+        }
+        for r in stale {
+            let what = format!("{:?}", destination(&r));
+            self.handle
+                .route()
+                .del(r)
+                .execute()
+                .await
+                .with_context(|| format!("deleting the route to {what}"))?;
+        }
+        for &(cidr, via) in routes.iter().filter(|r| !kept.contains(r)) {
+            let bad = |e| anyhow::anyhow!("a route to {cidr} via {via}: {e}");
+            let route = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(cidr.addr(), cidr.prefix_len())
+                .map_err(bad)?
+                .gateway(via)
+                .map_err(bad)?
+                .protocol(RouteProtocol::Other(RTPROT_SKIFF))
+                .build();
+            self.handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("adding a route to {cidr} via {via}"))?;
+            tracing::info!("route to {cidr} via {via}");
+        }
+        Ok(())
+    }
+
     /// Each datapath device's index and MAC, as they are now. A device that is gone (a
     /// pod's veth whose namespace went before its DEL came) has no next hops.
     /// One dump of the links, not a request per device: with a veth per pod, a node has
@@ -202,6 +254,16 @@ fn usable(n: &NeighbourMessage) -> Option<(IpAddr, [u8; 6])> {
         }
     }
     addr.zip(mac)
+}
+
+/// A route's destination prefix.
+fn destination(r: &RouteMessage) -> Option<IpNet> {
+    let len = r.header.destination_prefix_length;
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => IpNet::new(IpAddr::V4(*v4), len).ok(),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => IpNet::new(IpAddr::V6(*v6), len).ok(),
+        _ => None,
+    })
 }
 
 /// A route's gateway and output device.

@@ -40,9 +40,10 @@ mod privileged {
         format!(
             "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n\
              spec: {{podCIDRs: [198.18.{net}.0/24, 'fd00:0:0:{net}::/64']}}\n\
-             status: {{addresses: [{{type: InternalIP, address: {v4}}}, {{type: Hostname, address: {name}}}]}}\n",
+             status: {{addresses: [{{type: InternalIP, address: {v4}}}, {{type: InternalIP, address: '{v6}'}}, {{type: Hostname, address: {name}}}]}}\n",
             name = node.name,
             v4 = node.ipv4,
+            v6 = node.ipv6,
         )
     }
 
@@ -179,21 +180,30 @@ mod privileged {
         names.into_iter().zip(results).filter(|(_, ok)| !ok).map(|(n, _)| n).collect()
     }
 
-    fn every_pod_reaches_every_other(tag: &str, routing: &[&str], encapsulation: &str) {
-        let mut c = Cluster::start(tag, routing);
+    /// `mode`: `vxlan`, `geneve` or `native`.
+    fn every_pod_reaches_every_other(routing: &[&str], mode: &str) {
+        let mut c = Cluster::start(mode, routing);
         let hosts: Vec<&Netns> = c.pods.iter().map(|(_, p)| &p.netns).collect();
         let servers = Servers::start(&hosts, &[80]).unwrap();
         let failed = unreachable(&c);
-        assert!(failed.is_empty(), "unreachable over {encapsulation}: {failed:#?}");
+        assert!(failed.is_empty(), "unreachable over {mode}: {failed:#?}");
         drop(servers);
 
-        // The workers carried it, and dropped nothing of the tunnels'.
+        // In tunnel mode the workers carried it; natively the kernel did, by skiff's routes.
+        // No tunnel drops either way.
         for (k, a) in c.agents.iter().enumerate() {
             let s = a.agent.status().unwrap();
             let w = s.workers.clone().unwrap();
             println!("node{}: routing {}; workers {w:?}", k + 1, s.routing);
-            assert!(s.routing.contains(encapsulation), "{}", s.routing);
-            assert!(w.forwarded > 0, "node{} forwarded nothing", k + 1);
+            assert!(s.routing.contains(mode), "{}", s.routing);
+            if mode == "native" {
+                let routes = skiff_routes(&c.lab.nodes()[k].netns);
+                println!("node{} routes: {routes:?}", k + 1);
+                // Two pod CIDRs of each other skiff node, the kernel node's one.
+                assert_eq!(routes.len(), 2 * (NODES - 1) + 1, "{routes:?}");
+            } else {
+                assert!(w.forwarded > 0, "node{} forwarded nothing", k + 1);
+            }
             let tunnel_drops: Vec<_> = w.drops.iter().filter(|(r, _)| tunnel_reason(r)).collect();
             assert!(tunnel_drops.is_empty(), "node{}: {tunnel_drops:?}", k + 1);
             let nodes = a.agent.client().nodes().unwrap();
@@ -221,9 +231,10 @@ mod privileged {
             }
         }
 
-        match encapsulation {
+        match mode {
             "vxlan" => kernel_vxlan_exchanges_with_skiff_pods(&mut c),
-            _ => scapy_geneve_is_answered_in_geneve(&c),
+            "geneve" => scapy_geneve_is_answered_in_geneve(&c),
+            _ => {}
         }
 
         // A Node deleted from the objects: its tunnels go, its pods become unreachable.
@@ -238,6 +249,10 @@ mod privileged {
             "node3's pod after node3 went"
         );
         drop(servers);
+        if mode == "native" {
+            let routes = skiff_routes(&c.lab.nodes()[0].netns);
+            assert_eq!(routes.len(), 2 * (NODES - 2) + 1, "node3's routes removed from node1: {routes:?}");
+        }
     }
 
     /// The identity of a label (`k8s:app=kernel`) as node1 numbers it.
@@ -388,13 +403,28 @@ mod privileged {
         (40..50).contains(&r.code()) || *r == DropReason::TunnelNested || *r == DropReason::Unroutable
     }
 
+    /// The routes skiff added in a node (`proto 83`), both families.
+    fn skiff_routes(node: &Netns) -> Vec<String> {
+        let mut routes = Vec::new();
+        for family in ["-4", "-6"] {
+            let out = node.exec("ip", &[family, "route", "show", "proto", "83"]).unwrap();
+            routes.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_owned()));
+        }
+        routes
+    }
+
     #[test]
     fn pods_on_three_nodes_reach_each_other_through_vxlan() {
-        every_pod_reaches_every_other("vxlan", &[], "vxlan");
+        every_pod_reaches_every_other(&[], "vxlan");
     }
 
     #[test]
     fn pods_on_three_nodes_reach_each_other_through_geneve() {
-        every_pod_reaches_every_other("geneve", &["--tunnel-protocol", "geneve"], "geneve");
+        every_pod_reaches_every_other(&["--tunnel-protocol", "geneve"], "geneve");
+    }
+
+    #[test]
+    fn pods_on_three_nodes_reach_each_other_natively() {
+        every_pod_reaches_every_other(&["--routing-mode", "native", "--auto-direct-node-routes"], "native");
     }
 }

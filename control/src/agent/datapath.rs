@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 use skiff_api::{AttachMode, WorkerCounters};
 use skiff_common::DropReason;
 use skiff_engine::tables::{Neighbor, Tables};
@@ -134,6 +135,13 @@ impl Sink for DatapathSink {
         let kernel = &self.kernel;
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(kernel.add_to_loopback(gateways))
+        })
+    }
+
+    fn set_node_routes(&mut self, routes: &[(IpNet, IpAddr)]) -> Result<()> {
+        let kernel = &self.kernel;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(kernel.set_node_routes(routes))
         })
     }
 
