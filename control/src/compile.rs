@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// What the compiler needs to know about the node it runs on.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NodeContext {
     /// The Node object's name (`--node-name`).
     pub name: String,
@@ -42,6 +42,29 @@ pub struct NodeContext {
     pub policy_enforcement: Enforcement,
     /// How pods on different nodes reach each other (`--routing-mode`, …).
     pub routing: Routing,
+    /// Which pods' traffic leaves the cluster with the node's address.
+    pub masquerade: Masquerade,
+}
+
+impl Masquerade {
+    /// How `skiff status` names it: `IPv4`, `IPv4, IPv6`, `off`.
+    pub fn describe(&self) -> String {
+        let families: Vec<&str> = [(self.v4, "IPv4"), (self.v6, "IPv6")]
+            .into_iter()
+            .filter_map(|(on, family)| on.then_some(family))
+            .collect();
+        if families.is_empty() { "off".into() } else { families.join(", ") }
+    }
+}
+
+/// Masquerading of pods' traffic to the world (Cilium's `enable-ipv4-masquerade`,
+/// `enable-ipv6-masquerade` and `ipv4-native-routing-cidr`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Masquerade {
+    pub v4: bool,
+    pub v6: bool,
+    /// Destinations the network routes for pods as they are: never masqueraded.
+    pub native_routing_cidrs: Vec<IpNet>,
 }
 
 /// A pod as policy needs it, kept per pod and computed again only when the pod (or its
@@ -192,25 +215,28 @@ impl Compiler {
                 .collect();
             d.node_addresses = node_addresses(&nodes, ctx);
             let mut prefixes = cluster_prefixes(&nodes);
-            for cidr in ctx.pod_cidrs.iter().map(IpNet::trunc) {
+            // The native routing CIDRs are the cluster's too: never masqueraded.
+            for cidr in ctx.pod_cidrs.iter().chain(&ctx.masquerade.native_routing_cidrs).map(IpNet::trunc) {
                 if !prefixes.contains(&cidr) {
                     prefixes.push(cidr);
                 }
             }
+            let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
+            d.pod_cidrs = ours.map(|n| pod_cidrs_of(n)).unwrap_or_default();
             d.node = LocalNode {
                 masquerade_v4: d.node_addresses.iter().copied().find(IpAddr::is_ipv4),
                 masquerade_v6: d.node_addresses.iter().copied().find(IpAddr::is_ipv6),
                 cluster_prefixes: prefixes,
+                pod_cidrs: d.pod_cidrs.iter().chain(&ctx.pod_cidrs).copied().collect(),
+                egress_masquerade_v4: ctx.masquerade.v4,
+                egress_masquerade_v6: ctx.masquerade.v6,
             };
-            let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
-            d.pod_cidrs = ours.map(|n| pod_cidrs_of(n)).unwrap_or_default();
             d.tunnels = tunnels(&nodes, ctx);
             d.nodes = nodes.iter().map(|n| node_view(n, ctx)).collect();
             // The underlay address other nodes tunnel to is this node's InternalIP.
             let underlay: Vec<IpAddr> =
                 ours.iter().flat_map(|n| internal_ips(n)).chain(d.node_addresses.iter().copied()).collect();
-            let own_cidrs: Vec<IpNet> = d.pod_cidrs.iter().chain(&ctx.pod_cidrs).copied().collect();
-            d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, &own_cidrs);
+            d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, &d.node.pod_cidrs);
             d.node_routes = match ctx.routing {
                 Routing::Native { auto_direct_node_routes: true } => node_routes(&nodes, ctx),
                 _ => Vec::new(),

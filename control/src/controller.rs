@@ -591,6 +591,7 @@ impl Controller {
             backends: self.applier.backend_count(),
             identities: self.compiler.desired().label_sets.len(),
             routing: self.ctx.routing.describe(),
+            masquerading: self.ctx.masquerade.describe(),
             tunnels: self.compiler.desired().tunnels.clone(),
             policies,
             policy_enforcement: enforcement.name().into(),

@@ -9,7 +9,6 @@ use skiff_control::{
     apply::Applier,
     compile::{BackendSpec, Desired, NodeContext, compile},
     objects::{Object, decode_yaml},
-    overlay::Routing,
     policy::Enforcement,
 };
 
@@ -34,7 +33,7 @@ fn ctx() -> NodeContext {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
-        routing: Routing::default(),
+        ..NodeContext::default()
     }
 }
 

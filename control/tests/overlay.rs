@@ -8,7 +8,13 @@
 //! module) scapy's independent encoder sends to a skiff pod and tshark dissects the answer.
 
 mod privileged {
-    use std::{collections::BTreeMap, path::Path, time::Duration};
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        io::{BufRead, BufReader, Write},
+        net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+        path::Path,
+        time::{Duration, Instant},
+    };
 
     use skiff_api::{Kind, NodeView, Status};
     use skiff_common::DropReason;
@@ -31,6 +37,8 @@ mod privileged {
         agents: Vec<CniAgent>,
         /// (node index, pod).
         pods: Vec<(usize, Host)>,
+        /// Whether the client is Node `kernel` (else it is the world).
+        kernel: bool,
         lab: Lab,
     }
 
@@ -89,8 +97,9 @@ mod privileged {
     }
 
     impl Cluster {
-        /// Three nodes running skiff-agent with `routing` options, two pods on each.
-        fn start(tag: &str, routing: &[&str]) -> Cluster {
+        /// Three nodes running skiff-agent with `options`, two pods on each; the client is
+        /// Node `kernel` or, without `kernel`, outside the cluster.
+        fn start(tag: &str, options: &[&str], kernel: bool) -> Cluster {
             let lab = Topology::new().cluster(NODES).cni_pods(NODES * PODS_PER_NODE).build().unwrap();
             let nodes: String = (0..NODES).map(|k| node_yaml(k, &lab)).collect();
             let agents: Vec<CniAgent> = (0..NODES)
@@ -105,7 +114,7 @@ mod privileged {
                         &node_name,
                         "uplink",
                         "afxdp",
-                        routing,
+                        options,
                         &nodes,
                     )
                 })
@@ -116,7 +125,7 @@ mod privileged {
                 let name = format!("pod-{}-{j}", k + 1);
                 pods.push((k, agents[k].pod(&name, netns, "default", &name)));
             }
-            let mut cluster = Cluster { agents, pods, lab };
+            let mut cluster = Cluster { agents, pods, kernel, lab };
             cluster.set_objects(true);
             cluster
         }
@@ -125,16 +134,19 @@ mod privileged {
         fn set_objects(&mut self, all_nodes: bool) {
             let nodes = if all_nodes { NODES } else { NODES - 1 };
             let mut objects: String = (0..nodes).map(|k| node_yaml(k, &self.lab)).collect();
-            objects += &kernel_node_yaml(&self.lab);
+            if self.kernel {
+                objects += &kernel_node_yaml(&self.lab);
+            }
             objects += &self.pods.iter().map(|(k, p)| pod_yaml(*k, p)).collect::<String>();
             objects += &web_yaml(&self.pods);
             for a in &self.agents {
                 a.set_objects(&objects);
             }
             // Two pod CIDRs of each other skiff node, the kernel node's one.
-            let tunnels = 2 * (nodes - 1) + 1;
-            let (nodes, pods) = (nodes + 1, self.pods.len() + 1);
-            for (k, a) in self.agents.iter_mut().enumerate().take(nodes - 1) {
+            let kernel = usize::from(self.kernel);
+            let tunnels = 2 * (nodes - 1) + kernel;
+            let (skiff_nodes, nodes, pods) = (nodes, nodes + kernel, self.pods.len() + kernel);
+            for (k, a) in self.agents.iter_mut().enumerate().take(skiff_nodes) {
                 let done = |s: &Status| {
                     s.objects.get(&Kind::Pod) == Some(&pods)
                         && s.objects.get(&Kind::Node) == Some(&nodes)
@@ -182,7 +194,7 @@ mod privileged {
 
     /// `mode`: `vxlan`, `geneve` or `native`.
     fn every_pod_reaches_every_other(routing: &[&str], mode: &str) {
-        let mut c = Cluster::start(mode, routing);
+        let mut c = Cluster::start(mode, routing, true);
         let hosts: Vec<&Netns> = c.pods.iter().map(|(_, p)| &p.netns).collect();
         let servers = Servers::start(&hosts, &[80]).unwrap();
         let failed = unreachable(&c);
@@ -401,6 +413,73 @@ mod privileged {
 
     fn tunnel_reason(r: &DropReason) -> bool {
         (40..50).contains(&r.code()) || *r == DropReason::TunnelNested || *r == DropReason::Unroutable
+    }
+
+    /// With masquerading, pods' connections to a host outside the cluster (the client) come
+    /// from their node's address: 500 at once from a pod on each of two nodes, every one
+    /// answered, each (address, port) distinct.
+    #[test]
+    fn pods_leave_the_cluster_with_their_nodes_address() {
+        const EACH: usize = 500;
+        let c = Cluster::start("masquerade", &["--enable-ipv4-masquerade", "true"], false);
+        let client = c.lab.client().clone();
+        let listener = client.netns.run(|| TcpListener::bind(("0.0.0.0", 9000))).unwrap().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        // The world's view: each connection's source, written back to it; all kept open.
+        let server = std::thread::spawn(move || {
+            let (mut seen, mut open) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while seen.len() < 2 * EACH && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut stream, peer)) => {
+                        let _ = stream.write_all(format!("{peer}\n").as_bytes());
+                        seen.push(peer);
+                        open.push(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            seen
+        });
+        let connect = |pod: &str| {
+            let netns = c.netns(pod).clone();
+            std::thread::spawn(move || {
+                netns
+                    .run(|| {
+                        let to = SocketAddr::from((client.ipv4, 9000));
+                        let streams: Vec<TcpStream> = (0..EACH)
+                            .filter_map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok())
+                            .collect();
+                        streams
+                            .into_iter()
+                            .filter_map(|s| {
+                                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                                let mut line = String::new();
+                                BufReader::new(s).read_line(&mut line).ok()?;
+                                line.trim().parse::<SocketAddr>().ok()
+                            })
+                            .collect::<Vec<SocketAddr>>()
+                    })
+                    .unwrap()
+            })
+        };
+        let (a, b) = (connect("pod-1-1"), connect("pod-2-1"));
+        let (from_1, from_2) = (a.join().unwrap(), b.join().unwrap());
+        let seen = server.join().unwrap();
+        let distinct: BTreeSet<SocketAddr> = seen.iter().copied().collect();
+        let sources: BTreeSet<IpAddr> = seen.iter().map(SocketAddr::ip).collect();
+        println!(
+            "{} and {} connections answered; the world saw {} connections, {} distinct (address, port), from {sources:?}",
+            from_1.len(),
+            from_2.len(),
+            seen.len(),
+            distinct.len()
+        );
+        assert_eq!((from_1.len(), from_2.len()), (EACH, EACH), "every connection answered");
+        assert_eq!(distinct.len(), 2 * EACH, "each connection its own (address, port)");
+        let nodes: BTreeSet<IpAddr> = c.lab.nodes()[..2].iter().map(|n| IpAddr::V4(n.ipv4)).collect();
+        assert_eq!(sources, nodes, "only the two nodes' addresses");
+        assert!(from_1.iter().all(|a| a.ip() == IpAddr::V4(c.lab.nodes()[0].ipv4)), "pod-1-1 behind node1");
     }
 
     /// The routes skiff added in a node (`proto 83`), both families.

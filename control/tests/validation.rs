@@ -10,7 +10,6 @@ use skiff_control::{
     compile::NodeContext,
     controller::{Controller, Event, Recorder, Sink},
     objects::{Documents, decode_yaml},
-    overlay::Routing,
     policy::Enforcement,
     source::dir,
     validate::Limits,
@@ -34,7 +33,7 @@ fn unlisted() -> (Controller, Recorder, Documents) {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
-        routing: Routing::default(),
+        ..NodeContext::default()
     };
     let c = Controller::new(ctx, Limits::default(), Box::new(recorder.clone()), source());
     let objects = dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
@@ -171,7 +170,7 @@ fn a_failed_publish_degrades_health_and_is_retried_whole() {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
-        routing: Routing::default(),
+        ..NodeContext::default()
     };
     let mut c =
         Controller::new(ctx, Limits::default(), Box::new(FailsOnce(true, recorder.clone())), source());

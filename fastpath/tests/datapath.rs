@@ -85,6 +85,7 @@ mod privileged {
                 masquerade_v4: Some(node.into()),
                 masquerade_v6: None,
                 cluster_prefixes: vec!["198.18.128.0/17".parse().unwrap()],
+                ..LocalNode::default()
             },
             ..Tables::default()
         }

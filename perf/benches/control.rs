@@ -14,7 +14,6 @@ use skiff_control::{
     compile::{Compiler, NodeContext},
     controller::{Controller, Event, Recorder},
     objects::{Object, decode},
-    overlay::Routing,
     policy::Enforcement,
     store::Changes,
     validate::Limits,
@@ -68,7 +67,7 @@ fn main() {
         maglev_table_size: 16381,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
-        routing: Routing::default(),
+        ..NodeContext::default()
     };
     let objects: Vec<_> = (0..SERVICES).flat_map(|i| [decoded(service(i)), decoded(slice(i, 0))]).collect();
     let rss_before = peak_rss();

@@ -14,7 +14,6 @@ use skiff_control::{
     compile::NodeContext,
     controller::{Controller, Event, Recorder},
     objects::decode,
-    overlay::Routing,
     policy::Enforcement,
     validate::Limits,
 };
@@ -82,7 +81,7 @@ fn controller() -> (Controller, Recorder) {
         maglev_table_size: 251,
         pod_cidrs: Vec::new(),
         policy_enforcement: Enforcement::Default,
-        routing: Routing::default(),
+        ..NodeContext::default()
     };
     let recorder = Recorder::default();
     let source = Source::StateDir { path: "bench".into() };

@@ -31,6 +31,7 @@ use crate::{TestRun, XdpError, attach, bpffs, per_cpu_sum, test_run::test_run};
 type Tries = (&'static str, &'static str);
 const DENY: Tries = (maps::DENY_V4, maps::DENY_V6);
 const REMOTE_PODS: Tries = (maps::REMOTE_PODS_V4, maps::REMOTE_PODS_V6);
+const CLUSTER: Tries = (maps::CLUSTER_V4, maps::CLUSTER_V6);
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress"));
 
@@ -148,6 +149,13 @@ impl Ingress {
         sync(self.map_mut(maps::NODES_V6)?, &want6, maps::NODES_V6)?;
         let want = remote_pods.iter().map(|&prefix| (prefix, 1u8)).collect();
         self.sync_prefixes(REMOTE_PODS, &want)
+    }
+
+    /// Makes the cluster's prefixes exactly `prefixes` (a pod's traffic elsewhere is
+    /// masqueraded, with [`XdpConfig::MASQUERADE_V4`] or `_V6`).
+    pub fn set_cluster(&mut self, prefixes: &[(IpAddr, u8)]) -> Result<(), XdpError> {
+        let want = prefixes.iter().map(|&prefix| (prefix, 1u8)).collect();
+        self.sync_prefixes(CLUSTER, &want)
     }
 
     /// Makes the known security identities exactly `identities` (a tunnel frame's VNI must be

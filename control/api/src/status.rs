@@ -31,6 +31,10 @@ pub struct Status {
     /// How pods on different nodes reach each other: `tunnel (vxlan, port 8472)`, `native`.
     #[serde(default)]
     pub routing: String,
+    /// Which families of pods' traffic out of the cluster leave with the node's address:
+    /// `IPv4`, `IPv4, IPv6`, `off`.
+    #[serde(default)]
+    pub masquerading: String,
     pub tunnels: Vec<Tunnel>,
     pub policies: usize,
     /// `default`, `always` or `never` (`--policy-enforcement`).
@@ -70,6 +74,7 @@ impl Status {
             backends: 0,
             identities: 0,
             routing: String::new(),
+            masquerading: String::new(),
             tunnels: Vec::new(),
             policies: 0,
             policy_enforcement: String::new(),

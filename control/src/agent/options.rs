@@ -15,6 +15,7 @@ use skiff_engine::tunnel::TunnelProtocol;
 use skiff_fastpath::datapath::Io;
 
 use crate::{
+    compile::Masquerade,
     endpoints::{EndpointConfig, cni_conf::CniInstall, ipam::IpamMode},
     overlay::Routing,
     policy::Enforcement,
@@ -144,6 +145,19 @@ pub struct Options {
     /// nodes share a link), and remove it when the Node goes.
     #[arg(long)]
     pub auto_direct_node_routes: bool,
+    /// Pods' IPv4 traffic out of the cluster (its pod CIDRs, node addresses and native
+    /// routing CIDR) leaves with the node's address (needs --io afxdp).
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = ArgAction::Set)]
+    pub enable_ipv4_masquerade: bool,
+    /// The same for IPv6.
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = ArgAction::Set)]
+    pub enable_ipv6_masquerade: bool,
+    /// IPv4 destinations the network routes for pods as they are: never masqueraded.
+    #[arg(long, value_name = "CIDR")]
+    pub ipv4_native_routing_cidr: Option<ipnet::Ipv4Net>,
+    /// IPv6 destinations the network routes for pods as they are: never masqueraded.
+    #[arg(long, value_name = "CIDR")]
+    pub ipv6_native_routing_cidr: Option<ipnet::Ipv6Net>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -271,6 +285,16 @@ impl Options {
         }
     }
 
+    pub(super) fn masquerade(&self) -> Masquerade {
+        let v4 = self.ipv4_native_routing_cidr.map(IpNet::V4);
+        let v6 = self.ipv6_native_routing_cidr.map(IpNet::V6);
+        Masquerade {
+            v4: self.enable_ipv4_masquerade,
+            v6: self.enable_ipv6_masquerade,
+            native_routing_cidrs: v4.into_iter().chain(v6).collect(),
+        }
+    }
+
     pub(super) fn io(&self) -> Result<Option<Io>> {
         let io = match self.io {
             IoMode::Afxdp => Some(Io::AfXdp(self.xdp_mode)),
@@ -281,6 +305,11 @@ impl Options {
             // Refused rather than started with pods that cannot reach other nodes.
             bail!(
                 "--routing-mode tunnel needs --io afxdp (skiff's XDP program decapsulates); with AF_PACKET use --routing-mode native"
+            );
+        }
+        if self.io == IoMode::Afpacket && (self.enable_ipv4_masquerade || self.enable_ipv6_masquerade) {
+            bail!(
+                "masquerading pods' traffic needs --io afxdp (skiff's XDP program steers it to the workers)"
             );
         }
         if self.auto_direct_node_routes && self.routing_mode == RoutingMode::Tunnel {

@@ -102,13 +102,29 @@ pub struct LocalNode {
     /// The source addresses of masqueraded flows.
     pub masquerade_v4: Option<IpAddr>,
     pub masquerade_v6: Option<IpAddr>,
-    /// The cluster's addresses (pod CIDRs, node addresses): clients inside them are internal.
+    /// The cluster's addresses (pod CIDRs, node addresses, native routing CIDRs): clients
+    /// inside them are internal, and pods' traffic to them is never masqueraded.
     pub cluster_prefixes: Vec<IpNet>,
+    /// This node's pod CIDRs.
+    pub pod_cidrs: Vec<IpNet>,
+    /// Whether this node's pods' traffic out of the cluster leaves with the node's address,
+    /// by family (`--enable-ipv4-masquerade`, `--enable-ipv6-masquerade`).
+    pub egress_masquerade_v4: bool,
+    pub egress_masquerade_v6: bool,
 }
 
 impl LocalNode {
     pub(crate) fn masquerade(&self, like: IpAddr) -> Option<IpAddr> {
         if like.is_ipv4() { self.masquerade_v4 } else { self.masquerade_v6 }
+    }
+
+    /// The address a new flow from `src` to `dst` leaves with, when it is a pod's flow out of
+    /// the cluster that this node masquerades.
+    #[inline]
+    pub(crate) fn egress_masquerade(&self, src: IpAddr, dst: IpAddr) -> Option<IpAddr> {
+        let on = if dst.is_ipv4() { self.egress_masquerade_v4 } else { self.egress_masquerade_v6 };
+        let pods_out = on && self.pod_cidrs.iter().any(|c| c.contains(&src)) && !self.is_internal(dst);
+        pods_out.then(|| self.masquerade(dst)).flatten()
     }
 
     pub(crate) fn is_internal(&self, addr: IpAddr) -> bool {

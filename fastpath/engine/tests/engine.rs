@@ -304,6 +304,7 @@ fn node_port(policy: TrafficPolicy, algorithm: Algorithm) -> (Frontend, Arc<Tabl
         masquerade_v4: Some(NODE.into()),
         masquerade_v6: None,
         cluster_prefixes: vec!["198.18.128.0/17".parse().unwrap()],
+        ..LocalNode::default()
     };
     (frontend, one_service(frontend, Service::new(b, config).unwrap(), node))
 }
@@ -347,6 +348,35 @@ fn node_port_masquerades_to_a_remote_backend_and_translates_the_reply_back() {
     // So does a client inside the cluster, even to the remote backend.
     let (port, out) = flow_to(&mut e, pod(7), pod(1));
     assert_eq!(out, eth().ipv4(pod(7), pod(1)).ttl(63).tcp(port, 8080).syn().build());
+}
+
+/// With egress masquerading, a pod's new flow out of the cluster leaves with the node's address
+/// and a port of the SNAT range, and its reply comes back to the pod; inside the cluster, or
+/// from an address that is no pod of this node, nothing is translated.
+#[test]
+fn pods_flows_out_of_the_cluster_are_masqueraded() {
+    let node = LocalNode {
+        masquerade_v4: Some(NODE.into()),
+        cluster_prefixes: vec!["198.18.128.0/17".parse().unwrap()],
+        pod_cidrs: vec!["198.18.128.0/24".parse().unwrap()],
+        egress_masquerade_v4: true,
+        ..LocalNode::default()
+    };
+    let mut e = Engine::new(Arc::new(Tables { node, ..Tables::default() }), 1024, Timeouts::default());
+    let (v, out) = run(&mut e, eth().ipv4(pod(0), CLIENT).tcp(40000, 443).syn().build());
+    assert_eq!(v, Action::Forward);
+    let flow = skiff_wire::layers::parse(&out).unwrap().flow(&out).unwrap();
+    assert!(SNAT_PORTS.contains(&flow.src_port), "source port {} from the SNAT range", flow.src_port);
+    assert_eq!(out, eth().ipv4(NODE, CLIENT).ttl(63).tcp(flow.src_port, 443).syn().build());
+    let (v, back) = run(&mut e, eth().ipv4(CLIENT, NODE).tcp(443, flow.src_port).syn().ack(1).build());
+    assert_eq!(
+        (v, back),
+        (Action::Forward, eth().ipv4(CLIENT, pod(0)).ttl(63).tcp(443, 40000).syn().ack(1).build())
+    );
+    let inside = eth().ipv4(pod(0), Ipv4Addr::new(198, 18, 129, 10)).tcp(40001, 80).syn().build();
+    assert_eq!(run(&mut e, inside).0, Action::Pass, "to another node's pod: not masqueraded");
+    let not_a_pod = eth().ipv4(Ipv4Addr::new(198, 18, 0, 7), CLIENT).tcp(40002, 80).syn().build();
+    assert_eq!(run(&mut e, not_a_pod).0, Action::Pass, "not this node's pod");
 }
 
 /// An ICMP error from the remote backend about a masqueraded flow reaches the client about the

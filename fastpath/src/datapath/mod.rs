@@ -33,7 +33,7 @@ use skiff_engine::{
     conntrack::Timeouts,
     engine::{Engine, NewFlow, Partition},
     policy::Policy,
-    tables::{SharedTables, Tables},
+    tables::{LocalNode, SharedTables, Tables},
     tunnel::{Overlay, TunnelProtocol},
 };
 use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
@@ -467,7 +467,7 @@ impl Datapath {
         }
         let identities = (!Arc::ptr_eq(&self.shared.current().policy, &tables.policy))
             .then(|| known_identities(&tables.policy));
-        let overlay = tables.overlay.clone();
+        let (overlay, node) = (tables.overlay.clone(), tables.node.clone());
         self.shared.publish(tables);
         self.bells.iter().for_each(|b| b.ring());
         match &self.ingress {
@@ -486,7 +486,10 @@ impl Datapath {
                 let pods: Vec<(IpAddr, u8)> =
                     remote.iter().map(|(net, _)| (net.addr(), net.prefix_len())).collect();
                 ingress.set_overlay(&nodes, &pods)?;
-                ingress.set_config(&xdp_config(overlay.as_deref()))?;
+                let cluster: Vec<(IpAddr, u8)> =
+                    node.cluster_prefixes.iter().map(|net| (net.addr(), net.prefix_len())).collect();
+                ingress.set_cluster(&cluster)?;
+                ingress.set_config(&xdp_config(overlay.as_deref(), &node))?;
             }
             None => self.steer()?,
         }
@@ -607,15 +610,19 @@ fn known_identities(policy: &Policy) -> Vec<u32> {
 }
 
 /// The XDP program's settings: in tunnel routing, this node's underlay addresses and the
-/// tunnel's port (the other protocol's port off), so tunnel frames are decapsulated.
-fn xdp_config(overlay: Option<&Overlay>) -> XdpConfig {
-    let Some(o) = overlay else { return XdpConfig::DEFAULT };
+/// tunnel's port (the other protocol's port off), so tunnel frames are decapsulated; which
+/// families' pod traffic out of the cluster is masqueraded.
+fn xdp_config(overlay: Option<&Overlay>, node: &LocalNode) -> XdpConfig {
+    let flags = if node.egress_masquerade_v4 { XdpConfig::MASQUERADE_V4 } else { 0 }
+        | if node.egress_masquerade_v6 { XdpConfig::MASQUERADE_V6 } else { 0 };
+    let Some(o) = overlay else { return XdpConfig { flags, ..XdpConfig::DEFAULT } };
     let port = |p| if o.protocol == p { o.port } else { 0 };
     XdpConfig {
         tunnel_v4: o.local_v4.map_or([0; 4], |a| a.octets()),
         tunnel_v6: o.local_v6.map_or([0; 16], |a| a.octets()),
         vxlan_port: port(TunnelProtocol::Vxlan),
         geneve_port: port(TunnelProtocol::Geneve),
+        flags,
         ..XdpConfig::DEFAULT
     }
 }

@@ -262,6 +262,7 @@ fn print_status(s: &Status) {
     row("Prefilter", format!("{} source prefixes dropped at the NIC", s.prefilter));
     let nodes: std::collections::BTreeSet<&str> = s.tunnels.iter().map(|t| t.node.as_str()).collect();
     row("Routing", format!("{}: {} pod CIDRs of {} other nodes", s.routing, s.tunnels.len(), nodes.len()));
+    row("Masquerading", format!("pods' traffic out of the cluster: {}", s.masquerading));
     for tunnel in &s.tunnels {
         row("", format!("{} via {} ({})", tunnel.pod_cidr, tunnel.endpoint, tunnel.node));
     }

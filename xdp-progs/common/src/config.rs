@@ -32,7 +32,8 @@ pub struct XdpConfig {
     pub geneve_port: u16,
     /// Send one drop in this many to the event ring (1: every drop; 0: none).
     pub drop_sample_every: u32,
-    pub _pad: u32,
+    /// [`XdpConfig::MASQUERADE_V4`], [`XdpConfig::MASQUERADE_V6`].
+    pub flags: u32,
 }
 const _: () = assert!(size_of::<XdpConfig>() == 32 && align_of::<XdpConfig>() == 4);
 
@@ -45,8 +46,13 @@ impl XdpConfig {
         vxlan_port: crate::tunnel::VXLAN_PORT,
         geneve_port: crate::tunnel::GENEVE_PORT,
         drop_sample_every: 16,
-        _pad: 0,
+        flags: 0,
     };
+    /// Pods' IPv4 traffic out of the cluster (outside `CLUSTER_V4`) goes to a worker, which
+    /// masquerades it.
+    pub const MASQUERADE_V4: u32 = 1 << 0;
+    /// The same for IPv6 (`CLUSTER_V6`).
+    pub const MASQUERADE_V6: u32 = 1 << 1;
 }
 
 /// The lab traffic generator's job (`skiff_trafficgen`): the 64-byte frame to send and the

@@ -95,6 +95,11 @@ map_names! {
     REMOTE_PODS_V6;
     /// `HashMap<u32, u8>`: the security identities known here (a tunnel's VNI must be one).
     IDENTITIES;
+    /// `LpmTrie<[u8; 4], u8>`: the cluster's IPv4 prefixes (pod CIDRs, node addresses, native
+    /// routing CIDRs): a pod's traffic elsewhere is masqueraded.
+    CLUSTER_V4;
+    /// `LpmTrie<[u8; 16], u8>`: the cluster's IPv6 prefixes.
+    CLUSTER_V6;
     /// `PerCpuArray<Counter>` with one slot: frames that needed a worker but found no AF_XDP
     /// socket on their queue, and went to the kernel instead.
     NO_WORKER;

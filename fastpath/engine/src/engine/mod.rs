@@ -13,7 +13,8 @@
 //! one is tracked like a service flow (without translation when it is not one), so the
 //! verdict holds for the flow's life and its replies. **Overlay**: in tunnel routing, a frame
 //! between a pod here and a pod on another node is tracked and forwarded as it is (the worker
-//! encapsulates it). With several workers, a frame of a flow
+//! encapsulates it). **Masquerade**: a pod's new flow out of the cluster leaves with the
+//! node's address and a free port, as a NodePort's to a remote backend does. With several workers, a frame of a flow
 //! another worker owns is handed to it. Every forwarded packet's TTL drops by one. Anything
 //! else passes to the kernel.
 
@@ -220,25 +221,27 @@ impl Engine {
         }
         let frontend = Frontend { addr: dst, port: dst_port, protocol: ip.protocol.0 };
         let service = if p.l4 == L4::None { None } else { self.tables.services.get(&frontend) };
-        // A pod's frame to a pod on another node, or one from the tunnel to a pod here.
+        // A pod's frame to a pod on another node, or one from the tunnel to a pod here; a
+        // pod's flow out of the cluster, masqueraded.
         let tunnelled = service.is_none() && self.tables.overlay.as_ref().is_some_and(|o| o.routes(dst));
+        let masquerade = if service.is_none() { self.tables.node.egress_masquerade(src, dst) } else { None };
+        let untranslated = (under_policy || tunnelled) && masquerade.is_none();
         if may_hand_off
             && let Some(worker) =
-                self.own.owner_elsewhere(&self.tables, &tuple, service.is_some(), under_policy || tunnelled)
+                self.own.owner_elsewhere(&self.tables, &tuple, service.is_some(), untranslated)
         {
             return Ok(Action::Handoff { worker });
         }
         let flow_hash = hash64(&tuple.to_bytes(), 0);
         let Some(service) = service else {
-            if !under_policy && !tunnelled {
+            if !under_policy && !tunnelled && masquerade.is_none() {
                 return Ok(Action::Pass);
             }
-            // Not a service: tracked as it is, once policy allows it.
+            // Not a service: tracked as it is (or masqueraded), once policy allows it.
             if under_policy {
                 policy.check(src, dst, ip.protocol.0, policy_port)?;
             }
-            let decision =
-                Decision { to: (dst, dst_port), backend: BackendId::NONE, masquerade: None, flow_hash };
+            let decision = Decision { to: (dst, dst_port), backend: BackendId::NONE, masquerade, flow_hash };
             return self.own.start(&self.tables, frame, &p, &packet, decision, now);
         };
         // Balance, judge (the backend is the peer), then translate.

@@ -154,7 +154,9 @@ fn ipv4(
         *out = found;
         return Ok(Next::Decap);
     }
-    Ok(if redirect::wanted_v4(h.src, h.dst, ports, h.protocol) { Next::Redirect } else { Next::Pass })
+    let wanted =
+        redirect::wanted_v4(h.src, h.dst, ports, h.protocol) || redirect::masqueraded_v4(ctx, config, h.dst);
+    Ok(if wanted { Next::Redirect } else { Next::Pass })
 }
 
 #[inline(always)]
@@ -185,7 +187,9 @@ fn ipv6(
         *out = found;
         return Ok(Next::Decap);
     }
-    Ok(if redirect::wanted_v6(h.src, h.dst, ports, h.protocol) { Next::Redirect } else { Next::Pass })
+    let wanted =
+        redirect::wanted_v6(h.src, h.dst, ports, h.protocol) || redirect::masqueraded_v6(ctx, config, h.dst);
+    Ok(if wanted { Next::Redirect } else { Next::Pass })
 }
 
 /// GPL-compatible, so the program may call GPL-only helpers.

@@ -43,6 +43,10 @@ pub static REMOTE_PODS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(1 << 14, 0);
 #[map]
 pub static REMOTE_PODS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(1 << 14, 0);
 #[map]
+pub static CLUSTER_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(1 << 14, 0);
+#[map]
+pub static CLUSTER_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(1 << 14, 0);
+#[map]
 pub static IDENTITIES: HashMap<u32, u8> = HashMap::pinned(1 << 16, 0);
 #[map]
 pub static CT_V4: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(1 << 17, 0);

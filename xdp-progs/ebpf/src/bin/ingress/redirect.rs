@@ -5,14 +5,14 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, maps::lpm_trie::Key, programs::XdpContext};
 use skiff_common::{
-    config::XSK_QUEUES_PER_IF,
+    config::{XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CtKey4, CtKey6},
     endpoint::EndpointInfo,
     lb::{ServiceKey4, ServiceKey6},
 };
 use skiff_xdp_ebpf::packet::len;
 
-use crate::{maps::*, metrics::count};
+use crate::{maps::*, metrics::count, prefilter};
 
 /// Whether an IPv4 packet from `src:sport` to `dst:dport` needs a worker.
 #[inline(always)]
@@ -36,6 +36,22 @@ pub fn wanted_v6(src: [u8; 16], dst: [u8; 16], (sport, dport): (u16, u16), proto
         || under_policy(ENDPOINTS_V6.get_ptr(&dst), ENDPOINTS_V6.get_ptr(&src))
         || CT_V6.get_ptr(&flow).is_some()
         || REMOTE_PODS_V6.get(Key::new(128, dst)).is_some()
+}
+
+/// Whether a pod's IPv4 packet leaves the cluster masqueraded (a worker translates it).
+#[inline(always)]
+pub fn masqueraded_v4(ctx: &XdpContext, config: &XdpConfig, dst: [u8; 4]) -> bool {
+    config.flags & XdpConfig::MASQUERADE_V4 != 0
+        && prefilter::on_pod_interface(ctx)
+        && CLUSTER_V4.get(Key::new(32, dst)).is_none()
+}
+
+/// Whether a pod's IPv6 packet leaves the cluster masqueraded.
+#[inline(always)]
+pub fn masqueraded_v6(ctx: &XdpContext, config: &XdpConfig, dst: [u8; 16]) -> bool {
+    config.flags & XdpConfig::MASQUERADE_V6 != 0
+        && prefilter::on_pod_interface(ctx)
+        && CLUSTER_V6.get(Key::new(128, dst)).is_none()
 }
 
 /// Whether a packet between these endpoints needs a verdict: to a pod under policy, or from
