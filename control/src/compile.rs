@@ -44,6 +44,8 @@ pub struct NodeContext {
     pub routing: Routing,
     /// Which pods' traffic leaves the cluster with the node's address.
     pub masquerade: Masquerade,
+    /// The underlay's MTU (the first device's; Ethernet's 1500 when unknown).
+    pub underlay_mtu: Option<u16>,
 }
 
 impl Masquerade {
@@ -236,7 +238,8 @@ impl Compiler {
             // The underlay address other nodes tunnel to is this node's InternalIP.
             let underlay: Vec<IpAddr> =
                 ours.iter().flat_map(|n| internal_ips(n)).chain(d.node_addresses.iter().copied()).collect();
-            d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, &d.node.pod_cidrs);
+            let mtu = ctx.underlay_mtu.unwrap_or(1500);
+            d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, &d.node.pod_cidrs, mtu);
             d.node_routes = match ctx.routing {
                 Routing::Native { auto_direct_node_routes: true } => node_routes(&nodes, ctx),
                 _ => Vec::new(),

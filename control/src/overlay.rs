@@ -72,6 +72,7 @@ pub fn overlay(
     tunnels: &[Tunnel],
     node_addresses: &[IpAddr],
     own_pod_cidrs: &[IpNet],
+    mtu: u16,
 ) -> Option<Arc<Overlay>> {
     let Routing::Tunnel { protocol, port } = routing else { return None };
     let mut remote = PrefixMap::default();
@@ -90,5 +91,5 @@ pub fn overlay(
         IpAddr::V6(a) => Some(*a),
         IpAddr::V4(_) => None,
     });
-    Some(Arc::new(Overlay { protocol, port, local_v4, local_v6, remote, local }))
+    Some(Arc::new(Overlay { protocol, port, local_v4, local_v6, remote, local, mtu }))
 }

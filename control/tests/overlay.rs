@@ -162,7 +162,11 @@ mod privileged {
         }
 
         fn netns(&self, pod: &str) -> &Netns {
-            &self.pods.iter().find(|(_, p)| p.name == pod).expect("a pod").1.netns
+            &self.pod(pod).netns
+        }
+
+        fn pod(&self, name: &str) -> &Host {
+            &self.pods.iter().find(|(_, p)| p.name == name).expect("a pod").1
         }
     }
 
@@ -480,6 +484,80 @@ mod privileged {
         let nodes: BTreeSet<IpAddr> = c.lab.nodes()[..2].iter().map(|n| IpAddr::V4(n.ipv4)).collect();
         assert_eq!(sources, nodes, "only the two nodes' addresses");
         assert!(from_1.iter().all(|a| a.ip() == IpAddr::V4(c.lab.nodes()[0].ipv4)), "pod-1-1 behind node1");
+    }
+
+    /// A 1 MB body, over HTTP on port 8081, IPv4 and IPv6.
+    const BIG_BODY_SERVER: &str = r#"
+import socket, threading
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 8081))
+s.listen(16)
+body = b"x" * 1048576
+def serve(c):
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,)).start()
+"#;
+
+    /// Two pods whose MTU ignores the tunnel's (1500 on a 1500-byte underlay) exchange full-size
+    /// frames with DF: the worker answers the sender with "fragmentation needed" (IPv4) or
+    /// "packet too big" (IPv6) carrying the path's MTU, the sender's kernel learns it, and a
+    /// 1 MB download over TCP completes.
+    #[test]
+    fn a_pod_ignoring_the_tunnels_mtu_learns_the_path_mtu_and_its_transfers_complete() {
+        let c = Cluster::start("pmtu", &[], false);
+        let (server, client) = (c.pod("pod-2-0"), c.pod("pod-1-1"));
+        for (k, pod) in [(1, server), (0, client)] {
+            pod.netns.exec("ip", &["link", "set", "eth0", "mtu", "1500"]).unwrap();
+            c.lab.nodes()[k].netns.exec("ip", &["link", "set", &pod.node_iface, "mtu", "1500"]).unwrap();
+        }
+        let mut big = server.netns.command("python3").args(["-c", BIG_BODY_SERVER]).spawn().unwrap();
+        let download = |url: String| {
+            let out = client
+                .netns
+                .command("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "--retry",
+                    "5",
+                    "--retry-connrefused",
+                    "--retry-delay",
+                    "1",
+                ])
+                .args(["-o", "/dev/null", "-w", "%{size_download}", &url])
+                .output()
+                .unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let v4 = download(format!("http://{}:8081/", server.ipv4));
+        let v6 = download(format!("http://[{}]:8081/", server.ipv6));
+        let _ = big.kill();
+        let _ = big.wait();
+        let learned = |family: &str, to: String| {
+            let out = server.netns.exec("ip", &[family, "route", "get", &to]).unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let (route4, route6) =
+            (learned("-4", client.ipv4.to_string()), learned("-6", client.ipv6.to_string()));
+        let replied = c.agents[1].agent.status().unwrap().workers.unwrap().replied;
+        println!(
+            "1 MB over IPv4: {v4:?}; over IPv6: {v6:?}\nthe server's routes: {route4} | {route6}\nnode2 answered {replied} packets too big"
+        );
+        assert_eq!(v4.0, "1048576", "the IPv4 download completes: {}", v4.1);
+        assert_eq!(v6.0, "1048576", "the IPv6 download completes: {}", v6.1);
+        assert!(route4.contains("mtu 1450"), "IPv4 path MTU learned: {route4}");
+        assert!(route6.contains("mtu 1450"), "IPv6 path MTU learned: {route6}");
+        assert!(replied >= 2, "node2's worker answered the big packets: {replied}");
     }
 
     /// The routes skiff added in a node (`proto 83`), both families.

@@ -19,6 +19,7 @@ use skiff_wire::layers;
 use skiff_engine::{
     engine::{Action, Engine, NewFlow},
     flow::Tuple,
+    reply,
     tunnel::{self, Encap},
 };
 
@@ -361,6 +362,18 @@ impl Core {
             stats.count_drop(DropReason::Unroutable);
             return;
         };
+        // Too big for the tunnel: the sender's path MTU discovery learns the path's MTU.
+        if let (Some((overlay, node)), Some(p)) = (tunnel, &parsed) {
+            let path_mtu = overlay.path_mtu(node);
+            if frame.len().saturating_sub(p.l3_offset) > path_mtu {
+                let from = overlay.local(dst).unwrap_or(dst);
+                let mtu = u16::try_from(path_mtu).unwrap_or(u16::MAX);
+                return match reply::too_big(frame, p, from, mtu).and_then(|len| u16::try_from(len).ok()) {
+                    Some(len) => self.stage(&mut frame[..usize::from(len)], Action::Reply { len }, stats),
+                    None => stats.count_drop(DropReason::MtuExceeded),
+                };
+            }
+        }
         // Inside a tunnel too the frame is addressed as the outer one: a Linux vxlan device
         // whose address is its uplink's takes it.
         frame[..6].copy_from_slice(&n.dst_mac);

@@ -70,6 +70,7 @@ pub async fn run(options: Options) -> Result<()> {
         policy_enforcement: options.policy_enforcement,
         routing: options.routing(),
         masquerade: options.masquerade(),
+        underlay_mtu: options.underlay_mtu(),
     };
     let limits = Limits { node_ports: options.node_port_range.clone() };
     let (events_tx, events) = mpsc::channel(1024);

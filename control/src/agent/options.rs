@@ -244,18 +244,15 @@ impl Options {
             (IpamArg::ClusterPool, true) => bail!("--ipam cluster-pool needs --pod-cidr CIDR"),
             (IpamArg::ClusterPool, false) => IpamMode::ClusterPool(self.pod_cidrs.clone()),
         };
-        let device_mtu = || {
-            let first = self.devices.first()?;
-            std::fs::read_to_string(format!("/sys/class/net/{first}/mtu")).ok()?.trim().parse().ok()
-        };
         // The tunnel's headers come out of the underlay's MTU (over IPv6 when the node's
         // addresses are all IPv6).
         let v6_underlay = !self.node_addresses.is_empty() && self.node_addresses.iter().all(IpAddr::is_ipv6);
         let overhead = self.routing().mtu_overhead(v6_underlay);
+        let underlay = self.underlay_mtu().map_or(1500, u32::from);
         Ok(EndpointConfig {
             dir: self.data_dir.clone(),
             ipam,
-            mtu: self.mtu.unwrap_or_else(|| device_mtu().unwrap_or(1500) - overhead),
+            mtu: self.mtu.unwrap_or(underlay - overhead),
             queues: self.workers,
             node: self.node_name.clone(),
         })
@@ -283,6 +280,12 @@ impl Options {
             ),
             RoutingMode::Native => Routing::Native { auto_direct_node_routes: self.auto_direct_node_routes },
         }
+    }
+
+    /// The first device's MTU, if it has one.
+    pub(super) fn underlay_mtu(&self) -> Option<u16> {
+        let first = self.devices.first()?;
+        std::fs::read_to_string(format!("/sys/class/net/{first}/mtu")).ok()?.trim().parse().ok()
     }
 
     pub(super) fn masquerade(&self) -> Masquerade {

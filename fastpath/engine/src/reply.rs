@@ -1,6 +1,7 @@
 //! Answers the engine writes in place of a frame: a TCP RST for a connection attempt it must
-//! refuse, an ICMP destination-unreachable (port unreachable) for a datagram. The frame's
-//! buffer is reused; an answer that would not fit is not sent.
+//! refuse, an ICMP destination-unreachable (port unreachable) for a datagram, an ICMP
+//! "fragmentation needed" or ICMPv6 "packet too big" for a packet too big for the tunnel.
+//! The frame's buffer is reused; an answer that would not fit is not sent.
 
 use std::net::IpAddr;
 
@@ -57,8 +58,38 @@ pub fn tcp_reset(frame: &mut [u8], p: &Parsed) -> Option<usize> {
 /// sent to, quoting the start of the datagram (RFC 792, RFC 4443); returns the reply's length,
 /// or `None` when the frame's buffer is too short to hold it.
 pub fn port_unreachable(frame: &mut [u8], p: &Parsed) -> Option<usize> {
+    let (_, dst) = p.addrs(frame)?;
+    let types = (
+        (icmp::v4::DST_UNREACHABLE, icmp::v4::CODE_PORT_UNREACHABLE),
+        (icmp::v6::DST_UNREACHABLE, icmp::v6::CODE_PORT_UNREACHABLE),
+    );
+    icmp_error(frame, p, dst, types, 0)
+}
+
+/// Rewrites the packet in `frame`, too big for a path of `mtu` bytes, into the ICMP
+/// "fragmentation needed" (RFC 1191) or ICMPv6 "packet too big" (RFC 8201) its sender's
+/// path MTU discovery expects, from `from` (this node); returns the reply's length. `None`
+/// for an IPv4 packet without DF (the sender did not ask for discovery) or a frame too short.
+pub fn too_big(frame: &mut [u8], p: &Parsed, from: IpAddr, mtu: u16) -> Option<usize> {
     let L3::Ip(ip) = p.l3 else { return None };
-    let (src, dst) = p.addrs(frame)?;
+    if !ip.v6 && frame.get(p.l3_offset + 6)? & 0x40 == 0 {
+        return None;
+    }
+    let types = ((icmp::v4::DST_UNREACHABLE, icmp::v4::CODE_FRAG_NEEDED), (icmp::v6::PACKET_TOO_BIG, 0));
+    icmp_error(frame, p, from, types, u32::from(mtu))
+}
+
+/// Rewrites the packet in `frame` into an ICMP error from `from` of `types` (IPv4's, IPv6's
+/// type and code) with `rest` as its second word, quoting the packet's start.
+fn icmp_error(
+    frame: &mut [u8],
+    p: &Parsed,
+    from: IpAddr,
+    types: ((u8, u8), (u8, u8)),
+    rest: u32,
+) -> Option<usize> {
+    let L3::Ip(ip) = p.l3 else { return None };
+    let (src, _) = p.addrs(frame)?;
     // The quote: the IP headers and the first 8 bytes of the datagram (RFC 792 asks for that
     // much; RFC 4443 for as much as fits), copied aside (no allocation) before the frame is
     // rewritten.
@@ -66,14 +97,10 @@ pub fn port_unreachable(frame: &mut [u8], p: &Parsed) -> Option<usize> {
     let mut quote = [0u8; MAX_QUOTE];
     quote[..quote_len].copy_from_slice(frame.get(p.l3_offset..p.l3_offset + quote_len)?);
     let quote = &quote[..quote_len];
-    let (msg_type, code) = if ip.v6 {
-        (icmp::v6::DST_UNREACHABLE, icmp::v6::CODE_PORT_UNREACHABLE)
-    } else {
-        (icmp::v4::DST_UNREACHABLE, icmp::v4::CODE_PORT_UNREACHABLE)
-    };
-    let message = IcmpRepr { msg_type, code, rest: 0, data: quote };
+    let (msg_type, code) = if ip.v6 { types.1 } else { types.0 };
+    let message = IcmpRepr { msg_type, code, rest, data: quote };
     let protocol = if ip.v6 { IpProtocol::ICMPV6 } else { IpProtocol::ICMP };
-    write_ip(frame, p, dst, src, protocol, message.buffer_len(), |l4, ips| message.emit(l4, ips))
+    write_ip(frame, p, from, src, protocol, message.buffer_len(), |l4, ips| message.emit(l4, ips))
 }
 
 /// Writes a new IP header from `src` to `dst` after the frame's Ethernet header (and tags),

@@ -68,6 +68,8 @@ pub struct Overlay {
     pub remote: PrefixMap<IpAddr>,
     /// This node's pod CIDRs: what arrives decapsulated for them is delivered here.
     pub local: PrefixMap<()>,
+    /// The underlay's MTU.
+    pub mtu: u16,
 }
 
 /// Where one encapsulated frame goes.
@@ -94,6 +96,21 @@ impl Overlay {
     #[inline]
     pub fn routes(&self, dst: IpAddr) -> bool {
         self.remote.longest(dst).is_some() || self.local.longest(dst).is_some()
+    }
+
+    /// The largest inner IP packet a tunnel to `node` carries: the underlay's MTU less the
+    /// tunnel's overhead.
+    #[inline]
+    pub fn path_mtu(&self, node: IpAddr) -> usize {
+        usize::from(self.mtu).saturating_sub(self.protocol.mtu_overhead(node.is_ipv6()))
+    }
+
+    /// This node's underlay address of `like`'s family.
+    pub fn local(&self, like: IpAddr) -> Option<IpAddr> {
+        match like {
+            IpAddr::V4(_) => self.local_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.local_v6.map(IpAddr::V6),
+        }
     }
 
     /// Writes `inner` encapsulated towards `to.node` into `out`; returns the outer frame's

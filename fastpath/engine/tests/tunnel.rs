@@ -1,6 +1,7 @@
 //! The overlay: frames between pods on different nodes are tracked and forwarded as they are,
 //! and the encapsulation a worker writes in front of them parses back as the VXLAN or Geneve
-//! it should be (addresses, ports, checksums, VNI, identity option, the inner frame intact).
+//! it should be (addresses, ports, checksums, VNI, identity option, the inner frame intact);
+//! a packet too big for the tunnel is answered with the path's MTU.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -15,11 +16,12 @@ use skiff_engine::{
     conntrack::Timeouts,
     engine::{Action, Engine},
     prefix::PrefixMap,
+    reply,
     tables::Tables,
     tunnel::{Encap, Overlay, TunnelProtocol},
 };
 use skiff_testkit::eth;
-use skiff_wire::{checksum::IpPair, geneve, ipv4, ipv6, udp, vxlan};
+use skiff_wire::{checksum::IpPair, geneve, icmp, ipv4, ipv6, udp, vxlan};
 
 const NODE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 1);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 2);
@@ -34,7 +36,7 @@ fn overlay(protocol: TunnelProtocol, port: u16) -> Overlay {
     remote.insert("fd00:0:0:129::/64".parse().unwrap(), IpAddr::from(NODE_B6));
     let mut local = PrefixMap::default();
     local.insert("198.18.128.0/24".parse().unwrap(), ());
-    Overlay { protocol, port, local_v4: Some(NODE_A), local_v6: Some(NODE_A6), remote, local }
+    Overlay { protocol, port, local_v4: Some(NODE_A), local_v6: Some(NODE_A6), remote, local, mtu: 1500 }
 }
 
 fn encap(node: IpAddr, identity: u32) -> Encap {
@@ -112,4 +114,38 @@ fn geneve_over_ipv6_carries_the_identity_option_and_a_udp_checksum() {
     // No IPv4 underlay address here: an IPv4 node cannot be reached.
     let v6_only = Overlay { local_v4: None, ..o };
     assert_eq!(v6_only.encapsulate(&mut out, &inner, &encap(NODE_B.into(), 300)), None);
+}
+
+#[test]
+fn a_packet_too_big_for_the_tunnel_is_answered_with_the_path_mtu() {
+    let o = overlay(TunnelProtocol::Vxlan, VXLAN_PORT);
+    let path_mtu = o.path_mtu(NODE_B.into());
+    assert_eq!(path_mtu, 1450, "1500 less VXLAN over IPv4's 50");
+    let big = |df: bool| {
+        let b = eth().ipv4(HERE, THERE);
+        let b = if df { b } else { b.fragment4(0, false, 7) };
+        b.tcp(40000, 80).ack(1).payload(&[7; 1460]).build()
+    };
+    let mut frame = big(true);
+    let p = skiff_wire::layers::parse(&frame).unwrap();
+    let len = reply::too_big(&mut frame, &p, NODE_A.into(), 1450).expect("DF set: answered");
+    let ip = ipv4::Packet::new_checked(&frame[14..len]).unwrap();
+    assert_eq!((ip.src(), ip.dst(), ip.protocol().0), (NODE_A, HERE, 1));
+    let icmp = icmp::Packet::new_checked(ip.payload(), IpPair::V4(NODE_A, HERE)).unwrap();
+    assert!(icmp.verify_checksum(IpPair::V4(NODE_A, HERE)));
+    assert_eq!((icmp.msg_type(), icmp.code(), icmp.rest()), (3, 4, 1450), "fragmentation needed, MTU 1450");
+    assert_eq!(&icmp.data()[..20], &big(true)[14..34], "quoting the packet's header");
+    // Without DF the sender asked for no discovery: not answered (the worker counts the drop).
+    let mut frame = big(false);
+    let p = skiff_wire::layers::parse(&frame).unwrap();
+    assert_eq!(reply::too_big(&mut frame, &p, NODE_A.into(), 1450), None);
+    // IPv6: packet too big, always.
+    let (here6, there6) =
+        (Ipv6Addr::new(0xfd00, 0, 0, 0x10, 0, 0, 0, 2), Ipv6Addr::new(0xfd00, 0, 0, 0x11, 0, 0, 0, 2));
+    let mut frame = eth().ipv6(here6, there6).tcp(40000, 80).ack(1).payload(&[7; 1440]).build();
+    let p = skiff_wire::layers::parse(&frame).unwrap();
+    let len = reply::too_big(&mut frame, &p, NODE_A6.into(), 1430).expect("answered");
+    let ip = ipv6::Packet::new_checked(&frame[14..len]).unwrap();
+    let icmp = icmp::Packet::new_checked(ip.payload(), IpPair::V6(NODE_A6, here6)).unwrap();
+    assert_eq!((ip.dst(), icmp.msg_type(), icmp.code(), icmp.rest()), (here6, 2, 0, 1430));
 }
