@@ -279,7 +279,7 @@ impl Compiler {
 }
 
 /// A Node's pod CIDRs (`spec.podCIDRs`, or the older `spec.podCIDR`), each once.
-fn pod_cidrs_of(node: &v1::Node) -> Vec<IpNet> {
+pub(crate) fn pod_cidrs_of(node: &v1::Node) -> Vec<IpNet> {
     let spec = node.spec.as_ref();
     let cidrs = spec
         .and_then(|s| s.pod_cidr.as_ref())

@@ -4,9 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
-use skiff_api::{Kind, ObjectKey, Rejection};
+use k8s_openapi::api::core::v1::Node;
+use skiff_api::{FieldError, Kind, ObjectKey, Rejection};
 
 use crate::{
+    compile,
     objects::Object,
     validate::{Limits, validate},
 };
@@ -223,9 +225,46 @@ impl Store {
     }
 
     fn check(&self, origin: &str, object: Object) -> Result<Object, Rejection> {
-        match validate(&object, &self.limits) {
-            Ok(()) => Ok(object),
-            Err(errors) => Err(Rejection { key: Some(object.key()), origin: origin.to_owned(), errors }),
+        let mut errors = validate(&object, &self.limits).err().unwrap_or_default();
+        if let Object::Node(node) = &object {
+            errors.extend(self.pod_cidr_overlaps(node));
         }
+        if errors.is_empty() {
+            Ok(object)
+        } else {
+            Err(Rejection { key: Some(object.key()), origin: origin.to_owned(), errors })
+        }
+    }
+
+    /// A Node's pod CIDRs must be its own: one overlapping another Node's, or holding a
+    /// Service's cluster IP, would send pods' traffic to the wrong node.
+    fn pod_cidr_overlaps(&self, node: &Node) -> Vec<FieldError> {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let mut errors = Vec::new();
+        for (i, cidr) in compile::pod_cidrs_of(node).into_iter().enumerate() {
+            let field = format!("spec.podCIDRs[{i}]");
+            for other in
+                self.of_kind(Kind::Node).filter_map(|o| if let Object::Node(n) = o { Some(n) } else { None })
+            {
+                let other_name = other.metadata.name.as_deref().unwrap_or_default();
+                for theirs in compile::pod_cidrs_of(other).into_iter().filter(|_| other_name != name) {
+                    if cidr.contains(&theirs.network()) || theirs.contains(&cidr.network()) {
+                        let message = format!("{cidr} overlaps Node {other_name}'s pod CIDR {theirs}");
+                        errors.push(FieldError { field: field.clone(), message });
+                    }
+                }
+            }
+            for service in self.of_kind(Kind::Service) {
+                let Object::Service(s) = service else { continue };
+                let ips = s.spec.iter().flat_map(|spec| spec.cluster_ips.iter().flatten());
+                let spec_ip = s.spec.iter().filter_map(|spec| spec.cluster_ip.as_ref());
+                let mut ips = ips.chain(spec_ip).filter_map(|ip| ip.parse::<std::net::IpAddr>().ok());
+                if let Some(ip) = ips.find(|ip| cidr.contains(ip)) {
+                    let message = format!("{cidr} holds the cluster IP {ip} of {}", service.key());
+                    errors.push(FieldError { field: field.clone(), message });
+                }
+            }
+        }
+        errors
     }
 }
