@@ -259,6 +259,10 @@ fn print_status(s: &Status) {
             s.policies, s.policy_enforcement
         ),
     );
+    if egress > 0 {
+        // Said where the figure is read: egress policy does not cover the node itself.
+        row("", "not enforced: a pod's traffic to this node's own addresses (no host policy yet)".to_owned());
+    }
     row("Prefilter", format!("{} source prefixes dropped at the NIC", s.prefilter));
     let nodes: std::collections::BTreeSet<&str> = s.tunnels.iter().map(|t| t.node.as_str()).collect();
     row("Routing", format!("{}: {} pod CIDRs of {} other nodes", s.routing, s.tunnels.len(), nodes.len()));

@@ -20,6 +20,17 @@
 //! neighbour entry is static, IPv6 DAD and router solicitation are off, and transmit checksum
 //! offload is off on every veth so AF_XDP and XDP see complete checksums. Nodes forward.
 //!
+//! With [`Topology::cluster`] (*n* nodes), the nodes and the client share a switch instead:
+//!
+//! ```text
+//!  node1 ─(uplink)─┐
+//!  node2 ─(uplink)─┼─ switch (bridge br0) ─┬─ client (eth0)
+//!  node3 ─(uplink)─┘                      (198.18.0.0/24: node1 .1, client .2, node k .(k+1))
+//! ```
+//!
+//! with pods made by a CNI in the `cni_pods` namespaces (node *k*'s pod CIDR is
+//! 198.18.(9+*k*).0/24 by the lab's convention).
+//!
 //! Namespace names are `skiff-<id>-<host>`, unique per lab, so tests run in parallel. The
 //! [`Lab`] guard removes everything it created in `Drop`, also when a test panics;
 //! [`remove`] removes what a crashed run left behind.

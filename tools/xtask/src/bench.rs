@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: runs the benches and writes `target/bench-report/*.json` (records
 //! `{name, value, unit, baseline, ratio}`), printing each table: `wire` and `fastpath`
 //! (criterion; `fastpath` also gets the lab's NAT packet rate against nftables from the `nat`
-//! bench), `xdp` (BPF_PROG_TEST_RUN costs, and XDP_DROP against nftables in a lab) and `control`
+//! bench), `xdp` (BPF_PROG_TEST_RUN costs, and XDP_DROP against nftables in a lab), `overlay`
+//! (a pod-to-remote-pod flow through skiff's VXLAN against the kernel's), `control`
 //! (10k services × 10 endpoints to tables), `policy` (1000 policies over 10k pods to tables,
 //! one pod's label change), `cni` (a pod's ADD and DEL against the reference
 //! plugins, the agent's memory at 0 and 110 pods). The lab benches need root.
@@ -16,6 +17,7 @@ pub fn bench() -> Result<()> {
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "fastpath"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "xdp"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "nat"]))?;
+    run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "overlay"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "control"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "policy"]))?;
     // The CNI bench runs skiff-agent and skiff-cni as a node runs them: release binaries.
