@@ -39,6 +39,8 @@ mod privileged {
         pods: Vec<(usize, Host)>,
         /// Whether the client is Node `kernel` (else it is the world).
         kernel: bool,
+        /// More objects (policies).
+        extra: String,
         lab: Lab,
     }
 
@@ -125,7 +127,7 @@ mod privileged {
                 let name = format!("pod-{}-{j}", k + 1);
                 pods.push((k, agents[k].pod(&name, netns, "default", &name)));
             }
-            let mut cluster = Cluster { agents, pods, kernel, lab };
+            let mut cluster = Cluster { agents, pods, kernel, extra: String::new(), lab };
             cluster.set_objects(true);
             cluster
         }
@@ -139,6 +141,7 @@ mod privileged {
             }
             objects += &self.pods.iter().map(|(k, p)| pod_yaml(*k, p)).collect::<String>();
             objects += &web_yaml(&self.pods);
+            objects += &self.extra;
             for a in &self.agents {
                 a.set_objects(&objects);
             }
@@ -346,28 +349,69 @@ mod privileged {
     /// dissects: the pod's identity as VNI and in the option, the inner datagram intact.
     fn scapy_geneve_is_answered_in_geneve(c: &Cluster) {
         let identity = identity_of(c, "k8s:app=kernel");
-        let (node1, client) = (&c.lab.nodes()[0], c.lab.client());
-        let web = &c.pods.iter().find(|(_, p)| p.name == "pod-1-0").unwrap().1;
+        let (node1, client, web) = (&c.lab.nodes()[0], c.lab.client(), c.pod("pod-1-0"));
         let web_identity = identity_of(c, "k8s:app=web");
-        client.netns.exec("ip", &["addr", "add", &format!("{KERNEL_POD}/32"), "dev", "lo"]).unwrap();
+        let fields = [
+            "geneve.vni",
+            "geneve.option.class",
+            "geneve.option.type",
+            "ip.src",
+            "ip.dst",
+            "udp.dstport",
+            "data.data",
+        ];
+        let answers = scapy_probe(c, Encap::Geneve, identity, 40000, &fields);
+        println!("tshark on skiff's Geneve answers:\n{}", answers.join("\n"));
+        let expected = format!(
+            // tshark prints the VNI and the option type in hex.
+            "{web_identity:#08x}|0xfff0|0x01|{node},{pod}|{client},{KERNEL_POD}|6081,40000|70726f6265",
+            node = node1.ipv4,
+            pod = web.ipv4,
+            client = client.ipv4,
+        );
+        assert_eq!(answers.first(), Some(&expected), "VNI, option, outer and inner addresses, payload");
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Encap {
+        Vxlan,
+        Geneve,
+    }
+
+    /// Three frames built by scapy, from the kernel node's pod (on the client's `lo`, port
+    /// `sport`: a flow of its own) to pod-1-0's UDP echo on port 80, through `encap` with `vni`
+    /// (Geneve with skiff's identity option too); what tshark dissects (`fields`, one line
+    /// each) of the answers node1 sent back through the tunnel.
+    fn scapy_probe(c: &Cluster, encap: Encap, vni: u32, sport: u16, fields: &[&str]) -> Vec<String> {
+        let (node1, client, web) = (&c.lab.nodes()[0], c.lab.client(), c.pod("pod-1-0"));
+        client.netns.exec("ip", &["addr", "replace", &format!("{KERNEL_POD}/32"), "dev", "lo"]).unwrap();
         let servers = Servers::start(&[&web.netns], &[80]).unwrap();
-        let pcap = std::env::temp_dir().join(format!("skiff-overlay-{}-geneve.pcap", c.lab.id()));
+        let (port, tunnel) = match encap {
+            Encap::Vxlan => (8472, format!("VXLAN(vni={vni}, flags=0x08)")),
+            Encap::Geneve => (
+                6081,
+                format!(
+                    "GENEVE(vni={vni}, proto=0x6558, options=[GeneveOptions(classid=0xfff0, type=1, data=struct.pack('>I', {vni}))])"
+                ),
+            ),
+        };
+        let pcap = std::env::temp_dir().join(format!("skiff-overlay-{}-{port}.pcap", c.lab.id()));
         let mut capture = client
             .netns
             .command("tcpdump")
-            .args(["-i", "eth0", "-U", "-w", pcap.to_str().unwrap(), "udp port 6081 and src host"])
-            .arg(node1.ipv4.to_string())
+            .args(["-i", "eth0", "-U", "-w", pcap.to_str().unwrap()])
+            .arg(format!("udp port {port} and src host {}", node1.ipv4))
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         let script = format!(
-            "from scapy.all import *\nfrom scapy.contrib.geneve import GENEVE, GeneveOptions\nimport struct\n\
-             o = GeneveOptions(classid=0xfff0, type=1, data=struct.pack('>I', {identity}))\n\
-             p = Ether(src='{cmac}', dst='{nmac}')/IP(src='{client}', dst='{node}')/UDP(sport=50000, dport=6081)/\
-             GENEVE(vni={identity}, proto=0x6558, options=[o])/Ether(src='{cmac}', dst='{nmac}')/\
-             IP(src='{KERNEL_POD}', dst='{pod}')/UDP(sport=40000, dport=80)/Raw(b'probe')\n\
+            "from scapy.all import *\nfrom scapy.layers.vxlan import VXLAN\n\
+             from scapy.contrib.geneve import GENEVE, GeneveOptions\nimport struct\n\
+             p = Ether(src='{cmac}', dst='{nmac}')/IP(src='{client}', dst='{node}')/UDP(sport=50000, dport={port})/\
+             {tunnel}/Ether(src='{cmac}', dst='{nmac}')/\
+             IP(src='{KERNEL_POD}', dst='{pod}')/UDP(sport={sport}, dport=80)/Raw(b'probe')\n\
              sendp(p, iface='eth0', count=3, verbose=False)\n",
             cmac = mac(client.mac),
             nmac = mac(client.node_mac),
@@ -382,34 +426,81 @@ mod privileged {
         unsafe { libc::kill(i32::try_from(capture.id()).unwrap(), libc::SIGTERM) };
         capture.wait().unwrap();
         drop(servers);
-        let fields = [
-            "geneve.vni",
-            "geneve.option.class",
-            "geneve.option.type",
-            "ip.src",
-            "ip.dst",
-            "udp.dstport",
-            "data.data",
-        ];
-        let mut args =
-            vec!["-r", pcap.to_str().unwrap(), "-Y", "geneve", "-T", "fields", "-E", "separator=|"];
+        let filter = if encap == Encap::Vxlan { "vxlan" } else { "geneve" };
+        let mut args = vec!["-r", pcap.to_str().unwrap(), "-d", "udp.port==8472,vxlan", "-Y", filter];
+        args.extend(["-T", "fields", "-E", "separator=|"]);
         for f in fields {
             args.extend(["-e", f]);
         }
         let dissected = std::process::Command::new("tshark").args(&args).output().unwrap();
         let _ = std::fs::remove_file(&pcap);
-        let text = String::from_utf8_lossy(&dissected.stdout);
-        println!("tshark on skiff's Geneve answers:\n{text}");
-        let first = text.lines().next().expect("skiff answered in Geneve");
-        let expected = format!(
-            // tshark prints the VNI and the option type in hex.
-            "{web_identity:#08x}|0xfff0|0x01|{node},{pod}|{client},{KERNEL_POD}|6081,40000|70726f6265",
-            node = node1.ipv4,
-            pod = web.ipv4,
-            client = client.ipv4,
-        );
-        assert_eq!(first, expected, "VNI, option, outer and inner addresses, payload");
+        String::from_utf8_lossy(&dissected.stdout).lines().map(str::to_owned).collect()
     }
+
+    /// Policy across nodes: web pods admit only client pods on port 80, wherever they run. A
+    /// tunnel frame's identity must be the one this node gives its source: VXLAN from the
+    /// kernel node's pod with its own identity as VNI is judged (and denied), the same frame
+    /// claiming the client pods' identity is dropped before any verdict.
+    #[test]
+    fn policy_across_nodes_and_the_tunnels_identity() {
+        let mut c = Cluster::start("policy", &[], true);
+        c.extra = WEB_FROM_CLIENTS.to_owned();
+        c.set_objects(true);
+        for (k, a) in c.agents.iter_mut().enumerate() {
+            a.agent
+                .wait_until(&format!("node{} to enforce the policy", k + 1), |a| {
+                    a.status().is_some_and(|s| s.policies == 1 && s.enforced.0 == 1)
+                })
+                .unwrap();
+        }
+        let hosts: Vec<&Netns> = c.pods.iter().map(|(_, p)| &p.netns).collect();
+        let servers = Servers::start(&hosts, &[80]).unwrap();
+        let (mut probes, mut expected, mut names) = (Vec::new(), Vec::new(), Vec::new());
+        for (_, from) in &c.pods {
+            for (_, to) in c.pods.iter().filter(|(_, t)| t.name != from.name) {
+                // A web pod admits the client pods only; the client pods are not isolated.
+                let allowed = from.name.ends_with("-1") || to.name.ends_with("-1");
+                probes.push(Probe {
+                    from: from.netns.clone(),
+                    to: to.ipv4.into(),
+                    proto: Proto::Tcp,
+                    port: 80,
+                });
+                expected.push(allowed);
+                names.push(format!("{} → {}", from.name, to.name));
+            }
+        }
+        let got = probe::run(&probes, Duration::from_secs(2)).unwrap();
+        drop(servers);
+        let wrong: Vec<_> =
+            names.iter().zip(got.iter().zip(&expected)).filter(|(_, (g, e))| g != e).collect();
+        println!(
+            "{} probes between pods on three nodes under policy, {} as expected",
+            got.len(),
+            got.len() - wrong.len()
+        );
+        assert!(wrong.is_empty(), "(probe, (got, expected)): {wrong:#?}");
+        let (client, kernel) = (identity_of(&c, "k8s:app=client"), identity_of(&c, "k8s:app=kernel"));
+        let as_itself = scapy_probe(&c, Encap::Vxlan, kernel, 40001, &["vxlan.vni"]);
+        let as_client = scapy_probe(&c, Encap::Vxlan, client, 40002, &["vxlan.vni"]);
+        let drops = c.agents[0].agent.status().unwrap().workers.unwrap().drops;
+        println!(
+            "VNI {kernel} (its own): {} answers; VNI {client} (the client pods'): {}; node1 dropped {drops:?}",
+            as_itself.len(),
+            as_client.len()
+        );
+        assert!(as_itself.is_empty() && as_client.is_empty(), "{as_itself:?} {as_client:?}");
+        let dropped = |r| drops.get(&r).copied().unwrap_or(0);
+        assert!(dropped(DropReason::PolicyDenied) >= 3, "its own identity is judged: denied");
+        assert!(dropped(DropReason::TunnelIdentityMismatch) >= 3, "a claimed identity is refused");
+    }
+
+    /// Web pods admit client pods (any node's) on TCP and UDP port 80.
+    const WEB_FROM_CLIENTS: &str = "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+        metadata: {name: web-from-clients, namespace: default}\n\
+        spec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress:\n\
+        \x20   - fromEndpoints: [{matchLabels: {app: client}}]\n\
+        \x20     toPorts: [{ports: [{port: '80', protocol: ANY}]}]\n";
 
     fn health(nodes: &[NodeView]) -> BTreeMap<String, String> {
         nodes.iter().map(|n| (n.name.clone(), n.health.clone())).collect()

@@ -10,6 +10,8 @@ use std::{io, os::fd::RawFd, sync::Arc};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use skiff_common::identity::Identity;
+
 use crate::io::{Bell, FRAME_ROOM};
 
 /// Frames a worker's inbox holds.
@@ -18,6 +20,8 @@ const DEPTH: usize = 512;
 /// A frame in transit, inline: the queue's slots are its only storage (no allocation).
 pub struct Frame {
     len: u16,
+    /// The identity its tunnel carried, when it came decapsulated.
+    tunnel: Option<Identity>,
     bytes: [u8; FRAME_ROOM],
 }
 
@@ -51,10 +55,11 @@ pub fn mesh(workers: usize) -> io::Result<Vec<(Inbox, Vec<Peer>)>> {
 }
 
 impl Peer {
-    /// Queues a copy of `frame`; false if the peer's inbox is full (or the frame too long).
-    pub fn send(&mut self, frame: &[u8]) -> bool {
+    /// Queues a copy of `frame` (with the identity its tunnel carried); false if the peer's
+    /// inbox is full (or the frame too long).
+    pub fn send(&mut self, frame: &[u8], tunnel: Option<Identity>) -> bool {
         let Ok(len) = u16::try_from(frame.len()) else { return false };
-        let mut f = Frame { len, bytes: [0; FRAME_ROOM] };
+        let mut f = Frame { len, tunnel, bytes: [0; FRAME_ROOM] };
         let Some(room) = f.bytes.get_mut(..frame.len()) else { return false };
         room.copy_from_slice(frame);
         match self.frames.try_send(f) {
@@ -80,14 +85,15 @@ impl Inbox {
         self.bell.fd()
     }
 
-    /// Takes up to `max` frames, handing each to `f` to edit in place; returns how many.
-    /// The bell is cleared first: a frame sent after that rings it again.
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&mut [u8])) -> usize {
+    /// Takes up to `max` frames, handing each to `f` to edit in place (with its tunnel's
+    /// identity); returns how many. The bell is cleared first: a frame sent after that rings
+    /// it again.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&mut [u8], Option<Identity>)) -> usize {
         self.bell.clear();
         let mut n = 0;
         while n < max {
             let Ok(mut frame) = self.frames.try_recv() else { break };
-            f(&mut frame.bytes[..usize::from(frame.len)]);
+            f(&mut frame.bytes[..usize::from(frame.len)], frame.tunnel);
             n += 1;
         }
         n

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use skiff_common::{DropReason, endpoint::PodSources};
+use skiff_common::{DropReason, endpoint::PodSources, identity::Identity, meta::XdpMeta};
 use skiff_wire::layers;
 
 use skiff_engine::{
@@ -290,15 +290,19 @@ impl<P: PacketIo> Worker<P> {
             let Some(port) = ports[number].as_mut() else { continue };
             let own = sources.get(number).copied().flatten();
             received += port
-                .recv((*batch).min(room), |frame| {
+                .recv((*batch).min(room), |frame, meta| {
                     stats.received += 1;
                     if let Some(own) = &own
                         && !from_own(frame, own)
                     {
                         return stats.count_drop(DropReason::SpoofedSource);
                     }
-                    let action = core.engine.process(frame, now);
-                    core.stage(frame, action, stats);
+                    let tunnel = meta.as_ref().and_then(tunnel_identity);
+                    let action = match tunnel {
+                        Some(identity) => core.engine.process_tunnelled(frame, now, identity),
+                        None => core.engine.process(frame, now),
+                    };
+                    core.stage(frame, action, tunnel, stats);
                 })
                 .unwrap_or(0);
         }
@@ -306,9 +310,9 @@ impl<P: PacketIo> Worker<P> {
             peer.ring();
         }
         if let Some(inbox) = inbox {
-            received += inbox.drain(*batch, |frame| {
-                let action = core.engine.process_handed(frame, now);
-                core.stage(frame, action, stats);
+            received += inbox.drain(*batch, |frame, tunnel| {
+                let action = core.engine.process_handed(frame, now, tunnel);
+                core.stage(frame, action, tunnel, stats);
             });
         }
         received
@@ -317,8 +321,9 @@ impl<P: PacketIo> Worker<P> {
 
 impl Core {
     /// Acts on the engine's action for `frame`: stages it for transmit to its next hop, hands
-    /// it to its owner or to the slow path, or counts its drop.
-    fn stage(&mut self, frame: &mut [u8], action: Action, stats: &mut Stats) {
+    /// it to its owner (with `tunnel`, the identity its tunnel carried) or to the slow path,
+    /// or counts its drop.
+    fn stage(&mut self, frame: &mut [u8], action: Action, tunnel: Option<Identity>, stats: &mut Stats) {
         let frame = match action {
             Action::Forward => frame,
             Action::Reply { len } => {
@@ -326,7 +331,8 @@ impl Core {
                 &mut frame[..usize::from(len)]
             }
             Action::Handoff { worker } => {
-                let sent = self.peers.get_mut(usize::from(worker)).is_some_and(|peer| peer.send(frame));
+                let sent =
+                    self.peers.get_mut(usize::from(worker)).is_some_and(|peer| peer.send(frame, tunnel));
                 if sent {
                     stats.handed_off += 1;
                 } else {
@@ -350,6 +356,12 @@ impl Core {
                 return;
             }
         };
+        self.route(frame, stats);
+    }
+
+    /// Stages a frame for its next hop: its destination's, or for a pod on another node the
+    /// node's, the frame then encapsulated (or, too big for the tunnel, answered).
+    fn route(&mut self, frame: &mut [u8], stats: &mut Stats) {
         let parsed = layers::parse(frame).ok();
         let Some((src, dst)) = parsed.as_ref().and_then(|p| p.addrs(frame)) else {
             stats.count_drop(DropReason::Unroutable);
@@ -369,7 +381,9 @@ impl Core {
                 let from = overlay.local(dst).unwrap_or(dst);
                 let mtu = u16::try_from(path_mtu).unwrap_or(u16::MAX);
                 return match reply::too_big(frame, p, from, mtu).and_then(|len| u16::try_from(len).ok()) {
-                    Some(len) => self.stage(&mut frame[..usize::from(len)], Action::Reply { len }, stats),
+                    Some(len) => {
+                        self.stage(&mut frame[..usize::from(len)], Action::Reply { len }, None, stats)
+                    }
                     None => stats.count_drop(DropReason::MtuExceeded),
                 };
             }
@@ -403,6 +417,17 @@ impl Core {
             None => stats.count_drop(DropReason::MtuExceeded),
         }
     }
+}
+
+/// The sender's identity a decapsulated frame's tunnel carried: Geneve's option, else the
+/// VNI. Another node's host is a remote node here.
+fn tunnel_identity(meta: &XdpMeta) -> Option<Identity> {
+    if meta.flags & XdpMeta::DECAPSULATED == 0 {
+        return None;
+    }
+    let identity =
+        if meta.src_identity == Identity::UNKNOWN { Identity(meta.vni) } else { meta.src_identity };
+    Some(if identity == Identity::HOST { Identity::REMOTE_NODE } else { identity })
 }
 
 /// Whether a frame from a pod's port comes from one of the pod's addresses (frames that are

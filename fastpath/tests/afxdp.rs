@@ -40,7 +40,7 @@ mod privileged {
             for _ in 0..20 {
                 sender.send_to(b"to the worker", (VIP, 80)).unwrap();
                 if skiff_fastpath::io::wait_readable(&[port.fd().unwrap()], 100).unwrap() {
-                    port.recv(64, |frame| got.push(frame.to_vec())).unwrap();
+                    port.recv(64, |frame, _| got.push(frame.to_vec())).unwrap();
                 }
                 if !got.is_empty() {
                     break;

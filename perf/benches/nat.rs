@@ -221,7 +221,7 @@ impl Forwarder {
                 (
                     fd,
                     Box::new(move || {
-                        let n = rx.recv(BATCH, |frame| {
+                        let n = rx.recv(BATCH, |frame, _| {
                             let _ = tx.send(frame);
                         })?;
                         let _ = tx.flush();

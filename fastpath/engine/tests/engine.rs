@@ -409,7 +409,7 @@ fn snat_ports_never_collide_and_stay_in_the_workers_share() {
         let c = Ipv4Addr::from(u32::from(CLIENT) + u32::from(client));
         // As the flows' owner: handed over by whichever worker received them.
         let mut out = eth().ipv4(c, NODE).tcp(5000, NODE_PORT).syn().build();
-        match e.process_handed(&mut out, 0) {
+        match e.process_handed(&mut out, 0, None) {
             Action::Forward => {
                 let flow = skiff_wire::layers::parse(&out).unwrap().flow(&out).unwrap();
                 if flow.dst == IpAddr::from(pod(1)) {
@@ -447,7 +447,7 @@ fn both_directions_of_a_flow_meet_at_its_owner() {
                 assert_eq!(frame, input, "handed over untouched");
                 let owner = usize::from(worker);
                 assert_ne!(owner, first);
-                let v = workers[owner].process_handed(&mut frame, 0);
+                let v = workers[owner].process_handed(&mut frame, 0, None);
                 (v, frame, owner)
             }
             v => (v, frame, first),
@@ -646,4 +646,31 @@ fn policy_allows_tracks_and_denies_new_flows() {
     assert_eq!(v, Action::Drop(DropReason::PolicyDenied));
     // Traffic between addresses no policy selects passes to the kernel as before.
     assert_eq!(run(&mut e, eth().ipv4(CLIENT, pod(0)).tcp(1, 2).syn().build()).0, Action::Pass);
+}
+
+/// A new flow from the tunnel carries its sender's identity: it must be the one this node
+/// gives the source address (nodes that number identities differently fail closed); then
+/// policy judges it as any flow. `pod(1)` admits only 300, `pod(0)`'s identity.
+#[test]
+fn a_tunnelled_flow_must_carry_the_identity_of_its_source() {
+    use skiff_common::identity::Identity;
+    let mut e = Engine::new(policy_tables(), 1024, Timeouts::default());
+    let remote = Ipv4Addr::new(198, 18, 129, 10);
+    let syn = |src, port| eth().ipv4(src, pod(1)).tcp(port, 8080).syn().build();
+    let (mut agreed, mut forged, mut world) = (syn(pod(0), 40000), syn(remote, 40001), syn(remote, 40002));
+    assert_eq!(
+        e.process_tunnelled(&mut agreed, 0, Identity(300)),
+        Action::Forward,
+        "300, as the ipcache says"
+    );
+    assert_eq!(
+        e.process_tunnelled(&mut forged, 0, Identity(300)),
+        Action::Drop(DropReason::TunnelIdentityMismatch),
+        "300 claimed for an address this node knows as the world's"
+    );
+    assert_eq!(
+        e.process_tunnelled(&mut world, 0, Identity::WORLD),
+        Action::Drop(DropReason::PolicyDenied),
+        "the world's, judged as the world"
+    );
 }

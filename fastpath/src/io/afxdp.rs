@@ -10,6 +10,8 @@ use std::{
     os::fd::{AsRawFd, RawFd},
 };
 
+use skiff_common::meta::XdpMeta;
+
 use super::{FRAME_ROOM, PacketIo};
 use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
@@ -129,6 +131,27 @@ impl XskPort {
     }
 }
 
+/// The metadata the XDP program wrote just in front of `frame`, if it wrote any; cleared as it
+/// is read, since the UMEM frame is reused and a later frame without metadata must not find
+/// this one's.
+///
+/// # Safety
+/// `frame` must start at least `size_of::<XdpMeta>()` bytes into memory this socket may
+/// read and write (its UMEM frame's headroom).
+unsafe fn take_meta(frame: &mut [u8]) -> Option<XdpMeta> {
+    // SAFETY: the caller guarantees the bytes in front of `frame` are ours; unaligned reads
+    // and writes of a plain-old-data struct.
+    unsafe {
+        let at = frame.as_mut_ptr().sub(size_of::<XdpMeta>()).cast::<XdpMeta>();
+        let meta = at.read_unaligned();
+        if !meta.is_valid() {
+            return None;
+        }
+        at.write_unaligned(XdpMeta::default());
+        Some(meta)
+    }
+}
+
 fn setsockopt(fd: RawFd, name: libc::c_int, value: u32) -> io::Result<()> {
     let value = libc::c_int::try_from(value).map_err(|_| io::Error::other("socket option out of range"))?;
     let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
@@ -138,7 +161,7 @@ fn setsockopt(fd: RawFd, name: libc::c_int, value: u32) -> io::Result<()> {
 }
 
 impl PacketIo for XskPort {
-    fn recv(&mut self, batch: usize, mut f: impl FnMut(&mut [u8])) -> io::Result<usize> {
+    fn recv(&mut self, batch: usize, mut f: impl FnMut(&mut [u8], Option<XdpMeta>)) -> io::Result<usize> {
         let batch = batch.min(self.rx_frames.len());
         if self.busy_poll {
             // The NIC's receive processing runs here, in the worker's thread, instead of in a
@@ -162,7 +185,11 @@ impl PacketIo for XskPort {
         for desc in &mut self.rx_frames[..n] {
             // SAFETY: as above.
             let mut data = unsafe { self.umem.data_mut(desc) };
-            f(data.contents_mut());
+            let frame = data.contents_mut();
+            // SAFETY: a received frame starts after the kernel's XDP headroom (256 bytes) in
+            // its UMEM frame, which this socket owns until it is produced back below.
+            let meta = unsafe { take_meta(frame) };
+            f(frame, meta);
         }
         // SAFETY: as above: the frames return to the kernel once handled.
         unsafe { self.fill.produce(&self.rx_frames[..n]) };

@@ -3,6 +3,8 @@
 
 use std::{collections::VecDeque, io, os::fd::RawFd};
 
+use skiff_common::meta::XdpMeta;
+
 use super::PacketIo;
 
 #[derive(Debug, Default)]
@@ -36,11 +38,11 @@ impl MemoryPort {
 }
 
 impl PacketIo for MemoryPort {
-    fn recv(&mut self, batch: usize, mut f: impl FnMut(&mut [u8])) -> io::Result<usize> {
+    fn recv(&mut self, batch: usize, mut f: impl FnMut(&mut [u8], Option<XdpMeta>)) -> io::Result<usize> {
         let n = batch.min(self.inbox.len());
         for _ in 0..n {
             let mut buf = self.inbox.pop_front().expect("counted");
-            f(&mut buf);
+            f(&mut buf, None);
             self.spare.push(buf);
         }
         Ok(n)

@@ -11,6 +11,8 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
+use skiff_common::meta::XdpMeta;
+
 /// Frames in one receive or transmit batch, unless configured otherwise.
 pub const BATCH: usize = 64;
 
@@ -20,9 +22,10 @@ pub const FRAME_ROOM: usize = 2048;
 
 /// A port a worker receives frames on and transmits frames out of.
 pub trait PacketIo {
-    /// Takes up to `batch` waiting frames without blocking, handing each to `f`, which may edit
-    /// it in place; returns how many.
-    fn recv(&mut self, batch: usize, f: impl FnMut(&mut [u8])) -> io::Result<usize>;
+    /// Takes up to `batch` waiting frames without blocking, handing each to `f` (which may
+    /// edit it in place) with the metadata the XDP program wrote for it, if any; returns how
+    /// many.
+    fn recv(&mut self, batch: usize, f: impl FnMut(&mut [u8], Option<XdpMeta>)) -> io::Result<usize>;
 
     /// Queues a copy of `frame` for transmission; fails (`WouldBlock`) when the queue is full.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;

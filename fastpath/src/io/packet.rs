@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{BATCH, FRAME_ROOM, PacketIo};
-use skiff_common::endpoint::PodSources;
+use skiff_common::{endpoint::PodSources, meta::XdpMeta};
 use skiff_engine::engine::SNAT_PORTS;
 
 const ETH_P_ALL: u16 = 0x0003;
@@ -121,7 +121,7 @@ fn messages(iov: &mut [libc::iovec; BATCH], n: usize) -> [libc::mmsghdr; BATCH] 
 }
 
 impl PacketIo for PacketPort {
-    fn recv(&mut self, batch: usize, mut f: impl FnMut(&mut [u8])) -> io::Result<usize> {
+    fn recv(&mut self, batch: usize, mut f: impl FnMut(&mut [u8], Option<XdpMeta>)) -> io::Result<usize> {
         let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
         let n = headers(&mut self.rx, std::iter::repeat_n(FRAME_ROOM, batch.min(BATCH)), &mut iov);
         let mut msgs = messages(&mut iov, n);
@@ -147,7 +147,7 @@ impl PacketIo for PacketPort {
                 // AF_PACKET needs GRO off on the devices it serves (veth has it off).
                 continue;
             }
-            f(&mut slot[..m.msg_len as usize]);
+            f(&mut slot[..m.msg_len as usize], None);
         }
         Ok(got)
     }

@@ -56,7 +56,7 @@ mod privileged {
             let mut found = None;
             while found.is_none() && std::time::Instant::now() < deadline {
                 if wait_readable(&[fd], 50)? {
-                    port.recv(64, |f| {
+                    port.recv(64, |f, _| {
                         if found.is_none() && pred(f) {
                             found = Some(f.to_vec());
                         }

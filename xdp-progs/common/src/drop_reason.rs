@@ -84,6 +84,8 @@ code_enum! {
         HandoffBusy = 87, "handoff-busy", "The queue to the worker owning the flow is full.";
         // Tunnels, continued.
         TunnelNested = 90, "tunnel-nested", "A tunnel frame inside a tunnel frame: never decapsulated twice.";
+        TunnelIdentityMismatch = 91, "tunnel-identity-mismatch",
+            "A tunnel frame's identity is not the one this node gives its source address.";
     }
 }
 
@@ -94,7 +96,7 @@ mod tests {
     #[test]
     fn well_formed() {
         DropReason::assert_well_formed();
-        assert_eq!(DropReason::COUNT, 91);
+        assert_eq!(DropReason::COUNT, 92);
         assert_eq!(DropReason::SpoofedSource.code(), 53);
         assert_eq!(DropReason::PolicyDeniedByDenyRule.code(), 52);
     }

@@ -27,6 +27,7 @@ use hashbrown::HashMap;
 
 use skiff_common::{
     DropReason,
+    identity::Identity,
     lb::{BackendId, FrontendKind},
 };
 use skiff_wire::{
@@ -168,16 +169,30 @@ impl Engine {
 
     /// Processes one frame in place at time `now` (seconds).
     pub fn process(&mut self, frame: &mut [u8], now: u64) -> Action {
-        self.try_process(frame, now, true).unwrap_or_else(Action::Drop)
+        self.try_process(frame, now, true, None).unwrap_or_else(Action::Drop)
     }
 
-    /// Processes a frame another worker handed over (never hands it on: with tables that
-    /// just changed, two workers could disagree on the owner).
-    pub fn process_handed(&mut self, frame: &mut [u8], now: u64) -> Action {
-        self.try_process(frame, now, false).unwrap_or_else(Action::Drop)
+    /// Processes a frame the XDP program decapsulated, whose tunnel carried the sender's
+    /// security identity `tunnel`: a new flow's must be the identity this node gives its
+    /// source.
+    pub fn process_tunnelled(&mut self, frame: &mut [u8], now: u64, tunnel: Identity) -> Action {
+        self.try_process(frame, now, true, Some(tunnel)).unwrap_or_else(Action::Drop)
     }
 
-    fn try_process(&mut self, frame: &mut [u8], now: u64, may_hand_off: bool) -> Result<Action, DropReason> {
+    /// Processes a frame another worker handed over, with the identity its tunnel carried
+    /// (never hands it on: with tables that just changed, two workers could disagree on the
+    /// owner).
+    pub fn process_handed(&mut self, frame: &mut [u8], now: u64, tunnel: Option<Identity>) -> Action {
+        self.try_process(frame, now, false, tunnel).unwrap_or_else(Action::Drop)
+    }
+
+    fn try_process(
+        &mut self,
+        frame: &mut [u8],
+        now: u64,
+        may_hand_off: bool,
+        tunnel: Option<Identity>,
+    ) -> Result<Action, DropReason> {
         // Parse.
         let p = layers::parse(frame)?;
         let L3::Ip(ip) = p.l3 else { return Ok(Action::Pass) };
@@ -209,6 +224,12 @@ impl Engine {
         }
         let (src, dst) = (unmap(tuple.src, ip.v6), unmap(tuple.dst, ip.v6));
         let policy = &*self.tables.policy;
+        // Until the nodes agree on identities through the API server, a tunnel's identity
+        // counts only where it is what this node numbers the source: nodes that number label
+        // sets differently then fail closed, never judge a flow by another label set.
+        if tunnel.is_some_and(|identity| identity != policy.ipcache.lookup(src)) {
+            return Err(DropReason::TunnelIdentityMismatch);
+        }
         let under_policy = policy.enforces(src) || policy.enforces(dst);
         if ip.fragment == Fragment::Later {
             // No ports: a fragment of a service flow cannot be balanced without reassembly,
