@@ -251,7 +251,10 @@ mod privileged {
         }
 
         match mode {
-            "vxlan" => kernel_vxlan_exchanges_with_skiff_pods(&mut c),
+            "vxlan" => {
+                kernel_vxlan_exchanges_with_skiff_pods(&mut c);
+                a_pods_tunnel_frame_is_dropped_at_its_veth(&c);
+            }
             "geneve" => scapy_geneve_is_answered_in_geneve(&c),
             _ => {}
         }
@@ -272,6 +275,32 @@ mod privileged {
             let routes = skiff_routes(&c.lab.nodes()[0].netns);
             assert_eq!(routes.len(), 2 * (NODES - 2) + 1, "node3's routes removed from node1: {routes:?}");
         }
+    }
+
+    /// VXLAN a pod sends to its node's tunnel address arrives on the pod's veth, not an
+    /// uplink: the XDP program drops it with its own reason, never decapsulates it.
+    fn a_pods_tunnel_frame_is_dropped_at_its_veth(c: &Cluster) {
+        let (node1, pod) = (&c.lab.nodes()[0], c.pod("pod-1-1"));
+        // The agent's pins live in its own bpffs (its mount namespace): its status reads them.
+        let count = || {
+            let status = c.agents[0].agent.status().unwrap();
+            status.workers.unwrap().xdp_drops.get(&DropReason::TunnelOnPodInterface).copied().unwrap_or(0)
+        };
+        let before = count();
+        // The VXLAN header (VNI 256) and an inner Ethernet frame.
+        let mut vxlan = vec![0x08, 0, 0, 0, 0, 1, 0, 0];
+        vxlan.extend([0x02; 12].iter().chain(&[0x08, 0x00]).chain(&[0; 46]));
+        pod.netns
+            .run(|| {
+                let socket = std::net::UdpSocket::bind((pod.ipv4, 0)).unwrap();
+                for _ in 0..3 {
+                    socket.send_to(&vxlan, (node1.ipv4, 8472)).unwrap();
+                }
+            })
+            .unwrap();
+        let dropped = count() - before;
+        println!("VXLAN from a pod to its node: {dropped} dropped as tunnel-on-pod-interface");
+        assert_eq!(dropped, 3, "each dropped at the pod's veth");
     }
 
     /// The identity of a label (`k8s:app=kernel`) as node1 numbers it.
@@ -512,19 +541,54 @@ mod privileged {
 
     /// With masquerading, pods' connections to a host outside the cluster (the client) come
     /// from their node's address: 500 at once from a pod on each of two nodes, every one
-    /// answered, each (address, port) distinct.
+    /// answered, each (address, port) distinct; over IPv6 too (50 from one pod).
     #[test]
     fn pods_leave_the_cluster_with_their_nodes_address() {
         const EACH: usize = 500;
-        let c = Cluster::start("masquerade", &["--enable-ipv4-masquerade", "true"], false);
+        const EACH_V6: usize = 50;
+        let options = ["--enable-ipv4-masquerade", "true", "--enable-ipv6-masquerade", "true"];
+        let c = Cluster::start("masquerade", &options, false);
         let client = c.lab.client().clone();
-        let listener = client.netns.run(|| TcpListener::bind(("0.0.0.0", 9000))).unwrap().unwrap();
+        let (v4, v6) = (SocketAddr::from((client.ipv4, 9000)), SocketAddr::from((client.ipv6, 9001)));
+        let (server4, server6) = (world(&client.netns, v4, 2 * EACH), world(&client.netns, v6, EACH_V6));
+        let (a, b, a6) = (
+            connect(c.netns("pod-1-1"), v4, EACH),
+            connect(c.netns("pod-2-1"), v4, EACH),
+            connect(c.netns("pod-1-1"), v6, EACH_V6),
+        );
+        let (from_1, from_2, from_1_v6) = (a.join().unwrap(), b.join().unwrap(), a6.join().unwrap());
+        let (seen, seen_v6) = (server4.join().unwrap(), server6.join().unwrap());
+        let distinct: BTreeSet<SocketAddr> = seen.iter().copied().collect();
+        let sources: BTreeSet<IpAddr> = seen.iter().chain(&seen_v6).map(SocketAddr::ip).collect();
+        println!(
+            "{} and {} connections answered ({} over IPv6); the world saw {} connections, {} distinct (address, port), from {sources:?}",
+            from_1.len(),
+            from_2.len(),
+            from_1_v6.len(),
+            seen.len() + seen_v6.len(),
+            distinct.len() + seen_v6.iter().collect::<BTreeSet<_>>().len()
+        );
+        assert_eq!(
+            (from_1.len(), from_2.len(), from_1_v6.len()),
+            (EACH, EACH, EACH_V6),
+            "every connection answered"
+        );
+        assert_eq!(distinct.len(), 2 * EACH, "each connection its own (address, port)");
+        let (node1, node2) = (&c.lab.nodes()[0], &c.lab.nodes()[1]);
+        let nodes = BTreeSet::from([IpAddr::V4(node1.ipv4), IpAddr::V4(node2.ipv4), IpAddr::V6(node1.ipv6)]);
+        assert_eq!(sources, nodes, "only the nodes' addresses");
+        assert!(from_1.iter().all(|a| a.ip() == IpAddr::V4(node1.ipv4)), "pod-1-1 behind node1");
+    }
+
+    /// A host outside the cluster listening on `at` in `netns`: writes each connection's
+    /// source back to it and keeps it open; the sources of the first `n`.
+    fn world(netns: &Netns, at: SocketAddr, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+        let listener = netns.run(|| TcpListener::bind(at)).unwrap().unwrap();
         listener.set_nonblocking(true).unwrap();
-        // The world's view: each connection's source, written back to it; all kept open.
-        let server = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let (mut seen, mut open) = (Vec::new(), Vec::new());
             let deadline = Instant::now() + Duration::from_secs(30);
-            while seen.len() < 2 * EACH && Instant::now() < deadline {
+            while seen.len() < n && Instant::now() < deadline {
                 match listener.accept() {
                     Ok((mut stream, peer)) => {
                         let _ = stream.write_all(format!("{peer}\n").as_bytes());
@@ -535,46 +599,31 @@ mod privileged {
                 }
             }
             seen
-        });
-        let connect = |pod: &str| {
-            let netns = c.netns(pod).clone();
-            std::thread::spawn(move || {
-                netns
-                    .run(|| {
-                        let to = SocketAddr::from((client.ipv4, 9000));
-                        let streams: Vec<TcpStream> = (0..EACH)
-                            .filter_map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok())
-                            .collect();
-                        streams
-                            .into_iter()
-                            .filter_map(|s| {
-                                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-                                let mut line = String::new();
-                                BufReader::new(s).read_line(&mut line).ok()?;
-                                line.trim().parse::<SocketAddr>().ok()
-                            })
-                            .collect::<Vec<SocketAddr>>()
-                    })
-                    .unwrap()
-            })
-        };
-        let (a, b) = (connect("pod-1-1"), connect("pod-2-1"));
-        let (from_1, from_2) = (a.join().unwrap(), b.join().unwrap());
-        let seen = server.join().unwrap();
-        let distinct: BTreeSet<SocketAddr> = seen.iter().copied().collect();
-        let sources: BTreeSet<IpAddr> = seen.iter().map(SocketAddr::ip).collect();
-        println!(
-            "{} and {} connections answered; the world saw {} connections, {} distinct (address, port), from {sources:?}",
-            from_1.len(),
-            from_2.len(),
-            seen.len(),
-            distinct.len()
-        );
-        assert_eq!((from_1.len(), from_2.len()), (EACH, EACH), "every connection answered");
-        assert_eq!(distinct.len(), 2 * EACH, "each connection its own (address, port)");
-        let nodes: BTreeSet<IpAddr> = c.lab.nodes()[..2].iter().map(|n| IpAddr::V4(n.ipv4)).collect();
-        assert_eq!(sources, nodes, "only the two nodes' addresses");
-        assert!(from_1.iter().all(|a| a.ip() == IpAddr::V4(c.lab.nodes()[0].ipv4)), "pod-1-1 behind node1");
+        })
+    }
+
+    /// `n` connections at once from `netns` to `to`: the sources the far end saw, for those
+    /// answered.
+    fn connect(netns: &Netns, to: SocketAddr, n: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+        let netns = netns.clone();
+        std::thread::spawn(move || {
+            netns
+                .run(|| {
+                    let streams: Vec<TcpStream> = (0..n)
+                        .filter_map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok())
+                        .collect();
+                    streams
+                        .into_iter()
+                        .filter_map(|s| {
+                            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                            let mut line = String::new();
+                            BufReader::new(s).read_line(&mut line).ok()?;
+                            line.trim().parse::<SocketAddr>().ok()
+                        })
+                        .collect()
+                })
+                .unwrap()
+        })
     }
 
     /// A 1 MB body, over HTTP on port 8081, IPv4 and IPv6.

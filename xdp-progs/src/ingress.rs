@@ -334,14 +334,7 @@ impl Ingress {
 
     /// The reasons that dropped something, with their counts.
     pub fn drops(&self) -> Result<Vec<DropCount>, XdpError> {
-        let mut out = Vec::new();
-        for &reason in &DropReason::ALL {
-            let count = per_cpu_sum(&self.ebpf, maps::DROP_COUNTS, reason.code().into())?;
-            if count.packets > 0 {
-                out.push(DropCount { reason, count });
-            }
-        }
-        Ok(out)
+        pinned_drops(&self.pin_dir)
     }
 
     /// Drains the sampled drop events waiting in the ring buffer.
@@ -410,6 +403,24 @@ fn sync<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
         map.insert(k, *v, 0).map_err(XdpError::map(name))?;
     }
     Ok(())
+}
+
+/// The reasons the program pinned in `pin_dir` dropped something for, with their counts (read
+/// from its pinned counters, so another part of the agent can read them).
+pub fn pinned_drops(pin_dir: &Path) -> Result<Vec<DropCount>, XdpError> {
+    let name = maps::DROP_COUNTS;
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(XdpError::map(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(XdpError::map(name))?;
+    let array = aya::maps::PerCpuArray::<_, Counter>::try_from(map).map_err(XdpError::map(name))?;
+    let mut out = Vec::new();
+    for &reason in &DropReason::ALL {
+        let per_cpu = array.get(&reason.code().into(), 0).map_err(XdpError::map(name))?;
+        let count = per_cpu.iter().fold(Counter::default(), |sum, cpu| sum.plus(*cpu));
+        if count.packets > 0 {
+            out.push(DropCount { reason, count });
+        }
+    }
+    Ok(out)
 }
 
 /// The XDP program's tracked flows (the reply tuples of the flows workers NAT, whose packets it

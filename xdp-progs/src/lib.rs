@@ -16,7 +16,7 @@ mod trafficgen;
 
 use aya::programs::{Xdp, XdpMode as AyaMode};
 pub use count::CountProgram;
-pub use ingress::{DropCount, Ingress, TrackedFlows};
+pub use ingress::{DropCount, Ingress, TrackedFlows, pinned_drops};
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;
 pub use test_run::TestRun;

@@ -293,6 +293,9 @@ pub struct WorkerCounters {
     pub handed_off: u64,
     /// Drops by reason (only reasons that occurred).
     pub drops: BTreeMap<DropReason, u64>,
+    /// What the XDP program dropped at the NIC, by reason (with AF_XDP).
+    #[serde(default)]
+    pub xdp_drops: BTreeMap<DropReason, u64>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -29,6 +30,8 @@ pub(super) struct DatapathSink {
     description: skiff_api::Datapath,
     last: Tables,
     hops: HashMap<IpAddr, Neighbor>,
+    /// Where the XDP program's maps are pinned, with AF_XDP.
+    pins: Option<PathBuf>,
 }
 
 impl DatapathSink {
@@ -58,8 +61,15 @@ impl DatapathSink {
             skiff_api::Datapath { io, devices: options.devices.clone(), workers: options.workers };
         tracing::info!("datapath: {description}");
         let (kernel, changes) = Kernel::connect(datapath.ports())?;
-        let sink =
-            DatapathSink { datapath, kernel, description, last: Tables::default(), hops: HashMap::new() };
+        let pins = matches!(io, skiff_api::Io::AfXdp { .. }).then(|| options.pin_dir.clone());
+        let sink = DatapathSink {
+            datapath,
+            kernel,
+            description,
+            last: Tables::default(),
+            hops: HashMap::new(),
+            pins,
+        };
         Ok((sink, changes))
     }
 
@@ -162,10 +172,12 @@ impl Sink for DatapathSink {
 
     fn stats(&self) -> Option<LiveStats> {
         let handle = self.datapath.stats_handle();
+        let pins = self.pins.clone();
         Some(Arc::new(move || {
             let s = handle.total();
             let drops =
                 DropReason::ALL.into_iter().map(|r| (r, s.drops_of(r))).filter(|&(_, n)| n > 0).collect();
+            let xdp = pins.as_deref().and_then(|dir| skiff_xdp::pinned_drops(dir).ok()).unwrap_or_default();
             WorkerCounters {
                 received: s.received,
                 forwarded: s.forwarded,
@@ -173,6 +185,7 @@ impl Sink for DatapathSink {
                 dropped: s.dropped,
                 handed_off: s.handed_off,
                 drops,
+                xdp_drops: xdp.into_iter().map(|d| (d.reason, d.count.packets)).collect(),
             }
         }))
     }

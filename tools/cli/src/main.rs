@@ -286,6 +286,12 @@ fn print_status(s: &Status) {
         for (reason, n) in &w.drops {
             row("", format!("{n:>10} {reason}"));
         }
+        if !w.xdp_drops.is_empty() {
+            row("XDP drops", format!("{} at the NIC", w.xdp_drops.values().sum::<u64>()));
+            for (reason, n) in &w.xdp_drops {
+                row("", format!("{n:>10} {reason}"));
+            }
+        }
     }
     if !s.ignored.is_empty() {
         row("Ignored", format!("{} of kinds skiff does not read: {}", s.ignored.len(), s.ignored.join(", ")));
