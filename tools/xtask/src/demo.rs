@@ -2,11 +2,12 @@
 //! First skiff-agent on the node with `examples/demo` as the cluster: `skiff-cni` gives four
 //! empty pod namespaces their network (`skiff endpoint list` shows them), the EndpointSlice
 //! names the addresses they got, a client pod curls the ClusterIP and an external client the
-//! NodePort through skiff's workers, `skiff status` and `skiff service list` show it, a bad
-//! manifest is rejected while the service keeps forwarding, a pod deleted (CNI DEL) leaves
-//! the service live, and SIGTERM stops the agent cleanly (the pods keep their network). Then
-//! the XDP program alone at the node's uplink: it passes the node's traffic, drops a denied
-//! CIDR at the NIC, decapsulates VXLAN from the client's kernel.
+//! NodePort through skiff's workers, `skiff status`, `skiff service list` and `skiff node
+//! list` show it, a bad manifest is rejected while the service keeps forwarding, a pod
+//! deleted (CNI DEL) leaves the service live, and SIGTERM stops the agent cleanly (the pods
+//! keep their network). Then the XDP program alone at the node's uplink: it passes the
+//! node's traffic, drops a denied CIDR at the NIC, decapsulates VXLAN from the client's
+//! kernel.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -253,6 +254,8 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     print_indented(&on.skiff(&["status"])?);
     println!("== skiff service list");
     print_indented(&on.skiff(&["service", "list"])?);
+    println!("== skiff node list (one node here; control/tests/overlay.rs runs three)");
+    print_indented(&on.skiff(&["node", "list"])?);
     bad_manifest(&on, &client_pod)?;
     network_policy(&on, &client_pod, &client, &node)?;
 
