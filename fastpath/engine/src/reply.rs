@@ -12,8 +12,6 @@ use skiff_wire::{
     IpProtocol,
     checksum::IpPair,
     icmp::{self, IcmpRepr},
-    ipv4::{self, Ipv4Repr},
-    ipv6::{self, Ipv6Repr},
     layers::{L3, L4, Parsed},
     tcp::{TcpFlags, TcpRepr},
 };
@@ -122,38 +120,14 @@ fn write_ip(
             _ => return None,
         },
     );
-    let header_len = if matches!(ips, IpPair::V4(..)) { ipv4::HEADER_LEN } else { ipv6::HEADER_LEN };
+    let header_len = ips.header_len();
     let len = l3 + header_len + l4_len;
     if len > frame.len() {
         return None;
     }
     // The transport part first: the quote it may carry was read before anything was written.
     emit(&mut frame[l3 + header_len..len], ips);
-    match ips {
-        IpPair::V4(s, d) => Ipv4Repr {
-            src: s,
-            dst: d,
-            protocol,
-            payload_len: l4_len,
-            ttl: 64,
-            dscp_ecn: 0,
-            ident: 0,
-            dont_frag: true,
-            more_frags: false,
-            frag_offset: 0,
-        }
-        .emit(&mut frame[l3..]),
-        IpPair::V6(s, d) => Ipv6Repr {
-            src: s,
-            dst: d,
-            next_header: protocol,
-            payload_len: l4_len,
-            hop_limit: 64,
-            traffic_class: 0,
-            flow_label: 0,
-        }
-        .emit(&mut frame[l3..]),
-    }
+    ips.emit_header(&mut frame[l3..], protocol, l4_len, 0);
     let (dst_mac, src_mac): ([u8; 6], [u8; 6]) = (frame[6..12].try_into().ok()?, frame[..6].try_into().ok()?);
     frame[..6].copy_from_slice(&dst_mac);
     frame[6..12].copy_from_slice(&src_mac);

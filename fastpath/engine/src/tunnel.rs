@@ -17,8 +17,7 @@ use skiff_wire::{
     checksum::IpPair,
     ethernet, geneve,
     geneve::{GeneveOption, GeneveRepr},
-    ipv4::{self, Ipv4Repr},
-    ipv6::{self, Ipv6Repr},
+    ipv4, ipv6,
     layers::Parsed,
     udp, vxlan,
     vxlan::VxlanRepr,
@@ -158,44 +157,21 @@ impl Overlay {
         // 20 bits of the hash label the flow.
         #[allow(clippy::cast_possible_truncation)]
         let flow_label = (to.flow_hash >> 16) as u32 & 0x000f_ffff;
-        let ether = match to.node {
-            IpAddr::V4(dst) => {
-                let repr = Ipv4Repr {
-                    src: self.local_v4?,
-                    dst,
-                    protocol: IpProtocol::UDP,
-                    payload_len: udp_len,
-                    ttl: 64,
-                    dscp_ecn: 0,
-                    ident: 0,
-                    // The pods' MTU leaves room for the headers: the underlay never fragments.
-                    dont_frag: true,
-                    more_frags: false,
-                    frag_offset: 0,
-                };
-                repr.emit(&mut out[ethernet::HEADER_LEN..]);
-                // No UDP checksum over IPv4 (RFC 7348), as Linux sends it.
-                ethertype::IPV4
-            }
-            IpAddr::V6(dst) => {
-                let src = self.local_v6?;
-                let repr = Ipv6Repr {
-                    src,
-                    dst,
-                    next_header: IpProtocol::UDP,
-                    payload_len: udp_len,
-                    hop_limit: 64,
-                    traffic_class: 0,
-                    flow_label,
-                };
-                repr.emit(&mut out[ethernet::HEADER_LEN..]);
-                // IPv6 requires it (Linux drops zero-checksum tunnel datagrams by default).
-                let sum =
-                    IpPair::V6(src, dst).pseudo(IpProtocol::UDP.0, udp_len) + checksum::sum(&out[udp_at..]);
-                let c = checksum::finish(sum);
-                out[udp_at + 6..udp_at + 8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
-                ethertype::IPV6
-            }
+        let ips = match to.node {
+            IpAddr::V4(dst) => IpPair::V4(self.local_v4?, dst),
+            IpAddr::V6(dst) => IpPair::V6(self.local_v6?, dst),
+        };
+        // DF: the pods' MTU leaves room for the headers, the underlay never fragments.
+        ips.emit_header(&mut out[ethernet::HEADER_LEN..], IpProtocol::UDP, udp_len, flow_label);
+        let ether = if let IpPair::V6(..) = ips {
+            // IPv6 requires the UDP checksum (Linux drops zero-checksum tunnel datagrams by
+            // default); over IPv4 there is none (RFC 7348), as Linux sends it.
+            let sum = ips.pseudo(IpProtocol::UDP.0, udp_len) + checksum::sum(&out[udp_at..]);
+            let c = checksum::finish(sum);
+            out[udp_at + 6..udp_at + 8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+            ethertype::IPV6
+        } else {
+            ethertype::IPV4
         };
         out[0..6].copy_from_slice(&to.dst_mac);
         out[6..12].copy_from_slice(&to.src_mac);

@@ -262,3 +262,44 @@ pub fn parse_quoted(data: &[u8], v6: bool) -> Result<FlowKey> {
         if need == 8 { (be16(&l4[4..6]), 0) } else { (be16(&l4[..2]), be16(&l4[2..4])) };
     Ok(FlowKey { src, dst, protocol, src_port, dst_port })
 }
+
+impl crate::checksum::IpPair {
+    /// Bytes of the header [`IpPair::emit_header`] writes: 20 for IPv4, 40 for IPv6.
+    pub const fn header_len(self) -> usize {
+        match self {
+            crate::checksum::IpPair::V4(..) => ipv4::HEADER_LEN,
+            crate::checksum::IpPair::V6(..) => ipv6::HEADER_LEN,
+        }
+    }
+
+    /// Writes a fresh IP header from this pair's source to its destination, carrying
+    /// `payload_len` bytes of `protocol`, at the start of `buf`: TTL (hop limit) 64, DF set,
+    /// `flow_label` for IPv6. What a node sends of its own (answers, tunnel headers).
+    pub fn emit_header(self, buf: &mut [u8], protocol: IpProtocol, payload_len: usize, flow_label: u32) {
+        match self {
+            crate::checksum::IpPair::V4(src, dst) => ipv4::Ipv4Repr {
+                src,
+                dst,
+                protocol,
+                payload_len,
+                ttl: 64,
+                dscp_ecn: 0,
+                ident: 0,
+                dont_frag: true,
+                more_frags: false,
+                frag_offset: 0,
+            }
+            .emit(buf),
+            crate::checksum::IpPair::V6(src, dst) => ipv6::Ipv6Repr {
+                src,
+                dst,
+                next_header: protocol,
+                payload_len,
+                hop_limit: 64,
+                traffic_class: 0,
+                flow_label,
+            }
+            .emit(buf),
+        }
+    }
+}
