@@ -5,12 +5,14 @@
 //! route's gateway becomes the entry for the unspecified address, the fallback for any other
 //! destination. The kernel's notifications of link, neighbour and route changes say when to
 //! read again, and a gateway lookup is remembered until one comes. Until the slow path
-//! resolves neighbours itself, the kernel's tables are the source. In native routing the
-//! agent also adds its routes to other nodes' pod CIDRs here.
+//! resolves neighbours itself, the kernel's tables are the source; an address wanted without
+//! a neighbour entry is probed so the kernel resolves it. In native routing the agent also
+//! adds its routes to other nodes' pod CIDRs here.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -43,6 +45,8 @@ pub struct Kernel {
     /// Gateway and output device of addresses looked up in the kernel's FIB (`ip route get`)
     /// since the last change.
     routed: HashMap<IpAddr, Option<(IpAddr, u32)>>,
+    /// When the kernel was last asked to resolve an address it had no neighbour for.
+    probed: HashMap<IpAddr, Instant>,
 }
 
 /// A datapath device as the kernel knows it now.
@@ -65,7 +69,7 @@ impl Kernel {
         let (connection, handle, changes) =
             rtnetlink::new_multicast_connection(&groups).context("opening an rtnetlink socket")?;
         tokio::spawn(connection);
-        Ok((Kernel { handle, devices, routed: HashMap::new() }, changes))
+        Ok((Kernel { handle, devices, routed: HashMap::new(), probed: HashMap::new() }, changes))
     }
 
     /// The datapath's devices changed (a pod's veth was attached or detached).
@@ -124,11 +128,35 @@ impl Kernel {
                     via
                 }
             };
-            if let Some(&hop) = via.and_then(|via| by_gateway.get(&via)) {
-                hops.insert(addr, hop);
+            match via.and_then(|via| by_gateway.get(&via)) {
+                Some(&hop) => {
+                    hops.insert(addr, hop);
+                }
+                None => self.probe(via.map_or(addr, |(gateway, _)| gateway)),
             }
         }
         Ok(hops)
+    }
+
+    /// Has the kernel resolve `addr`'s neighbour (ARP or ND) by sending it a datagram (to
+    /// the discard port), at most once a second: the neighbour entry that follows is a
+    /// change, and the next hops are read again. Other nodes and backends on the uplink's
+    /// subnet need no static entry.
+    fn probe(&mut self, addr: IpAddr) {
+        let now = Instant::now();
+        if self.probed.get(&addr).is_some_and(|at| now.duration_since(*at) < Duration::from_secs(1)) {
+            return;
+        }
+        self.probed.insert(addr, now);
+        let socket = if addr.is_ipv4() {
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        } else {
+            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+        };
+        // An address with no route fails here, and stays without a next hop.
+        if let Ok(socket) = socket {
+            let _ = socket.send_to(&[], (addr, 9));
+        }
     }
 
     /// Adds `addresses` (as /32 and /128) to the loopback device; those there already stay.

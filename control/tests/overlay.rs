@@ -199,9 +199,41 @@ mod privileged {
         names.into_iter().zip(results).filter(|(_, ok)| !ok).map(|(n, _)| n).collect()
     }
 
+    /// node1 resolves the other nodes' MACs itself (ARP, asked by skiff-agent), with no static
+    /// neighbour entry for them.
+    fn node1_resolves_the_other_nodes(c: &mut Cluster) {
+        let node1 = &c.lab.nodes()[0];
+        for other in &c.lab.nodes()[1..] {
+            node1.netns.exec("ip", &["neigh", "del", &other.ipv4.to_string(), "dev", "uplink"]).unwrap();
+        }
+        let others: Vec<String> = c.lab.nodes()[1..].iter().map(|n| n.ipv4.to_string()).collect();
+        let netns = node1.netns.clone();
+        let learned = move || {
+            let out = netns.exec("ip", &["neigh", "show", "dev", "uplink"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let resolved = others.iter().all(|o| {
+                text.lines().any(|l| {
+                    l.starts_with(&format!("{o} ")) && l.contains("lladdr") && !l.contains("PERMANENT")
+                })
+            });
+            resolved.then_some(text)
+        };
+        c.agents[0]
+            .agent
+            .wait_until("node1 to resolve the other nodes", |a| {
+                learned().is_some()
+                    && a.client().nodes().is_ok_and(|nodes| nodes.iter().all(|n| n.health != "no next hop"))
+            })
+            .unwrap();
+        println!("node1's neighbours, resolved:\n{}", learned().unwrap_or_default().trim());
+    }
+
     /// `mode`: `vxlan`, `geneve` or `native`.
     fn every_pod_reaches_every_other(routing: &[&str], mode: &str) {
         let mut c = Cluster::start(mode, routing, true);
+        if mode == "vxlan" {
+            node1_resolves_the_other_nodes(&mut c);
+        }
         let hosts: Vec<&Netns> = c.pods.iter().map(|(_, p)| &p.netns).collect();
         let servers = Servers::start(&hosts, &[80]).unwrap();
         let failed = unreachable(&c);

@@ -76,12 +76,19 @@ impl DatapathSink {
     /// The next hops of the devices and of every backend, from the kernel (blocking this
     /// thread of the agent's runtime while rtnetlink answers).
     fn read_hops(&mut self) -> Result<HashMap<IpAddr, Neighbor>> {
-        // Each backend once, though every frontend of its service lists it; and the other
-        // nodes' tunnel endpoints.
+        // Each backend once, though every frontend of its service lists it (but not those
+        // on other nodes' pods, reached through the tunnel), and the other nodes' tunnel
+        // endpoints.
         let overlay = self.last.overlay.as_deref();
         let endpoints = overlay.into_iter().flat_map(|o| o.remote.entries()).map(|(_, node)| node);
-        let backends: BTreeSet<IpAddr> =
-            self.last.services.values().flat_map(|s| s.backends().map(|b| b.addr)).chain(endpoints).collect();
+        let backends: BTreeSet<IpAddr> = self
+            .last
+            .services
+            .values()
+            .flat_map(|s| s.backends().map(|b| b.addr))
+            .filter(|&b| overlay.is_none_or(|o| o.remote_node(b).is_none()))
+            .chain(endpoints)
+            .collect();
         let kernel = &mut self.kernel;
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(kernel.next_hops(backends)))
     }
