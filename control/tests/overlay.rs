@@ -82,7 +82,8 @@ mod privileged {
         )
     }
 
-    /// A ClusterIP (TCP 80 → 8080) whose backends are the first pod of each node.
+    /// A ClusterIP (TCP 80 → 8080, NodePort 30080) whose backends are the first pod of each
+    /// node.
     fn web_yaml(pods: &[(usize, Host)]) -> String {
         let endpoints: String = pods
             .iter()
@@ -91,7 +92,7 @@ mod privileged {
             .collect();
         format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
-             spec: {{clusterIP: {CLUSTER_IP}, ports: [{{port: 80, targetPort: 8080}}]}}\n\
+             spec: {{type: NodePort, clusterIP: {CLUSTER_IP}, ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]}}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
              addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
@@ -573,13 +574,14 @@ mod privileged {
 
     /// With masquerading, pods' connections to a host outside the cluster (the client) come
     /// from their node's address: 500 at once from a pod on each of two nodes, every one
-    /// answered, each (address, port) distinct; over IPv6 too (50 from one pod).
+    /// answered, each (address, port) distinct; over IPv6 too (50 from one pod). And the
+    /// world reaches a NodePort whose backends are on every node.
     #[test]
     fn pods_leave_the_cluster_with_their_nodes_address() {
         const EACH: usize = 500;
         const EACH_V6: usize = 50;
         let options = ["--enable-ipv4-masquerade", "true", "--enable-ipv6-masquerade", "true"];
-        let c = Cluster::start("masquerade", &options, false);
+        let mut c = Cluster::start("masquerade", &options, false);
         let client = c.lab.client().clone();
         let (v4, v6) = (SocketAddr::from((client.ipv4, 9000)), SocketAddr::from((client.ipv6, 9001)));
         let (server4, server6) = (world(&client.netns, v4, 2 * EACH), world(&client.netns, v6, EACH_V6));
@@ -610,6 +612,17 @@ mod privileged {
         let nodes = BTreeSet::from([IpAddr::V4(node1.ipv4), IpAddr::V4(node2.ipv4), IpAddr::V6(node1.ipv6)]);
         assert_eq!(sources, nodes, "only the nodes' addresses");
         assert!(from_1.iter().all(|a| a.ip() == IpAddr::V4(node1.ipv4)), "pod-1-1 behind node1");
+
+        // The world reaches the NodePort on node1: backends on the other nodes through the
+        // tunnel, masqueraded as node1.
+        let node_port = format!("http://{}:30080/", node1.ipv4);
+        for (_, web) in c.pods.clone().iter().filter(|(_, p)| p.name.ends_with("-0")) {
+            c.lab.serve_http(web, 8080).unwrap();
+        }
+        let answers = client.netns.http_get(&node_port, 60, 3).unwrap();
+        println!("the world → node1's NodePort: {:?} {}", answers.by_host, answers.errors);
+        assert_eq!(answers.answered(), 60, "every request answered: {}", answers.errors);
+        assert_eq!(answers.by_host.len(), NODES, "a backend on each node answered: {:?}", answers.by_host);
     }
 
     /// A host outside the cluster listening on `at` in `netns`: writes each connection's
