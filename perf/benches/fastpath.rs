@@ -315,8 +315,8 @@ fn conntrack_ownership(c: &mut Criterion) {
 }
 
 /// The tunnel: a 1400-byte frame encapsulated into a worker's staging slot (VXLAN and
-/// Geneve over IPv4, VXLAN over IPv6 with its UDP checksum over the whole datagram), against
-/// the plain copy into the slot every forwarded frame gets.
+/// Geneve over IPv4, VXLAN over IPv6 with its UDP checksum over the whole datagram), beside
+/// the plain copy into the slot every forwarded frame gets (a floor, not a baseline).
 fn encapsulation(c: &mut Criterion) {
     let mut g = c.benchmark_group("tunnel/encapsulate_1400");
     let frame = eth().ipv4(CLIENT, VIP).tcp(45000, 80).ack(1).payload(&[0x41; 1346]).build();

@@ -78,24 +78,11 @@ const FASTPATH: &[Row] = &[
         "owned",
         Some(("shared_contended", "one table for all workers, 64 mutex shards, a second thread on them")),
     ),
-    (
-        "encapsulate_vxlan_ipv4_1400_bytes",
-        "tunnel/encapsulate_1400",
-        "vxlan_ipv4",
-        Some(("copy_only", "the plain copy into the staging slot every forwarded frame gets")),
-    ),
-    (
-        "encapsulate_geneve_ipv4_1400_bytes",
-        "tunnel/encapsulate_1400",
-        "geneve_ipv4",
-        Some(("copy_only", "the plain copy into the staging slot every forwarded frame gets")),
-    ),
-    (
-        "encapsulate_vxlan_ipv6_1400_bytes",
-        "tunnel/encapsulate_1400",
-        "vxlan_ipv6",
-        Some(("copy_only", "the plain copy into the staging slot every forwarded frame gets")),
-    ),
+    // The copy every forwarded frame gets is a floor, a record of its own: no competitor.
+    ("staging_copy_1400_bytes_floor", "tunnel/encapsulate_1400", "copy_only", None),
+    ("encapsulate_vxlan_ipv4_1400_bytes", "tunnel/encapsulate_1400", "vxlan_ipv4", None),
+    ("encapsulate_geneve_ipv4_1400_bytes", "tunnel/encapsulate_1400", "geneve_ipv4", None),
+    ("encapsulate_vxlan_ipv6_1400_bytes", "tunnel/encapsulate_1400", "vxlan_ipv6", None),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
