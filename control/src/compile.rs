@@ -239,7 +239,7 @@ impl Compiler {
             let underlay: Vec<IpAddr> =
                 ours.iter().flat_map(|n| internal_ips(n)).chain(d.node_addresses.iter().copied()).collect();
             let mtu = ctx.underlay_mtu.unwrap_or(1500);
-            d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, &d.node.pod_cidrs, mtu);
+            d.overlay = overlay::overlay(ctx.routing, &d.tunnels, &underlay, mtu);
             d.node_routes = match ctx.routing {
                 Routing::Native { auto_direct_node_routes: true } => node_routes(&nodes, ctx),
                 _ => Vec::new(),

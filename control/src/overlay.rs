@@ -6,7 +6,6 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use ipnet::IpNet;
 use skiff_api::Tunnel;
 use skiff_common::tunnel::{GENEVE_PORT, VXLAN_PORT};
 use skiff_engine::{
@@ -65,23 +64,18 @@ impl Routing {
 }
 
 /// The overlay the workers use in tunnel mode: the other nodes' pod CIDRs towards their
-/// tunnel endpoints, this node's pod CIDRs, and this node's underlay address of each family
-/// (its first of `node_addresses`).
+/// tunnel endpoints, and this node's underlay address of each family (its first of
+/// `node_addresses`).
 pub fn overlay(
     routing: Routing,
     tunnels: &[Tunnel],
     node_addresses: &[IpAddr],
-    own_pod_cidrs: &[IpNet],
     mtu: u16,
 ) -> Option<Arc<Overlay>> {
     let Routing::Tunnel { protocol, port } = routing else { return None };
     let mut remote = PrefixMap::default();
     for t in tunnels {
         remote.insert(t.pod_cidr, t.endpoint);
-    }
-    let mut local = PrefixMap::default();
-    for &cidr in own_pod_cidrs {
-        local.insert(cidr, ());
     }
     let local_v4 = node_addresses.iter().find_map(|a| match a {
         IpAddr::V4(a) => Some(*a),
@@ -91,5 +85,5 @@ pub fn overlay(
         IpAddr::V6(a) => Some(*a),
         IpAddr::V4(_) => None,
     });
-    Some(Arc::new(Overlay { protocol, port, local_v4, local_v6, remote, local, mtu }))
+    Some(Arc::new(Overlay { protocol, port, local_v4, local_v6, remote, mtu }))
 }

@@ -329,7 +329,6 @@ fn encapsulation(c: &mut Criterion) {
         local_v4: Some(Ipv4Addr::new(198, 18, 0, 1)),
         local_v6: Some("fd00::1".parse().unwrap()),
         remote: remote.clone(),
-        local: PrefixMap::default(),
         mtu: 1500,
     };
     let mut slot = [0u8; 2048];

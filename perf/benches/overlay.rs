@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use skiff_common::{DropReason, tunnel::VXLAN_PORT};
 use skiff_engine::{
     prefix::PrefixMap,
-    tables::{Neighbor, Tables},
+    tables::{LocalNode, Neighbor, Tables},
     tunnel::{Overlay, TunnelProtocol},
 };
 use skiff_fastpath::datapath::{Config, Datapath, Io};
@@ -136,15 +136,12 @@ fn start(
     let ingress = Ingress::load(&pins)?;
     let mut routes = PrefixMap::default();
     routes.insert(pods.1.parse::<IpNet>()?, IpAddr::V4(remote));
-    let mut own = PrefixMap::default();
-    own.insert(pods.0.parse::<IpNet>()?, ());
     let overlay = Overlay {
         protocol: TunnelProtocol::Vxlan,
         port: VXLAN_PORT,
         local_v4: Some(local),
         local_v6: None,
         remote: routes,
-        local: own,
         mtu: 1500,
     };
     let (local_mac, remote_mac) =
@@ -156,7 +153,8 @@ fn start(
     if let Some(pod) = deliver_to {
         next_hops.insert(pod.ipv4.into(), Neighbor { port: 0, src_mac: pod.node_mac, dst_mac: pod.mac });
     }
-    let tables = Tables { overlay: Some(Arc::new(overlay)), next_hops, ..Tables::default() };
+    let here = LocalNode { pod_cidrs: vec![pods.0.parse::<IpNet>()?], ..LocalNode::default() };
+    let tables = Tables { overlay: Some(Arc::new(overlay)), next_hops, node: here, ..Tables::default() };
     let config = Config {
         interfaces: vec![pod.node_iface.clone(), "peer".into()],
         io: Io::AfXdp(XdpMode::Native),

@@ -118,12 +118,18 @@ impl LocalNode {
         if like.is_ipv4() { self.masquerade_v4 } else { self.masquerade_v6 }
     }
 
+    /// Whether `addr` is in this node's pod CIDRs.
+    #[inline]
+    pub(crate) fn hosts_pod(&self, addr: IpAddr) -> bool {
+        self.pod_cidrs.iter().any(|c| c.contains(&addr))
+    }
+
     /// The address a new flow from `src` to `dst` leaves with, when it is a pod's flow out of
     /// the cluster that this node masquerades.
     #[inline]
     pub(crate) fn egress_masquerade(&self, src: IpAddr, dst: IpAddr) -> Option<IpAddr> {
         let on = if dst.is_ipv4() { self.egress_masquerade_v4 } else { self.egress_masquerade_v6 };
-        let pods_out = on && self.pod_cidrs.iter().any(|c| c.contains(&src)) && !self.is_internal(dst);
+        let pods_out = on && self.hosts_pod(src) && !self.is_internal(dst);
         pods_out.then(|| self.masquerade(dst)).flatten()
     }
 

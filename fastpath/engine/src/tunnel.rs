@@ -65,8 +65,6 @@ pub struct Overlay {
     pub local_v6: Option<Ipv6Addr>,
     /// Other nodes' pod CIDRs, each with its node's underlay address.
     pub remote: PrefixMap<IpAddr>,
-    /// This node's pod CIDRs: what arrives decapsulated for them is delivered here.
-    pub local: PrefixMap<()>,
     /// The underlay's MTU.
     pub mtu: u16,
 }
@@ -89,12 +87,6 @@ impl Overlay {
     #[inline]
     pub fn remote_node(&self, dst: IpAddr) -> Option<IpAddr> {
         self.remote.longest(dst)
-    }
-
-    /// Whether the overlay carries frames to `dst`: a pod on another node, or one here.
-    #[inline]
-    pub fn routes(&self, dst: IpAddr) -> bool {
-        self.remote.longest(dst).is_some() || self.local.longest(dst).is_some()
     }
 
     /// The largest inner IP packet a tunnel to `node` carries: the underlay's MTU less the

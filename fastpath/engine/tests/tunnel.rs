@@ -17,7 +17,7 @@ use skiff_engine::{
     engine::{Action, Engine},
     prefix::PrefixMap,
     reply,
-    tables::Tables,
+    tables::{LocalNode, Tables},
     tunnel::{Encap, Overlay, TunnelProtocol},
 };
 use skiff_testkit::eth;
@@ -34,9 +34,7 @@ fn overlay(protocol: TunnelProtocol, port: u16) -> Overlay {
     let mut remote = PrefixMap::default();
     remote.insert("198.18.129.0/24".parse().unwrap(), IpAddr::from(NODE_B));
     remote.insert("fd00:0:0:129::/64".parse().unwrap(), IpAddr::from(NODE_B6));
-    let mut local = PrefixMap::default();
-    local.insert("198.18.128.0/24".parse().unwrap(), ());
-    Overlay { protocol, port, local_v4: Some(NODE_A), local_v6: Some(NODE_A6), remote, local, mtu: 1500 }
+    Overlay { protocol, port, local_v4: Some(NODE_A), local_v6: Some(NODE_A6), remote, mtu: 1500 }
 }
 
 fn encap(node: IpAddr, identity: u32) -> Encap {
@@ -51,8 +49,10 @@ fn encap(node: IpAddr, identity: u32) -> Encap {
 
 #[test]
 fn frames_between_pods_of_two_nodes_are_tracked_and_forwarded() {
-    let tables =
-        Tables { overlay: Some(Arc::new(overlay(TunnelProtocol::Vxlan, VXLAN_PORT))), ..Tables::default() };
+    // Here: 198.18.128.0/24; the overlay: 198.18.129.0/24 on node B.
+    let node = LocalNode { pod_cidrs: vec!["198.18.128.0/24".parse().unwrap()], ..LocalNode::default() };
+    let overlay = Some(Arc::new(overlay(TunnelProtocol::Vxlan, VXLAN_PORT)));
+    let tables = Tables { overlay, node, ..Tables::default() };
     let mut e = Engine::new(Arc::new(tables), 1024, Timeouts::default());
     let mut out = eth().ipv4(HERE, THERE).tcp(40000, 80).syn().build();
     assert_eq!(e.process(&mut out, 0), Action::Forward, "to a pod on another node");

@@ -244,7 +244,12 @@ impl Engine {
         let service = if p.l4 == L4::None { None } else { self.tables.services.get(&frontend) };
         // A pod's frame to a pod on another node, or one from the tunnel to a pod here; a
         // pod's flow out of the cluster, masqueraded.
-        let tunnelled = service.is_none() && self.tables.overlay.as_ref().is_some_and(|o| o.routes(dst));
+        let tables = &self.tables;
+        let tunnelled = service.is_none()
+            && tables
+                .overlay
+                .as_ref()
+                .is_some_and(|o| o.remote_node(dst).is_some() || tables.node.hosts_pod(dst));
         let masquerade = if service.is_none() { self.tables.node.egress_masquerade(src, dst) } else { None };
         let untranslated = (under_policy || tunnelled) && masquerade.is_none();
         if may_hand_off
