@@ -28,6 +28,7 @@ pub(super) struct DatapathSink {
     datapath: Datapath,
     kernel: Kernel,
     description: skiff_api::Datapath,
+    /// The tables last published, with their next hops.
     last: Tables,
     hops: HashMap<IpAddr, Neighbor>,
     /// Where the XDP program's maps are pinned, with AF_XDP.
@@ -101,9 +102,9 @@ impl DatapathSink {
     }
 
     fn publish_with_hops(&mut self) -> Result<()> {
-        let mut tables = self.last.clone();
-        tables.next_hops = self.hops.iter().map(|(&k, &v)| (k, v)).collect();
-        self.datapath.publish(tables)?;
+        // Kept with its hops: `reaches` asks them as the workers do.
+        self.last.next_hops = self.hops.iter().map(|(&k, &v)| (k, v)).collect();
+        self.datapath.publish(self.last.clone())?;
         Ok(())
     }
 }
@@ -172,9 +173,7 @@ impl Sink for DatapathSink {
     }
 
     fn reaches(&self, addr: IpAddr) -> Option<bool> {
-        let tables =
-            Tables { next_hops: self.hops.iter().map(|(&k, &v)| (k, v)).collect(), ..Tables::default() };
-        Some(tables.next_hop(addr).is_some())
+        Some(self.last.next_hop(addr).is_some())
     }
 
     fn stats(&self) -> Option<LiveStats> {
