@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use skiff_api::{
-    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Request, ServiceView, Status,
+    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Protocol, Request, ServiceView, Status,
     WorkerCounters, encode_line,
 };
 use skiff_engine::tables::{Frontend, Service};
@@ -110,6 +110,8 @@ impl Snapshot {
                     algorithm: c.algorithm,
                     traffic_policy: c.traffic_policy,
                     affinity_timeout_seconds: c.affinity_timeout,
+                    socket_lb: self.status.datapath.socket_lb.is_on()
+                        && matches!(protocol, Protocol::Tcp | Protocol::Udp),
                     backends: spec
                         .backends
                         .iter()

@@ -94,10 +94,19 @@ impl Applier {
         self.pools = pools;
         self.applied = Arc::new(desired.frontends.clone());
         self.release_ids();
+        let mut node_addresses: Vec<IpAddr> = desired
+            .nodes
+            .iter()
+            .flat_map(|n| n.addresses.iter().copied())
+            .chain(desired.node_addresses.iter().copied())
+            .collect();
+        node_addresses.sort_unstable();
+        node_addresses.dedup();
         let tables = Tables {
             services: self.services.clone(),
             node: desired.node.clone(),
             overlay: desired.overlay.clone(),
+            node_addresses,
             ..Tables::default()
         };
         (tables, report)

@@ -15,7 +15,7 @@ use skiff_api::{
     Answer, ApiError, ApplyReport, AttachMode, Datapath, ErrorCode, Health, Kind, LastApply, NodeView,
     ObjectKey, PodRef, PolicyView, Problem, Rejection, Request, Source, Status, TraceEnd,
 };
-use skiff_common::identity::Identity;
+use skiff_common::{identity::Identity, lb::FrontendKind};
 use skiff_engine::{
     policy::Policy,
     prefix::PrefixMap,
@@ -135,6 +135,8 @@ pub struct Controller {
     published_node: Option<(LocalNode, Option<Arc<Overlay>>)>,
     /// The routes to other nodes' pod CIDRs last installed (native routing).
     installed_routes: Option<Vec<(IpNet, IpAddr)>>,
+    /// Frontends other than NodePorts on this node's own addresses (warned about once).
+    on_node_addresses: Vec<String>,
     /// The policy of the last published tables.
     published_policy: Option<Arc<Policy>>,
     /// The security identities of the cluster's pod label sets.
@@ -179,6 +181,7 @@ impl Controller {
             compiler: Compiler::default(),
             published_node: None,
             installed_routes: None,
+            on_node_addresses: Vec::new(),
             published_policy: None,
             identities: Identities::default(),
             policy: Compiled::default(),
@@ -509,6 +512,7 @@ impl Controller {
                 report = Some(r);
             }
             self.install_routes()?;
+            self.warn_on_node_addresses();
             self.applied_generation = Some(self.store.generation());
         }
         self.refresh_snapshot();
@@ -526,6 +530,31 @@ impl Controller {
         self.sink.set_node_routes(&routes)?;
         self.installed_routes = Some(routes);
         Ok(())
+    }
+
+    /// A Service whose cluster, external or load-balancer IP is this node's own address takes
+    /// the node's own connects to that port too (as with kube-proxy's OUTPUT rules): said in
+    /// the log when it appears, and in the status while it lasts.
+    fn warn_on_node_addresses(&mut self) {
+        let desired = self.compiler.desired();
+        let found: Vec<String> = self
+            .applier
+            .applied()
+            .iter()
+            .filter(|((addr, _, _), spec)| {
+                spec.config.kind != FrontendKind::NodePort && desired.node_addresses.contains(addr)
+            })
+            .map(|(&(addr, port, protocol), spec)| {
+                let frontend = std::net::SocketAddr::new(addr, port);
+                format!("{} {frontend}/{protocol} ({})", spec.service, spec.config.kind)
+            })
+            .collect();
+        for f in found.iter().filter(|f| !self.on_node_addresses.contains(f)) {
+            tracing::warn!(
+                "{f} is an address of this node: its connects to that port go to the service's backends"
+            );
+        }
+        self.on_node_addresses = found;
     }
 
     /// Retries a failed apply (periodically, until one succeeds).
@@ -587,6 +616,7 @@ impl Controller {
             objects,
             rejections: self.store.rejections().cloned().collect(),
             ignored: self.ignored.clone(),
+            on_node_addresses: self.on_node_addresses.clone(),
             frontends: applied.len(),
             backends: self.applier.backend_count(),
             identities: self.compiler.desired().label_sets.len(),

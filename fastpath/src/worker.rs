@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use skiff_common::{DropReason, endpoint::PodSources, identity::Identity, meta::XdpMeta};
+use skiff_common::{DropReason, endpoint::PodSources, identity::Identity, lb::BackendId, meta::XdpMeta};
 use skiff_wire::layers;
 
 use skiff_engine::{
@@ -53,6 +53,8 @@ pub struct Stats {
     pub exceptions: u64,
     /// Frames of flows another worker owns, handed to it.
     pub handed_off: u64,
+    /// New flows translated to a service's backend (DNAT).
+    pub service_flows: u64,
 }
 
 impl Default for Stats {
@@ -66,6 +68,7 @@ impl Default for Stats {
             not_ours: 0,
             exceptions: 0,
             handed_off: 0,
+            service_flows: 0,
         }
     }
 }
@@ -90,6 +93,7 @@ impl Stats {
         self.not_ours += o.not_ours;
         self.exceptions += o.exceptions;
         self.handed_off += o.handed_off;
+        self.service_flows += o.service_flows;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
@@ -252,8 +256,11 @@ impl<P: PacketIo> Worker<P> {
         let conntrack = engine.conntrack();
         conntrack.gc_step(now, GC_PER_ROUND);
         conntrack.drain_ended(|t| on_flow(FlowEvent::Ended(t)));
-        engine.drain_new_flows(|f| on_flow(FlowEvent::Started(f)));
         let Worker { ports, core, stats, .. } = self;
+        core.engine.drain_new_flows(|f| {
+            stats.service_flows += u64::from(f.backend != BackendId::NONE);
+            on_flow(FlowEvent::Started(f));
+        });
         for (slot, &(port, len)) in core.staged.iter().enumerate() {
             let frame = &core.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
             match ports.get_mut(port).and_then(Option::as_mut).map(|p| p.send(frame)) {

@@ -1,31 +1,56 @@
-//! The BPF filesystem that pinned maps live in.
+//! The BPF filesystem that pinned maps live in, and the cgroup2 one socket-LB attaches to:
+//! each mounted by the agent where the host has not.
 
-use std::{ffi::CString, io, path::Path};
+use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
 
 /// The mount point of bpffs.
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
 
 /// Mounts bpffs on [`BPFFS`] unless it is mounted there already (as Cilium's agent does on
 /// hosts that do not mount it at boot).
 pub fn ensure_mounted() -> io::Result<()> {
-    let path = CString::new(BPFFS).expect("no NUL");
+    ensure(Path::new(BPFFS), BPF_FS_MAGIC, c"bpf", c"mode=0700")
+}
+
+/// Mounts cgroup2 on `path` (created if needed) unless a cgroup2 is there already: the host's
+/// hierarchy, or a part of it bind-mounted (as Cilium's `cgroup.autoMount`).
+pub fn ensure_cgroup2(path: &Path) -> io::Result<()> {
+    if !has_magic(path, CGROUP2_SUPER_MAGIC) {
+        std::fs::create_dir_all(path)?;
+    }
+    ensure(path, CGROUP2_SUPER_MAGIC, c"cgroup2", c"")
+}
+
+/// Mounts a filesystem of type `kind` on `path` unless one with `magic` is there.
+fn ensure(
+    path: &Path,
+    magic: libc::c_long,
+    kind: &std::ffi::CStr,
+    options: &std::ffi::CStr,
+) -> io::Result<()> {
+    if has_magic(path, magic) {
+        return Ok(());
+    }
+    let target = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: all strings are NUL-terminated and outlive the call.
+    let rc =
+        unsafe { libc::mount(kind.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, options.as_ptr().cast()) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        let kind = kind.to_string_lossy();
+        return Err(io::Error::new(e.kind(), format!("mounting {kind} on {}: {e}", path.display())));
+    }
+    Ok(())
+}
+
+fn has_magic(path: &Path, magic: libc::c_long) -> bool {
+    let Ok(path) = CString::new(path.as_os_str().as_bytes()) else { return false };
     // SAFETY: statfs is plain data; all-zero is a valid value.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: the path is NUL-terminated and `fs` is a valid statfs to fill.
-    let stat = unsafe { libc::statfs(path.as_ptr(), &raw mut fs) };
-    if stat == 0 && fs.f_type == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    let (source, kind, options) = (c"bpf", c"bpf", c"mode=0700");
-    // SAFETY: all strings are NUL-terminated and outlive the call.
-    let rc =
-        unsafe { libc::mount(source.as_ptr(), path.as_ptr(), kind.as_ptr(), 0, options.as_ptr().cast()) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("mounting bpffs on {BPFFS}: {e}")));
-    }
-    Ok(())
+    unsafe { libc::statfs(path.as_ptr(), &raw mut fs) == 0 && fs.f_type == magic }
 }
 
 /// Removes a pin folder and the pins in it (maps stay alive while a program uses them).

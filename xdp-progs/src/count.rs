@@ -24,7 +24,7 @@ impl CountProgram {
             .ok_or(XdpError::MissingProgram(programs::COUNT))?
             .try_into()
             .map_err(error)?;
-        crate::load(program).map_err(error)?;
+        crate::load(|| program.load()).map_err(error)?;
         Ok(CountProgram { ebpf })
     }
 

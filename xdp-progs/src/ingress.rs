@@ -3,7 +3,6 @@
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
-    hash::Hash,
     net::IpAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
@@ -25,7 +24,7 @@ use skiff_common::{
     maps, programs,
 };
 
-use crate::{TestRun, XdpError, attach, bpffs, per_cpu_sum, test_run::test_run};
+use crate::{TestRun, XdpError, attach, bpffs, per_cpu_sum, sync, test_run::test_run};
 
 /// A pair of prefix tries: IPv4, IPv6.
 type Tries = (&'static str, &'static str);
@@ -66,7 +65,7 @@ impl Ingress {
         let ebpf = EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT).map_err(Box::new)?;
         let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new() };
         let program = ingress.program_mut()?;
-        crate::load(program)
+        crate::load(|| program.load())
             .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })?;
         Ok(ingress)
     }
@@ -380,29 +379,6 @@ impl Ingress {
         let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
         M::try_from(map).map_err(XdpError::map(name))
     }
-}
-
-/// Makes `map` exactly `want`: removes the stale keys and writes the missing or changed
-/// entries (one syscall per change, none for an unchanged entry).
-fn sync<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
-    mut map: HashMap<&mut MapData, K, V>,
-    want: &StdHashMap<K, V>,
-    name: &'static str,
-) -> Result<(), XdpError> {
-    let mut unchanged = HashSet::new();
-    for entry in map.iter().collect::<Result<Vec<(K, V)>, _>>().map_err(XdpError::map(name))? {
-        match want.get(&entry.0) {
-            Some(value) if *value == entry.1 => {
-                unchanged.insert(entry.0);
-            }
-            Some(_) => {}
-            None => map.remove(&entry.0).map_err(XdpError::map(name))?,
-        }
-    }
-    for (k, v) in want.iter().filter(|(k, _)| !unchanged.contains(k)) {
-        map.insert(k, *v, 0).map_err(XdpError::map(name))?;
-    }
-    Ok(())
 }
 
 /// The reasons the program pinned in `pin_dir` dropped something for, with their counts (read

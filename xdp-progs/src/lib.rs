@@ -3,6 +3,7 @@
 //!
 //! - [`CountProgram`]: per-CPU packet counter, passes everything (the toolchain check).
 //! - [`Ingress`]: the datapath's first line (prefilter, tunnel decap, redirect to AF_XDP).
+//! - [`SocketLb`]: socket-LB, cgroup socket programs translating services at connect time.
 //! - [`TrafficGen`]: the lab's traffic generator (benchmarks).
 //!
 //! Interface names resolve in the network namespace of the calling thread: attach from a
@@ -11,23 +12,33 @@
 pub mod bpffs;
 mod count;
 mod ingress;
+mod sock;
 mod test_run;
 mod trafficgen;
 
-use aya::programs::{Xdp, XdpMode as AyaMode};
+use std::{collections::HashMap as StdHashMap, hash::Hash};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{Xdp, XdpMode as AyaMode},
+};
 pub use count::CountProgram;
 pub use ingress::{DropCount, Ingress, TrackedFlows, pinned_drops};
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;
+pub use sock::{SocketBackend, SocketFrontend, SocketLb, pinned_socket_counters};
 pub use test_run::TestRun;
 pub use trafficgen::TrafficGen;
 
-/// Loads (verifies) a program. The verifier gives up with EAGAIN when a signal arrives while
-/// it works (a test harness's SIGCHLD, say): retried, as libbpf does, a few times.
-fn load(program: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+/// Loads (verifies) a program with `load`. The verifier gives up with EAGAIN when a signal
+/// arrives while it works (a test harness's SIGCHLD, say): retried, as libbpf does, a few
+/// times.
+fn load(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
     let mut tries = 0;
     loop {
-        match program.load() {
+        match load() {
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
             {
@@ -76,7 +87,7 @@ fn attach(
     let program: &mut Xdp =
         ebpf.program_mut(name).ok_or(XdpError::MissingProgram(name))?.try_into().map_err(program_error)?;
     if program.fd().is_err() {
-        load(program).map_err(program_error)?;
+        load(|| program.load()).map_err(program_error)?;
     }
     let attach_in = |program: &mut Xdp, mode: XdpMode| {
         let aya_mode = if mode == XdpMode::Native { AyaMode::Driver } else { AyaMode::Skb };
@@ -102,4 +113,41 @@ fn per_cpu_sum(ebpf: &aya::Ebpf, name: &'static str, index: u32) -> Result<skiff
         aya::maps::PerCpuArray::<_, skiff_common::Counter>::try_from(map).map_err(XdpError::map(name))?;
     let per_cpu = array.get(&index, 0).map_err(XdpError::map(name))?;
     Ok(per_cpu.iter().fold(skiff_common::Counter::default(), |sum, cpu| sum.plus(*cpu)))
+}
+
+/// Makes `map` exactly `want`: removes the stale keys and writes the missing or changed
+/// entries (one syscall per change, none for an unchanged entry).
+fn sync<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
+    mut map: HashMap<&mut MapData, K, V>,
+    want: &StdHashMap<K, V>,
+    name: &'static str,
+) -> Result<(), XdpError> {
+    prune(&mut map, want, name)?;
+    upsert(&mut map, want, name)
+}
+
+/// Writes the entries of `want` that `map` lacks or holds with another value.
+fn upsert<K: aya::Pod + Eq + Hash, V: aya::Pod + PartialEq>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    want: &StdHashMap<K, V>,
+    name: &'static str,
+) -> Result<(), XdpError> {
+    let present: StdHashMap<K, V> = map.iter().collect::<Result<_, _>>().map_err(XdpError::map(name))?;
+    for (k, v) in want.iter().filter(|(k, v)| present.get(k) != Some(v)) {
+        map.insert(k, *v, 0).map_err(XdpError::map(name))?;
+    }
+    Ok(())
+}
+
+/// Removes the keys of `map` that `want` lacks.
+fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    want: &StdHashMap<K, V>,
+    name: &'static str,
+) -> Result<(), XdpError> {
+    let stale: Vec<K> = map.keys().collect::<Result<Vec<K>, _>>().map_err(XdpError::map(name))?;
+    for k in stale.iter().filter(|k| !want.contains_key(k)) {
+        map.remove(k).map_err(XdpError::map(name))?;
+    }
+    Ok(())
 }

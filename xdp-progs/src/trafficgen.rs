@@ -35,7 +35,7 @@ impl TrafficGen {
             .ok_or(XdpError::MissingProgram(programs::TRAFFICGEN))?
             .try_into()
             .map_err(error)?;
-        crate::load(program).map_err(error)?;
+        crate::load(|| program.load()).map_err(error)?;
         Ok(TrafficGen { ebpf, frame: frame.to_vec() })
     }
 

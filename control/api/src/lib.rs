@@ -20,7 +20,8 @@ pub use object::{FieldError, Kind, ObjectKey, Rejection};
 pub use policy::{PolicyView, PrefilterView, RuleView, TraceEnd, TraceView, VerdictView};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
 pub use status::{
-    ApplyReport, Datapath, Health, Io, LastApply, NodeView, Problem, Source, Status, Tunnel, WorkerCounters,
+    ApplyReport, Datapath, Health, Io, LastApply, NodeView, Problem, SocketLb, Source, Status, Tunnel,
+    WorkerCounters,
 };
 
 /// Where the agent listens unless told otherwise.

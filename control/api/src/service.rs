@@ -81,6 +81,9 @@ pub struct ServiceView {
     /// With `sessionAffinity: ClientIP`: how long a client keeps its backend.
     pub affinity_timeout_seconds: Option<u64>,
     pub backends: Vec<BackendView>,
+    /// Socket-LB translates the node's connects to it (on, and a TCP or UDP frontend).
+    #[serde(default)]
+    pub socket_lb: bool,
 }
 
 impl ServiceView {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use skiff_common::{DropReason, config::XdpMode};
+use skiff_common::{DropReason, config::XdpMode, sock::SockCounter};
 
 use crate::object::{Kind, Rejection};
 
@@ -24,6 +24,11 @@ pub struct Status {
     /// Documents of kinds skiff does not read (`Deployment demo/web (web.yaml#2)`): left out.
     #[serde(default)]
     pub ignored: Vec<String>,
+    /// Service frontends other than NodePorts on this node's own addresses
+    /// (`default/web 198.18.0.1:8000/TCP (ExternalIP)`): the node's own connects to them go to
+    /// the service's backends.
+    #[serde(default)]
+    pub on_node_addresses: Vec<String>,
     pub frontends: usize,
     pub backends: usize,
     /// Distinct pod label sets (the unit an identity is given for).
@@ -70,6 +75,7 @@ impl Status {
             objects: BTreeMap::new(),
             rejections: Vec::new(),
             ignored: Vec::new(),
+            on_node_addresses: Vec::new(),
             frontends: 0,
             backends: 0,
             identities: 0,
@@ -188,6 +194,46 @@ pub struct Datapath {
     pub io: Io,
     pub devices: Vec<String>,
     pub workers: u16,
+    #[serde(default)]
+    pub socket_lb: SocketLb,
+}
+
+/// Socket-LB: services translated when a socket connects, by cgroup socket programs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum SocketLb {
+    /// Attached to the cgroup v2 at `cgroup`: its sockets, and its descendants', are served.
+    On {
+        cgroup: PathBuf,
+        /// Only the node's own network namespace (`--socket-lb-host-namespace-only`).
+        host_namespace_only: bool,
+    },
+    /// Not running, and why.
+    Off { reason: String },
+}
+
+impl SocketLb {
+    pub fn is_on(&self) -> bool {
+        matches!(self, SocketLb::On { .. })
+    }
+}
+
+impl Default for SocketLb {
+    fn default() -> SocketLb {
+        SocketLb::Off { reason: "no datapath".into() }
+    }
+}
+
+impl fmt::Display for SocketLb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketLb::On { cgroup, host_namespace_only } => {
+                let whose = if *host_namespace_only { "the node's namespace only" } else { "all namespaces" };
+                write!(f, "on at cgroup {} ({whose})", cgroup.display())
+            }
+            SocketLb::Off { reason } => write!(f, "off: {reason}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,6 +342,12 @@ pub struct WorkerCounters {
     /// What the XDP program dropped at the NIC, by reason (with AF_XDP).
     #[serde(default)]
     pub xdp_drops: BTreeMap<DropReason, u64>,
+    /// New flows the workers translated to a service's backend (DNAT).
+    #[serde(default)]
+    pub service_flows: u64,
+    /// What socket-LB did at connect time (with socket-LB on).
+    #[serde(default)]
+    pub socket_lb: BTreeMap<SockCounter, u64>,
 }
 
 #[cfg(test)]

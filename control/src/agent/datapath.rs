@@ -13,9 +13,9 @@ use skiff_api::{AttachMode, WorkerCounters};
 use skiff_common::DropReason;
 use skiff_engine::tables::{Neighbor, Tables};
 use skiff_fastpath::datapath::{Config, Datapath, Io};
-use skiff_xdp::{Ingress, bpffs};
+use skiff_xdp::{Ingress, SocketLb, bpffs};
 
-use super::Options;
+use super::{Options, socket_lb};
 use crate::{
     api::LiveStats,
     controller::Sink,
@@ -33,6 +33,8 @@ pub(super) struct DatapathSink {
     hops: HashMap<IpAddr, Neighbor>,
     /// Where the XDP program's maps are pinned, with AF_XDP.
     pins: Option<PathBuf>,
+    /// Socket-LB, when on; its maps are pinned in `--pin-dir` too.
+    socket_lb: Option<SocketLb>,
 }
 
 impl DatapathSink {
@@ -58,8 +60,13 @@ impl DatapathSink {
             (Io::AfXdp(requested), mode) => skiff_api::Io::AfXdp { xdp_mode: mode.unwrap_or(requested) },
             (Io::AfPacket, _) => skiff_api::Io::AfPacket,
         };
-        let description =
-            skiff_api::Datapath { io, devices: options.devices.clone(), workers: options.workers };
+        let (socket_lb, socket_lb_state) = socket_lb::start(options);
+        let description = skiff_api::Datapath {
+            io,
+            devices: options.devices.clone(),
+            workers: options.workers,
+            socket_lb: socket_lb_state,
+        };
         tracing::info!("datapath: {description}");
         let (kernel, changes) = Kernel::connect(datapath.ports())?;
         let pins = matches!(io, skiff_api::Io::AfXdp { .. }).then(|| options.pin_dir.clone());
@@ -70,6 +77,7 @@ impl DatapathSink {
             last: Tables::default(),
             hops: HashMap::new(),
             pins,
+            socket_lb,
         };
         Ok((sink, changes))
     }
@@ -105,6 +113,9 @@ impl DatapathSink {
         // Kept with its hops: `reaches` asks them as the workers do.
         self.last.next_hops = self.hops.iter().map(|(&k, &v)| (k, v)).collect();
         self.datapath.publish(self.last.clone())?;
+        if let Some(lb) = &mut self.socket_lb {
+            socket_lb::publish(lb, &self.last)?;
+        }
         Ok(())
     }
 }
@@ -179,6 +190,7 @@ impl Sink for DatapathSink {
     fn stats(&self) -> Option<LiveStats> {
         let handle = self.datapath.stats_handle();
         let pins = self.pins.clone();
+        let socket_pins = self.socket_lb.as_ref().map(|lb| lb.pin_dir().to_owned());
         Some(Arc::new(move || {
             let s = handle.total();
             let drops =
@@ -192,6 +204,13 @@ impl Sink for DatapathSink {
                 handed_off: s.handed_off,
                 drops,
                 xdp_drops: xdp.into_iter().map(|d| (d.reason, d.count.packets)).collect(),
+                service_flows: s.service_flows,
+                socket_lb: socket_pins
+                    .as_deref()
+                    .and_then(|dir| skiff_xdp::pinned_socket_counters(dir).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
             }
         }))
     }

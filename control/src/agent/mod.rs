@@ -5,6 +5,7 @@
 
 mod datapath;
 mod options;
+mod socket_lb;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -104,7 +105,8 @@ pub async fn run(options: Options) -> Result<()> {
     source_task.abort();
     server.abort();
     let _ = std::fs::remove_file(&options.socket);
-    if matches!(io, Some(Io::AfXdp(_))) {
+    // The XDP program's maps with AF_XDP, socket-LB's with either.
+    if io.is_some() {
         if options.keep_pinned {
             tracing::info!("pinned maps kept in {}", options.pin_dir.display());
         } else {
@@ -114,8 +116,8 @@ pub async fn run(options: Options) -> Result<()> {
     }
     let signal = outcome?;
     let stopped = match io {
-        Some(Io::AfXdp(_)) => "workers stopped, XDP detached",
-        Some(Io::AfPacket) => "workers stopped, steering removed",
+        Some(Io::AfXdp(_)) => "workers stopped, XDP and socket-LB detached",
+        Some(Io::AfPacket) => "workers stopped, steering removed, socket-LB detached",
         None => "stopped",
     };
     tracing::info!("{signal}: {stopped}");

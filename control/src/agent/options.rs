@@ -158,6 +158,19 @@ pub struct Options {
     /// IPv6 destinations the network routes for pods as they are: never masqueraded.
     #[arg(long, value_name = "CIDR")]
     pub ipv6_native_routing_cidr: Option<ipnet::Ipv6Net>,
+    /// Socket-LB, as Cilium's bpf-lb-sock: the node's sockets (and pods') connect to a
+    /// service's backend directly, translated at connect time by cgroup socket programs.
+    /// Where the kernel or the cgroup refuses them, the agent runs without and says why.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    pub socket_lb: bool,
+    /// Translate only the node's own sockets (Cilium's socketLB.hostNamespaceOnly): pods'
+    /// connections keep the service address for the workers (or a mesh's sidecar).
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = ArgAction::Set)]
+    pub socket_lb_host_namespace_only: bool,
+    /// The cgroup v2 whose sockets socket-LB serves (Cilium's cgroup.hostRoot): cgroup2 is
+    /// mounted there unless it is already.
+    #[arg(long, value_name = "DIR", default_value = "/run/skiff/cgroupv2")]
+    pub cgroup_root: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -89,6 +89,14 @@ impl Service {
         self.pool.backends.values()
     }
 
+    /// The backends a new connection from inside the cluster (the node, a pod) may take:
+    /// those taking new flows, within the internal traffic policy. Socket-LB picks among them
+    /// at connect time.
+    pub fn internal_backends(&self) -> impl Iterator<Item = &Backend> {
+        let local_only = self.local_only(true);
+        self.backends().filter(move |b| b.weight > 0 && (b.local || !local_only))
+    }
+
     /// Whether a new flow from this client is bound to this node's backends.
     pub(crate) fn local_only(&self, internal_client: bool) -> bool {
         self.config.traffic_policy == TrafficPolicy::Local
@@ -163,6 +171,9 @@ pub struct Tables {
     pub prefilter: Arc<PrefixMap<u32>>,
     /// The tunnels to the other nodes, in tunnel routing mode.
     pub overlay: Option<Arc<Overlay>>,
+    /// Every node's addresses (this one's and the others'): NodePorts answer on each of them
+    /// for this node's sockets (socket-LB).
+    pub node_addresses: Vec<IpAddr>,
 }
 
 impl Tables {

@@ -9,7 +9,7 @@ use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 use skiff_api::{
     Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, NodeView, PodRef, PolicyView,
-    PrefilterView, Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView,
+    PrefilterView, Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView, WorkerCounters,
 };
 
 #[derive(Parser)]
@@ -247,6 +247,12 @@ fn print_status(s: &Status) {
     let connected = if s.connected { "connected" } else { "NOT connected, tables kept" };
     row("Source", format!("{} ({connected})", s.source));
     row("Datapath", s.datapath.to_string());
+    let connects =
+        s.workers.as_ref().map(|w| &w.socket_lb).filter(|c| !c.is_empty()).map_or(String::new(), |c| {
+            let counts: Vec<String> = c.iter().map(|(what, n)| format!("{n} {what}")).collect();
+            format!(": connects {}", counts.join(", "))
+        });
+    row("Socket-LB", format!("{}{connects}", s.datapath.socket_lb));
     let objects: Vec<String> = s.objects.iter().map(|(k, n)| format!("{n} {k}")).collect();
     row("Objects", if objects.is_empty() { "none".into() } else { objects.join(", ") });
     row("Services", format!("{} frontends, {} backends, {} next hops", s.frontends, s.backends, s.next_hops));
@@ -276,21 +282,15 @@ fn print_status(s: &Status) {
     );
     row("Last apply", last_apply);
     if let Some(w) = &s.workers {
+        worker_rows(w, &mut row);
+    }
+    if !s.on_node_addresses.is_empty() {
         row(
-            "Workers",
-            format!(
-                "{} received, {} forwarded, {} replied, {} dropped, {} handed to their flow's worker",
-                w.received, w.forwarded, w.replied, w.dropped, w.handed_off
-            ),
+            "Node addresses",
+            "services on this node's own addresses: its connects to them go to their backends".into(),
         );
-        for (reason, n) in &w.drops {
-            row("", format!("{n:>10} {reason}"));
-        }
-        if !w.xdp_drops.is_empty() {
-            row("XDP drops", format!("{} at the NIC", w.xdp_drops.values().sum::<u64>()));
-            for (reason, n) in &w.xdp_drops {
-                row("", format!("{n:>10} {reason}"));
-            }
+        for f in &s.on_node_addresses {
+            row("", f.clone());
         }
     }
     if !s.ignored.is_empty() {
@@ -310,8 +310,28 @@ fn print_status(s: &Status) {
     }
 }
 
+/// The workers' counters, and what the XDP program dropped.
+fn worker_rows(w: &WorkerCounters, row: &mut impl FnMut(&str, String)) {
+    row(
+        "Workers",
+        format!(
+            "{} received, {} forwarded, {} replied, {} dropped, {} handed to their flow's worker, {} new service flows (DNAT)",
+            w.received, w.forwarded, w.replied, w.dropped, w.handed_off, w.service_flows
+        ),
+    );
+    for (reason, n) in &w.drops {
+        row("", format!("{n:>10} {reason}"));
+    }
+    if !w.xdp_drops.is_empty() {
+        row("XDP drops", format!("{} at the NIC", w.xdp_drops.values().sum::<u64>()));
+        for (reason, n) in &w.xdp_drops {
+            row("", format!("{n:>10} {reason}"));
+        }
+    }
+}
+
 fn print_services(services: &[ServiceView]) {
-    let mut t = table(&["FRONTEND", "TYPE", "SERVICE", "POLICY", "ALGORITHM", "BACKENDS"]);
+    let mut t = table(&["FRONTEND", "TYPE", "SERVICE", "POLICY", "ALGORITHM", "SOCKET-LB", "BACKENDS"]);
     for s in services {
         let policy = match s.affinity_timeout_seconds {
             Some(timeout) => format!("{} ClientIP/{timeout}s", s.traffic_policy),
@@ -336,6 +356,7 @@ fn print_services(services: &[ServiceView]) {
             s.service.to_string(),
             policy,
             s.algorithm.to_string(),
+            if s.socket_lb { "yes" } else { "no" }.to_owned(),
             backends,
         ]);
     }

@@ -1,6 +1,7 @@
 //! skiff-agent running in a lab node, for tests, benches and the demo: everything it writes
 //! (socket, endpoint state, CNI folders) in a work folder of its own, its maps pinned in a
-//! folder of its own; dropping it kills it and removes both.
+//! folder of its own, socket-LB attached to a cgroup of its own; dropping it kills it and
+//! removes all three.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +11,7 @@ use std::{
 
 use skiff_api::{Client, Status};
 
-use crate::{LabError, Netns};
+use crate::{Cgroup, LabError, Netns};
 
 pub struct Agent {
     child: Child,
@@ -18,6 +19,8 @@ pub struct Agent {
     /// `cni/net.d`.
     pub work: PathBuf,
     pub pins: PathBuf,
+    /// Where its socket-LB attaches (`--cgroup-root`): node-local clients run inside it.
+    pub cgroup: Cgroup,
 }
 
 impl Agent {
@@ -35,6 +38,7 @@ impl Agent {
     pub fn spawn(node: &Netns, binary: &Path, name: &str, args: &[String]) -> Result<Agent, LabError> {
         let work = std::env::temp_dir().join(format!("skiff-{name}"));
         let pins = PathBuf::from(format!("/sys/fs/bpf/skiff-{name}"));
+        let cgroup = Cgroup::new(name)?;
         let io = |source| LabError::Spawn { command: format!("creating {}", work.display()), source };
         std::fs::create_dir_all(work.join("cni/net.d")).map_err(io)?;
         std::fs::create_dir_all(work.join("cni/bin")).map_err(io)?;
@@ -50,9 +54,12 @@ impl Agent {
             .arg(work.join("cni/bin"))
             .arg("--cni-conf-path")
             .arg(work.join("cni/net.d"));
+        if !args.iter().any(|a| a == "--cgroup-root") {
+            cmd.arg("--cgroup-root").arg(cgroup.path());
+        }
         let child =
             cmd.spawn().map_err(|source| LabError::Spawn { command: "skiff-agent".into(), source })?;
-        let mut agent = Agent { child, work, pins };
+        let mut agent = Agent { child, work, pins, cgroup };
         agent.wait_until("skiff-agent to answer", |a| a.status().is_some())?;
         Ok(agent)
     }

@@ -37,6 +37,7 @@
 
 pub mod agent;
 pub mod apiserver;
+mod cgroup;
 pub mod cni;
 mod netns;
 pub mod probe;
@@ -49,6 +50,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use cgroup::Cgroup;
 pub use netns::{Answers, Netns};
 pub use wire::mirror_v6;
 use wire::{Port, Wire, batch, connect, join_nodes, plug_all};
@@ -429,12 +431,15 @@ pub fn list(id: Option<&str>) -> Result<Vec<String>, LabError> {
         .collect())
 }
 
-/// Removes the namespaces of lab `id`, or of every lab (what a crashed run left), stopping
-/// processes still in them. Returns the names removed.
+/// Removes the namespaces of lab `id`, or of every lab (what a crashed run left, with its
+/// cgroups), stopping processes still in them. Returns the names removed.
 pub fn remove(id: Option<&str>) -> Result<Vec<String>, LabError> {
     let names = list(id)?;
     for name in &names {
         delete_namespace(name)?;
+    }
+    if id.is_none() {
+        cgroup::remove_all()?;
     }
     Ok(names)
 }

@@ -50,19 +50,7 @@ impl Netns {
     /// process), at most `timeout_s` seconds each: the answers counted (the lab's servers
     /// answer with their host's name) and curl's complaints, if any.
     pub fn http_get(&self, url: &str, n: usize, timeout_s: u32) -> Result<Answers, LabError> {
-        let timeout = timeout_s.to_string();
-        let mut args = vec!["-sS", "--max-time", &timeout, "-H", "Connection: close"];
-        args.extend(std::iter::repeat_n(url, n));
-        let out = self
-            .command("curl")
-            .args(&args)
-            .output()
-            .map_err(|e| LabError::Spawn { command: "curl".into(), source: e })?;
-        let mut by_host = BTreeMap::new();
-        for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            *by_host.entry(name.to_owned()).or_insert(0) += 1;
-        }
-        Ok(Answers { by_host, errors: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+        curl(self.command("curl"), url, n, timeout_s)
     }
 
     /// A command that runs inside the namespace (`ip netns exec`).
@@ -118,4 +106,17 @@ impl Netns {
             .parse()
             .map_err(|_| LabError::Parse { what: format!("{iface} {stat}"), text: text.into() })
     }
+}
+
+/// `n` HTTP GETs to `url` by `curl` (a command that runs curl), each on a new connection.
+pub(crate) fn curl(mut curl: Command, url: &str, n: usize, timeout_s: u32) -> Result<Answers, LabError> {
+    let timeout = timeout_s.to_string();
+    let mut args = vec!["-sS", "-g", "--max-time", &timeout, "-H", "Connection: close"];
+    args.extend(std::iter::repeat_n(url, n));
+    let out = curl.args(&args).output().map_err(|e| LabError::Spawn { command: "curl".into(), source: e })?;
+    let mut by_host = BTreeMap::new();
+    for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        *by_host.entry(name.to_owned()).or_insert(0) += 1;
+    }
+    Ok(Answers { by_host, errors: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
 }

@@ -193,6 +193,7 @@ pub mod lpm;
 pub mod meta;
 pub mod names;
 pub mod proto;
+pub mod sock;
 pub mod tunnel;
 
 pub use counter::{Counter, XdpAction};

@@ -20,6 +20,17 @@ pub mod programs {
     pub const INGRESS: &str = "skiff_xdp_ingress";
     /// The lab traffic generator (run with BPF_PROG_RUN and live frames).
     pub const TRAFFICGEN: &str = "skiff_trafficgen";
+    /// Socket-LB, one program per cgroup hook: a connect, or an unconnected datagram, to a
+    /// service goes to a backend …
+    pub const CONNECT4: &str = "skiff_connect4";
+    pub const CONNECT6: &str = "skiff_connect6";
+    pub const SENDMSG4: &str = "skiff_sendmsg4";
+    pub const SENDMSG6: &str = "skiff_sendmsg6";
+    /// … and its replies, and `getpeername`, show the service's address.
+    pub const RECVMSG4: &str = "skiff_recvmsg4";
+    pub const RECVMSG6: &str = "skiff_recvmsg6";
+    pub const GETPEERNAME4: &str = "skiff_getpeer4";
+    pub const GETPEERNAME6: &str = "skiff_getpeer6";
 }
 
 /// Declares each map's name (the same as the constant's, which is the name of the `static` in
@@ -105,6 +116,32 @@ map_names! {
     NO_WORKER;
     /// `RingBuf` of [`DropEvent`](crate::event::DropEvent).
     EVENTS;
+    /// `Array<SockConfig>` with one slot: the socket programs' settings.
+    SOCK_CONFIG;
+    /// `PerCpuArray<u64>` indexed by [`SockCounter`](crate::sock::SockCounter) code.
+    SOCK_COUNTS;
+    /// `HashMap<SockKey4, SockService>`: IPv4 frontends as sockets name them.
+    SOCK_SVC_V4;
+    /// `HashMap<SockKey6, SockService>`: IPv6 frontends as sockets name them.
+    SOCK_SVC_V6;
+    /// `HashMap<SlotKey, BackendId>`: each service's slots.
+    SOCK_SLOTS;
+    /// `HashMap<SlotKey, u8>`: (service, backend id) for each backend a service's new
+    /// connections may take (an affinity holds only while its backend is one).
+    SOCK_MEMBERS;
+    /// `HashMap<BackendId, SockBackend>`: where each backend is.
+    SOCK_BACKENDS;
+    /// `LruHashMap<AffinityKey, AffinityValue>`: session affinity of network namespaces.
+    SOCK_AFFINITY;
+    /// `LruHashMap<ReverseKey4, SockKey4>`: the service each translated IPv4 socket
+    /// connected to.
+    SOCK_REV_V4;
+    /// `LruHashMap<ReverseKey6, SockKey6>`: as `SOCK_REV_V4`, for IPv6.
+    SOCK_REV_V6;
+    /// `HashMap<[u8; 4], u8>`: every node's IPv4 addresses, where NodePorts answer.
+    SOCK_NODES_V4;
+    /// `HashMap<[u8; 16], u8>`: every node's IPv6 addresses.
+    SOCK_NODES_V6;
 }
 
 #[cfg(test)]

@@ -1,0 +1,322 @@
+//! `skiff_sock` (socket-LB) from userspace: load with pinned maps, attach its eight programs
+//! to a cgroup v2, and fill its tables from the services.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr},
+};
+use skiff_common::{
+    lb::BackendId,
+    maps, programs,
+    proto::ip,
+    sock::{SlotKey, SockBackend, SockConfig, SockCounter, SockKey4, SockKey6, SockService},
+};
+
+use crate::{XdpError, bpffs, prune, sync, upsert};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock"));
+
+/// Every program, one per hook.
+const PROGRAMS: [&str; 8] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::RECVMSG4,
+    programs::RECVMSG6,
+    programs::GETPEERNAME4,
+    programs::GETPEERNAME6,
+];
+
+/// A service frontend as socket-LB serves it: where sockets connect, and the backends a new
+/// connection from inside the cluster may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketFrontend {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// IANA's number; only TCP and UDP sockets are translated.
+    pub protocol: u8,
+    /// A NodePort: it answers on every node's address too.
+    pub node_port: bool,
+    pub backends: Vec<SocketBackend>,
+    /// `sessionAffinity: ClientIP`, in seconds.
+    pub affinity_timeout: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketBackend {
+    pub id: BackendId,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// How many slots it gets (0: it takes no new connection).
+    pub weight: u16,
+}
+
+impl SocketFrontend {
+    /// Whether socket-LB translates connects to it (TCP and UDP).
+    pub fn served(&self) -> bool {
+        self.protocol == ip::TCP || self.protocol == ip::UDP
+    }
+
+    /// What shares one service entry: the frontend itself, or for a NodePort its port on
+    /// every address of the family (the wildcard key's address).
+    fn group(&self) -> (IpAddr, u16, u8) {
+        let addr = match (self.node_port, self.addr) {
+            (false, addr) => addr,
+            (true, IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
+            (true, IpAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        (addr, self.port, self.protocol)
+    }
+}
+
+/// The loaded socket programs (verified) with their maps pinned in one folder. Dropping it
+/// detaches them; the pinned maps stay for a restarted agent until
+/// [`SocketLb::remove_pins`].
+pub struct SocketLb {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Service ids by [`SocketFrontend::group`], kept while the group exists so a client's
+    /// affinity survives publishes.
+    ids: StdHashMap<(IpAddr, u16, u8), u32>,
+    next_id: u32,
+}
+
+impl SocketLb {
+    /// Loads the programs, pinning their maps in `pin_dir` (created if needed; maps already
+    /// pinned there are reused with their contents), and verifies them.
+    pub fn load(pin_dir: impl Into<PathBuf>) -> Result<SocketLb, XdpError> {
+        let pin_dir = pin_dir.into();
+        let io = |what: &str| {
+            let what = format!("{what} {}", pin_dir.display());
+            move |source| XdpError::Io { what, source }
+        };
+        bpffs::ensure_mounted().map_err(io("mounting bpffs for"))?;
+        std::fs::create_dir_all(&pin_dir).map_err(io("creating the pin folder"))?;
+        let mut ebpf =
+            EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT).map_err(Box::new)?;
+        for name in PROGRAMS {
+            let program = program(&mut ebpf, name)?;
+            crate::load(|| program.load())
+                .map_err(|source| XdpError::Program { name, source: Box::new(source) })?;
+        }
+        Ok(SocketLb { ebpf, pin_dir, ids: StdHashMap::new(), next_id: 0 })
+    }
+
+    /// Attaches every program to the cgroup v2 folder `cgroup`, mounting cgroup2 there unless
+    /// one is (through bpf_links: they go when this value does). All or nothing: on an error
+    /// none stays attached.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<(), XdpError> {
+        bpffs::ensure_cgroup2(cgroup).map_err(|source| XdpError::Io {
+            what: format!("no cgroup v2 at {}, and mounting one", cgroup.display()),
+            source,
+        })?;
+        let file = File::open(cgroup).map_err(|source| XdpError::Io {
+            what: format!("opening cgroup {}", cgroup.display()),
+            source,
+        })?;
+        let mut attached = Vec::new();
+        for name in PROGRAMS {
+            let program = program(&mut self.ebpf, name)?;
+            match program.attach(&file, CgroupAttachMode::Single) {
+                Ok(link) => attached.push((name, link)),
+                Err(source) => {
+                    for (name, link) in attached {
+                        let _ = self::program(&mut self.ebpf, name).map(|p| p.detach(link));
+                    }
+                    return Err(XdpError::Attach {
+                        program: name,
+                        iface: format!("cgroup {}", cgroup.display()),
+                        mode: skiff_common::config::XdpMode::Auto,
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Tells the programs which network namespace is the node's (the caller's) and whether
+    /// only its sockets are translated.
+    pub fn set_config(&mut self, host_namespace_only: bool) -> Result<(), XdpError> {
+        let config = SockConfig {
+            host_netns: own_netns_cookie().map_err(|source| XdpError::Io {
+                what: "reading the network namespace's cookie".into(),
+                source,
+            })?,
+            flags: if host_namespace_only { SockConfig::HOST_NAMESPACE_ONLY } else { 0 },
+            _pad: 0,
+        };
+        let mut array: Array<_, SockConfig> = self.map_mut(maps::SOCK_CONFIG)?;
+        array.set(0, config, 0).map_err(XdpError::map(maps::SOCK_CONFIG))
+    }
+
+    /// Makes the tables serve exactly `frontends`, with NodePorts on every address in `nodes`
+    /// (every node's). A connect never meets a half-written service: its backends and slots
+    /// are written before the frontend that counts them, and removed after.
+    pub fn set_services(&mut self, frontends: &[SocketFrontend], nodes: &[IpAddr]) -> Result<(), XdpError> {
+        let want = self.tables(frontends);
+        upsert(&mut self.map_mut(maps::SOCK_BACKENDS)?, &want.backends, maps::SOCK_BACKENDS)?;
+        upsert(&mut self.map_mut(maps::SOCK_SLOTS)?, &want.slots, maps::SOCK_SLOTS)?;
+        upsert(&mut self.map_mut(maps::SOCK_MEMBERS)?, &want.members, maps::SOCK_MEMBERS)?;
+        sync(self.map_mut(maps::SOCK_SVC_V4)?, &want.services4, maps::SOCK_SVC_V4)?;
+        sync(self.map_mut(maps::SOCK_SVC_V6)?, &want.services6, maps::SOCK_SVC_V6)?;
+        prune(&mut self.map_mut(maps::SOCK_MEMBERS)?, &want.members, maps::SOCK_MEMBERS)?;
+        prune(&mut self.map_mut(maps::SOCK_SLOTS)?, &want.slots, maps::SOCK_SLOTS)?;
+        prune(&mut self.map_mut(maps::SOCK_BACKENDS)?, &want.backends, maps::SOCK_BACKENDS)?;
+        let (mut nodes4, mut nodes6) = (StdHashMap::new(), StdHashMap::new());
+        for node in nodes {
+            match node {
+                IpAddr::V4(a) => nodes4.insert(a.octets(), 1u8),
+                IpAddr::V6(a) => nodes6.insert(a.octets(), 1u8),
+            };
+        }
+        sync(self.map_mut(maps::SOCK_NODES_V4)?, &nodes4, maps::SOCK_NODES_V4)?;
+        sync(self.map_mut(maps::SOCK_NODES_V6)?, &nodes6, maps::SOCK_NODES_V6)
+    }
+
+    /// The maps' contents for `frontends`, numbering new services.
+    fn tables(&mut self, frontends: &[SocketFrontend]) -> Tables {
+        let mut t = Tables::default();
+        let mut services: StdHashMap<(IpAddr, u16, u8), SockService> = StdHashMap::new();
+        for f in frontends.iter().filter(|f| f.served()) {
+            let group = f.group();
+            let service = *services.entry(group).or_insert_with(|| {
+                let id = *self.ids.entry(group).or_insert_with(|| {
+                    self.next_id += 1;
+                    self.next_id
+                });
+                let mut backends: Vec<&SocketBackend> = f.backends.iter().filter(|b| b.weight > 0).collect();
+                backends.sort_by_key(|b| b.id);
+                let mut slots = 0;
+                for b in backends {
+                    t.backends.insert(b.id, sock_backend(b));
+                    t.members.insert(SlotKey { service: id, slot: b.id.0 }, 1);
+                    for _ in 0..b.weight {
+                        t.slots.insert(SlotKey { service: id, slot: slots }, b.id);
+                        slots += 1;
+                    }
+                }
+                let affinity_timeout =
+                    f.affinity_timeout.map_or(0, |t| u32::try_from(t.max(1)).unwrap_or(u32::MAX));
+                SockService { id, slots, affinity_timeout, _pad: 0 }
+            });
+            let addrs = [Some(f.addr), f.node_port.then_some(group.0)];
+            for addr in addrs.into_iter().flatten() {
+                match addr {
+                    IpAddr::V4(a) => t.services4.insert(
+                        SockKey4 { vip: a.octets(), dport: f.port.to_be(), proto: f.protocol, _pad: 0 },
+                        service,
+                    ),
+                    IpAddr::V6(a) => t.services6.insert(
+                        SockKey6 { vip: a.octets(), dport: f.port.to_be(), proto: f.protocol, _pad: 0 },
+                        service,
+                    ),
+                };
+            }
+        }
+        let live: HashSet<_> = services.keys().copied().collect();
+        self.ids.retain(|group, _| live.contains(group));
+        t
+    }
+
+    /// Detaches the programs, then removes the pinned maps and their folder.
+    pub fn remove_pins(self) -> Result<(), XdpError> {
+        let dir = self.pin_dir.clone();
+        drop(self);
+        bpffs::remove_pins(&dir)
+            .map_err(|source| XdpError::Io { what: format!("removing {}", dir.display()), source })
+    }
+
+    /// A typed handle on map `name`.
+    fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, XdpError>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
+        M::try_from(map).map_err(XdpError::map(name))
+    }
+}
+
+/// The maps' wanted contents.
+#[derive(Default)]
+struct Tables {
+    services4: StdHashMap<SockKey4, SockService>,
+    services6: StdHashMap<SockKey6, SockService>,
+    slots: StdHashMap<SlotKey, BackendId>,
+    members: StdHashMap<SlotKey, u8>,
+    backends: StdHashMap<BackendId, SockBackend>,
+}
+
+fn sock_backend(b: &SocketBackend) -> SockBackend {
+    let mut addr = [0; 16];
+    match b.addr {
+        IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => addr = a.octets(),
+    }
+    SockBackend { addr, port: b.port.to_be(), _pad: 0 }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, XdpError> {
+    ebpf.program_mut(name)
+        .ok_or(XdpError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| XdpError::Program { name, source: Box::new(source) })
+}
+
+/// The cookie of the caller's network namespace (`SO_NETNS_COOKIE`), as `bpf_get_netns_cookie`
+/// reports it for sockets there.
+fn own_netns_cookie() -> std::io::Result<u64> {
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).map_err(std::io::Error::other)?;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// What the socket programs whose maps are pinned in `pin_dir` counted, summed over CPUs (read
+/// from the pin, so another part of the agent can read it).
+pub fn pinned_socket_counters(pin_dir: &Path) -> Result<Vec<(SockCounter, u64)>, XdpError> {
+    let name = maps::SOCK_COUNTS;
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(XdpError::map(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(XdpError::map(name))?;
+    let array = PerCpuArray::<_, u64>::try_from(map).map_err(XdpError::map(name))?;
+    SockCounter::ALL
+        .iter()
+        .map(|&c| {
+            let per_cpu = array.get(&u32::from(c.code()), 0).map_err(XdpError::map(name))?;
+            Ok((c, per_cpu.iter().sum()))
+        })
+        .collect()
+}
