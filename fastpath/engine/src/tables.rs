@@ -107,6 +107,8 @@ impl Service {
 /// This node as the engine needs to know it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LocalNode {
+    /// This node's addresses (its Node's and `--node-address`).
+    pub addresses: Vec<IpAddr>,
     /// The source addresses of masqueraded flows.
     pub masquerade_v4: Option<IpAddr>,
     pub masquerade_v6: Option<IpAddr>,

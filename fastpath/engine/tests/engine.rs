@@ -589,6 +589,20 @@ fn a_syn_after_a_reset_is_balanced_afresh() {
     assert_eq!(next_hop(run(&mut e, syn())), IpAddr::from(pod(1)), "after the reset");
 }
 
+/// A client that reused a reset NAT'd flow's port to connect to the backend itself (socket-LB
+/// translated its connect): the backend's SYN-ACK on the old flow's reply tuple is not the old
+/// flow's. It is not translated back to the service; the old flow goes.
+#[test]
+fn a_syn_ack_on_a_reset_flows_reply_tuple_is_not_translated() {
+    let mut e = engine(&[(VIP.into(), 6, vec![pod(0).into()])]);
+    run(&mut e, eth().ipv4(CLIENT, VIP).tcp(47000, 80).syn().build());
+    let syn_ack = || eth().ipv4(pod(0), CLIENT).tcp(8080, 47000).syn().ack(1).build();
+    assert_eq!(run(&mut e, syn_ack()).0, Action::Forward, "the NAT'd flow's own answer");
+    run(&mut e, eth().ipv4(CLIENT, VIP).tcp(47000, 80).rst().build());
+    assert_eq!(run(&mut e, syn_ack()).0, Action::Pass, "a new connection's answer");
+    assert!(e.conntrack().is_empty(), "the reset flow is gone");
+}
+
 /// Tables where `pod(1)` admits only identity 300 (`pod(0)`) on TCP 8080, and `pod(2)` may
 /// send nothing (egress isolated); the service at `VIP` has `pod(1)` as its backend.
 fn policy_tables() -> Arc<Tables> {

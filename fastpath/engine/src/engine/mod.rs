@@ -290,7 +290,11 @@ impl Engine {
 impl Own {
     /// Track: a packet of a tracked flow is accounted and translated like its flow. A new
     /// connection on a finished one's tuple removes the old flow and goes on to be balanced
-    /// afresh (`None`, as for a packet of no flow).
+    /// afresh (`None`, as for a packet of no flow). A SYN-ACK on a finished flow's reply
+    /// tuple answers a connection this worker never saw (a client that connected to the
+    /// backend itself, socket-LB's way, from the port a NAT'd flow had): the old flow goes,
+    /// and the frame is the kernel's (its retransmission reaches it once the XDP program
+    /// forgets the flow).
     #[inline]
     fn follow(
         &mut self,
@@ -300,9 +304,15 @@ impl Own {
         now: u64,
     ) -> Result<Option<Action>, DropReason> {
         let Some((id, dir)) = self.conntrack.lookup(&packet.tuple) else { return Ok(None) };
-        if opens(packet.tcp_flags) && self.conntrack.finished(id) {
-            self.conntrack.remove(id);
-            return Ok(None);
+        if self.conntrack.finished(id) {
+            if opens(packet.tcp_flags) {
+                self.conntrack.remove(id);
+                return Ok(None);
+            }
+            if dir == Direction::Reply && answers_open(packet.tcp_flags) {
+                self.conntrack.remove(id);
+                return Ok(Some(Action::Pass));
+            }
         }
         self.conntrack.update(id, dir, packet.tcp_flags, packet.len, now);
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
@@ -406,6 +416,11 @@ fn judge(policy: &Policy, src: IpAddr, backend: &Backend, protocol: u8) -> Resul
 #[inline]
 fn opens(tcp_flags: u8) -> bool {
     tcp_flags & (TcpFlags::SYN.0 | TcpFlags::ACK.0) == TcpFlags::SYN.0
+}
+
+/// A SYN-ACK: the answer to a connection's first packet.
+fn answers_open(tcp_flags: u8) -> bool {
+    tcp_flags & (TcpFlags::SYN.0 | TcpFlags::ACK.0) == TcpFlags::SYN.0 | TcpFlags::ACK.0
 }
 
 /// A service without backends answers: TCP with a RST, UDP with port unreachable (when the
