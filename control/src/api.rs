@@ -3,16 +3,18 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     path::Path,
     sync::{Arc, RwLock},
 };
 
 use anyhow::{Context, Result};
 use skiff_api::{
-    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Protocol, Request, ServiceView, Status,
+    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Request, ServiceView, Status,
     WorkerCounters, encode_line,
 };
 use skiff_engine::tables::{Frontend, Service};
+use skiff_xdp::SocketFrontend;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     sync::{mpsc, oneshot},
@@ -36,6 +38,8 @@ pub struct Snapshot {
     /// The address pools, when the agent serves the CNI.
     pub ipam: Option<IpamView>,
     pub live: Option<LiveStats>,
+    /// This node's addresses.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 /// A request the control loop answers (`skiff-cni`'s, which change the agent's state, and
@@ -51,6 +55,7 @@ impl Snapshot {
             endpoints: Vec::new(),
             ipam: None,
             live: None,
+            local_addresses: Vec::new(),
         }
     }
 
@@ -111,7 +116,11 @@ impl Snapshot {
                     traffic_policy: c.traffic_policy,
                     affinity_timeout_seconds: c.affinity_timeout,
                     socket_lb: self.status.datapath.socket_lb.is_on()
-                        && matches!(protocol, Protocol::Tcp | Protocol::Udp),
+                        && SocketFrontend::serves(
+                            c.kind,
+                            protocol.number(),
+                            self.local_addresses.contains(&address),
+                        ),
                     backends: spec
                         .backends
                         .iter()

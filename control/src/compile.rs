@@ -226,6 +226,7 @@ impl Compiler {
             let ours = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(&ctx.name));
             d.pod_cidrs = ours.map(|n| pod_cidrs_of(n)).unwrap_or_default();
             d.node = LocalNode {
+                addresses: d.node_addresses.clone(),
                 masquerade_v4: d.node_addresses.iter().copied().find(IpAddr::is_ipv4),
                 masquerade_v6: d.node_addresses.iter().copied().find(IpAddr::is_ipv6),
                 cluster_prefixes: prefixes,

@@ -641,6 +641,7 @@ impl Controller {
             endpoints,
             ipam: self.endpoints.as_ref().map(Endpoints::ipam_view),
             live,
+            local_addresses: self.compiler.desired().node_addresses.clone(),
         };
     }
 }

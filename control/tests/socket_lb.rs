@@ -30,6 +30,8 @@ mod privileged {
     /// One backend (web-0) on port 9090, for the pods' tests.
     const PEER: &str = "198.19.0.12";
     const WEB: [&str; 3] = ["web-0", "web-1", "web-2"];
+    /// An external IP a Service claims that is no node's (nothing answers there).
+    const CLAIMED: &str = "198.18.0.200";
 
     /// A client as a test runs it inside the agent's cgroup: argv mode, host, port; prints
     /// one JSON line per answer. `keepalive` waits for a line on stdin between two GETs on one
@@ -331,11 +333,13 @@ elif mode == "keepalive":
         assert_eq!(before, after, "port 81 untouched");
 
         // A Service on the node's own address: said in the status, and the node's connects
-        // to that port go to its backend (as kube-proxy's OUTPUT rules send them).
+        // to that port go to its backend (as kube-proxy's OUTPUT rules send them). Another
+        // external IP it claims is not the node's: its connects there are left alone
+        // (CVE-2020-8554), as Cilium's socket-LB leaves them.
         let node1 = node.lab.nodes()[0].ipv4;
         let local = format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: local, namespace: default}}\n\
-             spec: {{clusterIP: 198.19.0.13, externalIPs: [{node1}], ports: [{{port: 8000, targetPort: 8080}}]}}\n\
+             spec: {{clusterIP: 198.19.0.13, externalIPs: [{node1}, {CLAIMED}], ports: [{{port: 8000, targetPort: 8080}}]}}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: local, namespace: default, labels: {{kubernetes.io/service-name: local}}}}\n\
              addressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: ['{}'], nodeName: node1}}]\n",
@@ -352,6 +356,14 @@ elif mode == "keepalive":
             .unwrap();
         let by_host = node.spread(&here, &format!("http://{node1}:8000/"), 3);
         assert_eq!(by_host.get("web-1"), Some(&3), "{by_host:?}");
+        let services = node.agent.agent.client().services().unwrap();
+        let served =
+            |addr: &str| services.iter().find(|s| s.address.to_string() == addr).map(|s| s.socket_lb);
+        assert_eq!((served(&node1.to_string()), served(CLAIMED)), (Some(true), Some(false)));
+        let before = node.socket_counter(SockCounter::Translated);
+        let answer = node.client(&here, &["connect", CLAIMED, "8000"]);
+        assert_ne!(answer["error"], 0, "nothing answers {CLAIMED}: {answer}");
+        assert_eq!(node.socket_counter(SockCounter::Translated), before, "{CLAIMED} left alone");
 
         // A keep-alive connection, then its backend leaves the service.
         let mut keepalive = node

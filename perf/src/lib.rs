@@ -19,7 +19,8 @@ pub struct Record {
     pub name: String,
     /// skiff's figure: a criterion mean, a single measurement, or the median of `rounds`.
     pub value: f64,
-    /// `ns`, `s`, `ms`, `bytes` (costs: less is better) or `pps` (a rate: more is better).
+    /// `ns`, `s`, `ms`, `bytes` (costs: less is better) or `pps`, `conn/s`, `req/s` (rates:
+    /// more is better).
     pub unit: String,
     /// Every round of a lab measurement, in the order they ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -89,7 +90,7 @@ impl Record {
 
     /// Compared with `name`'s figure, measured in the same run under the same conditions.
     pub fn against(mut self, name: impl Into<String>, baseline: Figure) -> Record {
-        let rate = self.unit == "pps";
+        let rate = self.unit == "pps" || self.unit.ends_with("/s");
         self.ratio = Some(if rate { self.value / baseline.value } else { baseline.value / self.value });
         self.baseline_name = Some(name.into());
         self.baseline = Some(baseline.value);

@@ -15,7 +15,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr},
 };
 use skiff_common::{
-    lb::BackendId,
+    lb::{BackendId, FrontendKind},
     maps, programs,
     proto::ip,
     sock::{SlotKey, SockBackend, SockConfig, SockCounter, SockKey4, SockKey6, SockService},
@@ -45,8 +45,10 @@ pub struct SocketFrontend {
     pub port: u16,
     /// IANA's number; only TCP and UDP sockets are translated.
     pub protocol: u8,
-    /// A NodePort: it answers on every node's address too.
-    pub node_port: bool,
+    /// A NodePort answers on every node's address too.
+    pub kind: FrontendKind,
+    /// Its address is one of this node's.
+    pub on_this_node: bool,
     pub backends: Vec<SocketBackend>,
     /// `sessionAffinity: ClientIP`, in seconds.
     pub affinity_timeout: Option<u64>,
@@ -62,15 +64,23 @@ pub struct SocketBackend {
 }
 
 impl SocketFrontend {
-    /// Whether socket-LB translates connects to it (TCP and UDP).
+    /// Whether socket-LB translates connects to it.
     pub fn served(&self) -> bool {
-        self.protocol == ip::TCP || self.protocol == ip::UDP
+        SocketFrontend::serves(self.kind, self.protocol, self.on_this_node)
+    }
+
+    /// Whether socket-LB translates connects to a frontend of `kind` and `protocol`: TCP and
+    /// UDP ones, but an external IP only when it is this node's own address, as Cilium's
+    /// socket-LB (CVE-2020-8554: a Service may claim any address as external, and would take
+    /// the node's own connects to it). Pods' traffic to the others still meets the workers.
+    pub fn serves(kind: FrontendKind, protocol: u8, on_this_node: bool) -> bool {
+        (protocol == ip::TCP || protocol == ip::UDP) && (kind != FrontendKind::ExternalIp || on_this_node)
     }
 
     /// What shares one service entry: the frontend itself, or for a NodePort its port on
     /// every address of the family (the wildcard key's address).
     fn group(&self) -> (IpAddr, u16, u8) {
-        let addr = match (self.node_port, self.addr) {
+        let addr = match (self.kind == FrontendKind::NodePort, self.addr) {
             (false, addr) => addr,
             (true, IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
             (true, IpAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
@@ -85,10 +95,15 @@ impl SocketFrontend {
 pub struct SocketLb {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    /// Service ids by [`SocketFrontend::group`], kept while the group exists so a client's
-    /// affinity survives publishes.
+    ids: ServiceIds,
+}
+
+/// Service ids by [`SocketFrontend::group`], kept while the group exists so a client's
+/// affinity survives publishes.
+#[derive(Default)]
+struct ServiceIds {
     ids: StdHashMap<(IpAddr, u16, u8), u32>,
-    next_id: u32,
+    next: u32,
 }
 
 impl SocketLb {
@@ -109,7 +124,7 @@ impl SocketLb {
             crate::load(|| program.load())
                 .map_err(|source| XdpError::Program { name, source: Box::new(source) })?;
         }
-        Ok(SocketLb { ebpf, pin_dir, ids: StdHashMap::new(), next_id: 0 })
+        Ok(SocketLb { ebpf, pin_dir, ids: ServiceIds::default() })
     }
 
     /// Attaches every program to the cgroup v2 folder `cgroup`, mounting cgroup2 there unless
@@ -168,7 +183,7 @@ impl SocketLb {
     /// (every node's). A connect never meets a half-written service: its backends and slots
     /// are written before the frontend that counts them, and removed after.
     pub fn set_services(&mut self, frontends: &[SocketFrontend], nodes: &[IpAddr]) -> Result<(), XdpError> {
-        let want = self.tables(frontends);
+        let want = Tables::of(frontends, &mut self.ids);
         upsert(&mut self.map_mut(maps::SOCK_BACKENDS)?, &want.backends, maps::SOCK_BACKENDS)?;
         upsert(&mut self.map_mut(maps::SOCK_SLOTS)?, &want.slots, maps::SOCK_SLOTS)?;
         upsert(&mut self.map_mut(maps::SOCK_MEMBERS)?, &want.members, maps::SOCK_MEMBERS)?;
@@ -186,51 +201,6 @@ impl SocketLb {
         }
         sync(self.map_mut(maps::SOCK_NODES_V4)?, &nodes4, maps::SOCK_NODES_V4)?;
         sync(self.map_mut(maps::SOCK_NODES_V6)?, &nodes6, maps::SOCK_NODES_V6)
-    }
-
-    /// The maps' contents for `frontends`, numbering new services.
-    fn tables(&mut self, frontends: &[SocketFrontend]) -> Tables {
-        let mut t = Tables::default();
-        let mut services: StdHashMap<(IpAddr, u16, u8), SockService> = StdHashMap::new();
-        for f in frontends.iter().filter(|f| f.served()) {
-            let group = f.group();
-            let service = *services.entry(group).or_insert_with(|| {
-                let id = *self.ids.entry(group).or_insert_with(|| {
-                    self.next_id += 1;
-                    self.next_id
-                });
-                let mut backends: Vec<&SocketBackend> = f.backends.iter().filter(|b| b.weight > 0).collect();
-                backends.sort_by_key(|b| b.id);
-                let mut slots = 0;
-                for b in backends {
-                    t.backends.insert(b.id, sock_backend(b));
-                    t.members.insert(SlotKey { service: id, slot: b.id.0 }, 1);
-                    for _ in 0..b.weight {
-                        t.slots.insert(SlotKey { service: id, slot: slots }, b.id);
-                        slots += 1;
-                    }
-                }
-                let affinity_timeout =
-                    f.affinity_timeout.map_or(0, |t| u32::try_from(t.max(1)).unwrap_or(u32::MAX));
-                SockService { id, slots, affinity_timeout, _pad: 0 }
-            });
-            let addrs = [Some(f.addr), f.node_port.then_some(group.0)];
-            for addr in addrs.into_iter().flatten() {
-                match addr {
-                    IpAddr::V4(a) => t.services4.insert(
-                        SockKey4 { vip: a.octets(), dport: f.port.to_be(), proto: f.protocol, _pad: 0 },
-                        service,
-                    ),
-                    IpAddr::V6(a) => t.services6.insert(
-                        SockKey6 { vip: a.octets(), dport: f.port.to_be(), proto: f.protocol, _pad: 0 },
-                        service,
-                    ),
-                };
-            }
-        }
-        let live: HashSet<_> = services.keys().copied().collect();
-        self.ids.retain(|group, _| live.contains(group));
-        t
     }
 
     /// Detaches the programs, then removes the pinned maps and their folder.
@@ -259,6 +229,53 @@ struct Tables {
     slots: StdHashMap<SlotKey, BackendId>,
     members: StdHashMap<SlotKey, u8>,
     backends: StdHashMap<BackendId, SockBackend>,
+}
+
+impl Tables {
+    /// The maps' contents for `frontends`, numbering new services.
+    fn of(frontends: &[SocketFrontend], ids: &mut ServiceIds) -> Tables {
+        let mut t = Tables::default();
+        let mut services: StdHashMap<(IpAddr, u16, u8), SockService> = StdHashMap::new();
+        for f in frontends.iter().filter(|f| f.served()) {
+            let group = f.group();
+            let service = *services.entry(group).or_insert_with(|| {
+                let id = *ids.ids.entry(group).or_insert_with(|| {
+                    ids.next += 1;
+                    ids.next
+                });
+                let mut backends: Vec<&SocketBackend> = f.backends.iter().filter(|b| b.weight > 0).collect();
+                backends.sort_by_key(|b| b.id);
+                let mut slots = 0;
+                for b in backends {
+                    t.backends.insert(b.id, sock_backend(b));
+                    t.members.insert(SlotKey { service: id, slot: b.id.0 }, 1);
+                    for _ in 0..b.weight {
+                        t.slots.insert(SlotKey { service: id, slot: slots }, b.id);
+                        slots += 1;
+                    }
+                }
+                let affinity_timeout =
+                    f.affinity_timeout.map_or(0, |t| u32::try_from(t.max(1)).unwrap_or(u32::MAX));
+                SockService { id, slots, affinity_timeout, _pad: 0 }
+            });
+            let addrs = [Some(f.addr), (f.kind == FrontendKind::NodePort).then_some(group.0)];
+            for addr in addrs.into_iter().flatten() {
+                match addr {
+                    IpAddr::V4(a) => t.services4.insert(
+                        SockKey4 { vip: a.octets(), dport: f.port.to_be(), proto: f.protocol, _pad: 0 },
+                        service,
+                    ),
+                    IpAddr::V6(a) => t.services6.insert(
+                        SockKey6 { vip: a.octets(), dport: f.port.to_be(), proto: f.protocol, _pad: 0 },
+                        service,
+                    ),
+                };
+            }
+        }
+        let live: HashSet<_> = services.keys().copied().collect();
+        ids.ids.retain(|group, _| live.contains(group));
+        t
+    }
 }
 
 fn sock_backend(b: &SocketBackend) -> SockBackend {
@@ -319,4 +336,62 @@ pub fn pinned_socket_counters(pin_dir: &Path) -> Result<Vec<(SockCounter, u64)>,
             Ok((c, per_cpu.iter().sum()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frontend(addr: &str, kind: FrontendKind, on_this_node: bool, weights: &[u16]) -> SocketFrontend {
+        let backends = weights
+            .iter()
+            .zip(1..)
+            .map(|(&weight, i)| SocketBackend {
+                id: BackendId(i),
+                addr: format!("198.18.10.{i}").parse().unwrap(),
+                port: 8080,
+                weight,
+            })
+            .collect();
+        SocketFrontend {
+            addr: addr.parse().unwrap(),
+            port: 80,
+            protocol: ip::TCP,
+            kind,
+            on_this_node,
+            backends,
+            affinity_timeout: Some(0),
+        }
+    }
+
+    #[test]
+    fn slots_follow_the_weights_and_node_ports_share_a_wildcard() {
+        let mut ids = ServiceIds::default();
+        let frontends = [
+            frontend("198.19.0.10", FrontendKind::ClusterIp, false, &[1, 0, 2]),
+            frontend("198.18.0.1", FrontendKind::NodePort, true, &[1]),
+            frontend("198.18.0.5", FrontendKind::NodePort, true, &[1]),
+            frontend("198.18.0.200", FrontendKind::ExternalIp, false, &[1]),
+            SocketFrontend { protocol: 132, ..frontend("198.19.0.11", FrontendKind::ClusterIp, false, &[1]) },
+        ];
+        let t = Tables::of(&frontends, &mut ids);
+        let key = |a: [u8; 4]| SockKey4 { vip: a, dport: 80u16.to_be(), proto: ip::TCP, _pad: 0 };
+        let cluster = t.services4[&key([198, 19, 0, 10])];
+        // Backend 2 is terminating (weight 0): no slot, not a member; backend 3 twice.
+        assert_eq!(cluster.slots, 3);
+        let slots: Vec<u32> = (0..3).map(|slot| t.slots[&SlotKey { service: cluster.id, slot }].0).collect();
+        assert_eq!(slots, [1, 3, 3]);
+        assert!(!t.members.contains_key(&SlotKey { service: cluster.id, slot: 2 }));
+        assert_eq!(cluster.affinity_timeout, 1, "a timeout of 0 s still means affinity");
+        // Both NodePort addresses and the wildcard are one service.
+        let node_port = t.services4[&key([198, 18, 0, 1])];
+        assert_eq!(t.services4[&key([198, 18, 0, 5])], node_port);
+        assert_eq!(t.services4[&key([0; 4])], node_port);
+        // Neither another address's external IP nor SCTP.
+        assert_eq!(t.services4.len(), 4);
+        // Ids stay while their service does.
+        let again = Tables::of(&frontends[..1], &mut ids);
+        assert_eq!(again.services4[&key([198, 19, 0, 10])].id, cluster.id);
+        assert_eq!(ids.ids.len(), 1);
+    }
 }

@@ -56,7 +56,8 @@ pub(super) fn publish(lb: &mut SocketLb, tables: &Tables) -> Result<()> {
             addr: f.addr,
             port: f.port,
             protocol: f.protocol,
-            node_port: s.config().kind == skiff_common::lb::FrontendKind::NodePort,
+            kind: s.config().kind,
+            on_this_node: tables.node.addresses.contains(&f.addr),
             backends: s
                 .internal_backends()
                 .map(|b| SocketBackend { id: b.id, addr: b.addr, port: b.port, weight: b.weight })

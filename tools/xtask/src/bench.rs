@@ -5,7 +5,9 @@
 //! (a pod-to-remote-pod flow through skiff's VXLAN against the kernel's), `control`
 //! (10k services × 10 endpoints to tables), `policy` (1000 policies over 10k pods to tables,
 //! one pod's label change), `cni` (a pod's ADD and DEL against the reference
-//! plugins, the agent's memory at 0 and 110 pods). The lab benches need root.
+//! plugins, the agent's memory at 0 and 110 pods), `socket_lb` (connections and round trips
+//! to a ClusterIP with socket-LB against the per-packet path and kube-proxy's iptables
+//! rules). The lab benches need root.
 
 use anyhow::Result;
 
@@ -20,15 +22,18 @@ pub fn bench() -> Result<()> {
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "overlay"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "control"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "policy"]))?;
-    // The CNI bench runs skiff-agent and skiff-cni as a node runs them: release binaries.
+    // The CNI and socket-LB benches run skiff-agent and skiff-cni as a node runs them:
+    // release binaries.
     run(cargo().args(["build", "--release", "-p", "skiff-control", "--bins"]))?;
-    run(cargo().env("SKIFF_BIN_DIR", workspace_root().join("target/release")).args([
-        "bench",
-        "-p",
-        "skiff-perf",
-        "--bench",
-        "cni",
-    ]))?;
+    for suite in ["cni", "socket_lb"] {
+        run(cargo().env("SKIFF_BIN_DIR", workspace_root().join("target/release")).args([
+            "bench",
+            "-p",
+            "skiff-perf",
+            "--bench",
+            suite,
+        ]))?;
+    }
     let target = workspace_root().join("target");
     run(cargo()
         .args(["run", "--release", "-q", "-p", "skiff-perf", "--bin", "bench-report", "--"])

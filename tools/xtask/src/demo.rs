@@ -2,7 +2,8 @@
 //! First skiff-agent on the node with `examples/demo` as the cluster: `skiff-cni` gives four
 //! empty pod namespaces their network (`skiff endpoint list` shows them), the EndpointSlice
 //! names the addresses they got, a client pod curls the ClusterIP and an external client the
-//! NodePort through skiff's workers, `skiff status`, `skiff service list` and `skiff node
+//! NodePort through skiff's workers, the node itself the ClusterIP and its own NodePort on
+//! 127.0.0.1 through socket-LB, `skiff status`, `skiff service list` and `skiff node
 //! list` show it, a bad manifest is rejected while the service keeps forwarding, a pod
 //! deleted (CNI DEL) leaves the service live, and SIGTERM stops the agent cleanly (the pods
 //! keep their network). Then the XDP program alone at the node's uplink: it passes the
@@ -250,6 +251,12 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     println!("  answers by pod: {}", spread(&client_pod.netns, "198.19.0.10:80", 30)?);
     println!("== 30 curls from the external client to the NodePort {}:30080", node.ipv4);
     println!("  answers by pod: {}", spread(&client.netns, &format!("{}:30080", node.ipv4), 30)?);
+    println!("== 30 curls from the node itself to the ClusterIP, and 30 to 127.0.0.1:30080");
+    println!("  (socket-LB: the connect goes to a backend; curl runs in the cgroup skiff-agent serves)");
+    for target in ["198.19.0.10:80", "127.0.0.1:30080"] {
+        let answers = on.agent.cgroup.http_get(&node.netns, &format!("http://{target}/"), 30, 3)?;
+        println!("  {target}: {}", described(&answers, 30));
+    }
     println!("== skiff status");
     print_indented(&on.skiff(&["status"])?);
     println!("== skiff service list");
@@ -351,12 +358,16 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
 
 /// `n` curls (new connections) to `target`, counted by the pod that answered.
 fn spread(from: &Netns, target: &str, n: usize) -> Result<String> {
-    let answers = from.http_get(&format!("http://{target}/"), n, 3)?;
+    Ok(described(&from.http_get(&format!("http://{target}/"), n, 3)?, n))
+}
+
+/// `n` answers counted by the pod that gave them, and what went unanswered.
+fn described(answers: &skiff_lab::Answers, n: usize) -> String {
     let mut text = answers.by_host.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
     if answers.answered() < n {
         text.push_str(&format!(" — {} of {n} unanswered: {}", n - answers.answered(), answers.errors));
     }
-    Ok(text)
+    text
 }
 
 fn print_indented(text: &str) {
