@@ -388,6 +388,12 @@ elif mode == "keepalive":
         assert_eq!(second["name"], kept.as_str(), "the existing connection is still served by {kept}");
         next_line(&mut keepalive);
         let _ = keepalive.wait();
+
+        // Stopped, the agent leaves nothing attached: loopback's NodePort is nobody's again.
+        assert_eq!(node.client(&here, &["connect", "127.0.0.1", "30080"])["error"], 0);
+        assert!(node.agent.agent.terminate().unwrap().success());
+        let answer = node.client(&here, &["connect", "127.0.0.1", "30080"]);
+        assert_eq!(answer["error"], 111, "after the agent stopped, nothing translates: {answer}");
     }
 
     fn next_line(child: &mut Child) {
@@ -505,5 +511,58 @@ elif mode == "keepalive":
             on => panic!("socket-LB should be off: {on:?}"),
         }
         assert_eq!(status.health, skiff_api::Health::Ok, "the agent serves without socket-LB");
+    }
+
+    /// `--cgroup-root` names a folder with no cgroup2: the agent mounts one there. It runs in
+    /// the lab's cgroup and a cgroup namespace of its own, so what it mounts (in its own mount
+    /// namespace) is the lab's cgroup, as an agent in a pod sees its own.
+    #[test]
+    fn the_agent_mounts_cgroup2_where_none_is() {
+        let mut lab = Topology::new().cluster(1).build().unwrap();
+        let client = lab.client().clone();
+        lab.serve_http(&client, 8080).unwrap();
+        let name = format!("socklb-automount-{}", lab.id());
+        let (objects, root) = (
+            std::env::temp_dir().join(format!("skiff-{name}-objects")),
+            std::env::temp_dir().join(format!("skiff-{name}-cgroup2")),
+        );
+        std::fs::create_dir_all(&objects).unwrap();
+        let yaml = format!(
+            "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: outside, namespace: default}}\n\
+             spec: {{clusterIP: {VIP4}, ports: [{{port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: outside, namespace: default, labels: {{kubernetes.io/service-name: outside}}}}\n\
+             addressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: ['{}']}}]\n",
+            nodes_yaml(&lab),
+            client.ipv4
+        );
+        std::fs::write(objects.join("cluster.yaml"), yaml).unwrap();
+        let args: Vec<String> = [
+            "--state-dir",
+            objects.to_str().unwrap_or_default(),
+            "--node-name",
+            "node1",
+            "--device",
+            "uplink",
+            "--cgroup-root",
+            root.to_str().unwrap_or_default(),
+        ]
+        .map(String::from)
+        .into();
+        let node = lab.nodes()[0].netns.clone();
+        let mut agent =
+            skiff_lab::agent::Agent::spawn_in_cgroup_namespace(&node, Path::new(AGENT), &name, &args)
+                .unwrap();
+        agent.wait_until("the service", |a| a.client().services().is_ok_and(|s| !s.is_empty())).unwrap();
+        let status = agent.status().expect("the agent answers");
+        let answers = agent.cgroup.http_get(&node, &format!("http://{VIP4}/"), 3, 5).unwrap();
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&objects);
+        let _ = std::fs::remove_dir(&root);
+        assert_eq!(
+            status.datapath.socket_lb,
+            SocketLb::On { cgroup: root.clone(), host_namespace_only: false }
+        );
+        assert_eq!(answers.by_host.get("client"), Some(&3), "{answers:?}");
     }
 }

@@ -36,13 +36,42 @@ impl Agent {
 
     /// As [`start`](Agent::start), but waits only until the agent answers on its socket.
     pub fn spawn(node: &Netns, binary: &Path, name: &str, args: &[String]) -> Result<Agent, LabError> {
+        Agent::launch(node, binary, name, args, false)
+    }
+
+    /// As [`spawn`](Agent::spawn), with the agent inside its lab cgroup and in a cgroup
+    /// namespace of its own, whose root that cgroup is: a cgroup2 it mounts shows the lab's
+    /// cgroup, never the machine's (as an agent in a pod sees its own).
+    pub fn spawn_in_cgroup_namespace(
+        node: &Netns,
+        binary: &Path,
+        name: &str,
+        args: &[String],
+    ) -> Result<Agent, LabError> {
+        Agent::launch(node, binary, name, args, true)
+    }
+
+    fn launch(
+        node: &Netns,
+        binary: &Path,
+        name: &str,
+        args: &[String],
+        cgroup_namespace: bool,
+    ) -> Result<Agent, LabError> {
         let work = std::env::temp_dir().join(format!("skiff-{name}"));
         let pins = PathBuf::from(format!("/sys/fs/bpf/skiff-{name}"));
         let cgroup = Cgroup::new(name)?;
         let io = |source| LabError::Spawn { command: format!("creating {}", work.display()), source };
         std::fs::create_dir_all(work.join("cni/net.d")).map_err(io)?;
         std::fs::create_dir_all(work.join("cni/bin")).map_err(io)?;
-        let mut cmd = node.command(binary.to_str().unwrap_or_default());
+        let binary = binary.to_str().unwrap_or_default();
+        let mut cmd = if cgroup_namespace {
+            let mut cmd = cgroup.command(node, "unshare");
+            cmd.args(["--cgroup", binary]);
+            cmd
+        } else {
+            node.command(binary)
+        };
         cmd.args(args)
             .arg("--socket")
             .arg(work.join("skiff.sock"))
