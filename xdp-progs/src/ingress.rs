@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, RingBuf, XskMap, lpm_trie::Key},
     programs::{Xdp, xdp::XdpLinkId},
 };
@@ -56,13 +56,7 @@ impl Ingress {
     /// maps already pinned there are reused with their contents), and verifies it.
     pub fn load(pin_dir: impl Into<PathBuf>) -> Result<Self, XdpError> {
         let pin_dir = pin_dir.into();
-        let io = |what: &str| {
-            let what = format!("{what} {}", pin_dir.display());
-            move |source| XdpError::Io { what, source }
-        };
-        bpffs::ensure_mounted().map_err(io("mounting bpffs for"))?;
-        std::fs::create_dir_all(&pin_dir).map_err(io("creating the pin folder"))?;
-        let ebpf = EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT).map_err(Box::new)?;
+        let ebpf = crate::load_pinned(OBJECT, &pin_dir)?;
         let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new() };
         let program = ingress.program_mut()?;
         crate::load(|| program.load())
@@ -371,13 +365,11 @@ impl Ingress {
             .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })
     }
 
-    /// A typed handle on map `name`.
     fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, XdpError>
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
-        M::try_from(map).map_err(XdpError::map(name))
+        crate::map_mut(&mut self.ebpf, name)
     }
 }
 
@@ -385,9 +377,7 @@ impl Ingress {
 /// from its pinned counters, so another part of the agent can read them).
 pub fn pinned_drops(pin_dir: &Path) -> Result<Vec<DropCount>, XdpError> {
     let name = maps::DROP_COUNTS;
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(XdpError::map(name))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(XdpError::map(name))?;
-    let array = aya::maps::PerCpuArray::<_, Counter>::try_from(map).map_err(XdpError::map(name))?;
+    let array: aya::maps::PerCpuArray<_, Counter> = crate::pinned(pin_dir, name)?;
     let mut out = Vec::new();
     for &reason in &DropReason::ALL {
         let per_cpu = array.get(&reason.code().into(), 0).map_err(XdpError::map(name))?;
@@ -408,15 +398,10 @@ pub struct TrackedFlows {
 
 impl TrackedFlows {
     pub fn open(pin_dir: &Path) -> Result<TrackedFlows, XdpError> {
-        fn open<K: aya::Pod>(
-            pin_dir: &Path,
-            name: &'static str,
-        ) -> Result<HashMap<MapData, K, CtEntry>, XdpError> {
-            let data = MapData::from_pin(pin_dir.join(name)).map_err(XdpError::map(name))?;
-            let map = aya::maps::Map::from_map_data(data).map_err(XdpError::map(name))?;
-            HashMap::try_from(map).map_err(XdpError::map(name))
-        }
-        Ok(TrackedFlows { v4: open(pin_dir, maps::CT_V4)?, v6: open(pin_dir, maps::CT_V6)? })
+        Ok(TrackedFlows {
+            v4: crate::pinned(pin_dir, maps::CT_V4)?,
+            v6: crate::pinned(pin_dir, maps::CT_V6)?,
+        })
     }
 
     /// Marks a flow as tracked (a worker NATs it): its packets go to the workers.

@@ -151,3 +151,35 @@ fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     }
     Ok(())
 }
+
+/// Loads `object`, pinning its maps in `pin_dir` (created if needed, on bpffs, mounted if it
+/// is not; maps already pinned there are reused with their contents).
+fn load_pinned(object: &[u8], pin_dir: &std::path::Path) -> Result<aya::Ebpf, XdpError> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", pin_dir.display());
+        move |source| XdpError::Io { what, source }
+    };
+    bpffs::ensure_mounted().map_err(io("mounting bpffs for"))?;
+    std::fs::create_dir_all(pin_dir).map_err(io("creating the pin folder"))?;
+    Ok(aya::EbpfLoader::new().default_map_pin_directory(pin_dir).load(object).map_err(Box::new)?)
+}
+
+/// A typed handle on map `name` of `ebpf`.
+fn map_mut<'a, M>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<M, XdpError>
+where
+    M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
+    M::try_from(map).map_err(XdpError::map(name))
+}
+
+/// A typed handle on map `name` pinned in `pin_dir` (opened by another part of the agent than
+/// the one that loaded its program).
+fn pinned<M>(pin_dir: &std::path::Path, name: &'static str) -> Result<M, XdpError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(XdpError::map(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(XdpError::map(name))?;
+    M::try_from(map).map_err(XdpError::map(name))
+}

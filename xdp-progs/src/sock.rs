@@ -10,8 +10,8 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
+    Ebpf,
+    maps::{Array, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSockAddr},
 };
 use skiff_common::{
@@ -111,14 +111,7 @@ impl SocketLb {
     /// pinned there are reused with their contents), and verifies them.
     pub fn load(pin_dir: impl Into<PathBuf>) -> Result<SocketLb, XdpError> {
         let pin_dir = pin_dir.into();
-        let io = |what: &str| {
-            let what = format!("{what} {}", pin_dir.display());
-            move |source| XdpError::Io { what, source }
-        };
-        bpffs::ensure_mounted().map_err(io("mounting bpffs for"))?;
-        std::fs::create_dir_all(&pin_dir).map_err(io("creating the pin folder"))?;
-        let mut ebpf =
-            EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT).map_err(Box::new)?;
+        let mut ebpf = crate::load_pinned(OBJECT, &pin_dir)?;
         for name in PROGRAMS {
             let program = program(&mut ebpf, name)?;
             crate::load(|| program.load())
@@ -211,13 +204,11 @@ impl SocketLb {
             .map_err(|source| XdpError::Io { what: format!("removing {}", dir.display()), source })
     }
 
-    /// A typed handle on map `name`.
     fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, XdpError>
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
-        M::try_from(map).map_err(XdpError::map(name))
+        crate::map_mut(&mut self.ebpf, name)
     }
 }
 
@@ -326,9 +317,7 @@ fn own_netns_cookie() -> std::io::Result<u64> {
 /// from the pin, so another part of the agent can read it).
 pub fn pinned_socket_counters(pin_dir: &Path) -> Result<Vec<(SockCounter, u64)>, XdpError> {
     let name = maps::SOCK_COUNTS;
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(XdpError::map(name))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(XdpError::map(name))?;
-    let array = PerCpuArray::<_, u64>::try_from(map).map_err(XdpError::map(name))?;
+    let array: PerCpuArray<_, u64> = crate::pinned(pin_dir, name)?;
     SockCounter::ALL
         .iter()
         .map(|&c| {
