@@ -29,6 +29,8 @@ mod privileged {
     const EMPTY6: &str = "fd00:0:0:19::11";
     /// One backend (web-0) on port 9090, for the pods' tests.
     const PEER: &str = "198.19.0.12";
+    /// The web pods with `sessionAffinity: ClientIP`.
+    const STICKY: &str = "198.19.0.14";
     const WEB: [&str; 3] = ["web-0", "web-1", "web-2"];
     /// An external IP a Service claims that is no node's (nothing answers there).
     const CLAIMED: &str = "198.18.0.200";
@@ -144,6 +146,11 @@ elif mode == "keepalive":
              {v4}{v6}\
              ---\napiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: default}}\n\
              spec: {{clusterIP: {EMPTY}, clusterIPs: [{EMPTY}, '{EMPTY6}'], ipFamilies: [IPv4, IPv6], ports: [{{port: 80}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: default}}\n\
+             spec: {{clusterIP: {STICKY}, sessionAffinity: ClientIP, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: sticky, namespace: default, labels: {{kubernetes.io/service-name: sticky}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n{sticky}\
              ---\napiVersion: v1\nkind: Service\nmetadata: {{name: peer, namespace: default}}\n\
              spec: {{clusterIP: {PEER}, ports: [{{port: 90, targetPort: 9090}}]}}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
@@ -151,6 +158,7 @@ elif mode == "keepalive":
              addressType: IPv4\nports: [{{port: 9090}}]\nendpoints: [{{addresses: ['{web0}'], nodeName: node1}}]\n",
             v4 = slice(false),
             v6 = slice(true),
+            sticky = slice(false).split_once("endpoints:\n").map_or("", |(_, e)| e),
             web0 = pods[0].ipv4,
         )
     }
@@ -307,10 +315,16 @@ elif mode == "keepalive":
             let answer = node.client(here, &["tcp", vip, "80"]);
             assert_eq!(peer(&answer), (vip.to_owned(), 80), "getpeername");
         }
+        // A dual-stack socket to an IPv4 service (`::ffff:198.19.0.10`).
+        let mapped = format!("::ffff:{VIP4}");
+        assert_eq!(peer(&node.client(here, &["tcp", &mapped, "80"])), (mapped.clone(), 80));
+        // ClientIP affinity: every connection of the node's namespace to one backend.
+        let by_host = node.spread(here, &format!("http://{STICKY}/"), 20);
+        assert_eq!(by_host.values().copied().collect::<Vec<_>>(), [20], "one backend: {by_host:?}");
         let answer = node.client(here, &["udp", &node2.ipv4.to_string(), "30053"]);
         assert_eq!(peer(&answer), (node2.ipv4.to_string(), 30053), "another node's UDP NodePort");
         let translated = node.socket_counter(SockCounter::Translated);
-        assert!(translated >= 7 * 45 + 7, "translated {translated}");
+        assert!(translated >= 7 * 45 + 8 + 20, "translated {translated}");
     }
 
     #[test]

@@ -491,6 +491,8 @@ fn external_traffic_policy_local() {
         .map(|port| next_hop(run(&mut e, eth().ipv4(pod(7), NODE).tcp(port, NODE_PORT).syn().build())))
         .collect();
     assert_eq!(inside.len(), 2, "internal clients use both backends");
+    let connect_time = t.services[&frontend].internal_backends().count();
+    assert_eq!(connect_time, 2, "socket-LB's clients are inside the cluster");
 
     let mut remote_only = backends(&[pod(1).into()]);
     remote_only[0].local = false;
@@ -500,15 +502,17 @@ fn external_traffic_policy_local() {
     assert_eq!(v, Action::Drop(DropReason::NoLocalBackend));
 }
 
-/// internalTrafficPolicy Local: a ClusterIP sends every client to this node's backends only.
+/// internalTrafficPolicy Local: a ClusterIP sends every client to this node's backends only
+/// (socket-LB's choice at connect time too, which also leaves out terminating ones).
 #[test]
 fn internal_traffic_policy_local() {
-    let mut b = backends(&[pod(0).into(), pod(1).into(), pod(2).into()]);
+    let mut b = backends(&[pod(0).into(), pod(1).into(), pod(2).into(), pod(3).into()]);
     b[0].local = false;
+    b[3].weight = 0;
     let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 6 };
     let config = ServiceConfig { traffic_policy: TrafficPolicy::Local, ..MAGLEV };
     let mut e = Engine::new(
-        one_service(frontend, Service::new(b, config).unwrap(), LocalNode::default()),
+        one_service(frontend, Service::new(b.clone(), config).unwrap(), LocalNode::default()),
         1024,
         Timeouts::default(),
     );
@@ -516,6 +520,10 @@ fn internal_traffic_policy_local() {
         .map(|port| next_hop(run(&mut e, eth().ipv4(pod(7), VIP).tcp(port, 80).syn().build())))
         .collect();
     assert_eq!(reached, [pod(1).into(), pod(2).into()].into_iter().collect());
+    let service = Service::new(b, config).unwrap();
+    let mut connect_time: Vec<IpAddr> = service.internal_backends().map(|b| b.addr).collect();
+    connect_time.sort_unstable();
+    assert_eq!(connect_time, [IpAddr::from(pod(1)), pod(2).into()]);
 }
 
 /// The random algorithm spreads new flows like Maglev does (each of 3 within ±15% of even) and
