@@ -29,7 +29,10 @@ use crate::{
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
     objects::{Documents, Object},
-    policy::{self, Cluster, Compiled, Enforcement, Local, PolicyCompiler, identity::Identities},
+    policy::{
+        self, Cluster, Compiled, Enforcement, Local, PolicyCompiler,
+        identity::{Allocator, ClusterIdentities, Identities},
+    },
     prefilter::Prefilter,
     store::Store,
     validate::Limits,
@@ -492,12 +495,15 @@ impl Controller {
             let changes = self.store.take_changes();
             self.policy_generation += u64::from(changes.policies);
             self.compiler.update(&self.store, &changes, &self.ctx);
-            // The label sets change only here: not at every CNI call.
-            // Numbered in label order: nodes that start from the same objects number them
-            // alike (until CiliumIdentity objects make them agree).
-            let mut new_label_sets = self.compiler.take_new_label_sets();
-            new_label_sets.sort_unstable();
-            if let Err(e) = self.identities.allocate(&new_label_sets) {
+            // The label sets change only here: not at every CNI call. New ones are numbered
+            // in label order (nodes numbering on their own number the same objects alike);
+            // all of them again when the cluster's CiliumIdentity objects renumbered some.
+            let mut label_sets = self.compiler.take_new_label_sets();
+            if changes.policies && self.identities.observe(self.cluster_identities()) {
+                label_sets = self.compiler.desired().label_sets.keys().cloned().collect();
+            }
+            label_sets.sort_unstable();
+            if let Err(e) = self.identities.allocate(&label_sets) {
                 tracing::error!("identities: {e:#}");
             }
             self.label_endpoints();
@@ -517,6 +523,22 @@ impl Controller {
         }
         self.refresh_snapshot();
         Ok(report)
+    }
+
+    /// The CiliumIdentity objects of the source.
+    fn cluster_identities(&self) -> ClusterIdentities {
+        self.store
+            .of_kind(Kind::CiliumIdentity)
+            .filter_map(|o| {
+                if let Object::CiliumIdentity(i) = o { Some((i.number()?, i.pod_labels())) } else { None }
+            })
+            .collect()
+    }
+
+    /// Numbers identities through CiliumIdentity objects (with an API server).
+    pub fn with_identity_allocator(mut self, allocator: Box<dyn Allocator>) -> Controller {
+        self.identities.set_allocator(allocator);
+        self
     }
 
     /// Installs the routes to other nodes' pod CIDRs when they changed.

@@ -286,5 +286,87 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         };
         properties.insert("status".into(), status);
     }
+    crds.push(CiliumIdentity::crd());
     crds
+}
+
+/// Cilium's CiliumIdentity (cluster-scoped, `cilium.io/v2`): a security identity, named by its
+/// number, and the labels it stands for (`security-labels`, each key `k8s:`-prefixed as
+/// Cilium's agents write a pod's). Created by the first agent that needs the number; read by
+/// all, so every node numbers a label set alike.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct CiliumIdentity {
+    #[serde(default)]
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(rename = "security-labels", default)]
+    pub security_labels: BTreeMap<String, String>,
+}
+
+impl CiliumIdentity {
+    /// The source prefix of a pod's labels.
+    const K8S: &str = "k8s:";
+
+    /// Identity `id` for a pod label set, as the API server takes it.
+    pub fn object(id: u32, labels: &BTreeMap<String, String>) -> Value {
+        let security: BTreeMap<String, &String> =
+            labels.iter().map(|(k, v)| (format!("{}{k}", Self::K8S), v)).collect();
+        serde_json::json!({
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumIdentity",
+            "metadata": {"name": id.to_string()},
+            "security-labels": security,
+        })
+    }
+
+    /// Its number, if its name is one.
+    pub fn number(&self) -> Option<u32> {
+        self.metadata.name.as_deref()?.parse().ok()
+    }
+
+    /// The pod label set it stands for; `None` when a label comes from another source than
+    /// Kubernetes (a reserved or CIDR identity of Cilium's).
+    pub fn pod_labels(&self) -> Option<BTreeMap<String, String>> {
+        self.security_labels
+            .iter()
+            .map(|(k, v)| Some((k.strip_prefix(Self::K8S)?.to_owned(), v.clone())))
+            .collect()
+    }
+
+    fn crd() -> CustomResourceDefinition {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "ciliumidentities.cilium.io"},
+            "spec": {
+                "group": "cilium.io",
+                "names": {
+                    "kind": "CiliumIdentity",
+                    "plural": "ciliumidentities",
+                    "singular": "ciliumidentity",
+                    "shortNames": ["ciliumid"],
+                    "listKind": "CiliumIdentityList",
+                },
+                "scope": "Cluster",
+                "versions": [{
+                    "name": "v2",
+                    "served": true,
+                    "storage": true,
+                    "schema": {"openAPIV3Schema": {
+                        "type": "object",
+                        "required": ["metadata", "security-labels"],
+                        "properties": {
+                            "apiVersion": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "metadata": {"type": "object"},
+                            "security-labels": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                        },
+                    }},
+                }],
+            },
+        }))
+        .expect("the CiliumIdentity CRD is well formed")
+    }
 }

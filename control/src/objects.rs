@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use skiff_api::{Kind, ObjectKey, Rejection};
 
-use crate::crd::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
+use crate::crd::{CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
@@ -26,6 +26,7 @@ pub enum Object {
     NetworkPolicy(Box<NetworkPolicy>),
     CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
     CiliumClusterwideNetworkPolicy(Box<CiliumClusterwideNetworkPolicy>),
+    CiliumIdentity(Box<CiliumIdentity>),
 }
 
 impl Object {
@@ -39,6 +40,7 @@ impl Object {
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::CiliumNetworkPolicy(_) => Kind::CiliumNetworkPolicy,
             Object::CiliumClusterwideNetworkPolicy(_) => Kind::CiliumClusterwideNetworkPolicy,
+            Object::CiliumIdentity(_) => Kind::CiliumIdentity,
         }
     }
 
@@ -52,6 +54,7 @@ impl Object {
             Object::NetworkPolicy(o) => &o.metadata,
             Object::CiliumNetworkPolicy(o) => &o.metadata,
             Object::CiliumClusterwideNetworkPolicy(o) => &o.metadata,
+            Object::CiliumIdentity(o) => &o.metadata,
         }
     }
 
@@ -135,6 +138,7 @@ pub fn decode(mut value: Value, origin: &str) -> Result<Object, Rejection> {
         Kind::NetworkPolicy => typed(value).map(Object::NetworkPolicy),
         Kind::CiliumNetworkPolicy => typed(value).map(Object::CiliumNetworkPolicy),
         Kind::CiliumClusterwideNetworkPolicy => typed(value).map(Object::CiliumClusterwideNetworkPolicy),
+        Kind::CiliumIdentity => typed(value).map(Object::CiliumIdentity),
     };
     match &mut object {
         Ok(Object::CiliumNetworkPolicy(p)) => p.spec.more = more,

@@ -68,9 +68,11 @@ impl Changes {
             Object::Namespace(n) => {
                 self.namespaces.insert(n.metadata.name.clone().unwrap_or_default());
             }
+            // An identity's number changes what the compiled policy says of its pods.
             Object::NetworkPolicy(_)
             | Object::CiliumNetworkPolicy(_)
-            | Object::CiliumClusterwideNetworkPolicy(_) => self.policies = true,
+            | Object::CiliumClusterwideNetworkPolicy(_)
+            | Object::CiliumIdentity(_) => self.policies = true,
         }
     }
 }

@@ -5,7 +5,8 @@
 //! the API server killed and restarted: the tables stay, then converge. Also reports the
 //! write → apply latency over 200 updates. Without Cilium's CRDs, Services are applied and
 //! status says which kinds are not served; the agent installs the CRDs, and policies written
-//! for Cilium reach it whole.
+//! for Cilium reach it whole. Two agents number identities alike through CiliumIdentity
+//! objects, whatever order they saw the pods in.
 
 use std::{
     path::{Path, PathBuf},
@@ -42,10 +43,12 @@ impl Agent {
         let work = std::env::temp_dir().join(format!("skiff-test-{name}-{}", std::process::id()));
         let socket = work.join("skiff.sock");
         // In the machine's own namespace: no CNI installed, no pods (the node stays as it is).
+        let node = if extra.contains(&"--node-name") { &[][..] } else { &["--node-name", "node1"][..] };
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-agent"))
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--io", "none", "--node-name", "node1", "--cni-install", "false", "--data-dir"])
+            .args(node)
+            .args(["--io", "none", "--cni-install", "false", "--data-dir"])
             .arg(work.join("data"))
             .arg("--socket")
             .arg(&socket)
@@ -367,7 +370,7 @@ fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
     println!("without the CRDs: {health}");
     assert!(
         health.contains(
-            "does not serve CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy (CRD not installed)"
+            "does not serve CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, CiliumIdentity (CRD not installed)"
         ),
         "status names the kinds not served: {health}"
     );
@@ -432,4 +435,88 @@ fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
     wait_for_event(&client, &rt, "NotEnforced", "l7-get-public", "toPorts.rules");
     assert_eq!(agent.backends(CLUSTER_IP), Some(3), "the service stays");
     agent.terminate();
+}
+
+/// Node 1's agent sees pod `zeta` before pod `alpha` and numbers their label sets as they
+/// come; node 2's agent starts after both exist, and (numbering on its own) would number them
+/// in label order, `alpha` first. Through the CiliumIdentity objects node 1 created, node 2
+/// takes node 1's numbers: one object per label set, and both agents list the same.
+#[test]
+fn two_agents_number_identities_alike_through_cilium_identities() {
+    let server = ApiServer::start().expect("etcd and kube-apiserver start");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = client_of(&server, &rt);
+    let pp = PostParams::default();
+    let pods = Api::<Pod>::namespaced(client.clone(), "ids");
+    let pod = |name: &str, node: &str, ip: &str| -> Pod {
+        object(json!({"metadata": {"name": name, "namespace": "ids", "labels": {"app": name}},
+                      "spec": {"nodeName": node, "containers": [{"name": "c", "image": "skiff/probe"}]},
+                      "status": {"podIP": ip, "podIPs": [{"ip": ip}]}}))
+    };
+    rt.block_on(async {
+        Api::<Namespace>::all(client.clone())
+            .create(&pp, &object(json!({"metadata": {"name": "ids"}})))
+            .await
+            .unwrap();
+        for (node, cidr, address) in
+            [("node1", "198.18.10.0/24", "198.18.0.1"), ("node2", "198.18.11.0/24", "198.18.0.3")]
+        {
+            let node = json!({"metadata": {"name": node}, "spec": {"podCIDR": cidr},
+                              "status": {"addresses": [{"type": "InternalIP", "address": address}]}});
+            Api::<Node>::all(client.clone()).create(&pp, &object(node)).await.unwrap();
+        }
+    });
+    let ids = |agent: &Agent| -> Vec<(u32, Vec<String>)> {
+        let views = skiff_api::Client::new(&agent.socket).identities().unwrap_or_default();
+        views.into_iter().filter(|v| v.id >= 256).map(|v| (v.id, v.labels)).collect()
+    };
+    let number_of = |ids: &[(u32, Vec<String>)], app: &str| {
+        ids.iter().find(|(_, labels)| labels.contains(&format!("k8s:app={app}"))).map(|(id, _)| *id)
+    };
+    let one = Agent::start(&server.kubeconfig(), "ids-node1", &["--node-name", "node1"]);
+    wait_until("node 1's agent", || one.status().is_some_and(|s| s.connected));
+    rt.block_on(pods.create(&pp, &pod("zeta", "node1", "198.18.10.5"))).unwrap();
+    wait_until("zeta numbered", || number_of(&ids(&one), "zeta").is_some());
+    rt.block_on(pods.create(&pp, &pod("alpha", "node2", "198.18.11.5"))).unwrap();
+    wait_until("alpha numbered", || number_of(&ids(&one), "alpha").is_some());
+    let two = Agent::start(&server.kubeconfig(), "ids-node2", &["--node-name", "node2"]);
+    wait_until("node 2 numbers both", || {
+        let theirs = ids(&two);
+        number_of(&theirs, "zeta").is_some() && number_of(&theirs, "alpha").is_some()
+    });
+    let (mine, theirs) = (ids(&one), ids(&two));
+    println!("node 1: {mine:?}\nnode 2: {theirs:?}");
+    assert_eq!(mine, theirs, "both agents number every label set alike");
+    assert!(
+        number_of(&mine, "zeta") < number_of(&mine, "alpha"),
+        "in the order node 1 saw them, not label order"
+    );
+    let objects = rt
+        .block_on(
+            Api::<DynamicObject>::all_with(
+                client.clone(),
+                &ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk("cilium.io", "v2", "CiliumIdentity"),
+                    "ciliumidentities",
+                ),
+            )
+            .list(&Default::default()),
+        )
+        .unwrap();
+    let mut stored: Vec<(u32, String)> = objects
+        .items
+        .iter()
+        .map(|o| {
+            let id = o.metadata.name.as_deref().unwrap_or_default().parse().unwrap_or(0);
+            (id, o.data["security-labels"]["k8s:app"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    stored.sort_unstable();
+    let expected = vec![
+        (number_of(&mine, "zeta").unwrap(), "zeta".to_owned()),
+        (number_of(&mine, "alpha").unwrap(), "alpha".to_owned()),
+    ];
+    assert_eq!(stored, expected, "one CiliumIdentity per label set, as the agents number them");
+    one.terminate();
+    two.terminate();
 }

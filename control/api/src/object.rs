@@ -16,10 +16,13 @@ pub enum Kind {
     NetworkPolicy,
     CiliumNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
+    /// A security identity's number and labels, as Cilium's agents allocate them through the
+    /// API server: every node numbers a label set alike.
+    CiliumIdentity,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
@@ -28,6 +31,7 @@ impl Kind {
         Kind::NetworkPolicy,
         Kind::CiliumNetworkPolicy,
         Kind::CiliumClusterwideNetworkPolicy,
+        Kind::CiliumIdentity,
     ];
 
     /// The API versions skiff reads a kind in, the current one first.
@@ -37,12 +41,17 @@ impl Kind {
             // 1.20 API servers serve only v1beta1; the agent converts its fields.
             Kind::EndpointSlice => &["discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"],
             Kind::NetworkPolicy => &["networking.k8s.io/v1"],
-            Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy => &["cilium.io/v2"],
+            Kind::CiliumNetworkPolicy | Kind::CiliumClusterwideNetworkPolicy | Kind::CiliumIdentity => {
+                &["cilium.io/v2"]
+            }
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::Namespace | Kind::CiliumClusterwideNetworkPolicy)
+        !matches!(
+            self,
+            Kind::Node | Kind::Namespace | Kind::CiliumClusterwideNetworkPolicy | Kind::CiliumIdentity
+        )
     }
 
     /// The kind called `name` (as in an object's `kind` field).
@@ -60,6 +69,7 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             Kind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+            Kind::CiliumIdentity => "CiliumIdentity",
         }
     }
 }

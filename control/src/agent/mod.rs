@@ -75,6 +75,7 @@ pub async fn run(options: Options) -> Result<()> {
     };
     let limits = Limits { node_ports: options.node_port_range.clone() };
     let (events_tx, events) = mpsc::channel(1024);
+    let mut kube_client_for_identities = None;
     let (source, kube_events, source_task) = match source_arg {
         SourceArg::StateDir(dir) => {
             let task = tokio::spawn(source::dir::watch(dir.clone(), events_tx));
@@ -86,6 +87,7 @@ pub async fn run(options: Options) -> Result<()> {
                 source::kube::install_crds(&client).await;
             }
             let recorder = source::kube::Events::new(client.clone());
+            kube_client_for_identities = Some(client.clone());
             (
                 Source::Kubernetes { server },
                 Some(recorder),
@@ -94,7 +96,11 @@ pub async fn run(options: Options) -> Result<()> {
         }
     };
     let endpoints = Endpoints::open(endpoint_config)?;
-    let controller = Controller::new(ctx, limits, sink, source).with_endpoints(endpoints)?;
+    let mut controller = Controller::new(ctx, limits, sink, source).with_endpoints(endpoints)?;
+    if let Some(client) = kube_client_for_identities {
+        controller =
+            controller.with_identity_allocator(Box::new(source::kube::IdentityAllocator::new(client)));
+    }
     let (asks_tx, asks) = mpsc::channel(64);
     let server = tokio::spawn({
         let (path, snapshot) = (options.socket.clone(), controller.snapshot());

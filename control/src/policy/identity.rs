@@ -1,10 +1,18 @@
 //! Security identities of label sets: a number from 256 up for each distinct set of the
 //! cluster's pods (below are Cilium's reserved ones), kept on disk (in the agent's data
-//! folder) so that a label set keeps its number across restarts. Numbers are this node's own
-//! until identities are agreed between nodes. A number stays with its labels after their last
-//! pod goes.
+//! folder) so that a label set keeps its number across restarts. A number stays with its
+//! labels after their last pod goes.
+//!
+//! With an API server the nodes agree, as Cilium's agents do in CRD mode: a number is a
+//! CiliumIdentity object, created by the first agent that needs one for its labels (the API
+//! server lets only one create a name), and every agent reads them all. Two agents that raced
+//! to number the same labels differently both take the lower number. Where the API server
+//! refuses (no CRD, no right), the number is this node's own, and said so in the log.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use hashbrown::HashMap;
 
@@ -16,6 +24,25 @@ use crate::{
     labels::Labels,
 };
 
+/// The highest number an agent allocates (Cilium's CRD mode allocates 16 bits).
+pub const LAST_ALLOCATED: u32 = 65535;
+
+/// Makes CiliumIdentity objects (the agent's: through the API server).
+pub trait Allocator: Send {
+    /// Creates identity `id` for `labels`, or finds it taken: with the pod label set it stands
+    /// for (`None` if it is not one).
+    fn create(&mut self, id: u32, labels: &Labels) -> anyhow::Result<Created>;
+}
+
+pub enum Created {
+    Made,
+    Taken(Option<Labels>),
+}
+
+/// The cluster's CiliumIdentity objects: number → the pod label set it stands for (`None`:
+/// labels of another source, a number taken all the same).
+pub type ClusterIdentities = BTreeMap<u32, Option<Labels>>;
+
 #[derive(Default)]
 pub struct Identities {
     /// Where they are kept; `None`: in memory only.
@@ -23,13 +50,15 @@ pub struct Identities {
     /// Hashed (hashbrown's fast hasher): a lookup hashes a label set once rather than
     /// comparing it with a dozen others.
     by_labels: HashMap<Labels, Identity>,
+    /// With an API server: what allocates, and what it knows of the cluster's numbers.
+    cluster: Option<(Box<dyn Allocator>, ClusterIdentities)>,
 }
 
 impl Identities {
     pub fn open(path: &Path) -> anyhow::Result<Identities> {
         let saved: Vec<(Labels, u32)> = read_json(path)?.unwrap_or_default();
         let by_labels = saved.into_iter().map(|(labels, id)| (labels, Identity(id))).collect();
-        Ok(Identities { path: Some(path.to_owned()), by_labels })
+        Ok(Identities { path: Some(path.to_owned()), by_labels, cluster: None })
     }
 
     /// Every label set with its number.
@@ -43,14 +72,40 @@ impl Identities {
         Ok(self.by_labels[labels])
     }
 
+    /// Numbers through `allocator` from now on (the agent's API server).
+    pub fn set_allocator(&mut self, allocator: Box<dyn Allocator>) {
+        self.cluster = Some((allocator, ClusterIdentities::new()));
+    }
+
+    /// Takes the cluster's numbers as they are now: a label set with an object takes its
+    /// lowest number; one whose number another label set holds loses it (and is numbered
+    /// again by [`allocate`](Identities::allocate)). Whether any number changed.
+    pub fn observe(&mut self, objects: ClusterIdentities) -> bool {
+        let Some((_, known)) = &mut self.cluster else { return false };
+        *known = objects;
+        let mut agreed: HashMap<&Labels, u32> = HashMap::new();
+        for (&id, labels) in known.iter() {
+            if let Some(labels) = labels {
+                agreed.entry(labels).or_insert(id);
+            }
+        }
+        let before = self.by_labels.clone();
+        self.by_labels.retain(|labels, id| {
+            agreed.get(labels).is_some_and(|&a| a == id.0) || !known.contains_key(&id.0)
+        });
+        for (labels, id) in agreed {
+            self.by_labels.insert(labels.clone(), Identity(id));
+        }
+        self.by_labels != before
+    }
+
     /// Numbers every set in `sets` that has none yet; saves once.
     pub fn allocate<'a>(&mut self, sets: impl IntoIterator<Item = &'a Labels>) -> anyhow::Result<()> {
-        let mut next = self.by_labels.values().max().map_or(Identity::FIRST_ALLOCATED, |m| Identity(m.0 + 1));
         let mut added = false;
         for labels in sets {
             if !self.by_labels.contains_key(labels) {
-                self.by_labels.insert(labels.clone(), next);
-                next = Identity(next.0 + 1);
+                let id = self.number(labels);
+                self.by_labels.insert(labels.clone(), id);
                 added = true;
             }
         }
@@ -61,6 +116,45 @@ impl Identities {
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// A new number for `labels`: a CiliumIdentity made for it (or found made by another
+    /// agent), else the next one of this node's own.
+    fn number(&mut self, labels: &Labels) -> Identity {
+        let local = self.by_labels.values().max().map_or(Identity::FIRST_ALLOCATED, |m| Identity(m.0 + 1));
+        let Some((allocator, known)) = &mut self.cluster else { return local };
+        // Found while numbering another set (its number was taken by these labels).
+        if let Some((&id, _)) = known.iter().find(|(_, theirs)| theirs.as_ref() == Some(labels)) {
+            return Identity(id);
+        }
+        let mut id = Identity::FIRST_ALLOCATED.0;
+        // Bounded: each try learns one more taken number.
+        for _ in 0..64 {
+            while known.contains_key(&id) || self.by_labels.values().any(|n| n.0 == id) {
+                id += 1;
+            }
+            if id > LAST_ALLOCATED {
+                break;
+            }
+            match allocator.create(id, labels) {
+                Ok(Created::Made) => {
+                    known.insert(id, Some(labels.clone()));
+                    return Identity(id);
+                }
+                Ok(Created::Taken(theirs)) => {
+                    let same = theirs.as_ref() == Some(labels);
+                    known.insert(id, theirs);
+                    if same {
+                        return Identity(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("CiliumIdentity {id}: {e:#}; numbered by this node alone");
+                    break;
+                }
+            }
+        }
+        local
     }
 
     /// The reserved identities, then the allocated ones, by number.
@@ -106,5 +200,48 @@ mod tests {
         assert_eq!(of_view(259), Some(vec!["k8s:app=api".to_owned()]), "only the new set is numbered");
         assert_eq!(views.iter().filter(|v| v.id >= 256).count(), 4);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An API server of CiliumIdentity objects as the agent sees it: numbers another agent took.
+    struct Server(std::sync::Arc<std::sync::Mutex<ClusterIdentities>>);
+
+    impl Allocator for Server {
+        fn create(&mut self, id: u32, labels: &Labels) -> anyhow::Result<Created> {
+            let mut objects = self.0.lock().unwrap();
+            if let Some(theirs) = objects.get(&id) {
+                return Ok(Created::Taken(theirs.clone()));
+            }
+            objects.insert(id, Some(labels.clone()));
+            Ok(Created::Made)
+        }
+    }
+
+    #[test]
+    fn the_cluster_numbers_win_and_the_lowest_of_a_race() {
+        let set = |app: &str| -> Labels { [("app".into(), app.into())].into() };
+        let (web, db, api) = (set("web"), set("db"), set("api"));
+        // Another agent made 256 for db and 257 for a reserved-like set skiff does not read.
+        let objects = std::sync::Arc::new(std::sync::Mutex::new(ClusterIdentities::from([
+            (256, Some(db.clone())),
+            (257, None),
+        ])));
+        let mut ids = Identities::default();
+        ids.set_allocator(Box::new(Server(objects.clone())));
+        // Not yet listed: web tries 256 and 257 (taken), and makes 258; db finds its own 256.
+        ids.allocate([&web, &db]).unwrap();
+        assert_eq!((ids.all()[&web].0, ids.all()[&db].0), (258, 256));
+        // Listed: the same, nothing changes.
+        assert!(!ids.observe(objects.lock().unwrap().clone()));
+        // A race: another agent numbered web 300 and api 259 while this one made 258 for web:
+        // both keep the lower, 258; api takes 259.
+        let mut listed = objects.lock().unwrap().clone();
+        listed.insert(300, Some(web.clone()));
+        listed.insert(259, Some(api.clone()));
+        assert!(ids.observe(listed.clone()), "api is numbered by the cluster");
+        assert_eq!((ids.all()[&web].0, ids.all()[&api].0), (258, 259));
+        // The object for 258 goes (the other agent won with 300, say): web renumbers to 300.
+        listed.remove(&258);
+        assert!(ids.observe(listed));
+        assert_eq!(ids.all()[&web].0, 300);
     }
 }

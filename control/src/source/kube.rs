@@ -36,8 +36,10 @@ use tokio::sync::mpsc::Sender;
 
 use crate::{
     controller::Event,
-    crd::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy},
+    crd::{CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy},
+    labels::Labels,
     objects::{Object, decode},
+    policy::identity::{Allocator, Created},
 };
 
 const ORIGIN: &str = "api";
@@ -53,6 +55,7 @@ pub async fn watch(client: Client, events: Sender<Event>) -> Result<()> {
         (Kind::CiliumNetworkPolicy, ApiResource::erase::<CiliumNetworkPolicy>(&())),
         (Kind::CiliumClusterwideNetworkPolicy, ApiResource::erase::<CiliumClusterwideNetworkPolicy>(&())),
         (Kind::EndpointSlice, endpoint_slice_resource(&client).await),
+        (Kind::CiliumIdentity, identity_resource()),
     ];
     let mut tasks = tokio::task::JoinSet::new();
     for (kind, resource) in resources {
@@ -62,6 +65,48 @@ pub async fn watch(client: Client, events: Sender<Event>) -> Result<()> {
         done??;
     }
     Ok(())
+}
+
+fn identity_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cilium.io", "v2", "CiliumIdentity"),
+        "ciliumidentities",
+    )
+}
+
+/// Creates CiliumIdentity objects for the control loop, which waits for the answer: a pod's
+/// identity is needed before its policy can be compiled.
+pub struct IdentityAllocator {
+    api: Api<DynamicObject>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl IdentityAllocator {
+    /// From within the agent's (multi-threaded) runtime.
+    pub fn new(client: Client) -> IdentityAllocator {
+        let api = Api::<DynamicObject>::all_with(client, &identity_resource());
+        IdentityAllocator { api, runtime: tokio::runtime::Handle::current() }
+    }
+}
+
+impl Allocator for IdentityAllocator {
+    fn create(&mut self, id: u32, labels: &Labels) -> Result<Created> {
+        let object: DynamicObject = serde_json::from_value(CiliumIdentity::object(id, labels))?;
+        let (api, runtime) = (&self.api, &self.runtime);
+        tokio::task::block_in_place(|| {
+            runtime.block_on(async {
+                match api.create(&PostParams::default(), &object).await {
+                    Ok(_) => Ok(Created::Made),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        let theirs: CiliumIdentity =
+                            serde_json::from_value(serde_json::to_value(api.get(&id.to_string()).await?)?)?;
+                        Ok(Created::Taken(theirs.pod_labels()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+    }
 }
 
 /// v1 where served, else v1beta1.

@@ -60,8 +60,17 @@ pub fn validate(object: &Object, limits: &Limits) -> Result<(), Vec<FieldError>>
         Object::NetworkPolicy(p) => network_policy(&mut v, p),
         Object::CiliumNetworkPolicy(p) => cilium_policy(&mut v, &p.spec),
         Object::CiliumClusterwideNetworkPolicy(p) => cilium_policy(&mut v, &p.spec.policy),
+        Object::CiliumIdentity(_) => identity(&mut v, meta.name.as_deref().unwrap_or_default()),
     }
     if v.errors.is_empty() { Ok(()) } else { Err(v.errors) }
+}
+
+/// A CiliumIdentity is named by its number, in the range Cilium's agents allocate.
+fn identity(v: &mut Check, name: &str) {
+    let range = skiff_common::identity::Identity::FIRST_ALLOCATED.0..=crate::policy::identity::LAST_ALLOCATED;
+    if !name.parse::<u32>().is_ok_and(|id| range.contains(&id)) {
+        v.error("metadata.name", format!("{name:?} is not an identity number in {range:?}"));
+    }
 }
 
 fn pod(v: &mut Check, p: &Pod) {

@@ -224,9 +224,9 @@ impl Engine {
         }
         let (src, dst) = (unmap(tuple.src, ip.v6), unmap(tuple.dst, ip.v6));
         let policy = &*self.tables.policy;
-        // Until the nodes agree on identities through the API server, a tunnel's identity
-        // counts only where it is what this node numbers the source: nodes that number label
-        // sets differently then fail closed, never judge a flow by another label set.
+        // A tunnel's identity counts only where it is what this node numbers the source:
+        // nodes that number label sets differently (from folders, or an identity not yet
+        // agreed) fail closed, never judge a flow by another label set.
         if tunnel.is_some_and(|identity| identity != policy.ipcache.lookup(src)) {
             return Err(DropReason::TunnelIdentityMismatch);
         }
