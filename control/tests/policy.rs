@@ -4,7 +4,8 @@
 //! (`host`) and a client outside the cluster (`world`) probe every pod, and every pod probes
 //! the world. Each scenario applies its policies (NetworkPolicy, CiliumNetworkPolicy,
 //! CiliumClusterwideNetworkPolicy) and compares every cell with its expectation, written by
-//! hand from the upstream documentation. Then: a connection open before a policy denies it
+//! hand from the upstream documentation; the same again with the pods spread over two nodes
+//! (VXLAN between them). Then: a connection open before a policy denies it
 //! keeps flowing while new ones are refused, and the enforcement modes `always` and
 //! `never`. Root only (network namespaces, XDP, AF_XDP).
 
@@ -19,8 +20,8 @@ mod privileged {
 
     use skiff_api::{EndpointState, Request};
     use skiff_lab::{
-        Host, Netns, Topology,
-        cni::CniNode,
+        Host, Lab, Netns, Topology,
+        cni::{CniAgent, CniNode},
         probe::{self, Probe, Proto, Servers},
     };
 
@@ -632,11 +633,12 @@ spec:
         },
     ];
 
-    /// The lab: the node with its agent, the pods by `ns/name`, the node's and the world's
-    /// namespaces, and the servers.
+    /// The lab: the node with its agent (and, across nodes, the other node's), the pods by
+    /// `ns/name` with the namespace of their node, the world, and the servers.
     struct Matrix {
         node: CniNode,
-        pods: BTreeMap<String, Host>,
+        others: Vec<CniAgent>,
+        pods: BTreeMap<String, (Host, Netns)>,
         world: Host,
         _servers: Servers,
     }
@@ -648,47 +650,77 @@ spec:
         /// The lab, the agent serving it with `io` (`afxdp` or `afpacket`).
         fn start(io: &str) -> Matrix {
             let lab = Topology::new().cni_pods(9).build().unwrap();
-            let netns: Vec<Netns> = lab.cni_pods().to_vec();
             let node = CniNode::start(lab, Path::new(AGENT), &format!("policy-{io}"), io, &[], CLUSTER);
-            let mut pods = BTreeMap::new();
-            let mut objects = String::new();
+            // The world reaches the pods through the node.
+            Matrix::with_pods(node, Vec::new(), &[("198.18.128.0/24", "198.18.0.1")])
+        }
+
+        /// Two nodes on a switch, each running skiff-agent (AF_XDP, VXLAN between them) on
+        /// the same objects, the pods alternating between them.
+        fn start_two_nodes() -> Matrix {
+            let lab = Topology::new().cluster(2).cni_pods(9).build().unwrap();
+            let cluster = two_nodes_yaml(&lab);
+            let node2 = lab.nodes()[1].netns.clone();
+            let node = CniNode::start(lab, Path::new(AGENT), "policy-2n-1", "afxdp", &[], &cluster);
+            let name = format!("policy-2n-2-{}", node.lab.id());
+            let other =
+                CniAgent::start(&node2, Path::new(AGENT), &name, "node2", "uplink", "afxdp", &[], &cluster);
+            // The world reaches each node's pods through that node.
+            let routes = [("198.18.10.0/24", "198.18.0.1"), ("198.18.11.0/24", "198.18.0.3")];
+            Matrix::with_pods(node, vec![other], &routes)
+        }
+
+        /// The pods made by the agents (in turn), labelled in every agent's objects and
+        /// ready, the world's `routes` (prefix, via), and the servers.
+        fn with_pods(mut node: CniNode, mut others: Vec<CniAgent>, routes: &[(&str, &str)]) -> Matrix {
+            let netns: Vec<Netns> = node.lab.cni_pods().to_vec();
+            let (mut pods, mut objects) = (BTreeMap::new(), String::new());
+            let mut per_agent = vec![0; 1 + others.len()];
             for (i, (ns, pod)) in
                 NAMESPACES.iter().flat_map(|ns| PODS.iter().map(move |p| (ns, p))).enumerate()
             {
-                let host = node.pod(&format!("{ns}-{pod}"), &netns[i], ns, pod);
-                objects += &pod_yaml(ns, pod, &host);
-                pods.insert(format!("{ns}/{pod}"), host);
+                let k = i % per_agent.len();
+                let agent: &CniAgent = if k == 0 { &node } else { &others[k - 1] };
+                let host = agent.pod(&format!("{ns}-{pod}"), &netns[i], ns, pod);
+                objects += &pod_yaml(ns, pod, &host, k + 1);
+                pods.insert(format!("{ns}/{pod}"), (host, agent.node.clone()));
+                per_agent[k] += 1;
             }
-            std::fs::write(node.objects().join("pods.yaml"), objects).unwrap();
-            let ready = |e: Vec<skiff_api::EndpointView>| {
-                e.len() == 9 && e.iter().all(|e| e.state == EndpointState::Ready)
-            };
-            let mut node = node;
-            node.agent
-                .wait_until("9 labelled endpoints", |a| a.client().endpoints().is_ok_and(ready))
-                .unwrap();
+            for (agent, n) in std::iter::once(&mut *node).chain(&mut others).zip(per_agent) {
+                std::fs::write(agent.objects().join("pods.yaml"), &objects).unwrap();
+                let ready = |e: Vec<skiff_api::EndpointView>| {
+                    e.len() == n && e.iter().all(|e| e.state == EndpointState::Ready)
+                };
+                agent
+                    .agent
+                    .wait_until("labelled endpoints", |a| a.client().endpoints().is_ok_and(ready))
+                    .unwrap();
+            }
             let world = node.lab.client().clone();
-            // The world reaches the pods through the node.
-            world.netns.exec("ip", &["route", "replace", "198.18.128.0/24", "via", "198.18.0.1"]).unwrap();
-            let mut hosts: Vec<&Netns> = pods.values().map(|h| &h.netns).collect();
+            for (prefix, via) in routes {
+                world.netns.exec("ip", &["route", "replace", prefix, "via", via]).unwrap();
+            }
+            let mut hosts: Vec<&Netns> = pods.values().map(|(h, _)| &h.netns).collect();
             hosts.push(&world.netns);
             let servers = Servers::start(&hosts, &PORTS).unwrap();
-            Matrix { node, pods, world, _servers: servers }
+            Matrix { node, others, pods, world, _servers: servers }
         }
 
         /// Applies `policies` and waits until the agent has compiled (and so published)
         /// exactly them.
         fn apply(&mut self, policies: &str) {
-            let path = self.node.objects().join("policies.yaml");
             let names: Vec<&str> = policies
                 .split("metadata: {name: ")
                 .skip(1)
                 .filter_map(|rest| rest.split([',', '}']).next())
                 .collect();
-            if policies.is_empty() {
-                let _ = std::fs::remove_file(&path);
-            } else {
-                std::fs::write(&path, policies).unwrap();
+            for agent in std::iter::once(&*self.node).chain(&self.others) {
+                let path = agent.objects().join("policies.yaml");
+                if policies.is_empty() {
+                    let _ = std::fs::remove_file(&path);
+                } else {
+                    std::fs::write(&path, policies).unwrap();
+                }
             }
             let applied = |a: &skiff_lab::agent::Agent| {
                 let Ok(p) = a.client().policy() else { return false };
@@ -697,21 +729,27 @@ spec:
                 p.policies.iter().all(|s| names.iter().any(|n| is(s, n)))
                     && names.iter().all(|n| p.policies.iter().any(|s| is(s, n)))
             };
-            self.node
-                .agent
-                .wait_until("the policies", applied)
-                .unwrap_or_else(|e| panic!("{e}: {:#?}", self.node.agent.status()));
-            let status = self.node.agent.status().unwrap();
-            assert!(status.rejections.is_empty(), "rejected: {:#?}", status.rejections);
+            for agent in std::iter::once(&mut *self.node).chain(&mut self.others) {
+                agent
+                    .agent
+                    .wait_until("the policies", applied)
+                    .unwrap_or_else(|e| panic!("{e}: {:#?}", agent.agent.status()));
+                let status = agent.agent.status().unwrap();
+                assert!(status.rejections.is_empty(), "rejected: {:#?}", status.rejections);
+            }
         }
 
         /// Every cell probed: pods, the node and the world to every pod, pods to the world.
+        /// `host` is the pod's own node.
         fn probe(&self) -> BTreeMap<Cell, bool> {
-            let node_netns = self.node.lab.node().netns.clone();
-            let mut ends: Vec<(String, Netns, Option<IpAddr>)> =
-                self.pods.iter().map(|(n, h)| (n.clone(), h.netns.clone(), Some(h.ipv4.into()))).collect();
+            let mut ends: Vec<(String, Netns, Option<IpAddr>)> = self
+                .pods
+                .iter()
+                .map(|(n, (h, _))| (n.clone(), h.netns.clone(), Some(h.ipv4.into())))
+                .collect();
             ends.push(("world".into(), self.world.netns.clone(), Some(self.world.ipv4.into())));
-            ends.push(("host".into(), node_netns, None));
+            // The node's netns is each target's own (below).
+            ends.push(("host".into(), self.node.lab.node().netns.clone(), None));
             let mut cells = Vec::new();
             let mut probes = Vec::new();
             for (from, netns, _) in &ends {
@@ -721,6 +759,10 @@ spec:
                     if from == to || !pod_involved || (from == "host" && !to.contains('/')) {
                         continue;
                     }
+                    let netns = match self.pods.get(to) {
+                        Some((_, node)) if from == "host" => node,
+                        _ => netns,
+                    };
                     for proto in [Proto::Tcp, Proto::Udp] {
                         for port in PORTS {
                             cells.push((from.clone(), to.clone(), proto, port));
@@ -734,9 +776,29 @@ spec:
         }
     }
 
+    /// The two nodes of the matrix across nodes (the lab's pod CIDRs), and the namespaces.
+    fn two_nodes_yaml(lab: &Lab) -> String {
+        let nodes: String = lab
+            .nodes()
+            .iter()
+            .map(|n| {
+                format!(
+                    "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n\
+                     spec: {{podCIDRs: [198.18.{net}.0/24, 'fd00:0:0:{net}::/64']}}\n\
+                     status: {{addresses: [{{type: InternalIP, address: {v4}}}]}}\n",
+                    name = n.name,
+                    net = n.pod_net,
+                    v4 = n.ipv4,
+                )
+            })
+            .collect();
+        let namespaces = CLUSTER.split_once("---").map_or("", |(_, rest)| rest);
+        format!("{nodes}---{namespaces}")
+    }
+
     /// A Pod of the matrix: labels `pod`, `role` (a is a frontend, b a backend), its named
-    /// ports, this node, its addresses.
-    fn pod_yaml(ns: &str, pod: &str, host: &Host) -> String {
+    /// ports, node `node<k>`, its addresses.
+    fn pod_yaml(ns: &str, pod: &str, host: &Host, k: usize) -> String {
         let role = match pod {
             "a" => "frontend",
             "b" => "backend",
@@ -744,7 +806,7 @@ spec:
         };
         format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: '{ns}', labels: {{pod: {pod}, role: {role}}}}}\n\
-             spec:\n  nodeName: node1\n  containers:\n    - name: serve\n      image: skiff/probe\n      ports:\n\
+             spec:\n  nodeName: node{k}\n  containers:\n    - name: serve\n      image: skiff/probe\n      ports:\n\
              \x20       - {{name: serve-80-tcp, containerPort: 80}}\n        - {{name: serve-81-tcp, containerPort: 81}}\n\
              \x20       - {{name: serve-80-udp, containerPort: 80, protocol: UDP}}\n        - {{name: serve-81-udp, containerPort: 81, protocol: UDP}}\n\
              status:\n  podIP: {v4}\n  podIPs: [{{ip: {v4}}}, {{ip: '{v6}'}}]\n",
@@ -812,6 +874,27 @@ spec:
         enforcement_modes(&mut m);
     }
 
+    /// Across two nodes (VXLAN between them): every scenario, with the pods spread over both;
+    /// `host` is each pod's own node.
+    #[test]
+    fn the_probe_matrix_holds_across_two_nodes() {
+        let mut m = Matrix::start_two_nodes();
+        let (scenarios, cells) = run_scenarios(&mut m, SCENARIOS.iter());
+        println!("{scenarios} scenarios, {cells} probes across two nodes");
+        assert!(scenarios >= 40);
+        for agent in std::iter::once(&*m.node).chain(&m.others) {
+            let status = agent.agent.status().unwrap();
+            assert_eq!(
+                status.tunnels.len(),
+                2,
+                "a tunnel to the other node's pod CIDRs: {:?}",
+                status.tunnels
+            );
+            let workers = status.workers.unwrap();
+            assert!(workers.received > 1000, "the pods' traffic went through the workers: {workers:?}");
+        }
+    }
+
     /// Over AF_PACKET (the workers see a copy of every frame, nftables keeps the kernel's
     /// from going on): every third scenario, and a spoofed source.
     #[test]
@@ -860,7 +943,7 @@ spec:
     /// own get through.
     fn a_pod_cannot_send_as_another(m: &mut Matrix, counted: bool) {
         m.apply(ONLY_X_A_TO_Y_A);
-        let (x_a, x_b, y_a) = (m.pods["x/a"].clone(), m.pods["x/b"].clone(), m.pods["y/a"].clone());
+        let (x_a, x_b, y_a) = (m.pods["x/a"].0.clone(), m.pods["x/b"].0.clone(), m.pods["y/a"].0.clone());
         let to = SocketAddr::from((y_a.ipv4, 9999));
         let server = y_a.netns.run(|| UdpSocket::bind(to)).unwrap().unwrap();
         server.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -903,8 +986,8 @@ spec:
     /// worker: it is judged like a new one once the pod is.)
     fn an_open_connection_outlives_a_policy_that_denies_it(m: &mut Matrix) {
         m.apply(ALLOW_Y_TO_X);
-        let client = m.pods["y/a"].netns.clone();
-        let to = SocketAddr::from((m.pods["x/a"].ipv4, 80));
+        let client = m.pods["y/a"].0.netns.clone();
+        let to = SocketAddr::from((m.pods["x/a"].0.ipv4, 80));
         let mut open = client.run(|| TcpStream::connect_timeout(&to, DEADLINE)).unwrap().expect("allowed");
         open.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let echo = |s: &mut TcpStream, text: &[u8]| {
@@ -945,7 +1028,7 @@ spec:
                 .iter()
                 .map(|p| Probe {
                     from: m.world.netns.clone(),
-                    to: m.pods[*p].ipv4.into(),
+                    to: m.pods[*p].0.ipv4.into(),
                     proto: Proto::Tcp,
                     port: 80,
                 })
