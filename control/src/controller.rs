@@ -642,6 +642,7 @@ impl Controller {
             frontends: applied.len(),
             backends: self.applier.backend_count(),
             identities: self.compiler.desired().label_sets.len(),
+            identity_allocation: self.identities.allocation().into(),
             routing: self.ctx.routing.describe(),
             masquerading: self.ctx.masquerade.describe(),
             tunnels: self.compiler.desired().tunnels.clone(),

@@ -487,6 +487,10 @@ fn two_agents_number_identities_alike_through_cilium_identities() {
     let (mine, theirs) = (ids(&one), ids(&two));
     println!("node 1: {mine:?}\nnode 2: {theirs:?}");
     assert_eq!(mine, theirs, "both agents number every label set alike");
+    for agent in [&one, &two] {
+        let allocation = agent.status().unwrap().identity_allocation;
+        assert_eq!(allocation, "agreed through CiliumIdentity objects");
+    }
     assert!(
         number_of(&mine, "zeta") < number_of(&mine, "alpha"),
         "in the order node 1 saw them, not label order"

@@ -33,6 +33,9 @@ pub struct Status {
     pub backends: usize,
     /// Distinct pod label sets (the unit an identity is given for).
     pub identities: usize,
+    /// Where their numbers come from (`agreed through CiliumIdentity objects`, …).
+    #[serde(default)]
+    pub identity_allocation: String,
     /// How pods on different nodes reach each other: `tunnel (vxlan, port 8472)`, `native`.
     #[serde(default)]
     pub routing: String,
@@ -79,6 +82,7 @@ impl Status {
             frontends: 0,
             backends: 0,
             identities: 0,
+            identity_allocation: String::new(),
             routing: String::new(),
             masquerading: String::new(),
             tunnels: Vec::new(),

@@ -52,13 +52,15 @@ pub struct Identities {
     by_labels: HashMap<Labels, Identity>,
     /// With an API server: what allocates, and what it knows of the cluster's numbers.
     cluster: Option<(Box<dyn Allocator>, ClusterIdentities)>,
+    /// A number this node gave alone although it has an API server (it refused).
+    fell_back: bool,
 }
 
 impl Identities {
     pub fn open(path: &Path) -> anyhow::Result<Identities> {
         let saved: Vec<(Labels, u32)> = read_json(path)?.unwrap_or_default();
         let by_labels = saved.into_iter().map(|(labels, id)| (labels, Identity(id))).collect();
-        Ok(Identities { path: Some(path.to_owned()), by_labels, cluster: None })
+        Ok(Identities { path: Some(path.to_owned()), by_labels, cluster: None, fell_back: false })
     }
 
     /// Every label set with its number.
@@ -150,11 +152,23 @@ impl Identities {
                 }
                 Err(e) => {
                     tracing::warn!("CiliumIdentity {id}: {e:#}; numbered by this node alone");
+                    self.fell_back = true;
                     break;
                 }
             }
         }
         local
+    }
+
+    /// Where the numbers come from, for `skiff status`.
+    pub fn allocation(&self) -> &'static str {
+        match (&self.cluster, self.fell_back) {
+            (None, _) => "numbered by this node",
+            (Some(_), false) => "agreed through CiliumIdentity objects",
+            (Some(_), true) => {
+                "some numbered by this node alone: the API server refused a CiliumIdentity (see the log)"
+            }
+        }
     }
 
     /// The reserved identities, then the allocated ones, by number.

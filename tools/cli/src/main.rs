@@ -256,7 +256,7 @@ fn print_status(s: &Status) {
     let objects: Vec<String> = s.objects.iter().map(|(k, n)| format!("{n} {k}")).collect();
     row("Objects", if objects.is_empty() { "none".into() } else { objects.join(", ") });
     row("Services", format!("{} frontends, {} backends, {} next hops", s.frontends, s.backends, s.next_hops));
-    row("Identities", format!("{} (distinct pod label sets)", s.identities));
+    row("Identities", format!("{} (distinct pod label sets), {}", s.identities, s.identity_allocation));
     let (ingress, egress) = s.enforced;
     row(
         "Policies",
