@@ -90,12 +90,15 @@ impl SocketFrontend {
 }
 
 /// The loaded socket programs (verified) with their maps pinned in one folder. Dropping it
-/// detaches them; the pinned maps stay for a restarted agent until
-/// [`SocketLb::remove_pins`].
+/// detaches them; the pinned maps stay for a restarted agent (the agent removes its pin
+/// folder on stop unless `--keep-pinned`).
 pub struct SocketLb {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     ids: ServiceIds,
+    /// What the maps hold since the last [`SocketLb::set_services`]: a publish that changes
+    /// no service (the kernel's next hops moved) writes nothing.
+    written: Option<(Tables, Vec<IpAddr>)>,
 }
 
 /// Service ids by [`SocketFrontend::group`], kept while the group exists so a client's
@@ -117,7 +120,7 @@ impl SocketLb {
             crate::load(|| program.load())
                 .map_err(|source| XdpError::Program { name, source: Box::new(source) })?;
         }
-        Ok(SocketLb { ebpf, pin_dir, ids: ServiceIds::default() })
+        Ok(SocketLb { ebpf, pin_dir, ids: ServiceIds::default(), written: None })
     }
 
     /// Attaches every program to the cgroup v2 folder `cgroup`, mounting cgroup2 there unless
@@ -177,6 +180,10 @@ impl SocketLb {
     /// are written before the frontend that counts them, and removed after.
     pub fn set_services(&mut self, frontends: &[SocketFrontend], nodes: &[IpAddr]) -> Result<(), XdpError> {
         let want = Tables::of(frontends, &mut self.ids);
+        if self.written.as_ref().is_some_and(|(tables, n)| *tables == want && n == nodes) {
+            return Ok(());
+        }
+        self.written = None;
         upsert(&mut self.map_mut(maps::SOCK_BACKENDS)?, &want.backends, maps::SOCK_BACKENDS)?;
         upsert(&mut self.map_mut(maps::SOCK_SLOTS)?, &want.slots, maps::SOCK_SLOTS)?;
         upsert(&mut self.map_mut(maps::SOCK_MEMBERS)?, &want.members, maps::SOCK_MEMBERS)?;
@@ -193,15 +200,9 @@ impl SocketLb {
             };
         }
         sync(self.map_mut(maps::SOCK_NODES_V4)?, &nodes4, maps::SOCK_NODES_V4)?;
-        sync(self.map_mut(maps::SOCK_NODES_V6)?, &nodes6, maps::SOCK_NODES_V6)
-    }
-
-    /// Detaches the programs, then removes the pinned maps and their folder.
-    pub fn remove_pins(self) -> Result<(), XdpError> {
-        let dir = self.pin_dir.clone();
-        drop(self);
-        bpffs::remove_pins(&dir)
-            .map_err(|source| XdpError::Io { what: format!("removing {}", dir.display()), source })
+        sync(self.map_mut(maps::SOCK_NODES_V6)?, &nodes6, maps::SOCK_NODES_V6)?;
+        self.written = Some((want, nodes.to_vec()));
+        Ok(())
     }
 
     fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, XdpError>
@@ -213,7 +214,7 @@ impl SocketLb {
 }
 
 /// The maps' wanted contents.
-#[derive(Default)]
+#[derive(Default, PartialEq)]
 struct Tables {
     services4: StdHashMap<SockKey4, SockService>,
     services6: StdHashMap<SockKey6, SockService>,

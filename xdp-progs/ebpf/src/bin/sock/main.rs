@@ -218,30 +218,47 @@ fn socket_cookie(ctx: &SockAddrContext) -> u64 {
 }
 
 /// The service at `key`, or the NodePort at its port when `key` is a node's address (or
-/// loopback, for the node's own sockets).
+/// loopback, for the node's own sockets), with the client it serves. A destination that is
+/// no service's costs two lookups, no helper call.
 #[inline(always)]
-fn service4(key: &SockKey4, client: &Client) -> Option<SockService> {
+fn service4(ctx: &SockAddrContext, key: &SockKey4) -> Option<(SockService, Client)> {
     // SAFETY: map values are plain data, copied out at once.
-    if let Some(s) = unsafe { SOCK_SVC_V4.get(key) } {
-        return Some(*s);
+    if let Some(s) = unsafe { SOCK_SVC_V4.get(key) }.copied() {
+        return Some((s, client(ctx)?));
     }
     // SAFETY: as above.
-    let node = unsafe { SOCK_NODES_V4.get(key.vip) }.is_some() || (key.vip[0] == 127 && client.host);
+    let node = unsafe { SOCK_NODES_V4.get(key.vip) }.is_some();
+    if !node && key.vip[0] != 127 {
+        return None;
+    }
+    let client = client(ctx)?;
+    if !node && !client.host {
+        return None;
+    }
     // SAFETY: as above.
-    node.then(|| unsafe { SOCK_SVC_V4.get(SockKey4 { vip: [0; 4], ..*key }) }.copied()).flatten()
+    let s = unsafe { SOCK_SVC_V4.get(SockKey4 { vip: [0; 4], ..*key }) }.copied()?;
+    Some((s, client))
 }
 
 #[inline(always)]
-fn service6(key: &SockKey6, client: &Client) -> Option<SockService> {
+fn service6(ctx: &SockAddrContext, key: &SockKey6) -> Option<(SockService, Client)> {
     // SAFETY: map values are plain data, copied out at once.
-    if let Some(s) = unsafe { SOCK_SVC_V6.get(key) } {
-        return Some(*s);
+    if let Some(s) = unsafe { SOCK_SVC_V6.get(key) }.copied() {
+        return Some((s, client(ctx)?));
     }
     let loopback = key.vip == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     // SAFETY: as above.
-    let node = unsafe { SOCK_NODES_V6.get(key.vip) }.is_some() || (loopback && client.host);
+    let node = unsafe { SOCK_NODES_V6.get(key.vip) }.is_some();
+    if !node && !loopback {
+        return None;
+    }
+    let client = client(ctx)?;
+    if !node && !client.host {
+        return None;
+    }
     // SAFETY: as above.
-    node.then(|| unsafe { SOCK_SVC_V6.get(SockKey6 { vip: [0; 16], ..*key }) }.copied()).flatten()
+    let s = unsafe { SOCK_SVC_V6.get(SockKey6 { vip: [0; 16], ..*key }) }.copied()?;
+    Some((s, client))
 }
 
 /// The backend for a new socket of `service` (`None`: none takes new connections).
@@ -250,10 +267,12 @@ fn pick(ctx: &SockAddrContext, service: &SockService, proto: u8, client: &Client
     if service.slots == 0 {
         return None;
     }
-    let affinity = AffinityKey { netns: client.netns, service: service.id, _pad: 0 };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if service.affinity_timeout != 0 {
+    // With affinity only: the client's key and the clock.
+    let affinity = (service.affinity_timeout != 0).then(|| {
+        // SAFETY: a helper without arguments.
+        (AffinityKey { netns: client.netns, service: service.id, _pad: 0 }, unsafe { bpf_ktime_get_ns() })
+    });
+    if let Some((affinity, now)) = affinity {
         // SAFETY: map values are plain data, copied out at once.
         if let Some(last) = unsafe { SOCK_AFFINITY.get(affinity) }.copied() {
             let fresh = now.wrapping_sub(last.at_ns) <= u64::from(service.affinity_timeout) * 1_000_000_000;
@@ -280,7 +299,7 @@ fn pick(ctx: &SockAddrContext, service: &SockService, proto: u8, client: &Client
     let id = *unsafe { SOCK_SLOTS.get(slot) }?;
     // SAFETY: as above.
     let backend = *unsafe { SOCK_BACKENDS.get(id) }?;
-    if service.affinity_timeout != 0 {
+    if let Some((affinity, now)) = affinity {
         let _ = SOCK_AFFINITY.insert(affinity, AffinityValue { at_ns: now, backend: id.0, _pad: 0 }, 0);
     }
     Some(backend)
@@ -291,8 +310,7 @@ fn forward4(ctx: &SockAddrContext) -> i32 {
     let sa = sock_addr(ctx);
     let Some(proto) = protocol(sa) else { return ALLOW };
     let key = SockKey4 { vip: read_ip4(sa), dport: read_port(sa), proto, _pad: 0 };
-    let Some(client) = client(ctx) else { return ALLOW };
-    let Some(service) = service4(&key, &client) else { return ALLOW };
+    let Some((service, client)) = service4(ctx, &key) else { return ALLOW };
     let Some((addr, port)) = translate4(ctx, &key, &service, &client) else { return refuse() };
     write_ip4_port(sa, addr, port);
     ALLOW
@@ -303,16 +321,15 @@ fn forward6(ctx: &SockAddrContext) -> i32 {
     let sa = sock_addr(ctx);
     let Some(proto) = protocol(sa) else { return ALLOW };
     let (vip, dport) = (read_ip6(sa), read_port(sa));
-    let Some(client) = client(ctx) else { return ALLOW };
     if let Some(vip) = v4_mapped(&vip) {
         let key = SockKey4 { vip, dport, proto, _pad: 0 };
-        let Some(service) = service4(&key, &client) else { return ALLOW };
+        let Some((service, client)) = service4(ctx, &key) else { return ALLOW };
         let Some((addr, port)) = translate4(ctx, &key, &service, &client) else { return refuse() };
         write_mapped_port(sa, addr, port);
         return ALLOW;
     }
     let key = SockKey6 { vip, dport, proto, _pad: 0 };
-    let Some(service) = service6(&key, &client) else { return ALLOW };
+    let Some((service, client)) = service6(ctx, &key) else { return ALLOW };
     let Some(backend) = pick(ctx, &service, proto, &client) else { return refuse() };
     let reverse =
         ReverseKey6 { cookie: socket_cookie(ctx), addr: backend.addr, port: backend.port, _pad: [0; 6] };
