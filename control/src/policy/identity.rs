@@ -91,22 +91,32 @@ impl Identities {
                 agreed.entry(labels).or_insert(id);
             }
         }
-        let before = self.by_labels.clone();
+        let mut changed = false;
         self.by_labels.retain(|labels, id| {
-            agreed.get(labels).is_some_and(|&a| a == id.0) || !known.contains_key(&id.0)
+            let keep = agreed.get(labels).is_some_and(|&a| a == id.0) || !known.contains_key(&id.0);
+            changed |= !keep;
+            keep
         });
         for (labels, id) in agreed {
-            self.by_labels.insert(labels.clone(), Identity(id));
+            changed |= self.by_labels.insert(labels.clone(), Identity(id)) != Some(Identity(id));
         }
-        self.by_labels != before
+        changed
     }
 
     /// Numbers every set in `sets` that has none yet; saves once.
     pub fn allocate<'a>(&mut self, sets: impl IntoIterator<Item = &'a Labels>) -> anyhow::Result<()> {
         let mut added = false;
+        // Numbers in use, gathered once (not per set: a folder of thousands of new sets).
+        let mut used: hashbrown::HashSet<u32> = self.by_labels.values().map(|id| id.0).collect();
+        let mut next_local = used.iter().max().map_or(Identity::FIRST_ALLOCATED.0, |m| m + 1);
         for labels in sets {
             if !self.by_labels.contains_key(labels) {
-                let id = self.number(labels);
+                let id = self.number(labels, &used).unwrap_or_else(|| {
+                    next_local += 1;
+                    Identity(next_local - 1)
+                });
+                used.insert(id.0);
+                next_local = next_local.max(id.0 + 1);
                 self.by_labels.insert(labels.clone(), id);
                 added = true;
             }
@@ -120,19 +130,19 @@ impl Identities {
         Ok(())
     }
 
-    /// A new number for `labels`: a CiliumIdentity made for it (or found made by another
-    /// agent), else the next one of this node's own.
-    fn number(&mut self, labels: &Labels) -> Identity {
-        let local = self.by_labels.values().max().map_or(Identity::FIRST_ALLOCATED, |m| Identity(m.0 + 1));
-        let Some((allocator, known)) = &mut self.cluster else { return local };
+    /// A CiliumIdentity's number for `labels`, made for it or found made by another agent
+    /// (`used`: the numbers this node gave); `None`: this node numbers it alone (no API server,
+    /// or it refused).
+    fn number(&mut self, labels: &Labels, used: &hashbrown::HashSet<u32>) -> Option<Identity> {
+        let (allocator, known) = self.cluster.as_mut()?;
         // Found while numbering another set (its number was taken by these labels).
         if let Some((&id, _)) = known.iter().find(|(_, theirs)| theirs.as_ref() == Some(labels)) {
-            return Identity(id);
+            return Some(Identity(id));
         }
         let mut id = Identity::FIRST_ALLOCATED.0;
         // Bounded: each try learns one more taken number.
         for _ in 0..64 {
-            while known.contains_key(&id) || self.by_labels.values().any(|n| n.0 == id) {
+            while known.contains_key(&id) || used.contains(&id) {
                 id += 1;
             }
             if id > LAST_ALLOCATED {
@@ -141,23 +151,23 @@ impl Identities {
             match allocator.create(id, labels) {
                 Ok(Created::Made) => {
                     known.insert(id, Some(labels.clone()));
-                    return Identity(id);
+                    return Some(Identity(id));
                 }
                 Ok(Created::Taken(theirs)) => {
                     let same = theirs.as_ref() == Some(labels);
                     known.insert(id, theirs);
                     if same {
-                        return Identity(id);
+                        return Some(Identity(id));
                     }
                 }
                 Err(e) => {
                     tracing::warn!("CiliumIdentity {id}: {e:#}; numbered by this node alone");
-                    self.fell_back = true;
                     break;
                 }
             }
         }
-        local
+        self.fell_back = true;
+        None
     }
 
     /// Where the numbers come from, for `skiff status`.
