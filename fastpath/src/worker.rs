@@ -13,13 +13,21 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use skiff_common::{DropReason, endpoint::PodSources, identity::Identity, lb::BackendId, meta::XdpMeta};
+use skiff_common::{
+    DropReason,
+    conntrack::{CtEntry, CtKey},
+    endpoint::PodSources,
+    identity::Identity,
+    lb::BackendId,
+    meta::XdpMeta,
+};
 use skiff_wire::layers;
 
 use skiff_engine::{
+    conntrack::Entry,
     engine::{Action, Engine, NewFlow},
-    flow::Tuple,
-    reply,
+    offload, reply,
+    tables::{SharedTables, Tables},
     tunnel::{self, Encap},
 };
 
@@ -28,12 +36,36 @@ use crate::{
     io::{BATCH, Bell, FRAME_ROOM, PacketIo, Readiness},
 };
 
-/// A flow that started or ended in a worker's conntrack.
-#[derive(Clone, Copy, Debug)]
-pub enum FlowEvent<'a> {
-    Started(&'a NewFlow),
-    /// Expired, evicted or replaced by a new connection: its reply tuple.
-    Ended(&'a Tuple),
+/// What hears of a worker's flows: the XDP program's flow table (with AF_XDP) and observers.
+/// `()` hears nothing and offloads nothing.
+pub trait Flows {
+    /// A flow started, before its first packet leaves: its replies must reach the worker.
+    /// `false` when the flow table had no room to steer them.
+    fn started(&mut self, flow: &NewFlow) -> bool;
+    /// A flow ended (expired, evicted or replaced by a new connection): its entries go.
+    fn ended(&mut self, flow: &Entry);
+    /// Installs both directions of an established flow at the NIC, which forwards them from
+    /// then on; `false` when it could not (a full table): the flow stays on the worker path.
+    fn offload(&mut self, directions: &[(CtKey, CtEntry); 2]) -> bool;
+    /// Takes an offloaded flow back (closing, its backend or next hop gone).
+    fn take_back(&mut self, flow: &Entry);
+    /// When (the worker's clock, seconds) the NIC last forwarded a packet of an offloaded
+    /// flow, if it has.
+    fn nic_last_seen(&mut self, flow: &Entry) -> Option<u64>;
+}
+
+impl Flows for () {
+    fn started(&mut self, _: &NewFlow) -> bool {
+        true
+    }
+    fn ended(&mut self, _: &Entry) {}
+    fn offload(&mut self, _: &[(CtKey, CtEntry); 2]) -> bool {
+        false
+    }
+    fn take_back(&mut self, _: &Entry) {}
+    fn nic_last_seen(&mut self, _: &Entry) -> Option<u64> {
+        None
+    }
 }
 
 /// What a worker did, for counters.
@@ -55,6 +87,12 @@ pub struct Stats {
     pub handed_off: u64,
     /// New flows translated to a service's backend (DNAT).
     pub service_flows: u64,
+    /// Flows handed to the NIC's flow table, and taken back.
+    pub offloaded: u64,
+    pub taken_back: u64,
+    /// Flows the NIC's flow table had no room for: an established flow stays on the worker
+    /// path; a new flow's replies are not steered to the worker (they pass to the kernel).
+    pub flow_table_full: u64,
 }
 
 impl Default for Stats {
@@ -69,6 +107,9 @@ impl Default for Stats {
             exceptions: 0,
             handed_off: 0,
             service_flows: 0,
+            offloaded: 0,
+            taken_back: 0,
+            flow_table_full: 0,
         }
     }
 }
@@ -94,6 +135,9 @@ impl Stats {
         self.exceptions += o.exceptions;
         self.handed_off += o.handed_off;
         self.service_flows += o.service_flows;
+        self.offloaded += o.offloaded;
+        self.taken_back += o.taken_back;
+        self.flow_table_full += o.flow_table_full;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
@@ -231,6 +275,15 @@ impl<P: PacketIo> Worker<P> {
         &mut self.core.engine
     }
 
+    /// Takes the newest published tables, if they changed; then every flow forwarded at the
+    /// NIC is checked against them (its backend may be gone, its next hop moved).
+    pub fn refresh(&mut self, shared: &SharedTables, flows: &mut impl Flows) {
+        let Worker { ports, core, stats, .. } = self;
+        if core.engine.refresh(shared) {
+            core.engine.recheck_offloaded(|e, tables| place(e, tables, ports, flows, stats));
+        }
+    }
+
     /// Port `number`, if the worker serves one under that number.
     pub fn port_mut(&mut self, number: usize) -> Option<&mut P> {
         self.ports.get_mut(number).and_then(Option::as_mut)
@@ -244,9 +297,9 @@ impl<P: PacketIo> Worker<P> {
     /// One round: every port's waiting frames (and those handed over) through the engine and
     /// out, and a bounded step of conntrack expiry. When no frame waits, first sleeps up to
     /// `timeout_ms` until one does. `now` is the clock conntrack expires flows by (seconds).
-    /// `on_flow` hears of each new flow before any of its packets is sent, and of each flow
-    /// removed. Returns frames received.
-    pub fn poll(&mut self, timeout_ms: i32, now: u64, mut on_flow: impl FnMut(FlowEvent)) -> usize {
+    /// `flows` hears of each new flow before any of its packets is sent, of each flow removed,
+    /// and takes established flows to the NIC and back. Returns frames received.
+    pub fn poll(&mut self, timeout_ms: i32, now: u64, flows: &mut impl Flows) -> usize {
         let mut received = self.receive(now);
         if received == 0 && timeout_ms != 0 && self.ready.wait(timeout_ms).unwrap_or(false) {
             received = self.receive(now);
@@ -254,13 +307,14 @@ impl<P: PacketIo> Worker<P> {
         let engine = &mut self.core.engine;
         // Ended before started: a new flow may take over a finished one's reply tuple.
         let conntrack = engine.conntrack();
-        conntrack.gc_step(now, GC_PER_ROUND);
-        conntrack.drain_ended(|t| on_flow(FlowEvent::Ended(t)));
+        conntrack.gc_step(now, GC_PER_ROUND, |e| flows.nic_last_seen(e));
+        conntrack.drain_ended(|e| flows.ended(e));
         let Worker { ports, core, stats, .. } = self;
         core.engine.drain_new_flows(|f| {
             stats.service_flows += u64::from(f.backend != BackendId::NONE);
-            on_flow(FlowEvent::Started(f));
+            stats.flow_table_full += u64::from(!flows.started(f));
         });
+        core.engine.drain_nic_changes(|e, tables| place(e, tables, ports, flows, stats));
         for (slot, &(port, len)) in core.staged.iter().enumerate() {
             let frame = &core.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
             match ports.get_mut(port).and_then(Option::as_mut).map(|p| p.send(frame)) {
@@ -424,6 +478,34 @@ impl Core {
             None => stats.count_drop(DropReason::MtuExceeded),
         }
     }
+}
+
+/// Puts a flow where it belongs now: both directions forwarded at the NIC when it is
+/// established and both have a next hop the XDP program can send out of, else (back) on the
+/// worker path. Returns whether it is at the NIC.
+fn place<P: PacketIo>(
+    e: &Entry,
+    tables: &Tables,
+    ports: &[Option<P>],
+    flows: &mut impl Flows,
+    stats: &mut Stats,
+) -> bool {
+    let ifindex = |port: usize| ports.get(port).and_then(Option::as_ref).and_then(PacketIo::ifindex);
+    let offloaded = match offload::directions(e, tables, ifindex) {
+        Some(directions) if e.offloaded => flows.offload(&directions),
+        Some(directions) => {
+            let done = flows.offload(&directions);
+            stats.offloaded += u64::from(done);
+            stats.flow_table_full += u64::from(!done);
+            done
+        }
+        None => false,
+    };
+    if e.offloaded && !offloaded {
+        flows.take_back(e);
+        stats.taken_back += 1;
+    }
+    offloaded
 }
 
 /// The sender's identity a decapsulated frame's tunnel carried: Geneve's option, else the

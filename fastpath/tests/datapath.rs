@@ -15,6 +15,7 @@ mod privileged {
     use skiff_common::{
         DropReason,
         config::XdpConfig,
+        conntrack::FlowPath,
         lb::{BackendId, FrontendKind},
     };
     use skiff_engine::{
@@ -93,13 +94,18 @@ mod privileged {
 
     /// Starts the datapath on the node's uplink and pod veths (and its link to node2, if any),
     /// over the first `local` pods and `remote` node2 pods, all serving HTTP on 8080, with
-    /// `workers` workers and as many queues on the client's and pods' veths.
-    fn start(io: Io, workers: u16, pods: usize, local: usize, remote: usize) -> LabDatapath {
+    /// `workers` workers and as many queues on the client's and pods' veths. With `gro`, the
+    /// client's and pods' ends have GRO on (as skiff-cni sets it): the XDP program may forward
+    /// established flows into them itself.
+    fn start(io: Io, workers: u16, pods: usize, local: usize, remote: usize, gro: bool) -> LabDatapath {
         let mut topology = Topology::new().pods(pods).queues(workers);
         if remote > 0 {
             topology = topology.second_node(remote);
         }
         let mut lab = topology.build().expect("lab");
+        for host in std::iter::once(lab.client()).chain(lab.pods()).filter(|_| gro) {
+            host.netns.exec("ethtool", &["-K", &host.iface, "gro", "on"]).unwrap();
+        }
         for pod in lab.pods().iter().chain(lab.node2_pods()).cloned().collect::<Vec<Host>>() {
             lab.serve_http(&pod, 8080).unwrap();
         }
@@ -201,7 +207,7 @@ mod privileged {
     /// the NodePort all answered and evenly spread over 3 pods; a keep-alive connection keeps
     /// its pod while the service grows to 5; new connections then reach all 5.
     fn serves_a_service(io: Io) {
-        let lab = start(io, 1, 5, 3, 0);
+        let lab = start(io, 1, 5, 3, 0, false);
         let three = ["pod0", "pod1", "pod2"];
         assert_even(&lab.get(&format!("http://{VIP}/"), 3000), &three);
         let node = lab.lab.node().ipv4;
@@ -254,7 +260,7 @@ mod privileged {
     /// client's and the pods' kernels pick one by their own flow hash), and whichever worker
     /// receives one hands it to the flow's owner. Every request answered, none dropped.
     fn two_workers_on_two_queues(io: Io) {
-        let lab = start(io, 2, 3, 3, 0);
+        let lab = start(io, 2, 3, 3, 0, false);
         let three = ["pod0", "pod1", "pod2"];
         assert_eq!(lab.get(&format!("http://{VIP}/"), 300).len(), three.len());
         let node = lab.lab.node().ipv4;
@@ -282,7 +288,7 @@ mod privileged {
     /// NodePort to pods on another node: the worker masquerades (the pods see the node, from a
     /// SNAT port), their replies come back to the node and reach the client from the NodePort.
     fn masquerades_to_another_node(io: Io) {
-        let lab = start(io, 1, 1, 0, 2);
+        let lab = start(io, 1, 1, 0, 2, false);
         let node = lab.lab.node().ipv4;
         let answers = lab.get(&format!("http://{node}:{NODE_PORT}/"), 200);
         assert_eq!(answers.keys().map(String::as_str).collect::<Vec<_>>(), ["node2-pod0", "node2-pod1"]);
@@ -311,5 +317,57 @@ mod privileged {
     #[test]
     fn masquerades_to_another_node_over_af_packet() {
         masquerades_to_another_node(Io::AfPacket);
+    }
+
+    /// An established connection through the ClusterIP is carried by the XDP program alone:
+    /// its handshake goes through the worker, then 50 requests and their answers on the same
+    /// connection leave the worker's counters flat while the program's flow table forwards
+    /// them; its close goes back through the worker.
+    #[test]
+    fn an_established_flow_is_forwarded_at_the_nic_alone() {
+        let lab = start(Io::AfXdp(XdpMode::Native), 1, 1, 1, 0, true);
+        let script = format!(
+            "import http.client, sys\nc = http.client.HTTPConnection('{VIP}', 80, timeout=3)\ndef get():\n    c.request('GET', '/')\n    return c.getresponse().read().decode().strip()\nprint(get(), flush=True)\nsys.stdin.readline()\nprint(','.join(get() for _ in range(50)), flush=True)\nsys.stdin.readline()\nc.close()\n"
+        );
+        let mut client = lab
+            .lab
+            .client()
+            .netns
+            .command("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (mut stdin, mut stdout) =
+            (client.stdin.take().unwrap(), BufReader::new(client.stdout.take().unwrap()));
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "pod0", "the first request answered");
+        let forwarded = |lab: &LabDatapath| {
+            let paths = lab.datapath().flow_paths().unwrap();
+            paths.iter().find(|(p, _)| *p == FlowPath::Forwarded).map_or(0, |(_, c)| c.packets)
+        };
+        let (before, at_nic) = (lab.datapath().stats(), forwarded(&lab));
+        assert_eq!(before.offloaded, 1, "offloaded once established: {before:?}");
+        stdin.write_all(b"go\n").unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim().split(',').filter(|n| *n == "pod0").count(),
+            50,
+            "every request answered: {line}"
+        );
+        let (after, by_nic) = (lab.datapath().stats(), forwarded(&lab) - at_nic);
+        assert_eq!(after.received, before.received, "no packet reached the worker: {after:?}");
+        assert!(by_nic >= 100, "each request and answer forwarded at the NIC: {by_nic}");
+        stdin.write_all(b"close\n").unwrap();
+        assert!(client.wait().unwrap().success());
+        let closed = lab.datapath().stats();
+        assert!(closed.received > after.received, "the close went through the worker: {closed:?}");
+        assert_eq!((closed.taken_back, closed.dropped), (1, 0), "{closed:?}");
+        println!(
+            "50 requests on an offloaded connection: {by_nic} packets forwarded at the NIC, none by the worker"
+        );
     }
 }

@@ -143,7 +143,7 @@ fn fixtures_through_a_worker_over_memory_ports() {
     for f in fixtures() {
         let before = w.stats;
         w.port_mut(0).unwrap().push(&f.input);
-        assert_eq!(w.poll(0, 0, |_| {}), 1, "{}", f.description);
+        assert_eq!(w.poll(0, 0, &mut ()), 1, "{}", f.description);
         let mut out: Vec<Vec<u8>> = Vec::new();
         for port in w.ports_mut() {
             port.drain_sent(|frame| out.push(frame.to_vec()));
@@ -181,11 +181,11 @@ fn a_batch_gives_the_same_frames() {
     let (mut singly, mut together) = (PerPort::default(), PerPort::default());
     for f in fixtures() {
         one.port_mut(0).unwrap().push(&f.input);
-        one.poll(0, 0, |_| {});
+        one.poll(0, 0, &mut ());
         sent(&mut one, &mut singly);
         batch.port_mut(0).unwrap().push(&f.input);
     }
-    batch.poll(0, 0, |_| {});
+    batch.poll(0, 0, &mut ());
     sent(&mut batch, &mut together);
     assert!(singly.iter().map(Vec::len).sum::<usize>() >= 4, "the fixtures send frames: {singly:?}");
     assert_eq!(together, singly);
@@ -200,12 +200,12 @@ fn ports_come_and_go_at_run_time() {
     let [syn, syn_ack, data, ..] = &fixtures()[..] else { panic!("the fixtures") };
     let pod = w.remove_port(1).expect("the pod's port");
     w.port_mut(0).unwrap().push(&syn.input);
-    w.poll(0, 0, |_| {});
+    w.poll(0, 0, &mut ());
     assert_eq!(w.stats.drops_of(DropReason::Unroutable), 1, "no port for the pod's next hop");
     w.insert_port(1, pod, None);
     w.port_mut(1).unwrap().push(&syn_ack.input);
     w.port_mut(0).unwrap().push(&data.input);
-    w.poll(0, 0, |_| {});
+    w.poll(0, 0, &mut ());
     let mut to_pod = Vec::new();
     w.port_mut(1).unwrap().drain_sent(|f| to_pod.push(f.to_vec()));
     assert_eq!(Some(&to_pod[0]), data.output.as_ref(), "the pod's port carries the flow again");
@@ -226,9 +226,9 @@ fn a_round_is_bounded_and_every_port_is_served() {
             port.push(&foreign);
         }
     }
-    assert_eq!(w.poll(0, 0, |_| {}), ROUND, "a round's worth");
-    assert_eq!(w.poll(0, 0, |_| {}), ROUND, "the ports the first round did not reach");
-    assert_eq!(w.poll(0, 0, |_| {}), 0, "all served");
+    assert_eq!(w.poll(0, 0, &mut ()), ROUND, "a round's worth");
+    assert_eq!(w.poll(0, 0, &mut ()), ROUND, "the ports the first round did not reach");
+    assert_eq!(w.poll(0, 0, &mut ()), 0, "all served");
     assert_eq!(w.stats.not_ours, u64::try_from(ports * BATCH).unwrap());
 }
 
@@ -243,7 +243,7 @@ fn a_pods_port_drops_other_sources() {
     let other = Ipv4Addr::new(198, 18, 128, 99);
     w.port_mut(1).unwrap().push(&eth().ipv4(other, CLIENT).udp(1, 2).build());
     w.port_mut(1).unwrap().push(&eth().ipv4(POD, CLIENT).udp(1, 2).build());
-    w.poll(0, 0, |_| {});
+    w.poll(0, 0, &mut ());
     assert_eq!(w.stats.drops_of(DropReason::SpoofedSource), 1, "only the frame from another address");
     assert_eq!(w.stats.received, 2);
 }

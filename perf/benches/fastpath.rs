@@ -143,7 +143,7 @@ fn new_flow(c: &mut Criterion) {
         assert_eq!((forwarded, e.conntrack().len()), (n, n), "every SYN started a flow of its own");
         e.drain_new_flows(|_| {});
         let ct = e.conntrack();
-        ct.gc_step(1 << 30, 2 * NEW_FLOWS as usize);
+        ct.gc_step(1 << 30, 2 * NEW_FLOWS as usize, |_| None);
         ct.drain_ended(|_| {});
         assert!(ct.is_empty());
         elapsed

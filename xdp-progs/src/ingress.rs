@@ -10,13 +10,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, RingBuf, XskMap, lpm_trie::Key},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, RingBuf, XskMap, lpm_trie::Key},
     programs::{Xdp, xdp::XdpLinkId},
 };
 use skiff_common::{
     Counter, DropReason, XdpAction,
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig, XdpMode},
-    conntrack::{CtEntry, CtKey, CtKey4, CtKey6},
+    conntrack::{CtEntry, CtKey, CtKey4, CtKey6, FlowPath},
     endpoint::{EndpointInfo, PodSources},
     event::DropEvent,
     lb::{FrontendKind, ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
@@ -264,9 +264,25 @@ impl Ingress {
         .map_err(XdpError::map(maps::POD_SOURCES))
     }
 
-    /// A handle on the tracked-flow maps for a worker of its own (opened from the pins).
-    pub fn tracked_flows(&self) -> Result<TrackedFlows, XdpError> {
-        TrackedFlows::open(&self.pin_dir)
+    /// A handle on the flow table for a worker of its own (opened from the pins).
+    pub fn flow_table(&self) -> Result<FlowTable, XdpError> {
+        FlowTable::open(&self.pin_dir)
+    }
+
+    /// Lets the flow table send frames out of interface `ifindex` (`false`: no more), which
+    /// must take XDP frames ([`crate::takes_xdp_frames`]).
+    pub fn set_tx_port(&mut self, ifindex: u32, on: bool) -> Result<(), XdpError> {
+        let mut ports: DevMapHash<&mut MapData> = self.map_mut(maps::TX_PORTS)?;
+        if on {
+            // No program of its own for the target: only the kernel's own errors.
+            return ports
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| XdpError::Invalid(format!("map {}: {e}", maps::TX_PORTS)));
+        }
+        if ports.get(ifindex, 0).is_err() {
+            return Ok(());
+        }
+        ports.remove(ifindex).map_err(XdpError::map(maps::TX_PORTS))
     }
 
     /// Hands the frames redirected on interface `ifindex`, receive queue `queue`, to the
@@ -317,6 +333,14 @@ impl Ingress {
         XdpAction::ALL
             .iter()
             .map(|&a| Ok((a, per_cpu_sum(&self.ebpf, maps::ACTION_COUNTS, a.code())?)))
+            .collect()
+    }
+
+    /// Packets and bytes of tracked flows by where they went, summed over CPUs.
+    pub fn flow_paths(&self) -> Result<Vec<(FlowPath, Counter)>, XdpError> {
+        FlowPath::ALL
+            .iter()
+            .map(|&p| Ok((p, per_cpu_sum(&self.ebpf, maps::FLOW_COUNTS, p.code())?)))
             .collect()
     }
 
@@ -389,31 +413,37 @@ pub fn pinned_drops(pin_dir: &Path) -> Result<Vec<DropCount>, XdpError> {
     Ok(out)
 }
 
-/// The XDP program's tracked flows (the reply tuples of the flows workers NAT, whose packets it
-/// redirects to them), opened from their pins: each worker holds its own handle.
-pub struct TrackedFlows {
+/// The XDP program's flow table (each direction of the flows workers track, as it arrives:
+/// to the worker, or forwarded at the NIC), opened from its pins: each worker holds its own
+/// handle.
+pub struct FlowTable {
     v4: HashMap<MapData, CtKey4, CtEntry>,
     v6: HashMap<MapData, CtKey6, CtEntry>,
 }
 
-impl TrackedFlows {
-    pub fn open(pin_dir: &Path) -> Result<TrackedFlows, XdpError> {
-        Ok(TrackedFlows {
-            v4: crate::pinned(pin_dir, maps::CT_V4)?,
-            v6: crate::pinned(pin_dir, maps::CT_V6)?,
-        })
+impl FlowTable {
+    pub fn open(pin_dir: &Path) -> Result<FlowTable, XdpError> {
+        Ok(FlowTable { v4: crate::pinned(pin_dir, maps::CT_V4)?, v6: crate::pinned(pin_dir, maps::CT_V6)? })
     }
 
-    /// Marks a flow as tracked (a worker NATs it): its packets go to the workers.
-    pub fn track(&mut self, key: CtKey, entry: CtEntry) -> Result<(), XdpError> {
+    /// Sets a direction's entry. Fails when the table is full (`CT_CAPACITY`) and the key new.
+    pub fn insert(&mut self, key: CtKey, entry: &CtEntry) -> Result<(), XdpError> {
         match key {
             CtKey::V4(k) => self.v4.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V4)),
             CtKey::V6(k) => self.v6.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V6)),
         }
     }
 
-    /// Forgets a flow (its worker expired it). A key already gone is not an error.
-    pub fn untrack(&mut self, key: CtKey) -> Result<(), XdpError> {
+    /// A direction's entry, with the time and counts the XDP program recorded.
+    pub fn get(&self, key: CtKey) -> Option<CtEntry> {
+        match key {
+            CtKey::V4(k) => self.v4.get(&k, 0).ok(),
+            CtKey::V6(k) => self.v6.get(&k, 0).ok(),
+        }
+    }
+
+    /// Forgets a direction. A key already gone is not an error.
+    pub fn remove(&mut self, key: CtKey) -> Result<(), XdpError> {
         let gone = |name| {
             move |e| match e {
                 aya::maps::MapError::KeyNotFound => Ok(()),

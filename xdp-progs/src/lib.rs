@@ -11,6 +11,7 @@
 
 pub mod bpffs;
 mod count;
+mod features;
 mod ingress;
 mod sock;
 mod test_run;
@@ -23,7 +24,8 @@ use aya::{
     programs::{Xdp, XdpMode as AyaMode},
 };
 pub use count::CountProgram;
-pub use ingress::{DropCount, Ingress, TrackedFlows, pinned_drops};
+pub use features::takes_xdp_frames;
+pub use ingress::{DropCount, FlowTable, Ingress, pinned_drops};
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;
 pub use sock::{SocketBackend, SocketFrontend, SocketLb, pinned_socket_counters};

@@ -62,8 +62,8 @@ mod privileged {
             let (pods, len) = Env::REMOTE_PODS_V4;
             ingress.set_overlay(&Env::NODES, &[(pods.into(), len)]).unwrap();
             ingress.set_identities(&Env::IDENTITIES).unwrap();
-            let mut flows = ingress.tracked_flows().unwrap();
-            flows.track(tracked_key(), CtEntry { flags: CtEntry::NAT_DNAT, ..CtEntry::default() }).unwrap();
+            let mut flows = ingress.flow_table().unwrap();
+            flows.insert(tracked_key(), &CtEntry { flags: CtEntry::REPLY, ..CtEntry::default() }).unwrap();
             loaded
         }
         pub fn get(&mut self) -> &mut Ingress {
@@ -98,10 +98,10 @@ mod privileged {
             ingress.no_worker().unwrap().packets - before == 1
         };
         assert!(redirected(ingress), "tracked: to the workers");
-        let mut flows = ingress.tracked_flows().unwrap();
-        flows.untrack(tracked_key()).unwrap();
+        let mut flows = ingress.flow_table().unwrap();
+        flows.remove(tracked_key()).unwrap();
         assert!(!redirected(ingress), "untracked: to the kernel");
-        flows.untrack(tracked_key()).unwrap();
+        flows.remove(tracked_key()).unwrap();
     }
 
     #[test]
@@ -325,5 +325,30 @@ mod privileged {
         assert_eq!(xdp_prog_id(&node, &iface), Some(new_id), "the old program's exit does not detach");
         drop(new);
         assert_eq!(xdp_prog_id(&node, &iface), None, "dropping the program detaches it");
+    }
+
+    /// A veth takes frames another interface's XDP program redirects to it only while its peer
+    /// can receive them (GRO or an XDP program there), and the kernel says so: the flow table
+    /// forwards out of a pod's veth only then.
+    #[test]
+    fn a_veth_takes_xdp_frames_once_its_peer_has_gro() {
+        let lab = Topology::new().pods(1).build().expect("lab");
+        let (node, pod) = (lab.node(), &lab.pods()[0]);
+        let takes = || {
+            let name = pod.node_iface.clone();
+            node.netns
+                .run(move || {
+                    let name = std::ffi::CString::new(name).unwrap();
+                    // SAFETY: a NUL-terminated name that outlives the call.
+                    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                    skiff_xdp::takes_xdp_frames(index)
+                })
+                .unwrap()
+                .unwrap()
+        };
+        pod.netns.exec("ethtool", &["-K", &pod.iface, "gro", "off"]).unwrap();
+        assert!(!takes(), "no GRO and no XDP program on the pod's side");
+        pod.netns.exec("ethtool", &["-K", &pod.iface, "gro", "on"]).unwrap();
+        assert!(takes(), "GRO on the pod's side");
     }
 }

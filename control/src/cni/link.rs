@@ -203,12 +203,24 @@ impl Netlink {
     /// checksums written, which AF_XDP and XDP need on a veth.
     pub fn tx_checksum_off(&self, name: &str) -> io::Result<()> {
         const ETHTOOL_STXCSUM: u32 = 0x17;
+        self.ethtool(name, ETHTOOL_STXCSUM, 0, "turning transmit checksum offload off")
+    }
+
+    /// GRO on (`ethtool -K <name> gro on`): a veth with GRO receives through NAPI, so that
+    /// skiff's XDP program on its peer may forward frames into it (its flow table).
+    pub fn gro_on(&self, name: &str) -> io::Result<()> {
+        const ETHTOOL_SGRO: u32 = 0x2c;
+        self.ethtool(name, ETHTOOL_SGRO, 1, "turning GRO on")
+    }
+
+    /// One `SIOCETHTOOL` command with a value (`struct ethtool_value`).
+    fn ethtool(&self, name: &str, cmd: u32, data: u32, what: &str) -> io::Result<()> {
         #[repr(C)]
         struct EthtoolValue {
             cmd: u32,
             data: u32,
         }
-        let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+        let mut value = EthtoolValue { cmd, data };
         // SAFETY: ifreq is plain data; all-zero is valid.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         if name.len() >= ifr.ifr_name.len() {
@@ -223,10 +235,7 @@ impl Netlink {
         let rc = unsafe { libc::ioctl(self.ioctl.as_raw_fd(), libc::SIOCETHTOOL, &raw mut ifr) };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("turning transmit checksum offload off on {name}: {e}"),
-            ));
+            return Err(io::Error::new(e.kind(), format!("{what} on {name}: {e}")));
         }
         Ok(())
     }

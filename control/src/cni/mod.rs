@@ -134,6 +134,7 @@ async fn add(inv: &Invocation, conf: &NetConf, client: &Client) -> Result<Value,
         }
         host.tx_checksum_off(&host_name)?;
         pod.tx_checksum_off(&attachment.ifname)?;
+        pod.gro_on(&attachment.ifname)?;
         Ok::<_, std::io::Error>(Made {
             host: host_link.interface(&host_name, None),
             pod: pod_link.interface(&attachment.ifname, Some(netns_path)),

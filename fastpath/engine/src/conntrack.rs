@@ -47,6 +47,10 @@ pub struct Entry {
     pub backend: BackendId,
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// Both directions are forwarded at the NIC by the XDP program's flow table: their
+    /// packets reach the worker only when unusual (see `skiff_common::conntrack::FlowPath`),
+    /// and `last_seen` is refreshed from the table before the flow may expire.
+    pub offloaded: bool,
     /// The NAT of each direction, by `Direction`.
     rewrites: [Rewrite; 2],
 }
@@ -93,9 +97,10 @@ pub struct Conntrack {
     timeouts: Timeouts,
     /// Where the incremental sweep and the eviction probes continue.
     cursor: usize,
-    /// Reply tuples of flows removed since the last [`Conntrack::drain_ended`] (bounded: the
-    /// XDP program's copies of any beyond it age out of its LRU map instead).
-    ended: Vec<Tuple>,
+    /// Flows removed since the last [`Conntrack::drain_ended`] (bounded: beyond it, their
+    /// entries stay in the XDP program's flow table, whose replies then reach the worker,
+    /// which knows no flow of them and passes them).
+    ended: Vec<Entry>,
 }
 
 /// Ended flows remembered between two drains (a round removes `GC_PER_ROUND` expired flows
@@ -177,6 +182,7 @@ impl Conntrack {
             backend,
             packets: [0; 2],
             bytes: [0; 2],
+            offloaded: false,
             rewrites: [
                 Rewrite::new(&original, &reply.reversed()),
                 Rewrite::new(&reply, &original.reversed()),
@@ -235,18 +241,50 @@ impl Conntrack {
     }
 
     /// Examines up to `budget` slots from where the last step stopped and removes the flows
-    /// that expired; returns how many it removed.
-    pub fn gc_step(&mut self, now: u64, budget: usize) -> usize {
+    /// that expired; returns how many it removed. An offloaded flow that looks expired asks
+    /// `nic_last_seen` first when the NIC last forwarded a packet of it (the caller's clock).
+    pub fn gc_step(
+        &mut self,
+        now: u64,
+        budget: usize,
+        mut nic_last_seen: impl FnMut(&Entry) -> Option<u64>,
+    ) -> usize {
         let mut removed = 0;
         for _ in 0..budget.min(self.slots.len()) {
             self.cursor = (self.cursor + 1) % self.slots.len();
             let id = self.cursor;
-            if self.slots[id].as_ref().is_some_and(|e| self.expired(e, now)) {
-                self.remove_slot(id);
-                removed += 1;
+            let Some(e) = self.slots[id].as_ref() else { continue };
+            if !self.expired(e, now) {
+                continue;
             }
+            if e.offloaded
+                && let Some(seen) = nic_last_seen(e)
+            {
+                let e = self.slots[id].as_mut().expect("just read");
+                e.last_seen = e.last_seen.max(seen);
+                if !self.expired(self.slots[id].as_ref().expect("just read"), now) {
+                    continue;
+                }
+            }
+            self.remove_slot(id);
+            removed += 1;
         }
         removed
+    }
+
+    /// Marks flow `id` as forwarded at the NIC, or no longer.
+    pub fn set_offloaded(&mut self, id: u32, offloaded: bool) {
+        if let Some(e) = self.slots.get_mut(id as usize).and_then(Option::as_mut) {
+            e.offloaded = offloaded;
+        }
+    }
+
+    /// Asks `f` of every offloaded flow whether it stays offloaded (new tables: its backend
+    /// or next hop may be gone).
+    pub fn recheck_offloaded(&mut self, mut f: impl FnMut(&Entry) -> bool) {
+        for e in self.slots.iter_mut().flatten().filter(|e| e.offloaded) {
+            e.offloaded = f(e);
+        }
     }
 
     /// Frees one slot for a new flow: the first evictable flow within `EVICTION_PROBES` slots.
@@ -272,15 +310,15 @@ impl Conntrack {
         None
     }
 
-    /// Hands the reply tuple of each flow removed (expired, evicted or removed) since the last call to
-    /// `f`: the worker withdraws them from the XDP program's tracked flows.
-    pub fn drain_ended(&mut self, mut f: impl FnMut(&Tuple)) {
-        for t in self.ended.drain(..) {
-            f(&t);
+    /// Hands each flow removed (expired, evicted or removed) since the last call to `f`: the
+    /// worker withdraws it from the XDP program's flow table.
+    pub fn drain_ended(&mut self, mut f: impl FnMut(&Entry)) {
+        for e in self.ended.drain(..) {
+            f(&e);
         }
     }
 
-    /// Stops tracking flow `id`; its reply tuple is reported by the next `drain_ended`.
+    /// Stops tracking flow `id`; it is reported by the next `drain_ended`.
     pub fn remove(&mut self, id: u32) {
         self.remove_slot(id as usize);
     }
@@ -290,7 +328,7 @@ impl Conntrack {
             self.keys.remove(&e.original);
             self.keys.remove(&e.reply);
             if self.ended.len() < ENDED_PER_ROUND {
-                self.ended.push(e.reply);
+                self.ended.push(e);
             }
             self.free.push(u32::try_from(slot).expect("capacity fits u32"));
         }
@@ -347,14 +385,46 @@ mod tests {
         let (o2, r2) = flow(2);
         let syn = ct.insert(o1, r1, SYN, BackendId::NONE, 0).unwrap();
         let est = ct.insert(o2, r2, ACK, BackendId::NONE, 0).unwrap();
-        assert_eq!(ct.gc_step(61, 8), 1, "the SYN-only flow expires after 60 s");
+        assert_eq!(ct.gc_step(61, 8, |_| None), 1, "the SYN-only flow expires after 60 s");
         let mut ended = Vec::new();
-        ct.drain_ended(|t| ended.push(*t));
+        ct.drain_ended(|e| ended.push(e.reply));
         assert_eq!(ended.len(), 1, "its reply tuple is reported once");
         assert!(ct.get(syn).is_none() && ct.lookup(&o1).is_none() && ct.lookup(&r1).is_none());
-        assert_eq!(ct.gc_step(6 * 3600, 8), 0);
-        assert_eq!(ct.gc_step(6 * 3600 + 1, 8), 1);
+        assert_eq!(ct.gc_step(6 * 3600, 8, |_| None), 0);
+        assert_eq!(ct.gc_step(6 * 3600 + 1, 8, |_| None), 1);
         assert!(ct.get(est).is_none());
+    }
+
+    /// An offloaded flow lives as long as the NIC forwards its packets, and expires by the
+    /// NIC's last packet once it stops.
+    #[test]
+    fn an_offloaded_flow_expires_by_the_nics_last_packet() {
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let (o, r) = flow(1);
+        let udp = |t: Tuple| Tuple { protocol: ip::UDP, ..t };
+        let (o, r) = (udp(o), udp(r));
+        let id = ct.insert(o, r, 0, BackendId::NONE, 0).unwrap();
+        ct.update(id, Direction::Reply, 0, 60, 0);
+        ct.set_offloaded(id, true);
+        let mut asked = 0;
+        assert_eq!(
+            ct.gc_step(61, 8, |_| {
+                asked += 1;
+                Some(50)
+            }),
+            0,
+            "forwarded at 50 s"
+        );
+        assert_eq!((asked, ct.get(id).unwrap().last_seen), (1, 50));
+        assert_eq!(ct.gc_step(100, 8, |_| None), 0, "not expired: nothing asked");
+        assert_eq!(ct.gc_step(111, 8, |_| Some(50)), 1, "nothing since 50 s: expired at 111 s");
+        let mut ended = Vec::new();
+        ct.drain_ended(|e| ended.push((e.original, e.offloaded)));
+        assert_eq!(ended, [(o, true)], "reported whole, for both its NIC entries to go");
+        let id = ct.insert(o, r, 0, BackendId::NONE, 0).unwrap();
+        ct.set_offloaded(id, true);
+        ct.recheck_offloaded(|e| e.original != o);
+        assert!(!ct.get(id).unwrap().offloaded, "a recheck that says no takes it back");
     }
 
     #[test]
@@ -374,8 +444,8 @@ mod tests {
         assert!(ct.lookup(&o).is_some() && ct.lookup(&r).is_some(), "the new flow is tracked");
         assert_eq!(ct.len(), 4);
         let mut ended = Vec::new();
-        ct.drain_ended(|t| ended.push(*t));
-        assert_eq!(ended, [half_open_reply], "its reply tuple is withdrawn from the XDP program");
+        ct.drain_ended(|e| ended.push(e.reply));
+        assert_eq!(ended, [half_open_reply], "it is withdrawn from the XDP program");
         // Now all four are established: a fifth is refused and they all still work.
         let (o, r) = flow(5);
         assert_eq!(ct.insert(o, r, SYN, BackendId::NONE, 1), Err(InsertError::Full(4)));
@@ -401,7 +471,7 @@ mod tests {
         ct.remove(closed);
         assert!(ct.lookup(&o).is_none() && ct.lookup(&r).is_none());
         let mut ended = Vec::new();
-        ct.drain_ended(|t| ended.push(*t));
+        ct.drain_ended(|e| ended.push(e.reply));
         assert_eq!(ended, [r]);
     }
 }

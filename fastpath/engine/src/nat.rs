@@ -41,6 +41,12 @@ pub struct Rewrite {
 const TTL_DECREMENT: u32 = 0xfeff;
 
 impl Rewrite {
+    /// What it adds to the IPv4 header checksum and to the L4 checksum (the XDP program's
+    /// flow table applies the same).
+    pub fn deltas(&self) -> (u16, u16) {
+        (self.ip, self.l4)
+    }
+
     /// The rewrite of packets arriving as `from` into `to` (same family and protocol).
     pub fn new(from: &Tuple, to: &Tuple) -> Rewrite {
         let v6 = Ipv6Addr::from(from.src).to_ipv4_mapped().is_none();

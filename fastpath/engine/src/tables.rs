@@ -216,12 +216,14 @@ impl SharedTables {
         self.0.load_full()
     }
 
-    /// Replaces `tables` with the current version if it changed: one atomic load when it did
-    /// not.
-    pub fn refresh(&self, tables: &mut Arc<Tables>) {
+    /// Replaces `tables` with the current version if it changed (returns whether): one atomic
+    /// load when it did not.
+    pub fn refresh(&self, tables: &mut Arc<Tables>) -> bool {
         let current = self.0.load();
-        if !Arc::ptr_eq(&current, tables) {
-            *tables = arc_swap::Guard::into_inner(current);
+        if Arc::ptr_eq(&current, tables) {
+            return false;
         }
+        *tables = arc_swap::Guard::into_inner(current);
+        true
     }
 }

@@ -24,7 +24,9 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender};
 use skiff_common::{
+    Counter,
     config::XdpConfig,
+    conntrack::FlowPath,
     endpoint::{EndpointInfo, PodSources},
     identity::Identity,
     lb::FrontendKind,
@@ -36,7 +38,7 @@ use skiff_engine::{
     tables::{LocalNode, SharedTables, Tables},
     tunnel::{Overlay, TunnelProtocol},
 };
-use skiff_xdp::{Ingress, TrackedFlows, XdpError, XdpMode};
+use skiff_xdp::{FlowTable, Ingress, XdpError, XdpMode};
 
 use self::thread::WorkerThread;
 use crate::{
@@ -44,8 +46,10 @@ use crate::{
     io::{
         BATCH, Bell, PacketIo,
         afxdp::{BusyPoll, XskPort},
+        ifindex,
         packet::{PacketPort, Steering},
     },
+    nic::NicFlows,
     worker::{Stats, Worker},
 };
 
@@ -244,9 +248,9 @@ impl Datapath {
                 let ingress = ingress.ok_or(DatapathError::NoIngress)?;
                 let mut senders = Vec::new();
                 for q in 0..usize::from(config.workers) {
-                    let mirror = ingress.tracked_flows()?;
+                    let table = ingress.flow_table()?;
                     let worker = datapath.worker(q, &mut handoff).with_exceptions(exceptions_tx.clone());
-                    senders.push(datapath.spawn(q, worker, Some(mirror), flows_tx.clone(), &cores)?);
+                    senders.push(datapath.spawn(q, worker, Some(table), flows_tx.clone(), &cores)?);
                 }
                 datapath.ingress = Some(Mutex::new(ingress));
                 datapath.changes = Changes::AfXdp(senders);
@@ -315,7 +319,14 @@ impl Datapath {
                     .in_netns(|| Ok(ingress.attach(iface, mode)))
                     .map_err(io_error(format!("attaching XDP to {iface}")))?;
                 match attached {
-                    Ok(mode) => xdp_mode = Some(mode),
+                    Ok(mode) => {
+                        xdp_mode = Some(mode);
+                        // The flow table forwards out of it only if it takes XDP frames (a
+                        // veth whose peer has GRO or an XDP program); else those flows stay
+                        // with the workers (`FlowPath::NoDevice`).
+                        let takes = self.in_netns(|| skiff_xdp::takes_xdp_frames(ifindex)).unwrap_or(false);
+                        ingress.set_tx_port(ifindex, takes)?;
+                    }
                     Err(e) => {
                         let _ = change_ports(
                             senders,
@@ -363,6 +374,7 @@ impl Datapath {
                 if let Some(ingress) = &self.ingress {
                     let mut ingress = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     ingress.detach(&port.name);
+                    ingress.set_tx_port(port.ifindex, false)?;
                     ingress.unset_worker(port.ifindex)?;
                     ingress.set_pod_sources(port.ifindex, None)?;
                 }
@@ -412,8 +424,8 @@ impl Datapath {
         &mut self,
         q: usize,
         worker: Worker<P>,
-        mirror: Option<TrackedFlows>,
-        flows: Sender<NewFlow>,
+        table: Option<FlowTable>,
+        observers: Sender<NewFlow>,
         cores: &[usize],
     ) -> Result<Sender<PortChange<P>>, DatapathError> {
         let stats = Arc::new(Mutex::new(Stats::default()));
@@ -424,8 +436,7 @@ impl Datapath {
         let thread = WorkerThread {
             worker: worker.with_bell(bell.clone()),
             bell,
-            mirror,
-            flows,
+            flows: NicFlows::new(table, observers),
             stats,
             stop: self.stop.clone(),
             shared: self.shared.clone(),
@@ -527,6 +538,13 @@ impl Datapath {
     /// The workers' counters, summed (as of their last publication: at most a moment old).
     pub fn stats(&self) -> Stats {
         self.stats.total()
+    }
+
+    /// Packets of tracked flows by where the XDP program sent them (forwarded at the NIC, or
+    /// to a worker and why), with AF_XDP.
+    pub fn flow_paths(&self) -> Result<Vec<(FlowPath, Counter)>, DatapathError> {
+        let Some(ingress) = &self.ingress else { return Ok(Vec::new()) };
+        Ok(ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).flow_paths()?)
     }
 
     /// The workers' counters, readable from elsewhere (a status API) while they run.
@@ -665,15 +683,5 @@ fn close_aside<P: Send + 'static>(ports: Vec<P>) {
 impl Drop for Datapath {
     fn drop(&mut self) {
         self.halt();
-    }
-}
-
-fn ifindex(iface: &str) -> io::Result<u32> {
-    let name = std::ffi::CString::new(iface)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not an interface name"))?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(io::Error::new(io::ErrorKind::NotFound, "no such interface")),
-        i => Ok(i),
     }
 }

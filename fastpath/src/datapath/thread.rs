@@ -1,28 +1,24 @@
 //! A worker's thread: pinned to its core, above the NAPI thread that feeds it, polling until
-//! the datapath stops; it mirrors its flows into the XDP program's tracked flows, tells
-//! observers of new flows, and publishes its counters.
+//! the datapath stops; it writes its flows into the XDP program's flow table (steered to it,
+//! or forwarded at the NIC once established), tells observers of new flows, and publishes
+//! its counters.
 
 use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crossbeam_channel::{Receiver, Sender};
-use skiff_common::conntrack::{CtEntry, CtKey, CtKey4, CtKey6};
-use skiff_engine::{
-    engine::NewFlow,
-    flow::{Tuple, masqueraded},
-    tables::SharedTables,
-};
-use skiff_xdp::TrackedFlows;
+use crossbeam_channel::Receiver;
+use skiff_engine::tables::SharedTables;
 
 use super::PortChange;
 use crate::{
     io::{Bell, PacketIo},
-    worker::{FlowEvent, Stats, Worker},
+    nic::NicFlows,
+    worker::{Stats, Worker},
 };
 
 /// How often a busy worker publishes its counters.
@@ -30,9 +26,7 @@ const STATS_PERIOD: Duration = Duration::from_millis(1);
 
 pub(super) struct WorkerThread<P: PacketIo> {
     pub(super) worker: Worker<P>,
-    /// The XDP program's tracked flows, with AF_XDP.
-    pub(super) mirror: Option<TrackedFlows>,
-    pub(super) flows: Sender<NewFlow>,
+    pub(super) flows: NicFlows,
     pub(super) stats: Arc<Mutex<Stats>>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) shared: SharedTables,
@@ -56,9 +50,8 @@ impl<P: PacketIo> WorkerThread<P> {
         // SAFETY: setpriority on the calling thread only; without CAP_SYS_NICE it fails and
         // the worker keeps its priority.
         let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.nice) };
-        let started = Instant::now();
         let (mut unpublished, mut published_at) = (false, Duration::ZERO);
-        let WorkerThread { worker, mirror, flows, stats, stop, shared, changes, bell, .. } = &mut self;
+        let WorkerThread { worker, flows, stats, stop, shared, changes, bell, .. } = &mut self;
         while !stop.load(Ordering::Relaxed) {
             bell.clear();
             for change in changes.try_iter() {
@@ -68,12 +61,12 @@ impl<P: PacketIo> WorkerThread<P> {
                 };
                 let _ = change.done.send(old);
             }
-            worker.engine().refresh(shared);
-            let now = started.elapsed();
+            worker.refresh(shared, flows);
+            let now = monotonic();
             // No waiting for frames while counts are unpublished: a status read just after the
             // traffic stops sees all of it.
             let wait_ms = if unpublished { 0 } else { 10 };
-            let got = worker.poll(wait_ms, now.as_secs(), |event| on_flow(event, mirror.as_mut(), flows));
+            let got = worker.poll(wait_ms, now.as_secs(), flows);
             unpublished |= got > 0;
             if unpublished && (got == 0 || now - published_at >= STATS_PERIOD) {
                 *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
@@ -84,36 +77,11 @@ impl<P: PacketIo> WorkerThread<P> {
     }
 }
 
-/// A new flow's replies are steered to the worker by the XDP program (before its first packet
-/// leaves) and observers hear of it; an ended flow's are no longer steered.
-fn on_flow(event: FlowEvent, mirror: Option<&mut TrackedFlows>, flows: &Sender<NewFlow>) {
-    match event {
-        FlowEvent::Started(flow) => {
-            if let Some(m) = mirror {
-                // A flow whose replies the program cannot steer would be lost: the failure
-                // shows in the program's pass counters.
-                let nat = if masqueraded(&flow.original, &flow.reply) {
-                    CtEntry::NAT_DNAT | CtEntry::NAT_SNAT
-                } else {
-                    CtEntry::NAT_DNAT
-                };
-                let _ = m.track(ct_key(&flow.reply), CtEntry { flags: nat, ..CtEntry::default() });
-            }
-            let _ = flows.try_send(*flow);
-        }
-        FlowEvent::Ended(reply) => {
-            if let Some(m) = mirror {
-                let _ = m.untrack(ct_key(reply));
-            }
-        }
-    }
-}
-
-/// The XDP program's key for a tuple.
-fn ct_key(t: &Tuple) -> CtKey {
-    let v4 = |a: &[u8; 16]| std::net::Ipv6Addr::from(*a).to_ipv4_mapped().map(|a| a.octets());
-    match (v4(&t.src), v4(&t.dst)) {
-        (Some(src), Some(dst)) => CtKey::V4(CtKey4::new(src, t.src_port, dst, t.dst_port, t.protocol)),
-        _ => CtKey::V6(CtKey6::new(t.src, t.src_port, t.dst, t.dst_port, t.protocol)),
-    }
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`: conntrack compares the times the XDP
+/// program records with its own.
+fn monotonic() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) };
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }

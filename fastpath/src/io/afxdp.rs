@@ -60,6 +60,7 @@ pub struct XskPort {
     completed: Vec<FrameDesc>,
     /// Receive calls run the NIC's NAPI (busy polling).
     busy_poll: bool,
+    ifindex: u32,
     /// Last: fields drop in declaration order, and the UMEM must outlive the socket.
     umem: Umem,
 }
@@ -90,6 +91,7 @@ impl XskPort {
             .tx_queue_size(ring)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .build();
+        let ifindex = super::ifindex(iface)?;
         let name = iface.parse().map_err(|e| other("interface name")(format!("{e:?}")))?;
         // SAFETY: the UMEM outlives the socket (both live in this struct; the UMEM is its last
         // field, so it drops last) and its frames are only handed out through this struct.
@@ -118,6 +120,7 @@ impl XskPort {
             tx_queued,
             completed,
             busy_poll: busy_poll.is_some(),
+            ifindex,
             umem,
         })
     }
@@ -246,5 +249,9 @@ impl PacketIo for XskPort {
 
     fn fd(&self) -> Option<RawFd> {
         Some(self.rx.fd().as_raw_fd())
+    }
+
+    fn ifindex(&self) -> Option<u32> {
+        Some(self.ifindex)
     }
 }

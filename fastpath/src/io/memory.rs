@@ -9,6 +9,8 @@ use super::PacketIo;
 
 #[derive(Debug, Default)]
 pub struct MemoryPort {
+    /// The interface it stands for, if any (tests of the NIC's flow table).
+    ifindex: Option<u32>,
     inbox: VecDeque<Vec<u8>>,
     sent: Vec<Vec<u8>>,
     queued: Vec<Vec<u8>>,
@@ -18,6 +20,11 @@ pub struct MemoryPort {
 impl MemoryPort {
     pub fn new() -> MemoryPort {
         MemoryPort::default()
+    }
+
+    /// A port standing for interface `ifindex`: flows through it may be offloaded.
+    pub fn with_ifindex(ifindex: u32) -> MemoryPort {
+        MemoryPort { ifindex: Some(ifindex), ..MemoryPort::default() }
     }
 
     /// A frame for the next `recv`.
@@ -63,5 +70,9 @@ impl PacketIo for MemoryPort {
 
     fn fd(&self) -> Option<RawFd> {
         None
+    }
+
+    fn ifindex(&self) -> Option<u32> {
+        self.ifindex
     }
 }

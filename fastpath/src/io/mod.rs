@@ -36,6 +36,9 @@ pub trait PacketIo {
     /// The descriptor that becomes readable when frames wait; `None` if there is none to wait
     /// on (in memory).
     fn fd(&self) -> Option<RawFd>;
+
+    /// The index of the interface it is bound to; `None` in memory, unless given one.
+    fn ifindex(&self) -> Option<u32>;
 }
 
 /// Descriptors to wait on until one is readable: a worker's ports and inbox (any number:
@@ -98,6 +101,17 @@ impl Bell {
     /// Becomes readable when rung.
     pub fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))),
+        index => Ok(index),
     }
 }
 

@@ -9,7 +9,6 @@
 //! AF_XDP.
 
 use std::{
-    ffi::CString,
     io::{self, Write},
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
@@ -28,6 +27,7 @@ const PACKET_FANOUT_HASH: u32 = 0;
 /// An AF_PACKET socket on one interface, with its batch buffers.
 pub struct PacketPort {
     fd: OwnedFd,
+    ifindex: u32,
     rx: Box<[u8]>,
     tx: Box<[u8]>,
     tx_lens: Vec<usize>,
@@ -47,13 +47,7 @@ impl PacketPort {
     /// Opens a non-blocking socket on `iface` (in the calling thread's network namespace);
     /// with `fanout`, it joins the interface's fanout group (one per worker).
     pub fn open(iface: &str, fanout: bool) -> io::Result<PacketPort> {
-        let name =
-            CString::new(iface).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {iface}")));
-        }
+        let index = super::ifindex(iface)?;
         let proto = ETH_P_ALL.to_be();
         // SAFETY: plain socket(2); the result is checked before use.
         let raw = unsafe {
@@ -82,6 +76,7 @@ impl PacketPort {
         }
         Ok(PacketPort {
             fd,
+            ifindex: index,
             rx: vec![0; BATCH * FRAME_ROOM].into_boxed_slice(),
             tx: vec![0; BATCH * FRAME_ROOM].into_boxed_slice(),
             tx_lens: Vec::with_capacity(BATCH),
@@ -184,6 +179,10 @@ impl PacketIo for PacketPort {
 
     fn fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    fn ifindex(&self) -> Option<u32> {
+        Some(self.ifindex)
     }
 }
 

@@ -39,6 +39,10 @@ pub struct CtKey6 {
 const _: () = assert!(size_of::<CtKey6>() == 40 && align_of::<CtKey6>() == 2);
 const _: () = assert!(offset_of!(CtKey6, sport) == 32 && offset_of!(CtKey6, proto) == 36);
 
+/// Directions of flows `CT_V4` (and `CT_V6`) hold: two per offloaded flow, one per flow the
+/// worker keeps (its replies'), so room for half a million flows at the NIC.
+pub const CT_CAPACITY: u32 = 1 << 20;
+
 /// A key of either family (not a map type itself: the maps are per family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtKey {
@@ -72,50 +76,57 @@ impl CtKey6 {
     }
 }
 
-/// A tracked flow, for both families: the value of `CT_V4` and `CT_V6`. Counters, ids and
-/// times are host order; `nat_addr` and `nat_port` are network byte order.
+/// One direction of a tracked flow as the XDP program sees it arrive: the value of `CT_V4`
+/// and `CT_V6`, keyed by the direction's tuple. A worker writes it; the XDP program either
+/// hands the direction's packets to the worker (`ifindex` 0: a new flow, a flow closing, one
+/// the NIC cannot forward) or forwards them itself: rewritten to [`CtEntry::src`] …
+/// [`CtEntry::dport`] with the checksum deltas given, TTL or hop limit decremented, new MACs,
+/// out of `ifindex` (the flow table at the NIC, as the kernel's flowtable or Katran's). Then it
+/// records the time and counts; the worker stays the authority and reads them.
+///
+/// Addresses and ports are network byte order (IPv4 in the first 4 bytes); times, counters
+/// and deltas host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet; expiry runs from it.
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet the XDP program forwarded.
     pub last_seen_ns: u64,
-    /// Packets and bytes from the originator.
-    pub orig_packets: u64,
-    pub orig_bytes: u64,
-    /// Packets and bytes from the responder.
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-    /// The address that reverse NAT restores in replies: the service IP after DNAT, the
-    /// original source after SNAT. IPv4 in the first 4 bytes, as in [`crate::addr`].
-    pub nat_addr: [u8; 16],
-    /// The backend chosen for a DNAT flow; `BackendId::NONE` otherwise.
-    pub backend_id: BackendId,
-    /// The interface the flow arrived on, for sending replies back out of it.
+    /// Packets and bytes the XDP program forwarded.
+    pub packets: u64,
+    pub bytes: u64,
+    /// The tuple a packet of this direction leaves as (after NAT).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// Added to the IPv4 header checksum (the addresses and the TTL's decrement) and to the
+    /// L4 checksum (pseudo-header and ports), RFC 1624.
+    pub ip_csum: u16,
+    pub l4_csum: u16,
+    /// The next hop's MACs.
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// The interface the XDP program sends the packet out of; 0: the worker does.
     pub ifindex: u32,
-    /// The port that reverse NAT restores, beside `nat_addr`.
-    pub nat_port: u16,
-    /// The service frontend this flow was load-balanced through (`ServiceValue::rev_nat_index`).
-    pub rev_nat_index: u16,
-    /// A [`TcpState`] code.
-    pub tcp_state: u8,
-    /// `CtEntry::SEEN_REPLY` and the other `CtEntry` flag constants.
+    /// The backend chosen for a service flow; `BackendId::NONE` otherwise.
+    pub backend_id: BackendId,
+    /// [`CtEntry::REPLY`].
     pub flags: u8,
+    /// The flow's [`TcpState`] code when the worker wrote the entry.
+    pub tcp_state: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CtEntry>() == 72 && align_of::<CtEntry>() == 8);
+const _: () = assert!(size_of::<CtEntry>() == 88 && align_of::<CtEntry>() == 8);
 
 impl CtEntry {
-    /// A packet in the reply direction has been seen.
-    pub const SEEN_REPLY: u8 = 1 << 0;
-    /// The destination was rewritten (service IP to backend): replies get `nat_addr` and
-    /// `nat_port` back as their source.
-    pub const NAT_DNAT: u8 = 1 << 1;
-    /// The source was rewritten (masquerade): replies get `nat_addr` and `nat_port` back as
-    /// their destination.
-    pub const NAT_SNAT: u8 = 1 << 2;
-    /// The flow came in through a NodePort: replies must leave through this node.
-    pub const NODE_PORT: u8 = 1 << 3;
+    /// The key is the flow's reply direction (else its original one).
+    pub const REPLY: u8 = 1 << 0;
+
+    /// Whether the XDP program forwards this direction itself.
+    pub const fn offloaded(&self) -> bool {
+        self.ifindex != 0
+    }
 
     /// The recorded TCP state; `None` for a code this version does not know.
     pub const fn tcp_state(&self) -> Option<TcpState> {
@@ -139,11 +150,28 @@ code_enum! {
     }
 }
 
+code_enum! {
+    /// Where the XDP program sent a packet of a tracked flow: the index into
+    /// [`FLOW_COUNTS`](crate::maps::FLOW_COUNTS).
+    pub enum FlowPath: u32, fn from_u32 {
+        Forwarded = 0, "forwarded", "Rewritten and sent out at the NIC (XDP_REDIRECT), no worker involved.";
+        Worker = 1, "worker", "To the worker: a flow it has not offloaded (new, closing, or kept on its path).";
+        TcpControl = 2, "tcp-control", "To the worker: a SYN, FIN or RST of an offloaded flow, whose TCP state the worker follows.";
+        NotSimple = 3, "not-simple", "To the worker: a VLAN tag, IP options, IPv6 extension headers, a fragment or a TTL running out.";
+        NoDevice = 4, "no-device", "To the worker: the output interface cannot take XDP frames (not in TX_PORTS).";
+    }
+}
+
 pod!(CtKey4, CtKey6, CtEntry);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flow_paths() {
+        FlowPath::assert_well_formed();
+    }
 
     #[test]
     fn tcp_states_follow_linux() {

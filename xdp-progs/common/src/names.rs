@@ -76,10 +76,16 @@ map_names! {
     SERVICES_V4;
     /// `HashMap<ServiceKey6, ServiceValue>`: IPv6 service frontends.
     SERVICES_V6;
-    /// `LruHashMap<CtKey4, CtEntry>`: tracked IPv4 flows.
+    /// `HashMap<CtKey4, CtEntry>`: each direction of the tracked IPv4 flows, as it arrives:
+    /// to the worker, or forwarded at the NIC (the flow table).
     CT_V4;
-    /// `LruHashMap<CtKey6, CtEntry>`: tracked IPv6 flows.
+    /// `HashMap<CtKey6, CtEntry>`: as `CT_V4`, for IPv6.
     CT_V6;
+    /// `PerCpuArray<Counter>` indexed by [`FlowPath`](crate::conntrack::FlowPath) code.
+    FLOW_COUNTS;
+    /// `DevMapHash` keyed by interface index: the interfaces that take frames the XDP program
+    /// forwards itself.
+    TX_PORTS;
     /// `XskMap` indexed by `slot * XSK_QUEUES_PER_IF + queue`: the AF_XDP socket of each
     /// (interface, receive queue)'s worker.
     XSKS;

@@ -25,3 +25,15 @@ pub fn len(ctx: &XdpContext) -> usize {
 pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
+
+/// The `N` bytes at `offset`, to rewrite in place, or `None` past the frame's end.
+#[inline(always)]
+pub fn bytes_mut<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<&mut [u8; N]> {
+    let start = ctx.data();
+    if start + offset + N > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the range lies inside the frame (checked above), which this program run owns;
+    // `[u8; N]` has no alignment requirement.
+    Some(unsafe { &mut *((start + offset) as *mut [u8; N]) })
+}

@@ -38,10 +38,11 @@ use skiff_wire::{
 
 pub use self::partition::{Partition, SNAT_PORTS};
 use crate::{
-    conntrack::{Conntrack, InsertError, Timeouts},
+    conntrack::{Conntrack, Entry, InsertError, Timeouts},
     flow::{Direction, Tuple, unmap},
     hash::{hash64, mix64},
     lb::Backend,
+    offload,
     policy::Policy,
     reply,
     tables::{Frontend, Service, SharedTables, Tables},
@@ -49,6 +50,9 @@ use crate::{
 
 /// New flows remembered between two drains (a receive batch holds at most 64 frames).
 const NEW_FLOWS_PER_BATCH: usize = 256;
+/// Flows whose place at the NIC changes, remembered between two drains (a round holds at most
+/// 320 frames); past it a flow simply stays where it is forwarded now.
+const NIC_CHANGES_PER_BATCH: usize = 512;
 
 /// A flow an engine started: as the client sent it, as its replies will come, and its backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +97,9 @@ struct Own {
     /// Flows started since the last [`Engine::drain_new_flows`]: the XDP program must learn
     /// their reply tuples to steer the replies to the worker.
     new_flows: Vec<NewFlow>,
+    /// Flows that became [`offload::eligible`] for the NIC, or stopped being, since the last
+    /// [`Engine::drain_nic_changes`].
+    nic_changes: Vec<u32>,
     /// Session affinity: (frontend, client) → (backend, seconds of the last new flow).
     affinity: HashMap<(Frontend, IpAddr), (BackendId, u64)>,
     /// State of the random draws (`Algorithm::Random`).
@@ -128,6 +135,7 @@ impl Engine {
                 conntrack: Conntrack::new(ct_capacity, timeouts),
                 partition: Partition::default(),
                 new_flows: Vec::with_capacity(NEW_FLOWS_PER_BATCH),
+                nic_changes: Vec::with_capacity(NIC_CHANGES_PER_BATCH),
                 // As many clients as flows; preallocated so the packet path does not allocate.
                 affinity: HashMap::with_capacity(ct_capacity),
                 random: seed,
@@ -149,10 +157,10 @@ impl Engine {
         self.tables = tables;
     }
 
-    /// Takes the newest published tables, if they changed: a worker calls this between
-    /// batches.
-    pub fn refresh(&mut self, shared: &SharedTables) {
-        shared.refresh(&mut self.tables);
+    /// Takes the newest published tables, if they changed (returns whether): a worker calls
+    /// this between batches.
+    pub fn refresh(&mut self, shared: &SharedTables) -> bool {
+        shared.refresh(&mut self.tables)
     }
 
     pub fn conntrack(&mut self) -> &mut Conntrack {
@@ -165,6 +173,26 @@ impl Engine {
         for t in self.own.new_flows.drain(..) {
             f(&t);
         }
+    }
+
+    /// Hands each flow that became [`offload::eligible`] for the NIC, or stopped being (a
+    /// connection closing), since the last call to `f` with the tables; `f` returns whether
+    /// the flow is forwarded at the NIC from now on.
+    pub fn drain_nic_changes(&mut self, mut f: impl FnMut(&Entry, &Tables) -> bool) {
+        let Own { conntrack, nic_changes, .. } = &mut self.own;
+        for id in nic_changes.drain(..) {
+            if let Some(e) = conntrack.get(id) {
+                let offloaded = f(e, &self.tables);
+                conntrack.set_offloaded(id, offloaded);
+            }
+        }
+    }
+
+    /// Asks `f` of every flow forwarded at the NIC whether it stays there (after new tables:
+    /// its backend or next hop may be gone).
+    pub fn recheck_offloaded(&mut self, mut f: impl FnMut(&Entry, &Tables) -> bool) {
+        let tables = &self.tables;
+        self.own.conntrack.recheck_offloaded(|e| f(e, tables));
     }
 
     /// Processes one frame in place at time `now` (seconds).
@@ -314,8 +342,12 @@ impl Own {
                 return Ok(Some(Action::Pass));
             }
         }
+        let was_eligible = self.conntrack.get(id).is_some_and(offload::eligible);
         self.conntrack.update(id, dir, packet.tcp_flags, packet.len, now);
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        if offload::eligible(entry) != was_eligible && self.nic_changes.len() < NIC_CHANGES_PER_BATCH {
+            self.nic_changes.push(id);
+        }
         entry.rewrite(dir).apply(frame, p, entry.other(dir))?;
         Ok(Some(Action::Forward))
     }
@@ -396,6 +428,10 @@ impl Own {
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
         if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
             self.new_flows.push(NewFlow { original: tuple, reply: entry.reply, backend });
+        }
+        // Picked up established (a flow older than the worker).
+        if offload::eligible(entry) && self.nic_changes.len() < NIC_CHANGES_PER_BATCH {
+            self.nic_changes.push(id);
         }
         entry.rewrite(Direction::Original).apply(frame, p, &entry.reply)?;
         Ok(Action::Forward)

@@ -7,15 +7,21 @@
 //!    its own, is dropped.
 //! 3. [`tunnel`]: VXLAN or Geneve to this node's tunnel address from a known node is
 //!    decapsulated in place, and the inner frame goes through steps 1–2, then to a worker.
-//! 4. [`redirect`]: what needs a worker goes to the queue's AF_XDP socket (services, pods
-//!    under policy, tracked flows, pods on other nodes).
-//! 5. Everything else passes: the node's own traffic.
+//! 4. [`flows`]: a packet of a tracked flow is forwarded here if a worker offloaded the
+//!    flow's direction (the flow table at the NIC), else it goes to the worker.
+//! 5. [`redirect`]: what else needs a worker goes to the queue's AF_XDP socket (services, pods
+//!    under policy, pods on other nodes).
+//! 6. Everything else passes: the node's own traffic.
 //!
 //! One exit counts every XDP action (and every drop's reason) per CPU, and samples drops into
 //! the event ring ([`metrics`]).
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the flow table's counters, added atomically on a target without CAS.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod flows;
 mod maps;
 mod metrics;
 mod parse;
@@ -24,19 +30,20 @@ mod redirect;
 mod tunnel;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     macros::xdp,
     programs::XdpContext,
 };
 use skiff_common::{
     DropReason,
     config::XdpConfig,
+    conntrack::{CtKey4, CtKey6},
     proto::{ethertype, ip},
 };
 use skiff_xdp_ebpf::packet::len;
 
 use crate::{
-    maps::{ACTION_COUNTS, CONFIG, DROP_COUNTS, NODES_V4, NODES_V6},
+    maps::{ACTION_COUNTS, CONFIG, CT_V4, CT_V6, DROP_COUNTS, NODES_V4, NODES_V6},
     tunnel::Decap,
 };
 
@@ -59,6 +66,8 @@ pub fn skiff_xdp_ingress(ctx: XdpContext) -> u32 {
 enum Next {
     Pass,
     Redirect,
+    /// Forwarded out of another interface by the flow table (XDP_REDIRECT done).
+    Forwarded,
     /// Strip the outer headers (see [`Decap`]); the inner frame follows.
     Decap,
 }
@@ -69,6 +78,7 @@ fn try_ingress(ctx: &XdpContext) -> Result<u32, DropReason> {
     match Next::decode(classify(ctx, &config, true, &mut decap))? {
         Next::Pass => Ok(XDP_PASS),
         Next::Redirect => Ok(redirect::to_worker(ctx)),
+        Next::Forwarded => Ok(XDP_REDIRECT),
         Next::Decap => {
             tunnel::decapsulate(ctx, &decap)?;
             // The inner frame passes the same checks (an inner tunnel is dropped), then a
@@ -80,7 +90,8 @@ fn try_ingress(ctx: &XdpContext) -> Result<u32, DropReason> {
 }
 
 impl Next {
-    /// A code a BPF subprogram can return: 0 pass, 1 redirect, 2 decap, 256 + reason: drop.
+    /// A code a BPF subprogram can return: 0 pass, 1 redirect, 2 decap, 3 forwarded, 256 +
+    /// reason: drop.
     /// (A returned struct would be a pointer into the caller's stack, which the verifier
     /// refuses.)
     #[inline(always)]
@@ -89,6 +100,7 @@ impl Next {
             Ok(Next::Pass) => 0,
             Ok(Next::Redirect) => 1,
             Ok(Next::Decap) => 2,
+            Ok(Next::Forwarded) => 3,
             Err(reason) => 256 + reason as u32,
         }
     }
@@ -99,6 +111,7 @@ impl Next {
             0 => Ok(Next::Pass),
             1 => Ok(Next::Redirect),
             2 => Ok(Next::Decap),
+            3 => Ok(Next::Forwarded),
             other => Err(u8::try_from(other - 256)
                 .ok()
                 .and_then(DropReason::from_u8)
@@ -144,6 +157,12 @@ fn ipv4(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
+    let flow = CtKey4::new(h.src, ports.0, h.dst, ports.1, h.protocol);
+    if let Some(entry) = CT_V4.get_ptr_mut(&flow) {
+        // Only an outer frame: a decapsulated one a worker delivers.
+        let forwarded = decap && flows::forward_v4(ctx, l3, h.l4, h.protocol, entry)?;
+        return Ok(if forwarded { Next::Forwarded } else { Next::Redirect });
+    }
     if config.tunnel_v4 != [0; 4]
         && h.dst == config.tunnel_v4
         && h.protocol == ip::UDP
@@ -154,8 +173,8 @@ fn ipv4(
         *out = found;
         return Ok(Next::Decap);
     }
-    let wanted =
-        redirect::wanted_v4(h.src, h.dst, ports, h.protocol) || redirect::masqueraded_v4(ctx, config, h.dst);
+    let wanted = redirect::wanted_v4(h.src, h.dst, ports.1, h.protocol)
+        || redirect::masqueraded_v4(ctx, config, h.dst);
     Ok(if wanted { Next::Redirect } else { Next::Pass })
 }
 
@@ -177,6 +196,11 @@ fn ipv6(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
+    let flow = CtKey6::new(h.src, ports.0, h.dst, ports.1, h.protocol);
+    if let Some(entry) = CT_V6.get_ptr_mut(&flow) {
+        let forwarded = decap && flows::forward_v6(ctx, l3, h.l4, h.protocol, entry)?;
+        return Ok(if forwarded { Next::Forwarded } else { Next::Redirect });
+    }
     if config.tunnel_v6 != [0; 16]
         && h.dst == config.tunnel_v6
         && h.protocol == ip::UDP
@@ -187,8 +211,8 @@ fn ipv6(
         *out = found;
         return Ok(Next::Decap);
     }
-    let wanted =
-        redirect::wanted_v6(h.src, h.dst, ports, h.protocol) || redirect::masqueraded_v6(ctx, config, h.dst);
+    let wanted = redirect::wanted_v6(h.src, h.dst, ports.1, h.protocol)
+        || redirect::masqueraded_v6(ctx, config, h.dst);
     Ok(if wanted { Next::Redirect } else { Next::Pass })
 }
 

@@ -2,13 +2,14 @@
 //! the loader's pin folder, so a restarted agent finds them with their state.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf, XskMap},
 };
 use skiff_common::{
     Counter, DropReason, XdpAction,
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
-    conntrack::{CtEntry, CtKey4, CtKey6},
+    conntrack::{CT_CAPACITY, CtEntry, CtKey4, CtKey6, FlowPath},
     endpoint::{EndpointInfo, PodSources},
     lb::{ServiceKey4, ServiceKey6, ServiceValue},
     lpm::DenyEntry,
@@ -48,10 +49,16 @@ pub static CLUSTER_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(1 << 14, 0);
 pub static CLUSTER_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(1 << 14, 0);
 #[map]
 pub static IDENTITIES: HashMap<u32, u8> = HashMap::pinned(1 << 16, 0);
+/// Not an LRU: the workers own their flows and remove them; a full table leaves new flows'
+/// directions on the worker path rather than evict a live one. Allocated as flows come.
 #[map]
-pub static CT_V4: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(1 << 17, 0);
+pub static CT_V4: HashMap<CtKey4, CtEntry> = HashMap::pinned(CT_CAPACITY, BPF_F_NO_PREALLOC);
 #[map]
-pub static CT_V6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(1 << 17, 0);
+pub static CT_V6: HashMap<CtKey6, CtEntry> = HashMap::pinned(CT_CAPACITY, BPF_F_NO_PREALLOC);
+#[map]
+pub static FLOW_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(FlowPath::COUNT as u32, 0);
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::pinned(XSK_INTERFACES, 0);
 #[map]
 pub static NO_WORKER: PerCpuArray<Counter> = PerCpuArray::pinned(1, 0);
 #[map]

@@ -1,12 +1,11 @@
-//! Which frames need a worker (service frontends, pods under policy, tracked flows, pods on
-//! other nodes, which a worker encapsulates), and the
+//! Which frames of no tracked flow need a worker (service frontends, pods under policy, pods
+//! on other nodes, which a worker encapsulates), and the
 //! redirect to the AF_XDP socket of the frame's receive queue. With no socket bound the frame
 //! passes to the kernel, so the node never blackholes while workers are down.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, maps::lpm_trie::Key, programs::XdpContext};
 use skiff_common::{
     config::{XSK_QUEUES_PER_IF, XdpConfig},
-    conntrack::{CtKey4, CtKey6},
     endpoint::EndpointInfo,
     lb::{ServiceKey4, ServiceKey6},
 };
@@ -14,27 +13,21 @@ use skiff_xdp_ebpf::packet::len;
 
 use crate::{maps::*, metrics::count, prefilter};
 
-/// Whether an IPv4 packet from `src:sport` to `dst:dport` needs a worker.
+/// Whether an IPv4 packet of no tracked flow, from `src` to `dst:dport`, needs a worker.
 #[inline(always)]
-pub fn wanted_v4(src: [u8; 4], dst: [u8; 4], (sport, dport): (u16, u16), proto: u8) -> bool {
+pub fn wanted_v4(src: [u8; 4], dst: [u8; 4], dport: u16, proto: u8) -> bool {
     let service = ServiceKey4 { vip: dst, dport: dport.to_be(), proto, scope: 0 };
-    let flow =
-        CtKey4 { saddr: src, daddr: dst, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] };
     SERVICES_V4.get_ptr(&service).is_some()
         || under_policy(ENDPOINTS_V4.get_ptr(&dst), ENDPOINTS_V4.get_ptr(&src))
-        || CT_V4.get_ptr(&flow).is_some()
         || REMOTE_PODS_V4.get(Key::new(32, dst)).is_some()
 }
 
-/// Whether an IPv6 packet from `src:sport` to `dst:dport` needs a worker.
+/// Whether an IPv6 packet of no tracked flow, from `src` to `dst:dport`, needs a worker.
 #[inline(always)]
-pub fn wanted_v6(src: [u8; 16], dst: [u8; 16], (sport, dport): (u16, u16), proto: u8) -> bool {
+pub fn wanted_v6(src: [u8; 16], dst: [u8; 16], dport: u16, proto: u8) -> bool {
     let service = ServiceKey6 { vip: dst, dport: dport.to_be(), proto, scope: 0 };
-    let flow =
-        CtKey6 { saddr: src, daddr: dst, sport: sport.to_be(), dport: dport.to_be(), proto, _pad: [0; 3] };
     SERVICES_V6.get_ptr(&service).is_some()
         || under_policy(ENDPOINTS_V6.get_ptr(&dst), ENDPOINTS_V6.get_ptr(&src))
-        || CT_V6.get_ptr(&flow).is_some()
         || REMOTE_PODS_V6.get(Key::new(128, dst)).is_some()
 }
 
