@@ -1,8 +1,11 @@
-//! Packets per second of a service's NAT path in the lab: skiff (XDP redirect → AF_XDP worker →
-//! DNAT → AF_XDP transmit to the pod) against the kernel's nftables DNAT with conntrack doing
-//! the same service, same generator, same run, ABBA rounds. One established UDP flow of
-//! 64-byte frames from the client to `VIP:80`, DNATed to the pod's port 8080, counted where it
-//! ends: an nftables drop rule on the pod's interface (one sink, the same for both).
+//! Packets per second of a service's NAT path in the lab, same generator, same run, rounds in
+//! alternating order: one established UDP flow of 64-byte frames from the client to `VIP:80`,
+//! DNATed to the pod's port 8080, counted where it ends: an nftables drop rule on the pod's
+//! interface (one sink, the same for every side). Four sides: skiff with the flow established
+//! (the pod answered it, so the worker offloaded it: the XDP program translates each frame and
+//! redirects it to the pod's veth), skiff with the flow on the worker path (XDP redirect →
+//! AF_XDP worker → DNAT → AF_XDP transmit), the kernel's nftables DNAT with conntrack, and the
+//! ceiling: an XDP program redirecting every frame between the same devices untouched.
 //!
 //! Then transmission onto another interface over AF_XDP: what skiff ships, a copy into the
 //! other socket's own UMEM (`io::afxdp`), against a second socket sharing the receiving
@@ -16,7 +19,7 @@
 //! only. `SKIFF_LAB_FRAMES` sets the frames per round (default 2^24).
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     num::NonZeroU32,
     os::fd::{AsRawFd, RawFd},
     path::PathBuf,
@@ -24,10 +27,12 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use skiff_common::{
     config::XdpConfig,
+    conntrack::FlowPath,
     lb::{BackendId, FrontendKind},
 };
 use skiff_engine::{
@@ -42,12 +47,12 @@ use skiff_lab::{Lab, Topology};
 use skiff_perf::{
     Record,
     lab::{
-        FRAMES, ROUNDS, Result, abba, generate_sized, ifindex, nft, nft_counter, nft_drop_rule, set_affinity,
-        split_layout, udp_frame,
+        FRAMES, ROUNDS, Result, abba, alternate, generate_sized, ifindex, nft, nft_counter, nft_drop_rule,
+        set_affinity, split_layout, udp_frame,
     },
     write_report,
 };
-use skiff_xdp::{CountProgram, Ingress, XdpMode, bpffs};
+use skiff_xdp::{CountProgram, Ingress, RedirectProgram, XdpMode, bpffs};
 use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
     config::{LibxdpFlags, SocketConfig, UmemConfig},
@@ -71,13 +76,16 @@ fn main() -> Result<()> {
     let lab = Topology::new().pods(1).build()?;
     let (client, pod) = (lab.client().clone(), lab.pods()[0].clone());
     nft_drop_rule(&pod.netns, SINK, &pod.iface, client.ipv4)?;
+    // The pod's end receives through NAPI (as skiff-cni sets it), for every side alike: XDP
+    // may redirect into its veth.
+    pod.netns.exec("ethtool", &["-K", &pod.iface, "gro", "on"])?;
     let bench = Bench {
         out: ifindex(&client.netns, &client.iface)?,
         frames: std::env::var("SKIFF_LAB_FRAMES").ok().and_then(|f| f.parse().ok()).unwrap_or(FRAMES),
         dir: PathBuf::from(format!("/sys/fs/bpf/skiff-bench-nat-{}", std::process::id())),
         lab,
     };
-    let mut records = vec![bench.nat_path()?];
+    let mut records = bench.nat_path()?;
     for len in [64, 1500] {
         records.push(bench.transmit(len)?);
     }
@@ -97,41 +105,15 @@ impl Bench {
         Ok((nft_counter(&pod.netns, "netdev", SINK)? - before) as f64 / elapsed.as_secs_f64())
     }
 
-    /// skiff's NAT path against nftables DNAT + conntrack.
-    fn nat_path(&self) -> Result<Record> {
-        let (client, node, pod) = (self.lab.client(), self.lab.node(), &self.lab.pods()[0]);
-        let skiff = || -> Result<f64> {
-            // The ingress program on the uplink and the pod's veth, one worker on CPU 1.
-            let mut ingress = Ingress::load(&self.dir)?;
-            ingress.set_config(&XdpConfig::DEFAULT)?;
-            let backend =
-                Backend { id: BackendId(1), addr: pod.ipv4.into(), port: 8080, weight: 1, local: true };
-            let service = Service::new(vec![backend], ServiceConfig::default())?;
-            let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 17 };
-            let to_pod = Neighbor { port: 1, src_mac: pod.node_mac, dst_mac: pod.mac };
-            let tables = Tables {
-                services: [(frontend, service)].into_iter().collect(),
-                next_hops: [(pod.ipv4.into(), to_pod)].into_iter().collect(),
-                ..Tables::default()
-            };
-            let config = Config {
-                interfaces: vec![client.node_iface.clone(), pod.node_iface.clone()],
-                io: Io::AfXdp(XdpMode::Native),
-                cores: vec![1],
-                ..Config::default()
-            };
-            let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
-            split_layout(&node.netns, &client.node_iface)?;
-            let pps = self.delivered(64);
-            let stats = datapath.stop();
-            println!(
-                "  skiff worker: received {}, forwarded {}, dropped {}",
-                stats.received, stats.forwarded, stats.dropped
-            );
-            bpffs::remove_pins(&self.dir)?;
-            pps
-        };
-        let kernel = || -> Result<f64> {
+    /// skiff's NAT path, one established flow forwarded at the NIC (its reply seen, the flow
+    /// table translates and redirects) and one left on the worker path (never answered: AF_XDP
+    /// to the worker, DNAT, AF_XDP out), against nftables DNAT + conntrack; beside them the
+    /// ceiling: every frame redirected between the same devices untouched.
+    fn nat_path(&self) -> Result<Vec<Record>> {
+        let (client, node) = (self.lab.client(), self.lab.node());
+        let mut at_nic = || self.skiff(true);
+        let mut worker = || self.skiff(false);
+        let mut kernel = || -> Result<f64> {
             // DNAT in prerouting, conntrack, forwarding. The uplink needs an XDP program for
             // the generator's redirect to arrive: the counting one, which passes.
             let mut pass = CountProgram::load()?;
@@ -141,23 +123,103 @@ impl Bench {
                 &node.netns,
                 &format!(
                     "table ip skiffnat {{\n  chain prerouting {{\n    type nat hook prerouting priority -100;\n    ip daddr {VIP} udp dport 80 dnat to {}:8080\n  }}\n}}\n",
-                    pod.ipv4
+                    self.lab.pods()[0].ipv4
                 ),
             )?;
             let pps = self.delivered(64);
             node.netns.exec("nft", &["delete", "table", "ip", "skiffnat"])?;
             pps
         };
-        let (skiff, kernel) = abba(ROUNDS, skiff, kernel)?;
+        let mut ceiling = || -> Result<f64> {
+            let to = ifindex(&node.netns, &self.lab.pods()[0].node_iface)?;
+            let iface = client.node_iface.clone();
+            let _redirect = node.netns.run(move || -> std::result::Result<RedirectProgram, String> {
+                let mut program = RedirectProgram::load(to).map_err(|e| e.to_string())?;
+                program.attach(&iface, XdpMode::Native).map_err(|e| e.to_string())?;
+                Ok(program)
+            })??;
+            split_layout(&node.netns, &client.node_iface)?;
+            self.delivered(64)
+        };
+        let figures = alternate(ROUNDS, &mut [&mut at_nic, &mut worker, &mut kernel, &mut ceiling])?;
+        let [at_nic, worker, kernel, ceiling] = <[_; 4]>::try_from(figures).map_err(|_| "four sides")?;
         println!(
-            "NAT path, 1 established UDP flow: skiff AF_XDP {:.2} Mpps, nftables DNAT + conntrack {:.2} Mpps; rounds {:.0?} and {:.0?}",
-            skiff.value / 1e6,
+            "NAT path, 1 established UDP flow: skiff at the NIC {:.2} Mpps, on the worker path {:.2} Mpps, nftables DNAT + conntrack {:.2} Mpps, bare XDP_REDIRECT {:.2} Mpps; rounds {:.0?}, {:.0?}, {:.0?} and {:.0?}",
+            at_nic.value / 1e6,
+            worker.value / 1e6,
             kernel.value / 1e6,
-            skiff.rounds,
-            kernel.rounds
+            ceiling.value / 1e6,
+            at_nic.rounds,
+            worker.rounds,
+            kernel.rounds,
+            ceiling.rounds
         );
-        Ok(Record::new("lab_pps_nat_path_dnat_afxdp", "pps", skiff)
-            .against("nftables DNAT + conntrack", kernel))
+        Ok(vec![
+            Record::new("lab_pps_nat_established_udp", "pps", at_nic)
+                .against("nftables DNAT + conntrack", kernel.clone()),
+            Record::new("lab_pps_nat_worker_path_udp", "pps", worker)
+                .against("nftables DNAT + conntrack", kernel),
+            Record::new("lab_pps_xdp_redirect_ceiling", "pps", ceiling),
+        ])
+    }
+
+    /// skiff's side: the ingress program on the uplink and the pod's veth, one worker on CPU 1.
+    /// `established`: the pod answers the flow's first frame, so that the worker offloads it.
+    fn skiff(&self, established: bool) -> Result<f64> {
+        let (client, node, pod) = (self.lab.client(), self.lab.node(), &self.lab.pods()[0]);
+        let mut ingress = Ingress::load(&self.dir)?;
+        ingress.set_config(&XdpConfig::DEFAULT)?;
+        let backend = Backend { id: BackendId(1), addr: pod.ipv4.into(), port: 8080, weight: 1, local: true };
+        let service = Service::new(vec![backend], ServiceConfig::default())?;
+        let frontend = Frontend { addr: VIP.into(), port: 80, protocol: 17 };
+        let to_client = Neighbor { port: 0, src_mac: client.node_mac, dst_mac: client.mac };
+        let to_pod = Neighbor { port: 1, src_mac: pod.node_mac, dst_mac: pod.mac };
+        let tables = Tables {
+            services: [(frontend, service)].into_iter().collect(),
+            next_hops: [(client.ipv4.into(), to_client), (pod.ipv4.into(), to_pod)].into_iter().collect(),
+            ..Tables::default()
+        };
+        let config = Config {
+            interfaces: vec![client.node_iface.clone(), pod.node_iface.clone()],
+            io: Io::AfXdp(XdpMode::Native),
+            cores: vec![1],
+            ..Config::default()
+        };
+        let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
+        split_layout(&node.netns, &client.node_iface)?;
+        if established {
+            self.establish(&datapath)?;
+        }
+        let pps = self.delivered(64);
+        let at_nic = datapath.flow_paths()?.into_iter().find(|(p, _)| *p == FlowPath::Forwarded);
+        let stats = datapath.stop();
+        println!(
+            "  skiff ({}): worker received {}, forwarded {}, dropped {}; forwarded at the NIC {}",
+            if established { "established" } else { "worker path" },
+            stats.received,
+            stats.forwarded,
+            stats.dropped,
+            at_nic.map_or(0, |(_, c)| c.packets)
+        );
+        bpffs::remove_pins(&self.dir)?;
+        pps
+    }
+
+    /// Starts the flow and has the pod answer it; returns once the worker offloaded it.
+    fn establish(&self, datapath: &Datapath) -> Result<()> {
+        let (client, pod) = (self.lab.client(), &self.lab.pods()[0]);
+        let frame = udp_frame(client, SocketAddrV4::new(client.ipv4, 40000), SocketAddrV4::new(VIP, 80), 64)?;
+        generate_sized(&client.netns, frame, 64, self.out, 1)?;
+        let (from, to) = (SocketAddrV4::new(pod.ipv4, 8080), SocketAddrV4::new(client.ipv4, 40000));
+        pod.netns.run(move || UdpSocket::bind(from)?.send_to(b"answer", to))??;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while datapath.stats().offloaded == 0 {
+            if Instant::now() > deadline {
+                return Err(format!("the flow was not offloaded: {:?}", datapath.stats()).into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// Transmission onto another interface: a copy (skiff's way) against a shared UMEM.

@@ -144,17 +144,21 @@ pub fn abba(
     mut a: impl FnMut() -> Result<f64>,
     mut b: impl FnMut() -> Result<f64>,
 ) -> Result<(Figure, Figure)> {
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let mut figures = alternate(rounds, &mut [&mut a, &mut b])?.into_iter();
+    Ok((figures.next().ok_or("side a")?, figures.next().ok_or("side b")?))
+}
+
+/// [`abba`] for any number of sides: forwards in even rounds, backwards in odd ones (a b c,
+/// c b a, …); a figure per side, in their order.
+pub fn alternate(rounds: usize, sides: &mut [&mut dyn FnMut() -> Result<f64>]) -> Result<Vec<Figure>> {
+    let mut values = vec![Vec::new(); sides.len()];
     for round in 0..rounds {
-        if round % 2 == 0 {
-            xs.push(a()?);
-            ys.push(b()?);
-        } else {
-            ys.push(b()?);
-            xs.push(a()?);
+        for k in 0..sides.len() {
+            let side = if round % 2 == 0 { k } else { sides.len() - 1 - k };
+            values[side].push(sides[side]()?);
         }
     }
-    Ok((Figure::rounds(xs), Figure::rounds(ys)))
+    Ok(values.into_iter().map(Figure::rounds).collect())
 }
 
 /// Frames the XDP hook of `iface` (a veth in `ns`) has taken off its receive ring, whatever

@@ -5,6 +5,7 @@
 //! - [`Ingress`]: the datapath's first line (prefilter, tunnel decap, redirect to AF_XDP).
 //! - [`SocketLb`]: socket-LB, cgroup socket programs translating services at connect time.
 //! - [`TrafficGen`]: the lab's traffic generator (benchmarks).
+//! - [`RedirectProgram`]: every frame out of another interface (the benchmarks' ceiling).
 //!
 //! Interface names resolve in the network namespace of the calling thread: attach from a
 //! thread inside the namespace that owns the interface.
@@ -13,6 +14,7 @@ pub mod bpffs;
 mod count;
 mod features;
 mod ingress;
+mod redirect;
 mod sock;
 mod test_run;
 mod trafficgen;
@@ -26,6 +28,7 @@ use aya::{
 pub use count::CountProgram;
 pub use features::takes_xdp_frames;
 pub use ingress::{DropCount, FlowTable, Ingress, pinned_drops};
+pub use redirect::RedirectProgram;
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;
 pub use sock::{SocketBackend, SocketFrontend, SocketLb, pinned_socket_counters};

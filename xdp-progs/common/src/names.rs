@@ -20,6 +20,8 @@ pub mod programs {
     pub const INGRESS: &str = "skiff_xdp_ingress";
     /// The lab traffic generator (run with BPF_PROG_RUN and live frames).
     pub const TRAFFICGEN: &str = "skiff_trafficgen";
+    /// Every frame out of another interface, untouched (the benchmarks' ceiling).
+    pub const REDIRECT: &str = "skiff_xdp_redirect";
     /// Socket-LB, one program per cgroup hook: a connect, or an unconnected datagram, to a
     /// service goes to a backend …
     pub const CONNECT4: &str = "skiff_connect4";
@@ -62,6 +64,8 @@ macro_rules! map_names {
 map_names! {
     /// `PerCpuArray<Counter>` with one slot: what `skiff_xdp_count` saw.
     COUNT;
+    /// `DevMap` with one slot: where `skiff_xdp_redirect` sends every frame.
+    REDIRECT_TO;
     /// `PerCpuArray<Counter>` indexed by [`XdpAction`](crate::XdpAction) code.
     ACTION_COUNTS;
     /// `PerCpuArray<Counter>` indexed by [`DropReason`](crate::DropReason) code.
