@@ -2,7 +2,8 @@
 //!
 //! - cost per packet from `BPF_PROG_TEST_RUN` with `repeat` (the kernel times the runs), 5
 //!   rounds each: pass, an LPM drop with 10 000 denied prefixes, VXLAN and Geneve
-//!   decapsulation and the redirect decision. The minimal counting program on the same frames
+//!   decapsulation, the redirect decision, and a flow-table hit (an offloaded connection's
+//!   packet translated and redirected). The minimal counting program on the same frames
 //!   is recorded beside them as the floor of any XDP program (a floor, not a competitor);
 //! - packets per second dropped on a lab veth: skiff's XDP_DROP against an nftables
 //!   netdev-ingress drop rule (the kernel's earliest hook), same generator, ABBA rounds. Both
@@ -17,9 +18,21 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use skiff_common::{XdpAction, config::XdpConfig, lb::FrontendKind};
+use skiff_common::{
+    XdpAction,
+    config::XdpConfig,
+    lb::{BackendId, FrontendKind},
+};
+use skiff_engine::{
+    conntrack::Timeouts,
+    engine::Engine,
+    lb::Backend,
+    offload,
+    tables::{Frontend, Neighbor, Service, ServiceConfig, Tables},
+};
 use skiff_lab::Topology;
 use skiff_perf::{
     Record,
@@ -29,7 +42,10 @@ use skiff_perf::{
     },
     write_report,
 };
-use skiff_testkit::ingress::{Env, fixtures};
+use skiff_testkit::{
+    eth,
+    ingress::{Env, fixtures},
+};
 use skiff_xdp::{CountProgram, Ingress, XdpMode, bpffs};
 
 const REPEAT: u32 = 2_000_000;
@@ -75,18 +91,63 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
         ("redirect_decision_service", "TCP to an IPv4 service"),
     ];
     let table = fixtures();
-    let mut records = Vec::new();
+    let mut frames = Vec::new();
     for (name, description) in cases {
         let f = table.iter().find(|f| f.description == description).ok_or(description)?;
+        frames.push((name, f.input.clone()));
+    }
+    let hit = offloaded(&mut ingress)?;
+    let run = ingress.test_run(&hit, 1)?;
+    if run.action != XdpAction::Redirect.code() {
+        return Err(format!("the offloaded flow's packet got action {}, not a redirect", run.action).into());
+    }
+    frames.push(("flow_table_hit", hit));
+    let mut records = Vec::new();
+    for (name, frame) in frames {
         let (skiff, empty) = abba(
             ROUNDS,
-            || Ok(ingress.test_run(&f.input, REPEAT)?.duration_ns.into()),
-            || Ok(floor.test_run(&f.input, REPEAT)?.duration_ns.into()),
+            || Ok(ingress.test_run(&frame, REPEAT)?.duration_ns.into()),
+            || Ok(floor.test_run(&frame, REPEAT)?.duration_ns.into()),
         )?;
         records.push(Record::new(format!("ns_per_packet_{name}"), "ns", skiff));
         records.push(Record::new(format!("floor_ns_per_packet_{name}_counting_program"), "ns", empty));
     }
     Ok(records)
+}
+
+/// Offloads a connection to the fixtures' service as a worker does (an engine sees its
+/// handshake; its client's direction goes into the flow table, out of loopback) and returns a
+/// data packet of it: what the flow table translates and redirects.
+fn offloaded(ingress: &mut Ingress) -> Result<Vec<u8>> {
+    const LOOPBACK: u32 = 1;
+    let pod = Ipv4Addr::new(198, 18, 128, 10);
+    let backend = Backend { id: BackendId(1), addr: pod.into(), port: 8080, weight: 1, local: true };
+    let frontend = Frontend { addr: Env::SERVICE_V4.into(), port: Env::SERVICE_PORT, protocol: 6 };
+    let hop = Neighbor { port: 0, src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2] };
+    let tables = Tables {
+        services: [(frontend, Service::new(vec![backend], ServiceConfig::default())?)].into_iter().collect(),
+        next_hops: [(pod.into(), hop), (Env::CLIENT_V4.into(), hop)].into_iter().collect(),
+        ..Tables::default()
+    };
+    let mut engine = Engine::new(Arc::new(tables), 16, Timeouts::default());
+    let to_service = || eth().ipv4(Env::CLIENT_V4, Env::SERVICE_V4).tcp(46000, Env::SERVICE_PORT);
+    let handshake = [
+        to_service().seq(1).syn().build(),
+        eth().ipv4(pod, Env::CLIENT_V4).tcp(8080, 46000).seq(9).syn().ack(2).build(),
+        to_service().seq(2).ack(10).build(),
+    ];
+    for mut frame in handshake {
+        engine.process(&mut frame, 0);
+    }
+    let mut directions = None;
+    engine.drain_nic_changes(|e, t| {
+        directions = offload::directions(e, t, |_| Some(LOOPBACK));
+        directions.is_some()
+    });
+    let [(key, entry), _] = directions.ok_or("the connection is established")?;
+    ingress.flow_table()?.insert(key, &entry)?;
+    ingress.set_tx_port(LOOPBACK, true)?;
+    Ok(to_service().seq(2).ack(10).payload(b"GET / HTTP/1.1\r\n\r\n").build())
 }
 
 /// XDP_DROP versus an nftables drop on the same lab veth, in ABBA rounds.
