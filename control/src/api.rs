@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use skiff_api::{
-    Answer, ApiError, BackendView, EndpointView, ErrorCode, IpamView, Request, ServiceView, Status,
+    Answer, ApiError, BackendView, EndpointView, ErrorCode, FlowView, IpamView, Request, ServiceView, Status,
     WorkerCounters, encode_line,
 };
 use skiff_engine::tables::{Frontend, Service};
@@ -25,6 +25,9 @@ use crate::compile::{BackendSpec, FrontendKey, FrontendSpec};
 /// The workers' counters, read when asked.
 pub type LiveStats = Arc<dyn Fn() -> WorkerCounters + Send + Sync>;
 
+/// The tracked flows, read from the XDP program's flow table when asked.
+pub type LiveFlows = Arc<dyn Fn() -> Result<Vec<FlowView>, String> + Send + Sync>;
+
 /// What the agent answers with; refreshed after every apply. The service views are built
 /// when asked, not at every apply (10k services make 100k backend lines).
 #[derive(Clone)]
@@ -38,6 +41,7 @@ pub struct Snapshot {
     /// The address pools, when the agent serves the CNI.
     pub ipam: Option<IpamView>,
     pub live: Option<LiveStats>,
+    pub flows: Option<LiveFlows>,
     /// This node's addresses.
     pub local_addresses: Vec<IpAddr>,
 }
@@ -55,6 +59,7 @@ impl Snapshot {
             endpoints: Vec::new(),
             ipam: None,
             live: None,
+            flows: None,
             local_addresses: Vec::new(),
         }
     }
@@ -67,6 +72,14 @@ impl Snapshot {
                 Answer::Status(Box::new(Status { workers, ..self.status.clone() }))
             }
             Request::ServiceList => Answer::ServiceList(self.service_views()),
+            Request::CtList => match self.flows.as_ref().map(|flows| flows()) {
+                Some(Ok(flows)) => Answer::Flows(flows),
+                Some(Err(e)) => Answer::Error(ApiError::new(ErrorCode::Internal, e)),
+                None => Answer::Error(ApiError::new(
+                    ErrorCode::NotFound,
+                    "no flow table: the datapath runs without XDP (AF_PACKET) or not at all",
+                )),
+            },
             Request::EndpointList => Answer::EndpointList(self.endpoints.clone()),
             Request::EndpointGet { id } => match self.endpoints.iter().find(|e| e.id == *id) {
                 Some(e) => Answer::Endpoint(Box::new(e.clone())),

@@ -24,7 +24,7 @@ use skiff_engine::{
 };
 
 use crate::{
-    api::{LiveStats, Snapshot},
+    api::{LiveFlows, LiveStats, Snapshot},
     apply::Applier,
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
@@ -79,6 +79,10 @@ pub trait Sink: Send {
     }
     /// A live view of the workers' counters, read at each status request.
     fn stats(&self) -> Option<LiveStats> {
+        None
+    }
+    /// A live view of the tracked flows, read at each `ct list`.
+    fn flows(&self) -> Option<LiveFlows> {
         None
     }
     /// Serves an interface made while running (a pod's veth, whose pod may send only from
@@ -656,7 +660,7 @@ impl Controller {
             last_apply: self.last_apply.clone(),
             workers: None,
         };
-        let live = self.sink.stats();
+        let (live, flows) = (self.sink.stats(), self.sink.flows());
         *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot {
             status,
             applied: applied.clone(),
@@ -664,6 +668,7 @@ impl Controller {
             endpoints,
             ipam: self.endpoints.as_ref().map(Endpoints::ipam_view),
             live,
+            flows,
             local_addresses: self.compiler.desired().node_addresses.clone(),
         };
     }

@@ -1,8 +1,9 @@
 //! skiff-agent with its datapath in the lab: the demo's cluster (examples/demo) from a
 //! watched folder, real TCP through skiff's workers to a ClusterIP from a client pod and to a
 //! NodePort from outside, over AF_XDP and over AF_PACKET; a bad manifest rejected while the
-//! service keeps answering; an endpoint removed from the folder; SIGTERM leaves nothing
-//! behind. Root only (network namespaces, XDP, AF_XDP).
+//! service keeps answering; an endpoint removed from the folder; SIGTERM leaves the
+//! datapath's pinned state for the next start, and `skiff-agent cleanup` removes it. Root
+//! only (network namespaces, XDP, AF_XDP).
 
 mod privileged {
     use std::{
@@ -114,8 +115,28 @@ mod privileged {
 
         assert!(agent.terminate().unwrap().success(), "a clean exit on SIGTERM");
         assert!(!agent.socket().exists(), "the socket is removed");
-        assert!(!agent.pins.exists(), "the pinned maps are removed");
+        // The datapath's state stays for the next start: socket-LB's maps, and with AF_XDP the
+        // flow table and the program's attachment to the uplink.
+        assert!(agent.pins.join("SOCK_SVC_V4").exists(), "socket-LB's maps stay pinned");
+        let uplink = &lab.client().node_iface;
+        assert_eq!(xdp_attached(&lab, uplink), io == "afxdp", "XDP stays attached with AF_XDP");
+        assert_eq!(agent.pins.join("CT_V4").exists(), io == "afxdp", "the flow table stays");
+        // An uninstall removes it all.
+        let cleanup = std::process::Command::new(env!("CARGO_BIN_EXE_skiff-agent"))
+            .args(["cleanup", "--pin-dir"])
+            .arg(&agent.pins)
+            .output()
+            .unwrap();
+        assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+        assert!(!agent.pins.exists(), "the pins are removed");
+        assert!(!xdp_attached(&lab, uplink), "XDP is detached");
         std::fs::remove_dir_all(state).unwrap();
+    }
+
+    /// Whether an XDP program is attached to `iface` of the lab's node.
+    fn xdp_attached(lab: &Lab, iface: &str) -> bool {
+        let out = lab.node().netns.exec("ip", &["-d", "link", "show", iface]).unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 
     #[test]

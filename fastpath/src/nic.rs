@@ -46,12 +46,19 @@ impl Flows for NicFlows {
         let Some(table) = &mut self.table else { return false };
         // The original direction's key is new and may find no room; the reply's exists (it
         // steers the replies to the worker) and is replaced in place, which cannot fail for
-        // room: a flow is never half offloaded.
-        let [(original, o), (reply, r)] = directions;
-        if table.insert(*original, o).is_err() {
-            return false;
-        }
-        table.insert(*reply, r).is_ok()
+        // room: a flow is never half offloaded. An entry that says the same already (new
+        // tables that leave the flow alone) is not written again, and one rewritten keeps
+        // what the XDP program recorded.
+        directions.iter().all(|(key, entry)| {
+            let now = table.get(*key);
+            let wanted = now.map_or(*entry, |e| CtEntry {
+                last_seen_ns: e.last_seen_ns,
+                packets: e.packets,
+                bytes: e.bytes,
+                ..*entry
+            });
+            now == Some(wanted) || table.insert(*key, &wanted).is_ok()
+        })
     }
 
     fn take_back(&mut self, flow: &Entry) {

@@ -148,7 +148,7 @@ mod privileged {
         let config = Config { interfaces, io, workers, ct_capacity: 1 << 16, timeouts, ..Config::default() };
         let mut tables = tables(&guard.lab, local, remote);
         tables.next_hops = guard.next_hops.clone();
-        let datapath = node.netns.run(move || Datapath::start(config, tables, ingress)).unwrap();
+        let datapath = node.netns.run(move || Datapath::start(config, Some(tables), ingress)).unwrap();
         guard.datapath = Some(datapath.expect("the datapath starts"));
         guard
     }

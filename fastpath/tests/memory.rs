@@ -161,7 +161,7 @@ fn fixtures_through_a_worker_over_memory_ports() {
                 assert!(out.is_empty(), "{}", f.description);
                 assert_eq!(w.stats.not_ours, before.not_ours + 1, "{}", f.description);
             }
-            Expect::Redirect => unreachable!("not a worker's action"),
+            Expect::Redirect | Expect::Judge => unreachable!("not a worker's action"),
         }
     }
 }

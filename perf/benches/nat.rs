@@ -185,7 +185,7 @@ impl Bench {
             cores: vec![1],
             ..Config::default()
         };
-        let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
+        let datapath = node.netns.run(|| Datapath::start(config, Some(tables), Some(ingress)))??;
         split_layout(&node.netns, &client.node_iface)?;
         if established {
             self.establish(&datapath)?;

@@ -161,7 +161,7 @@ fn start(
         cores: vec![1],
         ..Config::default()
     };
-    let datapath = node.netns.run(|| Datapath::start(config, tables, Some(ingress)))??;
+    let datapath = node.netns.run(|| Datapath::start(config, Some(tables), Some(ingress)))??;
     Ok((datapath, pins))
 }
 

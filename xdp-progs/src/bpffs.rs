@@ -53,6 +53,32 @@ fn has_magic(path: &Path, magic: libc::c_long) -> bool {
     unsafe { libc::statfs(path.as_ptr(), &raw mut fs) == 0 && fs.f_type == magic }
 }
 
+/// Makes `dir` a pin folder of map layout `version`: when it holds pins of another version
+/// (or of one before versions were kept), they are removed, all but the pinned attachments
+/// (`links/`), and the folder is marked `layout-<version>`. Returns whether pins were
+/// removed.
+pub fn keep_layout(dir: &Path, version: u32) -> io::Result<bool> {
+    let marker = format!("layout-{version}");
+    if dir.join(&marker).is_dir() {
+        return Ok(false);
+    }
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == "links" {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed = true;
+    }
+    std::fs::create_dir(dir.join(marker))?;
+    Ok(removed)
+}
+
 /// Removes a pin folder and the pins in it (maps stay alive while a program uses them).
 pub fn remove_pins(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(dir) {

@@ -11,7 +11,11 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, RingBuf, XskMap, lpm_trie::Key},
-    programs::{Xdp, xdp::XdpLinkId},
+    programs::{
+        Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use skiff_common::{
     Counter, DropReason, XdpAction,
@@ -41,26 +45,51 @@ pub struct DropCount {
     pub count: Counter,
 }
 
-/// The loaded ingress program (verified by the kernel) with its maps pinned in one folder.
-/// Dropping it detaches it everywhere; the pinned maps, and their state, stay for the next
-/// load (a restarted agent) until [`Ingress::remove_pins`].
+/// The loaded ingress program (verified by the kernel) with its maps pinned in one folder,
+/// and its attachments pinned beside them (`links/<interface>@<mode>`): the program stays
+/// attached and its maps keep their state when the agent stops or dies, and the next load
+/// adopts them ([`Ingress::adopted`]), until [`Ingress::remove_pins`] (an uninstall).
 pub struct Ingress {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    /// The program's bpf_links, by interface.
-    links: Vec<(String, XdpLinkId)>,
+    /// The program's bpf_links, each pinned.
+    links: Vec<Attachment>,
+    restored: Restored,
+}
+
+/// An interface the program is attached to.
+struct Attachment {
+    iface: String,
+    mode: XdpMode,
+    /// Dropping it closes this process's handle: the pin keeps the program attached.
+    link: XdpLink,
+}
+
+/// What a load found of an earlier one in its pin folder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The interfaces whose pinned attachment now runs this program (BPF_LINK_UPDATE, in
+    /// place: no frame meets the interface without a program).
+    pub interfaces: Vec<String>,
+    /// Attachments of interfaces gone meanwhile, unpinned.
+    pub gone: Vec<String>,
+    /// The pinned maps were of another layout and were removed, not misread.
+    pub maps_rebuilt: bool,
 }
 
 impl Ingress {
     /// Loads the program, pinning its maps in `pin_dir` (a folder on bpffs, created if needed;
-    /// maps already pinned there are reused with their contents), and verifies it.
+    /// maps already pinned there are reused with their contents, unless their layout is
+    /// another version's), verifies it, and adopts the attachments pinned there: each runs
+    /// this program from now on.
     pub fn load(pin_dir: impl Into<PathBuf>) -> Result<Self, XdpError> {
         let pin_dir = pin_dir.into();
-        let ebpf = crate::load_pinned(OBJECT, &pin_dir)?;
-        let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new() };
+        let (ebpf, maps_rebuilt) = crate::load_pinned(OBJECT, &pin_dir)?;
+        let restored = Restored { maps_rebuilt, ..Restored::default() };
+        let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new(), restored };
         let program = ingress.program_mut()?;
-        crate::load(|| program.load())
-            .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })?;
+        crate::load(|| program.load()).map_err(program_error)?;
+        ingress.adopt()?;
         Ok(ingress)
     }
 
@@ -68,37 +97,106 @@ impl Ingress {
         &self.pin_dir
     }
 
-    /// Attaches to `iface` (in the calling thread's network namespace); returns the mode.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
-        let (mode, link) = attach(&mut self.ebpf, programs::INGRESS, iface, mode)?;
-        self.links.push((iface.to_owned(), link));
-        Ok(mode)
+    /// What this load found of an earlier one.
+    pub fn adopted(&self) -> &Restored {
+        &self.restored
     }
 
-    /// Detaches from `iface` (a device already deleted has no program to detach: nothing to
-    /// do but forget its link).
-    pub fn detach(&mut self, iface: &str) {
-        let Some(i) = self.links.iter().position(|(name, _)| name == iface) else { return };
-        let (_, id) = self.links.swap_remove(i);
-        if let Ok(program) = self.program_mut() {
-            let _ = program.detach(id);
-        }
-    }
-
-    /// Moves every attachment of this program to `next` in place: each bpf_link is updated
-    /// (BPF_LINK_UPDATE), so no frame meets an interface without a program (an upgrade).
-    /// `next` must be loaded; this program is left attached nowhere.
-    pub fn hand_over(&mut self, next: &mut Ingress) -> Result<(), XdpError> {
-        let error = |source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) };
-        for (iface, id) in std::mem::take(&mut self.links) {
-            let link = self.program_mut()?.take_link(id).map_err(error)?;
-            let id = next.program_mut()?.attach_to_link(link).map_err(error)?;
-            next.links.push((iface, id));
+    /// Takes over the attachments an earlier load pinned; unpins those whose interface went.
+    fn adopt(&mut self) -> Result<(), XdpError> {
+        let dir = self.pin_dir.join(LINKS);
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            entries => entries
+                .map_err(|source| XdpError::Io { what: format!("reading {}", dir.display()), source })?,
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed =
+                name.rsplit_once('@').and_then(|(iface, mode)| Some((iface.to_owned(), mode.parse().ok()?)));
+            let link = PinnedLink::from_pin(entry.path())
+                .ok()
+                .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)).ok());
+            let adopted = match (parsed, link) {
+                (Some((iface, mode)), Some(link)) => {
+                    let program = self.program_mut()?;
+                    // A link whose interface was deleted refuses the update (ENOLINK).
+                    let id = program.attach_to_link(link).ok();
+                    id.and_then(|id| program.take_link(id).ok()).map(|link| Attachment { iface, mode, link })
+                }
+                _ => None,
+            };
+            match adopted {
+                Some(a) => {
+                    self.restored.interfaces.push(a.iface.clone());
+                    self.links.push(a);
+                }
+                None => {
+                    let _ = std::fs::remove_file(entry.path());
+                    self.restored.gone.push(name);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Detaches everywhere, then removes the pinned maps and their folder.
+    /// Attaches to `iface` (in the calling thread's network namespace) and pins the
+    /// attachment; returns the mode. An interface it is attached to already (adopted) keeps
+    /// its attachment.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpMode, XdpError> {
+        if let Some(a) = self.links.iter().find(|a| a.iface == iface) {
+            return Ok(a.mode);
+        }
+        let (mode, id) = attach(&mut self.ebpf, programs::INGRESS, iface, mode)?;
+        let link = self.program_mut()?.take_link(id).map_err(program_error)?;
+        let link = self.pin(iface, mode, link)?;
+        self.links.push(Attachment { iface: iface.to_owned(), mode, link });
+        Ok(mode)
+    }
+
+    /// Pins `link` as the attachment to `iface`.
+    fn pin(&self, iface: &str, mode: XdpMode, link: XdpLink) -> Result<XdpLink, XdpError> {
+        let dir = self.pin_dir.join(LINKS);
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| XdpError::Io { what: format!("creating {}", dir.display()), source })?;
+        let pin_error = |e: String| XdpError::Invalid(format!("pinning the attachment to {iface}: {e}"));
+        let fd = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
+        let pinned = fd.pin(link_pin(&self.pin_dir, iface, mode)).map_err(|e| pin_error(e.to_string()))?;
+        XdpLink::try_from(FdLink::from(pinned)).map_err(|e| pin_error(e.to_string()))
+    }
+
+    /// Detaches from `iface` and unpins the attachment (a device already deleted has no
+    /// program to detach: nothing to do but forget its link).
+    pub fn detach(&mut self, iface: &str) {
+        let Some(i) = self.links.iter().position(|a| a.iface == iface) else { return };
+        let a = self.links.swap_remove(i);
+        let _ = std::fs::remove_file(link_pin(&self.pin_dir, &a.iface, a.mode));
+    }
+
+    /// Moves every attachment of this program to `next` in place: each bpf_link is updated
+    /// (BPF_LINK_UPDATE), so no frame meets an interface without a program (an upgrade), and
+    /// its pin moves to `next`'s folder. `next` must be loaded; this program is left attached
+    /// nowhere.
+    pub fn hand_over(&mut self, next: &mut Ingress) -> Result<(), XdpError> {
+        for Attachment { iface, mode, link } in std::mem::take(&mut self.links) {
+            let program = next.program_mut()?;
+            let id = program.attach_to_link(link).map_err(program_error)?;
+            let link = program.take_link(id).map_err(program_error)?;
+            let (from, to) = (link_pin(&self.pin_dir, &iface, mode), link_pin(&next.pin_dir, &iface, mode));
+            let moved = to
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::rename(&from, &to));
+            moved.map_err(|source| XdpError::Io {
+                what: format!("moving {} to {}", from.display(), to.display()),
+                source,
+            })?;
+            next.links.push(Attachment { iface, mode, link });
+        }
+        Ok(())
+    }
+
+    /// Detaches everywhere, then removes the pinned maps and attachments and their folder.
     pub fn remove_pins(self) -> Result<(), XdpError> {
         let dir = self.pin_dir.clone();
         drop(self);
@@ -338,10 +436,7 @@ impl Ingress {
 
     /// Packets and bytes of tracked flows by where they went, summed over CPUs.
     pub fn flow_paths(&self) -> Result<Vec<(FlowPath, Counter)>, XdpError> {
-        FlowPath::ALL
-            .iter()
-            .map(|&p| Ok((p, per_cpu_sum(&self.ebpf, maps::FLOW_COUNTS, p.code())?)))
-            .collect()
+        pinned_flow_paths(&self.pin_dir)
     }
 
     /// Frames that needed a worker but found no AF_XDP socket bound, and passed.
@@ -386,7 +481,7 @@ impl Ingress {
             .program_mut(programs::INGRESS)
             .ok_or(XdpError::MissingProgram(programs::INGRESS))?
             .try_into()
-            .map_err(|source| XdpError::Program { name: programs::INGRESS, source: Box::new(source) })
+            .map_err(program_error)
     }
 
     fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, XdpError>
@@ -413,6 +508,20 @@ pub fn pinned_drops(pin_dir: &Path) -> Result<Vec<DropCount>, XdpError> {
     Ok(out)
 }
 
+/// Packets and bytes of tracked flows by where the program pinned in `pin_dir` sent them
+/// (forwarded at the NIC, or to a worker and why), summed over CPUs.
+pub fn pinned_flow_paths(pin_dir: &Path) -> Result<Vec<(FlowPath, Counter)>, XdpError> {
+    let name = maps::FLOW_COUNTS;
+    let array: aya::maps::PerCpuArray<_, Counter> = crate::pinned(pin_dir, name)?;
+    FlowPath::ALL
+        .iter()
+        .map(|&path| {
+            let per_cpu = array.get(&path.code(), 0).map_err(XdpError::map(name))?;
+            Ok((path, per_cpu.iter().fold(Counter::default(), |sum, cpu| sum.plus(*cpu))))
+        })
+        .collect()
+}
+
 /// The XDP program's flow table (each direction of the flows workers track, as it arrives:
 /// to the worker, or forwarded at the NIC), opened from its pins: each worker holds its own
 /// handle.
@@ -432,6 +541,13 @@ impl FlowTable {
             CtKey::V4(k) => self.v4.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V4)),
             CtKey::V6(k) => self.v6.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V6)),
         }
+    }
+
+    /// Every entry of both families (a restarted agent's workers adopt the flows).
+    pub fn entries(&self) -> Vec<(CtKey, CtEntry)> {
+        let v4 = self.v4.iter().filter_map(Result::ok).map(|(k, e)| (CtKey::V4(k), e));
+        let v6 = self.v6.iter().filter_map(Result::ok).map(|(k, e)| (CtKey::V6(k), e));
+        v4.chain(v6).collect()
     }
 
     /// A direction's entry, with the time and counts the XDP program recorded.
@@ -460,6 +576,18 @@ impl FlowTable {
             CtKey::V6(k) => self.v6.remove(&k).or_else(gone(maps::CT_V6)),
         }
     }
+}
+
+/// The folder of the pinned attachments, in the pin folder.
+const LINKS: &str = "links";
+
+/// Where the attachment to `iface` in `mode` is pinned.
+fn link_pin(pin_dir: &Path, iface: &str, mode: XdpMode) -> PathBuf {
+    pin_dir.join(LINKS).join(format!("{iface}@{mode}"))
+}
+
+fn program_error(source: aya::programs::ProgramError) -> XdpError {
+    XdpError::Program { name: programs::INGRESS, source: Box::new(source) }
 }
 
 fn bad_prefix(addr: IpAddr, prefix_len: u8) -> XdpError {

@@ -27,7 +27,7 @@ use aya::{
 };
 pub use count::CountProgram;
 pub use features::takes_xdp_frames;
-pub use ingress::{DropCount, FlowTable, Ingress, pinned_drops};
+pub use ingress::{DropCount, FlowTable, Ingress, Restored, pinned_drops, pinned_flow_paths};
 pub use redirect::RedirectProgram;
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;
@@ -157,16 +157,25 @@ fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     Ok(())
 }
 
+/// The layout of every map skiff pins: raise it with any change to a pinned map's type, key,
+/// value or size. A pin folder holds its version as an empty folder, `layout-<N>`.
+pub const MAP_LAYOUT: u32 = 2;
+
 /// Loads `object`, pinning its maps in `pin_dir` (created if needed, on bpffs, mounted if it
-/// is not; maps already pinned there are reused with their contents).
-fn load_pinned(object: &[u8], pin_dir: &std::path::Path) -> Result<aya::Ebpf, XdpError> {
+/// is not). Maps already pinned there are reused with their contents if their layout is this
+/// version's; another version's are removed first, so that nothing misreads them (returns
+/// `true` then). Pinned attachments (`links/`) stay.
+fn load_pinned(object: &[u8], pin_dir: &std::path::Path) -> Result<(aya::Ebpf, bool), XdpError> {
     let io = |what: &str| {
         let what = format!("{what} {}", pin_dir.display());
         move |source| XdpError::Io { what, source }
     };
     bpffs::ensure_mounted().map_err(io("mounting bpffs for"))?;
     std::fs::create_dir_all(pin_dir).map_err(io("creating the pin folder"))?;
-    Ok(aya::EbpfLoader::new().default_map_pin_directory(pin_dir).load(object).map_err(Box::new)?)
+    let rebuilt =
+        bpffs::keep_layout(pin_dir, MAP_LAYOUT).map_err(io("checking the layout of the maps in"))?;
+    let ebpf = aya::EbpfLoader::new().default_map_pin_directory(pin_dir).load(object).map_err(Box::new)?;
+    Ok((ebpf, rebuilt))
 }
 
 /// A typed handle on map `name` of `ebpf`.

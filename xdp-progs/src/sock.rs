@@ -90,8 +90,8 @@ impl SocketFrontend {
 }
 
 /// The loaded socket programs (verified) with their maps pinned in one folder. Dropping it
-/// detaches them; the pinned maps stay for a restarted agent (the agent removes its pin
-/// folder on stop unless `--keep-pinned`).
+/// detaches them; the pinned maps stay for a restarted agent (`skiff-agent cleanup` removes
+/// them).
 pub struct SocketLb {
     ebpf: Ebpf,
     pin_dir: PathBuf,
@@ -114,7 +114,7 @@ impl SocketLb {
     /// pinned there are reused with their contents), and verifies them.
     pub fn load(pin_dir: impl Into<PathBuf>) -> Result<SocketLb, XdpError> {
         let pin_dir = pin_dir.into();
-        let mut ebpf = crate::load_pinned(OBJECT, &pin_dir)?;
+        let (mut ebpf, _) = crate::load_pinned(OBJECT, &pin_dir)?;
         for name in PROGRAMS {
             let program = program(&mut ebpf, name)?;
             crate::load(|| program.load())

@@ -131,6 +131,9 @@ mod privileged {
                 Expect::Pass => run.action == XdpAction::Pass.code() && no_worker == 0,
                 // No AF_XDP socket is bound in a test run: the decision shows as a counted fallback.
                 Expect::Redirect => run.action == XdpAction::Pass.code() && no_worker == 1,
+                Expect::Judge => {
+                    run.action == XdpAction::Drop.code() && dropped_for(DropReason::NoXskSocket) == 1
+                }
                 Expect::Drop(reason) => run.action == XdpAction::Drop.code() && dropped_for(reason) == 1,
                 Expect::Tx => run.action == XdpAction::Tx.code(),
             };

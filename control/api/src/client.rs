@@ -7,8 +7,8 @@ use std::{
 };
 
 use crate::{
-    Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, IdentityView, IpamView, NodeView,
-    PodRef, PolicyView, PrefilterView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView,
+    Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, FlowView, IdentityView, IpamView,
+    NodeView, PodRef, PolicyView, PrefilterView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView,
     encode_line,
 };
 
@@ -103,6 +103,14 @@ impl Client {
     pub fn prefilter(&self, request: &Request) -> Result<PrefilterView, ClientError> {
         match self.ask(request)? {
             Answer::Prefilter(view) => Ok(view),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The tracked flows.
+    pub fn flows(&self) -> Result<Vec<FlowView>, ClientError> {
+        match self.ask(&Request::CtList)? {
+            Answer::Flows(flows) => Ok(flows),
             other => Err(unexpected(other)),
         }
     }

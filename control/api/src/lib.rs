@@ -4,6 +4,7 @@
 
 mod client;
 mod endpoint;
+mod flow;
 mod object;
 mod policy;
 mod service;
@@ -16,6 +17,7 @@ pub use endpoint::{
     Addressing, AttachMode, Attachment, EndpointSpec, EndpointState, EndpointView, IdentityView, IpamView,
     PodRef, PoolView,
 };
+pub use flow::FlowView;
 pub use object::{FieldError, Kind, ObjectKey, Rejection};
 pub use policy::{PolicyView, PrefilterView, RuleView, TraceEnd, TraceView, VerdictView};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
@@ -49,6 +51,8 @@ pub enum Request {
     PolicyGet,
     /// The verdict on a new flow from `src` to `dst` on `port`/`protocol`, from the tables.
     PolicyTrace { src: TraceEnd, dst: TraceEnd, port: u16, protocol: Protocol },
+    /// The tracked flows, from the XDP program's flow table.
+    CtList,
     /// The prefilter's prefixes.
     PrefilterList,
     /// Drops these sources on arrival from now on (and after a restart).
@@ -85,6 +89,7 @@ pub enum Answer {
     Policy(Box<PolicyView>),
     Trace(Box<TraceView>),
     Prefilter(PrefilterView),
+    Flows(Vec<FlowView>),
     Addressing(Addressing),
     /// Done, nothing to report.
     Done,

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use skiff_common::{DropReason, config::XdpMode, sock::SockCounter};
+use skiff_common::{DropReason, config::XdpMode, conntrack::FlowPath, sock::SockCounter};
 
 use crate::object::{Kind, Rejection};
 
@@ -352,6 +352,17 @@ pub struct WorkerCounters {
     /// What socket-LB did at connect time (with socket-LB on).
     #[serde(default)]
     pub socket_lb: BTreeMap<SockCounter, u64>,
+    /// Established flows the workers handed to the NIC's flow table, took back (closing,
+    /// backend gone), and could not hand (the table full).
+    #[serde(default)]
+    pub offloaded: u64,
+    #[serde(default)]
+    pub taken_back: u64,
+    #[serde(default)]
+    pub flow_table_full: u64,
+    /// Packets of tracked flows by where the XDP program sent them (with AF_XDP).
+    #[serde(default)]
+    pub flow_paths: BTreeMap<FlowPath, u64>,
 }
 
 #[cfg(test)]

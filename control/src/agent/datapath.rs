@@ -9,15 +9,19 @@ use std::{
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
-use skiff_api::{AttachMode, WorkerCounters};
+use skiff_api::{AttachMode, FlowView, WorkerCounters};
 use skiff_common::DropReason;
-use skiff_engine::tables::{Neighbor, Tables};
+use skiff_engine::{
+    flow::unmap,
+    offload,
+    tables::{Neighbor, Tables},
+};
 use skiff_fastpath::datapath::{Config, Datapath, Io};
-use skiff_xdp::{Ingress, SocketLb, bpffs};
+use skiff_xdp::{FlowTable, Ingress, Restored, SocketLb, bpffs};
 
 use super::{Options, socket_lb};
 use crate::{
-    api::LiveStats,
+    api::{LiveFlows, LiveStats},
     controller::Sink,
     next_hops::{Changes, Kernel},
 };
@@ -43,7 +47,9 @@ impl DatapathSink {
             Io::AfXdp(_) => {
                 bpffs::ensure_mounted().context("mounting bpffs")?;
                 // Its settings come with the first tables.
-                Some(Ingress::load(&options.pin_dir).context("loading skiff_xdp_ingress")?)
+                let ingress = Ingress::load(&options.pin_dir).context("loading skiff_xdp_ingress")?;
+                log_restored(ingress.adopted(), &options.pin_dir);
+                Some(ingress)
             }
             Io::AfPacket => None,
         };
@@ -54,8 +60,15 @@ impl DatapathSink {
             ct_capacity: usize::try_from(options.ct_capacity)?,
             ..Config::default()
         };
-        let datapath =
-            Datapath::start(config, Tables::default(), ingress).context("starting the datapath")?;
+        let datapath = Datapath::start(config, None, ingress).context("starting the datapath")?;
+        let adopted = datapath.adopted();
+        if adopted.flows > 0 {
+            tracing::info!(
+                "adopted {} flows from the pinned flow table ({} forwarded at the NIC)",
+                adopted.flows,
+                adopted.at_nic
+            );
+        }
         let io = match (io, datapath.xdp_mode()) {
             (Io::AfXdp(requested), mode) => skiff_api::Io::AfXdp { xdp_mode: mode.unwrap_or(requested) },
             (Io::AfPacket, _) => skiff_api::Io::AfPacket,
@@ -117,6 +130,49 @@ impl DatapathSink {
             socket_lb::publish(lb, &self.last)?;
         }
         Ok(())
+    }
+}
+
+/// A tracked flow as `skiff ct list` shows it.
+fn flow_view(f: &offload::Pinned) -> FlowView {
+    let v6 = std::net::Ipv6Addr::from(f.original.src).to_ipv4_mapped().is_none();
+    let end = |addr: [u8; 16], port: u16| std::net::SocketAddr::new(unmap(addr, v6), port);
+    let (o, r) = (&f.original, &f.reply);
+    FlowView {
+        protocol: match o.protocol {
+            1 => "ICMP".into(),
+            6 => "TCP".into(),
+            17 => "UDP".into(),
+            58 => "ICMPv6".into(),
+            n => n.to_string(),
+        },
+        source: end(o.src, o.src_port),
+        destination: end(o.dst, o.dst_port),
+        reply_source: end(r.src, r.src_port),
+        reply_destination: end(r.dst, r.dst_port),
+        backend: f.backend.0,
+        at_nic: f.offloaded,
+        nic_packets: f.packets,
+        nic_bytes: f.bytes,
+    }
+}
+
+/// Says what an earlier agent left that this one took over.
+fn log_restored(restored: &Restored, pin_dir: &std::path::Path) {
+    if restored.maps_rebuilt {
+        tracing::warn!(
+            "the maps pinned in {} had another layout: removed and made anew (their flows are lost)",
+            pin_dir.display()
+        );
+    }
+    if !restored.interfaces.is_empty() {
+        tracing::info!(
+            "XDP attachments adopted, now running this program: {}",
+            restored.interfaces.join(", ")
+        );
+    }
+    if !restored.gone.is_empty() {
+        tracing::info!("attachments of interfaces gone meanwhile unpinned: {}", restored.gone.join(", "));
     }
 }
 
@@ -187,6 +243,15 @@ impl Sink for DatapathSink {
         Some(self.last.next_hop(addr).is_some())
     }
 
+    fn flows(&self) -> Option<LiveFlows> {
+        let pins = self.pins.clone()?;
+        Some(Arc::new(move || {
+            let table = FlowTable::open(&pins).map_err(|e| e.to_string())?;
+            let (flows, _) = offload::pinned_flows(&table.entries());
+            Ok(flows.iter().map(flow_view).collect())
+        }))
+    }
+
     fn stats(&self) -> Option<LiveStats> {
         let handle = self.datapath.stats_handle();
         let pins = self.pins.clone();
@@ -205,6 +270,17 @@ impl Sink for DatapathSink {
                 drops,
                 xdp_drops: xdp.into_iter().map(|d| (d.reason, d.count.packets)).collect(),
                 service_flows: s.service_flows,
+                offloaded: s.offloaded,
+                taken_back: s.taken_back,
+                flow_table_full: s.flow_table_full,
+                flow_paths: pins
+                    .as_deref()
+                    .and_then(|dir| skiff_xdp::pinned_flow_paths(dir).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, c)| c.packets > 0)
+                    .map(|(path, c)| (path, c.packets))
+                    .collect(),
                 socket_lb: socket_pins
                     .as_deref()
                     .and_then(|dir| skiff_xdp::pinned_socket_counters(dir).ok())

@@ -1,7 +1,9 @@
-//! `skiff-agent`: the node daemon. Loads the XDP program, starts the workers, runs the
-//! control loop on a source (a state folder or an API server), serves the local API, and on
-//! SIGTERM or SIGINT stops cleanly: workers joined, XDP detached, steering removed, pinned
-//! maps removed (or kept for the next start with `--keep-pinned`).
+//! `skiff-agent`: the node daemon. Loads the XDP program (adopting the attachments, maps and
+//! flows an earlier agent left), starts the workers, runs the control loop on a source (a
+//! state folder or an API server), serves the local API, and on SIGTERM or SIGINT stops:
+//! workers joined, steering removed, socket-LB detached. The XDP program stays attached with
+//! its pinned maps, so that flows forwarded at the NIC keep flowing until the next agent
+//! adopts them; `skiff-agent cleanup` removes it all (an uninstall).
 
 mod datapath;
 mod options;
@@ -111,22 +113,26 @@ pub async fn run(options: Options) -> Result<()> {
     source_task.abort();
     server.abort();
     let _ = std::fs::remove_file(&options.socket);
-    // The XDP program's maps with AF_XDP, socket-LB's with either.
-    if io.is_some() {
-        if options.keep_pinned {
-            tracing::info!("pinned maps kept in {}", options.pin_dir.display());
-        } else {
-            bpffs::remove_pins(&options.pin_dir)
-                .with_context(|| format!("removing the pinned maps in {}", options.pin_dir.display()))?;
-        }
-    }
     let signal = outcome?;
     let stopped = match io {
-        Some(Io::AfXdp(_)) => "workers stopped, XDP and socket-LB detached",
-        Some(Io::AfPacket) => "workers stopped, steering removed, socket-LB detached",
-        None => "stopped",
+        Some(Io::AfXdp(_)) => format!(
+            "workers stopped, socket-LB detached; XDP stays attached with its maps pinned in {} \
+             (flows forwarded at the NIC go on; `skiff-agent cleanup` removes it)",
+            options.pin_dir.display()
+        ),
+        Some(Io::AfPacket) => "workers stopped, steering removed, socket-LB detached".into(),
+        None => "stopped".into(),
     };
     tracing::info!("{signal}: {stopped}");
+    Ok(())
+}
+
+/// `skiff-agent cleanup`: detaches the XDP program everywhere and removes its pinned maps
+/// and attachments (and socket-LB's maps).
+pub fn cleanup(pin_dir: &std::path::Path) -> Result<()> {
+    bpffs::ensure_mounted().context("mounting bpffs")?;
+    bpffs::remove_pins(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    println!("removed {} (XDP detached, maps removed)", pin_dir.display());
     Ok(())
 }
 

@@ -41,6 +41,14 @@ pub enum Command {
     Crds,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Uninstall skiff's datapath from this node: detach the XDP program and remove its
+    /// pinned attachments and maps (a stopped agent leaves them, so that a restart loses no
+    /// flow).
+    Cleanup {
+        /// Where the maps and attachments are pinned.
+        #[arg(long, value_name = "DIR", default_value = PIN_ROOT)]
+        pin_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -86,12 +94,10 @@ pub struct Options {
     /// The local API's unix socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Where the XDP program's maps are pinned (bpffs).
+    /// Where the XDP program's maps and attachments are pinned (bpffs): they stay when the
+    /// agent stops, for the next start (`skiff-agent cleanup` removes them).
     #[arg(long, value_name = "DIR", default_value = PIN_ROOT)]
     pub pin_dir: PathBuf,
-    /// On exit, keep the pinned maps for the next start.
-    #[arg(long)]
-    pub keep_pinned: bool,
     /// How log lines are written (to stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "skiff-agent", &mut std::io::stdout());
             Ok(())
         }
+        Some(Command::Cleanup { pin_dir }) => agent::cleanup(&pin_dir),
         None => {
             agent::init_logging(cli.options.log_format);
             tokio::runtime::Builder::new_multi_thread()

@@ -272,6 +272,14 @@ impl Conntrack {
         removed
     }
 
+    /// Restores what an adopted flow (found in the XDP program's flow table after a restart)
+    /// had: forwarded at the NIC or not (then it has seen a reply), and its last packet.
+    pub fn restore(&mut self, id: u32, offloaded: bool, last_seen: u64) {
+        if let Some(e) = self.slots.get_mut(id as usize).and_then(Option::as_mut) {
+            (e.offloaded, e.seen_reply, e.last_seen) = (offloaded, offloaded, last_seen);
+        }
+    }
+
     /// Marks flow `id` as forwarded at the NIC, or no longer.
     pub fn set_offloaded(&mut self, id: u32, offloaded: bool) {
         if let Some(e) = self.slots.get_mut(id as usize).and_then(Option::as_mut) {

@@ -4,7 +4,10 @@
 //! [`skiff_common::conntrack::CtEntry`]). Each entry is keyed by the tuple its direction
 //! arrives with.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use skiff_common::{
     conntrack::{CtEntry, CtKey, CtKey4, CtKey6, TcpState},
@@ -122,7 +125,145 @@ fn leaving(leaves: &Tuple, backend: BackendId, dir: Direction) -> CtEntry {
     }
 }
 
+/// A flow as the flow table holds it, which a restarted agent's worker adopts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pinned {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub backend: BackendId,
+    /// Both directions are forwarded at the NIC.
+    pub offloaded: bool,
+    /// `bpf_ktime_get_ns` of the last packet the NIC forwarded (0: none).
+    pub last_seen_ns: u64,
+    /// What the NIC forwarded of it, both directions.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The flows in a flow table's `entries`, each found by the entry of its replies (every flow
+/// has one; it names the tuple they leave as, whose reverse is the original's); and the keys
+/// of original directions whose flow has no reply entry (left by a crash between two writes),
+/// for removal.
+pub fn pinned_flows(entries: &[(CtKey, CtEntry)]) -> (Vec<Pinned>, Vec<CtKey>) {
+    let originals: HashMap<CtKey, &CtEntry> =
+        entries.iter().filter(|(_, e)| e.flags & CtEntry::REPLY == 0).map(|(k, e)| (*k, e)).collect();
+    let mut matched = HashSet::new();
+    let mut flows = Vec::new();
+    for (key, e) in entries.iter().filter(|(_, e)| e.flags & CtEntry::REPLY != 0) {
+        let reply = tuple(key);
+        let original = leaves_as(key, e).reversed();
+        let other = originals.get(&self::key(&original));
+        matched.insert(self::key(&original));
+        flows.push(Pinned {
+            original,
+            reply,
+            backend: e.backend_id,
+            offloaded: e.offloaded() && other.is_some_and(|o| o.offloaded()),
+            last_seen_ns: e.last_seen_ns.max(other.map_or(0, |o| o.last_seen_ns)),
+            packets: e.packets + other.map_or(0, |o| o.packets),
+            bytes: e.bytes + other.map_or(0, |o| o.bytes),
+        });
+    }
+    let orphans = originals.into_keys().filter(|k| !matched.contains(k)).collect();
+    (flows, orphans)
+}
+
+/// A key as a tuple.
+fn tuple(key: &CtKey) -> Tuple {
+    match key {
+        CtKey::V4(k) => Tuple::new(
+            Ipv4Addr::from(k.saddr).into(),
+            Ipv4Addr::from(k.daddr).into(),
+            k.proto,
+            u16::from_be(k.sport),
+            u16::from_be(k.dport),
+        ),
+        CtKey::V6(k) => Tuple::new(
+            Ipv6Addr::from(k.saddr).into(),
+            Ipv6Addr::from(k.daddr).into(),
+            k.proto,
+            u16::from_be(k.sport),
+            u16::from_be(k.dport),
+        ),
+    }
+}
+
+/// The tuple a packet of the entry's direction (of `key`'s family) leaves as.
+fn leaves_as(key: &CtKey, e: &CtEntry) -> Tuple {
+    let (src, dst): (IpAddr, IpAddr) = match key {
+        CtKey::V4(_) => {
+            let v4 = |a: &[u8; 16]| IpAddr::from([a[0], a[1], a[2], a[3]]);
+            (v4(&e.src), v4(&e.dst))
+        }
+        CtKey::V6(_) => (Ipv6Addr::from(e.src).into(), Ipv6Addr::from(e.dst).into()),
+    };
+    let protocol = match key {
+        CtKey::V4(k) => k.proto,
+        CtKey::V6(k) => k.proto,
+    };
+    Tuple::new(src, dst, protocol, u16::from_be(e.sport), u16::from_be(e.dport))
+}
+
 fn addr(a: &[u8; 16]) -> IpAddr {
     let a = Ipv6Addr::from(*a);
     a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use skiff_common::{conntrack::CtEntry, lb::BackendId, proto::ip};
+
+    use super::*;
+    use crate::{
+        conntrack::{Conntrack, Timeouts},
+        tables::{Neighbor, Tables},
+    };
+
+    /// A flow's table entries (its replies steered, or both directions offloaded) give back
+    /// the flow; an original direction without its replies' entry is an orphan.
+    #[test]
+    fn the_flow_table_gives_back_its_flows() {
+        let (client, vip, pod): (IpAddr, IpAddr, IpAddr) = (
+            Ipv4Addr::new(198, 18, 0, 2).into(),
+            Ipv4Addr::new(198, 19, 0, 10).into(),
+            Ipv4Addr::new(198, 18, 128, 10).into(),
+        );
+        let v6: (IpAddr, IpAddr, IpAddr) = (
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).into(),
+            Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x10).into(),
+            Ipv6Addr::new(0xfd00, 0x128, 0, 0, 0, 0, 0, 0x10).into(),
+        );
+        let hop = Neighbor { port: 0, src_mac: [2; 6], dst_mac: [4; 6] };
+        let tables = Tables {
+            next_hops: [(client, hop), (pod, hop), (v6.0, hop), (v6.2, hop)].into_iter().collect(),
+            ..Tables::default()
+        };
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let mut entries = Vec::new();
+        let mut expected = Vec::new();
+        for (n, (c, v, p)) in [(client, vip, pod), v6].into_iter().enumerate() {
+            let original = Tuple::new(c, v, ip::UDP, 5000, 53);
+            let reply = Tuple::new(p, c, ip::UDP, 5353, 5000);
+            let id = ct.insert(original, reply, 0, BackendId::NONE, 0).unwrap();
+            ct.update(id, Direction::Reply, 0, 60, 0);
+            let e = ct.get(id).unwrap();
+            let offloaded = n == 0;
+            if offloaded {
+                let [(ko, mut eo), (kr, er)] = directions(e, &tables, |_| Some(1)).unwrap();
+                eo.packets = 3;
+                entries.extend([(ko, eo), (kr, er)]);
+            } else {
+                entries.push(to_worker(&original, &reply, BackendId::NONE));
+            }
+            expected.push((original, reply, offloaded, u64::from(offloaded) * 3));
+        }
+        let orphan = Tuple::new(client, vip, ip::UDP, 5001, 53);
+        entries.push((key(&orphan), CtEntry { ifindex: 1, ..CtEntry::default() }));
+        let (flows, orphans) = pinned_flows(&entries);
+        let got: Vec<_> = flows.iter().map(|f| (f.original, f.reply, f.offloaded, f.packets)).collect();
+        assert_eq!(got, expected);
+        assert_eq!(orphans, [key(&orphan)]);
+    }
 }

@@ -34,6 +34,7 @@ use skiff_common::{
 use skiff_engine::{
     conntrack::Timeouts,
     engine::{Engine, NewFlow, Partition},
+    offload,
     policy::Policy,
     tables::{LocalNode, SharedTables, Tables},
     tunnel::{Overlay, TunnelProtocol},
@@ -160,10 +161,29 @@ pub struct Datapath {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     stats: StatsHandle,
+    adopted: Adopted,
     /// Flows the workers started, as they start (bounded: an observer that lags misses some).
     pub flows: Receiver<NewFlow>,
     /// Frames for the slow path: what the engine left to a kernel that never saw them.
     pub exceptions: Receiver<Vec<u8>>,
+}
+
+/// The flows an earlier agent left in the XDP program's flow table that the workers took
+/// over at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    pub flows: usize,
+    /// Of those, forwarded at the NIC.
+    pub at_nic: usize,
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`: conntrack compares the times the XDP
+/// program records with its own.
+pub(crate) fn monotonic() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) };
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 /// An interface the datapath serves.
@@ -207,10 +227,15 @@ pub struct Attached {
 impl Datapath {
     /// Starts the workers on `config.interfaces` (ports 0, 1, … in order) in the calling
     /// thread's network namespace, with `tables`. AF_XDP needs `ingress`, the loaded XDP
-    /// program, which is attached to every interface. Returns once every socket is bound.
+    /// program, which is attached to every interface; its workers adopt the flows an earlier
+    /// datapath left in its flow table. Without `tables` (an agent that has not read its
+    /// objects yet) the workers start with empty tables and the XDP program's maps keep what
+    /// they hold, as an earlier agent left them, until the first [`Datapath::publish`]: a
+    /// restart does not open, for a moment, what that agent's tables closed. Returns once
+    /// every socket is bound.
     pub fn start(
         config: Config,
-        tables: Tables,
+        tables: Option<Tables>,
         ingress: Option<Ingress>,
     ) -> Result<Datapath, DatapathError> {
         let netns =
@@ -227,7 +252,8 @@ impl Datapath {
             Io::AfPacket => Changes::AfPacket(Vec::new()),
         };
         let mut datapath = Datapath {
-            shared: SharedTables::new(Tables::default()),
+            // The workers' first tables, so that they see no change when these are published.
+            shared: SharedTables::new(tables.clone().unwrap_or_default()),
             netns,
             ingress: None,
             xdp_mode: None,
@@ -238,6 +264,7 @@ impl Datapath {
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             stats: StatsHandle::default(),
+            adopted: Adopted::default(),
             flows,
             exceptions,
             config: config.clone(),
@@ -246,10 +273,24 @@ impl Datapath {
         match config.io {
             Io::AfXdp(_) => {
                 let ingress = ingress.ok_or(DatapathError::NoIngress)?;
+                // The flows an earlier agent left in the flow table, adopted by their owners
+                // before any frame of theirs reaches a worker.
+                let mut table = ingress.flow_table()?;
+                let (pinned, orphans) = offload::pinned_flows(&table.entries());
+                for key in orphans {
+                    table.remove(key)?;
+                }
+                let now = monotonic().as_secs();
                 let mut senders = Vec::new();
                 for q in 0..usize::from(config.workers) {
                     let table = ingress.flow_table()?;
-                    let worker = datapath.worker(q, &mut handoff).with_exceptions(exceptions_tx.clone());
+                    let mut worker = datapath.worker(q, &mut handoff).with_exceptions(exceptions_tx.clone());
+                    for flow in &pinned {
+                        if worker.engine().adopt(flow, now) {
+                            datapath.adopted.flows += 1;
+                            datapath.adopted.at_nic += usize::from(flow.offloaded);
+                        }
+                    }
                     senders.push(datapath.spawn(q, worker, Some(table), flows_tx.clone(), &cores)?);
                 }
                 datapath.ingress = Some(Mutex::new(ingress));
@@ -264,7 +305,9 @@ impl Datapath {
                 datapath.changes = Changes::AfPacket(senders);
             }
         }
-        datapath.publish(tables)?;
+        if let Some(tables) = tables {
+            datapath.publish(tables)?;
+        }
         for iface in &config.interfaces {
             let attached = datapath.attach_port(iface, config.umem_frames, None)?;
             datapath.xdp_mode = datapath.xdp_mode.or(attached.xdp_mode);
@@ -533,6 +576,11 @@ impl Datapath {
     /// The mode XDP was attached in, with AF_XDP.
     pub fn xdp_mode(&self) -> Option<XdpMode> {
         self.xdp_mode
+    }
+
+    /// The flows adopted from an earlier agent at start.
+    pub fn adopted(&self) -> Adopted {
+        self.adopted
     }
 
     /// The workers' counters, summed (as of their last publication: at most a moment old).

@@ -14,7 +14,7 @@ use std::{
 use crossbeam_channel::Receiver;
 use skiff_engine::tables::SharedTables;
 
-use super::PortChange;
+use super::{PortChange, monotonic};
 use crate::{
     io::{Bell, PacketIo},
     nic::NicFlows,
@@ -75,13 +75,4 @@ impl<P: PacketIo> WorkerThread<P> {
         }
         *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
     }
-}
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`: conntrack compares the times the XDP
-/// program records with its own.
-fn monotonic() -> Duration {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) };
-    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }

@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 use skiff_api::{
-    Client, DEFAULT_SOCKET, EndpointView, IdentityView, IpamView, NodeView, PodRef, PolicyView,
+    Client, DEFAULT_SOCKET, EndpointView, FlowView, IdentityView, IpamView, NodeView, PodRef, PolicyView,
     PrefilterView, Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView, WorkerCounters,
 };
 
@@ -69,6 +69,11 @@ enum Command {
     Ipam {
         #[command(subcommand)]
         command: IpamCommand,
+    },
+    /// Connection tracking: the flows the node tracks, and where each is forwarded.
+    Ct {
+        #[command(subcommand)]
+        command: CtCommand,
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
@@ -140,6 +145,23 @@ enum PrefilterCommand {
 }
 
 #[derive(Subcommand)]
+enum CtCommand {
+    /// The tracked flows (from the XDP program's flow table), as the client sent them and as
+    /// the replies come, with the backend and whether the NIC forwards them.
+    List {
+        /// Only flows with this address at either end, before or after NAT.
+        #[arg(long, value_name = "IP")]
+        address: Option<IpAddr>,
+        /// Only flows with this port at either end, before or after NAT.
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        /// Only flows of this protocol (TCP, UDP, ICMP, ICMPv6).
+        #[arg(long, value_name = "PROTO")]
+        protocol: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum IpamCommand {
     /// The pools and their allocations.
     List,
@@ -189,6 +211,16 @@ fn run(cli: Cli) -> Result<()> {
             show(cli.output, &client.prefilter(&request)?, print_prefilter)
         }
         Command::Ipam { command: IpamCommand::List } => show(cli.output, &client.ipam()?, print_ipam),
+        Command::Ct { command: CtCommand::List { address, port, protocol } } => {
+            let flows: Vec<FlowView> = client
+                .flows()?
+                .into_iter()
+                .filter(|f| address.is_none_or(|a| f.has_address(a)))
+                .filter(|f| port.is_none_or(|p| f.has_port(p)))
+                .filter(|f| protocol.as_ref().is_none_or(|p| f.protocol.eq_ignore_ascii_case(p)))
+                .collect();
+            show(cli.output, &flows, |f| print_flows(f))
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
             Ok(())
@@ -321,6 +353,18 @@ fn worker_rows(w: &WorkerCounters, row: &mut impl FnMut(&str, String)) {
     );
     for (reason, n) in &w.drops {
         row("", format!("{n:>10} {reason}"));
+    }
+    if w.offloaded + w.flow_table_full > 0 || !w.flow_paths.is_empty() {
+        row(
+            "Flow table",
+            format!(
+                "{} flows offloaded to the NIC, {} taken back, {} found it full; packets of tracked flows:",
+                w.offloaded, w.taken_back, w.flow_table_full
+            ),
+        );
+        for (path, n) in &w.flow_paths {
+            row("", format!("{n:>10} {path}"));
+        }
     }
     if !w.xdp_drops.is_empty() {
         row("XDP drops", format!("{} at the NIC", w.xdp_drops.values().sum::<u64>()));
@@ -497,6 +541,23 @@ fn print_nodes(nodes: &[NodeView]) {
         ]);
     }
     println!("{}", t.trim_fmt());
+}
+
+fn print_flows(flows: &[FlowView]) {
+    let mut t = table(&["PROTO", "ORIGINAL", "REPLY", "BACKEND", "FORWARDED BY", "NIC PACKETS", "NIC BYTES"]);
+    for f in flows {
+        t.add_row(vec![
+            f.protocol.clone(),
+            format!("{} -> {}", f.source, f.destination),
+            format!("{} -> {}", f.reply_source, f.reply_destination),
+            if f.backend == 0 { "-".into() } else { f.backend.to_string() },
+            if f.at_nic { "NIC (XDP)".into() } else { "worker".into() },
+            f.nic_packets.to_string(),
+            f.nic_bytes.to_string(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+    println!("{} flows, {} forwarded at the NIC", flows.len(), flows.iter().filter(|f| f.at_nic).count());
 }
 
 fn print_ipam(ipam: &IpamView) {

@@ -1,7 +1,7 @@
 //! skiff-agent running in a lab node, for tests, benches and the demo: everything it writes
-//! (socket, endpoint state, CNI folders) in a work folder of its own, its maps pinned in a
-//! folder of its own, socket-LB attached to a cgroup of its own; dropping it kills it and
-//! removes all three.
+//! (socket, endpoint state, CNI folders) in a work folder of its own, its maps and XDP
+//! attachments pinned on a bpffs of its own (which outlives it, for a restart), socket-LB
+//! attached to a cgroup of its own; dropping it kills it and removes all three.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,14 +11,16 @@ use std::{
 
 use skiff_api::{Client, Status};
 
-use crate::{Cgroup, LabError, Netns};
+use crate::{Bpffs, Cgroup, LabError, Netns};
 
 pub struct Agent {
     child: Child,
     /// The work folder: `skiff.sock`, `data/` (endpoints, addresses, identities), `cni/bin`,
     /// `cni/net.d`.
     pub work: PathBuf,
+    /// Its `--pin-dir`, on `bpffs`.
     pub pins: PathBuf,
+    pub bpffs: Bpffs,
     /// Where its socket-LB attaches (`--cgroup-root`): node-local clients run inside it.
     pub cgroup: Cgroup,
 }
@@ -59,7 +61,8 @@ impl Agent {
         cgroup_namespace: bool,
     ) -> Result<Agent, LabError> {
         let work = std::env::temp_dir().join(format!("skiff-{name}"));
-        let pins = PathBuf::from(format!("/sys/fs/bpf/skiff-{name}"));
+        let bpffs = Bpffs::new(name)?;
+        let pins = bpffs.pins();
         let cgroup = Cgroup::new(name)?;
         let io = |source| LabError::Spawn { command: format!("creating {}", work.display()), source };
         std::fs::create_dir_all(work.join("cni/net.d")).map_err(io)?;
@@ -88,7 +91,7 @@ impl Agent {
         }
         let child =
             cmd.spawn().map_err(|source| LabError::Spawn { command: "skiff-agent".into(), source })?;
-        let mut agent = Agent { child, work, pins, cgroup };
+        let mut agent = Agent { child, work, pins, bpffs, cgroup };
         agent.wait_until("skiff-agent to answer", |a| a.status().is_some())?;
         Ok(agent)
     }

@@ -138,6 +138,5 @@ fn cgroup2_mount() -> Result<PathBuf, LabError> {
 }
 
 fn is_cgroup2(path: &Path) -> bool {
-    let out = Command::new("stat").args(["-f", "-c", "%T"]).arg(path).output();
-    out.is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"cgroup2fs")
+    crate::is_filesystem(path, "cgroup2fs")
 }

@@ -37,6 +37,7 @@
 
 pub mod agent;
 pub mod apiserver;
+mod bpffs;
 mod cgroup;
 pub mod cni;
 mod netns;
@@ -50,6 +51,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use bpffs::Bpffs;
 pub use cgroup::Cgroup;
 pub use netns::{Answers, Netns};
 pub use wire::mirror_v6;
@@ -440,6 +442,7 @@ pub fn remove(id: Option<&str>) -> Result<Vec<String>, LabError> {
     }
     if id.is_none() {
         cgroup::remove_all()?;
+        bpffs::remove_all();
     }
     Ok(names)
 }
@@ -454,6 +457,13 @@ fn delete_namespace(name: &str) -> Result<(), LabError> {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     checked(Command::new("ip").args(["netns", "del", name])).map(drop)
+}
+
+/// Whether the filesystem at `path` is of `kind`, as `stat -f` names it (`bpf_fs`,
+/// `cgroup2fs`).
+pub(crate) fn is_filesystem(path: &std::path::Path, kind: &str) -> bool {
+    let out = Command::new("stat").args(["-f", "-c", "%T"]).arg(path).output();
+    out.is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == kind.as_bytes())
 }
 
 /// Runs a command to completion; a non-zero exit becomes an error quoting it and its stderr.

@@ -11,8 +11,12 @@ pub enum Expect {
     Pass,
     /// Drop it, counting this reason.
     Drop(DropReason),
-    /// Redirect it to an AF_XDP worker (XDP_REDIRECT into the XSKMAP).
+    /// Redirect it to an AF_XDP worker (XDP_REDIRECT into the XSKMAP); with none bound, the
+    /// kernel has it.
     Redirect,
+    /// Redirect it to an AF_XDP worker for a policy verdict; with none bound, drop it
+    /// (`NoXskSocket`): never let through unjudged.
+    Judge,
     /// Send it back out (XDP_TX, or a worker's transmit).
     Tx,
 }

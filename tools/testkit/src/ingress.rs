@@ -213,12 +213,12 @@ pub fn fixtures() -> Vec<Fixture> {
         Fixture::new(
             "to a pod under policy",
             eth().ipv4(Env::CLIENT_V4, Env::POLICY_POD_V4).udp(1, 53).payload(b"q").build(),
-            Expect::Redirect,
+            Expect::Judge,
         ),
         Fixture::new(
             "from a pod under policy",
             eth().ipv4(Env::POLICY_POD_V4, Env::CLIENT_V4).udp(53, 1).payload(b"q").build(),
-            Expect::Redirect,
+            Expect::Judge,
         ),
         Fixture::new(
             "from a pod under policy to the node passes",

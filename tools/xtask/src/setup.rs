@@ -56,8 +56,9 @@ const APT_RUN: &[&str] = &[
 /// independent VXLAN and Geneve encoder (it installs for /usr/bin/python3 only); tcpdump and
 /// tshark to capture and dissect lab traffic (`fastpath/wire/tests/captures/capture.sh`); a
 /// real container runtime calling skiff-cni (podman with runc: crun refuses this machine's
-/// hybrid cgroups), iptables for the portmap plugin chained after it, and busybox-static for
-/// the image the runtime test builds.
+/// hybrid cgroups), iptables for the portmap plugin chained after it, busybox-static for
+/// the image the runtime test builds, and iperf3 for the long TCP streams an agent's restart
+/// must not stall.
 const APT_TEST: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -73,6 +74,7 @@ const APT_TEST: &[&str] = &[
     "runc",
     "iptables",
     "busybox-static",
+    "iperf3",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).

@@ -44,7 +44,7 @@ const _: () = assert!(offset_of!(CtKey6, sport) == 32 && offset_of!(CtKey6, prot
 pub const CT_CAPACITY: u32 = 1 << 20;
 
 /// A key of either family (not a map type itself: the maps are per family).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CtKey {
     V4(CtKey4),
     V6(CtKey6),

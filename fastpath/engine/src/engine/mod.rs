@@ -39,7 +39,7 @@ use skiff_wire::{
 pub use self::partition::{Partition, SNAT_PORTS};
 use crate::{
     conntrack::{Conntrack, Entry, InsertError, Timeouts},
-    flow::{Direction, Tuple, unmap},
+    flow::{Direction, Tuple, masqueraded, unmap},
     hash::{hash64, mix64},
     lb::Backend,
     offload,
@@ -193,6 +193,25 @@ impl Engine {
     pub fn recheck_offloaded(&mut self, mut f: impl FnMut(&Entry, &Tables) -> bool) {
         let tables = &self.tables;
         self.own.conntrack.recheck_offloaded(|e| f(e, tables));
+    }
+
+    /// Tracks a flow found in the XDP program's flow table after a restart, if this worker owns
+    /// it (as it would own its packets); returns whether it does. A TCP flow is taken as
+    /// established, as one picked up mid-stream is.
+    pub fn adopt(&mut self, flow: &offload::Pinned, now: u64) -> bool {
+        let to_frontend = flow.backend != BackendId::NONE;
+        let untranslated = !to_frontend && !masqueraded(&flow.original, &flow.reply);
+        if self.own.owner_elsewhere(&self.tables, &flow.original, to_frontend, untranslated).is_some() {
+            return false;
+        }
+        let conntrack = &mut self.own.conntrack;
+        let Ok(id) = conntrack.insert(flow.original, flow.reply, TcpFlags::ACK.0, flow.backend, now) else {
+            return false;
+        };
+        let seen =
+            if flow.offloaded && flow.last_seen_ns != 0 { flow.last_seen_ns / 1_000_000_000 } else { now };
+        conntrack.restore(id, flow.offloaded, seen);
+        true
     }
 
     /// Processes one frame in place at time `now` (seconds).

@@ -44,6 +44,7 @@ use skiff_xdp_ebpf::packet::len;
 
 use crate::{
     maps::{ACTION_COUNTS, CONFIG, CT_V4, CT_V6, DROP_COUNTS, NODES_V4, NODES_V6},
+    redirect::Need,
     tunnel::Decap,
 };
 
@@ -66,6 +67,8 @@ pub fn skiff_xdp_ingress(ctx: XdpContext) -> u32 {
 enum Next {
     Pass,
     Redirect,
+    /// To a worker for a policy verdict: dropped when none is bound.
+    Judge,
     /// Forwarded out of another interface by the flow table (XDP_REDIRECT done).
     Forwarded,
     /// Strip the outer headers (see [`Decap`]); the inner frame follows.
@@ -78,20 +81,23 @@ fn try_ingress(ctx: &XdpContext) -> Result<u32, DropReason> {
     match Next::decode(classify(ctx, &config, true, &mut decap))? {
         Next::Pass => Ok(XDP_PASS),
         Next::Redirect => Ok(redirect::to_worker(ctx)),
+        Next::Judge => redirect::to_judge(ctx),
         Next::Forwarded => Ok(XDP_REDIRECT),
         Next::Decap => {
             tunnel::decapsulate(ctx, &decap)?;
             // The inner frame passes the same checks (an inner tunnel is dropped), then a
             // worker delivers it: its MACs are the sender's, not this node's.
-            Next::decode(classify(ctx, &config, false, &mut decap))?;
-            Ok(redirect::to_worker(ctx))
+            match Next::decode(classify(ctx, &config, false, &mut decap))? {
+                Next::Judge => redirect::to_judge(ctx),
+                _ => Ok(redirect::to_worker(ctx)),
+            }
         }
     }
 }
 
 impl Next {
-    /// A code a BPF subprogram can return: 0 pass, 1 redirect, 2 decap, 3 forwarded, 256 +
-    /// reason: drop.
+    /// A code a BPF subprogram can return: 0 pass, 1 redirect, 2 decap, 3 forwarded, 4 judge,
+    /// 256 + reason: drop.
     /// (A returned struct would be a pointer into the caller's stack, which the verifier
     /// refuses.)
     #[inline(always)]
@@ -101,6 +107,7 @@ impl Next {
             Ok(Next::Redirect) => 1,
             Ok(Next::Decap) => 2,
             Ok(Next::Forwarded) => 3,
+            Ok(Next::Judge) => 4,
             Err(reason) => 256 + reason as u32,
         }
     }
@@ -112,6 +119,7 @@ impl Next {
             1 => Ok(Next::Redirect),
             2 => Ok(Next::Decap),
             3 => Ok(Next::Forwarded),
+            4 => Ok(Next::Judge),
             other => Err(u8::try_from(other - 256)
                 .ok()
                 .and_then(DropReason::from_u8)
@@ -173,9 +181,8 @@ fn ipv4(
         *out = found;
         return Ok(Next::Decap);
     }
-    let wanted = redirect::wanted_v4(h.src, h.dst, ports.1, h.protocol)
-        || redirect::masqueraded_v4(ctx, config, h.dst);
-    Ok(if wanted { Next::Redirect } else { Next::Pass })
+    let need = redirect::need_v4(h.src, h.dst, ports.1, h.protocol);
+    Ok(next(need, || redirect::masqueraded_v4(ctx, config, h.dst)))
 }
 
 #[inline(always)]
@@ -211,9 +218,20 @@ fn ipv6(
         *out = found;
         return Ok(Next::Decap);
     }
-    let wanted = redirect::wanted_v6(h.src, h.dst, ports.1, h.protocol)
-        || redirect::masqueraded_v6(ctx, config, h.dst);
-    Ok(if wanted { Next::Redirect } else { Next::Pass })
+    let need = redirect::need_v6(h.src, h.dst, ports.1, h.protocol);
+    Ok(next(need, || redirect::masqueraded_v6(ctx, config, h.dst)))
+}
+
+/// Where a frame of no tracked flow goes: a worker for a verdict, a worker, or (unless a
+/// pod's traffic is `masqueraded` out of the cluster) the kernel.
+#[inline(always)]
+fn next(need: Need, masqueraded: impl FnOnce() -> bool) -> Next {
+    match need {
+        Need::Verdict => Next::Judge,
+        Need::Worker => Next::Redirect,
+        Need::Nothing if masqueraded() => Next::Redirect,
+        Need::Nothing => Next::Pass,
+    }
 }
 
 /// GPL-compatible, so the program may call GPL-only helpers.
