@@ -26,7 +26,8 @@ use skiff_wire::layers;
 use skiff_engine::{
     conntrack::Entry,
     engine::{Action, Engine, NewFlow},
-    offload, reply,
+    offload::{self, Placement},
+    reply,
     tables::{SharedTables, Tables},
     tunnel::{self, Encap},
 };
@@ -481,8 +482,9 @@ impl Core {
 }
 
 /// Puts a flow where it belongs now: both directions forwarded at the NIC when it is
-/// established and both have a next hop the XDP program can send out of, else (back) on the
-/// worker path. Returns whether it is at the NIC.
+/// established and both have a next hop the XDP program can send out of, back on the worker
+/// path when it closes or its backend is gone; a flow whose next hops are not known yet stays
+/// where it is. Returns whether it is at the NIC.
 fn place<P: PacketIo>(
     e: &Entry,
     tables: &Tables,
@@ -491,15 +493,16 @@ fn place<P: PacketIo>(
     stats: &mut Stats,
 ) -> bool {
     let ifindex = |port: usize| ports.get(port).and_then(Option::as_ref).and_then(PacketIo::ifindex);
-    let offloaded = match offload::directions(e, tables, ifindex) {
-        Some(directions) if e.offloaded => flows.offload(&directions),
-        Some(directions) => {
+    let offloaded = match offload::placement(e, tables, ifindex) {
+        Placement::Nic(directions) if e.offloaded => flows.offload(&directions),
+        Placement::Nic(directions) => {
             let done = flows.offload(&directions);
             stats.offloaded += u64::from(done);
             stats.flow_table_full += u64::from(!done);
             done
         }
-        None => false,
+        Placement::Unknown => e.offloaded,
+        Placement::Worker => false,
     };
     if e.offloaded && !offloaded {
         flows.take_back(e);

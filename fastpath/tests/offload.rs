@@ -42,10 +42,11 @@ mod privileged {
     /// Loopback: an interface every namespace has, for the devmap.
     const IFINDEX: u32 = 1;
 
-    /// The service (TCP 80 → 8080, UDP 53 → 5353, both families) and the two next hops.
-    fn tables(backend_id: u32) -> Tables {
+    /// The service (TCP 80 → 8080, UDP 53 → 5353, both families, its IPv4 backend `pod`,
+    /// numbered `backend_id`) and the two next hops.
+    fn tables(pod: Ipv4Addr, backend_id: u32) -> Tables {
         let mut services = hashbrown::HashMap::new();
-        for (vip, pod) in [(IpAddr::from(VIP), IpAddr::from(POD)), (VIP6.into(), POD6.into())] {
+        for (vip, pod) in [(IpAddr::from(VIP), IpAddr::from(pod)), (VIP6.into(), POD6.into())] {
             for (port, target, protocol) in [(80, 8080, 6), (53, 5353, 17)] {
                 let backend =
                     Backend { id: BackendId(backend_id), addr: pod, port: target, weight: 1, local: true };
@@ -79,7 +80,7 @@ mod privileged {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let dir = PathBuf::from(format!("/sys/fs/bpf/skiff-test-offload-{}-{n}", std::process::id()));
             let ingress = Ingress::load(&dir);
-            let shared = SharedTables::new(tables(1));
+            let shared = SharedTables::new(tables(POD, 1));
             let engine = Engine::new(shared.current(), 1024, Timeouts::default());
             let ports = vec![MemoryPort::with_ifindex(IFINDEX), MemoryPort::with_ifindex(IFINDEX)];
             let (observers, _) = crossbeam_channel::bounded(1);
@@ -228,7 +229,14 @@ mod privileged {
         open(&mut bench, case);
         let data = |b: Builder| b.tcp(40000, 80).seq(2).ack(10).payload(b"x").build();
         let worker = Some(FlowPath::NotSimple);
+        // IPv4 options: four bytes (NOP, NOP, NOP, end) after the fixed header.
+        let mut with_options = data(eth().ipv4(CLIENT, VIP));
+        with_options.splice(34..34, [1, 1, 1, 0]);
+        with_options[14] = 0x46;
+        let total = u16::from_be_bytes([with_options[16], with_options[17]]) + 4;
+        with_options[16..18].copy_from_slice(&total.to_be_bytes());
         let not_plain = [
+            ("IP options", with_options, worker),
             ("a TTL about to run out", data(eth().ipv4(CLIENT, VIP).ttl(1)), worker),
             ("a VLAN tag", data(eth().vlan(7).ipv4(CLIENT, VIP)), worker),
             ("a first fragment", data(eth().ipv4(CLIENT, VIP).fragment4(0, true, 1)), worker),
@@ -265,14 +273,19 @@ mod privileged {
         let case = &cases()[1];
         open(&mut bench, case);
         assert_eq!(bench.nic(&case.data[0].1).2, Some(FlowPath::Forwarded));
+        // Its backend numbered otherwise (a restarted agent): still the same backend.
+        bench.shared.publish(tables(POD, 7));
+        bench.worker.refresh(&bench.shared, &mut bench.flows);
+        assert_eq!(bench.worker.stats.taken_back, 0);
+        assert_eq!(bench.nic(&case.data[0].1).2, Some(FlowPath::Forwarded));
         // The same service with another backend: the flow's is gone.
-        bench.shared.publish(tables(2));
+        bench.shared.publish(tables(Ipv4Addr::new(198, 18, 128, 11), 2));
         bench.worker.refresh(&bench.shared, &mut bench.flows);
         assert_eq!(bench.worker.stats.taken_back, 1);
         assert_eq!(bench.nic(&case.data[1].1).2, Some(FlowPath::Worker), "the reply back to the worker");
         assert_eq!(bench.nic(&case.data[0].1).2, None, "the client's direction is the service's again");
-        // Tables that keep it change nothing.
-        bench.shared.publish(tables(2));
+        // Tables that keep it gone change nothing.
+        bench.shared.publish(tables(Ipv4Addr::new(198, 18, 128, 11), 2));
         bench.worker.refresh(&bench.shared, &mut bench.flows);
         assert_eq!(bench.worker.stats.taken_back, 1);
     }

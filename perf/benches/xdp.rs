@@ -30,7 +30,7 @@ use skiff_engine::{
     conntrack::Timeouts,
     engine::Engine,
     lb::Backend,
-    offload,
+    offload::{self, Placement},
     tables::{Frontend, Neighbor, Service, ServiceConfig, Tables},
 };
 use skiff_lab::Topology;
@@ -139,12 +139,14 @@ fn offloaded(ingress: &mut Ingress) -> Result<Vec<u8>> {
     for mut frame in handshake {
         engine.process(&mut frame, 0);
     }
-    let mut directions = None;
+    let mut placement = Placement::Unknown;
     engine.drain_nic_changes(|e, t| {
-        directions = offload::directions(e, t, |_| Some(LOOPBACK));
-        directions.is_some()
+        placement = offload::placement(e, t, |_| Some(LOOPBACK));
+        matches!(placement, Placement::Nic(_))
     });
-    let [(key, entry), _] = directions.ok_or("the connection is established")?;
+    let Placement::Nic([(key, entry), _]) = placement else {
+        return Err("the connection is established, with next hops".into());
+    };
     ingress.flow_table()?.insert(key, &entry)?;
     ingress.set_tx_port(LOOPBACK, true)?;
     Ok(to_service().seq(2).ack(10).payload(b"GET / HTTP/1.1\r\n\r\n").build())

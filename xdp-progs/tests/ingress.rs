@@ -189,6 +189,25 @@ mod privileged {
         assert_eq!((e.len as usize, e.headers()), (denied.input.len(), &denied.input[..]));
     }
 
+    /// Maps pinned by a version of another layout are removed before a load, not misread: the
+    /// flow table of a reload comes back empty, and says so.
+    #[test]
+    fn maps_of_another_layout_are_rebuilt() {
+        let mut loaded = Loaded::new();
+        assert!(!loaded.get().adopted().maps_rebuilt, "a fresh folder");
+        drop(loaded.ingress.take());
+        loaded.ingress = Some(Ingress::load(&loaded.dir).unwrap());
+        assert!(!loaded.get().adopted().maps_rebuilt, "the same layout is kept");
+        assert!(loaded.get().flow_table().unwrap().get(tracked_key()).is_some(), "with its flows");
+        drop(loaded.ingress.take());
+        let marker = format!("layout-{}", skiff_xdp::MAP_LAYOUT);
+        std::fs::rename(loaded.dir.join(&marker), loaded.dir.join("layout-1")).unwrap();
+        loaded.ingress = Some(Ingress::load(&loaded.dir).unwrap());
+        assert!(loaded.get().adopted().maps_rebuilt, "another layout is rebuilt");
+        assert!(loaded.get().flow_table().unwrap().entries().is_empty(), "not misread");
+        assert!(loaded.dir.join(&marker).is_dir() && !loaded.dir.join("layout-1").exists());
+    }
+
     #[test]
     fn pinned_maps_survive_a_reload() {
         let mut loaded = Loaded::new();

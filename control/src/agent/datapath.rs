@@ -32,8 +32,8 @@ pub(super) struct DatapathSink {
     datapath: Datapath,
     kernel: Kernel,
     description: skiff_api::Datapath,
-    /// The tables last published, with their next hops.
-    last: Tables,
+    /// The tables last published, with their next hops; `None` before the first apply.
+    last: Option<Tables>,
     hops: HashMap<IpAddr, Neighbor>,
     /// Where the XDP program's maps are pinned, with AF_XDP.
     pins: Option<PathBuf>,
@@ -83,15 +83,8 @@ impl DatapathSink {
         tracing::info!("datapath: {description}");
         let (kernel, changes) = Kernel::connect(datapath.ports())?;
         let pins = matches!(io, skiff_api::Io::AfXdp { .. }).then(|| options.pin_dir.clone());
-        let sink = DatapathSink {
-            datapath,
-            kernel,
-            description,
-            last: Tables::default(),
-            hops: HashMap::new(),
-            pins,
-            socket_lb,
-        };
+        let sink =
+            DatapathSink { datapath, kernel, description, last: None, hops: HashMap::new(), pins, socket_lb };
         Ok((sink, changes))
     }
 
@@ -101,10 +94,10 @@ impl DatapathSink {
         // Each backend once, though every frontend of its service lists it (but not those
         // on other nodes' pods, reached through the tunnel), and the other nodes' tunnel
         // endpoints.
-        let overlay = self.last.overlay.as_deref();
+        let Some(last) = &self.last else { return Ok(HashMap::new()) };
+        let overlay = last.overlay.as_deref();
         let endpoints = overlay.into_iter().flat_map(|o| o.remote.entries()).map(|(_, node)| node);
-        let backends: BTreeSet<IpAddr> = self
-            .last
+        let backends: BTreeSet<IpAddr> = last
             .services
             .values()
             .flat_map(|s| s.backends().map(|b| b.addr))
@@ -122,12 +115,16 @@ impl DatapathSink {
         self.publish_with_hops()
     }
 
+    /// Publishes the last tables with the hops known now; nothing before the first apply:
+    /// empty tables would take back the flows the workers adopted, and clear what the last
+    /// agent's tables left in the XDP program's maps.
     fn publish_with_hops(&mut self) -> Result<()> {
+        let Some(last) = &mut self.last else { return Ok(()) };
         // Kept with its hops: `reaches` asks them as the workers do.
-        self.last.next_hops = self.hops.iter().map(|(&k, &v)| (k, v)).collect();
-        self.datapath.publish(self.last.clone())?;
+        last.next_hops = self.hops.iter().map(|(&k, &v)| (k, v)).collect();
+        self.datapath.publish(last.clone())?;
         if let Some(lb) = &mut self.socket_lb {
-            socket_lb::publish(lb, &self.last)?;
+            socket_lb::publish(lb, last)?;
         }
         Ok(())
     }
@@ -178,7 +175,7 @@ fn log_restored(restored: &Restored, pin_dir: &std::path::Path) {
 
 impl Sink for DatapathSink {
     fn publish(&mut self, tables: Tables) -> Result<()> {
-        self.last = tables;
+        self.last = Some(tables);
         self.hops = self.read_hops()?;
         self.publish_with_hops()
     }
@@ -240,7 +237,7 @@ impl Sink for DatapathSink {
     }
 
     fn reaches(&self, addr: IpAddr) -> Option<bool> {
-        Some(self.last.next_hop(addr).is_some())
+        Some(self.last.as_ref().is_some_and(|t| t.next_hop(addr).is_some()))
     }
 
     fn flows(&self) -> Option<LiveFlows> {

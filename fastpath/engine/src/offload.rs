@@ -18,6 +18,7 @@ use skiff_common::{
 use crate::{
     conntrack::Entry,
     flow::{Direction, Tuple},
+    lb::Backend,
     tables::{Frontend, Tables},
 };
 
@@ -51,42 +52,60 @@ pub fn to_worker(original: &Tuple, reply: &Tuple, backend: BackendId) -> (CtKey,
     (key(reply), leaving(&original.reversed(), backend, Direction::Reply))
 }
 
-/// Both directions of `e` as the NIC forwards them, keyed by how each arrives: `None` when
-/// the flow is not [`eligible`] or a direction has no next hop on an interface the XDP
-/// program can send out of (`ifindex` of a port; a pod on another node, whose frames a worker
-/// encapsulates, has none).
-pub fn directions(
-    e: &Entry,
-    tables: &Tables,
-    ifindex: impl Fn(usize) -> Option<u32>,
-) -> Option<[(CtKey, CtEntry); 2]> {
+/// Where a flow's packets are forwarded.
+// Returned by value once per flow placed: boxing the entries would allocate on the worker's
+// thread.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// At the NIC: both directions as the XDP program forwards them, keyed by how each
+    /// arrives.
+    Nic([(CtKey, CtEntry); 2]),
+    /// By its worker: not established (or closing), its backend gone from its service, or a
+    /// pod on another node (whose frames a worker encapsulates).
+    Worker,
+    /// Not known yet: a direction has no next hop through a port with an interface (an agent
+    /// just started, whose ports are not all back). A flow at the NIC stays there.
+    Unknown,
+}
+
+/// Where `e` belongs now; `ifindex` gives a port's interface.
+pub fn placement(e: &Entry, tables: &Tables, ifindex: impl Fn(usize) -> Option<u32>) -> Placement {
     if !eligible(e) || !backend_serves(e, tables) {
-        return None;
+        return Placement::Worker;
     }
-    let direction = |dir: Direction| {
+    let ends = [Direction::Original, Direction::Reply].map(|dir| addr(&e.other(dir).src));
+    if tables.overlay.as_deref().is_some_and(|o| ends.iter().any(|&to| o.remote_node(to).is_some())) {
+        return Placement::Worker;
+    }
+    let direction = |dir: Direction, to: IpAddr| {
         let arrives = match dir {
             Direction::Original => &e.original,
             Direction::Reply => &e.reply,
         };
-        let to = addr(&e.other(dir).src);
-        if tables.overlay.as_deref().is_some_and(|o| o.remote_node(to).is_some()) {
-            return None;
-        }
         let hop = tables.next_hop(to)?;
         Some((key(arrives), entry(e, dir, ifindex(hop.port)?, hop.src_mac, hop.dst_mac)))
     };
-    Some([direction(Direction::Original)?, direction(Direction::Reply)?])
+    match (direction(Direction::Original, ends[0]), direction(Direction::Reply, ends[1])) {
+        (Some(original), Some(reply)) => Placement::Nic([original, reply]),
+        _ => Placement::Unknown,
+    }
 }
 
 /// Whether a service flow's backend is still one of its service's (terminating or not): a
-/// flow whose backend was removed goes back to the worker.
+/// flow whose backend was removed goes back to the worker. The backend is the address and
+/// port its replies come from; its id is only the quick way to it (an agent started again
+/// may number backends otherwise).
 fn backend_serves(e: &Entry, tables: &Tables) -> bool {
     if e.backend == BackendId::NONE {
         return true;
     }
-    let o = &e.original;
+    let (o, r) = (&e.original, &e.reply);
     let frontend = Frontend { addr: addr(&o.dst), port: o.dst_port, protocol: o.protocol };
-    tables.services.get(&frontend).is_some_and(|s| s.pool.backends.contains_key(&e.backend))
+    let is_it = |b: &Backend| b.addr == addr(&r.src) && b.port == r.src_port;
+    tables.services.get(&frontend).is_some_and(|s| {
+        s.pool.backends.get(&e.backend).is_some_and(is_it) || s.pool.backends.values().any(is_it)
+    })
 }
 
 /// The entry of direction `dir` of `e`, forwarded at the NIC: it leaves as the reverse of the
@@ -251,7 +270,9 @@ mod tests {
             let e = ct.get(id).unwrap();
             let offloaded = n == 0;
             if offloaded {
-                let [(ko, mut eo), (kr, er)] = directions(e, &tables, |_| Some(1)).unwrap();
+                let Placement::Nic([(ko, mut eo), (kr, er)]) = placement(e, &tables, |_| Some(1)) else {
+                    panic!("established, with next hops")
+                };
                 eo.packets = 3;
                 entries.extend([(ko, eo), (kr, er)]);
             } else {

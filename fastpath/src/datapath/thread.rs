@@ -50,7 +50,7 @@ impl<P: PacketIo> WorkerThread<P> {
         // SAFETY: setpriority on the calling thread only; without CAP_SYS_NICE it fails and
         // the worker keeps its priority.
         let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.nice) };
-        let (mut unpublished, mut published_at) = (false, Duration::ZERO);
+        let (mut published, mut published_at) = (Stats::default(), Duration::ZERO);
         let WorkerThread { worker, flows, stats, stop, shared, changes, bell, .. } = &mut self;
         while !stop.load(Ordering::Relaxed) {
             bell.clear();
@@ -65,12 +65,13 @@ impl<P: PacketIo> WorkerThread<P> {
             let now = monotonic();
             // No waiting for frames while counts are unpublished: a status read just after the
             // traffic stops sees all of it.
-            let wait_ms = if unpublished { 0 } else { 10 };
+            let wait_ms = if worker.stats != published { 0 } else { 10 };
             let got = worker.poll(wait_ms, now.as_secs(), flows);
-            unpublished |= got > 0;
-            if unpublished && (got == 0 || now - published_at >= STATS_PERIOD) {
+            // New counts (frames, or flows placed anew after new tables) are published once the
+            // frames stop, and every STATS_PERIOD while they do not.
+            if worker.stats != published && (got == 0 || now - published_at >= STATS_PERIOD) {
                 *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
-                (unpublished, published_at) = (false, now);
+                (published, published_at) = (worker.stats, now);
             }
         }
         *stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = worker.stats;
