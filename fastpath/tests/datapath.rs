@@ -174,11 +174,16 @@ mod privileged {
             let script = format!(
                 "import http.client, sys\nc = http.client.HTTPConnection('{url_host}', {port}, timeout=3)\nnames = []\ndef get():\n    c.request('GET', '/')\n    names.append(c.getresponse().read().decode().strip())\nget()\nprint('started', flush=True)\nsys.stdin.readline()\nfor i in range(11):\n    get()\nprint(','.join(names))\n"
             );
+            self.python(&script)
+        }
+
+        /// A python3 `script` in the client, its stdin, stdout and stderr piped.
+        fn python(&self, script: &str) -> Child {
             self.lab
                 .client()
                 .netns
                 .command("python3")
-                .args(["-c", &script])
+                .args(["-c", script])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -329,16 +334,7 @@ mod privileged {
         let script = format!(
             "import http.client, sys\nc = http.client.HTTPConnection('{VIP}', 80, timeout=3)\ndef get():\n    c.request('GET', '/')\n    return c.getresponse().read().decode().strip()\nprint(get(), flush=True)\nsys.stdin.readline()\nprint(','.join(get() for _ in range(50)), flush=True)\nsys.stdin.readline()\nc.close()\n"
         );
-        let mut client = lab
-            .lab
-            .client()
-            .netns
-            .command("python3")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut client = lab.python(&script);
         let (mut stdin, mut stdout) =
             (client.stdin.take().unwrap(), BufReader::new(client.stdout.take().unwrap()));
         let mut line = String::new();

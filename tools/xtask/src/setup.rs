@@ -31,8 +31,9 @@ pub enum Purpose {
 
 /// Debian packages: the lab (iproute2 … python3), the C build of xsk-rs' libxdp and libbpf
 /// (m4 … libpcap-dev: libxdp's configure stops without pcap/dlt.h), Debian's LLVM 22, which
-/// bpf-linker links against, and the reference CNI plugins (the CNI bench's baseline, chained
-/// after skiff-cni in the tests).
+/// bpf-linker links against, the reference CNI plugins (the CNI bench's baseline, chained
+/// after skiff-cni in the tests), and iptables (kube-proxy's rules, the benches' baseline;
+/// the portmap plugin chained in the tests).
 const APT_RUN: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -50,15 +51,15 @@ const APT_RUN: &[&str] = &[
     "libpcap-dev",
     "llvm-22-dev",
     "containernetworking-plugins",
+    "iptables",
 ];
 /// The tests' real parts: Go and the reflect2 fix to build kube-apiserver from Debian's
 /// source package (dpkg-dev unpacks it), etcd, openssl for its certificates; scapy, the
 /// independent VXLAN and Geneve encoder (it installs for /usr/bin/python3 only); tcpdump and
 /// tshark to capture and dissect lab traffic (`fastpath/wire/tests/captures/capture.sh`); a
 /// real container runtime calling skiff-cni (podman with runc: crun refuses this machine's
-/// hybrid cgroups), iptables for the portmap plugin chained after it, busybox-static for
-/// the image the runtime test builds, and iperf3 for the long TCP streams an agent's restart
-/// must not stall.
+/// hybrid cgroups), busybox-static for the image the runtime test builds, and iperf3 for the
+/// long TCP streams an agent's restart must not stall.
 const APT_TEST: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -72,7 +73,6 @@ const APT_TEST: &[&str] = &[
     "python3-scapy",
     "podman",
     "runc",
-    "iptables",
     "busybox-static",
     "iperf3",
 ];

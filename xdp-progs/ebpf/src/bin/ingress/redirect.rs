@@ -31,10 +31,12 @@ pub enum Need {
 pub fn need_v4(src: [u8; 4], dst: [u8; 4], dport: u16, proto: u8) -> Need {
     let service = ServiceKey4 { vip: dst, dport: dport.to_be(), proto, scope: 0 };
     if SERVICES_V4.get_ptr(&service).is_some() {
-        Need::Worker
-    } else if under_policy(ENDPOINTS_V4.get_ptr(&dst), ENDPOINTS_V4.get_ptr(&src)) {
+        return Need::Worker;
+    }
+    let to = ENDPOINTS_V4.get_ptr(&dst);
+    if under_policy(to, || ENDPOINTS_V4.get_ptr(&src)) {
         Need::Verdict
-    } else if REMOTE_PODS_V4.get(Key::new(32, dst)).is_some() {
+    } else if to.is_none() && REMOTE_PODS_V4.get(Key::new(32, dst)).is_some() {
         Need::Worker
     } else {
         Need::Nothing
@@ -46,10 +48,12 @@ pub fn need_v4(src: [u8; 4], dst: [u8; 4], dport: u16, proto: u8) -> Need {
 pub fn need_v6(src: [u8; 16], dst: [u8; 16], dport: u16, proto: u8) -> Need {
     let service = ServiceKey6 { vip: dst, dport: dport.to_be(), proto, scope: 0 };
     if SERVICES_V6.get_ptr(&service).is_some() {
-        Need::Worker
-    } else if under_policy(ENDPOINTS_V6.get_ptr(&dst), ENDPOINTS_V6.get_ptr(&src)) {
+        return Need::Worker;
+    }
+    let to = ENDPOINTS_V6.get_ptr(&dst);
+    if under_policy(to, || ENDPOINTS_V6.get_ptr(&src)) {
         Need::Verdict
-    } else if REMOTE_PODS_V6.get(Key::new(128, dst)).is_some() {
+    } else if to.is_none() && REMOTE_PODS_V6.get(Key::new(128, dst)).is_some() {
         Need::Worker
     } else {
         Need::Nothing
@@ -73,15 +77,17 @@ pub fn masqueraded_v6(ctx: &XdpContext, config: &XdpConfig, dst: [u8; 16]) -> bo
 }
 
 /// Whether a packet between these endpoints needs a verdict: to a pod under policy, or from
-/// one (unless it goes to the node itself).
+/// one (unless it goes to the node itself). The source is looked up only when that decides
+/// (not for the node's own traffic, a destination that is the node: a local endpoint, never
+/// on another node, so neither the remote pods' trie is asked).
 #[inline(always)]
-fn under_policy(dst: Option<*const EndpointInfo>, src: Option<*const EndpointInfo>) -> bool {
+fn under_policy(dst: Option<*const EndpointInfo>, src: impl FnOnce() -> Option<*const EndpointInfo>) -> bool {
     // SAFETY: the pointers come from successful lookups and stay valid for this program run
     // (RCU); a concurrent update can at worst show the old or the new flags.
     let flags = |e: Option<*const EndpointInfo>| e.map_or(0, |e| unsafe { (*e).flags });
     let to = flags(dst);
     to & EndpointInfo::POLICY_ENFORCED != 0
-        || (to & EndpointInfo::HOST == 0 && flags(src) & EndpointInfo::POLICY_ENFORCED != 0)
+        || (to & EndpointInfo::HOST == 0 && flags(src()) & EndpointInfo::POLICY_ENFORCED != 0)
 }
 
 /// To the AF_XDP socket of this interface's receive queue, for a verdict: dropped
