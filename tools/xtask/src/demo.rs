@@ -6,13 +6,14 @@
 //! 127.0.0.1 through socket-LB, `skiff status`, `skiff service list` and `skiff node
 //! list` show it, a bad manifest is rejected while the service keeps forwarding, a pod
 //! deleted (CNI DEL) leaves the service live, and SIGTERM stops the agent cleanly (the pods
-//! keep their network). Then the XDP program alone at the node's uplink: it passes the
+//! keep their network, the XDP program stays attached with its flows) until `skiff-agent
+//! cleanup` detaches it. Then the XDP program alone at the node's uplink: it passes the
 //! node's traffic, drops a denied CIDR at the NIC, decapsulates VXLAN from the client's
 //! kernel.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{ChildStdin, ChildStdout, Stdio},
+    process::{ChildStdin, ChildStdout, Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -177,11 +178,7 @@ impl OnTheNode {
     }
 
     fn skiff(&self, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new(&self.skiff)
-            .arg("--socket")
-            .arg(self.agent.socket())
-            .args(args)
-            .output()?;
+        let out = Command::new(&self.skiff).arg("--socket").arg(self.agent.socket()).args(args).output()?;
         if !out.status.success() {
             bail!("skiff {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -274,11 +271,28 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     print_indented(&on.skiff(&["endpoint", "list"])?);
     println!("  30 new connections: {}", spread(&client_pod.netns, "198.19.0.10:80", 30)?);
 
-    println!("== SIGTERM to skiff-agent (the pods keep their network)");
+    println!("== SIGTERM to skiff-agent (the pods keep their network; flows at the NIC keep flowing)");
     let exit = on.agent.terminate()?;
     if !exit.success() {
         bail!("skiff-agent exited with {exit}");
     }
+    let uplink = lab.client().node_iface.clone();
+    let attached = || -> Result<bool> {
+        let out = lab.node().netns.exec("ip", &["-d", "link", "show", &uplink])?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+    };
+    println!("  XDP on {uplink} while no agent runs: {}", if attached()? { "attached" } else { "detached" });
+    println!("== skiff-agent cleanup: an uninstall detaches XDP and removes the pinned maps");
+    let cleanup =
+        Command::new(bin.join("skiff-agent")).arg("cleanup").arg("--pin-dir").arg(&on.agent.pins).output()?;
+    if !cleanup.status.success() {
+        bail!("skiff-agent cleanup: {}", String::from_utf8_lossy(&cleanup.stderr));
+    }
+    print_indented(&String::from_utf8_lossy(&cleanup.stdout));
+    if attached()? {
+        bail!("XDP still attached to {uplink} after cleanup");
+    }
+    println!("  XDP on {uplink}: detached");
     Ok(pods[..2].to_vec())
 }
 
