@@ -238,13 +238,18 @@ mod tests {
             assert_eq!((status.health, status.source), (Health::Ok, source));
             assert!(client.services().unwrap().is_empty());
             let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-            raw.write_all(b"{\"request\": \"ct-list\"}\n").unwrap();
+            raw.write_all(b"{\"request\": \"no-such-request\"}\n").unwrap();
             let mut line = String::new();
             BufReader::new(&raw).read_line(&mut line).unwrap();
             match serde_json::from_str::<Answer>(&line).unwrap() {
                 Answer::Error(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e}"),
                 other => panic!("an error answer, not {other:?}"),
             }
+            let no_table = client.flows().unwrap_err();
+            assert!(
+                matches!(&no_table, ClientError::Agent(e) if e.code == ErrorCode::NotFound && e.message.contains("no flow table")),
+                "{no_table}"
+            );
             let loop_answer = client.cni_status().unwrap_err();
             assert!(
                 matches!(&loop_answer, ClientError::Agent(e) if e.code == ErrorCode::NotReady && e.message == "CniStatus"),
