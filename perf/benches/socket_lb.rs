@@ -10,9 +10,9 @@
 //!   only during the baseline's rounds);
 //! - how new connections scale with the cluster's services: at 1, 1 000 and 10 000 services,
 //!   skiff's socket-LB (the node) and per-packet path (a pod, which also pays its veth)
-//!   against kube-proxy's rules for as many services (iptables-nft, from the node), the
-//!   measured service's rule in the middle of KUBE-SERVICES (kube-proxy writes them in no
-//!   particular order: the average case).
+//!   against kube-proxy's rules for as many services (iptables-nft, from the node, loaded
+//!   for its rounds only), the measured service's rule in the middle of KUBE-SERVICES
+//!   (kube-proxy writes them in no particular order: the average case).
 //!
 //! Needs skiff-agent built in release (`cargo xtask bench` builds it and names the folder in
 //! `SKIFF_BIN_DIR`). Root only. Writes `target/bench-report/socket_lb.json`.
@@ -205,8 +205,8 @@ fn main() -> Result<()> {
 /// New connections to the service among `n` services, for n = 1, 1 000, 10 000: skiff's
 /// socket-LB (the node, in its cgroup) and per-packet path (a pod outside the cgroup) against
 /// kube-proxy's iptables rules for as many services (the node), in alternating rounds, the
-/// rules loaded for the whole comparison (neither of skiff's paths meets the node's nat
-/// table).
+/// rules loaded only for kube-proxy's rounds (the node's own connections meet the OUTPUT
+/// hook's rules whoever translated them).
 fn scaling(agent: &mut CniAgent, node: &Netns, pods: &[Host]) -> Result<Vec<Record>> {
     let connect_to = format!("{VIP}:80");
     let connect = ["connect", connect_to.as_str(), SECONDS];
@@ -219,19 +219,17 @@ fn scaling(agent: &mut CniAgent, node: &Netns, pods: &[Host]) -> Result<Vec<Reco
         agent.agent.wait_until(&format!("{n} services"), applied)?;
         let cgroup = &agent.agent.cgroup;
         let rules = kube_proxy_rules(pods, n - 1);
-        let figures = with_kube_proxy(node, &rules, || {
-            for (client, cgroup) in [(node, Some(cgroup)), (per_packet, None), (node, None)] {
-                rate(client, cgroup, &["connect", &connect_to, "0.2"])?;
-            }
-            alternate(
-                ROUNDS,
-                &mut [
-                    &mut || rate(node, Some(cgroup), &connect),
-                    &mut || rate(per_packet, None, &connect),
-                    &mut || rate(node, None, &connect),
-                ],
-            )
-        })?;
+        for (client, cgroup) in [(node, Some(cgroup)), (per_packet, None)] {
+            rate(client, cgroup, &["connect", &connect_to, "0.2"])?;
+        }
+        let figures = alternate(
+            ROUNDS,
+            &mut [
+                &mut || rate(node, Some(cgroup), &connect),
+                &mut || rate(per_packet, None, &connect),
+                &mut || with_kube_proxy(node, &rules, || rate(node, None, &connect)),
+            ],
+        )?;
         let [socket_lb, packet, kube_proxy] = <[_; 3]>::try_from(figures).map_err(|_| "three sides")?;
         println!(
             "{n} services: new connections, skiff socket-LB {:.0}/s, skiff per packet {:.0}/s, kube-proxy iptables {:.0}/s",
