@@ -36,7 +36,7 @@ impl Flows for NicFlows {
     fn ended(&mut self, flow: &Entry) {
         if let Some(table) = &mut self.table {
             let _ = table.remove(offload::key(&flow.reply));
-            if flow.offloaded {
+            if flow.offloaded() {
                 let _ = table.remove(offload::key(&flow.original));
             }
         }

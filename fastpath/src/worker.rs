@@ -484,31 +484,34 @@ impl Core {
 /// Puts a flow where it belongs now: both directions forwarded at the NIC when it is
 /// established and both have a next hop the XDP program can send out of, back on the worker
 /// path when it closes or its backend is gone; a flow whose next hops are not known yet stays
-/// where it is. Returns whether it is at the NIC.
+/// where it is. A flow whose entries at the NIC would not change is not written again. Returns
+/// where it is, as [`Entry::nic`] says it.
 fn place<P: PacketIo>(
     e: &Entry,
     tables: &Tables,
     ports: &[Option<P>],
     flows: &mut impl Flows,
     stats: &mut Stats,
-) -> bool {
+) -> Option<u64> {
     let ifindex = |port: usize| ports.get(port).and_then(Option::as_ref).and_then(PacketIo::ifindex);
-    let offloaded = match offload::placement(e, tables, ifindex) {
-        Placement::Nic(directions) if e.offloaded => flows.offload(&directions),
+    let nic = match offload::placement(e, tables, ifindex) {
         Placement::Nic(directions) => {
-            let done = flows.offload(&directions);
-            stats.offloaded += u64::from(done);
-            stats.flow_table_full += u64::from(!done);
-            done
+            let digest = offload::digest(&directions);
+            let done = e.nic == Some(digest) || flows.offload(&directions);
+            if !e.offloaded() {
+                stats.offloaded += u64::from(done);
+                stats.flow_table_full += u64::from(!done);
+            }
+            done.then_some(digest)
         }
-        Placement::Unknown => e.offloaded,
-        Placement::Worker => false,
+        Placement::Unknown => e.nic,
+        Placement::Worker => None,
     };
-    if e.offloaded && !offloaded {
+    if e.offloaded() && nic.is_none() {
         flows.take_back(e);
         stats.taken_back += 1;
     }
-    offloaded
+    nic
 }
 
 /// The sender's identity a decapsulated frame's tunnel carried: Geneve's option, else the

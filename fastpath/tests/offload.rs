@@ -290,6 +290,37 @@ mod privileged {
         assert_eq!(bench.worker.stats.taken_back, 1);
     }
 
+    /// New tables that leave an offloaded flow as it was cost it no write (nor a read): a
+    /// table change rechecks every flow at the NIC. Each entry is marked where the worker
+    /// writes nothing of its own; a rewrite would clear the mark.
+    #[test]
+    fn tables_that_leave_a_flow_alone_do_not_rewrite_it() {
+        let mut bench = Bench::new();
+        let case = &cases()[1];
+        open(&mut bench, case);
+        let mut table = bench.table();
+        let marked = |e: CtEntry| CtEntry { _pad: [0xaa; 2], ..e };
+        let entries = table.entries();
+        assert_eq!(entries.len(), 2, "both directions at the NIC");
+        for (key, entry) in &entries {
+            table.insert(*key, &marked(*entry)).unwrap();
+        }
+        bench.shared.publish(tables(POD, 7));
+        bench.worker.refresh(&bench.shared, &mut bench.flows);
+        for (key, entry) in &entries {
+            assert_eq!(table.get(*key), Some(marked(*entry)), "not written again");
+        }
+        // A next hop that moves is written.
+        let mut moved = tables(POD, 7);
+        moved.next_hops.get_mut(&IpAddr::from(POD)).unwrap().dst_mac = [2, 0, 0, 0, 0, 0x99];
+        bench.shared.publish(moved);
+        bench.worker.refresh(&bench.shared, &mut bench.flows);
+        let now = table.entries();
+        assert!(now.iter().all(|(_, e)| e._pad == [0; 2]), "both rewritten: {now:?}");
+        assert!(now.iter().any(|(_, e)| e.dst_mac == [2, 0, 0, 0, 0, 0x99]), "to the new MAC");
+        assert_eq!(bench.worker.stats.taken_back, 0);
+    }
+
     /// With the table one entry short of full, a new flow's replies are steered (the last
     /// entry) but its established directions find no room: it stays on the worker path,
     /// counted, and its packets are forwarded by the worker.

@@ -142,7 +142,10 @@ fn offloaded(ingress: &mut Ingress) -> Result<Vec<u8>> {
     let mut placement = Placement::Unknown;
     engine.drain_nic_changes(|e, t| {
         placement = offload::placement(e, t, |_| Some(LOOPBACK));
-        matches!(placement, Placement::Nic(_))
+        match placement {
+            Placement::Nic(directions) => Some(offload::digest(&directions)),
+            _ => None,
+        }
     });
     let Placement::Nic([(key, entry), _]) = placement else {
         return Err("the connection is established, with next hops".into());

@@ -47,15 +47,23 @@ pub struct Entry {
     pub backend: BackendId,
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    /// Both directions are forwarded at the NIC by the XDP program's flow table: their
-    /// packets reach the worker only when unusual (see `skiff_common::conntrack::FlowPath`),
-    /// and `last_seen` is refreshed from the table before the flow may expire.
-    pub offloaded: bool,
+    /// Some: both directions are forwarded at the NIC by the XDP program's flow table, which
+    /// holds the entries of this digest ([`crate::offload::digest`]; 0: unknown, written by an
+    /// agent before a restart). Their packets reach the worker only when unusual (see
+    /// `skiff_common::conntrack::FlowPath`), and `last_seen` is refreshed from the table
+    /// before the flow may expire. None: on the worker path.
+    pub nic: Option<u64>,
     /// The NAT of each direction, by `Direction`.
     rewrites: [Rewrite; 2],
 }
 
 impl Entry {
+    /// Whether both directions are forwarded at the NIC.
+    #[inline]
+    pub fn offloaded(&self) -> bool {
+        self.nic.is_some()
+    }
+
     #[inline]
     pub fn masqueraded(&self) -> bool {
         masqueraded(&self.original, &self.reply)
@@ -182,7 +190,7 @@ impl Conntrack {
             backend,
             packets: [0; 2],
             bytes: [0; 2],
-            offloaded: false,
+            nic: None,
             rewrites: [
                 Rewrite::new(&original, &reply.reversed()),
                 Rewrite::new(&reply, &original.reversed()),
@@ -257,7 +265,7 @@ impl Conntrack {
             if !self.expired(e, now) {
                 continue;
             }
-            if e.offloaded
+            if e.offloaded()
                 && let Some(seen) = nic_last_seen(e)
             {
                 let e = self.slots[id].as_mut().expect("just read");
@@ -276,22 +284,23 @@ impl Conntrack {
     /// had: forwarded at the NIC or not (then it has seen a reply), and its last packet.
     pub fn restore(&mut self, id: u32, offloaded: bool, last_seen: u64) {
         if let Some(e) = self.slots.get_mut(id as usize).and_then(Option::as_mut) {
-            (e.offloaded, e.seen_reply, e.last_seen) = (offloaded, offloaded, last_seen);
+            (e.nic, e.seen_reply, e.last_seen) = (offloaded.then_some(0), offloaded, last_seen);
         }
     }
 
-    /// Marks flow `id` as forwarded at the NIC, or no longer.
-    pub fn set_offloaded(&mut self, id: u32, offloaded: bool) {
+    /// Marks flow `id` as forwarded at the NIC with entries of digest `nic`, or no longer
+    /// (None).
+    pub fn set_nic(&mut self, id: u32, nic: Option<u64>) {
         if let Some(e) = self.slots.get_mut(id as usize).and_then(Option::as_mut) {
-            e.offloaded = offloaded;
+            e.nic = nic;
         }
     }
 
-    /// Asks `f` of every offloaded flow whether it stays offloaded (new tables: its backend
-    /// or next hop may be gone).
-    pub fn recheck_offloaded(&mut self, mut f: impl FnMut(&Entry) -> bool) {
-        for e in self.slots.iter_mut().flatten().filter(|e| e.offloaded) {
-            e.offloaded = f(e);
+    /// Asks `f` of every offloaded flow where it is now (new tables: its backend or next hop
+    /// may be gone or moved), as [`Entry::nic`] says it.
+    pub fn recheck_offloaded(&mut self, mut f: impl FnMut(&Entry) -> Option<u64>) {
+        for e in self.slots.iter_mut().flatten().filter(|e| e.offloaded()) {
+            e.nic = f(e);
         }
     }
 
@@ -413,7 +422,7 @@ mod tests {
         let (o, r) = (udp(o), udp(r));
         let id = ct.insert(o, r, 0, BackendId::NONE, 0).unwrap();
         ct.update(id, Direction::Reply, 0, 60, 0);
-        ct.set_offloaded(id, true);
+        ct.set_nic(id, Some(1));
         let mut asked = 0;
         assert_eq!(
             ct.gc_step(61, 8, |_| {
@@ -427,12 +436,12 @@ mod tests {
         assert_eq!(ct.gc_step(100, 8, |_| None), 0, "not expired: nothing asked");
         assert_eq!(ct.gc_step(111, 8, |_| Some(50)), 1, "nothing since 50 s: expired at 111 s");
         let mut ended = Vec::new();
-        ct.drain_ended(|e| ended.push((e.original, e.offloaded)));
+        ct.drain_ended(|e| ended.push((e.original, e.offloaded())));
         assert_eq!(ended, [(o, true)], "reported whole, for both its NIC entries to go");
         let id = ct.insert(o, r, 0, BackendId::NONE, 0).unwrap();
-        ct.set_offloaded(id, true);
-        ct.recheck_offloaded(|e| e.original != o);
-        assert!(!ct.get(id).unwrap().offloaded, "a recheck that says no takes it back");
+        ct.set_nic(id, Some(1));
+        ct.recheck_offloaded(|e| (e.original != o).then_some(1));
+        assert!(!ct.get(id).unwrap().offloaded(), "a recheck that says no takes it back");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::{DefaultHasher, Hash, Hasher},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -67,6 +68,14 @@ pub enum Placement {
     /// Not known yet: a direction has no next hop through a port with an interface (an agent
     /// just started, whose ports are not all back). A flow at the NIC stays there.
     Unknown,
+}
+
+/// A digest of a flow's two entries at the NIC: a worker that finds the same digest after new
+/// tables leaves the flow alone, without a syscall (a table change rechecks every flow).
+pub fn digest(directions: &[(CtKey, CtEntry); 2]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    directions.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Where `e` belongs now; `ifindex` gives a port's interface.

@@ -177,20 +177,20 @@ impl Engine {
 
     /// Hands each flow that became [`offload::eligible`] for the NIC, or stopped being (a
     /// connection closing), since the last call to `f` with the tables; `f` returns whether
-    /// the flow is forwarded at the NIC from now on.
-    pub fn drain_nic_changes(&mut self, mut f: impl FnMut(&Entry, &Tables) -> bool) {
+    /// the flow is forwarded at the NIC from now on, as [`Entry::nic`] says it.
+    pub fn drain_nic_changes(&mut self, mut f: impl FnMut(&Entry, &Tables) -> Option<u64>) {
         let Own { conntrack, nic_changes, .. } = &mut self.own;
         for id in nic_changes.drain(..) {
             if let Some(e) = conntrack.get(id) {
-                let offloaded = f(e, &self.tables);
-                conntrack.set_offloaded(id, offloaded);
+                let nic = f(e, &self.tables);
+                conntrack.set_nic(id, nic);
             }
         }
     }
 
-    /// Asks `f` of every flow forwarded at the NIC whether it stays there (after new tables:
-    /// its backend or next hop may be gone).
-    pub fn recheck_offloaded(&mut self, mut f: impl FnMut(&Entry, &Tables) -> bool) {
+    /// Asks `f` of every flow forwarded at the NIC where it is now (after new tables: its
+    /// backend or next hop may be gone or moved), as [`Entry::nic`] says it.
+    pub fn recheck_offloaded(&mut self, mut f: impl FnMut(&Entry, &Tables) -> Option<u64>) {
         let tables = &self.tables;
         self.own.conntrack.recheck_offloaded(|e| f(e, tables));
     }
