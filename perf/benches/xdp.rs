@@ -24,6 +24,8 @@ use std::{
 use skiff_common::{
     XdpAction,
     config::XdpConfig,
+    endpoint::EndpointInfo,
+    identity::Identity,
     lb::{BackendId, FrontendKind},
 };
 use skiff_engine::{
@@ -80,6 +82,12 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
     let (pods, len) = Env::REMOTE_PODS_V4;
     ingress.set_overlay(&Env::NODES, &[(pods.into(), len)])?;
     ingress.set_identities(&Env::IDENTITIES)?;
+    // The node's address marked as the agent marks it: its own traffic passes on its first
+    // endpoint lookup.
+    ingress.set_endpoints(&[(
+        Env::NODE_V4.into(),
+        EndpointInfo { identity: Identity::HOST, flags: EndpointInfo::HOST },
+    )])?;
     let floor = CountProgram::load()?;
 
     let cases = [
