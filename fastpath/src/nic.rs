@@ -1,45 +1,46 @@
 //! The XDP program's flow table as a worker writes it ([`NicFlows`]): a new flow's replies
 //! steered to the worker, an established flow's two directions forwarded at the NIC, taken
-//! back when it closes or its backend goes, removed when it ends; and the observers' channel
-//! of new flows.
+//! back when it closes or its backend goes, removed when it ends.
 
-use crossbeam_channel::Sender;
 use skiff_common::conntrack::{CtEntry, CtKey};
 use skiff_engine::{conntrack::Entry, engine::NewFlow, offload};
 use skiff_xdp::FlowTable;
 
 use crate::worker::Flows;
 
-/// A worker's flows as the datapath hears of them: the XDP program's flow table (with
-/// AF_XDP) and the observers' channel.
+/// A worker's flows as the XDP program's flow table (with AF_XDP) holds them.
 pub struct NicFlows {
     table: Option<FlowTable>,
-    observers: Sender<NewFlow>,
 }
 
 impl NicFlows {
-    /// Writes into `table` (none: the worker forwards every flow itself, over AF_PACKET) and
-    /// tells `observers` of new flows (dropped when they lag).
-    pub fn new(table: Option<FlowTable>, observers: Sender<NewFlow>) -> NicFlows {
-        NicFlows { table, observers }
+    /// Writes into `table` (none: the worker forwards every flow itself, over AF_PACKET).
+    pub fn new(table: Option<FlowTable>) -> NicFlows {
+        NicFlows { table }
     }
 }
 
 impl Flows for NicFlows {
     fn started(&mut self, flow: &NewFlow) -> bool {
-        let _ = self.observers.try_send(*flow);
         let Some(table) = &mut self.table else { return true };
         let (key, entry) = offload::to_worker(&flow.original, &flow.reply, flow.backend);
         table.insert(key, &entry).is_ok()
     }
 
-    fn ended(&mut self, flow: &Entry) {
-        if let Some(table) = &mut self.table {
-            let _ = table.remove(offload::key(&flow.reply));
-            if flow.offloaded() {
-                let _ = table.remove(offload::key(&flow.original));
+    fn ended(&mut self, flow: &Entry) -> (u64, u64) {
+        let Some(table) = &mut self.table else { return (0, 0) };
+        let mut forwarded = (0, 0);
+        let keys = [offload::key(&flow.reply), offload::key(&flow.original)];
+        // A flow on the worker path has its reply's entry only.
+        for key in &keys[..if flow.offloaded() { 2 } else { 1 }] {
+            if flow.offloaded()
+                && let Some(e) = table.get(*key)
+            {
+                forwarded = (forwarded.0 + e.packets, forwarded.1 + e.bytes);
             }
+            let _ = table.remove(*key);
         }
+        forwarded
     }
 
     fn offload(&mut self, directions: &[(CtKey, CtEntry); 2]) -> bool {

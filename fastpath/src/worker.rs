@@ -26,6 +26,8 @@ use skiff_wire::layers;
 use skiff_engine::{
     conntrack::Entry,
     engine::{Action, Engine, NewFlow},
+    event::{Event, EventKind},
+    flow::Tuple,
     offload::{self, Placement},
     reply,
     tables::{SharedTables, Tables},
@@ -37,14 +39,15 @@ use crate::{
     io::{BATCH, Bell, FRAME_ROOM, PacketIo, Readiness},
 };
 
-/// What hears of a worker's flows: the XDP program's flow table (with AF_XDP) and observers.
-/// `()` hears nothing and offloads nothing.
+/// What hears of a worker's flows: the XDP program's flow table (with AF_XDP). `()` hears
+/// nothing and offloads nothing.
 pub trait Flows {
     /// A flow started, before its first packet leaves: its replies must reach the worker.
     /// `false` when the flow table had no room to steer them.
     fn started(&mut self, flow: &NewFlow) -> bool;
     /// A flow ended (expired, evicted or replaced by a new connection): its entries go.
-    fn ended(&mut self, flow: &Entry);
+    /// Returns what the NIC forwarded of it (packets, bytes).
+    fn ended(&mut self, flow: &Entry) -> (u64, u64);
     /// Installs both directions of an established flow at the NIC, which forwards them from
     /// then on; `false` when it could not (a full table): the flow stays on the worker path.
     fn offload(&mut self, directions: &[(CtKey, CtEntry); 2]) -> bool;
@@ -59,7 +62,9 @@ impl Flows for () {
     fn started(&mut self, _: &NewFlow) -> bool {
         true
     }
-    fn ended(&mut self, _: &Entry) {}
+    fn ended(&mut self, _: &Entry) -> (u64, u64) {
+        (0, 0)
+    }
     fn offload(&mut self, _: &[(CtKey, CtEntry); 2]) -> bool {
         false
     }
@@ -94,6 +99,8 @@ pub struct Stats {
     /// Flows the NIC's flow table had no room for: an established flow stays on the worker
     /// path; a new flow's replies are not steered to the worker (they pass to the kernel).
     pub flow_table_full: u64,
+    /// Flow events observers did not get (a full buffer or channel).
+    pub events_lost: u64,
 }
 
 impl Default for Stats {
@@ -111,6 +118,7 @@ impl Default for Stats {
             offloaded: 0,
             taken_back: 0,
             flow_table_full: 0,
+            events_lost: 0,
         }
     }
 }
@@ -139,6 +147,7 @@ impl Stats {
         self.offloaded += o.offloaded;
         self.taken_back += o.taken_back;
         self.flow_table_full += o.flow_table_full;
+        self.events_lost += o.events_lost;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
@@ -180,6 +189,8 @@ struct Core {
     /// Where frames the kernel never saw go when the engine passes them (the slow path);
     /// `None` when the ports leave the kernel a copy.
     exceptions: Option<Sender<Vec<u8>>>,
+    /// Where flow events go, when observed.
+    observer: Option<Sender<Event>>,
     /// The other workers, by index, for frames of flows they own.
     peers: Vec<Peer>,
     arena: Vec<u8>,
@@ -188,7 +199,9 @@ struct Core {
 
 impl<P: PacketIo> Worker<P> {
     /// A worker over `ports`, numbered from 0 in order.
-    pub fn new(engine: Engine, ports: Vec<P>) -> Worker<P> {
+    pub fn new(mut engine: Engine, ports: Vec<P>) -> Worker<P> {
+        // Unobserved: nothing is recorded.
+        engine.events().on = false;
         // A round from the ports and a batch from the inbox.
         let room = ROUND + BATCH;
         let mut worker = Worker {
@@ -202,6 +215,7 @@ impl<P: PacketIo> Worker<P> {
             core: Core {
                 engine,
                 exceptions: None,
+                observer: None,
                 peers: Vec::new(),
                 arena: vec![0; room * FRAME_ROOM],
                 staged: Vec::with_capacity(room),
@@ -256,6 +270,14 @@ impl<P: PacketIo> Worker<P> {
         self
     }
 
+    /// Tells `observer` what the worker decides ([`Event`]s, passed on once per round; lost
+    /// and counted when it lags).
+    pub fn with_observer(mut self, observer: Sender<Event>) -> Worker<P> {
+        self.core.engine.events().on = true;
+        self.core.observer = Some(observer);
+        self
+    }
+
     /// Wakes from waiting for frames when `bell` rings: whoever rings it (a port change, new
     /// tables) need not wait out a sleep.
     pub fn with_bell(mut self, bell: Arc<Bell>) -> Worker<P> {
@@ -307,9 +329,8 @@ impl<P: PacketIo> Worker<P> {
         }
         let engine = &mut self.core.engine;
         // Ended before started: a new flow may take over a finished one's reply tuple.
-        let conntrack = engine.conntrack();
-        conntrack.gc_step(now, GC_PER_ROUND, |e| flows.nic_last_seen(e));
-        conntrack.drain_ended(|e| flows.ended(e));
+        engine.conntrack().gc_step(now, GC_PER_ROUND, |e| flows.nic_last_seen(e));
+        engine.drain_ended(|e| flows.ended(e));
         let Worker { ports, core, stats, .. } = self;
         core.engine.drain_new_flows(|f| {
             stats.service_flows += u64::from(f.backend != BackendId::NONE);
@@ -331,6 +352,7 @@ impl<P: PacketIo> Worker<P> {
                 stats.count_drop(DropReason::NoTxSpace);
             }
         }
+        core.tell_observer(stats);
         received
     }
 
@@ -357,7 +379,7 @@ impl<P: PacketIo> Worker<P> {
                     if let Some(own) = &own
                         && !from_own(frame, own)
                     {
-                        return stats.count_drop(DropReason::SpoofedSource);
+                        return core.dropped(frame, DropReason::SpoofedSource, stats);
                     }
                     let tunnel = meta.as_ref().and_then(tunnel_identity);
                     let action = match tunnel {
@@ -382,6 +404,31 @@ impl<P: PacketIo> Worker<P> {
 }
 
 impl Core {
+    /// Passes the round's events on, stamped with the time.
+    fn tell_observer(&mut self, stats: &mut Stats) {
+        let Some(observer) = &self.observer else { return };
+        let mut at_ns = 0;
+        stats.events_lost += self.engine.events().drain(|mut e| {
+            if at_ns == 0 {
+                at_ns = u64::try_from(crate::datapath::monotonic().as_nanos()).unwrap_or(u64::MAX);
+            }
+            e.at_ns = at_ns;
+            stats.events_lost += u64::from(observer.try_send(e).is_err());
+        });
+    }
+
+    /// Counts a drop of `frame` and records it for observers.
+    fn dropped(&mut self, frame: &[u8], reason: DropReason, stats: &mut Stats) {
+        stats.count_drop(reason);
+        let events = self.engine.events();
+        if events.on
+            && let Some(k) = layers::parse(frame).ok().and_then(|p| p.flow(frame))
+        {
+            let tuple = Tuple::new(k.src, k.dst, k.protocol.0, k.src_port, k.dst_port);
+            events.push(Event::of(EventKind::Dropped(reason), tuple));
+        }
+    }
+
     /// Acts on the engine's action for `frame`: stages it for transmit to its next hop, hands
     /// it to its owner (with `tunnel`, the identity its tunnel carried) or to the slow path,
     /// or counts its drop.
@@ -398,7 +445,7 @@ impl Core {
                 if sent {
                     stats.handed_off += 1;
                 } else {
-                    stats.count_drop(DropReason::HandoffBusy);
+                    self.dropped(frame, DropReason::HandoffBusy, stats);
                 }
                 return;
             }
@@ -414,7 +461,7 @@ impl Core {
                 return;
             }
             Action::Drop(reason) => {
-                stats.count_drop(reason);
+                self.dropped(frame, reason, stats);
                 return;
             }
         };

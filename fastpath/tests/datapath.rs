@@ -21,6 +21,7 @@ mod privileged {
     use skiff_engine::{
         conntrack::Timeouts,
         engine::SNAT_PORTS,
+        event::EventKind,
         lb::Backend,
         tables::{Frontend, LocalNode, Neighbor, Service, ServiceConfig, Tables},
     };
@@ -297,18 +298,21 @@ mod privileged {
         let node = lab.lab.node().ipv4;
         let answers = lab.get(&format!("http://{node}:{NODE_PORT}/"), 200);
         assert_eq!(answers.keys().map(String::as_str).collect::<Vec<_>>(), ["node2-pod0", "node2-pod1"]);
-        let flows: Vec<_> = lab.datapath().flows.try_iter().collect();
+        // The flows as observers hear of them: each leaves translated (to the node's address,
+        // from a SNAT port).
+        let events = lab.datapath().events.try_iter();
+        let flows: Vec<_> = events.filter(|e| e.kind == EventKind::Started).collect();
         assert_eq!(flows.len(), 200, "one new flow per connection");
         for f in &flows {
-            assert_eq!(f.reply.dst, node.to_ipv6_mapped().octets(), "replies go to the node");
-            assert!(SNAT_PORTS.contains(&f.reply.dst_port), "from a SNAT port: {f:?}");
+            assert_eq!(f.translated.src, node.to_ipv6_mapped().octets(), "leaves from the node");
+            assert!(SNAT_PORTS.contains(&f.translated.src_port), "from a SNAT port: {f:?}");
         }
         // A client port the client's kernel used again (the server closed first, so the
         // client kept no TIME_WAIT) is a new connection on a finished one's tuple: it takes
         // the same hash, so the same port. Two different connections never share one.
-        let connections: BTreeSet<_> = flows.iter().map(|f| (f.original.src, f.original.src_port)).collect();
+        let connections: BTreeSet<_> = flows.iter().map(|f| (f.tuple.src, f.tuple.src_port)).collect();
         let ports: BTreeSet<([u8; 16], u16)> =
-            flows.iter().map(|f| (f.reply.src, f.reply.dst_port)).collect();
+            flows.iter().map(|f| (f.translated.dst, f.translated.src_port)).collect();
         assert_eq!(ports.len(), connections.len(), "no two connections to one backend share a port");
         let stats = lab.datapath().stats();
         assert_eq!((stats.dropped, stats.drops_of(DropReason::NatPortExhausted)), (0, 0), "{stats:?}");

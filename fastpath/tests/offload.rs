@@ -83,18 +83,17 @@ mod privileged {
             let shared = SharedTables::new(tables(POD, 1));
             let engine = Engine::new(shared.current(), 1024, Timeouts::default());
             let ports = vec![MemoryPort::with_ifindex(IFINDEX), MemoryPort::with_ifindex(IFINDEX)];
-            let (observers, _) = crossbeam_channel::bounded(1);
             let mut bench = Bench {
                 dir,
                 ingress: None,
                 worker: Worker::new(engine, ports),
-                flows: NicFlows::new(None, observers.clone()),
+                flows: NicFlows::new(None),
                 shared,
             };
             let mut ingress = ingress.expect("the verifier accepts skiff_xdp_ingress");
             ingress.set_config(&XdpConfig::DEFAULT).unwrap();
             ingress.set_tx_port(IFINDEX, true).unwrap();
-            bench.flows = NicFlows::new(Some(ingress.flow_table().unwrap()), observers);
+            bench.flows = NicFlows::new(Some(ingress.flow_table().unwrap()));
             bench.ingress = Some(ingress);
             bench
         }

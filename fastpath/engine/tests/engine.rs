@@ -696,3 +696,58 @@ fn a_tunnelled_flow_must_carry_the_identity_of_its_source() {
         "the world's, judged as the world"
     );
 }
+
+/// What observers hear: a service flow's start (translated to its backend) and first reply
+/// (from the frontend again), and its end with both directions' counts; a policy verdict
+/// with the identities and the deciding rule and direction, allowed and denied. Nothing per
+/// forwarded packet.
+#[test]
+fn observers_hear_each_decision_once() {
+    use skiff_common::identity::Identity;
+    use skiff_engine::{
+        event::{Event, EventKind},
+        flow::Tuple,
+        policy::Verdict,
+    };
+    let mut e = Engine::new(policy_tables(), 1024, Timeouts::default());
+    let drain = |e: &mut Engine| {
+        let mut got: Vec<Event> = Vec::new();
+        assert_eq!(e.events().drain(|ev| got.push(ev)), 0, "nothing lost");
+        got
+    };
+    let (client, backend) = (IpAddr::from(pod(0)), IpAddr::from(pod(1)));
+    let to_vip = Tuple::new(client, VIP.into(), 6, 40010, 80);
+    run(&mut e, eth().ipv4(pod(0), VIP).tcp(40010, 80).syn().build());
+    run(&mut e, eth().ipv4(pod(1), pod(0)).tcp(8080, 40010).syn().ack(1).build());
+    for _ in 0..3 {
+        run(&mut e, eth().ipv4(pod(0), VIP).tcp(40010, 80).ack(1).payload(b"data").build());
+    }
+    let got = drain(&mut e);
+    let kinds: Vec<EventKind> = got.iter().map(|ev| ev.kind).collect();
+    let allowed = EventKind::Judged { verdict: Verdict::Allowed(Some(4)), ingress: true };
+    assert_eq!(kinds, [allowed, EventKind::Started, EventKind::Replied], "{got:#?}");
+    assert_eq!((got[0].src_identity, got[0].dst_identity), (Identity(300), Identity(301)));
+    assert_eq!(got[1].tuple, to_vip);
+    assert_eq!(got[1].translated, Tuple::new(client, backend, 6, 40010, 8080), "DNAT to the backend");
+    assert_eq!(got[1].backend, BackendId(1));
+    assert_eq!(got[2].tuple, Tuple::new(backend, client, 6, 8080, 40010));
+    assert_eq!(got[2].translated, to_vip.reversed(), "from the frontend again");
+    // Denied: the verdict, then the worker's drop (not the engine's to record).
+    let (v, _) = run(&mut e, eth().ipv4(CLIENT, VIP).tcp(40011, 80).syn().build());
+    assert_eq!(v, Action::Drop(DropReason::PolicyDenied));
+    let got = drain(&mut e);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].kind, EventKind::Judged { verdict: Verdict::Denied, ingress: true });
+    assert_eq!((got[0].src_identity, got[0].dst_identity), (Identity::WORLD, Identity(301)));
+    // The end, with the counts of both directions.
+    run(&mut e, eth().ipv4(pod(0), VIP).tcp(40010, 80).rst().build());
+    let id = e.conntrack().lookup(&to_vip).unwrap().0;
+    e.conntrack().remove(id);
+    e.drain_ended(|_| (10, 1000));
+    let ended = drain(&mut e).into_iter().find(|ev| ev.kind == EventKind::Ended).expect("an end");
+    assert_eq!(
+        (ended.tuple, ended.packets),
+        (to_vip, 6 + 10),
+        "6 here (both ways, the RST too), 10 at the NIC"
+    );
+}

@@ -1,7 +1,7 @@
 //! The running fast path: one worker per receive queue, each on its own core, fed by AF_XDP
 //! sockets behind skiff's XDP program or by AF_PACKET sockets; the tables they share; and the
-//! channels that carry what leaves the hot path (new flows for observers, exceptions for the
-//! slow path).
+//! channels that carry what leaves the hot path (flow events for observers, exceptions for
+//! the slow path).
 //!
 //! Worker `q` serves queue `q` of every interface. A flow belongs to one worker, chosen by its
 //! client's endpoint; a frame of it that a NIC's hash put on another queue is handed to the
@@ -33,7 +33,8 @@ use skiff_common::{
 };
 use skiff_engine::{
     conntrack::Timeouts,
-    engine::{Engine, NewFlow, Partition},
+    engine::{Engine, Partition},
+    event::Event,
     offload,
     policy::Policy,
     tables::{LocalNode, SharedTables, Tables},
@@ -84,6 +85,8 @@ pub struct Config {
     /// Conntrack entries per worker.
     pub ct_capacity: usize,
     pub timeouts: Timeouts,
+    /// Workers record what they decide for [`Datapath::events`].
+    pub flow_events: bool,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             worker_nice: -20,
             ct_capacity: 512 * 1024,
             timeouts: Timeouts::default(),
+            flow_events: true,
         }
     }
 }
@@ -162,8 +166,9 @@ pub struct Datapath {
     workers: Vec<JoinHandle<()>>,
     stats: StatsHandle,
     adopted: Adopted,
-    /// Flows the workers started, as they start (bounded: an observer that lags misses some).
-    pub flows: Receiver<NewFlow>,
+    /// What the workers decide ([`Event`]s), as they do (bounded: an observer that lags
+    /// misses some, counted in the workers' `events_lost`).
+    pub events: Receiver<Event>,
     /// Frames for the slow path: what the engine left to a kernel that never saw them.
     pub exceptions: Receiver<Vec<u8>>,
 }
@@ -240,7 +245,7 @@ impl Datapath {
     ) -> Result<Datapath, DatapathError> {
         let netns =
             File::open("/proc/thread-self/ns/net").map_err(io_error("opening the network namespace"))?;
-        let (flows_tx, flows) = crossbeam_channel::bounded(CHANNEL_DEPTH);
+        let (events_tx, events) = crossbeam_channel::bounded(CHANNEL_DEPTH);
         let (exceptions_tx, exceptions) = crossbeam_channel::bounded(CHANNEL_DEPTH);
         let cores = if config.cores.is_empty() {
             core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
@@ -265,7 +270,7 @@ impl Datapath {
             workers: Vec::new(),
             stats: StatsHandle::default(),
             adopted: Adopted::default(),
-            flows,
+            events,
             exceptions,
             config: config.clone(),
         };
@@ -291,7 +296,7 @@ impl Datapath {
                             datapath.adopted.at_nic += usize::from(flow.offloaded);
                         }
                     }
-                    senders.push(datapath.spawn(q, worker, Some(table), flows_tx.clone(), &cores)?);
+                    senders.push(datapath.spawn(q, worker, Some(table), events_tx.clone(), &cores)?);
                 }
                 datapath.ingress = Some(Mutex::new(ingress));
                 datapath.changes = Changes::AfXdp(senders);
@@ -300,7 +305,7 @@ impl Datapath {
                 let mut senders = Vec::new();
                 for q in 0..usize::from(config.workers) {
                     let worker = datapath.worker(q, &mut handoff);
-                    senders.push(datapath.spawn(q, worker, None, flows_tx.clone(), &cores)?);
+                    senders.push(datapath.spawn(q, worker, None, events_tx.clone(), &cores)?);
                 }
                 datapath.changes = Changes::AfPacket(senders);
             }
@@ -468,7 +473,7 @@ impl Datapath {
         q: usize,
         worker: Worker<P>,
         table: Option<FlowTable>,
-        observers: Sender<NewFlow>,
+        observer: Sender<Event>,
         cores: &[usize],
     ) -> Result<Sender<PortChange<P>>, DatapathError> {
         let stats = Arc::new(Mutex::new(Stats::default()));
@@ -476,10 +481,11 @@ impl Datapath {
         let (changes_tx, changes) = crossbeam_channel::unbounded();
         let bell = Arc::new(Bell::new().map_err(io_error("a worker's eventfd"))?);
         self.bells.push(bell.clone());
+        let worker = if self.config.flow_events { worker.with_observer(observer) } else { worker };
         let thread = WorkerThread {
             worker: worker.with_bell(bell.clone()),
             bell,
-            flows: NicFlows::new(table, observers),
+            flows: NicFlows::new(table),
             stats,
             stop: self.stop.clone(),
             shared: self.shared.clone(),

@@ -1,7 +1,7 @@
 //! A worker's thread: pinned to its core, above the NAPI thread that feeds it, polling until
 //! the datapath stops; it writes its flows into the XDP program's flow table (steered to it,
-//! or forwarded at the NIC once established), tells observers of new flows, and publishes
-//! its counters.
+//! or forwarded at the NIC once established), tells observers what it decides, and
+//! publishes its counters.
 
 use std::{
     sync::{

@@ -39,11 +39,12 @@ use skiff_wire::{
 pub use self::partition::{Partition, SNAT_PORTS};
 use crate::{
     conntrack::{Conntrack, Entry, InsertError, Timeouts},
+    event::{Event, EventKind, Events},
     flow::{Direction, Tuple, masqueraded, unmap},
     hash::{hash64, mix64},
     lb::Backend,
     offload,
-    policy::Policy,
+    policy::{Policy, Verdict},
     reply,
     tables::{Frontend, Service, SharedTables, Tables},
 };
@@ -100,6 +101,8 @@ struct Own {
     /// Flows that became [`offload::eligible`] for the NIC, or stopped being, since the last
     /// [`Engine::drain_nic_changes`].
     nic_changes: Vec<u32>,
+    /// What observers hear of since the last drain (`Engine::events`).
+    events: Events,
     /// Session affinity: (frontend, client) → (backend, seconds of the last new flow).
     affinity: HashMap<(Frontend, IpAddr), (BackendId, u64)>,
     /// State of the random draws (`Algorithm::Random`).
@@ -136,6 +139,7 @@ impl Engine {
                 partition: Partition::default(),
                 new_flows: Vec::with_capacity(NEW_FLOWS_PER_BATCH),
                 nic_changes: Vec::with_capacity(NIC_CHANGES_PER_BATCH),
+                events: Events::default(),
                 // As many clients as flows; preallocated so the packet path does not allocate.
                 affinity: HashMap::with_capacity(ct_capacity),
                 random: seed,
@@ -173,6 +177,28 @@ impl Engine {
         for t in self.own.new_flows.drain(..) {
             f(&t);
         }
+    }
+
+    /// What observers hear of: the engine's records since the last drain, to which the
+    /// worker adds its own (drops after the engine).
+    pub fn events(&mut self) -> &mut Events {
+        &mut self.own.events
+    }
+
+    /// Hands each flow that ended since the last call to `f`, which returns what the NIC
+    /// forwarded of it (packets, bytes); observers hear of it with its whole counts.
+    pub fn drain_ended(&mut self, mut f: impl FnMut(&Entry) -> (u64, u64)) {
+        let Own { conntrack, events, .. } = &mut self.own;
+        conntrack.drain_ended(|e| {
+            let (packets, bytes) = f(e);
+            events.push(Event {
+                translated: e.reply.reversed(),
+                backend: e.backend,
+                packets: e.packets[0] + e.packets[1] + packets,
+                bytes: e.bytes[0] + e.bytes[1] + bytes,
+                ..Event::of(EventKind::Ended, e.original)
+            });
+        });
     }
 
     /// Hands each flow that became [`offload::eligible`] for the NIC, or stopped being (a
@@ -311,9 +337,7 @@ impl Engine {
                 return Ok(Action::Pass);
             }
             // Not a service: tracked as it is (or masqueraded), once policy allows it.
-            if under_policy {
-                policy.check(src, dst, ip.protocol.0, policy_port)?;
-            }
+            self.own.judge(policy, &packet.tuple, (dst, policy_port), BackendId::NONE)?;
             let decision = Decision { to: (dst, dst_port), backend: BackendId::NONE, masquerade, flow_hash };
             return self.own.start(&self.tables, frame, &p, &packet, decision, now);
         };
@@ -323,7 +347,7 @@ impl Engine {
         else {
             return Ok(refuse(frame, &p));
         };
-        judge(policy, src, &backend, ip.protocol.0)?;
+        self.own.judge(policy, &packet.tuple, (backend.addr, backend.port), backend.id)?;
         let masquerade =
             (service.config.kind != FrontendKind::ClusterIp && !internal_client && !backend.local)
                 .then(|| self.tables.node.masquerade(dst))
@@ -335,6 +359,33 @@ impl Engine {
 }
 
 impl Own {
+    /// Policy on a new flow towards `to` (its destination, or the backend chosen for it, on
+    /// the port rules name) when either end is under policy, recorded for observers with the
+    /// identities and the deciding direction.
+    fn judge(
+        &mut self,
+        policy: &Policy,
+        tuple: &Tuple,
+        to: (IpAddr, u16),
+        backend: BackendId,
+    ) -> Result<(), DropReason> {
+        let src = unmap(tuple.src, to.0.is_ipv6());
+        if !policy.enforces(src) && !policy.enforces(to.0) {
+            return Ok(());
+        }
+        let trace = policy.trace(src, to.0, tuple.protocol, to.1);
+        let verdict = trace.verdict();
+        // The direction that decided: a denial's, else the destination's when it judged.
+        let ingress = matches!((trace.egress, trace.ingress), (Some(Verdict::Allowed(_)) | None, Some(_)));
+        self.events.push(Event {
+            backend,
+            src_identity: trace.src_identity,
+            dst_identity: trace.dst_identity,
+            ..Event::of(EventKind::Judged { verdict, ingress }, *tuple)
+        });
+        verdict.drop_reason().map_or(Ok(()), Err)
+    }
+
     /// Track: a packet of a tracked flow is accounted and translated like its flow. A new
     /// connection on a finished one's tuple removes the old flow and goes on to be balanced
     /// afresh (`None`, as for a packet of no flow). A SYN-ACK on a finished flow's reply
@@ -361,9 +412,18 @@ impl Own {
                 return Ok(Some(Action::Pass));
             }
         }
-        let was_eligible = self.conntrack.get(id).is_some_and(offload::eligible);
+        let (was_eligible, first_reply) = self
+            .conntrack
+            .get(id)
+            .map_or((false, false), |e| (offload::eligible(e), dir == Direction::Reply && !e.seen_reply));
         self.conntrack.update(id, dir, packet.tcp_flags, packet.len, now);
         let entry = self.conntrack.get(id).ok_or(DropReason::Internal)?;
+        if first_reply {
+            let translated = entry.original.reversed();
+            let reply =
+                Event { translated, backend: entry.backend, ..Event::of(EventKind::Replied, packet.tuple) };
+            self.events.push(reply);
+        }
         if offload::eligible(entry) != was_eligible && self.nic_changes.len() < NIC_CHANGES_PER_BATCH {
             self.nic_changes.push(id);
         }
@@ -448,6 +508,8 @@ impl Own {
         if self.new_flows.len() < NEW_FLOWS_PER_BATCH {
             self.new_flows.push(NewFlow { original: tuple, reply: entry.reply, backend });
         }
+        let translated = entry.reply.reversed();
+        self.events.push(Event { translated, backend, ..Event::of(EventKind::Started, tuple) });
         // Picked up established (a flow older than the worker).
         if offload::eligible(entry) && self.nic_changes.len() < NIC_CHANGES_PER_BATCH {
             self.nic_changes.push(id);
@@ -455,15 +517,6 @@ impl Own {
         entry.rewrite(Direction::Original).apply(frame, p, &entry.reply)?;
         Ok(Action::Forward)
     }
-}
-
-/// Policy on a new service flow, towards the backend chosen for it, on the backend's port.
-#[inline]
-fn judge(policy: &Policy, src: IpAddr, backend: &Backend, protocol: u8) -> Result<(), DropReason> {
-    if !policy.enforces(src) && !policy.enforces(backend.addr) {
-        return Ok(());
-    }
-    policy.check(src, backend.addr, protocol, backend.port)
 }
 
 /// Whether a packet's TCP flags open a connection: SYN without ACK (never for other
