@@ -13,7 +13,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use skiff_common::config::XdpConfig;
+use skiff_common::{config::XdpConfig, event::Decision};
 use skiff_wire::layers;
 use skiff_xdp::{Ingress, XdpMode};
 
@@ -72,9 +72,10 @@ fn stats(ingress: &mut Ingress, out: &mut impl Write) -> Result<()> {
     for d in ingress.drops()? {
         writeln!(out, "{:<26} {:>9}", d.reason.name(), d.count.packets)?;
     }
-    let events = ingress.drop_events()?;
-    writeln!(out, "sampled drop events: {}", events.len())?;
-    for e in events.iter().take(3) {
+    let events = ingress.event_ring()?.drain();
+    let drops: Vec<_> = events.iter().filter(|e| e.decision() == Some(Decision::Dropped)).collect();
+    writeln!(out, "sampled drop events: {}", drops.len())?;
+    for e in drops.iter().take(3) {
         let flow = layers::parse(e.headers()).ok().and_then(|p| p.flow(e.headers()));
         let what = flow.map_or("?".into(), |f| {
             format!("{}:{} -> {}:{} proto {}", f.src, f.src_port, f.dst, f.dst_port, f.protocol.0)

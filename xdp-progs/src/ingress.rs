@@ -22,7 +22,7 @@ use skiff_common::{
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig, XdpMode},
     conntrack::{CtEntry, CtKey, CtKey4, CtKey6, FlowPath},
     endpoint::{EndpointInfo, PodSources},
-    event::DropEvent,
+    event::XdpEvent,
     lb::{FrontendKind, ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
     lpm::{DenyEntry, LpmKey4, LpmKey6},
     maps, programs,
@@ -449,16 +449,10 @@ impl Ingress {
         pinned_drops(&self.pin_dir)
     }
 
-    /// Drains the sampled drop events waiting in the ring buffer.
-    pub fn drop_events(&mut self) -> Result<Vec<DropEvent>, XdpError> {
-        let mut ring: RingBuf<&mut MapData> = self.map_mut(maps::EVENTS)?;
-        let mut events = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() == size_of::<DropEvent>() {
-                events.push(bytemuck::pod_read_unaligned(&item));
-            }
-        }
-        Ok(events)
+    /// The ring of sampled decisions, opened from its pin (its reader may live apart from the
+    /// program's handle).
+    pub fn event_ring(&self) -> Result<EventRing, XdpError> {
+        EventRing::open(&self.pin_dir)
     }
 
     /// Runs the program on `frame` in the kernel (`BPF_PROG_TEST_RUN`), `repeat` times.
@@ -520,6 +514,35 @@ pub fn pinned_flow_paths(pin_dir: &Path) -> Result<Vec<(FlowPath, Counter)>, Xdp
             Ok((path, per_cpu.iter().fold(Counter::default(), |sum, cpu| sum.plus(*cpu))))
         })
         .collect()
+}
+
+/// The XDP program's sampled decisions ([`XdpEvent`]), as their ring buffer delivers them; its
+/// descriptor becomes readable when records wait.
+pub struct EventRing {
+    ring: RingBuf<MapData>,
+}
+
+impl EventRing {
+    pub fn open(pin_dir: &Path) -> Result<EventRing, XdpError> {
+        Ok(EventRing { ring: crate::pinned(pin_dir, maps::EVENTS)? })
+    }
+
+    /// Every record waiting.
+    pub fn drain(&mut self) -> Vec<XdpEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() == size_of::<XdpEvent>() {
+                events.push(bytemuck::pod_read_unaligned(&item));
+            }
+        }
+        events
+    }
+}
+
+impl std::os::fd::AsFd for EventRing {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
 }
 
 /// The XDP program's flow table (each direction of the flows workers track, as it arrives:

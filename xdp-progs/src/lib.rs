@@ -27,7 +27,7 @@ use aya::{
 };
 pub use count::CountProgram;
 pub use features::takes_xdp_frames;
-pub use ingress::{DropCount, FlowTable, Ingress, Restored, pinned_drops, pinned_flow_paths};
+pub use ingress::{DropCount, EventRing, FlowTable, Ingress, Restored, pinned_drops, pinned_flow_paths};
 pub use redirect::RedirectProgram;
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;
@@ -159,7 +159,8 @@ fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 
 /// The layout of every map skiff pins: raise it with any change to a pinned map's type, key,
 /// value or size. A pin folder holds its version as an empty folder, `layout-<N>`.
-pub const MAP_LAYOUT: u32 = 2;
+/// 3: `XdpConfig` gained `trace_sample_every`; the event ring carries every decision.
+pub const MAP_LAYOUT: u32 = 3;
 
 /// Loads `object`, pinning its maps in `pin_dir` (created if needed, on bpffs, mounted if it
 /// is not). Maps already pinned there are reused with their contents if their layout is this

@@ -18,6 +18,7 @@ mod privileged {
         config::XdpConfig,
         conntrack::{CtEntry, CtKey, CtKey4},
         endpoint::EndpointInfo,
+        event::Decision,
         identity::Identity,
         lb::FrontendKind,
         meta::XdpMeta,
@@ -175,18 +176,29 @@ mod privileged {
         assert!(ingress.test_run(&plain.input, 1).unwrap().meta.is_empty());
     }
 
+    /// Drops and other decisions reach the event ring, one in `drop_sample_every` and
+    /// `trace_sample_every` of their counts, with their first bytes.
     #[test]
-    fn drops_are_sampled_to_the_event_ring_with_their_headers() {
+    fn decisions_are_sampled_to_the_event_ring_with_their_headers() {
         let mut loaded = Loaded::new();
         let ingress = loaded.get();
+        let mut ring = ingress.event_ring().unwrap();
         let denied =
             fixtures().into_iter().find(|f| f.expect == Expect::Drop(DropReason::DeniedCidr)).unwrap();
         ingress.test_run(&denied.input, 3).unwrap();
-        let events = ingress.drop_events().unwrap();
+        let events = ring.drain();
         assert_eq!(events.len(), 3, "sampling every drop");
         let e = events[0];
-        assert_eq!(e.reason(), Some(DropReason::DeniedCidr));
+        assert_eq!((e.decision(), e.reason()), (Some(Decision::Dropped), Some(DropReason::DeniedCidr)));
         assert_eq!((e.len as usize, e.headers()), (denied.input.len(), &denied.input[..]));
+        let mut config = XdpConfig { tunnel_v4: Env::NODE_V4.octets(), ..XdpConfig::DEFAULT };
+        config.trace_sample_every = 2;
+        ingress.set_config(&config).unwrap();
+        let pass = fixtures().into_iter().find(|f| f.description == "TCP to the node passes").unwrap();
+        ingress.test_run(&pass.input, 4).unwrap();
+        let events = ring.drain();
+        assert_eq!(events.len(), 2, "one pass in two: {events:?}");
+        assert!(events.iter().all(|e| e.decision() == Some(Decision::Passed) && e.headers() == pass.input));
     }
 
     /// Maps pinned by a version of another layout are removed before a load, not misread: the
@@ -272,8 +284,9 @@ mod privileged {
         let drops = loaded.get().drops().unwrap();
         let denied = drops.iter().find(|d| d.reason == DropReason::DeniedCidr).map_or(0, |d| d.count.packets);
         assert_eq!(denied, 50, "every denied datagram counted: {drops:?}");
-        let events = loaded.get().drop_events().unwrap();
-        assert!(events.iter().all(|e| e.reason() == Some(DropReason::DeniedCidr)) && !events.is_empty());
+        let events = loaded.get().event_ring().unwrap().drain();
+        let drops: Vec<_> = events.iter().filter(|e| e.decision() == Some(Decision::Dropped)).collect();
+        assert!(drops.iter().all(|e| e.reason() == Some(DropReason::DeniedCidr)) && !drops.is_empty());
     }
 
     fn kernel_vxlan_is_decapsulated_to_the_node_stack(mode: XdpMode) {

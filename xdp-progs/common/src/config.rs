@@ -30,22 +30,27 @@ pub struct XdpConfig {
     pub vxlan_port: u16,
     /// UDP port of Geneve ([`GENEVE_PORT`](crate::tunnel::GENEVE_PORT) by default); 0 turns it off.
     pub geneve_port: u16,
-    /// Send one drop in this many to the event ring (1: every drop; 0: none).
+    /// Send one drop in this many to the event ring (per CPU and reason; 1: every drop; 0:
+    /// none).
     pub drop_sample_every: u32,
+    /// Send one frame passed, redirected or forwarded in this many to the event ring (per
+    /// CPU and action; 0: none): the NIC's decisions, sampled so its path stays fast.
+    pub trace_sample_every: u32,
     /// [`XdpConfig::MASQUERADE_V4`], [`XdpConfig::MASQUERADE_V6`].
     pub flags: u32,
 }
-const _: () = assert!(size_of::<XdpConfig>() == 32 && align_of::<XdpConfig>() == 4);
+const _: () = assert!(size_of::<XdpConfig>() == 36 && align_of::<XdpConfig>() == 4);
 
 impl XdpConfig {
-    /// The defaults: tunnels on their usual ports, no tunnel address yet, every drop sampled
-    /// one in 16.
+    /// The defaults: tunnels on their usual ports, no tunnel address yet, drops sampled one in
+    /// 16, other decisions one in 4096.
     pub const DEFAULT: XdpConfig = XdpConfig {
         tunnel_v6: [0; 16],
         tunnel_v4: [0; 4],
         vxlan_port: crate::tunnel::VXLAN_PORT,
         geneve_port: crate::tunnel::GENEVE_PORT,
         drop_sample_every: 16,
+        trace_sample_every: 4096,
         flags: 0,
     };
     /// Pods' IPv4 traffic out of the cluster (outside `CLUSTER_V4`) goes to a worker, which

@@ -124,7 +124,7 @@ map_names! {
     /// `PerCpuArray<Counter>` with one slot: frames that needed a worker but found no AF_XDP
     /// socket on their queue, and went to the kernel instead.
     NO_WORKER;
-    /// `RingBuf` of [`DropEvent`](crate::event::DropEvent).
+    /// `RingBuf` of [`XdpEvent`](crate::event::XdpEvent).
     EVENTS;
     /// `Array<SockConfig>` with one slot: the socket programs' settings.
     SOCK_CONFIG;

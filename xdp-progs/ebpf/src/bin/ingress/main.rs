@@ -13,8 +13,8 @@
 //!    under policy, pods on other nodes).
 //! 6. Everything else passes: the node's own traffic.
 //!
-//! One exit counts every XDP action (and every drop's reason) per CPU, and samples drops into
-//! the event ring ([`metrics`]).
+//! One exit counts every XDP action (and every drop's reason) per CPU, and samples decisions
+//! into the event ring by those counts ([`metrics`]).
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the flow table's counters, added atomically on a target without CAS.
@@ -38,6 +38,7 @@ use skiff_common::{
     DropReason,
     config::XdpConfig,
     conntrack::{CtKey4, CtKey6},
+    event::Decision,
     proto::{ethertype, ip},
 };
 use skiff_xdp_ebpf::packet::len;
@@ -51,16 +52,20 @@ use crate::{
 #[xdp]
 pub fn skiff_xdp_ingress(ctx: XdpContext) -> u32 {
     let frame_len = len(&ctx) as u64;
-    let action = match try_ingress(&ctx) {
-        Ok(action) => action,
+    let config = CONFIG.get(0).copied().unwrap_or(XdpConfig::DEFAULT);
+    match try_ingress(&ctx, &config) {
+        Ok((action, decision)) => {
+            let n = metrics::count(&ACTION_COUNTS, action, frame_len);
+            metrics::sample(&ctx, n, config.trace_sample_every, decision, 0);
+            action
+        }
         Err(reason) => {
-            metrics::count(&DROP_COUNTS, reason as u32, frame_len);
-            metrics::sample_drop(&ctx, reason);
+            let n = metrics::count(&DROP_COUNTS, reason as u32, frame_len);
+            metrics::count(&ACTION_COUNTS, XDP_DROP, frame_len);
+            metrics::sample(&ctx, n, config.drop_sample_every, Decision::Dropped, reason as u8);
             XDP_DROP
         }
-    };
-    metrics::count(&ACTION_COUNTS, action, frame_len);
-    action
+    }
 }
 
 /// What the parse of one (outer or inner) frame decided.
@@ -75,24 +80,26 @@ enum Next {
     Decap,
 }
 
-fn try_ingress(ctx: &XdpContext) -> Result<u32, DropReason> {
-    let config = CONFIG.get(0).copied().unwrap_or(XdpConfig::DEFAULT);
+/// The frame's XDP action and what it means, or why it is dropped.
+#[inline(always)]
+fn try_ingress(ctx: &XdpContext, config: &XdpConfig) -> Result<(u32, Decision), DropReason> {
     let mut decap = Decap::default();
-    match Next::decode(classify(ctx, &config, true, &mut decap))? {
-        Next::Pass => Ok(XDP_PASS),
-        Next::Redirect => Ok(redirect::to_worker(ctx)),
-        Next::Judge => redirect::to_judge(ctx),
-        Next::Forwarded => Ok(XDP_REDIRECT),
+    let action = match Next::decode(classify(ctx, config, true, &mut decap))? {
+        Next::Pass => XDP_PASS,
+        Next::Redirect => redirect::to_worker(ctx),
+        Next::Judge => redirect::to_judge(ctx)?,
+        Next::Forwarded => return Ok((XDP_REDIRECT, Decision::Forwarded)),
         Next::Decap => {
             tunnel::decapsulate(ctx, &decap)?;
             // The inner frame passes the same checks (an inner tunnel is dropped), then a
             // worker delivers it: its MACs are the sender's, not this node's.
-            match Next::decode(classify(ctx, &config, false, &mut decap))? {
-                Next::Judge => redirect::to_judge(ctx),
-                _ => Ok(redirect::to_worker(ctx)),
+            match Next::decode(classify(ctx, config, false, &mut decap))? {
+                Next::Judge => redirect::to_judge(ctx)?,
+                _ => redirect::to_worker(ctx),
             }
         }
-    }
+    };
+    Ok((action, if action == XDP_PASS { Decision::Passed } else { Decision::ToWorker }))
 }
 
 impl Next {

@@ -1,51 +1,54 @@
-//! Counters per CPU (every XDP action, every drop reason) and drops sampled into the event
+//! Counters per CPU (every XDP action, every drop reason) and decisions sampled into the event
 //! ring with the frame's first bytes.
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
     maps::PerCpuArray,
     programs::XdpContext,
 };
 use skiff_common::{
-    Counter, DropReason,
-    config::XdpConfig,
-    event::{CAPTURE_LEN, DropEvent},
+    Counter,
+    event::{CAPTURE_LEN, Decision, XdpEvent},
 };
 use skiff_xdp_ebpf::packet::len;
 
-use crate::maps::{CONFIG, EVENTS};
+use crate::maps::EVENTS;
 
+/// Counts one frame of `bytes` in slot `index`; returns the slot's packets since it was
+/// created (0 without a slot).
 #[inline(always)]
-pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
-    if let Some(slot) = map.get_ptr_mut(index) {
+pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) -> u64 {
+    match map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot from a successful lookup; XDP runs with preemption disabled.
-        unsafe {
+        Some(slot) => unsafe {
             (*slot).packets += 1;
             (*slot).bytes += bytes;
-        }
+            (*slot).packets
+        },
+        None => 0,
     }
 }
 
-/// Sends one drop in `drop_sample_every` to the event ring, with the frame's first bytes.
+/// Sends the frame to the event ring, with its first bytes, when it is the `every`th of its
+/// counter (`counted`, from [`count`]; `every` 0: never): sampling by a count the program
+/// keeps anyway costs a division, not a helper call.
 #[inline(always)]
-pub fn sample_drop(ctx: &XdpContext, reason: DropReason) {
-    let every = CONFIG.get(0).map_or(XdpConfig::DEFAULT.drop_sample_every, |c| c.drop_sample_every);
-    // SAFETY: a helper without arguments.
-    if every == 0 || unsafe { bpf_get_prandom_u32() } % every != 0 {
+pub fn sample(ctx: &XdpContext, counted: u64, every: u32, decision: Decision, reason: u8) {
+    if every == 0 || counted % u64::from(every) != 0 {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else { return };
+    let Some(mut entry) = EVENTS.reserve::<XdpEvent>(0) else { return };
     let frame_len = len(ctx);
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved ring-buffer record of DropEvent's size; every field
+    // SAFETY: `event` points at a reserved ring-buffer record of XdpEvent's size; every field
     // is written before submit. The context pointer is the program's own.
     unsafe {
         (*event).timestamp_ns = bpf_ktime_get_ns();
         (*event).ifindex = (*ctx.ctx).ingress_ifindex;
         (*event).rx_queue = (*ctx.ctx).rx_queue_index;
         (*event).len = frame_len as u32;
-        (*event).reason = reason as u8;
-        (*event)._pad = [0];
+        (*event).reason = reason;
+        (*event).decision = decision as u8;
         (*event).headers = [0; CAPTURE_LEN];
         (*event).captured = capture(ctx, &mut (*event).headers, frame_len);
     }
