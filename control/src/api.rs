@@ -12,15 +12,19 @@ use anyhow::{Context, Result};
 use skiff_api::{
     Answer, ApiError, BackendView, EndpointView, ErrorCode, FlowView, IpamView, Request, ServiceView, Status,
     WorkerCounters, encode_line,
+    observe::{Flow, FlowFilter, LostEvents},
 };
 use skiff_engine::tables::{Frontend, Service};
 use skiff_xdp::SocketFrontend;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
 };
 
-use crate::compile::{BackendSpec, FrontendKey, FrontendSpec};
+use crate::{
+    compile::{BackendSpec, FrontendKey, FrontendSpec},
+    observer::Observer,
+};
 
 /// The workers' counters, read when asked.
 pub type LiveStats = Arc<dyn Fn() -> WorkerCounters + Send + Sync>;
@@ -42,6 +46,7 @@ pub struct Snapshot {
     pub ipam: Option<IpamView>,
     pub live: Option<LiveStats>,
     pub flows: Option<LiveFlows>,
+    pub observer: Option<Arc<Observer>>,
     /// This node's addresses.
     pub local_addresses: Vec<IpAddr>,
 }
@@ -60,6 +65,7 @@ impl Snapshot {
             ipam: None,
             live: None,
             flows: None,
+            observer: None,
             local_addresses: Vec::new(),
         }
     }
@@ -69,7 +75,8 @@ impl Snapshot {
         Some(match request {
             Request::Status => {
                 let workers = self.live.as_ref().map(|live| live());
-                Answer::Status(Box::new(Status { workers, ..self.status.clone() }))
+                let flows = self.observer.as_ref().map(|o| o.counters());
+                Answer::Status(Box::new(Status { workers, flows, ..self.status.clone() }))
             }
             Request::ServiceList => Answer::ServiceList(self.service_views()),
             Request::CtList => match self.flows.as_ref().map(|flows| flows()) {
@@ -99,6 +106,8 @@ impl Snapshot {
             Request::PrefilterList | Request::PrefilterUpdate { .. } | Request::PrefilterDelete { .. } => {
                 return None;
             }
+            // Streamed by `serve` from the observer.
+            Request::Observe { .. } => return None,
             Request::AddressAllocate { .. }
             | Request::EndpointCreate(_)
             | Request::EndpointDelete { .. }
@@ -152,8 +161,13 @@ impl Snapshot {
 }
 
 /// Serves `snapshot` on `path` until the task is dropped; requests that change state go to
-/// the control loop through `asks`.
-pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>, asks: mpsc::Sender<Asked>) -> Result<()> {
+/// the control loop through `asks`, `skiff observe` to `observer`'s flows.
+pub async fn serve(
+    path: &Path,
+    snapshot: Arc<RwLock<Snapshot>>,
+    asks: mpsc::Sender<Asked>,
+    observer: Option<Arc<Observer>>,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().context("the socket path has a folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -164,12 +178,19 @@ pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>, asks: mpsc::Sen
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let (snapshot, asks) = (snapshot.clone(), asks.clone());
+        let (snapshot, asks, observer) = (snapshot.clone(), asks.clone(), observer.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match Request::decode(&line) {
+                    Ok(Request::Observe { filter, last, follow }) => {
+                        if stream_flows(&mut write, observer.as_deref(), &filter, last, follow).await.is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
                     Ok(request) => {
                         let read = snapshot
                             .read()
@@ -187,6 +208,48 @@ pub async fn serve(path: &Path, snapshot: Arc<RwLock<Snapshot>>, asks: mpsc::Sen
                 }
             }
         });
+    }
+}
+
+/// Writes the kept flows that pass `filter` (the last `last`), then, with `follow`, each new
+/// one until the client leaves; flows this client fell too far behind to get are counted and
+/// told. Fails when the client is gone.
+async fn stream_flows(
+    write: &mut (impl AsyncWriteExt + Unpin),
+    observer: Option<&Observer>,
+    filter: &FlowFilter,
+    last: Option<usize>,
+    follow: bool,
+) -> std::io::Result<()> {
+    let mut send = async |answer: &Answer| write.write_all(encode_line(answer).as_bytes()).await;
+    let Some(observer) = observer else {
+        let why = "no datapath runs (--io none): there are no flows to observe";
+        return send(&Answer::Error(ApiError::new(ErrorCode::NotFound, why))).await;
+    };
+    if let Err(why) = filter.check() {
+        return send(&Answer::Error(ApiError::new(ErrorCode::BadRequest, why))).await;
+    }
+    // Following from before the kept flows are read: none falls between; one recorded
+    // meanwhile comes in both, and is sent once.
+    let live = follow.then(|| observer.follow());
+    let kept = observer.last(last, |f| filter.matches(f));
+    for flow in &kept {
+        send(&Answer::Flow(Box::new(Flow::clone(flow)))).await?;
+    }
+    let Some(mut live) = live else { return send(&Answer::Done).await };
+    loop {
+        match live.recv().await {
+            Ok(flow) if filter.matches(&flow) && !kept.iter().any(|k| Arc::ptr_eq(k, &flow)) => {
+                send(&Answer::Flow(Box::new(Flow::clone(&flow)))).await?;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                observer.lost(n);
+                let lost = LostEvents { source: "HUBBLE_RING_BUFFER".into(), num_events_lost: n };
+                send(&Answer::Lost(lost)).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return send(&Answer::Done).await,
+        }
     }
 }
 
@@ -220,7 +283,7 @@ mod tests {
         let (asks, mut asked) = mpsc::channel::<Asked>(1);
         let server = runtime.spawn({
             let (socket, snapshot) = (socket.clone(), snapshot.clone());
-            async move { serve(&socket, snapshot, asks).await }
+            async move { serve(&socket, snapshot, asks, None).await }
         });
         // The control loop's part: a state-changing request reaches it and its answer returns.
         runtime.spawn(async move {

@@ -13,7 +13,7 @@ use anyhow::Result;
 use ipnet::IpNet;
 use skiff_api::{
     Answer, ApiError, ApplyReport, AttachMode, Datapath, ErrorCode, Health, Kind, LastApply, NodeView,
-    ObjectKey, PodRef, PolicyView, Problem, Rejection, Request, Source, Status, TraceEnd,
+    ObjectKey, PodRef, PolicyView, Problem, Rejection, Request, Source, Status, TraceEnd, observe,
 };
 use skiff_common::{identity::Identity, lb::FrontendKind};
 use skiff_engine::{
@@ -29,6 +29,7 @@ use crate::{
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
     objects::{Documents, Object},
+    observer::{self, Observer},
     policy::{
         self, Cluster, Compiled, Enforcement, Local, PolicyCompiler,
         identity::{Allocator, ClusterIdentities, Identities},
@@ -168,6 +169,8 @@ pub struct Controller {
     ignored: Vec<String>,
     /// The pods `skiff-cni` gave a network, when the agent serves the CNI.
     endpoints: Option<Endpoints>,
+    /// Names what the datapath observes, with what this state knows.
+    observer: Option<Arc<Observer>>,
 }
 
 impl Controller {
@@ -202,6 +205,7 @@ impl Controller {
             not_served: Vec::new(),
             ignored: Vec::new(),
             endpoints: None,
+            observer: None,
         };
         controller.refresh_snapshot();
         controller
@@ -217,6 +221,45 @@ impl Controller {
         self.label_endpoints();
         self.refresh_snapshot();
         Ok(self)
+    }
+
+    /// Keeps `observer`'s names of pods, identities, services and rules up to date.
+    pub fn with_observer(mut self, observer: Arc<Observer>) -> Controller {
+        self.observer = Some(observer);
+        self.refresh_snapshot();
+        self
+    }
+
+    /// What the observer names flows by, from the state now.
+    fn observer_context(&self) -> observer::Context {
+        let desired = self.compiler.desired();
+        let pods = desired
+            .pods
+            .iter()
+            .flat_map(|((namespace, name), pod)| {
+                pod.ips.iter().map(move |ip| (*ip, (namespace.clone(), name.clone())))
+            })
+            .collect();
+        let services = self
+            .applier
+            .applied()
+            .iter()
+            .map(|(&(addr, port, protocol), spec)| {
+                let s = &spec.service;
+                (
+                    (addr, port, protocol.number()),
+                    observe::Service { name: s.name.clone(), namespace: s.namespace.clone() },
+                )
+            })
+            .collect();
+        observer::Context {
+            node: self.ctx.name.clone(),
+            pods,
+            policy: self.policy.policy.clone(),
+            labels: self.identities.views().into_iter().map(|v| (v.id, v.labels)).collect(),
+            services,
+            rules: self.policy.rules.iter().map(|r| (r.id, r.clone())).collect(),
+        }
     }
 
     /// Whether `skiff-cni` can be served: endpoints kept and a pod CIDR to address them from.
@@ -659,7 +702,11 @@ impl Controller {
             listings: self.listings,
             last_apply: self.last_apply.clone(),
             workers: None,
+            flows: None,
         };
+        if let Some(observer) = &self.observer {
+            observer.set_context(self.observer_context());
+        }
         let (live, flows) = (self.sink.stats(), self.sink.flows());
         *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Snapshot {
             status,
@@ -669,6 +716,7 @@ impl Controller {
             ipam: self.endpoints.as_ref().map(Endpoints::ipam_view),
             live,
             flows,
+            observer: self.observer.clone(),
             local_addresses: self.compiler.desired().node_addresses.clone(),
         };
     }

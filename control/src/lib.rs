@@ -8,6 +8,9 @@
 //!                                                                            ▼
 //!                                                                 Tables ──► Datapath::publish
 //! ```
+//!
+//! What the datapath decides comes back the other way: its records, named by the same state,
+//! become the flows of `skiff observe` ([`observer`]).
 
 pub mod agent;
 pub mod api;
@@ -20,6 +23,7 @@ pub mod endpoints;
 pub mod labels;
 pub mod next_hops;
 pub mod objects;
+pub mod observer;
 pub mod overlay;
 pub mod policy;
 pub mod prefilter;

@@ -9,7 +9,7 @@ use std::{
 use crate::{
     Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, FlowView, IdentityView, IpamView,
     NodeView, PodRef, PolicyView, PrefilterView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView,
-    encode_line,
+    encode_line, observe,
 };
 
 /// Asks an agent on its socket, one connection per question.
@@ -169,17 +169,52 @@ impl Client {
         }
     }
 
+    /// Observed flows, as they come: each flow (and each count of flows missed) goes to
+    /// `each`, which returns `false` to stop; returns when the agent is done (or, following,
+    /// when `each` stops).
+    pub fn observe(
+        &self,
+        filter: observe::FlowFilter,
+        last: Option<usize>,
+        follow: bool,
+        mut each: impl FnMut(Answer) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut reader = BufReader::new(self.send(&Request::Observe { filter, last, follow })?);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(ClientError::Closed);
+            }
+            match serde_json::from_str(&line)? {
+                Answer::Done => return Ok(()),
+                Answer::Error(e) => return Err(ClientError::Agent(e)),
+                answer @ (Answer::Flow(_) | Answer::Lost(_)) => {
+                    if !each(answer) {
+                        return Ok(());
+                    }
+                }
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+    }
+
     /// Sends one request and reads its answer.
     pub fn ask(&self, request: &Request) -> Result<Answer, ClientError> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
-        stream.write_all(encode_line(request).as_bytes())?;
+        let stream = self.send(request)?;
         let mut line = String::new();
         BufReader::new(&stream).read_line(&mut line)?;
         if line.is_empty() {
             return Err(ClientError::Closed);
         }
         Ok(serde_json::from_str(&line)?)
+    }
+
+    fn send(&self, request: &Request) -> Result<UnixStream, ClientError> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        stream.write_all(encode_line(request).as_bytes())?;
+        Ok(stream)
     }
 }
 

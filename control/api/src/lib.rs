@@ -6,6 +6,7 @@ mod client;
 mod endpoint;
 mod flow;
 mod object;
+pub mod observe;
 mod policy;
 mod service;
 mod status;
@@ -22,8 +23,8 @@ pub use object::{FieldError, Kind, ObjectKey, Rejection};
 pub use policy::{PolicyView, PrefilterView, RuleView, TraceEnd, TraceView, VerdictView};
 pub use service::{BackendView, Protocol, ServicePort, ServiceView};
 pub use status::{
-    ApplyReport, Datapath, Health, Io, LastApply, NodeView, Problem, SocketLb, Source, Status, Tunnel,
-    WorkerCounters,
+    ApplyReport, Datapath, FlowCounters, Health, Io, LastApply, NodeView, Problem, SocketLb, Source, Status,
+    Tunnel, WorkerCounters,
 };
 
 /// Where the agent listens unless told otherwise.
@@ -53,6 +54,17 @@ pub enum Request {
     PolicyTrace { src: TraceEnd, dst: TraceEnd, port: u16, protocol: Protocol },
     /// The tracked flows, from the XDP program's flow table.
     CtList,
+    /// The last `last` observed flows that pass `filter` (every one the agent keeps when
+    /// `None`), each answered as an [`Answer::Flow`], then with `follow` the new ones as they
+    /// come, else [`Answer::Done`]. Flows a consumer missed come as [`Answer::Lost`].
+    Observe {
+        #[serde(default)]
+        filter: observe::FlowFilter,
+        #[serde(default)]
+        last: Option<usize>,
+        #[serde(default)]
+        follow: bool,
+    },
     /// The prefilter's prefixes.
     PrefilterList,
     /// Drops these sources on arrival from now on (and after a restart).
@@ -90,6 +102,8 @@ pub enum Answer {
     Trace(Box<TraceView>),
     Prefilter(PrefilterView),
     Flows(Vec<FlowView>),
+    Flow(Box<observe::Flow>),
+    Lost(observe::LostEvents),
     Addressing(Addressing),
     /// Done, nothing to report.
     Done,

@@ -63,6 +63,9 @@ pub struct Status {
     pub last_apply: Option<LastApply>,
     /// Live, read at each request; `None` without a datapath.
     pub workers: Option<WorkerCounters>,
+    /// Live, read at each request; `None` without a datapath.
+    #[serde(default)]
+    pub flows: Option<FlowCounters>,
 }
 
 impl Status {
@@ -95,6 +98,7 @@ impl Status {
             listings: 0,
             last_apply: None,
             workers: None,
+            flows: None,
         }
     }
 }
@@ -363,6 +367,23 @@ pub struct WorkerCounters {
     /// Packets of tracked flows by where the XDP program sent them (with AF_XDP).
     #[serde(default)]
     pub flow_paths: BTreeMap<FlowPath, u64>,
+    /// Flow events the workers' queues to the agent had no room for.
+    #[serde(default)]
+    pub events_lost: u64,
+}
+
+/// The agent's observed flows (`skiff observe`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowCounters {
+    /// Flows observed since the agent started.
+    pub seen: u64,
+    /// Kept for `--last`, of `capacity` (`--flow-buffer`).
+    pub kept: usize,
+    pub capacity: usize,
+    /// Flows followers missed by falling behind.
+    pub lost_to_followers: u64,
+    /// Followers now.
+    pub followers: usize,
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use skiff_engine::{
     tables::{Neighbor, Tables},
 };
 use skiff_fastpath::datapath::{Config, Datapath, Io};
-use skiff_xdp::{FlowTable, Ingress, Restored, SocketLb, bpffs};
+use skiff_xdp::{EventRing, FlowTable, Ingress, Restored, SocketLb, bpffs};
 
 use super::{Options, socket_lb};
 use crate::{
@@ -58,6 +58,7 @@ impl DatapathSink {
             io,
             workers: options.workers,
             ct_capacity: usize::try_from(options.ct_capacity)?,
+            flow_events: options.flow_events,
             ..Config::default()
         };
         let datapath = Datapath::start(config, None, ingress).context("starting the datapath")?;
@@ -86,6 +87,15 @@ impl DatapathSink {
         let sink =
             DatapathSink { datapath, kernel, description, last: None, hops: HashMap::new(), pins, socket_lb };
         Ok((sink, changes))
+    }
+
+    /// What observers read: the workers' records and, with XDP, the program's sampled
+    /// decisions.
+    pub(super) fn observed(
+        &self,
+    ) -> Result<(crossbeam_channel::Receiver<skiff_engine::event::Event>, Option<EventRing>)> {
+        let ring = self.pins.as_deref().map(EventRing::open).transpose()?;
+        Ok((self.datapath.events.clone(), ring))
     }
 
     /// The next hops of the devices and of every backend, from the kernel (blocking this
@@ -270,6 +280,7 @@ impl Sink for DatapathSink {
                 offloaded: s.offloaded,
                 taken_back: s.taken_back,
                 flow_table_full: s.flow_table_full,
+                events_lost: s.events_lost,
                 flow_paths: pins
                     .as_deref()
                     .and_then(|dir| skiff_xdp::pinned_flow_paths(dir).ok())

@@ -9,7 +9,7 @@ mod datapath;
 mod options;
 mod socket_lb;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
@@ -26,6 +26,7 @@ use crate::{
     controller::{Controller, Event, Recorder, Sink},
     endpoints::{Endpoints, cni_conf::CniInstall, ipam::IpamMode},
     next_hops::Changes,
+    observer::Observer,
     source,
     validate::Limits,
 };
@@ -55,13 +56,7 @@ pub async fn run(options: Options) -> Result<()> {
     let source_arg = options.source()?;
     let io = options.io()?;
     let endpoint_config = options.endpoints()?;
-    let (sink, changes): (Box<dyn Sink>, Option<Changes>) = match io {
-        None => (Box::new(Recorder::default()), None),
-        Some(io) => {
-            let (sink, changes) = DatapathSink::start(&options, io)?;
-            (Box::new(sink), Some(changes))
-        }
-    };
+    let (sink, changes, observer) = start_datapath(&options, io)?;
     let ctx = NodeContext {
         name: options.node_name.clone(),
         addresses: options.node_addresses.clone(),
@@ -99,6 +94,9 @@ pub async fn run(options: Options) -> Result<()> {
     };
     let endpoints = Endpoints::open(endpoint_config)?;
     let mut controller = Controller::new(ctx, limits, sink, source).with_endpoints(endpoints)?;
+    if let Some(observer) = &observer {
+        controller = controller.with_observer(observer.clone());
+    }
     if let Some(client) = kube_client_for_identities {
         controller =
             controller.with_identity_allocator(Box::new(source::kube::IdentityAllocator::new(client)));
@@ -106,7 +104,7 @@ pub async fn run(options: Options) -> Result<()> {
     let (asks_tx, asks) = mpsc::channel(64);
     let server = tokio::spawn({
         let (path, snapshot) = (options.socket.clone(), controller.snapshot());
-        async move { api::serve(&path, snapshot, asks_tx).await }
+        async move { api::serve(&path, snapshot, asks_tx, observer).await }
     });
     tracing::info!("serving the local API on {}", options.socket.display());
     let outcome = control_loop(controller, events, changes, asks, kube_events, options.cni()).await;
@@ -125,6 +123,19 @@ pub async fn run(options: Options) -> Result<()> {
     };
     tracing::info!("{signal}: {stopped}");
     Ok(())
+}
+
+/// The datapath (none: a recorder of tables), the kernel's changes it follows, and the
+/// observer of what it decides.
+type Started = (Box<dyn Sink>, Option<Changes>, Option<Arc<Observer>>);
+
+fn start_datapath(options: &Options, io: Option<Io>) -> Result<Started> {
+    let Some(io) = io else { return Ok((Box::new(Recorder::default()), None, None)) };
+    let (sink, changes) = DatapathSink::start(options, io)?;
+    let observer = Observer::new(options.flow_buffer);
+    let (records, xdp) = sink.observed()?;
+    observer.start(records, xdp);
+    Ok((Box::new(sink), Some(changes), Some(observer)))
 }
 
 /// `skiff-agent cleanup`: detaches the XDP program everywhere and removes its pinned maps

@@ -85,6 +85,14 @@ pub struct Options {
     /// resident as flows touch it: about 0.4 KiB per entry at most).
     #[arg(long, value_name = "N", default_value_t = 512 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 << 20))]
     pub ct_capacity: u64,
+    /// Record what the datapath decides for `skiff observe` (drops sampled at the NIC are
+    /// recorded either way).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    pub flow_events: bool,
+    /// Observed flows the agent keeps for `skiff observe --last` (Hubble's
+    /// `hubble-event-buffer-capacity`).
+    #[arg(long, value_name = "N", default_value_t = crate::observer::DEFAULT_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub flow_buffer: usize,
     /// Slots of every service's Maglev table: a prime of 251..=131071.
     #[arg(long, value_name = "M", default_value_t = MAGLEV_TABLE_SIZE, value_parser = maglev_table_size)]
     pub maglev_table_size: u32,

@@ -549,7 +549,7 @@ impl Datapath {
                 let cluster: Vec<(IpAddr, u8)> =
                     node.cluster_prefixes.iter().map(|net| (net.addr(), net.prefix_len())).collect();
                 ingress.set_cluster(&cluster)?;
-                ingress.set_config(&xdp_config(overlay.as_deref(), &node))?;
+                ingress.set_config(&xdp_config(overlay.as_deref(), &node, self.config.flow_events))?;
             }
             None => self.steer()?,
         }
@@ -683,11 +683,13 @@ fn known_identities(policy: &Policy) -> Vec<u32> {
 
 /// The XDP program's settings: in tunnel routing, this node's underlay addresses and the
 /// tunnel's port (the other protocol's port off), so tunnel frames are decapsulated; which
-/// families' pod traffic out of the cluster is masqueraded.
-fn xdp_config(overlay: Option<&Overlay>, node: &LocalNode) -> XdpConfig {
+/// families' pod traffic out of the cluster is masqueraded; whether its decisions are
+/// sampled for observers (drops always are).
+fn xdp_config(overlay: Option<&Overlay>, node: &LocalNode, flow_events: bool) -> XdpConfig {
     let flags = if node.egress_masquerade_v4 { XdpConfig::MASQUERADE_V4 } else { 0 }
         | if node.egress_masquerade_v6 { XdpConfig::MASQUERADE_V6 } else { 0 };
-    let Some(o) = overlay else { return XdpConfig { flags, ..XdpConfig::DEFAULT } };
+    let trace_sample_every = if flow_events { XdpConfig::DEFAULT.trace_sample_every } else { 0 };
+    let Some(o) = overlay else { return XdpConfig { flags, trace_sample_every, ..XdpConfig::DEFAULT } };
     let port = |p| if o.protocol == p { o.port } else { 0 };
     XdpConfig {
         tunnel_v4: o.local_v4.map_or([0; 4], |a| a.octets()),
@@ -695,6 +697,7 @@ fn xdp_config(overlay: Option<&Overlay>, node: &LocalNode) -> XdpConfig {
         vxlan_port: port(TunnelProtocol::Vxlan),
         geneve_port: port(TunnelProtocol::Geneve),
         flags,
+        trace_sample_every,
         ..XdpConfig::DEFAULT
     }
 }

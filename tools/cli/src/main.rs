@@ -1,6 +1,8 @@
 //! `skiff`: the command line to a running skiff-agent, modelled on `cilium-dbg`. Tables for
 //! people, `-o json` for scripts; an error from the agent is printed as one and exits 1.
 
+mod observe;
+
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
@@ -75,6 +77,9 @@ enum Command {
         #[command(subcommand)]
         command: CtCommand,
     },
+    /// The flows the datapath decides (forwarded, translated, judged, dropped; at the NIC
+    /// or by a worker), as `hubble observe` shows them.
+    Observe(observe::Observe),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -221,6 +226,7 @@ fn run(cli: Cli) -> Result<()> {
                 .collect();
             show(cli.output, &flows, |f| print_flows(f))
         }
+        Command::Observe(observe) => observe.run(&client, cli.output),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "skiff", &mut std::io::stdout());
             Ok(())
