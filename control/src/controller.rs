@@ -28,6 +28,7 @@ use crate::{
     apply::Applier,
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
+    metrics::ControlMetrics,
     objects::{Documents, Object},
     observer::{self, Observer},
     policy::{
@@ -171,6 +172,7 @@ pub struct Controller {
     endpoints: Option<Endpoints>,
     /// Names what the datapath observes, with what this state knows.
     observer: Option<Arc<Observer>>,
+    metrics: ControlMetrics,
 }
 
 impl Controller {
@@ -206,6 +208,7 @@ impl Controller {
             ignored: Vec::new(),
             endpoints: None,
             observer: None,
+            metrics: ControlMetrics::default(),
         };
         controller.refresh_snapshot();
         controller
@@ -221,6 +224,19 @@ impl Controller {
         self.label_endpoints();
         self.refresh_snapshot();
         Ok(self)
+    }
+
+    /// Counts an object received (a rejected one by the kind its key names, if any).
+    fn count_event(&self, object: &Result<Object, Rejection>, action: &str) {
+        let kind = object.as_ref().map_or_else(|r| r.key.as_ref().map(|k| k.kind), |o| Some(o.kind()));
+        if let Some(kind) = kind {
+            self.metrics.event(kind, action, object.is_ok());
+        }
+    }
+
+    /// What the control loop records for Prometheus.
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
     }
 
     /// Keeps `observer`'s names of pods, identities, services and rules up to date.
@@ -504,6 +520,9 @@ impl Controller {
         self.pending_since.get_or_insert_with(Instant::now);
         match event {
             Event::Resync { kinds, objects } => {
+                for (_, object) in &objects {
+                    self.count_event(object, "resync");
+                }
                 self.listings += 1;
                 self.unlisted.retain(|k| !kinds.contains(k));
                 self.not_served.retain(|k| !kinds.contains(k));
@@ -512,9 +531,13 @@ impl Controller {
                 return self.store.rejections().filter(|r| !before.contains(r)).cloned().collect();
             }
             Event::Upsert { origin, object } => {
+                self.count_event(&object, "update");
                 return self.store.upsert(&origin, object).cloned().into_iter().collect();
             }
-            Event::Delete(key) => self.store.delete(&key),
+            Event::Delete(key) => {
+                self.metrics.event(key.kind, "delete", true);
+                self.store.delete(&key);
+            }
             Event::Connected(up) => self.connected = up,
             Event::Ignored(documents) => self.ignored = documents,
             Event::NotServed(kind) => {
@@ -562,6 +585,7 @@ impl Controller {
                     started.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                 let unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 self.last_apply = Some(LastApply { report: r, micros, unix_seconds });
+                self.metrics.apply_seconds.observe(micros as f64 / 1e6);
                 report = Some(r);
             }
             self.install_routes()?;

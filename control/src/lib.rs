@@ -21,6 +21,7 @@ pub mod controller;
 pub mod crd;
 pub mod endpoints;
 pub mod labels;
+pub mod metrics;
 pub mod next_hops;
 pub mod objects;
 pub mod observer;

@@ -24,7 +24,7 @@ use skiff_common::{
 use skiff_wire::layers;
 
 use skiff_engine::{
-    conntrack::Entry,
+    conntrack::{Census, Entry},
     engine::{Action, Engine, NewFlow},
     event::{Event, EventKind},
     flow::Tuple,
@@ -79,6 +79,7 @@ impl Flows for () {
 pub struct Stats {
     pub received: u64,
     pub forwarded: u64,
+    pub forwarded_bytes: u64,
     /// Answers sent back (RSTs and ICMP errors for services without backends).
     pub replied: u64,
     pub dropped: u64,
@@ -101,6 +102,13 @@ pub struct Stats {
     pub flow_table_full: u64,
     /// Flow events observers did not get (a full buffer or channel).
     pub events_lost: u64,
+    /// The flows tracked now.
+    pub census: Census,
+    /// Time spent waiting for frames.
+    pub idle_ns: u64,
+    /// Of the last second, the part spent at work, in thousandths (the worker's thread
+    /// measures it).
+    pub busy_permille: u16,
 }
 
 impl Default for Stats {
@@ -108,6 +116,7 @@ impl Default for Stats {
         Stats {
             received: 0,
             forwarded: 0,
+            forwarded_bytes: 0,
             replied: 0,
             dropped: 0,
             drops: [0; DropReason::COUNT],
@@ -119,6 +128,9 @@ impl Default for Stats {
             taken_back: 0,
             flow_table_full: 0,
             events_lost: 0,
+            census: Census::default(),
+            idle_ns: 0,
+            busy_permille: 0,
         }
     }
 }
@@ -138,6 +150,7 @@ impl Stats {
     pub fn add(&mut self, o: &Stats) {
         self.received += o.received;
         self.forwarded += o.forwarded;
+        self.forwarded_bytes += o.forwarded_bytes;
         self.replied += o.replied;
         self.dropped += o.dropped;
         self.not_ours += o.not_ours;
@@ -148,6 +161,9 @@ impl Stats {
         self.taken_back += o.taken_back;
         self.flow_table_full += o.flow_table_full;
         self.events_lost += o.events_lost;
+        self.census.add(&o.census);
+        self.idle_ns += o.idle_ns;
+        self.busy_permille = self.busy_permille.max(o.busy_permille);
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
@@ -324,8 +340,15 @@ impl<P: PacketIo> Worker<P> {
     /// and takes established flows to the NIC and back. Returns frames received.
     pub fn poll(&mut self, timeout_ms: i32, now: u64, flows: &mut impl Flows) -> usize {
         let mut received = self.receive(now);
-        if received == 0 && timeout_ms != 0 && self.ready.wait(timeout_ms).unwrap_or(false) {
-            received = self.receive(now);
+        if received == 0 && timeout_ms != 0 {
+            // Only while idle: the clock costs nothing then.
+            let waiting = crate::datapath::monotonic();
+            let ready = self.ready.wait(timeout_ms).unwrap_or(false);
+            let waited = crate::datapath::monotonic().saturating_sub(waiting);
+            self.stats.idle_ns += u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            if ready {
+                received = self.receive(now);
+            }
         }
         let engine = &mut self.core.engine;
         // Ended before started: a new flow may take over a finished one's reply tuple.
@@ -340,7 +363,10 @@ impl<P: PacketIo> Worker<P> {
         for (slot, &(port, len)) in core.staged.iter().enumerate() {
             let frame = &core.arena[slot * FRAME_ROOM..slot * FRAME_ROOM + len];
             match ports.get_mut(port).and_then(Option::as_mut).map(|p| p.send(frame)) {
-                Some(Ok(())) => stats.forwarded += 1,
+                Some(Ok(())) => {
+                    stats.forwarded += 1;
+                    stats.forwarded_bytes += len as u64;
+                }
                 Some(Err(_)) => stats.count_drop(DropReason::NoTxSpace),
                 // Its port was removed after the frame's next hop was published.
                 None => stats.count_drop(DropReason::Unroutable),
@@ -353,6 +379,7 @@ impl<P: PacketIo> Worker<P> {
             }
         }
         core.tell_observer(stats);
+        stats.census = core.engine.conntrack().census();
         received
     }
 

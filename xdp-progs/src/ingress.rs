@@ -428,10 +428,7 @@ impl Ingress {
 
     /// Packets and bytes per XDP action, summed over CPUs.
     pub fn actions(&self) -> Result<Vec<(XdpAction, Counter)>, XdpError> {
-        XdpAction::ALL
-            .iter()
-            .map(|&a| Ok((a, per_cpu_sum(&self.ebpf, maps::ACTION_COUNTS, a.code())?)))
-            .collect()
+        pinned_actions(&self.pin_dir)
     }
 
     /// Packets and bytes of tracked flows by where they went, summed over CPUs.
@@ -489,31 +486,40 @@ impl Ingress {
 /// The reasons the program pinned in `pin_dir` dropped something for, with their counts (read
 /// from its pinned counters, so another part of the agent can read them).
 pub fn pinned_drops(pin_dir: &Path) -> Result<Vec<DropCount>, XdpError> {
-    let name = maps::DROP_COUNTS;
+    let sums = pinned_sums(pin_dir, maps::DROP_COUNTS, &DropReason::ALL, |r| r.code().into())?;
+    Ok(sums
+        .into_iter()
+        .filter(|(_, c)| c.packets > 0)
+        .map(|(reason, count)| DropCount { reason, count })
+        .collect())
+}
+
+/// Frames and bytes by XDP action of the program pinned in `pin_dir`, summed over CPUs.
+pub fn pinned_actions(pin_dir: &Path) -> Result<Vec<(XdpAction, Counter)>, XdpError> {
+    pinned_sums(pin_dir, maps::ACTION_COUNTS, &XdpAction::ALL, XdpAction::code)
+}
+
+/// The slot of each of `keys` in the per-CPU counters `name` pinned in `pin_dir`, summed over
+/// CPUs.
+fn pinned_sums<K: Copy>(
+    pin_dir: &Path,
+    name: &'static str,
+    keys: &[K],
+    slot: impl Fn(K) -> u32,
+) -> Result<Vec<(K, Counter)>, XdpError> {
     let array: aya::maps::PerCpuArray<_, Counter> = crate::pinned(pin_dir, name)?;
-    let mut out = Vec::new();
-    for &reason in &DropReason::ALL {
-        let per_cpu = array.get(&reason.code().into(), 0).map_err(XdpError::map(name))?;
-        let count = per_cpu.iter().fold(Counter::default(), |sum, cpu| sum.plus(*cpu));
-        if count.packets > 0 {
-            out.push(DropCount { reason, count });
-        }
-    }
-    Ok(out)
+    keys.iter()
+        .map(|&key| {
+            let per_cpu = array.get(&slot(key), 0).map_err(XdpError::map(name))?;
+            Ok((key, per_cpu.iter().fold(Counter::default(), |sum, cpu| sum.plus(*cpu))))
+        })
+        .collect()
 }
 
 /// Packets and bytes of tracked flows by where the program pinned in `pin_dir` sent them
 /// (forwarded at the NIC, or to a worker and why), summed over CPUs.
 pub fn pinned_flow_paths(pin_dir: &Path) -> Result<Vec<(FlowPath, Counter)>, XdpError> {
-    let name = maps::FLOW_COUNTS;
-    let array: aya::maps::PerCpuArray<_, Counter> = crate::pinned(pin_dir, name)?;
-    FlowPath::ALL
-        .iter()
-        .map(|&path| {
-            let per_cpu = array.get(&path.code(), 0).map_err(XdpError::map(name))?;
-            Ok((path, per_cpu.iter().fold(Counter::default(), |sum, cpu| sum.plus(*cpu))))
-        })
-        .collect()
+    pinned_sums(pin_dir, maps::FLOW_COUNTS, &FlowPath::ALL, FlowPath::code)
 }
 
 /// The XDP program's sampled decisions ([`XdpEvent`]), as their ring buffer delivers them; its

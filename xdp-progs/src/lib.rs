@@ -27,7 +27,9 @@ use aya::{
 };
 pub use count::CountProgram;
 pub use features::takes_xdp_frames;
-pub use ingress::{DropCount, EventRing, FlowTable, Ingress, Restored, pinned_drops, pinned_flow_paths};
+pub use ingress::{
+    DropCount, EventRing, FlowTable, Ingress, Restored, pinned_actions, pinned_drops, pinned_flow_paths,
+};
 pub use redirect::RedirectProgram;
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use skiff_common::{DropReason, config::XdpMode, conntrack::FlowPath, sock::SockCounter};
+use skiff_common::{DropReason, XdpAction, config::XdpMode, conntrack::FlowPath, sock::SockCounter};
 
 use crate::object::{Kind, Rejection};
 
@@ -370,6 +370,19 @@ pub struct WorkerCounters {
     /// Flow events the workers' queues to the agent had no room for.
     #[serde(default)]
     pub events_lost: u64,
+    #[serde(default)]
+    pub forwarded_bytes: u64,
+    /// Frames by XDP action (with AF_XDP): packets and bytes.
+    #[serde(default)]
+    pub xdp_actions: BTreeMap<XdpAction, (u64, u64)>,
+    /// Tracked flows (IPv4, IPv6), and NAT ports in use (masqueraded flows).
+    #[serde(default)]
+    pub conntrack: (u64, u64),
+    #[serde(default)]
+    pub nat_ports: (u64, u64),
+    /// Each worker's part of the last second spent at work, in thousandths.
+    #[serde(default)]
+    pub busy_permille: Vec<u16>,
 }
 
 /// The agent's observed flows (`skiff observe`).

@@ -264,6 +264,7 @@ impl Sink for DatapathSink {
         let pins = self.pins.clone();
         let socket_pins = self.socket_lb.as_ref().map(|lb| lb.pin_dir().to_owned());
         Some(Arc::new(move || {
+            let each = handle.each();
             let s = handle.total();
             let drops =
                 DropReason::ALL.into_iter().map(|r| (r, s.drops_of(r))).filter(|&(_, n)| n > 0).collect();
@@ -281,6 +282,17 @@ impl Sink for DatapathSink {
                 taken_back: s.taken_back,
                 flow_table_full: s.flow_table_full,
                 events_lost: s.events_lost,
+                forwarded_bytes: s.forwarded_bytes,
+                xdp_actions: pins
+                    .as_deref()
+                    .and_then(|dir| skiff_xdp::pinned_actions(dir).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(action, c)| (action, (c.packets, c.bytes)))
+                    .collect(),
+                conntrack: (s.census.flows[0], s.census.flows[1]),
+                nat_ports: (s.census.nat_ports[0], s.census.nat_ports[1]),
+                busy_permille: each.iter().map(|w| w.busy_permille).collect(),
                 flow_paths: pins
                     .as_deref()
                     .and_then(|dir| skiff_xdp::pinned_flow_paths(dir).ok())

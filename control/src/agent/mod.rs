@@ -101,6 +101,11 @@ pub async fn run(options: Options) -> Result<()> {
         controller =
             controller.with_identity_allocator(Box::new(source::kube::IdentityAllocator::new(client)));
     }
+    let metrics = options.prometheus_serve_addr.map(|addr| {
+        let registry = crate::metrics::registry(controller.snapshot(), controller.metrics());
+        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+        tokio::spawn(crate::metrics::serve(addr, registry, controller.snapshot()))
+    });
     let (asks_tx, asks) = mpsc::channel(64);
     let server = tokio::spawn({
         let (path, snapshot) = (options.socket.clone(), controller.snapshot());
@@ -110,6 +115,9 @@ pub async fn run(options: Options) -> Result<()> {
     let outcome = control_loop(controller, events, changes, asks, kube_events, options.cni()).await;
     source_task.abort();
     server.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     let _ = std::fs::remove_file(&options.socket);
     let signal = outcome?;
     let stopped = match io {

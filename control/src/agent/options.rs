@@ -85,6 +85,10 @@ pub struct Options {
     /// resident as flows touch it: about 0.4 KiB per entry at most).
     #[arg(long, value_name = "N", default_value_t = 512 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 << 20))]
     pub ct_capacity: u64,
+    /// Serve Prometheus metrics (`/metrics`) and `/healthz` here: `:9962` (every address) or
+    /// `ADDR:PORT`; off unless given, as Cilium's.
+    #[arg(long, value_name = "[ADDR]:PORT", value_parser = serve_addr)]
+    pub prometheus_serve_addr: Option<std::net::SocketAddr>,
     /// Record what the datapath decides for `skiff observe` (drops sampled at the NIC are
     /// recorded either way).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
@@ -243,6 +247,12 @@ fn port_range(text: &str) -> Result<RangeInclusive<i32>, String> {
         Some((a, b)) if 1 <= a && a <= b && b <= 65535 => Ok(a..=b),
         _ => Err("A-B with 1 <= A <= B <= 65535".into()),
     }
+}
+
+/// `:9962` (every IPv4 address, as Cilium writes it) or `ADDR:PORT`.
+fn serve_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_owned() };
+    full.parse().map_err(|_| format!("{text:?}: :PORT or ADDR:PORT"))
 }
 
 /// Where the objects come from.

@@ -109,6 +109,33 @@ pub struct Conntrack {
     /// entries stay in the XDP program's flow table, whose replies then reach the worker,
     /// which knows no flow of them and passes them).
     ended: Vec<Entry>,
+    census: Census,
+}
+
+/// Tracked flows by family (IPv4, IPv6), and of them the masqueraded ones, each holding a
+/// NAT port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub flows: [u64; 2],
+    pub nat_ports: [u64; 2],
+}
+
+impl Census {
+    fn count(&mut self, e: &Entry, add: bool) {
+        let family = usize::from(std::net::Ipv6Addr::from(e.original.src).to_ipv4_mapped().is_none());
+        let step = |n: &mut u64| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        step(&mut self.flows[family]);
+        if e.masqueraded() {
+            step(&mut self.nat_ports[family]);
+        }
+    }
+
+    pub fn add(&mut self, o: &Census) {
+        for i in 0..2 {
+            self.flows[i] += o.flows[i];
+            self.nat_ports[i] += o.nat_ports[i];
+        }
+    }
 }
 
 /// Ended flows remembered between two drains (a round removes `GC_PER_ROUND` expired flows
@@ -134,7 +161,12 @@ impl Conntrack {
             timeouts,
             cursor: 0,
             ended: Vec::with_capacity(ENDED_PER_ROUND),
+            census: Census::default(),
         }
+    }
+
+    pub fn census(&self) -> Census {
+        self.census
     }
 
     pub fn len(&self) -> usize {
@@ -196,6 +228,7 @@ impl Conntrack {
                 Rewrite::new(&reply, &original.reversed()),
             ],
         };
+        self.census.count(&entry, true);
         let id = match self.free.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(entry);
@@ -342,6 +375,7 @@ impl Conntrack {
 
     fn remove_slot(&mut self, slot: usize) {
         if let Some(e) = self.slots.get_mut(slot).and_then(Option::take) {
+            self.census.count(&e, false);
             self.keys.remove(&e.original);
             self.keys.remove(&e.reply);
             if self.ended.len() < ENDED_PER_ROUND {
@@ -378,6 +412,30 @@ mod tests {
         let vip: IpAddr = Ipv4Addr::new(198, 19, 0, 10).into();
         let backend: IpAddr = Ipv4Addr::new(198, 18, 128, 10).into();
         (Tuple::new(client, vip, TCP, 40000 + n, 80), Tuple::new(backend, client, TCP, 8080, 40000 + n))
+    }
+
+    /// Flows by family and NAT ports, as flows come and go.
+    #[test]
+    fn the_census_follows_inserts_and_removals() {
+        let mut ct = Conntrack::new(8, Timeouts::default());
+        let (orig, reply) = flow(1);
+        let plain = ct.insert(orig, reply, SYN, BackendId(3), 0).unwrap();
+        let (orig, reply) = flow(2);
+        let node: IpAddr = Ipv4Addr::new(198, 18, 0, 1).into();
+        let snat = Tuple { dst: Tuple::new(node, node, TCP, 0, 0).dst, dst_port: 61000, ..reply };
+        ct.insert(orig, snat, SYN, BackendId(3), 0).unwrap();
+        let v6 = |a: u16| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, a]);
+        ct.insert(
+            Tuple::new(v6(1), v6(2), TCP, 1, 2),
+            Tuple::new(v6(2), v6(1), TCP, 2, 1),
+            SYN,
+            BackendId::NONE,
+            0,
+        )
+        .unwrap();
+        assert_eq!(ct.census(), Census { flows: [2, 1], nat_ports: [1, 0] });
+        ct.remove(plain);
+        assert_eq!(ct.census(), Census { flows: [1, 1], nat_ports: [1, 0] });
     }
 
     #[test]

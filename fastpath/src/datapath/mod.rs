@@ -135,10 +135,15 @@ impl StatsHandle {
     /// The sum over the workers.
     pub fn total(&self) -> Stats {
         let mut total = Stats::default();
-        for s in &self.0 {
-            total.add(&s.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for s in self.each() {
+            total.add(&s);
         }
         total
+    }
+
+    /// Each worker's, by queue.
+    pub fn each(&self) -> Vec<Stats> {
+        self.0.iter().map(|s| *s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).collect()
     }
 }
 

@@ -23,6 +23,8 @@ use crate::{
 
 /// How often a busy worker publishes its counters.
 const STATS_PERIOD: Duration = Duration::from_millis(1);
+/// The span a worker's busy ratio covers.
+const BUSY_WINDOW: Duration = Duration::from_secs(1);
 
 pub(super) struct WorkerThread<P: PacketIo> {
     pub(super) worker: Worker<P>,
@@ -51,6 +53,8 @@ impl<P: PacketIo> WorkerThread<P> {
         // the worker keeps its priority.
         let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.nice) };
         let (mut published, mut published_at) = (Stats::default(), Duration::ZERO);
+        // The busy ratio's window: since when, and the idle time then.
+        let (mut window, mut idle_then) = (monotonic(), 0);
         let WorkerThread { worker, flows, stats, stop, shared, changes, bell, .. } = &mut self;
         while !stop.load(Ordering::Relaxed) {
             bell.clear();
@@ -67,6 +71,12 @@ impl<P: PacketIo> WorkerThread<P> {
             // traffic stops sees all of it.
             let wait_ms = if worker.stats != published { 0 } else { 10 };
             let got = worker.poll(wait_ms, now.as_secs(), flows);
+            if now - window >= BUSY_WINDOW {
+                let span = (now - window).as_nanos();
+                let idle = u128::from(worker.stats.idle_ns - idle_then).min(span);
+                worker.stats.busy_permille = u16::try_from(1000 - idle * 1000 / span).unwrap_or(1000);
+                (window, idle_then) = (now, worker.stats.idle_ns);
+            }
             // New counts (frames, or flows placed anew after new tables) are published once the
             // frames stop, and every STATS_PERIOD while they do not.
             if worker.stats != published && (got == 0 || now - published_at >= STATS_PERIOD) {

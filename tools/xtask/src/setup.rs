@@ -58,8 +58,9 @@ const APT_RUN: &[&str] = &[
 /// independent VXLAN and Geneve encoder (it installs for /usr/bin/python3 only); tcpdump and
 /// tshark to capture and dissect lab traffic (`fastpath/wire/tests/captures/capture.sh`); a
 /// real container runtime calling skiff-cni (podman with runc: crun refuses this machine's
-/// hybrid cgroups), busybox-static for the image the runtime test builds, and iperf3 for the
-/// long TCP streams an agent's restart must not stall.
+/// hybrid cgroups), busybox-static for the image the runtime test builds, iperf3 for the
+/// long TCP streams an agent's restart must not stall, and a real Prometheus server to scrape
+/// the agent (its service is not started: the test runs it in a lab namespace).
 const APT_TEST: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -75,6 +76,7 @@ const APT_TEST: &[&str] = &[
     "runc",
     "busybox-static",
     "iperf3",
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).
