@@ -9,9 +9,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use prometheus_client::registry::Registry;
 use skiff_api::{
-    Answer, ApiError, BackendView, EndpointView, ErrorCode, FlowView, IpamView, Request, ServiceView, Status,
-    WorkerCounters, encode_line,
+    Answer, ApiError, BackendView, EndpointView, ErrorCode, FlowView, IpamView, MapView, MetricSample,
+    Request, ServiceView, Status, WorkerCounters, encode_line,
     observe::{Flow, FlowFilter, LostEvents},
 };
 use skiff_engine::tables::{Frontend, Service};
@@ -32,6 +33,9 @@ pub type LiveStats = Arc<dyn Fn() -> WorkerCounters + Send + Sync>;
 /// The tracked flows, read from the XDP program's flow table when asked.
 pub type LiveFlows = Arc<dyn Fn() -> Result<Vec<FlowView>, String> + Send + Sync>;
 
+/// The pinned maps, read when asked.
+pub type LiveMaps = Arc<dyn Fn() -> Result<Vec<MapView>, String> + Send + Sync>;
+
 /// What the agent answers with; refreshed after every apply. The service views are built
 /// when asked, not at every apply (10k services make 100k backend lines).
 #[derive(Clone)]
@@ -47,6 +51,7 @@ pub struct Snapshot {
     pub live: Option<LiveStats>,
     pub flows: Option<LiveFlows>,
     pub observer: Option<Arc<Observer>>,
+    pub maps: Option<LiveMaps>,
     /// This node's addresses.
     pub local_addresses: Vec<IpAddr>,
 }
@@ -66,6 +71,7 @@ impl Snapshot {
             live: None,
             flows: None,
             observer: None,
+            maps: None,
             local_addresses: Vec::new(),
         }
     }
@@ -87,6 +93,14 @@ impl Snapshot {
                     "no flow table: the datapath runs without XDP (AF_PACKET) or not at all",
                 )),
             },
+            Request::MapList => match self.maps.as_ref().map(|maps| maps()) {
+                Some(Ok(maps)) => Answer::Maps(maps),
+                Some(Err(e)) => Answer::Error(ApiError::new(ErrorCode::Internal, e)),
+                None => Answer::Error(ApiError::new(
+                    ErrorCode::NotFound,
+                    "no pinned maps: no datapath runs with XDP",
+                )),
+            },
             Request::EndpointList => Answer::EndpointList(self.endpoints.clone()),
             Request::EndpointGet { id } => match self.endpoints.iter().find(|e| e.id == *id) {
                 Some(e) => Answer::Endpoint(Box::new(e.clone())),
@@ -106,8 +120,8 @@ impl Snapshot {
             Request::PrefilterList | Request::PrefilterUpdate { .. } | Request::PrefilterDelete { .. } => {
                 return None;
             }
-            // Streamed by `serve` from the observer.
-            Request::Observe { .. } => return None,
+            // Streamed by `serve` from the observer; read from the registry there.
+            Request::Observe { .. } | Request::MetricsList => return None,
             Request::AddressAllocate { .. }
             | Request::EndpointCreate(_)
             | Request::EndpointDelete { .. }
@@ -160,13 +174,22 @@ impl Snapshot {
     }
 }
 
+/// What the server reads itself, apart from the snapshot: the observer's flows and the
+/// metrics registry.
+#[derive(Clone, Default)]
+pub struct Live {
+    pub observer: Option<Arc<Observer>>,
+    pub metrics: Option<Arc<Registry>>,
+}
+
 /// Serves `snapshot` on `path` until the task is dropped; requests that change state go to
-/// the control loop through `asks`, `skiff observe` to `observer`'s flows.
+/// the control loop through `asks`; `skiff observe` and `metrics list` are answered from
+/// `live`.
 pub async fn serve(
     path: &Path,
     snapshot: Arc<RwLock<Snapshot>>,
     asks: mpsc::Sender<Asked>,
-    observer: Option<Arc<Observer>>,
+    live: Live,
 ) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().context("the socket path has a folder")?;
@@ -178,19 +201,26 @@ pub async fn serve(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let (snapshot, asks, observer) = (snapshot.clone(), asks.clone(), observer.clone());
+        let (snapshot, asks, live) = (snapshot.clone(), asks.clone(), live.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match Request::decode(&line) {
                     Ok(Request::Observe { filter, last, follow }) => {
-                        if stream_flows(&mut write, observer.as_deref(), &filter, last, follow).await.is_err()
-                        {
+                        let observer = live.observer.as_deref();
+                        if stream_flows(&mut write, observer, &filter, last, follow).await.is_err() {
                             break;
                         }
                         continue;
                     }
+                    Ok(Request::MetricsList) => match live.metrics.as_deref().map(metric_samples) {
+                        Some(Ok(samples)) => Answer::Metrics(samples),
+                        Some(Err(e)) => Answer::Error(ApiError::new(ErrorCode::Internal, e.to_string())),
+                        None => {
+                            Answer::Error(ApiError::new(ErrorCode::NotFound, "this agent keeps no metrics"))
+                        }
+                    },
                     Ok(request) => {
                         let read = snapshot
                             .read()
@@ -209,6 +239,24 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Every series of `registry` with its value, from its text encoding.
+fn metric_samples(registry: &Registry) -> Result<Vec<MetricSample>, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some(MetricSample { name: name.into(), labels: labels.into(), value: value.parse().ok()? })
+        })
+        .collect())
 }
 
 /// Writes the kept flows that pass `filter` (the last `last`), then, with `follow`, each new
@@ -283,7 +331,7 @@ mod tests {
         let (asks, mut asked) = mpsc::channel::<Asked>(1);
         let server = runtime.spawn({
             let (socket, snapshot) = (socket.clone(), snapshot.clone());
-            async move { serve(&socket, snapshot, asks, None).await }
+            async move { serve(&socket, snapshot, asks, Live::default()).await }
         });
         // The control loop's part: a state-changing request reaches it and its answer returns.
         runtime.spawn(async move {

@@ -24,7 +24,7 @@ use skiff_engine::{
 };
 
 use crate::{
-    api::{LiveFlows, LiveStats, Snapshot},
+    api::{LiveFlows, LiveMaps, LiveStats, Snapshot},
     apply::Applier,
     compile::{Compiler, Desired, NodeContext},
     endpoints::Endpoints,
@@ -85,6 +85,10 @@ pub trait Sink: Send {
     }
     /// A live view of the tracked flows, read at each `ct list`.
     fn flows(&self) -> Option<LiveFlows> {
+        None
+    }
+    /// A live view of the pinned maps, read at each `map list`.
+    fn maps(&self) -> Option<LiveMaps> {
         None
     }
     /// Serves an interface made while running (a pod's veth, whose pod may send only from
@@ -741,6 +745,7 @@ impl Controller {
             live,
             flows,
             observer: self.observer.clone(),
+            maps: self.sink.maps(),
             local_addresses: self.compiler.desired().node_addresses.clone(),
         };
     }

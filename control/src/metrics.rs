@@ -252,9 +252,8 @@ fn workers(e: &mut DescriptorEncoder, status: &Status) -> fmt::Result {
 
 /// Serves `/metrics` and `/healthz` on `addr` until the task is dropped. `/healthz` answers
 /// 200 once the agent has published its first tables, 503 before.
-pub async fn serve(addr: SocketAddr, registry: Registry, snapshot: Arc<RwLock<Snapshot>>) -> Result<()> {
+pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, snapshot: Arc<RwLock<Snapshot>>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    let registry = Arc::new(registry);
     loop {
         let (stream, _) = listener.accept().await?;
         let (registry, snapshot) = (registry.clone(), snapshot.clone());

@@ -86,3 +86,64 @@ pub fn remove_pins(dir: &Path) -> io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// A map pinned in a pin folder, as `skiff map list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedMap {
+    pub name: String,
+    pub kind: String,
+    /// Keys present; `None` for arrays (every slot exists).
+    pub entries: Option<u64>,
+    pub capacity: u32,
+}
+
+/// The maps pinned directly in `dir`, by name.
+pub fn pinned_maps(dir: &Path) -> io::Result<Vec<PinnedMap>> {
+    let mut maps = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path.is_file() {
+            continue;
+        }
+        let other = |e: aya::maps::MapError| io::Error::other(format!("{}: {e}", path.display()));
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(other)?;
+        let kind = info.map_type().map_or_else(|_| "unknown".to_owned(), |t| format!("{t:?}"));
+        let keyed = !kind.contains("Array") && !kind.contains("RingBuf");
+        let entries = if keyed { Some(count_keys(&info, &path)?) } else { None };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        maps.push(PinnedMap { name, kind, entries, capacity: info.max_entries() });
+    }
+    maps.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(maps)
+}
+
+/// Walks a map's keys (`BPF_MAP_GET_NEXT_KEY`, as `bpftool map dump` does) of any key size:
+/// aya's key iterators want the key's type.
+fn count_keys(info: &aya::maps::MapInfo, path: &Path) -> io::Result<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    /// `enum bpf_cmd` of <linux/bpf.h>.
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let fd = info.fd().map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+    let size = info.key_size() as usize;
+    let (mut key, mut next) = (vec![0u8; size], vec![0u8; size]);
+    let mut count = 0u64;
+    loop {
+        // `union bpf_attr` for BPF_MAP_GET_NEXT_KEY: map_fd, then key and next_key pointers
+        // (8-byte aligned); a null key asks for the first.
+        let mut attr = [0u64; 3];
+        attr[0] = u64::from(fd.as_fd().as_raw_fd().cast_unsigned());
+        attr[1] = if count == 0 { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        // SAFETY: `attr` is a valid bpf_attr prefix for this command; `key` and `next` hold
+        // `key_size` bytes each and outlive the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, attr.as_mut_ptr(), size_of_val(&attr))
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENOENT) { Ok(count) } else { Err(e) };
+        }
+        std::mem::swap(&mut key, &mut next);
+        count += 1;
+    }
+}

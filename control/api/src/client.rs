@@ -8,8 +8,8 @@ use std::{
 
 use crate::{
     Addressing, Answer, ApiError, Attachment, EndpointSpec, EndpointView, FlowView, IdentityView, IpamView,
-    NodeView, PodRef, PolicyView, PrefilterView, Protocol, Request, ServiceView, Status, TraceEnd, TraceView,
-    encode_line, observe,
+    MapView, MetricSample, NodeView, PodRef, PolicyView, PrefilterView, Protocol, Request, ServiceView,
+    Status, TraceEnd, TraceView, encode_line, observe,
 };
 
 /// Asks an agent on its socket, one connection per question.
@@ -111,6 +111,20 @@ impl Client {
     pub fn flows(&self) -> Result<Vec<FlowView>, ClientError> {
         match self.ask(&Request::CtList)? {
             Answer::Flows(flows) => Ok(flows),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn metrics(&self) -> Result<Vec<MetricSample>, ClientError> {
+        match self.ask(&Request::MetricsList)? {
+            Answer::Metrics(samples) => Ok(samples),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn maps(&self) -> Result<Vec<MapView>, ClientError> {
+        match self.ask(&Request::MapList)? {
+            Answer::Maps(maps) => Ok(maps),
             other => Err(unexpected(other)),
         }
     }

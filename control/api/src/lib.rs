@@ -65,6 +65,10 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// The agent's metrics, as Prometheus would scrape them.
+    MetricsList,
+    /// The pinned BPF maps: type, entries, capacity.
+    MapList,
     /// The prefilter's prefixes.
     PrefilterList,
     /// Drops these sources on arrival from now on (and after a restart).
@@ -103,11 +107,33 @@ pub enum Answer {
     Prefilter(PrefilterView),
     Flows(Vec<FlowView>),
     Flow(Box<observe::Flow>),
+    Metrics(Vec<MetricSample>),
+    Maps(Vec<MapView>),
     Lost(observe::LostEvents),
     Addressing(Addressing),
     /// Done, nothing to report.
     Done,
     Error(ApiError),
+}
+
+/// One series of a metric and its value now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub name: String,
+    /// `reason="policy-denied",location="worker"`, or empty.
+    pub labels: String,
+    pub value: f64,
+}
+
+/// A pinned BPF map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapView {
+    pub name: String,
+    /// `Hash`, `LpmTrie`, `PerCpuArray`, …
+    pub kind: String,
+    /// Entries in use; `None` for arrays, whose every slot exists.
+    pub entries: Option<u64>,
+    pub capacity: u32,
 }
 
 /// A request the agent could not answer.

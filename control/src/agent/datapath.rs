@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
-use skiff_api::{AttachMode, FlowView, WorkerCounters};
+use skiff_api::{AttachMode, FlowView, MapView, WorkerCounters};
 use skiff_common::DropReason;
 use skiff_engine::{
     flow::unmap,
@@ -21,7 +21,7 @@ use skiff_xdp::{EventRing, FlowTable, Ingress, Restored, SocketLb, bpffs};
 
 use super::{Options, socket_lb};
 use crate::{
-    api::{LiveFlows, LiveStats},
+    api::{LiveFlows, LiveMaps, LiveStats},
     controller::Sink,
     next_hops::{Changes, Kernel},
 };
@@ -256,6 +256,27 @@ impl Sink for DatapathSink {
             let table = FlowTable::open(&pins).map_err(|e| e.to_string())?;
             let (flows, _) = offload::pinned_flows(&table.entries());
             Ok(flows.iter().map(flow_view).collect())
+        }))
+    }
+
+    fn maps(&self) -> Option<LiveMaps> {
+        let dirs: Vec<PathBuf> = self
+            .pins
+            .iter()
+            .cloned()
+            .chain(self.socket_lb.as_ref().map(|lb| lb.pin_dir().to_owned()))
+            .collect();
+        Some(Arc::new(move || {
+            let mut maps: Vec<MapView> = Vec::new();
+            for dir in &dirs {
+                let found = bpffs::pinned_maps(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let new = found.into_iter().filter(|m| !maps.iter().any(|known| known.name == m.name));
+                let views: Vec<MapView> = new
+                    .map(|m| MapView { name: m.name, kind: m.kind, entries: m.entries, capacity: m.capacity })
+                    .collect();
+                maps.extend(views);
+            }
+            Ok(maps)
         }))
     }
 

@@ -101,22 +101,12 @@ pub async fn run(options: Options) -> Result<()> {
         controller =
             controller.with_identity_allocator(Box::new(source::kube::IdentityAllocator::new(client)));
     }
-    let metrics = options.prometheus_serve_addr.map(|addr| {
-        let registry = crate::metrics::registry(controller.snapshot(), controller.metrics());
-        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
-        tokio::spawn(crate::metrics::serve(addr, registry, controller.snapshot()))
-    });
     let (asks_tx, asks) = mpsc::channel(64);
-    let server = tokio::spawn({
-        let (path, snapshot) = (options.socket.clone(), controller.snapshot());
-        async move { api::serve(&path, snapshot, asks_tx, observer).await }
-    });
-    tracing::info!("serving the local API on {}", options.socket.display());
+    let servers = start_servers(&options, &controller, observer, asks_tx);
     let outcome = control_loop(controller, events, changes, asks, kube_events, options.cni()).await;
     source_task.abort();
-    server.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
+    for server in servers {
+        server.abort();
     }
     let _ = std::fs::remove_file(&options.socket);
     let signal = outcome?;
@@ -131,6 +121,27 @@ pub async fn run(options: Options) -> Result<()> {
     };
     tracing::info!("{signal}: {stopped}");
     Ok(())
+}
+
+/// Serves the local API (its state-changing requests to `asks`) and, when asked for,
+/// Prometheus metrics; returns their tasks, to end at exit.
+fn start_servers(
+    options: &Options,
+    controller: &Controller,
+    observer: Option<Arc<Observer>>,
+    asks: mpsc::Sender<Asked>,
+) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+    let registry = Arc::new(crate::metrics::registry(controller.snapshot(), controller.metrics()));
+    let mut servers = Vec::new();
+    if let Some(addr) = options.prometheus_serve_addr {
+        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+        servers.push(tokio::spawn(crate::metrics::serve(addr, registry.clone(), controller.snapshot())));
+    }
+    let (path, snapshot) = (options.socket.clone(), controller.snapshot());
+    let live = api::Live { observer, metrics: Some(registry) };
+    servers.push(tokio::spawn(async move { api::serve(&path, snapshot, asks, live).await }));
+    tracing::info!("serving the local API on {}", options.socket.display());
+    servers
 }
 
 /// The datapath (none: a recorder of tables), the kernel's changes it follows, and the

@@ -10,8 +10,9 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 use skiff_api::{
-    Client, DEFAULT_SOCKET, EndpointView, FlowView, IdentityView, IpamView, NodeView, PodRef, PolicyView,
-    PrefilterView, Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView, WorkerCounters,
+    Client, DEFAULT_SOCKET, EndpointView, FlowView, IdentityView, IpamView, MapView, MetricSample, NodeView,
+    PodRef, PolicyView, PrefilterView, Protocol, Request, RuleView, ServiceView, Status, TraceEnd, TraceView,
+    WorkerCounters,
 };
 
 #[derive(Parser)]
@@ -36,7 +37,11 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// The agent: health, source, datapath, objects, rejections, last apply, counters.
-    Status,
+    Status {
+        /// Every counter: the XDP program's verdicts, each worker, the observer.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Services.
     Service {
         #[command(subcommand)]
@@ -76,6 +81,21 @@ enum Command {
     Ct {
         #[command(subcommand)]
         command: CtCommand,
+    },
+    /// NAT: the tracked flows the node masquerades, with the address and port each holds.
+    Nat {
+        #[command(subcommand)]
+        command: NatCommand,
+    },
+    /// The BPF maps pinned by the datapath, with entries and capacity.
+    Map {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// The agent's metrics, as Prometheus scrapes them.
+    Metrics {
+        #[command(subcommand)]
+        command: ListCommand,
     },
     /// The flows the datapath decides (forwarded, translated, judged, dropped; at the NIC
     /// or by a worker), as `hubble observe` shows them.
@@ -167,6 +187,18 @@ enum CtCommand {
 }
 
 #[derive(Subcommand)]
+enum NatCommand {
+    /// Masqueraded flows: the source each had, and the node's address and port it leaves
+    /// with.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ListCommand {
+    List,
+}
+
+#[derive(Subcommand)]
 enum IpamCommand {
     /// The pools and their allocations.
     List,
@@ -185,7 +217,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let client = Client::new(&cli.socket);
     match cli.command {
-        Command::Status => show(cli.output, &client.status()?, print_status),
+        Command::Status { verbose } => show(cli.output, &client.status()?, |s| print_status(s, verbose)),
+        Command::Nat { command: NatCommand::List } => {
+            // A flow is masqueraded when its replies come to another address or port than
+            // its client sent from.
+            let nat: Vec<FlowView> =
+                client.flows()?.into_iter().filter(|f| f.reply_destination != f.source).collect();
+            show(cli.output, &nat, |f| print_nat(f))
+        }
+        Command::Map { command: ListCommand::List } => show(cli.output, &client.maps()?, |m| print_maps(m)),
+        Command::Metrics { command: ListCommand::List } => {
+            show(cli.output, &client.metrics()?, |m| print_metrics(m))
+        }
         Command::Service { command: ServiceCommand::List } => {
             show(cli.output, &client.services()?, |s| print_services(s))
         }
@@ -265,6 +308,11 @@ fn show<T: Serialize + ?Sized>(output: Output, value: &T, table: impl FnOnce(&T)
     Ok(())
 }
 
+/// A row's label: `Key:`, or nothing on a row that goes on the one above.
+fn label(key: &str) -> String {
+    if key.is_empty() { String::new() } else { format!("{key}:") }
+}
+
 /// A borderless table, as cilium-dbg prints them (print it with `trim_fmt`).
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -275,10 +323,10 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-fn print_status(s: &Status) {
+fn print_status(s: &Status, verbose: bool) {
     let mut t = table(&[]);
     let mut row = |k: &str, v: String| {
-        t.add_row(vec![format!("{k}:"), v]);
+        t.add_row(vec![label(k), v]);
     };
     row("Health", s.health.to_string());
     row("Agent", format!("skiff-agent {} on node {}", s.version, s.node));
@@ -337,6 +385,9 @@ fn print_status(s: &Status) {
     match s.rejections.len() {
         0 => row("Rejections", "none".into()),
         n => row("Rejections", format!("{n} (the last good version of each keeps running)")),
+    }
+    if verbose {
+        verbose_rows(s, &mut row);
     }
     println!("{}", t.trim_fmt());
     for r in &s.rejections {
@@ -460,7 +511,7 @@ fn print_endpoints(endpoints: &[EndpointView]) {
 fn print_endpoint(e: &EndpointView) {
     let mut t = table(&[]);
     let mut row = |k: &str, v: String| {
-        t.add_row(vec![format!("{k}:"), v]);
+        t.add_row(vec![label(k), v]);
     };
     row("Endpoint", e.id.to_string());
     row("Pod", e.pod.as_ref().map_or_else(|| "(not named by the runtime)".into(), ToString::to_string));
@@ -564,6 +615,72 @@ fn print_flows(flows: &[FlowView]) {
     }
     println!("{}", t.trim_fmt());
     println!("{} flows, {} forwarded at the NIC", flows.len(), flows.iter().filter(|f| f.at_nic).count());
+}
+
+/// What `status` leaves out: every XDP verdict, the flows and NAT ports, each worker's load,
+/// the observer.
+fn verbose_rows(s: &Status, row: &mut impl FnMut(&str, String)) {
+    if let Some(w) = &s.workers {
+        row("XDP verdicts", String::new());
+        for (action, (packets, bytes)) in &w.xdp_actions {
+            row("", format!("{packets:>10} {action} ({bytes} bytes)"));
+        }
+        row(
+            "Tracked flows",
+            format!(
+                "{} IPv4, {} IPv6; NAT ports in use: {} IPv4, {} IPv6",
+                w.conntrack.0, w.conntrack.1, w.nat_ports.0, w.nat_ports.1
+            ),
+        );
+        let busy: Vec<String> = w
+            .busy_permille
+            .iter()
+            .enumerate()
+            .map(|(q, b)| format!("{q}: {:.1}%", f64::from(*b) / 10.0))
+            .collect();
+        row("Workers busy", busy.join(", "));
+        row("Flow events", format!("{} lost in the datapath's queues", w.events_lost));
+    }
+    if let Some(f) = &s.flows {
+        row(
+            "Observer",
+            format!(
+                "{} flows seen, {} of {} kept, {} followers, {} lost by followers",
+                f.seen, f.kept, f.capacity, f.followers, f.lost_to_followers
+            ),
+        );
+    }
+}
+
+fn print_nat(flows: &[FlowView]) {
+    let mut t = table(&["PROTO", "SOURCE", "TRANSLATED SOURCE", "DESTINATION", "FORWARDED BY"]);
+    for f in flows {
+        t.add_row(vec![
+            f.protocol.clone(),
+            f.source.to_string(),
+            f.reply_destination.to_string(),
+            f.reply_source.to_string(),
+            if f.at_nic { "NIC (XDP)".into() } else { "worker".into() },
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+fn print_maps(maps: &[MapView]) {
+    let mut t = table(&["NAME", "TYPE", "ENTRIES", "CAPACITY"]);
+    for m in maps {
+        let entries = m.entries.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        t.add_row(vec![m.name.clone(), m.kind.clone(), entries, m.capacity.to_string()]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+fn print_metrics(samples: &[MetricSample]) {
+    let mut t = table(&["METRIC", "LABELS", "VALUE"]);
+    for m in samples {
+        t.add_row(vec![m.name.clone(), m.labels.clone(), m.value.to_string()]);
+    }
+    println!("{}", t.trim_fmt());
 }
 
 fn print_ipam(ipam: &IpamView) {
