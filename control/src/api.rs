@@ -259,9 +259,19 @@ fn metric_samples(registry: &Registry) -> Result<Vec<MetricSample>, std::fmt::Er
         .collect())
 }
 
+/// A flow as [`Answer::Flow`] encodes it, borrowed: streamed flows are not copied.
+#[derive(serde::Serialize)]
+enum FlowLine<'a> {
+    #[serde(rename = "flow")]
+    Flow(&'a Flow),
+}
+
+/// Flows written per write while following, at most.
+const FLOWS_PER_WRITE: usize = 256;
+
 /// Writes the kept flows that pass `filter` (the last `last`), then, with `follow`, each new
-/// one until the client leaves; flows this client fell too far behind to get are counted and
-/// told. Fails when the client is gone.
+/// one until the client leaves, those waiting together in one write; flows this client fell
+/// too far behind to get are counted and told. Fails when the client is gone.
 async fn stream_flows(
     write: &mut (impl AsyncWriteExt + Unpin),
     observer: Option<&Observer>,
@@ -269,35 +279,60 @@ async fn stream_flows(
     last: Option<usize>,
     follow: bool,
 ) -> std::io::Result<()> {
-    let mut send = async |answer: &Answer| write.write_all(encode_line(answer).as_bytes()).await;
     let Some(observer) = observer else {
         let why = "no datapath runs (--io none): there are no flows to observe";
-        return send(&Answer::Error(ApiError::new(ErrorCode::NotFound, why))).await;
+        let answer = Answer::Error(ApiError::new(ErrorCode::NotFound, why));
+        return write.write_all(encode_line(&answer).as_bytes()).await;
     };
     if let Err(why) = filter.check() {
-        return send(&Answer::Error(ApiError::new(ErrorCode::BadRequest, why))).await;
+        let answer = Answer::Error(ApiError::new(ErrorCode::BadRequest, why));
+        return write.write_all(encode_line(&answer).as_bytes()).await;
     }
-    // Following from before the kept flows are read: none falls between; one recorded
-    // meanwhile comes in both, and is sent once.
+    let mut out = Vec::new();
+    let line = |out: &mut Vec<u8>, flow: &Flow| {
+        // A flow always encodes (plain data); the line ends either way.
+        let _ = serde_json::to_writer(&mut *out, &FlowLine::Flow(flow));
+        out.push(b'\n');
+    };
+    // Following from before the kept flows are read: none falls between; those recorded
+    // meanwhile (numbered from `next` on) come in both, and are sent once.
     let live = follow.then(|| observer.follow());
-    let kept = observer.last(last, |f| filter.matches(f));
+    let (kept, next) = observer.last(last, |f| filter.matches(f));
     for flow in &kept {
-        send(&Answer::Flow(Box::new(Flow::clone(flow)))).await?;
+        line(&mut out, flow);
     }
-    let Some(mut live) = live else { return send(&Answer::Done).await };
+    let Some(mut live) = live else {
+        out.extend_from_slice(encode_line(&Answer::Done).as_bytes());
+        return write.write_all(&out).await;
+    };
+    write.write_all(&out).await?;
     loop {
-        match live.recv().await {
-            Ok(flow) if filter.matches(&flow) && !kept.iter().any(|k| Arc::ptr_eq(k, &flow)) => {
-                send(&Answer::Flow(Box::new(Flow::clone(&flow)))).await?;
+        out.clear();
+        let mut got = Some(live.recv().await);
+        for _ in 0..FLOWS_PER_WRITE {
+            match got.take() {
+                Some(Ok((number, flow))) if number >= next && filter.matches(&flow) => line(&mut out, &flow),
+                Some(Ok(_)) => {}
+                Some(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    observer.lost(n);
+                    let lost = LostEvents { source: "HUBBLE_RING_BUFFER".into(), num_events_lost: n };
+                    out.extend_from_slice(encode_line(&Answer::Lost(lost)).as_bytes());
+                }
+                Some(Err(broadcast::error::RecvError::Closed)) => {
+                    out.extend_from_slice(encode_line(&Answer::Done).as_bytes());
+                    return write.write_all(&out).await;
+                }
+                None => break,
             }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                observer.lost(n);
-                let lost = LostEvents { source: "HUBBLE_RING_BUFFER".into(), num_events_lost: n };
-                send(&Answer::Lost(lost)).await?;
-            }
-            Err(broadcast::error::RecvError::Closed) => return send(&Answer::Done).await,
+            got = match live.try_recv() {
+                Ok(flow) => Some(Ok(flow)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Some(Err(broadcast::error::RecvError::Lagged(n)))
+                }
+                Err(_) => None,
+            };
         }
+        write.write_all(&out).await?;
     }
 }
 

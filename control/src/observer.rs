@@ -62,11 +62,15 @@ pub struct Context {
     pub rules: HashMap<u32, RuleView>,
 }
 
+/// A flow and its number, in the order flows were recorded.
+pub type Numbered = (u64, Arc<Flow>);
+
 /// The observer: the ring of the last flows, their followers, and its counts.
 pub struct Observer {
     capacity: usize,
-    ring: Mutex<VecDeque<Arc<Flow>>>,
-    live: broadcast::Sender<Arc<Flow>>,
+    /// The last flows, each with its number (the count of flows recorded before it).
+    ring: Mutex<VecDeque<Numbered>>,
+    live: broadcast::Sender<Numbered>,
     context: RwLock<Arc<Context>>,
     /// Flows recorded since the agent started.
     pub seen: AtomicU64,
@@ -122,30 +126,37 @@ impl Observer {
 
     pub fn record(&self, flow: Flow) {
         let flow = Arc::new(flow);
-        {
+        let number = {
             let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if ring.len() == self.capacity {
                 ring.pop_front();
             }
-            ring.push_back(flow.clone());
-        }
-        self.seen.fetch_add(1, Ordering::Relaxed);
+            let number = self.seen.fetch_add(1, Ordering::Relaxed);
+            ring.push_back((number, flow.clone()));
+            number
+        };
         // No follower: nothing to send to.
-        let _ = self.live.send(flow);
+        let _ = self.live.send((number, flow));
     }
 
-    /// The last `n` kept flows that `keep` keeps (every one kept: `None`), oldest first.
-    pub fn last(&self, n: Option<usize>, keep: impl Fn(&Flow) -> bool) -> Vec<Arc<Flow>> {
+    /// The last `n` kept flows that `keep` keeps (every one kept: `None`), oldest first, and
+    /// the number the next flow recorded gets.
+    pub fn last(&self, n: Option<usize>, keep: impl Fn(&Flow) -> bool) -> (Vec<Arc<Flow>>, u64) {
         let ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut found: Vec<Arc<Flow>> =
-            ring.iter().rev().filter(|f| keep(f)).take(n.unwrap_or(usize::MAX)).cloned().collect();
+        let mut found: Vec<Arc<Flow>> = ring
+            .iter()
+            .rev()
+            .filter(|(_, f)| keep(f))
+            .take(n.unwrap_or(usize::MAX))
+            .map(|(_, f)| f.clone())
+            .collect();
         found.reverse();
-        found
+        (found, self.seen.load(Ordering::Relaxed))
     }
 
     /// New flows from now on; a receiver that falls `capacity` flows behind misses some
     /// (told by `RecvError::Lagged`, which the caller counts with [`Observer::lost`]).
-    pub fn follow(&self) -> broadcast::Receiver<Arc<Flow>> {
+    pub fn follow(&self) -> broadcast::Receiver<Numbered> {
         self.live.subscribe()
     }
 

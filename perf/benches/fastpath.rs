@@ -81,16 +81,19 @@ fn backends_under_policy() -> Policy {
 /// reverse NAT. Each iteration copies both frames into fixed buffers (as a worker's UMEM
 /// frames) and processes them: no allocation. Both must be forwarded, before and after.
 /// Then the same with the backends under network policy: the verdict is the flow's, kept in
-/// conntrack, so established packets should not pay for it.
+/// conntrack, so established packets should not pay for it; and with flow events off:
+/// observers hear of decisions, never of each packet, so they should not pay for them either.
 fn established(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine/established");
-    established_flow(&mut g, "dnat_and_reverse_nat", Policy::default());
-    established_flow(&mut g, "under_policy", backends_under_policy());
+    established_flow(&mut g, "dnat_and_reverse_nat", Policy::default(), true);
+    established_flow(&mut g, "under_policy", backends_under_policy(), true);
+    established_flow(&mut g, "flow_events_off", Policy::default(), false);
     g.finish();
 }
 
-fn established_flow(g: &mut BenchmarkGroup<WallTime>, name: &str, policy: Policy) {
+fn established_flow(g: &mut BenchmarkGroup<WallTime>, name: &str, policy: Policy, flow_events: bool) {
     let mut e = engine_with(1024, policy);
+    e.events().on = flow_events;
     let request = eth().ipv4(CLIENT, VIP).tcp(45000, 80).ack(1).payload(&[0x41; 64]).build();
     let mut first = request.clone();
     assert_eq!(e.process(&mut first, 0), Action::Forward);

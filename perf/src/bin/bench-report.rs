@@ -52,6 +52,12 @@ const WIRE: &[Row] = &[
 const FASTPATH: &[Row] = &[
     ("established_flow_dnat_plus_reverse_nat_2_packets", "engine/established", "dnat_and_reverse_nat", None),
     (
+        "established_flow_2_packets_flow_events_on",
+        "engine/established",
+        "dnat_and_reverse_nat",
+        Some(("flow_events_off", "the same flow with flow events off")),
+    ),
+    (
         "established_flow_2_packets_backend_under_policy",
         "engine/established",
         "under_policy",

@@ -22,6 +22,7 @@ pub fn bench() -> Result<()> {
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "overlay"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "control"]))?;
     run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "policy"]))?;
+    run(cargo().args(["bench", "-p", "skiff-perf", "--bench", "observe"]))?;
     // The CNI and socket-LB benches run skiff-agent and skiff-cni as a node runs them:
     // release binaries.
     run(cargo().args(["build", "--release", "-p", "skiff-control", "--bins"]))?;
