@@ -109,8 +109,8 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
     if run.action != XdpAction::Redirect.code() {
         return Err(format!("the offloaded flow's packet got action {}, not a redirect", run.action).into());
     }
-    frames.push(("flow_table_hit", hit));
-    let mut records = Vec::new();
+    frames.push(("flow_table_hit", hit.clone()));
+    let mut records = vec![events_on_and_off(&mut ingress, &config, &hit)?];
     for (name, frame) in frames {
         let (skiff, empty) = abba(
             ROUNDS,
@@ -121,6 +121,22 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
         records.push(Record::new(format!("floor_ns_per_packet_{name}_counting_program"), "ns", empty));
     }
     Ok(records)
+}
+
+/// A flow-table hit with the program's decisions sampled for observers (one in
+/// `trace_sample_every`, the default) against the same with sampling off, alternating.
+fn events_on_and_off(ingress: &mut Ingress, config: &XdpConfig, hit: &[u8]) -> Result<Record> {
+    let ingress = std::cell::RefCell::new(ingress);
+    let run = |config: XdpConfig| -> Result<f64> {
+        let mut ingress = ingress.borrow_mut();
+        ingress.set_config(&config)?;
+        Ok(ingress.test_run(hit, REPEAT)?.duration_ns.into())
+    };
+    let off = XdpConfig { trace_sample_every: 0, ..*config };
+    let (with, without) = abba(ROUNDS, || run(*config), || run(off))?;
+    ingress.borrow_mut().set_config(config)?;
+    Ok(Record::new("ns_per_packet_flow_table_hit_flow_events_on", "ns", with)
+        .against("the same with flow events off (no sampling)", without))
 }
 
 /// Offloads a connection to the fixtures' service as a worker does (an engine sees its
