@@ -253,13 +253,16 @@ impl Controller {
     /// What the observer names flows by, from the state now.
     fn observer_context(&self) -> observer::Context {
         let desired = self.compiler.desired();
-        let pods = desired
-            .pods
-            .iter()
-            .flat_map(|((namespace, name), pod)| {
-                pod.ips.iter().map(move |ip| (*ip, (namespace.clone(), name.clone())))
-            })
-            .collect();
+        let objects = desired.pods.iter().flat_map(|((namespace, name), pod)| {
+            pod.ips.iter().map(move |ip| (*ip, (namespace.clone(), name.clone())))
+        });
+        // The pods this agent gave a network, named as the runtime named them (before their
+        // Pod objects report the addresses, or without objects at all).
+        let served = self.endpoints.iter().flat_map(Endpoints::views).flat_map(|e| {
+            let pod = e.pod.map(|p| (p.namespace, p.name));
+            e.addresses.into_iter().filter_map(move |a| Some((a, pod.clone()?)))
+        });
+        let pods = objects.chain(served).collect();
         let services = self
             .applier
             .applied()

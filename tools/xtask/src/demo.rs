@@ -155,8 +155,18 @@ impl OnTheNode {
         }
         let state_arg = state.display().to_string();
         let uplink = &lab.client().node_iface;
-        let args: Vec<String> =
-            ["--state-dir", &state_arg, "--node-name", "node1", "--device", uplink].map(String::from).into();
+        let args: Vec<String> = [
+            "--state-dir",
+            &state_arg,
+            "--node-name",
+            "node1",
+            "--device",
+            uplink,
+            "--prometheus-serve-addr",
+            METRICS,
+        ]
+        .map(String::from)
+        .into();
         println!("== skiff-agent on the node: objects from examples/demo, the pods' network from skiff-cni");
         println!("  skiff-agent {}", args.join(" "));
         let agent = Agent::start(&node, &bin.join("skiff-agent"), &name, &args)?;
@@ -271,6 +281,8 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     print_indented(&on.skiff(&["endpoint", "list"])?);
     println!("  30 new connections: {}", spread(&client_pod.netns, "198.19.0.10:80", 30)?);
 
+    what_skiff_saw(&on)?;
+
     println!("== SIGTERM to skiff-agent (the pods keep their network; flows at the NIC keep flowing)");
     let exit = on.agent.terminate()?;
     if !exit.success() {
@@ -294,6 +306,27 @@ fn services_through_skiff(lab: &mut Lab, bin: &std::path::Path) -> Result<Vec<Ho
     }
     println!("  XDP on {uplink}: detached");
     Ok(pods[..2].to_vec())
+}
+
+/// Where the demo's agent serves Prometheus metrics, in the node's namespace.
+const METRICS: &str = "127.0.0.1:9962";
+
+/// The flows skiff decided, as `skiff observe` shows them, and a metric as Prometheus
+/// scrapes it.
+fn what_skiff_saw(on: &OnTheNode) -> Result<()> {
+    println!(
+        "== skiff observe --last 20: the last flows skiff decided (the workers', and the NIC's sampled)"
+    );
+    print_indented(&on.skiff(&["observe", "--last", "20"])?);
+    println!("== one metric, as Prometheus scrapes it from http://{METRICS}/metrics");
+    let out = on.node.exec("curl", &["-sS", &format!("http://{METRICS}/metrics")])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("skiff_service_flows_total"))
+        .context("no skiff_service_flows_total")?;
+    println!("  {line}");
+    Ok(())
 }
 
 /// A Service on port 65536 arrives: rejected, and the service keeps forwarding.
