@@ -282,6 +282,7 @@ impl Controller {
             labels: self.identities.views().into_iter().map(|v| (v.id, v.labels)).collect(),
             services,
             rules: self.policy.rules.iter().map(|r| (r.id, r.clone())).collect(),
+            tunnels: if desired.overlay.is_some() { desired.tunnels.clone() } else { Vec::new() },
         }
     }
 

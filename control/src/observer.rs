@@ -18,7 +18,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use skiff_api::{
-    FlowCounters, RuleView,
+    FlowCounters, RuleView, Tunnel,
     observe::{
         Counts, DecidedBy, Endpoint, EventKind, EventType, Flow, FlowType, Ip, L4, Policy, Service,
         TrafficDirection, Translation, Verdict,
@@ -60,6 +60,9 @@ pub struct Context {
     pub services: HashMap<(IpAddr, u16, u8), Service>,
     /// Policy rules by number.
     pub rules: HashMap<u32, RuleView>,
+    /// In tunnel routing, the other nodes' pod CIDRs: a flow to one is encapsulated, a flow
+    /// from one was decapsulated.
+    pub tunnels: Vec<Tunnel>,
 }
 
 /// A flow and its number, in the order flows were recorded.
@@ -230,6 +233,11 @@ impl Context {
         }
     }
 
+    /// The other node whose pods `a` is one of (tunnel routing).
+    fn remote(&self, a: IpAddr) -> Option<&Tunnel> {
+        self.tunnels.iter().find(|t| t.pod_cidr.contains(&a))
+    }
+
     fn service(&self, a: IpAddr, port: u16, protocol: u8) -> Option<Service> {
         self.services.get(&(a, port, protocol)).cloned()
     }
@@ -290,14 +298,25 @@ fn worker_flow(e: &Event, ctx: &Context, clock: &Clock) -> Flow {
         });
     }
     let leaves = addr(e.translated.dst);
-    let to = if ctx.pods.contains_key(&leaves) { "TO_ENDPOINT" } else { "TO_NETWORK" };
+    let remote = ctx.remote(leaves);
+    let to = match remote {
+        Some(_) => "TO_OVERLAY",
+        None if ctx.pods.contains_key(&leaves) => "TO_ENDPOINT",
+        None => "TO_NETWORK",
+    };
+    // Where the overlay carried the packet, for the summary.
+    let tunnel = match (remote, ctx.remote(addr(e.tuple.src))) {
+        (Some(t), _) => format!(", encapsulated to {} ({})", t.node, t.endpoint),
+        (None, Some(t)) => format!(", decapsulated from {} ({})", t.node, t.endpoint),
+        (None, None) => String::new(),
+    };
     match e.kind {
         event::EventKind::Started => {
             f.destination_service = ctx.service(dst, dport, e.tuple.protocol);
             f.trace_observation_point = Some(to.into());
             f.summary = match &f.translated {
-                Some(t) => format!("new flow, to {} (backend {})", t.destination, e.backend.0),
-                None => "new flow".into(),
+                Some(t) => format!("new flow, to {} (backend {}){tunnel}", t.destination, e.backend.0),
+                None => format!("new flow{tunnel}"),
             };
         }
         event::EventKind::Replied => {
@@ -306,8 +325,8 @@ fn worker_flow(e: &Event, ctx: &Context, clock: &Clock) -> Flow {
             f.is_reply = true;
             f.trace_observation_point = Some(to.into());
             f.summary = match &f.translated {
-                Some(t) => format!("reply, from {}", t.source),
-                None => "reply".into(),
+                Some(t) => format!("reply, from {}{tunnel}", t.source),
+                None => format!("reply{tunnel}"),
             };
         }
         event::EventKind::Ended => {
@@ -337,6 +356,10 @@ fn worker_flow(e: &Event, ctx: &Context, clock: &Clock) -> Flow {
                     format!("policy denied{by}")
                 }
             };
+        }
+        event::EventKind::ToSlowPath => {
+            f.trace_observation_point = Some("TO_STACK".into());
+            f.summary = "to the slow path (the kernel never saw it)".into();
         }
         event::EventKind::Dropped(reason) => {
             f.verdict = Verdict::Dropped;

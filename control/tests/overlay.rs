@@ -16,7 +16,10 @@ mod privileged {
         time::{Duration, Instant},
     };
 
-    use skiff_api::{Kind, NodeView, Status};
+    use skiff_api::{
+        Answer, Kind, NodeView, Status,
+        observe::{EventKind, FlowFilter},
+    };
     use skiff_common::DropReason;
     use skiff_lab::{
         Host, Lab, Netns, Topology,
@@ -202,6 +205,33 @@ mod privileged {
 
     /// node1 resolves the other nodes' MACs itself (ARP, asked by skiff-agent), with no static
     /// neighbour entry for them.
+    /// `skiff observe` on both ends of the tunnel: pod-1-1's new flows to backends on node2
+    /// leave node1 encapsulated, and arrive at node2 decapsulated.
+    fn observed_through_the_tunnel(c: &Cluster) {
+        let started = |k: usize| {
+            let filter = FlowFilter {
+                from_pod: Some("default/pod-1-1".into()),
+                event_type: Some(EventKind::Trace),
+                ..FlowFilter::default()
+            };
+            let mut flows = Vec::new();
+            c.agents[k]
+                .agent
+                .client()
+                .observe(filter, None, false, |a| {
+                    if let Answer::Flow(f) = a {
+                        flows.push(f.summary);
+                    }
+                    true
+                })
+                .unwrap();
+            flows
+        };
+        let (node1, node2) = (started(0), started(1));
+        assert!(node1.iter().any(|s| s.contains("encapsulated to node2")), "node1: {node1:#?}");
+        assert!(node2.iter().any(|s| s.contains("decapsulated from node1")), "node2: {node2:#?}");
+    }
+
     fn node1_resolves_the_other_nodes(c: &mut Cluster) {
         let node1 = &c.lab.nodes()[0];
         for other in &c.lab.nodes()[1..] {
@@ -281,6 +311,9 @@ mod privileged {
                 // below 6 is far outside chance).
                 assert!(share >= 6, "pod-{backend}-0 took {share} of 60 from pod-{k}-1");
             }
+        }
+        if mode != "native" {
+            observed_through_the_tunnel(&c);
         }
 
         match mode {

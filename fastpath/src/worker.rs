@@ -447,12 +447,18 @@ impl Core {
     /// Counts a drop of `frame` and records it for observers.
     fn dropped(&mut self, frame: &[u8], reason: DropReason, stats: &mut Stats) {
         stats.count_drop(reason);
+        self.record(frame, EventKind::Dropped(reason));
+    }
+
+    /// Records what became of an IP `frame` for observers (a frame of another protocol is
+    /// counted only).
+    fn record(&mut self, frame: &[u8], kind: EventKind) {
         let events = self.engine.events();
         if events.on
             && let Some(k) = layers::parse(frame).ok().and_then(|p| p.flow(frame))
         {
             let tuple = Tuple::new(k.src, k.dst, k.protocol.0, k.src_port, k.dst_port);
-            events.push(Event::of(EventKind::Dropped(reason), tuple));
+            events.push(Event::of(kind, tuple));
         }
     }
 
@@ -481,8 +487,11 @@ impl Core {
                 if let Some(slow) = &self.exceptions {
                     // Off the hot path: a copy for the slow path, dropped if it lags.
                     match slow.try_send(frame.to_vec()) {
-                        Ok(()) => stats.exceptions += 1,
-                        Err(_) => stats.count_drop(DropReason::SlowPathBusy),
+                        Ok(()) => {
+                            stats.exceptions += 1;
+                            self.record(frame, EventKind::ToSlowPath);
+                        }
+                        Err(_) => self.dropped(frame, DropReason::SlowPathBusy, stats),
                     }
                 }
                 return;

@@ -45,6 +45,8 @@ pub enum EventKind {
     Judged { verdict: Verdict, ingress: bool },
     /// A packet dropped.
     Dropped(DropReason),
+    /// A packet the kernel never saw handed to the slow path (ARP/ND, ICMP, the node's own).
+    ToSlowPath,
 }
 
 impl Event {
