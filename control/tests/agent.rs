@@ -24,31 +24,12 @@ mod privileged {
     }
 
     fn start(lab: &Lab, io: &str) -> (Agent, std::path::PathBuf) {
-        let state = std::env::temp_dir().join(format!("skiff-test-agent-{}-{io}-objects", lab.id()));
-        std::fs::create_dir_all(&state).unwrap();
-        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
-        for file in ["node.yaml", "web.yaml", "pods.yaml"] {
-            std::fs::copy(demo.join(file), state.join(file)).unwrap();
-        }
-        let mut args: Vec<String> =
-            ["--state-dir", state.to_str().unwrap(), "--node-name", "node1", "--io", io]
-                .map(String::from)
-                .into();
-        if io == "afpacket" {
-            // Without XDP nothing decapsulates: AF_PACKET runs with native routing.
-            args.extend(["--routing-mode".to_owned(), "native".to_owned()]);
-        }
-        for device in
-            std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface))
-        {
-            args.extend(["--device".to_owned(), device.clone()]);
-        }
+        // Without XDP nothing decapsulates: AF_PACKET runs with native routing.
+        let native: &[&str] = if io == "afpacket" { &["--routing-mode", "native"] } else { &[] };
+        let options = [&["--io", io][..], native].concat();
         let name = format!("test-agent-{}-{io}", lab.id());
-        let mut agent =
-            Agent::start(&lab.node().netns, Path::new(env!("CARGO_BIN_EXE_skiff-agent")), &name, &args)
-                .expect("skiff-agent starts");
-        agent.wait_until("the first apply", |a| a.status().is_some_and(|s| s.applies >= 1)).unwrap();
-        (agent, state)
+        Agent::start_on_demo(lab, Path::new(env!("CARGO_BIN_EXE_skiff-agent")), &name, &options)
+            .expect("skiff-agent starts")
     }
 
     fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

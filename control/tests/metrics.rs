@@ -90,32 +90,11 @@ mod privileged {
         for pod in &lab.pods()[..3].to_vec() {
             lab.serve_http(pod, 8080).unwrap();
         }
-        let state = std::env::temp_dir().join(format!("skiff-test-metrics-{}", lab.id()));
-        std::fs::create_dir_all(&state).unwrap();
-        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
-        for file in ["node.yaml", "web.yaml", "pods.yaml"] {
-            std::fs::copy(demo.join(file), state.join(file)).unwrap();
-        }
-        let mut args: Vec<String> = [
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--node-name",
-            "node1",
-            "--prometheus-serve-addr",
-            AGENT,
-        ]
-        .map(String::from)
-        .into();
-        for device in
-            std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface))
-        {
-            args.extend(["--device".to_owned(), device.clone()]);
-        }
         let name = format!("test-metrics-{}", lab.id());
-        let mut agent =
-            Agent::start(&lab.node().netns, Path::new(env!("CARGO_BIN_EXE_skiff-agent")), &name, &args)
+        let binary = Path::new(env!("CARGO_BIN_EXE_skiff-agent"));
+        let (mut agent, state) =
+            Agent::start_on_demo(&lab, binary, &name, &["--prometheus-serve-addr", AGENT])
                 .expect("skiff-agent starts");
-        agent.wait_until("the first apply", |a| a.status().is_some_and(|s| s.applies >= 1)).unwrap();
         let node = lab.node().netns.clone();
         let health =
             node.exec("curl", &["-sS", "-w", " %{http_code}", &format!("http://{AGENT}/healthz")]).unwrap();

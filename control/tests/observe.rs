@@ -46,6 +46,11 @@ spec:
         flows
     }
 
+    /// The ClusterIP's traces: its flows as the client pod sends them.
+    fn to_vip() -> FlowFilter {
+        FlowFilter { to_ip: Some(VIP), event_type: Some(EventKind::Trace), ..FlowFilter::default() }
+    }
+
     fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !done() {
@@ -60,27 +65,12 @@ spec:
         for pod in &lab.pods()[..3].to_vec() {
             lab.serve_http(pod, 8080).unwrap();
         }
-        let state = std::env::temp_dir().join(format!("skiff-test-observe-{}", lab.id()));
-        std::fs::create_dir_all(&state).unwrap();
-        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
-        for file in ["node.yaml", "web.yaml", "pods.yaml"] {
-            std::fs::copy(demo.join(file), state.join(file)).unwrap();
-        }
-        std::fs::write(state.join("policy.yaml"), POLICY).unwrap();
-        let mut args: Vec<String> =
-            ["--state-dir", state.to_str().unwrap(), "--node-name", "node1", "--flow-buffer", "200"]
-                .map(String::from)
-                .into();
-        for device in
-            std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface))
-        {
-            args.extend(["--device".to_owned(), device.clone()]);
-        }
         let name = format!("test-observe-{}", lab.id());
-        let mut agent =
-            Agent::start(&lab.node().netns, Path::new(env!("CARGO_BIN_EXE_skiff-agent")), &name, &args)
-                .expect("skiff-agent starts");
-        agent.wait_until("the first apply", |a| a.status().is_some_and(|s| s.applies >= 1)).unwrap();
+        let binary = Path::new(env!("CARGO_BIN_EXE_skiff-agent"));
+        let (mut agent, state) =
+            Agent::start_on_demo(&lab, binary, &name, &["--flow-buffer", "200"]).expect("skiff-agent starts");
+        std::fs::write(state.join("policy.yaml"), POLICY).unwrap();
+        agent.wait_until("the policy", |a| a.status().is_some_and(|s| s.policies == 1)).unwrap();
         let (client_pod, outside) = (lab.pods()[3].clone(), lab.client().clone());
         let node = lab.node().ipv4;
 
@@ -102,13 +92,8 @@ spec:
             let client = agent.client();
             move || {
                 let mut started = Vec::new();
-                let filter = FlowFilter {
-                    to_ip: Some(VIP),
-                    event_type: Some(EventKind::Trace),
-                    ..FlowFilter::default()
-                };
                 client
-                    .observe(filter, Some(0), true, |a| {
+                    .observe(to_vip(), Some(0), true, |a| {
                         if let Answer::Flow(f) = a {
                             started.push(*f);
                         }
@@ -143,10 +128,7 @@ spec:
     /// Each kind of flow, named: pods, labels, service, translation, rule, reason.
     fn named_flows(agent: &Agent, outside_ip: IpAddr) {
         // The ClusterIP's flows, as the client sent them: DNAT'ed to a web pod, named.
-        let to_vip = observe(
-            agent,
-            FlowFilter { to_ip: Some(VIP), event_type: Some(EventKind::Trace), ..FlowFilter::default() },
-        );
+        let to_vip = observe(agent, to_vip());
         let started: Vec<&Flow> = to_vip.iter().filter(|f| f.summary.starts_with("new flow")).collect();
         assert_eq!(started.len(), CURLS, "{to_vip:#?}");
         for f in &started {
@@ -282,13 +264,8 @@ spec:
                 let client = agent.client();
                 std::thread::spawn(move || {
                     let mut n = 0;
-                    let filter = FlowFilter {
-                        to_ip: Some(VIP),
-                        event_type: Some(EventKind::Trace),
-                        ..FlowFilter::default()
-                    };
                     client
-                        .observe(filter, Some(0), true, |a| {
+                        .observe(to_vip(), Some(0), true, |a| {
                             n += usize::from(matches!(a, Answer::Flow(_)));
                             n < 200
                         })

@@ -36,6 +36,38 @@ impl Agent {
         Ok(agent)
     }
 
+    /// skiff-agent on `lab`'s node with the demo's cluster (`examples/demo`: the web Service
+    /// on three pods, a client pod) from a folder of its own, serving the uplink and every
+    /// pod's veth, with `options`; returns once it has applied its objects, with the folder
+    /// (the caller's to remove).
+    pub fn start_on_demo(
+        lab: &crate::Lab,
+        binary: &Path,
+        name: &str,
+        options: &[&str],
+    ) -> Result<(Agent, PathBuf), LabError> {
+        let state = std::env::temp_dir().join(format!("skiff-{name}-objects"));
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+        let copy = |file: &str| std::fs::copy(demo.join(file), state.join(file)).map(drop);
+        std::fs::create_dir_all(&state)
+            .and_then(|()| ["node.yaml", "web.yaml", "pods.yaml"].into_iter().try_for_each(copy))
+            .map_err(|source| LabError::Spawn {
+                command: format!("copying {} to {}", demo.display(), state.display()),
+                source,
+            })?;
+        let mut args: Vec<String> =
+            ["--state-dir", &state.display().to_string(), "--node-name", "node1"].map(String::from).into();
+        args.extend(options.iter().map(|o| (*o).to_owned()));
+        for device in
+            std::iter::once(&lab.client().node_iface).chain(lab.pods().iter().map(|p| &p.node_iface))
+        {
+            args.extend(["--device".to_owned(), device.clone()]);
+        }
+        let mut agent = Agent::start(&lab.node().netns, binary, name, &args)?;
+        agent.wait_until("the first apply", |a| a.status().is_some_and(|s| s.applies >= 1))?;
+        Ok((agent, state))
+    }
+
     /// As [`start`](Agent::start), but waits only until the agent answers on its socket.
     pub fn spawn(node: &Netns, binary: &Path, name: &str, args: &[String]) -> Result<Agent, LabError> {
         Agent::launch(node, binary, name, args, false)
