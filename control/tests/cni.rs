@@ -428,9 +428,10 @@ status:
         const ROUNDS: usize = 10;
         const PODS: usize = 50;
         let lab = Topology::new().cni_pods(PODS + 1).build().expect("lab");
-        // A small connection-tracking table: every new flow touches pages of it, and a small one
-        // is all resident after the first rounds, so what grows after them is a leak.
-        let small = ["--ct-capacity", "4096"];
+        // A small connection-tracking table and flow buffer: every new flow touches pages of the
+        // one and adds to the other (both bounded), and small ones are all resident after the
+        // first rounds, so what grows after them is a leak.
+        let small = ["--ct-capacity", "4096", "--flow-buffer", "64"];
         let mut c =
             Cluster::start(lab, "cni-churn", "afxdp", &small, &format!("{NODE}{}", pods_yaml(&["web-0"])));
         let netns = c.lab.cni_pods().to_vec();

@@ -46,6 +46,13 @@ spec:
         flows
     }
 
+    /// A process's resident memory.
+    fn rss_kib(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("a number of KiB")
+    }
+
     /// The ClusterIP's traces: its flows as the client pod sends them.
     fn to_vip() -> FlowFilter {
         FlowFilter { to_ip: Some(VIP), event_type: Some(EventKind::Trace), ..FlowFilter::default() }
@@ -275,8 +282,11 @@ spec:
             })
             .collect();
         std::thread::sleep(Duration::from_millis(200));
+        let before = rss_kib(agent.pid());
         let burst = client_pod.netns.http_get("http://198.19.0.10/", 200, 3).unwrap();
         assert_eq!(burst.answered(), 200, "{burst:?}");
+        let grown = rss_kib(agent.pid()).saturating_sub(before);
+        assert!(grown < 16 * 1024, "the agent grew by {grown} KiB through 3 rings' worth of flows");
         for follower in keen {
             assert_eq!(follower.join().unwrap(), 200, "a follower that keeps up sees every new flow");
         }

@@ -204,6 +204,9 @@ pub struct Datapath {
     pub workers: u16,
     #[serde(default)]
     pub socket_lb: SocketLb,
+    /// The mode the XDP program got on each device (with AF_XDP: auto resolves per device).
+    #[serde(default)]
+    pub xdp_modes: BTreeMap<String, XdpMode>,
 }
 
 /// Socket-LB: services translated when a socket connects, by cgroup socket programs.

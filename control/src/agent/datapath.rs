@@ -1,7 +1,7 @@
 //! The running datapath as the controller's sink.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
@@ -80,6 +80,7 @@ impl DatapathSink {
             devices: options.devices.clone(),
             workers: options.workers,
             socket_lb: socket_lb_state,
+            xdp_modes: BTreeMap::new(),
         };
         tracing::info!("datapath: {description}");
         let (kernel, changes) = Kernel::connect(datapath.ports())?;
@@ -239,7 +240,8 @@ impl Sink for DatapathSink {
 
     fn describe(&self) -> skiff_api::Datapath {
         let devices = self.datapath.ports().into_iter().map(|(_, name)| name).collect();
-        skiff_api::Datapath { devices, ..self.description.clone() }
+        let xdp_modes = self.datapath.xdp_modes().into_iter().collect();
+        skiff_api::Datapath { devices, xdp_modes, ..self.description.clone() }
     }
 
     fn next_hops(&self) -> usize {

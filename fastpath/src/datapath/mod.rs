@@ -203,6 +203,8 @@ struct Port {
     ifindex: u32,
     /// A pod's addresses, the only sources its frames may have.
     sources: Option<PodSources>,
+    /// The mode the XDP program got on it, with AF_XDP.
+    xdp_mode: Option<XdpMode>,
 }
 
 /// A change to a worker's ports: serve `port` as port `number`, or (`None`) stop serving it;
@@ -333,7 +335,8 @@ impl Datapath {
     /// identity; empty for an interface that is no pod's.
     pub fn attach(&mut self, iface: &str, sources: &[IpAddr]) -> Result<Attached, DatapathError> {
         if let Some(port) = self.port_of(iface) {
-            return Ok(Attached { port, xdp_mode: self.xdp_mode });
+            let xdp_mode = self.ports[port].as_ref().and_then(|p| p.xdp_mode);
+            return Ok(Attached { port, xdp_mode });
         }
         self.attach_port(iface, self.config.attached_umem_frames, pod_sources(sources))
     }
@@ -409,7 +412,7 @@ impl Datapath {
         if number == self.ports.len() {
             self.ports.push(None);
         }
-        self.ports[number] = Some(Port { name: iface.to_owned(), ifindex, sources });
+        self.ports[number] = Some(Port { name: iface.to_owned(), ifindex, sources, xdp_mode });
         self.steer()?;
         Ok(Attached { port: number, xdp_mode })
     }
@@ -438,6 +441,11 @@ impl Datapath {
         }
         self.steer()?;
         Ok(true)
+    }
+
+    /// The interfaces served with the mode the XDP program got on each (with AF_XDP).
+    pub fn xdp_modes(&self) -> Vec<(String, XdpMode)> {
+        self.ports.iter().flatten().filter_map(|p| Some((p.name.clone(), p.xdp_mode?))).collect()
     }
 
     /// The interfaces served, with their port numbers.

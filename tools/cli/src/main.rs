@@ -617,9 +617,12 @@ fn print_flows(flows: &[FlowView]) {
     println!("{} flows, {} forwarded at the NIC", flows.len(), flows.iter().filter(|f| f.at_nic).count());
 }
 
-/// What `status` leaves out: every XDP verdict, the flows and NAT ports, each worker's load,
+/// What `status` leaves out: every device with its XDP mode, every XDP verdict, the flows and NAT ports, each worker's load,
 /// the observer.
 fn verbose_rows(s: &Status, row: &mut impl FnMut(&str, String)) {
+    let d = &s.datapath;
+    let mode = |name: &String| d.xdp_modes.get(name).map_or(String::new(), |m| format!(" ({m} XDP)"));
+    row("Devices", d.devices.iter().map(|name| format!("{name}{}", mode(name))).collect::<Vec<_>>().join(", "));
     if let Some(w) = &s.workers {
         row("XDP verdicts", String::new());
         for (action, (packets, bytes)) in &w.xdp_actions {

@@ -33,6 +33,7 @@ fn status() -> Status {
         io: Io::AfXdp { xdp_mode: XdpMode::Native },
         devices: vec!["eth0".into(), "lxc0".into()],
         workers: 2,
+        xdp_modes: [("eth0".into(), XdpMode::Native), ("lxc0".into(), XdpMode::Generic)].into(),
         ..Datapath::default()
     };
     let mut s = Status::new(Source::StateDir { path: "/var/lib/skiff/objects".into() }, datapath);
