@@ -208,8 +208,11 @@ fn workers(e: &mut DescriptorEncoder, status: &Status) -> fmt::Result {
     )?;
     encode(
         e,
-        counter("forward_bytes", "Bytes forwarded by the workers"),
-        [(vec![("location", "worker".to_owned())], ConstCounter::new(w.forwarded_bytes))],
+        counter("forward_bytes", "Bytes forwarded, by a worker or at the NIC (the flow table)"),
+        [
+            (vec![("location", "worker".to_owned())], ConstCounter::new(w.forwarded_bytes)),
+            (vec![("location", "nic".to_owned())], ConstCounter::new(w.nic_forwarded_bytes)),
+        ],
     )?;
     let actions = |pick: fn(&(u64, u64)) -> u64| {
         w.xdp_actions

@@ -375,6 +375,9 @@ pub struct WorkerCounters {
     pub events_lost: u64,
     #[serde(default)]
     pub forwarded_bytes: u64,
+    /// Bytes the flow table at the NIC forwarded (with AF_XDP).
+    #[serde(default)]
+    pub nic_forwarded_bytes: u64,
     /// Frames by XDP action (with AF_XDP): packets and bytes.
     #[serde(default)]
     pub xdp_actions: BTreeMap<XdpAction, (u64, u64)>,

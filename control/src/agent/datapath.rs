@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use skiff_api::{AttachMode, FlowView, MapView, WorkerCounters};
-use skiff_common::DropReason;
+use skiff_common::{DropReason, conntrack::FlowPath};
 use skiff_engine::{
     flow::unmap,
     offload,
@@ -289,6 +289,8 @@ impl Sink for DatapathSink {
         Some(Arc::new(move || {
             let each = handle.each();
             let s = handle.total();
+            let paths =
+                pins.as_deref().and_then(|dir| skiff_xdp::pinned_flow_paths(dir).ok()).unwrap_or_default();
             let drops =
                 DropReason::ALL.into_iter().map(|r| (r, s.drops_of(r))).filter(|&(_, n)| n > 0).collect();
             let xdp = pins.as_deref().and_then(|dir| skiff_xdp::pinned_drops(dir).ok()).unwrap_or_default();
@@ -316,13 +318,14 @@ impl Sink for DatapathSink {
                 conntrack: (s.census.flows[0], s.census.flows[1]),
                 nat_ports: (s.census.nat_ports[0], s.census.nat_ports[1]),
                 busy_permille: each.iter().map(|w| w.busy_permille).collect(),
-                flow_paths: pins
-                    .as_deref()
-                    .and_then(|dir| skiff_xdp::pinned_flow_paths(dir).ok())
-                    .unwrap_or_default()
-                    .into_iter()
+                nic_forwarded_bytes: paths
+                    .iter()
+                    .find(|(path, _)| *path == FlowPath::Forwarded)
+                    .map_or(0, |(_, c)| c.bytes),
+                flow_paths: paths
+                    .iter()
                     .filter(|(_, c)| c.packets > 0)
-                    .map(|(path, c)| (path, c.packets))
+                    .map(|(path, c)| (*path, c.packets))
                     .collect(),
                 socket_lb: socket_pins
                     .as_deref()

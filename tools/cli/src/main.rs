@@ -622,7 +622,10 @@ fn print_flows(flows: &[FlowView]) {
 fn verbose_rows(s: &Status, row: &mut impl FnMut(&str, String)) {
     let d = &s.datapath;
     let mode = |name: &String| d.xdp_modes.get(name).map_or(String::new(), |m| format!(" ({m} XDP)"));
-    row("Devices", d.devices.iter().map(|name| format!("{name}{}", mode(name))).collect::<Vec<_>>().join(", "));
+    row(
+        "Devices",
+        d.devices.iter().map(|name| format!("{name}{}", mode(name))).collect::<Vec<_>>().join(", "),
+    );
     if let Some(w) = &s.workers {
         row("XDP verdicts", String::new());
         for (action, (packets, bytes)) in &w.xdp_actions {

@@ -58,6 +58,7 @@ fn counters() -> WorkerCounters {
         taken_back: 2,
         flow_paths: [(FlowPath::Forwarded, 9000), (FlowPath::TcpControl, 160)].into(),
         forwarded_bytes: 1_500_000,
+        nic_forwarded_bytes: 7_200_000,
         xdp_actions: [
             (XdpAction::Drop, (64, 2816)),
             (XdpAction::Pass, (310, 40_000)),
