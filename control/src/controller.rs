@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     sync::{Arc, RwLock},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Result;
@@ -177,6 +177,8 @@ pub struct Controller {
     /// Names what the datapath observes, with what this state knows.
     observer: Option<Arc<Observer>>,
     metrics: ControlMetrics,
+    /// How long a CiliumIdentity no pod has stays.
+    identity_gc_grace: Duration,
 }
 
 impl Controller {
@@ -213,6 +215,7 @@ impl Controller {
             endpoints: None,
             observer: None,
             metrics: ControlMetrics::default(),
+            identity_gc_grace: Duration::MAX,
         };
         controller.refresh_snapshot();
         controller
@@ -614,9 +617,15 @@ impl Controller {
             .collect()
     }
 
-    /// Numbers identities through CiliumIdentity objects (with an API server).
-    pub fn with_identity_allocator(mut self, allocator: Box<dyn Allocator>) -> Controller {
+    /// Numbers identities through `allocator` (the API server's CiliumIdentity objects), and
+    /// deletes those whose label set no pod has had for `gc_grace`.
+    pub fn with_identity_allocator(
+        mut self,
+        allocator: Box<dyn Allocator>,
+        gc_grace: Duration,
+    ) -> Controller {
         self.identities.set_allocator(allocator);
+        self.identity_gc_grace = gc_grace;
         self
     }
 
@@ -663,7 +672,23 @@ impl Controller {
         if self.failure.is_some() {
             self.reconcile()?;
         }
+        self.collect_identities();
         Ok(())
+    }
+
+    /// Deletes the identities no pod has had for their grace (listed pods only: before its
+    /// first list of pods, the agent knows of none).
+    fn collect_identities(&mut self) {
+        if self.unlisted.contains(&Kind::Pod) {
+            return;
+        }
+        let in_use = &self.compiler.desired().label_sets;
+        let grace = self.identity_gc_grace;
+        let deleted = self.identities.collect_garbage(|l| in_use.contains_key(l), Instant::now(), grace);
+        if !deleted.is_empty() {
+            tracing::info!("deleted CiliumIdentity {deleted:?}: no pod has had their labels for {grace:?}");
+            self.refresh_snapshot();
+        }
     }
 
     /// Lets the sink derive again what it takes from outside the objects (the kernel changed).

@@ -441,6 +441,28 @@ fn missing_crds_stall_nothing_and_cilium_policies_arrive_whole() {
 /// come; node 2's agent starts after both exist, and (numbering on its own) would number them
 /// in label order, `alpha` first. Through the CiliumIdentity objects node 1 created, node 2
 /// takes node 1's numbers: one object per label set, and both agents list the same.
+/// The CiliumIdentity objects in the API server: number and `app` label.
+fn stored_identities(rt: &tokio::runtime::Runtime, client: &kube::Client) -> Vec<(u32, String)> {
+    let identities = Api::<DynamicObject>::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("cilium.io", "v2", "CiliumIdentity"),
+            "ciliumidentities",
+        ),
+    );
+    let objects = rt.block_on(identities.list(&Default::default())).unwrap();
+    let mut stored: Vec<(u32, String)> = objects
+        .items
+        .iter()
+        .map(|o| {
+            let id = o.metadata.name.as_deref().unwrap_or_default().parse().unwrap_or(0);
+            (id, o.data["security-labels"]["k8s:app"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    stored.sort_unstable();
+    stored
+}
+
 #[test]
 fn two_agents_number_identities_alike_through_cilium_identities() {
     let server = ApiServer::start().expect("etcd and kube-apiserver start");
@@ -473,13 +495,15 @@ fn two_agents_number_identities_alike_through_cilium_identities() {
     let number_of = |ids: &[(u32, Vec<String>)], app: &str| {
         ids.iter().find(|(_, labels)| labels.contains(&format!("k8s:app={app}"))).map(|(id, _)| *id)
     };
-    let one = Agent::start(&server.kubeconfig(), "ids-node1", &["--node-name", "node1"]);
+    // Identities no pod has are deleted after 2 s here (30 min by default, as Cilium's).
+    let gc = ["--identity-heartbeat-timeout", "2s"];
+    let one = Agent::start(&server.kubeconfig(), "ids-node1", &[&["--node-name", "node1"][..], &gc].concat());
     wait_until("node 1's agent", || one.status().is_some_and(|s| s.connected));
     rt.block_on(pods.create(&pp, &pod("zeta", "node1", "198.18.10.5"))).unwrap();
     wait_until("zeta numbered", || number_of(&ids(&one), "zeta").is_some());
     rt.block_on(pods.create(&pp, &pod("alpha", "node2", "198.18.11.5"))).unwrap();
     wait_until("alpha numbered", || number_of(&ids(&one), "alpha").is_some());
-    let two = Agent::start(&server.kubeconfig(), "ids-node2", &["--node-name", "node2"]);
+    let two = Agent::start(&server.kubeconfig(), "ids-node2", &[&["--node-name", "node2"][..], &gc].concat());
     wait_until("node 2 numbers both", || {
         let theirs = ids(&two);
         number_of(&theirs, "zeta").is_some() && number_of(&theirs, "alpha").is_some()
@@ -495,32 +519,28 @@ fn two_agents_number_identities_alike_through_cilium_identities() {
         number_of(&mine, "zeta") < number_of(&mine, "alpha"),
         "in the order node 1 saw them, not label order"
     );
-    let objects = rt
-        .block_on(
-            Api::<DynamicObject>::all_with(
-                client.clone(),
-                &ApiResource::from_gvk_with_plural(
-                    &GroupVersionKind::gvk("cilium.io", "v2", "CiliumIdentity"),
-                    "ciliumidentities",
-                ),
-            )
-            .list(&Default::default()),
-        )
-        .unwrap();
-    let mut stored: Vec<(u32, String)> = objects
-        .items
-        .iter()
-        .map(|o| {
-            let id = o.metadata.name.as_deref().unwrap_or_default().parse().unwrap_or(0);
-            (id, o.data["security-labels"]["k8s:app"].as_str().unwrap_or_default().to_owned())
-        })
-        .collect();
-    stored.sort_unstable();
-    let expected = vec![
+    let stored = || stored_identities(&rt, &client);
+    let (zeta, alpha) = (
         (number_of(&mine, "zeta").unwrap(), "zeta".to_owned()),
         (number_of(&mine, "alpha").unwrap(), "alpha".to_owned()),
-    ];
-    assert_eq!(stored, expected, "one CiliumIdentity per label set, as the agents number them");
+    );
+    assert_eq!(
+        stored(),
+        [zeta.clone(), alpha.clone()],
+        "one CiliumIdentity per label set, as the agents number them"
+    );
+    // zeta's pod goes: once its grace has passed, its identity goes too, everywhere; alpha's
+    // stays.
+    // At once: no kubelet here confirms a graceful deletion.
+    let now = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    rt.block_on(pods.delete("zeta", &now)).unwrap();
+    let deleted = Instant::now();
+    wait_until("zeta's CiliumIdentity deleted", || stored() == [alpha.clone()]);
+    assert!(deleted.elapsed() >= Duration::from_secs(2), "not before its grace: {:?}", deleted.elapsed());
+    wait_until("both agents forget zeta", || {
+        [&one, &two].iter().all(|a| number_of(&ids(a), "zeta").is_none())
+    });
+    assert_eq!(number_of(&ids(&two), "alpha"), Some(alpha.0));
     one.terminate();
     two.terminate();
 }

@@ -98,8 +98,10 @@ pub async fn run(options: Options) -> Result<()> {
         controller = controller.with_observer(observer.clone());
     }
     if let Some(client) = kube_client_for_identities {
-        controller =
-            controller.with_identity_allocator(Box::new(source::kube::IdentityAllocator::new(client)));
+        controller = controller.with_identity_allocator(
+            Box::new(source::kube::IdentityAllocator::new(client)),
+            options.identity_heartbeat_timeout,
+        );
     }
     let (asks_tx, asks) = mpsc::channel(64);
     let servers = start_servers(&options, &controller, observer, asks_tx);

@@ -89,6 +89,10 @@ pub struct Options {
     /// `ADDR:PORT`; off unless given, as Cilium's.
     #[arg(long, value_name = "[ADDR]:PORT", value_parser = serve_addr)]
     pub prometheus_serve_addr: Option<std::net::SocketAddr>,
+    /// With an API server: how long a CiliumIdentity whose labels no pod has stays before it
+    /// is deleted (Cilium operator's `identity-heartbeat-timeout`): `30m`, `90s`, …
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = duration)]
+    pub identity_heartbeat_timeout: std::time::Duration,
     /// Record what the datapath decides for `skiff observe` (drops sampled at the NIC are
     /// recorded either way).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
@@ -247,6 +251,12 @@ fn port_range(text: &str) -> Result<RangeInclusive<i32>, String> {
         Some((a, b)) if 1 <= a && a <= b && b <= 65535 => Ok(a..=b),
         _ => Err("A-B with 1 <= A <= B <= 65535".into()),
     }
+}
+
+/// `30m`, `90s`, `1h 30m`.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration = text.parse().map_err(|e| format!("{text:?}: {e} (as 30m or 90s)"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{text:?}: not a positive duration"))
 }
 
 /// `:9962` (every IPv4 address, as Cilium writes it) or `ADDR:PORT`.

@@ -1,17 +1,20 @@
 //! Security identities of label sets: a number from 256 up for each distinct set of the
 //! cluster's pods (below are Cilium's reserved ones), kept on disk (in the agent's data
-//! folder) so that a label set keeps its number across restarts. A number stays with its
-//! labels after their last pod goes.
+//! folder) so that a label set keeps its number across restarts. From a folder a number stays
+//! with its labels after their last pod goes.
 //!
 //! With an API server the nodes agree, as Cilium's agents do in CRD mode: a number is a
 //! CiliumIdentity object, created by the first agent that needs one for its labels (the API
 //! server lets only one create a name), and every agent reads them all. Two agents that raced
 //! to number the same labels differently both take the lower number. Where the API server
-//! refuses (no CRD, no right), the number is this node's own, and said so in the log.
+//! refuses (no CRD, no right), the number is this node's own, and said so in the log. An
+//! object whose labels no pod of the cluster has had for a grace period is deleted, as
+//! Cilium's operator collects them.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use hashbrown::HashMap;
@@ -32,6 +35,8 @@ pub trait Allocator: Send {
     /// Creates identity `id` for `labels`, or finds it taken: with the pod label set it stands
     /// for (`None` if it is not one).
     fn create(&mut self, id: u32, labels: &Labels) -> anyhow::Result<Created>;
+    /// Deletes identity `id` (already gone: done).
+    fn delete(&mut self, id: u32) -> anyhow::Result<()>;
 }
 
 pub enum Created {
@@ -54,13 +59,15 @@ pub struct Identities {
     cluster: Option<(Box<dyn Allocator>, ClusterIdentities)>,
     /// A number this node gave alone although it has an API server (it refused).
     fell_back: bool,
+    /// Cluster numbers whose label set no pod has, since when.
+    unused_since: HashMap<u32, Instant>,
 }
 
 impl Identities {
     pub fn open(path: &Path) -> anyhow::Result<Identities> {
         let saved: Vec<(Labels, u32)> = read_json(path)?.unwrap_or_default();
         let by_labels = saved.into_iter().map(|(labels, id)| (labels, Identity(id))).collect();
-        Ok(Identities { path: Some(path.to_owned()), by_labels, cluster: None, fell_back: false })
+        Ok(Identities { path: Some(path.to_owned()), by_labels, ..Identities::default() })
     }
 
     /// Every label set with its number.
@@ -80,11 +87,12 @@ impl Identities {
     }
 
     /// Takes the cluster's numbers as they are now: a label set with an object takes its
-    /// lowest number; one whose number another label set holds loses it (and is numbered
-    /// again by [`allocate`](Identities::allocate)). Whether any number changed.
+    /// lowest number; one whose number another label set holds, or whose object was deleted
+    /// (collected by another agent), loses it (and is numbered again by
+    /// [`allocate`](Identities::allocate) if a pod still has it). Whether any number changed.
     pub fn observe(&mut self, objects: ClusterIdentities) -> bool {
         let Some((_, known)) = &mut self.cluster else { return false };
-        *known = objects;
+        let before = std::mem::replace(known, objects);
         let mut agreed: HashMap<&Labels, u32> = HashMap::new();
         for (&id, labels) in known.iter() {
             if let Some(labels) = labels {
@@ -93,7 +101,9 @@ impl Identities {
         }
         let mut changed = false;
         self.by_labels.retain(|labels, id| {
-            let keep = agreed.get(labels).is_some_and(|&a| a == id.0) || !known.contains_key(&id.0);
+            // Not in the cluster, nor ever seen there: this node's own number (it fell back).
+            let own = !known.contains_key(&id.0) && !before.contains_key(&id.0);
+            let keep = agreed.get(labels).is_some_and(|&a| a == id.0) || own;
             changed |= !keep;
             keep
         });
@@ -121,13 +131,56 @@ impl Identities {
                 added = true;
             }
         }
-        if added && let Some(path) = &self.path {
-            let mut saved: Vec<(&Labels, u32)> = self.by_labels.iter().map(|(l, id)| (l, id.0)).collect();
-            saved.sort_by_key(|&(_, id)| id);
-            write_atomically(path, &serde_json::to_vec_pretty(&saved)?)
-                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        if added {
+            self.save()?;
         }
         Ok(())
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let mut saved: Vec<(&Labels, u32)> = self.by_labels.iter().map(|(l, id)| (l, id.0)).collect();
+        saved.sort_by_key(|&(_, id)| id);
+        write_atomically(path, &serde_json::to_vec_pretty(&saved)?)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    }
+
+    /// Deletes the CiliumIdentity objects of label sets no pod of the cluster has had for
+    /// `grace` (as Cilium's operator does: every agent sees every pod, so they agree on what
+    /// is unused; the grace covers a watch's lag and a pod coming back). Objects of other
+    /// sources are left alone. Returns the numbers deleted.
+    pub fn collect_garbage(
+        &mut self,
+        in_use: impl Fn(&Labels) -> bool,
+        now: Instant,
+        grace: Duration,
+    ) -> Vec<u32> {
+        let Some((allocator, known)) = &mut self.cluster else { return Vec::new() };
+        let unused: Vec<u32> =
+            known.iter().filter(|(_, l)| l.as_ref().is_some_and(|l| !in_use(l))).map(|(&id, _)| id).collect();
+        self.unused_since.retain(|id, _| unused.contains(id));
+        let mut deleted = Vec::new();
+        for id in unused {
+            let since = *self.unused_since.entry(id).or_insert(now);
+            if now.duration_since(since) < grace {
+                continue;
+            }
+            match allocator.delete(id) {
+                Ok(()) => {
+                    known.remove(&id);
+                    self.unused_since.remove(&id);
+                    self.by_labels.retain(|_, n| n.0 != id);
+                    deleted.push(id);
+                }
+                Err(e) => tracing::warn!("deleting CiliumIdentity {id}: {e:#}"),
+            }
+        }
+        if !deleted.is_empty()
+            && let Err(e) = self.save()
+        {
+            tracing::warn!("{e:#}");
+        }
+        deleted
     }
 
     /// A CiliumIdentity's number for `labels`, made for it or found made by another agent
@@ -238,6 +291,41 @@ mod tests {
             objects.insert(id, Some(labels.clone()));
             Ok(Created::Made)
         }
+
+        fn delete(&mut self, id: u32) -> anyhow::Result<()> {
+            self.0.lock().unwrap().remove(&id);
+            Ok(())
+        }
+    }
+
+    /// A number whose label set no pod has is deleted once the grace has passed, not before;
+    /// one in use again meanwhile is kept, and another source's objects are never touched.
+    #[test]
+    fn unused_identities_are_collected_after_their_grace() {
+        let set = |app: &str| -> Labels { [("app".into(), app.into())].into() };
+        let (web, db) = (set("web"), set("db"));
+        let objects = std::sync::Arc::new(std::sync::Mutex::new(ClusterIdentities::from([(300, None)])));
+        let mut ids = Identities::default();
+        ids.set_allocator(Box::new(Server(objects.clone())));
+        ids.observe(objects.lock().unwrap().clone());
+        ids.allocate([&web, &db]).unwrap();
+        let (t0, grace) = (Instant::now(), Duration::from_secs(60));
+        let only_web = |l: &Labels| *l == web;
+        assert!(ids.collect_garbage(only_web, t0, grace).is_empty(), "db just became unused");
+        assert!(ids.collect_garbage(|_| true, t0 + grace / 2, grace).is_empty(), "db back in use");
+        assert!(ids.collect_garbage(only_web, t0 + grace, grace).is_empty(), "its grace starts again");
+        let db_id = ids.all()[&db].0;
+        // Another agent, which knew db's number, sees its object go.
+        let mut other = Identities::default();
+        other.set_allocator(Box::new(Server(objects.clone())));
+        other.observe(objects.lock().unwrap().clone());
+        assert_eq!(other.all().get(&db), Some(&Identity(db_id)));
+        assert_eq!(ids.collect_garbage(only_web, t0 + grace * 2, grace), [db_id]);
+        assert!(other.observe(objects.lock().unwrap().clone()), "a number went");
+        assert!(!other.all().contains_key(&db), "collected elsewhere: forgotten here too");
+        let left: Vec<u32> = objects.lock().unwrap().keys().copied().collect();
+        assert_eq!(left, [256, 300], "web's and the other source's stay");
+        assert!(!ids.all().contains_key(&db));
     }
 
     #[test]

@@ -107,6 +107,18 @@ impl Allocator for IdentityAllocator {
             })
         })
     }
+
+    fn delete(&mut self, id: u32) -> Result<()> {
+        let (api, runtime) = (&self.api, &self.runtime);
+        tokio::task::block_in_place(|| {
+            runtime.block_on(async {
+                match api.delete(&id.to_string(), &kube::api::DeleteParams::default()).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    done => done.map(drop).map_err(Into::into),
+                }
+            })
+        })
+    }
 }
 
 /// v1 where served, else v1beta1.
