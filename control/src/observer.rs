@@ -209,9 +209,9 @@ fn l4(t: &Tuple) -> L4 {
     match t.protocol {
         ip::TCP => L4::Tcp { source_port, destination_port },
         ip::UDP => L4::Udp { source_port, destination_port },
-        // The engine keys ICMP by its echo identifier; the type is not kept.
-        ip::ICMP => L4::Icmpv4 { kind: 8 },
-        ip::ICMPV6 => L4::Icmpv6 { kind: 128 },
+        // The engine keys ICMP by its echo identifier (in one of the ports), not its type.
+        ip::ICMP => L4::Icmpv4 { identifier: source_port.max(destination_port) },
+        ip::ICMPV6 => L4::Icmpv6 { identifier: source_port.max(destination_port) },
         protocol => L4::Other { protocol },
     }
 }

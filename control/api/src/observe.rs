@@ -109,16 +109,11 @@ pub enum L4 {
     Tcp { source_port: u16, destination_port: u16 },
     #[serde(rename = "UDP")]
     Udp { source_port: u16, destination_port: u16 },
+    /// ICMP, by its echo identifier: flows are keyed by it, not by the message's type.
     #[serde(rename = "ICMPv4")]
-    Icmpv4 {
-        #[serde(rename = "type")]
-        kind: u8,
-    },
+    Icmpv4 { identifier: u16 },
     #[serde(rename = "ICMPv6")]
-    Icmpv6 {
-        #[serde(rename = "type")]
-        kind: u8,
-    },
+    Icmpv6 { identifier: u16 },
     /// Another protocol, by number.
     #[serde(rename = "other")]
     Other { protocol: u8 },
