@@ -10,7 +10,7 @@
 //! to the kernel when the kernel has no copy) leave the hot path, through a bounded channel to
 //! the slow path.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use crossbeam_channel::Sender;
 use skiff_common::{
@@ -104,8 +104,6 @@ pub struct Stats {
     pub events_lost: u64,
     /// The flows tracked now.
     pub census: Census,
-    /// Time spent waiting for frames.
-    pub idle_ns: u64,
     /// Of the last second, the part spent at work, in thousandths (the worker's thread
     /// measures it).
     pub busy_permille: u16,
@@ -129,7 +127,6 @@ impl Default for Stats {
             flow_table_full: 0,
             events_lost: 0,
             census: Census::default(),
-            idle_ns: 0,
             busy_permille: 0,
         }
     }
@@ -162,7 +159,6 @@ impl Stats {
         self.flow_table_full += o.flow_table_full;
         self.events_lost += o.events_lost;
         self.census.add(&o.census);
-        self.idle_ns += o.idle_ns;
         self.busy_permille = self.busy_permille.max(o.busy_permille);
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
@@ -191,6 +187,9 @@ pub struct Worker<P: PacketIo> {
     inbox: Option<Inbox>,
     /// Rung when the worker's thread has something for it (see [`Worker::with_bell`]).
     bell: Option<Arc<Bell>>,
+    /// Time spent waiting for frames (kept apart from `stats`: it changes at every wait, and
+    /// a change of counts is published).
+    pub idle: Duration,
     core: Core,
     pub stats: Stats,
 }
@@ -228,6 +227,7 @@ impl<P: PacketIo> Worker<P> {
             first: 0,
             inbox: None,
             bell: None,
+            idle: Duration::ZERO,
             core: Core {
                 engine,
                 exceptions: None,
@@ -345,7 +345,7 @@ impl<P: PacketIo> Worker<P> {
             let waiting = crate::datapath::monotonic();
             let ready = self.ready.wait(timeout_ms).unwrap_or(false);
             let waited = crate::datapath::monotonic().saturating_sub(waiting);
-            self.stats.idle_ns += u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            self.idle += waited;
             if ready {
                 received = self.receive(now);
             }

@@ -54,7 +54,7 @@ impl<P: PacketIo> WorkerThread<P> {
         let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.nice) };
         let (mut published, mut published_at) = (Stats::default(), Duration::ZERO);
         // The busy ratio's window: since when, and the idle time then.
-        let (mut window, mut idle_then) = (monotonic(), 0);
+        let (mut window, mut idle_then) = (monotonic(), Duration::ZERO);
         let WorkerThread { worker, flows, stats, stop, shared, changes, bell, .. } = &mut self;
         while !stop.load(Ordering::Relaxed) {
             bell.clear();
@@ -73,9 +73,9 @@ impl<P: PacketIo> WorkerThread<P> {
             let got = worker.poll(wait_ms, now.as_secs(), flows);
             if now - window >= BUSY_WINDOW {
                 let span = (now - window).as_nanos();
-                let idle = u128::from(worker.stats.idle_ns - idle_then).min(span);
+                let idle = (worker.idle - idle_then).as_nanos().min(span);
                 worker.stats.busy_permille = u16::try_from(1000 - idle * 1000 / span).unwrap_or(1000);
-                (window, idle_then) = (now, worker.stats.idle_ns);
+                (window, idle_then) = (now, worker.idle);
             }
             // New counts (frames, or flows placed anew after new tables) are published once the
             // frames stop, and every STATS_PERIOD while they do not.
