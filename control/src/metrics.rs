@@ -253,10 +253,21 @@ fn workers(e: &mut DescriptorEncoder, status: &Status) -> fmt::Result {
     )
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the task is dropped. `/healthz` answers
-/// 200 once the agent has published its first tables, 503 before.
-pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, snapshot: Arc<RwLock<Snapshot>>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+/// Listens on `addr`: bound before the agent goes on, so that an address it cannot have stops
+/// it with the reason instead of leaving it without metrics unsaid.
+pub async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--prometheus-serve-addr: binding {addr}"))
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped. `/healthz`
+/// answers 200 once the agent has published its first tables, 503 before.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    snapshot: Arc<RwLock<Snapshot>>,
+) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let (registry, snapshot) = (registry.clone(), snapshot.clone());

@@ -104,7 +104,11 @@ pub async fn run(options: Options) -> Result<()> {
         );
     }
     let (asks_tx, asks) = mpsc::channel(64);
-    let servers = start_servers(&options, &controller, observer, asks_tx);
+    let metrics = match options.prometheus_serve_addr {
+        Some(addr) => Some((addr, crate::metrics::listen(addr).await?)),
+        None => None,
+    };
+    let servers = start_servers(&options, &controller, observer, asks_tx, metrics);
     let outcome = control_loop(controller, events, changes, asks, kube_events, options.cni()).await;
     source_task.abort();
     for server in servers {
@@ -126,18 +130,19 @@ pub async fn run(options: Options) -> Result<()> {
 }
 
 /// Serves the local API (its state-changing requests to `asks`) and, when asked for,
-/// Prometheus metrics; returns their tasks, to end at exit.
+/// Prometheus metrics on their bound listener; returns their tasks, to end at exit.
 fn start_servers(
     options: &Options,
     controller: &Controller,
     observer: Option<Arc<Observer>>,
     asks: mpsc::Sender<Asked>,
+    metrics: Option<(std::net::SocketAddr, tokio::net::TcpListener)>,
 ) -> Vec<tokio::task::JoinHandle<Result<()>>> {
     let registry = Arc::new(crate::metrics::registry(controller.snapshot(), controller.metrics()));
     let mut servers = Vec::new();
-    if let Some(addr) = options.prometheus_serve_addr {
+    if let Some((addr, listener)) = metrics {
         tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
-        servers.push(tokio::spawn(crate::metrics::serve(addr, registry.clone(), controller.snapshot())));
+        servers.push(tokio::spawn(crate::metrics::serve(listener, registry.clone(), controller.snapshot())));
     }
     let (path, snapshot) = (options.socket.clone(), controller.snapshot());
     let live = api::Live { observer, metrics: Some(registry) };
