@@ -578,16 +578,23 @@ mod privileged {
         let (client, kernel) = (identity_of(&c, "k8s:app=client"), identity_of(&c, "k8s:app=kernel"));
         let as_itself = scapy_probe(&c, Encap::Vxlan, kernel, 40001, &["vxlan.vni"]);
         let as_client = scapy_probe(&c, Encap::Vxlan, client, 40002, &["vxlan.vni"]);
-        let drops = c.agents[0].agent.status().unwrap().workers.unwrap().drops;
+        let workers = c.agents[0].agent.status().unwrap().workers.unwrap();
         println!(
-            "VNI {kernel} (its own): {} answers; VNI {client} (the client pods'): {}; node1 dropped {drops:?}",
+            "VNI {kernel} (its own): {} answers; VNI {client} (the client pods'): {}; node1's workers \
+             dropped {:?}, its XDP program {:?}",
             as_itself.len(),
-            as_client.len()
+            as_client.len(),
+            workers.drops,
+            workers.xdp_drops
         );
         assert!(as_itself.is_empty() && as_client.is_empty(), "{as_itself:?} {as_client:?}");
-        let dropped = |r| drops.get(&r).copied().unwrap_or(0);
-        assert!(dropped(DropReason::PolicyDenied) >= 3, "its own identity is judged: denied");
-        assert!(dropped(DropReason::TunnelIdentityMismatch) >= 3, "a claimed identity is refused");
+        let dropped = |drops: &BTreeMap<DropReason, u64>, r| drops.get(&r).copied().unwrap_or(0);
+        assert!(dropped(&workers.drops, DropReason::PolicyDenied) >= 3, "its own identity is judged: denied");
+        // Refused at the NIC, from the ipcache the XDP program reads, before any worker.
+        assert!(
+            dropped(&workers.xdp_drops, DropReason::TunnelIdentityMismatch) >= 3,
+            "a claimed identity is refused"
+        );
     }
 
     /// Web pods admit client pods (any node's) on TCP and UDP port 80.

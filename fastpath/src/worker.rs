@@ -20,6 +20,7 @@ use skiff_common::{
     identity::Identity,
     lb::BackendId,
     meta::XdpMeta,
+    tunnel::claimed_identity,
 };
 use skiff_wire::layers;
 
@@ -597,15 +598,9 @@ fn place<P: PacketIo>(
     nic
 }
 
-/// The sender's identity a decapsulated frame's tunnel carried: Geneve's option, else the
-/// VNI. Another node's host is a remote node here.
+/// The sender's identity a decapsulated frame's tunnel carried.
 fn tunnel_identity(meta: &XdpMeta) -> Option<Identity> {
-    if meta.flags & XdpMeta::DECAPSULATED == 0 {
-        return None;
-    }
-    let identity =
-        if meta.src_identity == Identity::UNKNOWN { Identity(meta.vni) } else { meta.src_identity };
-    Some(if identity == Identity::HOST { Identity::REMOTE_NODE } else { identity })
+    (meta.flags & XdpMeta::DECAPSULATED != 0).then(|| claimed_identity(meta.vni, meta.src_identity))
 }
 
 /// Whether a frame from a pod's port comes from one of the pod's addresses (frames that are

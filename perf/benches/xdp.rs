@@ -81,7 +81,7 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
     ingress.set_services(&[(Env::SERVICE_V4.into(), Env::SERVICE_PORT, 6, FrontendKind::ClusterIp)])?;
     let (pods, len) = Env::REMOTE_PODS_V4;
     ingress.set_overlay(&Env::NODES, &[(pods.into(), len)])?;
-    ingress.set_identities(&Env::IDENTITIES)?;
+    ingress.set_ipcache(&Env::IPCACHE)?;
     // The node's address marked as the agent marks it: its own traffic passes on its first
     // endpoint lookup.
     ingress.set_endpoints(&[(

@@ -1,7 +1,8 @@
 //! Attaches `skiff_xdp_ingress` to an interface of the current network namespace (maps pinned
 //! in PIN_DIR, removed at exit) and takes commands on stdin, one per line:
 //!   deny CIDR     drop every packet from CIDR on arrival
-//!   node ADDR ID  accept tunnel frames from ADDR (a node) carrying identity ID as their VNI
+//!   node ADDR ID CIDR  accept tunnel frames from ADDR (a node) whose inner sources in CIDR
+//!                      have identity ID (their VNI)
 //!   stats         print the action and drop counters, and the sampled drop events
 //! Each answer ends with a line holding only ".". Detaches at EOF. What `cargo xtask demo`
 //! drives inside the lab's node namespace.
@@ -13,7 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use skiff_common::{config::XdpConfig, event::Decision};
+use skiff_common::{config::XdpConfig, event::Decision, identity::Identity};
 use skiff_wire::layers;
 use skiff_xdp::{Ingress, XdpMode};
 
@@ -48,10 +49,11 @@ fn serve(ingress: &mut Ingress, out: &mut impl Write) -> Result<()> {
                 ingress.deny(addr.parse::<IpAddr>()?, len.parse()?, 1)?;
                 writeln!(out, "denied {cidr}")?;
             }
-            ["node", addr, identity] => {
+            ["node", addr, identity, cidr] => {
+                let (net, len) = cidr.split_once('/').ok_or("node takes ADDR ID CIDR")?;
                 ingress.set_overlay(&[addr.parse()?], &[])?;
-                ingress.set_identities(&[identity.parse()?])?;
-                writeln!(out, "tunnel frames from {addr} with VNI {identity} are decapsulated")?;
+                ingress.set_ipcache(&[(net.parse()?, len.parse()?, Identity(identity.parse()?))])?;
+                writeln!(out, "tunnel frames from {addr} with VNI {identity} from {cidr} are decapsulated")?;
             }
             ["stats"] => stats(ingress, out)?,
             other => writeln!(out, "unknown command {other:?}")?,

@@ -23,6 +23,7 @@ use skiff_common::{
     conntrack::{CtEntry, CtKey, CtKey4, CtKey6, FlowPath},
     endpoint::{EndpointInfo, PodSources},
     event::XdpEvent,
+    identity::Identity,
     lb::{FrontendKind, ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
     lpm::{DenyEntry, LpmKey4, LpmKey6},
     maps, programs,
@@ -35,6 +36,7 @@ type Tries = (&'static str, &'static str);
 const DENY: Tries = (maps::DENY_V4, maps::DENY_V6);
 const REMOTE_PODS: Tries = (maps::REMOTE_PODS_V4, maps::REMOTE_PODS_V6);
 const CLUSTER: Tries = (maps::CLUSTER_V4, maps::CLUSTER_V6);
+const IPCACHE: Tries = (maps::IPCACHE_V4, maps::IPCACHE_V6);
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress"));
 
@@ -249,11 +251,11 @@ impl Ingress {
         self.sync_prefixes(CLUSTER, &want)
     }
 
-    /// Makes the known security identities exactly `identities` (a tunnel frame's VNI must be
-    /// one of them).
-    pub fn set_identities(&mut self, identities: &[u32]) -> Result<(), XdpError> {
-        let want = identities.iter().map(|&id| (id, 1u8)).collect();
-        sync(self.map_mut(maps::IDENTITIES)?, &want, maps::IDENTITIES)
+    /// Makes the ipcache exactly `entries` (prefix, its identity): a tunnel frame must claim
+    /// the identity of its inner source's longest prefix (world where none is).
+    pub fn set_ipcache(&mut self, entries: &[(IpAddr, u8, Identity)]) -> Result<(), XdpError> {
+        let want = entries.iter().map(|&(addr, len, id)| ((addr, len), id)).collect();
+        self.sync_prefixes(IPCACHE, &want)
     }
 
     /// Makes the prefix tries `names` (IPv4, IPv6) hold exactly `want`. A publish touches only

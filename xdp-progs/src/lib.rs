@@ -162,7 +162,8 @@ fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 /// The layout of every map skiff pins: raise it with any change to a pinned map's type, key,
 /// value or size. A pin folder holds its version as an empty folder, `layout-<N>`.
 /// 3: `XdpConfig` gained `trace_sample_every`; the event ring carries every decision.
-pub const MAP_LAYOUT: u32 = 3;
+/// 4: the ipcache tries (`IPCACHE_V4`, `IPCACHE_V6`) replace `IDENTITIES`.
+pub const MAP_LAYOUT: u32 = 4;
 
 /// Loads `object`, pinning its maps in `pin_dir` (created if needed, on bpffs, mounted if it
 /// is not). Maps already pinned there are reused with their contents if their layout is this

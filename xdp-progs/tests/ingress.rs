@@ -62,7 +62,7 @@ mod privileged {
             ingress.set_endpoints(&[(Env::POLICY_POD_V4.into(), pod), (Env::NODE_V4.into(), node)]).unwrap();
             let (pods, len) = Env::REMOTE_PODS_V4;
             ingress.set_overlay(&Env::NODES, &[(pods.into(), len)]).unwrap();
-            ingress.set_identities(&Env::IDENTITIES).unwrap();
+            ingress.set_ipcache(&Env::IPCACHE).unwrap();
             let mut flows = ingress.flow_table().unwrap();
             flows.insert(tracked_key(), &CtEntry { flags: CtEntry::REPLY, ..CtEntry::default() }).unwrap();
             loaded
@@ -158,7 +158,7 @@ mod privileged {
         let ingress = loaded.get();
         for (description, vni, identity) in [
             ("VXLAN to the node is decapsulated", Env::VNI, 0),
-            ("VXLAN over IPv6 is decapsulated", 7, 0),
+            ("VXLAN over IPv6 is decapsulated", Env::VNI, 0),
             ("Geneve with an identity option is decapsulated", Env::VNI, Env::IDENTITY),
         ] {
             let f = fixtures().into_iter().find(|f| f.description == description).unwrap();
@@ -290,7 +290,9 @@ mod privileged {
     }
 
     fn kernel_vxlan_is_decapsulated_to_the_node_stack(mode: XdpMode) {
-        let (lab, _loaded) = on_uplink(mode);
+        let (lab, mut loaded) = on_uplink(mode);
+        // The client's vx0 addresses have identity 42, the VNI its kernel sends.
+        loaded.get().set_ipcache(&[("198.19.42.0".parse().unwrap(), 24, Identity(42))]).unwrap();
         let (client, node) = (lab.client(), lab.node());
         let uplink_mac = client.node_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         let local = client.ipv4.to_string();

@@ -538,8 +538,11 @@ impl Datapath {
             steering.host = with(EndpointInfo::HOST);
             steering.denied = tables.prefilter.entries().into_iter().map(|(net, _)| net).collect();
         }
-        let identities = (!Arc::ptr_eq(&self.shared.current().policy, &tables.policy))
-            .then(|| known_identities(&tables.policy));
+        let changed = !Arc::ptr_eq(&self.shared.current().policy, &tables.policy);
+        let ipcache = (changed && self.ingress.is_some()).then(|| {
+            let entries = tables.policy.ipcache.entries().into_iter();
+            entries.map(|(net, id)| (net.addr(), net.prefix_len(), id)).collect::<Vec<_>>()
+        });
         let (overlay, node) = (tables.overlay.clone(), tables.node.clone());
         self.shared.publish(tables);
         self.bells.iter().for_each(|b| b.ring());
@@ -549,8 +552,8 @@ impl Datapath {
                 ingress.set_services(&frontends)?;
                 ingress.set_endpoints(&endpoints)?;
                 ingress.set_deny_list(&denied)?;
-                if let Some(identities) = identities {
-                    ingress.set_identities(&identities)?;
+                if let Some(ipcache) = ipcache {
+                    ingress.set_ipcache(&ipcache)?;
                 }
                 let remote = overlay.as_ref().map(|o| o.remote.entries()).unwrap_or_default();
                 let mut nodes: Vec<IpAddr> = remote.iter().map(|&(_, node)| node).collect();
@@ -682,16 +685,6 @@ fn steered_endpoints(policy: &Policy) -> Vec<(IpAddr, EndpointInfo)> {
         .filter(|(net, id)| *id == Identity::HOST && net.prefix_len() == net.max_prefix_len());
     let host = host.map(|(net, id)| (net.addr(), EndpointInfo { identity: id, flags: EndpointInfo::HOST }));
     pods.chain(host).collect()
-}
-
-/// Every identity a tunnel frame may carry: the reserved ones and those the ipcache gives.
-fn known_identities(policy: &Policy) -> Vec<u32> {
-    let reserved = (1..Identity::FIRST_ALLOCATED.0).filter(|&id| Identity(id).is_reserved());
-    let mut all: Vec<u32> =
-        reserved.chain(policy.ipcache.entries().into_iter().map(|(_, id)| id.0)).collect();
-    all.sort_unstable();
-    all.dedup();
-    all
 }
 
 /// The XDP program's settings: in tunnel routing, this node's underlay addresses and the

@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use skiff_common::{
     DropReason,
+    identity::Identity,
     tunnel::{GENEVE_OPT_CLASS, GENEVE_OPT_IDENTITY},
 };
 use skiff_wire::geneve::GeneveOption;
@@ -35,11 +36,19 @@ impl Env {
     /// A tracked (NATed) flow: a backend's reply to the client.
     pub const TRACKED_V4: (Ipv4Addr, u16, Ipv4Addr, u16) =
         (Ipv4Addr::new(198, 18, 128, 10), 8080, Self::CLIENT_V4, 45000);
+    /// A pod on another node, and its identity (tunnel frames carry it as their VNI).
+    pub const REMOTE_POD_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 129, 10);
     pub const VNI: u32 = 42;
-    /// An identity carried in a Geneve option.
+    /// Another pod there, whose identity travels in a Geneve option.
+    pub const OPTION_POD_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 129, 11);
     pub const IDENTITY: u32 = 4242;
-    /// The identities known (tunnel VNIs must be one).
-    pub const IDENTITIES: [u32; 3] = [7, Self::VNI, Self::IDENTITY];
+    /// The ipcache: those pods' identities, and the other node's (`CLIENT_V4`), which its
+    /// host's tunnel frames claim as `host`.
+    pub const IPCACHE: [(std::net::IpAddr, u8, Identity); 3] = [
+        (std::net::IpAddr::V4(Self::REMOTE_POD_V4), 32, Identity(Self::VNI)),
+        (std::net::IpAddr::V4(Self::OPTION_POD_V4), 32, Identity(Self::IDENTITY)),
+        (std::net::IpAddr::V4(Self::CLIENT_V4), 32, Identity::REMOTE_NODE),
+    ];
     /// The other nodes: the client's addresses (tunnel frames come from them), and their pod
     /// CIDR.
     pub const NODES: [std::net::IpAddr; 2] =
@@ -53,12 +62,12 @@ fn to_node() -> Builder {
 
 /// The frame a tunnel carries in the fixtures: a pod's TCP SYN to another pod.
 pub fn inner_frame() -> Vec<u8> {
-    Builder::empty()
-        .eth()
-        .ipv4(Ipv4Addr::new(198, 18, 129, 10), Ipv4Addr::new(198, 18, 128, 11))
-        .tcp(40000, 8080)
-        .syn()
-        .build()
+    inner_frame_from(Env::REMOTE_POD_V4)
+}
+
+/// A TCP SYN from `src` to a pod here.
+fn inner_frame_from(src: Ipv4Addr) -> Vec<u8> {
+    Builder::empty().eth().ipv4(src, Ipv4Addr::new(198, 18, 128, 11)).tcp(40000, 8080).syn().build()
 }
 
 fn vxlan_to_node(vni: u32) -> Builder {
@@ -74,6 +83,10 @@ fn geneve_option(class: u16, kind: u8, data: &[u8]) -> Vec<u8> {
 
 fn with_inner(outer: Builder) -> Vec<u8> {
     [outer.build(), inner_frame()].concat()
+}
+
+fn with_inner_from(outer: Builder, src: Ipv4Addr) -> Vec<u8> {
+    [outer.build(), inner_frame_from(src)].concat()
 }
 
 /// Every path through `skiff_xdp_ingress`. `Redirect` rows expect a worker; with no AF_XDP
@@ -99,8 +112,12 @@ pub fn fixtures() -> Vec<Fixture> {
     for _ in 0..9 {
         ext_loop = ext_loop.dst_opts(8);
     }
-    let inner_syn =
-        Builder::empty().eth().ipv4(Env::CLIENT_V4, Env::SERVICE_V4).tcp(1, Env::SERVICE_PORT).syn().build();
+    let inner_syn = Builder::empty()
+        .eth()
+        .ipv4(Env::REMOTE_POD_V4, Env::SERVICE_V4)
+        .tcp(1, Env::SERVICE_PORT)
+        .syn()
+        .build();
     vec![
         Fixture::new("TCP to the node passes", to_node().tcp(45000, 22).syn().build(), Expect::Pass),
         Fixture::new(
@@ -137,7 +154,7 @@ pub fn fixtures() -> Vec<Fixture> {
         .output(inner_frame()),
         Fixture::new(
             "VXLAN over IPv6 is decapsulated",
-            with_inner(eth().ipv6(Env::CLIENT_V6, Env::NODE_V6).udp(51000, 8472).vxlan(7)),
+            with_inner(eth().ipv6(Env::CLIENT_V6, Env::NODE_V6).udp(51000, 8472).vxlan(Env::VNI)),
             Expect::Redirect,
         )
         .output(inner_frame()),
@@ -154,10 +171,13 @@ pub fn fixtures() -> Vec<Fixture> {
         .output(inner_frame()),
         Fixture::new(
             "Geneve with an identity option is decapsulated",
-            with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &identity_option)),
+            with_inner_from(
+                to_node().udp(51000, 6081).geneve(Env::VNI, &identity_option),
+                Env::OPTION_POD_V4,
+            ),
             Expect::Redirect,
         )
-        .output(inner_frame()),
+        .output(inner_frame_from(Env::OPTION_POD_V4)),
         Fixture::new(
             "Geneve with an unknown critical option",
             with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &critical_unknown)),
@@ -171,13 +191,31 @@ pub fn fixtures() -> Vec<Fixture> {
             Expect::Drop(DropReason::TunnelUnknownNode),
         ),
         Fixture::new(
-            "VXLAN with a VNI that is no identity",
-            with_inner(vxlan_to_node(999)),
-            Expect::Drop(DropReason::UnknownVni),
+            "VXLAN claiming another identity than its source's",
+            with_inner(vxlan_to_node(Env::IDENTITY)),
+            Expect::Drop(DropReason::TunnelIdentityMismatch),
         ),
         Fixture::new(
+            "Geneve whose option claims another identity than its source's",
+            with_inner(to_node().udp(51000, 6081).geneve(Env::VNI, &identity_option)),
+            Expect::Drop(DropReason::TunnelIdentityMismatch),
+        ),
+        Fixture::new(
+            "VXLAN from an address the ipcache does not know claims world",
+            with_inner_from(vxlan_to_node(Identity::WORLD.0), Ipv4Addr::new(198, 19, 200, 1)),
+            Expect::Redirect,
+        )
+        .output(inner_frame_from(Ipv4Addr::new(198, 19, 200, 1))),
+        Fixture::new(
+            "VXLAN from another node's host is from a remote node",
+            with_inner_from(vxlan_to_node(Identity::HOST.0), Env::CLIENT_V4),
+            Expect::Redirect,
+        )
+        .output(inner_frame_from(Env::CLIENT_V4)),
+        Fixture::new(
             "VXLAN inside VXLAN is not opened twice",
-            [vxlan_to_node(Env::VNI).build(), with_inner(vxlan_to_node(Env::VNI))].concat(),
+            // The outer VNI is the inner source's (the other node's host, `remote-node` here).
+            [vxlan_to_node(Identity::HOST.0).build(), with_inner(vxlan_to_node(Env::VNI))].concat(),
             Expect::Drop(DropReason::TunnelNested),
         ),
         Fixture::new(

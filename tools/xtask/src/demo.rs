@@ -101,7 +101,7 @@ fn xdp_at_the_nic(lab: &Lab, web: &[Host], loader: &std::path::Path) -> Result<(
     println!("  curl from 198.18.0.2 still → {}", curl(&client.netns, None, &web0)?);
 
     println!("== VXLAN: the client's kernel encapsulates pings to 198.19.42.1 (VNI 42, port 8472)");
-    control.ask(&format!("node {} 42", client.ipv4))?;
+    control.ask(&format!("node {} 42 198.19.42.0/24", client.ipv4))?;
     vxlan_peer(client, &node.netns)?;
     let ping =
         client.netns.command("ping").args(["-c", "3", "-i", "0.2", "-W", "1", "198.19.42.1"]).output()?;

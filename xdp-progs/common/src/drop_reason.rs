@@ -51,7 +51,7 @@ code_enum! {
         GeneveOptionOverflow = 44, "geneve-option-overflow", "A Geneve option runs past the option area.";
         GeneveCriticalOption = 45, "geneve-critical-option",
             "A Geneve option marked critical is not understood.";
-        UnknownVni = 46, "unknown-vni", "The tunnel VNI belongs to no known network.";
+        // 46 was unknown-vni: a VNI is now checked as its inner source's identity.
         NoTunnelEndpoint = 47, "no-tunnel-endpoint", "No tunnel endpoint covers the destination pod CIDR.";
         TunnelUnknownNode = 48, "tunnel-unknown-node", "A tunnel frame from an address that is no known node.";
         TunnelOnPodInterface = 49, "tunnel-on-pod-interface",

@@ -114,8 +114,12 @@ map_names! {
     REMOTE_PODS_V4;
     /// `LpmTrie<[u8; 16], u8>`: the other nodes' IPv6 pod CIDRs.
     REMOTE_PODS_V6;
-    /// `HashMap<u32, u8>`: the security identities known here (a tunnel's VNI must be one).
-    IDENTITIES;
+    /// `LpmTrie<[u8; 4], Identity>`: the ipcache, every IPv4 prefix's security identity (pods
+    /// here and on other nodes, nodes, CIDR identities; world when none): a tunnel frame is
+    /// decapsulated only when it carries its inner source's identity.
+    IPCACHE_V4;
+    /// `LpmTrie<[u8; 16], Identity>`: the ipcache of IPv6 prefixes.
+    IPCACHE_V6;
     /// `LpmTrie<[u8; 4], u8>`: the cluster's IPv4 prefixes (pod CIDRs, node addresses, native
     /// routing CIDRs): a pod's traffic elsewhere is masqueraded.
     CLUSTER_V4;

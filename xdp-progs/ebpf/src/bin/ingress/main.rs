@@ -6,7 +6,8 @@
 //! 2. [`prefilter`]: a source in a denied CIDR, or a pod's frame from another address than
 //!    its own, is dropped.
 //! 3. [`tunnel`]: VXLAN or Geneve to this node's tunnel address from a known node is
-//!    decapsulated in place, and the inner frame goes through steps 1–2, then to a worker.
+//!    decapsulated in place, and the inner frame goes through steps 1–2, must claim its
+//!    source's identity (the ipcache), then goes to a worker.
 //! 4. [`flows`]: a packet of a tracked flow is forwarded here if a worker offloaded the
 //!    flow's direction (the flow table at the NIC), else it goes to the worker.
 //! 5. [`redirect`]: what else needs a worker goes to the queue's AF_XDP socket (services, pods
@@ -166,6 +167,8 @@ fn ipv4(
     prefilter::check_v4(h.src)?;
     if decap {
         prefilter::check_source_v4(ctx, h.src)?;
+    } else {
+        tunnel::check_identity_v4(out, h.src)?;
     }
     // A later fragment has no ports: the kernel reassembles it.
     if h.later_fragment {
@@ -204,6 +207,8 @@ fn ipv6(
     prefilter::check_v6(h.src)?;
     if decap {
         prefilter::check_source_v6(ctx, h.src)?;
+    } else {
+        tunnel::check_identity_v6(out, h.src)?;
     }
     parse::extension_headers(ctx, &mut h)?;
     if h.later_fragment {

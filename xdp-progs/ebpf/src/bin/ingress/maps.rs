@@ -11,6 +11,7 @@ use skiff_common::{
     config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CT_CAPACITY, CtEntry, CtKey4, CtKey6, FlowPath},
     endpoint::{EndpointInfo, PodSources},
+    identity::Identity,
     lb::{ServiceKey4, ServiceKey6, ServiceValue},
     lpm::DenyEntry,
 };
@@ -47,8 +48,11 @@ pub static REMOTE_PODS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(1 << 14, 0);
 pub static CLUSTER_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(1 << 14, 0);
 #[map]
 pub static CLUSTER_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(1 << 14, 0);
+/// Room for Cilium's default of 512k entries across both families.
 #[map]
-pub static IDENTITIES: HashMap<u32, u8> = HashMap::pinned(1 << 16, 0);
+pub static IPCACHE_V4: LpmTrie<[u8; 4], Identity> = LpmTrie::pinned(1 << 18, 0);
+#[map]
+pub static IPCACHE_V6: LpmTrie<[u8; 16], Identity> = LpmTrie::pinned(1 << 18, 0);
 /// Not an LRU: the workers own their flows and remove them; a full table leaves new flows'
 /// directions on the worker path rather than evict a live one. Allocated as flows come.
 #[map]

@@ -1,10 +1,12 @@
 //! Tunnels: VXLAN or Geneve addressed to this node's tunnel address and port, from a known
-//! node, on an uplink, with a known identity as its VNI, is decapsulated in place; the VNI
-//! and skiff's identity option go into the XDP metadata for the worker. Anything else on the
-//! tunnel port is dropped with its reason, and a tunnel inside a tunnel is never opened.
+//! node, on an uplink, is decapsulated in place; the VNI and skiff's identity option go into
+//! the XDP metadata for the worker. The inner frame must claim its source's identity as this
+//! node's ipcache gives it. Anything else on the tunnel port is dropped with its reason, and
+//! a tunnel inside a tunnel is never opened.
 
 use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    maps::lpm_trie::Key,
     programs::XdpContext,
 };
 use skiff_common::{
@@ -13,11 +15,15 @@ use skiff_common::{
     identity::Identity,
     meta::XdpMeta,
     proto::ethertype,
-    tunnel::{GENEVE_OPT_CLASS, GENEVE_OPT_IDENTITY, VXLAN_FLAG_VNI},
+    tunnel::{GENEVE_OPT_CLASS, GENEVE_OPT_IDENTITY, VXLAN_FLAG_VNI, claimed_identity},
 };
 use skiff_xdp_ebpf::packet::{be16, bytes, len};
 
-use crate::{maps::IDENTITIES, parse::ETH_LEN, prefilter};
+use crate::{
+    maps::{IPCACHE_V4, IPCACHE_V6},
+    parse::ETH_LEN,
+    prefilter,
+};
 
 /// Geneve options examined; more are only accepted when none can be critical.
 const MAX_GENEVE_OPTIONS: usize = 8;
@@ -56,11 +62,27 @@ pub fn admit(
     if !from_node {
         return Err(DropReason::TunnelUnknownNode);
     }
-    let Some(found) = inspect(ctx, config, udp, dport)? else { return Ok(None) };
-    if IDENTITIES.get_ptr(&found.vni).is_none() {
-        return Err(DropReason::UnknownVni);
-    }
-    Ok(Some(found))
+    inspect(ctx, config, udp, dport)
+}
+
+/// Whether a decapsulated IPv4 frame from `src` claims the identity this node's ipcache gives
+/// `src`: a node cannot speak for another's pods, and nothing judges a flow by a label set
+/// that nodes number differently (their identities not agreed yet).
+#[inline(always)]
+pub fn check_identity_v4(decap: &Decap, src: [u8; 4]) -> Result<(), DropReason> {
+    check_identity(decap, IPCACHE_V4.get(Key::new(32, src)).copied())
+}
+
+/// [`check_identity_v4`] for IPv6.
+#[inline(always)]
+pub fn check_identity_v6(decap: &Decap, src: [u8; 16]) -> Result<(), DropReason> {
+    check_identity(decap, IPCACHE_V6.get(Key::new(128, src)).copied())
+}
+
+#[inline(always)]
+fn check_identity(decap: &Decap, known: Option<Identity>) -> Result<(), DropReason> {
+    let claimed = claimed_identity(decap.vni, Identity(decap.identity));
+    if claimed == known.unwrap_or(Identity::WORLD) { Ok(()) } else { Err(DropReason::TunnelIdentityMismatch) }
 }
 
 /// A UDP datagram to this node's tunnel address: `Some` with what to strip if it is on a
