@@ -1,7 +1,8 @@
 //! A real Kubernetes API server for tests and benches: etcd and kube-apiserver v1.20.2 (built
 //! by `cargo xtask setup`) on loopback ports of their own, with a throwaway CA, serving
-//! certificate, service-account key and admin token, in a temporary folder. Dropping it
-//! ends both processes (by their PIDs) and removes the folder.
+//! certificate, service-account key, and tokens for an admin and for skiff's ServiceAccount
+//! (authorized by RBAC, as a cluster's), in a temporary folder. Dropping it ends both
+//! processes (by their PIDs) and removes the folder.
 
 use std::{
     net::TcpListener,
@@ -11,8 +12,13 @@ use std::{
 };
 
 /// Where `cargo xtask setup` caches the binary; `SKIFF_KUBE_APISERVER` overrides it.
-pub const KUBE_APISERVER: &str = "/var/cache/skiff/kube-apiserver-v1.20.2/kube-apiserver";
+pub const KUBE_APISERVER: &str = "/var/cache/skiff/kubernetes-v1.20.2/kube-apiserver";
+/// kubectl of the same version, built beside it.
+pub const KUBECTL: &str = "/var/cache/skiff/kubernetes-v1.20.2/kubectl";
 const TOKEN: &str = "skiff-test-admin-token";
+const AGENT_TOKEN: &str = "skiff-test-agent-token";
+/// The user a pod of skiff's DaemonSet is: its ServiceAccount, `kube-system/skiff`.
+pub const AGENT_USER: &str = "system:serviceaccount:kube-system:skiff";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
@@ -62,8 +68,10 @@ impl ApiServer {
             .map_err(|_| ApiServerError::Missing("etcd".into()))?;
         let mut server = ApiServer { port: free_port()?, dir, etcd_port, etcd, apiserver: None };
         server.start_apiserver()?;
-        std::fs::write(server.kubeconfig(), server.kubeconfig_yaml())
+        std::fs::write(server.kubeconfig(), server.kubeconfig_yaml("admin", TOKEN))
             .map_err(io("writing the kubeconfig"))?;
+        std::fs::write(server.agent_kubeconfig(), server.kubeconfig_yaml("skiff", AGENT_TOKEN))
+            .map_err(io("writing the agent's kubeconfig"))?;
         Ok(server)
     }
 
@@ -79,8 +87,10 @@ impl ApiServer {
             .arg(format!("--service-account-key-file={}", d("sa.key")))
             .arg(format!("--service-account-signing-key-file={}", d("sa.key")))
             .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .args(["--authorization-mode=AlwaysAllow", "--disable-admission-plugins=ServiceAccount"])
+            .args(["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"])
             .args(["--endpoint-reconciler-type=none", "--service-cluster-ip-range=198.19.0.0/16"])
+            // As kubeadm's: node agents' DaemonSets (Cilium's, skiff's) have a privileged step.
+            .arg("--allow-privileged=true")
             .stdout(Stdio::null())
             .stderr(log(&self.dir, "kube-apiserver.log")?)
             .spawn()
@@ -124,10 +134,16 @@ impl ApiServer {
         self.dir.join("kubeconfig")
     }
 
-    fn kubeconfig_yaml(&self) -> String {
+    /// A kubeconfig as skiff's ServiceAccount ([`AGENT_USER`]): it may do what the
+    /// ClusterRole bound to it allows (nothing until `docker/skiff.yaml` is applied).
+    pub fn agent_kubeconfig(&self) -> PathBuf {
+        self.dir.join("agent.kubeconfig")
+    }
+
+    fn kubeconfig_yaml(&self, user: &str, token: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: admin\n\
+             users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {user}\n\
              current-context: lab\n",
             self.url(),
             self.dir.join("ca.crt").display()
@@ -177,8 +193,8 @@ fn free_port() -> Result<u16, ApiServerError> {
     Ok(listener.local_addr().map_err(io("finding a free port"))?.port())
 }
 
-/// A CA, a serving certificate for 127.0.0.1 signed by it, a service-account key and the
-/// admin token, all by openssl.
+/// A CA, a serving certificate for 127.0.0.1 signed by it and a service-account key, all by
+/// openssl, and the tokens.
 fn certificates(dir: &Path) -> Result<(), ApiServerError> {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let steps: [Vec<&str>; 4] = [
@@ -212,8 +228,11 @@ fn certificates(dir: &Path) -> Result<(), ApiServerError> {
     ];
     std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
         .map_err(io("writing san.cnf"))?;
-    std::fs::write(dir.join("tokens.csv"), format!("{TOKEN},admin,admin,\"system:masters\"\n"))
-        .map_err(io("writing the token file"))?;
+    let tokens = format!(
+        "{TOKEN},admin,admin,\"system:masters\"\n\
+         {AGENT_TOKEN},{AGENT_USER},skiff,\"system:serviceaccounts,system:serviceaccounts:kube-system\"\n"
+    );
+    std::fs::write(dir.join("tokens.csv"), tokens).map_err(io("writing the token file"))?;
     for args in steps {
         let out =
             Command::new("openssl").current_dir(dir).args(&args).output().map_err(io("running openssl"))?;

@@ -1,33 +1,33 @@
-//! A real kube-apiserver for the control plane's integration tests: Kubernetes 1.20.2, built
-//! once from Debian's source package and cached (the steps are those of `ensure`). No
-//! registry ships the binary, and there is no Docker engine for kind.
+//! Real Kubernetes parts for the integration tests: kube-apiserver for the control plane's,
+//! kubectl to apply skiff's manifests as an operator does. Kubernetes 1.20.2, built once from
+//! Debian's source package and cached (the steps are those of `ensure`). No registry ships
+//! the binaries, Debian's kubectl package may clash with one a machine has already, and there
+//! is no Docker engine for kind.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
 use crate::setup::Log;
 
 const VERSION: &str = "v1.20.2";
-/// Where the binary is cached; tests find it through `SKIFF_KUBE_APISERVER`.
-pub const CACHE: &str = "/var/cache/skiff/kube-apiserver-v1.20.2";
+/// Where the binaries are cached; the lab finds them there (`skiff_lab::apiserver`).
+pub const CACHE: &str = "/var/cache/skiff/kubernetes-v1.20.2";
+/// What is built, and the arguments that make each print its version.
+const BINARIES: [(&str, &[&str]); 2] =
+    [("kube-apiserver", &["--version"]), ("kubectl", &["version", "--client"])];
 /// Debian ships the 1.20.2 tree under this version.
 const SOURCE_PACKAGE: &str = "kubernetes";
 const SOURCES: &str = "deb-src http://deb.debian.org/debian bookworm main\n\
                        deb-src http://deb.debian.org/debian-security bookworm-security main\n";
 
-pub fn binary() -> PathBuf {
-    Path::new(CACHE).join("kube-apiserver")
-}
-
-/// Builds kube-apiserver unless the cached binary is there and runs. Returns whether it built.
+/// Builds the binaries unless every cached one is there and runs. Returns whether it built.
 pub fn ensure(log: &mut Log) -> Result<bool> {
-    let bin = binary();
-    let works = Command::new(&bin).arg("--version").output();
-    if works.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(VERSION)) {
+    let works = |(name, args): &(&str, &[&str])| {
+        let out = Command::new(Path::new(CACHE).join(name)).args(*args).output();
+        out.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(VERSION))
+    };
+    if BINARIES.iter().all(works) {
         return Ok(false);
     }
     let work = Path::new(CACHE).join("build");
@@ -69,21 +69,24 @@ pub fn ensure(log: &mut Log) -> Result<bool> {
             .arg("/usr/share/gocode/src/github.com/modern-go/reflect2")
             .arg(&reflect2),
     )?;
+    let what: Vec<String> = BINARIES.iter().map(|(name, _)| format!("cmd/{name}")).collect();
     log.run(
         Command::new("make")
             .current_dir(&src)
-            .arg("WHAT=cmd/kube-apiserver")
+            .arg(format!("WHAT={}", what.join(" ")))
             .env("GOPROXY", "off")
             .env("CGO_ENABLED", "0")
             .env("KUBE_GIT_VERSION", VERSION),
     )
-    .context("building kube-apiserver")?;
-    let built = src.join("_output/bin/kube-apiserver");
-    if !built.exists() {
-        bail!("the build left no {}", built.display());
+    .context("building Kubernetes")?;
+    for (name, _) in BINARIES {
+        let built = src.join("_output/bin").join(name);
+        if !built.exists() {
+            bail!("the build left no {}", built.display());
+        }
+        std::fs::copy(&built, Path::new(CACHE).join(name)).with_context(|| format!("caching {name}"))?;
     }
-    std::fs::copy(&built, binary()).context("caching kube-apiserver")?;
-    // 2.2 GB of tree; the binary is all the tests need.
+    // 2.2 GB of tree; the binaries are all the tests need.
     std::fs::remove_dir_all(&work)?;
     Ok(true)
 }

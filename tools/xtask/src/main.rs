@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
   setup               install what a fresh machine lacks (apt packages, rust-src, bpf-linker,
-                      the tests' kube-apiserver); logs in target/setup/
+                      the tests' kube-apiserver and kubectl); logs in target/setup/
   build               setup, then build the workspace and the XDP programs
   test                setup, build, run every test (the privileged lab tests too)
   bench               setup, run the benchmarks, write target/bench-report/*.json

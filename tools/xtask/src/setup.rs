@@ -25,7 +25,8 @@ use crate::{output_of, workspace_root};
 pub enum Purpose {
     /// Build and run skiff: the demo, the benches, the fuzzers.
     Run,
-    /// Also the tests' real parts: a kube-apiserver built from Debian's source, and etcd.
+    /// Also the tests' real parts: kube-apiserver and kubectl built from Debian's source, and
+    /// etcd.
     Test,
 }
 
@@ -97,7 +98,7 @@ pub fn setup(purpose: Purpose) -> Result<()> {
         let build =
             |log: &mut Log| Ok(if crate::kube::ensure(log)? { Done::Installed } else { Done::Cached });
         steps.push((
-            "kube-apiserver v1.20.2 (from Debian's source, ~5 min once)".into(),
+            "kube-apiserver and kubectl v1.20.2 (from Debian's source, ~6 min once)".into(),
             "kube-apiserver",
             Box::new(build),
         ));
