@@ -5,6 +5,7 @@
 //! its pinned maps, so that flows forwarded at the NIC keep flowing until the next agent
 //! adopts them; `skiff-agent cleanup` removes it all (an uninstall).
 
+mod config_dir;
 mod datapath;
 mod options;
 mod socket_lb;
@@ -53,6 +54,7 @@ pub fn init_logging(format: LogFormat) {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(options: Options) -> Result<()> {
+    options.check()?;
     let source_arg = options.source()?;
     let io = options.io()?;
     let endpoint_config = options.endpoints()?;
@@ -79,7 +81,8 @@ pub async fn run(options: Options) -> Result<()> {
             (Source::StateDir { path: dir }, None, task)
         }
         SourceArg::Kubernetes(path) => {
-            let (client, server) = kube_client(path.as_ref()).await?;
+            let service = options.k8s_service_host.as_deref().map(|host| (host, options.k8s_service_port));
+            let (client, server) = kube_client(path.as_ref(), service).await?;
             if !options.skip_crd_creation {
                 source::kube::install_crds(&client).await;
             }
@@ -262,7 +265,9 @@ fn install_cni(cni: &CniInstall) -> Result<()> {
 }
 
 /// A client of the API server in `path` (or the in-cluster one), and the server's URL.
-async fn kube_client(path: Option<&PathBuf>) -> Result<(kube::Client, String)> {
+/// A client from a kubeconfig, else in-cluster: through `service` (host, port) where given,
+/// else the `kubernetes` Service the pod's environment names.
+async fn kube_client(path: Option<&PathBuf>, service: Option<(&str, u16)>) -> Result<(kube::Client, String)> {
     let config = match path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -270,7 +275,16 @@ async fn kube_client(path: Option<&PathBuf>) -> Result<(kube::Client, String)> {
             kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
                 .await?
         }
-        None => kube::Config::incluster().context("the in-cluster configuration")?,
+        None => match service {
+            Some((host, port)) => {
+                let mut config = kube::Config::incluster_dns().context("the in-cluster configuration")?;
+                let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+                config.cluster_url =
+                    format!("https://{host}:{port}").parse().context("--k8s-service-host")?;
+                config
+            }
+            None => kube::Config::incluster().context("the in-cluster configuration")?,
+        },
     };
     let server = config.cluster_url.to_string();
     Ok((kube::Client::try_from(config)?, server))

@@ -3,7 +3,7 @@
 use std::{net::IpAddr, ops::RangeInclusive, path::PathBuf};
 
 use anyhow::{Result, bail};
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use skiff_api::DEFAULT_SOCKET;
 use skiff_common::{
@@ -51,26 +51,61 @@ pub enum Command {
     },
 }
 
+impl Cli {
+    /// The command line, with the settings of `--config-dir` (a ConfigMap's folder) for the
+    /// options it leaves out. Exits as clap does on a bad command line or `--help`.
+    pub fn load() -> Result<Cli> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let matches = Cli::command().get_matches_from(&args);
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let Some(dir) = &cli.options.config_dir else { return Ok(cli) };
+        let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        let from_dir = super::config_dir::args(dir, &Cli::command(), given)?;
+        let all = args.iter().take(1).chain(&from_dir).chain(args.iter().skip(1));
+        Ok(Cli::try_parse_from(all)?)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct Options {
+    /// Settings from a folder holding one file per option (a ConfigMap mounted as a volume,
+    /// as cilium-agent's `--config-dir`): the file's name is the option's long name or its
+    /// Cilium alias, its content the value. The command line wins.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
     /// Kubernetes YAML in a folder, watched for changes.
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
     pub state_dir: Option<PathBuf>,
     /// A Kubernetes API server (in a pod, without either flag: the in-cluster config).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// In a pod: the API server's address, as Cilium's: no kube-proxy serves the
+    /// `kubernetes` Service before skiff runs (default: KUBERNETES_SERVICE_HOST).
+    #[arg(long, value_name = "HOST")]
+    pub k8s_service_host: Option<String>,
+    /// In a pod: the API server's port, with --k8s-service-host.
+    #[arg(long, value_name = "PORT", default_value_t = 443)]
+    pub k8s_service_port: u16,
     /// Leave the CRDs skiff reads to the user: without this, the agent installs them or
     /// updates its own older ones, as cilium-agent does.
-    #[arg(long)]
+    #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub skip_crd_creation: bool,
+    /// skiff replaces kube-proxy, always: `false` (kube-proxy serves Services) is refused
+    /// rather than run both.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    pub kube_proxy_replacement: bool,
+    /// How a service's backend is chosen, as Cilium's bpf-lb-algorithm: Maglev, whose
+    /// choice every node and restart shares.
+    #[arg(long, value_name = "ALGORITHM", value_enum, default_value_t = LbAlgorithm::Maglev)]
+    pub bpf_lb_algorithm: LbAlgorithm,
     /// This node's Node object.
     #[arg(long, value_name = "NAME", default_value_t = hostname())]
     pub node_name: String,
     /// NodePorts also listen here (repeatable).
     #[arg(long = "node-address", value_name = "IP")]
     pub node_addresses: Vec<IpAddr>,
-    /// A device the datapath serves (repeatable, uplink first).
-    #[arg(long = "device", value_name = "IFACE")]
+    /// A device the datapath serves (repeatable or comma-separated, uplink first).
+    #[arg(long = "device", visible_alias = "devices", value_name = "IFACE", value_delimiter = ',')]
     pub devices: Vec<String>,
     /// How packets reach the workers (none: tables only).
     #[arg(long, value_enum, default_value_t = IoMode::Afxdp)]
@@ -97,12 +132,11 @@ pub struct Options {
     /// recorded either way).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     pub flow_events: bool,
-    /// Observed flows the agent keeps for `skiff observe --last` (Hubble's
-    /// `hubble-event-buffer-capacity`).
-    #[arg(long, value_name = "N", default_value_t = crate::observer::DEFAULT_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    /// Observed flows the agent keeps for `skiff observe --last`.
+    #[arg(long, visible_alias = "hubble-event-buffer-capacity", value_name = "N", default_value_t = crate::observer::DEFAULT_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
     pub flow_buffer: usize,
     /// Slots of every service's Maglev table: a prime of 251..=131071.
-    #[arg(long, value_name = "M", default_value_t = MAGLEV_TABLE_SIZE, value_parser = maglev_table_size)]
+    #[arg(long, visible_alias = "bpf-lb-maglev-table-size", value_name = "M", default_value_t = MAGLEV_TABLE_SIZE, value_parser = maglev_table_size)]
     pub maglev_table_size: u32,
     /// The cluster's NodePort range.
     #[arg(long, value_name = "A-B", default_value = "30000-32767", value_parser = port_range)]
@@ -143,15 +177,15 @@ pub struct Options {
     #[arg(long, value_name = "NAME", default_value = "05-skiff.conflist")]
     pub cni_conf_name: String,
     /// Move the other CNI configurations aside (renamed *.skiff_bak).
-    #[arg(long)]
+    #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub cni_exclusive: bool,
     /// Install this conflist instead of skiff's (its first plugin must be skiff-cni).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, visible_alias = "read-cni-conf", value_name = "FILE")]
     pub cni_custom_conf: Option<PathBuf>,
     /// How endpoints come under network policy, as Cilium's policyEnforcementMode: once a
     /// policy selects them (default), always (what no rule allows is denied, also with no
     /// policy), or never.
-    #[arg(long, value_name = "MODE", value_enum, default_value_t = Enforcement::Default)]
+    #[arg(long, visible_alias = "enable-policy", value_name = "MODE", value_enum, default_value_t = Enforcement::Default)]
     pub policy_enforcement: Enforcement,
     /// How pods on different nodes reach each other, as Cilium's routingMode: through a
     /// tunnel to the node hosting the pod CIDR (needs --io afxdp), or routed natively.
@@ -165,7 +199,7 @@ pub struct Options {
     pub tunnel_port: Option<u16>,
     /// In native routing, add a route to each other node's pod CIDRs via its InternalIP (the
     /// nodes share a link), and remove it when the Node goes.
-    #[arg(long)]
+    #[arg(long, value_name = "BOOL", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub auto_direct_node_routes: bool,
     /// Pods' IPv4 traffic out of the cluster (its pod CIDRs, node addresses and native
     /// routing CIDR) leaves with the node's address (needs --io afxdp).
@@ -183,11 +217,11 @@ pub struct Options {
     /// Socket-LB, as Cilium's bpf-lb-sock: the node's sockets (and pods') connect to a
     /// service's backend directly, translated at connect time by cgroup socket programs.
     /// Where the kernel or the cgroup refuses them, the agent runs without and says why.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, visible_alias = "bpf-lb-sock", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     pub socket_lb: bool,
     /// Translate only the node's own sockets (Cilium's socketLB.hostNamespaceOnly): pods'
     /// connections keep the service address for the workers (or a mesh's sidecar).
-    #[arg(long, value_name = "BOOL", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, visible_alias = "bpf-lb-sock-hostns-only", value_name = "BOOL", default_value_t = false, action = ArgAction::Set)]
     pub socket_lb_host_namespace_only: bool,
     /// The cgroup v2 whose sockets socket-LB serves (Cilium's cgroup.hostRoot): cgroup2 is
     /// mounted there unless it is already.
@@ -201,6 +235,13 @@ pub enum RoutingMode {
     Tunnel,
     /// No encapsulation: the network (or --auto-direct-node-routes) routes pod CIDRs.
     Native,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LbAlgorithm {
+    /// Maglev consistent hashing: skiff balances by Maglev only, so Cilium's `random` is
+    /// refused rather than ignored.
+    Maglev,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -273,11 +314,24 @@ pub(super) enum SourceArg {
 }
 
 impl Options {
+    /// Refuses what skiff cannot be: anything but kube-proxy's replacement.
+    pub(super) fn check(&self) -> Result<()> {
+        if !self.kube_proxy_replacement {
+            bail!(
+                "kube-proxy-replacement=false: skiff always serves Services itself; remove kube-proxy and this setting"
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn source(&self) -> Result<SourceArg> {
         Ok(match (&self.state_dir, &self.kubeconfig) {
             (Some(dir), _) => SourceArg::StateDir(dir.clone()),
             (None, Some(file)) => SourceArg::Kubernetes(Some(file.clone())),
-            (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            (None, None)
+                if self.k8s_service_host.is_some()
+                    || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() =>
+            {
                 SourceArg::Kubernetes(None)
             }
             (None, None) => bail!("no source: --state-dir DIR or --kubeconfig FILE"),
