@@ -4,8 +4,8 @@
 //! rejects a bad value such as port 65536, and every other field of Cilium's schema kept
 //! whole (`x-kubernetes-preserve-unknown-fields`, `unmodelled`): a policy written for Cilium
 //! applies unchanged and reaches skiff as written, so that what skiff does not enforce is
-//! known and never pruned into a wider rule. `control/crds/cilium.yaml` is generated from
-//! these types (`skiff-agent crds`); a test keeps the shipped file equal to the types.
+//! known and never pruned into a wider rule. `docker/crds.yaml` is generated from these types
+//! (`skiff-agent crds`); a test keeps the shipped file equal to the types.
 
 use std::collections::BTreeMap;
 
@@ -252,7 +252,7 @@ pub enum L4Proto {
 }
 
 /// The CustomResourceDefinitions skiff reads, as multi-document YAML: what
-/// `control/crds/cilium.yaml` ships and `skiff-agent crds` prints.
+/// `docker/crds.yaml` ships and `skiff-agent crds` prints.
 pub fn crds_yaml() -> String {
     crds()
         .iter()
@@ -260,8 +260,15 @@ pub fn crds_yaml() -> String {
         .collect()
 }
 
-/// The CustomResourceDefinitions skiff reads, as the agent installs them. Beside `spec`, a
-/// policy may hold a list of them in `specs`, and a `status`, as in Cilium's schema.
+/// Marks the CRDs that are skiff's, installed by an agent or from `docker/crds.yaml` (an
+/// agent updates those of an older schema, and leaves Cilium's own as they are) …
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "skiff-agent");
+/// … and which of skiff's schemas each holds (a SHA-256 of its spec).
+pub const SCHEMA_DIGEST: &str = "skiff.dev/schema-digest";
+
+/// The CustomResourceDefinitions skiff reads, as the agent installs them, marked as skiff's.
+/// Beside `spec`, a policy may hold a list of them in `specs`, and a `status`, as in
+/// Cilium's schema.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
     let mut crds = vec![CiliumNetworkPolicy::crd(), CiliumClusterwideNetworkPolicy::crd()];
@@ -287,7 +294,23 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         properties.insert("status".into(), status);
     }
     crds.push(CiliumIdentity::crd());
+    for crd in &mut crds {
+        mark(crd);
+    }
     crds
+}
+
+fn mark(crd: &mut CustomResourceDefinition) {
+    use std::fmt::Write;
+
+    use sha2::{Digest, Sha256};
+    let spec = serde_json::to_vec(&crd.spec).unwrap_or_default();
+    let digest = Sha256::digest(spec).iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
+    crd.metadata.labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
+    crd.metadata.annotations = Some([(SCHEMA_DIGEST.to_owned(), digest)].into());
 }
 
 /// Cilium's CiliumIdentity (cluster-scoped, `cilium.io/v2`): a security identity, named by its

@@ -6,7 +6,9 @@
 //! write → apply latency over 200 updates. Without Cilium's CRDs, Services are applied and
 //! status says which kinds are not served; the agent installs the CRDs, and policies written
 //! for Cilium reach it whole. Two agents number identities alike through CiliumIdentity
-//! objects, whatever order they saw the pods in.
+//! objects, whatever order they saw the pods in. skiff's manifests (`docker/`) pass the API
+//! server's validation and kubectl applies them; the agent, with only the rights their
+//! ClusterRole grants and its ConfigMap as its config folder, does all of the above.
 
 use std::{
     path::{Path, PathBuf},
@@ -31,10 +33,12 @@ use skiff_api::{ServiceView, Status};
 use skiff_control::crd::CiliumNetworkPolicy;
 use skiff_lab::apiserver::ApiServer;
 
-/// skiff-agent with `--io none` (tables recorded, no datapath), killed if the test fails.
+/// skiff-agent with `--io none` (tables recorded, no datapath), killed if the test fails;
+/// its log is printed then.
 struct Agent {
     child: Child,
     socket: PathBuf,
+    log: PathBuf,
 }
 
 impl Agent {
@@ -42,6 +46,8 @@ impl Agent {
     fn start(kubeconfig: &Path, name: &str, extra: &[&str]) -> Agent {
         let work = std::env::temp_dir().join(format!("skiff-test-{name}-{}", std::process::id()));
         let socket = work.join("skiff.sock");
+        std::fs::create_dir_all(&work).unwrap();
+        let log = work.join("agent.log");
         // In the machine's own namespace: no CNI installed, no pods (the node stays as it is).
         let node = if extra.contains(&"--node-name") { &[][..] } else { &["--node-name", "node1"][..] };
         let child = Command::new(env!("CARGO_BIN_EXE_skiff-agent"))
@@ -53,9 +59,15 @@ impl Agent {
             .arg("--socket")
             .arg(&socket)
             .args(extra)
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("skiff-agent starts");
-        Agent { child, socket }
+        Agent { child, socket, log }
+    }
+
+    /// What it logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn status(&self) -> Option<Status> {
@@ -84,6 +96,9 @@ impl Drop for Agent {
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("skiff-agent's log ({}):\n{}", self.log.display(), self.log());
         }
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(dir);
@@ -543,4 +558,162 @@ fn two_agents_number_identities_alike_through_cilium_identities() {
     assert_eq!(number_of(&ids(&two), "alpha"), Some(alpha.0));
     one.terminate();
     two.terminate();
+}
+
+/// `kubectl` (1.20, built beside kube-apiserver) as the admin: its output, or its error.
+fn kubectl(server: &ApiServer, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(skiff_lab::apiserver::KUBECTL)
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(args)
+        .output()
+        .expect("kubectl runs (`cargo xtask setup` builds it)");
+    let said = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() { Ok(said(&out.stdout)) } else { Err(said(&out.stdout) + &said(&out.stderr)) }
+}
+
+/// skiff's ConfigMap, as applied, laid out in `dir` as the kubelet projects it into a volume:
+/// the files in a timestamped folder, `..data` pointing at it, and one link per key.
+fn project_config_map(server: &ApiServer, dir: &Path) {
+    let config =
+        kubectl(server, &["get", "configmap", "skiff-config", "-n", "kube-system", "-o", "json"]).unwrap();
+    let config: Value = serde_json::from_str(&config).unwrap();
+    let files = dir.join("..2026_12_02_12_00_00.000000001");
+    std::fs::create_dir_all(&files).unwrap();
+    std::os::unix::fs::symlink(files.file_name().unwrap(), dir.join("..data")).unwrap();
+    for (key, value) in config["data"].as_object().unwrap() {
+        std::fs::write(files.join(key), value.as_str().unwrap()).unwrap();
+        std::os::unix::fs::symlink(Path::new("..data").join(key), dir.join(key)).unwrap();
+    }
+}
+
+/// `docker/`'s manifests, validated by the API server (a server-side dry run), then applied
+/// but for the CRDs, which are left to the agent, as cilium-agent installs its own.
+fn apply_manifests(server: &ApiServer) {
+    let docker = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker");
+    let (crds, skiff) = (docker.join("crds.yaml"), docker.join("skiff.yaml"));
+    let (crds, skiff) = (crds.to_str().unwrap(), skiff.to_str().unwrap());
+    let dry = kubectl(server, &["apply", "--dry-run=server", "-f", crds, "-f", skiff]).unwrap();
+    print!("kubectl apply --dry-run=server:\n{dry}");
+    let validated = dry.lines().filter(|l| l.ends_with("(server dry run)")).count();
+    assert_eq!(validated, 3 + 5, "three CRDs and five objects pass the API server's validation");
+    print!("{}", kubectl(server, &["apply", "-f", skiff]).unwrap());
+}
+
+/// The ClusterRole lets the agent do what it does, and not more.
+fn assert_granted_only_what_it_uses(server: &ApiServer) {
+    let can = |verb: &str, resource: &str| {
+        kubectl(server, &["auth", "can-i", verb, resource, "--as", skiff_lab::apiserver::AGENT_USER]).is_ok()
+    };
+    for (verb, resource) in [
+        ("watch", "pods"),
+        ("list", "endpointslices.discovery.k8s.io"),
+        ("watch", "ciliumnetworkpolicies.cilium.io"),
+        ("create", "ciliumidentities.cilium.io"),
+        ("delete", "ciliumidentities.cilium.io"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("update", "customresourcedefinitions.apiextensions.k8s.io/ciliumidentities.cilium.io"),
+        ("create", "events.events.k8s.io"),
+    ] {
+        assert!(can(verb, resource), "the agent may {verb} {resource}");
+    }
+    for (verb, resource) in [
+        ("update", "pods"),
+        ("delete", "services"),
+        ("get", "secrets"),
+        ("update", "ciliumnetworkpolicies.cilium.io"),
+        ("update", "customresourcedefinitions.apiextensions.k8s.io/widgets.example.com"),
+        ("patch", "nodes"),
+    ] {
+        assert!(!can(verb, resource), "the agent may not {verb} {resource}");
+    }
+}
+
+/// skiff's manifests as an operator applies them: the API server's own validation takes
+/// every object (server-side dry run), then kubectl applies them; the ClusterRole grants the
+/// agent what it uses and nothing more. The agent, run as its ServiceAccount under RBAC with
+/// the ConfigMap projected as the kubelet does, installs its CRDs, programs Services, numbers
+/// identities and deletes those no pod has, posts Events, and is refused nothing.
+#[test]
+fn the_manifests_apply_and_the_agent_needs_no_right_they_do_not_grant() {
+    let server = ApiServer::start().expect("etcd and kube-apiserver start");
+    apply_manifests(&server);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = client_of(&server, &rt);
+    let pp = PostParams::default();
+    create_web(&client, &rt);
+    let pods = Api::<Pod>::namespaced(client.clone(), "demo");
+    let pod = |name: &str, ip: &str| -> Pod {
+        object(json!({"metadata": {"name": name, "namespace": "demo", "labels": {"app": name}},
+                      "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "skiff/probe"}]},
+                      "status": {"podIP": ip, "podIPs": [{"ip": ip}]}}))
+    };
+    for (name, ip) in [("frontend", "198.18.10.5"), ("backend", "198.18.10.6")] {
+        rt.block_on(pods.create(&pp, &pod(name, ip))).unwrap();
+    }
+    let work = std::env::temp_dir().join(format!("skiff-test-manifests-{}", std::process::id()));
+    let config_dir = work.join("config");
+    project_config_map(&server, &config_dir);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let agent = Agent::start(
+        &server.agent_kubeconfig(),
+        "manifests",
+        &[
+            "--config-dir",
+            config_dir.to_str().unwrap(),
+            // Loopback only here, and GC within the test.
+            "--prometheus-serve-addr",
+            &metrics,
+            "--identity-heartbeat-timeout",
+            "2s",
+        ],
+    );
+    wait_until("the service, as the ServiceAccount", || agent.backends(CLUSTER_IP) == Some(3));
+    wait_until("identities created", || stored_identities(&rt, &client).len() == 2);
+    let status = agent.status().unwrap();
+    println!(
+        "the agent as {}: health {}; policy enforcement {}; masquerading {}; identities {}",
+        skiff_lab::apiserver::AGENT_USER,
+        status.health,
+        status.policy_enforcement,
+        status.masquerading,
+        status.identity_allocation
+    );
+    assert_eq!(status.identity_allocation, "agreed through CiliumIdentity objects");
+    assert!(
+        status.masquerading.contains("IPv4"),
+        "the ConfigMap's enable-ipv4-masquerade: {}",
+        status.masquerading
+    );
+    let crd = kubectl(&server, &["get", "crd", "ciliumidentities.cilium.io", "-o", "name"]);
+    assert!(crd.is_ok(), "the agent installed its CRDs: {crd:?}");
+    // What the ClusterRole grants, asked of the API server (the CRDs are served now).
+    assert_granted_only_what_it_uses(&server);
+    let healthz = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{metrics}/healthz"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&healthz.stdout), "200", "the probes' endpoint answers");
+    // An L7 rule is not enforced yet: the agent says so on the object, as an Event.
+    let [l7, _, _] = written_for_cilium().map(object::<DynamicObject>);
+    let cnps = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "demo",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("cilium.io", "v2", "CiliumNetworkPolicy"),
+            "ciliumnetworkpolicies",
+        ),
+    );
+    rt.block_on(cnps.create(&pp, &l7)).unwrap();
+    wait_for_event(&client, &rt, "NotEnforced", "l7-get-public", "toPorts.rules");
+    let now = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    rt.block_on(pods.delete("frontend", &now)).unwrap();
+    wait_until("frontend's identity deleted", || stored_identities(&rt, &client).len() == 1);
+    let log = agent.log();
+    agent.terminate();
+    let refused: Vec<&str> = log.lines().filter(|l| l.to_lowercase().contains("forbidden")).collect();
+    assert!(refused.is_empty(), "the agent was refused: {refused:#?}");
+    let _ = std::fs::remove_dir_all(&work);
 }

@@ -207,11 +207,11 @@ fn applying_the_same_state_changes_nothing_and_one_endpoint_rebuilds_one_pool() 
 
 #[test]
 fn the_shipped_crds_are_the_types() {
-    let shipped = include_str!("../crds/cilium.yaml");
+    let shipped = include_str!("../../docker/crds.yaml");
     assert_eq!(
         shipped,
         skiff_control::crd::crds_yaml(),
-        "control/crds/cilium.yaml is stale: regenerate it with `skiff-agent crds > control/crds/cilium.yaml`"
+        "docker/crds.yaml is stale: regenerate it with `skiff-agent crds > docker/crds.yaml`"
     );
 }
 

@@ -36,7 +36,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::{
     controller::Event,
-    crd::{CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy},
+    crd::{CiliumClusterwideNetworkPolicy, CiliumIdentity, CiliumNetworkPolicy, MANAGED_BY, SCHEMA_DIGEST},
     labels::Labels,
     objects::{Object, decode},
     policy::identity::{Allocator, Created},
@@ -198,35 +198,22 @@ where
     }
 }
 
-/// Marks the CRDs skiff installed, and which of its schemas each holds.
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "skiff-agent");
-const SCHEMA_DIGEST: &str = "skiff.dev/schema-digest";
-
 /// Installs the CRDs skiff reads, as cilium-agent does: created where missing (then served
 /// before the watchers list them), updated where an older one of skiff's is; a CRD installed
 /// by someone else (Cilium's own: a superset of skiff's schema) is left as it is. Without the
 /// right to, it says so, and the kinds are read once someone installs them.
 pub async fn install_crds(client: &Client) {
-    use std::fmt::Write;
-
-    use sha2::{Digest, Sha256};
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     for mut crd in crate::crd::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        let spec = serde_json::to_vec(&crd.spec).unwrap_or_default();
-        let digest = Sha256::digest(spec).iter().fold(String::new(), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        });
-        crd.metadata.labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
-        crd.metadata.annotations = Some([(SCHEMA_DIGEST.to_owned(), digest.clone())].into());
+        let digest = crd.annotations().get(SCHEMA_DIGEST).cloned();
         let pp = PostParams::default();
         let outcome = match api.get_opt(&name).await {
             Ok(None) => api.create(&pp, &crd).await.map(|_| "installed"),
             Ok(Some(old)) if old.labels().get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) => {
                 Ok("installed by someone else, left as it is")
             }
-            Ok(Some(old)) if old.annotations().get(SCHEMA_DIGEST) == Some(&digest) => Ok("up to date"),
+            Ok(Some(old)) if old.annotations().get(SCHEMA_DIGEST) == digest.as_ref() => Ok("up to date"),
             Ok(Some(old)) => {
                 crd.metadata.resource_version = old.metadata.resource_version;
                 api.replace(&name, &pp, &crd).await.map(|_| "updated")
