@@ -40,6 +40,7 @@ pub mod apiserver;
 mod bpffs;
 mod cgroup;
 pub mod cni;
+pub mod image;
 mod netns;
 pub mod probe;
 mod wire;

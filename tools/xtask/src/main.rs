@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod image;
 mod kube;
 mod setup;
 mod test;
@@ -16,8 +17,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 
   setup               install what a fresh machine lacks (apt packages, rust-src, bpf-linker,
                       the tests' kube-apiserver and kubectl); logs in target/setup/
-  build               setup, then build the workspace and the XDP programs
+  build [--release]   setup, then build the workspace and the XDP programs (--release: the
+                      installed binaries alone, optimised: skiff-agent, skiff-cni, skiff)
   test                setup, build, run every test (the privileged lab tests too)
+  image               setup, build, build the container image with podman as the tests do
   bench               setup, run the benchmarks, write target/bench-report/*.json
   demo                setup, build, run the demo in a lab of network namespaces
   fuzz [TARGET] [SECS] run the wire fuzz targets (all, 60 s each by default)
@@ -44,7 +47,16 @@ fn dispatch(args: &[&str]) -> Result<ExitCode> {
             setup::setup(setup::Purpose::Run)?;
             build()?;
         }
+        ["build", "--release"] => {
+            setup::setup(setup::Purpose::Run)?;
+            run(cargo().args(RELEASE))?;
+        }
         ["test"] => return test::test(),
+        ["image"] => {
+            setup::setup(setup::Purpose::Test)?;
+            build()?;
+            image::build()?;
+        }
         ["bench"] => bench::bench()?,
         ["demo"] => demo::demo()?,
         ["fuzz"] => fuzz::fuzz(None, 60)?,
@@ -65,6 +77,9 @@ fn dispatch(args: &[&str]) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// What an installation runs, optimised: the image's binaries.
+const RELEASE: &[&str] = &["build", "--release", "--locked", "--bins", "-p", "skiff-control", "-p", "skiff"];
 
 /// Builds every default member with its tests and examples (the loader's build script
 /// builds the eBPF object).

@@ -35,7 +35,7 @@ pub enum Purpose {
 /// bpf-linker links against, the reference CNI plugins (the CNI bench's baseline, chained
 /// after skiff-cni in the tests), and iptables (kube-proxy's rules, the benches' baseline;
 /// the portmap plugin chained in the tests).
-const APT_RUN: &[&str] = &[
+pub const APT_RUN: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "ethtool",
@@ -60,8 +60,9 @@ const APT_RUN: &[&str] = &[
 /// tshark to capture and dissect lab traffic (`fastpath/wire/tests/captures/capture.sh`); a
 /// real container runtime calling skiff-cni (podman with runc: crun refuses this machine's
 /// hybrid cgroups), busybox-static for the image the runtime test builds, iperf3 for the
-/// long TCP streams an agent's restart must not stall, and a real Prometheus server to scrape
-/// the agent (its service is not started: the test runs it in a lab namespace).
+/// long TCP streams an agent's restart must not stall, a real Prometheus server to scrape
+/// the agent (its service is not started: the test runs it in a lab namespace), and
+/// mmdebstrap, which makes the image's Debian bases without a registry.
 const APT_TEST: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -78,6 +79,7 @@ const APT_TEST: &[&str] = &[
     "busybox-static",
     "iperf3",
     "prometheus",
+    "mmdebstrap",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).
@@ -101,6 +103,13 @@ pub fn setup(purpose: Purpose) -> Result<()> {
             "kube-apiserver and kubectl v1.20.2 (from Debian's source, ~6 min once)".into(),
             "kube-apiserver",
             Box::new(build),
+        ));
+        let bases =
+            |log: &mut Log| Ok(if crate::image::ensure_bases(log)? { Done::Installed } else { Done::Cached });
+        steps.push((
+            "the image's Debian bases (mmdebstrap, ~3 min once)".into(),
+            "image-bases",
+            Box::new(bases),
         ));
     }
     let count = steps.len();
@@ -126,7 +135,7 @@ pub struct Log {
 }
 
 impl Log {
-    fn open(name: &str) -> Result<Log> {
+    pub fn open(name: &str) -> Result<Log> {
         let dir = workspace_root().join("target/setup");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{name}.log"));

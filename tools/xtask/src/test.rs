@@ -1,5 +1,5 @@
-//! `cargo xtask test`: setup, build (the fuzz targets too), formatting and lints, the
-//! workspace's tests, then the privileged lab tests.
+//! `cargo xtask test`: setup, build (the fuzz targets too, and the image), formatting and
+//! lints, the workspace's tests, then the privileged lab tests.
 //!
 //! Privileged tests (they need root: network namespaces, XDP, AF_XDP) live in a module named
 //! `privileged` inside integration tests, so the two stages select them by path. They never
@@ -23,8 +23,10 @@ struct Tally {
 pub fn test() -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut tally = Tally::default();
-    if let Err(e) =
-        setup::setup(setup::Purpose::Test).and_then(|()| build()).and_then(|()| build_fuzz_targets())
+    if let Err(e) = setup::setup(setup::Purpose::Test)
+        .and_then(|()| build())
+        .and_then(|()| build_fuzz_targets())
+        .and_then(|()| crate::image::build())
     {
         eprintln!("xtask: {e:#}");
         tally.failed += 1;
