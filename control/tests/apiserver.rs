@@ -8,7 +8,8 @@
 //! for Cilium reach it whole. Two agents number identities alike through CiliumIdentity
 //! objects, whatever order they saw the pods in. skiff's manifests (`docker/`) pass the API
 //! server's validation and kubectl applies them; the agent, with only the rights their
-//! ClusterRole grants and its ConfigMap as its config folder, does all of the above.
+//! ClusterRole grants and its ConfigMap as its config folder, does all of the above. An API
+//! server that does not answer keeps the agent unready, saying why.
 
 use std::{
     path::{Path, PathBuf},
@@ -715,5 +716,47 @@ fn the_manifests_apply_and_the_agent_needs_no_right_they_do_not_grant() {
     agent.terminate();
     let refused: Vec<&str> = log.lines().filter(|l| l.to_lowercase().contains("forbidden")).collect();
     assert!(refused.is_empty(), "the agent was refused: {refused:#?}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// An API server that does not answer at start: the agent waits for it, never reports ready
+/// (a DaemonSet's probes keep it out of service) and says why.
+#[test]
+fn an_unreachable_api_server_keeps_the_agent_unready_and_says_why() {
+    let work = std::env::temp_dir().join(format!("skiff-test-unreachable-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let kubeconfig = work.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster: {{server: 'https://127.0.0.1:{port}'}}\n\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: gone, user: u}}\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let agent = Agent::start(&kubeconfig, "unreachable", &["--prometheus-serve-addr", &metrics]);
+    wait_until("the agent's API", || agent.status().is_some());
+    std::thread::sleep(Duration::from_secs(3));
+    let status = agent.status().unwrap();
+    let health = status.health.to_string();
+    println!("API server unreachable: {health}");
+    assert!(!status.connected && status.applies == 0, "{status:?}");
+    assert!(
+        health.contains("the source is not reachable; waiting for the first list of Service"),
+        "{health}"
+    );
+    let healthz = Command::new("curl")
+        .args(["-s", "-w", " %{http_code}"])
+        .arg(format!("http://{metrics}/healthz"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&healthz.stdout);
+    println!("/healthz: {said}");
+    assert!(said.ends_with(" 503") && said.starts_with("not ready"), "{said}");
+    agent.terminate();
     let _ = std::fs::remove_dir_all(&work);
 }
