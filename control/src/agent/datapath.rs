@@ -39,6 +39,8 @@ pub(super) struct DatapathSink {
     pins: Option<PathBuf>,
     /// Socket-LB, when on; its maps are pinned in `--pin-dir` too.
     socket_lb: Option<SocketLb>,
+    /// Where the node's procfs is (`--procfs`): its sysctls are written there.
+    procfs: PathBuf,
 }
 
 impl DatapathSink {
@@ -85,8 +87,17 @@ impl DatapathSink {
         tracing::info!("datapath: {description}");
         let (kernel, changes) = Kernel::connect(datapath.ports())?;
         let pins = matches!(io, skiff_api::Io::AfXdp { .. }).then(|| options.pin_dir.clone());
-        let sink =
-            DatapathSink { datapath, kernel, description, last: None, hops: HashMap::new(), pins, socket_lb };
+        let procfs = options.procfs.clone();
+        let sink = DatapathSink {
+            datapath,
+            kernel,
+            description,
+            last: None,
+            hops: HashMap::new(),
+            pins,
+            socket_lb,
+            procfs,
+        };
         Ok((sink, changes))
     }
 
@@ -220,10 +231,12 @@ impl Sink for DatapathSink {
     /// its gateway reach the node.
     fn prepare_node(&mut self, gateways: &[IpAddr]) -> Result<()> {
         for (setting, path) in [
-            ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
-            ("net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"),
+            ("net.ipv4.ip_forward", "ipv4/ip_forward"),
+            ("net.ipv6.conf.all.forwarding", "ipv6/conf/all/forwarding"),
         ] {
-            std::fs::write(path, "1").with_context(|| format!("setting {setting}=1"))?;
+            let path = self.procfs.join("sys/net").join(path);
+            std::fs::write(&path, "1")
+                .with_context(|| format!("setting {setting}=1 in {}", path.display()))?;
         }
         let kernel = &self.kernel;
         tokio::task::block_in_place(|| {

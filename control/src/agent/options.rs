@@ -223,6 +223,11 @@ pub struct Options {
     /// connections keep the service address for the workers (or a mesh's sidecar).
     #[arg(long, visible_alias = "bpf-lb-sock-hostns-only", value_name = "BOOL", default_value_t = false, action = ArgAction::Set)]
     pub socket_lb_host_namespace_only: bool,
+    /// The node's procfs, where the agent sets forwarding on, as Cilium's `procfs`: in a
+    /// container, where /proc/sys is read-only, the host's /proc/sys/net mounted beneath it
+    /// (`/host/proc`).
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    pub procfs: PathBuf,
     /// The cgroup v2 whose sockets socket-LB serves (Cilium's cgroup.hostRoot): cgroup2 is
     /// mounted there unless it is already.
     #[arg(long, value_name = "DIR", default_value = "/run/skiff/cgroupv2")]
