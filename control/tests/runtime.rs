@@ -75,16 +75,7 @@ status:
 
         /// An image from Debian's static busybox: `/bin/busybox` and its applets.
         fn build_image(&self) {
-            let rootfs = self.dir.join("rootfs");
-            std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-            std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
-            for applet in ["sh", "httpd", "wget", "ip", "sleep", "mkdir", "echo", "cat"] {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-            }
-            let tar = self.dir.join("rootfs.tar");
-            let out =
-                Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").output().unwrap();
-            assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+            let tar = skiff_lab::image::busybox_tar(&self.dir).expect("busybox-static installed");
             self.ok(&["import", tar.to_str().unwrap(), IMAGE]);
         }
 

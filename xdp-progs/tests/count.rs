@@ -82,4 +82,23 @@ mod privileged {
             lab.node().netns.run(|| object.attach(&iface, XdpMode::Auto)).expect("netns").expect("attach");
         assert_eq!(active, XdpMode::Native);
     }
+
+    /// A device whose driver has no native XDP (a bridge here, as many virtual NICs): auto
+    /// attaches in generic mode rather than fail.
+    #[test]
+    fn auto_mode_falls_back_to_generic_without_native_xdp() {
+        let lab = Topology::new().build().expect("lab");
+        lab.node().netns.exec("ip", &["link", "add", "nonative0", "type", "bridge"]).unwrap();
+        lab.node().netns.exec("ip", &["link", "set", "nonative0", "up"]).unwrap();
+        let mut object = CountProgram::load().expect("load");
+        let native = lab.node().netns.run(|| object.attach("nonative0", XdpMode::Native)).expect("netns");
+        assert!(native.is_err(), "a bridge has no native XDP");
+        let active = lab
+            .node()
+            .netns
+            .run(|| object.attach("nonative0", XdpMode::Auto))
+            .expect("netns")
+            .expect("attach");
+        assert_eq!(active, XdpMode::Generic);
+    }
 }

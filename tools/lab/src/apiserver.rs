@@ -11,10 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Where `cargo xtask setup` caches the Kubernetes binaries it builds.
+pub const KUBERNETES: &str = "/var/cache/skiff/kubernetes-v1.20.2";
 /// Where `cargo xtask setup` caches the binary; `SKIFF_KUBE_APISERVER` overrides it.
 pub const KUBE_APISERVER: &str = "/var/cache/skiff/kubernetes-v1.20.2/kube-apiserver";
 /// kubectl of the same version, built beside it.
 pub const KUBECTL: &str = "/var/cache/skiff/kubernetes-v1.20.2/kubectl";
+
+/// One of the Kubernetes binaries setup builds (kubelet, kube-scheduler, …).
+pub fn kube_binary(name: &str) -> PathBuf {
+    Path::new(KUBERNETES).join(name)
+}
 const TOKEN: &str = "skiff-test-admin-token";
 const AGENT_TOKEN: &str = "skiff-test-agent-token";
 /// The user a pod of skiff's DaemonSet is: its ServiceAccount, `kube-system/skiff`.
@@ -51,7 +58,7 @@ impl ApiServer {
         }
         let dir = std::env::temp_dir().join(format!("skiff-apiserver-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).map_err(io("creating the API server's folder"))?;
-        certificates(&dir)?;
+        certificates(&dir, "IP:127.0.0.1,DNS:localhost")?;
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
         let client = format!("http://127.0.0.1:{etcd_port}");
@@ -141,13 +148,7 @@ impl ApiServer {
     }
 
     fn kubeconfig_yaml(&self, user: &str, token: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {user}\n\
-             current-context: lab\n",
-            self.url(),
-            self.dir.join("ca.crt").display()
-        )
+        kubeconfig_as(&self.url(), &self.dir.join("ca.crt").display().to_string(), user, token)
     }
 
     /// Ends kube-apiserver (SIGKILL, as a crash would); etcd and its data stay.
@@ -193,9 +194,22 @@ fn free_port() -> Result<u16, ApiServerError> {
     Ok(listener.local_addr().map_err(io("finding a free port"))?.port())
 }
 
-/// A CA, a serving certificate for 127.0.0.1 signed by it and a service-account key, all by
-/// openssl, and the tokens.
-fn certificates(dir: &Path) -> Result<(), ApiServerError> {
+/// A kubeconfig for `server` as the admin.
+pub(crate) fn kubeconfig(server: &str, ca: &str) -> String {
+    kubeconfig_as(server, ca, "admin", TOKEN)
+}
+
+fn kubeconfig_as(server: &str, ca: &str, user: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {user}\n\
+         current-context: lab\n"
+    )
+}
+
+/// A CA, a serving certificate for `sans` (`IP:…,DNS:…`) signed by it and a service-account
+/// key, all by openssl, and the tokens.
+pub(crate) fn certificates(dir: &Path, sans: &str) -> Result<(), ApiServerError> {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let steps: [Vec<&str>; 4] = [
         [
@@ -226,8 +240,7 @@ fn certificates(dir: &Path) -> Result<(), ApiServerError> {
         // SEC1 ("EC PRIVATE KEY"): what 1.20's key reader takes.
         vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key"],
     ];
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        .map_err(io("writing san.cnf"))?;
+    std::fs::write(dir.join("san.cnf"), format!("subjectAltName={sans}\n")).map_err(io("writing san.cnf"))?;
     let tokens = format!(
         "{TOKEN},admin,admin,\"system:masters\"\n\
          {AGENT_TOKEN},{AGENT_USER},skiff,\"system:serviceaccounts,system:serviceaccounts:kube-system\"\n"

@@ -40,3 +40,23 @@ pub fn podman() -> Command {
     ]);
     cmd
 }
+
+/// A root filesystem of Debian's static busybox (`/bin/busybox` and the applets tests use),
+/// as a tar in `dir`, for images made without a registry.
+pub fn busybox_tar(dir: &Path) -> Result<std::path::PathBuf, crate::LabError> {
+    let io = |what: &'static str| move |source| crate::LabError::Io { what: what.into(), source };
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).map_err(io("making a rootfs"))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .map_err(io("copying busybox (busybox-static)"))?;
+    for applet in ["sh", "httpd", "wget", "ip", "sleep", "mkdir", "echo", "cat", "hostname", "timeout", "nc"]
+    {
+        let link = rootfs.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).map_err(io("linking a busybox applet"))?;
+        }
+    }
+    let tar = dir.join("rootfs.tar");
+    crate::checked(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."))?;
+    Ok(tar)
+}

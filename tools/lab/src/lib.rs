@@ -41,6 +41,7 @@ mod bpffs;
 mod cgroup;
 pub mod cni;
 pub mod image;
+pub mod kubenode;
 mod netns;
 pub mod probe;
 mod wire;
@@ -77,6 +78,10 @@ pub enum LabError {
     Exited { what: String, status: String },
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    ApiServer(#[from] apiserver::ApiServerError),
 }
 
 /// What to build: a node with a client and `pods` pods; optionally a second node with pods.

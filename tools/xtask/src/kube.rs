@@ -1,5 +1,6 @@
 //! Real Kubernetes parts for the integration tests: kube-apiserver for the control plane's,
-//! kubectl to apply skiff's manifests as an operator does. Kubernetes 1.20.2, built once from
+//! kubectl to apply skiff's manifests as an operator does, and a node's kubelet with its
+//! controller-manager and scheduler. Kubernetes 1.20.2, built once from
 //! Debian's source package and cached (the steps are those of `ensure`). No registry ships
 //! the binaries, Debian's kubectl package may clash with one a machine has already, and there
 //! is no Docker engine for kind.
@@ -14,8 +15,13 @@ const VERSION: &str = "v1.20.2";
 /// Where the binaries are cached; the lab finds them there (`skiff_lab::apiserver`).
 pub const CACHE: &str = "/var/cache/skiff/kubernetes-v1.20.2";
 /// What is built, and the arguments that make each print its version.
-const BINARIES: [(&str, &[&str]); 2] =
-    [("kube-apiserver", &["--version"]), ("kubectl", &["version", "--client"])];
+const BINARIES: [(&str, &[&str]); 5] = [
+    ("kube-apiserver", &["--version"]),
+    ("kubectl", &["version", "--client"]),
+    ("kubelet", &["--version"]),
+    ("kube-controller-manager", &["--version"]),
+    ("kube-scheduler", &["--version"]),
+];
 /// Debian ships the 1.20.2 tree under this version.
 const SOURCE_PACKAGE: &str = "kubernetes";
 const SOURCES: &str = "deb-src http://deb.debian.org/debian bookworm main\n\

@@ -62,7 +62,8 @@ pub const APT_RUN: &[&str] = &[
 /// hybrid cgroups), busybox-static for the image the runtime test builds, iperf3 for the
 /// long TCP streams an agent's restart must not stall, a real Prometheus server to scrape
 /// the agent (its service is not started: the test runs it in a lab namespace), and
-/// mmdebstrap, which makes the image's Debian bases without a registry.
+/// mmdebstrap, which makes the image's Debian bases without a registry, and containerd, the
+/// real node's runtime (its service is not started: the test runs it in a lab namespace).
 const APT_TEST: &[&str] = &[
     "tcpdump",
     "tshark",
@@ -80,6 +81,7 @@ const APT_TEST: &[&str] = &[
     "iperf3",
     "prometheus",
     "mmdebstrap",
+    "containerd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with (`rustup run nightly`).
@@ -100,7 +102,8 @@ pub fn setup(purpose: Purpose) -> Result<()> {
         let build =
             |log: &mut Log| Ok(if crate::kube::ensure(log)? { Done::Installed } else { Done::Cached });
         steps.push((
-            "kube-apiserver and kubectl v1.20.2 (from Debian's source, ~6 min once)".into(),
+            "Kubernetes v1.20.2: kube-apiserver, kubectl, kubelet, … (from Debian's source, ~5 min once)"
+                .into(),
             "kube-apiserver",
             Box::new(build),
         ));
