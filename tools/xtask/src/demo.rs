@@ -477,6 +477,9 @@ fn vxlan_peer(client: &Host, node: &Netns) -> Result<()> {
             &local, "remote", &remote,
         ],
         vec!["addr", "add", "198.19.42.2/24", "dev", "vx0"],
+        // IPv4 only: the kernel's IPv6 link-local chatter on vx0 would claim VNI 42 from
+        // fe80:: sources, which the ipcache does not give 42 (dropped at the NIC).
+        vec!["link", "set", "vx0", "addrgenmode", "none"],
         vec!["link", "set", "vx0", "up"],
         vec!["neigh", "replace", "198.19.42.1", "lladdr", &mac, "dev", "vx0", "nud", "permanent"],
     ] {
