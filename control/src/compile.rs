@@ -27,6 +27,16 @@ use crate::{
     validate::LB_ALGORITHM,
 };
 
+/// A Service's backend choice, as Cilium's `bpf-lb-algorithm` and its annotation name it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbAlgorithm {
+    /// Maglev consistent hashing: every node and restart picks the same backend for a flow.
+    #[default]
+    Maglev,
+    /// A uniformly random backend per new flow.
+    Random,
+}
+
 /// What the compiler needs to know about the node it runs on.
 #[derive(Clone, Debug, Default)]
 pub struct NodeContext {
@@ -36,6 +46,9 @@ pub struct NodeContext {
     pub addresses: Vec<IpAddr>,
     /// Maglev table size for every service (a prime, `--maglev-table-size`).
     pub maglev_table_size: u32,
+    /// How a Service without the `service.cilium.io/lb-algorithm` annotation chooses its
+    /// backends (`--bpf-lb-algorithm`).
+    pub lb_algorithm: LbAlgorithm,
     /// This node's pod CIDRs given to the agent (cluster-pool IPAM), besides its Node's.
     pub pod_cidrs: Vec<IpNet>,
     /// How endpoints come under network policy (`--policy-enforcement`).
@@ -391,11 +404,16 @@ fn frontends(
     if kind == "ExternalName" {
         return produced;
     }
-    let algorithm =
-        match service.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM)).map(String::as_str) {
-            Some("random") => Algorithm::Random,
-            _ => Algorithm::Maglev { table_size: ctx.maglev_table_size },
-        };
+    let annotated = service.metadata.annotations.as_ref().and_then(|a| a.get(LB_ALGORITHM));
+    let algorithm = match annotated.map(String::as_str) {
+        Some("random") => LbAlgorithm::Random,
+        Some("maglev") => LbAlgorithm::Maglev,
+        _ => ctx.lb_algorithm,
+    };
+    let algorithm = match algorithm {
+        LbAlgorithm::Random => Algorithm::Random,
+        LbAlgorithm::Maglev => Algorithm::Maglev { table_size: ctx.maglev_table_size },
+    };
     let policy = |p: &Option<String>| {
         if p.as_deref() == Some("Local") { TrafficPolicy::Local } else { TrafficPolicy::Cluster }
     };

@@ -7,7 +7,7 @@ use skiff_api::{Kind, ObjectKey, Protocol};
 use skiff_common::lb::{Algorithm, FrontendKind, TrafficPolicy};
 use skiff_control::{
     apply::Applier,
-    compile::{BackendSpec, Desired, NodeContext, compile},
+    compile::{BackendSpec, Desired, LbAlgorithm, NodeContext, compile},
     objects::{Object, decode_yaml},
     policy::Enforcement,
 };
@@ -63,6 +63,25 @@ fn the_demo_becomes_a_cluster_ip_and_a_node_port_on_three_local_pods() {
         "the pod CIDR is the cluster's"
     );
     assert_eq!(d.label_sets.len(), 2, "web pods and the client pod");
+}
+
+/// `--bpf-lb-algorithm` is the default; a Service's annotation chooses for itself.
+#[test]
+fn the_node_default_algorithm_yields_to_the_annotation() {
+    let annotated = "apiVersion: v1
+kind: Service
+metadata: {name: pinned, namespace: demo, annotations: {service.cilium.io/lb-algorithm: maglev}}
+spec: {clusterIP: 198.19.0.30, ports: [{port: 80}]}
+";
+    let random = NodeContext { lb_algorithm: LbAlgorithm::Random, ..ctx() };
+    for (ctx, web) in [(ctx(), Algorithm::Maglev { table_size: 251 }), (random, Algorithm::Random)] {
+        let d = compile(&objects(&[DEMO[0], DEMO[1], annotated]), &ctx);
+        let algorithm = |vip: &str| {
+            d.frontends.iter().find(|(k, _)| k.0 == ip(vip)).map(|(_, f)| f.config.algorithm).unwrap()
+        };
+        assert_eq!(algorithm("198.19.0.10"), web, "the default ({:?})", ctx.lb_algorithm);
+        assert_eq!(algorithm("198.19.0.30"), Algorithm::Maglev { table_size: 251 }, "the annotation");
+    }
 }
 
 #[test]

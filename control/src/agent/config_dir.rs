@@ -154,9 +154,9 @@ mod tests {
             e.contains("invalid value 'vxlan' for '--routing-mode <MODE>' [possible values: tunnel, native]"),
             "{e}"
         );
-        let folder = Folder::new("random", &[("bpf-lb-algorithm", "random")]);
+        let folder = Folder::new("algorithm", &[("bpf-lb-algorithm", "ring")]);
         let e = folder.args(&[]).unwrap_err().to_string();
-        assert!(e.contains("invalid value 'random'") && e.contains("[possible values: maglev]"), "{e}");
+        assert!(e.contains("invalid value 'ring'") && e.contains("[possible values: maglev, random]"), "{e}");
         let folder = Folder::new("itself", &[("config-dir", "/etc")]);
         assert!(folder.args(&[]).unwrap_err().to_string().contains("not a skiff-agent option"));
     }

@@ -63,6 +63,7 @@ pub async fn run(options: Options) -> Result<()> {
         name: options.node_name.clone(),
         addresses: options.node_addresses.clone(),
         maglev_table_size: options.maglev_table_size,
+        lb_algorithm: options.bpf_lb_algorithm,
         pod_cidrs: match &endpoint_config.ipam {
             IpamMode::ClusterPool(cidrs) => cidrs.clone(),
             IpamMode::Kubernetes => Vec::new(),

@@ -15,7 +15,7 @@ use skiff_engine::tunnel::TunnelProtocol;
 use skiff_fastpath::datapath::Io;
 
 use crate::{
-    compile::Masquerade,
+    compile::{LbAlgorithm, Masquerade},
     endpoints::{EndpointConfig, cni_conf::CniInstall, ipam::IpamMode},
     overlay::Routing,
     policy::Enforcement,
@@ -94,8 +94,9 @@ pub struct Options {
     /// rather than run both.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     pub kube_proxy_replacement: bool,
-    /// How a service's backend is chosen, as Cilium's bpf-lb-algorithm: Maglev, whose
-    /// choice every node and restart shares.
+    /// How a Service's backend is chosen unless its `service.cilium.io/lb-algorithm`
+    /// annotation says, as Cilium's bpf-lb-algorithm: maglev (every node and restart picks
+    /// the same) or random.
     #[arg(long, value_name = "ALGORITHM", value_enum, default_value_t = LbAlgorithm::Maglev)]
     pub bpf_lb_algorithm: LbAlgorithm,
     /// This node's Node object.
@@ -240,13 +241,6 @@ pub enum RoutingMode {
     Tunnel,
     /// No encapsulation: the network (or --auto-direct-node-routes) routes pod CIDRs.
     Native,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LbAlgorithm {
-    /// Maglev consistent hashing: skiff balances by Maglev only, so Cilium's `random` is
-    /// refused rather than ignored.
-    Maglev,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
