@@ -6,11 +6,7 @@
 //! only (network namespaces, XDP, AF_XDP).
 
 mod privileged {
-    use std::{
-        collections::BTreeMap,
-        path::Path,
-        time::{Duration, Instant},
-    };
+    use std::{collections::BTreeMap, path::Path, time::Duration};
 
     use skiff_lab::{Lab, Netns, Topology, agent::Agent};
 
@@ -32,12 +28,8 @@ mod privileged {
             .expect("skiff-agent starts")
     }
 
-    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn wait_until(what: &str, done: impl FnMut() -> bool) {
+        skiff_lab::poll(what, Duration::from_secs(30), done).unwrap();
     }
 
     fn services_through_the_agent(io: &str) {

@@ -107,12 +107,8 @@ impl Drop for Agent {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    skiff_lab::poll(what, Duration::from_secs(60), done).unwrap();
 }
 
 fn object<K: DeserializeOwned>(value: Value) -> K {

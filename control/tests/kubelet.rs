@@ -9,23 +9,14 @@
 //! open through the NodePort carries on. Root only.
 
 mod privileged {
-    use std::{
-        collections::BTreeMap,
-        path::Path,
-        time::{Duration, Instant},
-    };
+    use std::{collections::BTreeMap, path::Path, time::Duration};
 
     use serde_json::Value;
-    use skiff_lab::kubenode::{BUSYBOX, KubeNode};
+    use skiff_lab::kubenode::{BUSYBOX, KubeNode, NODE};
 
-    /// Polls `done` for up to `secs` seconds.
-    fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Duration {
-        let started = Instant::now();
-        while !done() {
-            assert!(started.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        started.elapsed()
+    /// Polls `done` for up to `secs` seconds; how long it took.
+    fn wait_until(what: &str, secs: u64, done: impl FnMut() -> bool) -> Duration {
+        skiff_lab::poll(what, Duration::from_secs(secs), done).unwrap()
     }
 
     /// `docker/skiff.yaml` as an operator edits it for this node: the image as built here, the
@@ -241,7 +232,7 @@ spec:
         apply(node, &manifests());
         let ready = wait_until("skiff's pod Ready and the node Ready", 180, || {
             let ds = json(node, &["get", "-n", "kube-system", "daemonset", "skiff"]);
-            let node1 = json(node, &["get", "node", "node1"]);
+            let node1 = json(node, &["get", "node", NODE]);
             let ready = node1["status"]["conditions"]
                 .as_array()
                 .into_iter()
@@ -266,7 +257,7 @@ spec:
             web_pods(node).len() == 3
                 && pods(node).values().filter(|(phase, _)| phase == "Running").count() == 6
         });
-        let pod_cidr = json(node, &["get", "node", "node1"])["spec"]["podCIDR"].as_str().unwrap().to_owned();
+        let pod_cidr = json(node, &["get", "node", NODE])["spec"]["podCIDR"].as_str().unwrap().to_owned();
         for (name, (_, ip)) in pods(node) {
             println!("  {name}: {ip}");
             let net: ipnet::IpNet = pod_cidr.parse().unwrap();

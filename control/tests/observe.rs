@@ -9,7 +9,7 @@ mod privileged {
     use std::{
         net::{IpAddr, Ipv4Addr},
         path::Path,
-        time::{Duration, Instant},
+        time::Duration,
     };
 
     use skiff_api::{
@@ -58,12 +58,8 @@ spec:
         FlowFilter { to_ip: Some(VIP), event_type: Some(EventKind::Trace), ..FlowFilter::default() }
     }
 
-    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn wait_until(what: &str, done: impl FnMut() -> bool) {
+        skiff_lab::poll(what, Duration::from_secs(30), done).unwrap();
     }
 
     #[test]

@@ -424,6 +424,23 @@ impl Drop for Lab {
     }
 }
 
+/// Polls `done` until it holds (returning how long that took) or `timeout` passes: the
+/// tests' wait for what a lab, an agent or a cluster will do. It rests between checks as long
+/// as a check takes (20 ms at least), so a costly one (kubectl) keeps to half the time.
+pub fn poll(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration, LabError> {
+    let started = Instant::now();
+    loop {
+        let check = Instant::now();
+        if done() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(LabError::Timeout(what.into()));
+        }
+        std::thread::sleep(check.elapsed().max(Duration::from_millis(20)));
+    }
+}
+
 /// The names of the lab namespaces that exist now: all of them, or those of lab `id`.
 pub fn list(id: Option<&str>) -> Result<Vec<String>, LabError> {
     let prefix = match id {
