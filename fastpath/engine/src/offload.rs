@@ -161,7 +161,7 @@ pub struct Pinned {
     pub backend: BackendId,
     /// Both directions are forwarded at the NIC.
     pub offloaded: bool,
-    /// `bpf_ktime_get_ns` of the last packet the NIC forwarded (0: none).
+    /// `bpf_ktime_get_coarse_ns` of the last packet the NIC forwarded (0: none).
     pub last_seen_ns: u64,
     /// What the NIC forwarded of it, both directions.
     pub packets: u64,

@@ -187,8 +187,9 @@ pub struct Adopted {
     pub at_nic: usize,
 }
 
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`: conntrack compares the times the XDP
-/// program records with its own.
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` (and, a tick behind at most, of
+/// `bpf_ktime_get_coarse_ns`): conntrack compares the times the XDP program records with its
+/// own.
 pub(crate) fn monotonic() -> Duration {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC cannot fail.

@@ -90,7 +90,8 @@ impl CtKey6 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet the XDP program forwarded.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at the last tick) of the last packet the
+    /// XDP program forwarded.
     pub last_seen_ns: u64,
     /// Packets and bytes the XDP program forwarded.
     pub packets: u64,

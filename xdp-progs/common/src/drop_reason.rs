@@ -82,8 +82,6 @@ code_enum! {
         Internal = 85, "internal", "A map or helper call that should not fail did.";
         SlowPathBusy = 86, "slow-path-busy", "The slow path's queue is full; the frame is dropped.";
         HandoffBusy = 87, "handoff-busy", "The queue to the worker owning the flow is full.";
-        OutputGone = 88, "output-gone",
-            "An offloaded flow's output interface left the devmap between lookup and redirect.";
         // Tunnels, continued.
         TunnelNested = 90, "tunnel-nested", "A tunnel frame inside a tunnel frame: never decapsulated twice.";
         TunnelIdentityMismatch = 91, "tunnel-identity-mismatch",

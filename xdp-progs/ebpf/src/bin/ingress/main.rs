@@ -18,9 +18,6 @@
 //! into the event ring by those counts ([`metrics`]).
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the flow table's counters, added atomically on a target without CAS.
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
 
 mod flows;
 mod maps;
