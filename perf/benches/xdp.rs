@@ -36,7 +36,7 @@ use skiff_common::{
 };
 use skiff_engine::{
     conntrack::Timeouts,
-    engine::Engine,
+    engine::{Engine, SNAT_PORTS},
     lb::Backend,
     offload::{self, Placement},
     tables::{Frontend, Neighbor, Service, ServiceConfig, Tables},
@@ -64,6 +64,8 @@ const HIT_RUNS_PER_CALL: u32 = 200;
 /// Runs per round of a frame the program decapsulates, one per call.
 const DECAP_RUNS: u32 = 200_000;
 const PREFIXES: u32 = 10_000;
+/// The interface a test run's frame arrives on.
+const LOOPBACK: u32 = 1;
 
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
@@ -84,7 +86,15 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
     let mut config = XdpConfig::DEFAULT;
     config.tunnel_v4 = Env::NODE_V4.octets();
     config.tunnel_v6 = Env::NODE_V6.octets();
+    // As the agent sets them: the node's addresses, its uplink (a test run's frames arrive on
+    // loopback), the ports a worker serves on them (masquerading's; the fixtures' service is
+    // a ClusterIP).
+    config.host_v4[0] = Env::NODE_V4.octets();
+    config.host_v6[0] = Env::NODE_V6.octets();
+    config.host_interfaces[0] = LOOPBACK;
     ingress.set_config(&config)?;
+    ingress
+        .set_host_ports([6, 17].into_iter().flat_map(|proto| SNAT_PORTS.map(move |port| (proto, port))))?;
     // 10 000 denied /32s across 198.19.128.0/17, plus the fixtures' /24.
     for i in 0..PREFIXES {
         ingress.deny(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 128, 0)) + i).into(), 32, i)?;
@@ -181,7 +191,6 @@ fn events_on_and_off(ingress: &mut Ingress, config: &XdpConfig, hit: &[u8]) -> R
 /// frontend: each translates a packet into the other's, so every run of a call is a hit,
 /// with its whole translation, until the TTL runs out.
 fn offloaded(ingress: &mut Ingress) -> Result<Vec<u8>> {
-    const LOOPBACK: u32 = 1;
     let pod = Ipv4Addr::new(198, 18, 128, 10);
     let service = (Env::SERVICE_V4, Env::SERVICE_PORT);
     let ends = [(service, (pod, 8080)), ((pod, 8080), service)];

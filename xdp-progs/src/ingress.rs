@@ -19,7 +19,7 @@ use aya::{
 };
 use skiff_common::{
     Counter, DropReason, XdpAction,
-    config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig, XdpMode},
+    config::{HOST_PORT_WORDS, XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig, XdpMode, host_port_slot},
     conntrack::{CtEntry, CtKey, CtKey4, CtKey6, FlowPath},
     endpoint::{EndpointInfo, PodSources},
     event::XdpEvent,
@@ -57,6 +57,8 @@ pub struct Ingress {
     /// The program's bpf_links, each pinned.
     links: Vec<Attachment>,
     restored: Restored,
+    /// What `HOST_PORTS` holds, once read: a change writes only the words that differ.
+    host_ports: Option<Vec<u64>>,
 }
 
 /// An interface the program is attached to.
@@ -88,7 +90,7 @@ impl Ingress {
         let pin_dir = pin_dir.into();
         let (ebpf, maps_rebuilt) = crate::load_pinned(OBJECT, &pin_dir)?;
         let restored = Restored { maps_rebuilt, ..Restored::default() };
-        let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new(), restored };
+        let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new(), restored, host_ports: None };
         let program = ingress.program_mut()?;
         crate::load(|| program.load()).map_err(program_error)?;
         ingress.adopt()?;
@@ -209,6 +211,34 @@ impl Ingress {
     pub fn set_config(&mut self, config: &XdpConfig) -> Result<(), XdpError> {
         let mut array: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
         array.set(0, *config, 0).map_err(XdpError::map(maps::CONFIG))
+    }
+
+    /// Makes the ports of the node's own addresses that a worker serves exactly `ports`
+    /// (protocol, port; TCP and UDP): the node's other TCP and UDP traffic passes to the
+    /// kernel without a lookup (see [`XdpConfig::host_v4`]).
+    pub fn set_host_ports(&mut self, ports: impl IntoIterator<Item = (u8, u16)>) -> Result<(), XdpError> {
+        let mut want = vec![0u64; 2 * HOST_PORT_WORDS as usize];
+        for (protocol, port) in ports {
+            if let Some(slot) = host_port_slot(protocol) {
+                want[(slot * HOST_PORT_WORDS + u32::from(port / 64)) as usize] |= 1 << (port % 64);
+            }
+        }
+        let known = self.host_ports.take();
+        let mut array: Array<_, u64> = self.map_mut(maps::HOST_PORTS)?;
+        let known = match known {
+            Some(known) => known,
+            None => (0..2 * HOST_PORT_WORDS)
+                .map(|i| array.get(&i, 0))
+                .collect::<Result<_, _>>()
+                .map_err(XdpError::map(maps::HOST_PORTS))?,
+        };
+        for ((i, &bits), &was) in (0u32..).zip(&want).zip(&known) {
+            if bits != was {
+                array.set(i, bits, 0).map_err(XdpError::map(maps::HOST_PORTS))?;
+            }
+        }
+        self.host_ports = Some(want);
+        Ok(())
     }
 
     /// Drops every packet from `addr/prefix_len` on arrival, as CIDR rule `rule_id`.

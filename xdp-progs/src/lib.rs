@@ -163,7 +163,8 @@ fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 /// value or size. A pin folder holds its version as an empty folder, `layout-<N>`.
 /// 3: `XdpConfig` gained `trace_sample_every`; the event ring carries every decision.
 /// 4: the ipcache tries (`IPCACHE_V4`, `IPCACHE_V6`) replace `IDENTITIES`.
-pub const MAP_LAYOUT: u32 = 4;
+/// 5: `XdpConfig` names the node's addresses and host interfaces; `HOST_PORTS`.
+pub const MAP_LAYOUT: u32 = 5;
 
 /// Loads `object`, pinning its maps in `pin_dir` (created if needed, on bpffs, mounted if it
 /// is not). Maps already pinned there are reused with their contents if their layout is this

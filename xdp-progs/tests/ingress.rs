@@ -17,14 +17,14 @@ mod privileged {
         DropReason, XdpAction,
         config::XdpConfig,
         conntrack::{CtEntry, CtKey, CtKey4},
-        endpoint::EndpointInfo,
+        endpoint::{EndpointInfo, PodSources},
         event::Decision,
         identity::Identity,
         lb::FrontendKind,
         meta::XdpMeta,
     };
     use skiff_testkit::{
-        Expect,
+        Expect, eth,
         ingress::{Env, fixtures},
     };
     use skiff_xdp::{Ingress, XdpMode};
@@ -44,11 +44,7 @@ mod privileged {
             let mut loaded = Loaded { dir: dir.clone(), ingress: None };
             let ingress =
                 loaded.ingress.insert(Ingress::load(dir).expect("the verifier accepts skiff_xdp_ingress"));
-            let mut config = XdpConfig::DEFAULT;
-            config.tunnel_v4 = Env::NODE_V4.octets();
-            config.tunnel_v6 = Env::NODE_V6.octets();
-            config.drop_sample_every = 1;
-            ingress.set_config(&config).unwrap();
+            ingress.set_config(&fixture_config()).unwrap();
             ingress.deny(Env::DENIED_V4.0.into(), Env::DENIED_V4.1, 1).unwrap();
             ingress.deny(Env::DENIED_V6.0.into(), Env::DENIED_V6.1, 2).unwrap();
             ingress
@@ -72,6 +68,23 @@ mod privileged {
         }
     }
 
+    /// The interface a test run's frame arrives on.
+    const LOOPBACK: u32 = 1;
+
+    /// The fixtures' settings. The node's own traffic on its uplink (a test run's frames
+    /// arrive on loopback) passes without a lookup: every fixture gives its action with that
+    /// on.
+    fn fixture_config() -> XdpConfig {
+        let mut config = XdpConfig::DEFAULT;
+        config.tunnel_v4 = Env::NODE_V4.octets();
+        config.tunnel_v6 = Env::NODE_V6.octets();
+        config.drop_sample_every = 1;
+        config.host_v4[0] = Env::NODE_V4.octets();
+        config.host_v6[0] = Env::NODE_V6.octets();
+        config.host_interfaces[0] = LOOPBACK;
+        config
+    }
+
     /// The XDP key of the environment's tracked flow (a TCP reply).
     fn tracked_key() -> CtKey {
         let (src, sport, dst, dport) = Env::TRACKED_V4;
@@ -84,6 +97,42 @@ mod privileged {
             skiff_xdp::bpffs::remove_pins(&self.dir)
                 .unwrap_or_else(|e| eprintln!("removing {}: {e}", self.dir.display()));
         }
+    }
+
+    /// TCP to the node passes on comparisons alone, unless a worker serves its port: a
+    /// NodePort, or masquerading's (a tracked reply); nor does a pod's interface skip the
+    /// checks an uplink may.
+    #[test]
+    fn the_node_s_own_traffic_passes_unless_a_worker_serves_its_port() {
+        const NODE_PORT: u16 = 30080;
+        let mut loaded = Loaded::new();
+        let ingress = loaded.get();
+        ingress.set_services(&[(Env::NODE_V4.into(), NODE_PORT, 6, FrontendKind::NodePort)]).unwrap();
+        let masqueraded =
+            CtKey::V4(CtKey4::new(Env::CLIENT_V4.octets(), 443, Env::NODE_V4.octets(), 61000, 6));
+        let mut flows = ingress.flow_table().unwrap();
+        flows.insert(masqueraded, &CtEntry { flags: CtEntry::REPLY, ..CtEntry::default() }).unwrap();
+        let to_node =
+            |sport, dport| eth().ipv4(Env::CLIENT_V4, Env::NODE_V4).tcp(sport, dport).ack(1).build();
+        let marked = |ports: &[u16]| ports.iter().map(|&port| (6, port)).collect::<Vec<_>>();
+        let to_worker = |ingress: &Ingress, frame: &[u8]| {
+            let before = ingress.no_worker().unwrap().packets;
+            assert_eq!(ingress.test_run(frame, 1).unwrap().action, XdpAction::Pass.code());
+            ingress.no_worker().unwrap().packets - before == 1
+        };
+        assert!(!to_worker(ingress, &to_node(45000, 22)), "the node's own port: to the kernel");
+        assert!(!to_worker(ingress, &to_node(45000, NODE_PORT)), "a port not marked: not looked up");
+        ingress.set_host_ports(marked(&[NODE_PORT, 61000])).unwrap();
+        assert!(to_worker(ingress, &to_node(45000, NODE_PORT)), "the NodePort: to a worker");
+        assert!(to_worker(ingress, &to_node(443, 61000)), "a masqueraded reply: to its worker");
+        ingress.set_host_ports(marked(&[])).unwrap();
+        assert!(!to_worker(ingress, &to_node(45000, NODE_PORT)), "unmarked again: to the kernel");
+        // Not an uplink: a spoofed source is looked up and dropped.
+        ingress.set_config(&XdpConfig { host_interfaces: [0; 4], ..fixture_config() }).unwrap();
+        let pod = PodSources { v4: Env::POLICY_POD_V4.octets(), ..PodSources::default() };
+        ingress.set_pod_sources(LOOPBACK, Some(pod)).unwrap();
+        let spoofed = ingress.test_run(&to_node(45000, 22), 1).unwrap();
+        assert_eq!(spoofed.action, XdpAction::Drop.code(), "a pod's frame from another address");
     }
 
     /// A flow its worker expired is withdrawn: its replies pass to the kernel again, and

@@ -30,10 +30,11 @@ use skiff_common::{
     endpoint::{EndpointInfo, PodSources},
     identity::Identity,
     lb::FrontendKind,
+    proto::ip,
 };
 use skiff_engine::{
     conntrack::Timeouts,
-    engine::{Engine, Partition},
+    engine::{Engine, Partition, SNAT_PORTS},
     event::Event,
     offload,
     policy::Policy,
@@ -414,6 +415,7 @@ impl Datapath {
             self.ports.push(None);
         }
         self.ports[number] = Some(Port { name: iface.to_owned(), ifindex, sources, xdp_mode });
+        self.refresh_xdp_config()?;
         self.steer()?;
         Ok(Attached { port: number, xdp_mode })
     }
@@ -440,6 +442,7 @@ impl Datapath {
                 change_ports(senders, &self.bells, number, (0..workers).map(|_| None), None, iface)?;
             }
         }
+        self.refresh_xdp_config()?;
         self.steer()?;
         Ok(true)
     }
@@ -452,6 +455,58 @@ impl Datapath {
     /// The interfaces served, with their port numbers.
     pub fn ports(&self) -> Vec<(usize, String)> {
         self.ports.iter().enumerate().filter_map(|(n, p)| Some((n, p.as_ref()?.name.clone()))).collect()
+    }
+
+    /// The XDP program's settings: in tunnel routing, this node's underlay addresses and the
+    /// tunnel's port (the other protocol's port off), so tunnel frames are decapsulated; which
+    /// families' pod traffic out of the cluster is masqueraded; whether its decisions are
+    /// sampled for observers (drops always are); the node's own addresses and host
+    /// interfaces, whose traffic passes without a lookup (the first few of each).
+    fn xdp_config(&self, overlay: Option<&Overlay>, node: &LocalNode, host: &[IpAddr]) -> XdpConfig {
+        let mut config = XdpConfig {
+            flags: if node.egress_masquerade_v4 { XdpConfig::MASQUERADE_V4 } else { 0 }
+                | if node.egress_masquerade_v6 { XdpConfig::MASQUERADE_V6 } else { 0 },
+            trace_sample_every: if self.config.flow_events {
+                XdpConfig::DEFAULT.trace_sample_every
+            } else {
+                0
+            },
+            ..XdpConfig::DEFAULT
+        };
+        if let Some(o) = overlay {
+            let port = |p| if o.protocol == p { o.port } else { 0 };
+            config.tunnel_v4 = o.local_v4.map_or([0; 4], |a| a.octets());
+            config.tunnel_v6 = o.local_v6.map_or([0; 16], |a| a.octets());
+            config.vxlan_port = port(TunnelProtocol::Vxlan);
+            config.geneve_port = port(TunnelProtocol::Geneve);
+        }
+        let v4 = host.iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = host.iter().filter_map(|a| match a {
+            IpAddr::V6(a) => Some(a.octets()),
+            IpAddr::V4(_) => None,
+        });
+        // Never an index a pod's veth has (an uplink deleted unseen, its index given again).
+        let ports = self.ports.iter().flatten();
+        let pods: Vec<u32> = ports.clone().filter(|p| p.sources.is_some()).map(|p| p.ifindex).collect();
+        let uplinks = ports.filter(|p| p.sources.is_none() && !pods.contains(&p.ifindex)).map(|p| p.ifindex);
+        config.host_v4.iter_mut().zip(v4).for_each(|(slot, a)| *slot = a);
+        config.host_v6.iter_mut().zip(v6).for_each(|(slot, a)| *slot = a);
+        config.host_interfaces.iter_mut().zip(uplinks).for_each(|(slot, i)| *slot = i);
+        config
+    }
+
+    /// Sets the XDP program's settings again for the current tables, after the interfaces
+    /// served changed.
+    fn refresh_xdp_config(&self) -> Result<(), DatapathError> {
+        let Some(ingress) = &self.ingress else { return Ok(()) };
+        let tables = self.shared.current();
+        let host: Vec<IpAddr> = host_addresses(&tables.policy).collect();
+        let config = self.xdp_config(tables.overlay.as_deref(), &tables.node, &host);
+        ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).set_config(&config)?;
+        Ok(())
     }
 
     fn port_of(&self, iface: &str) -> Option<usize> {
@@ -545,11 +600,21 @@ impl Datapath {
             entries.map(|(net, id)| (net.addr(), net.prefix_len(), id)).collect::<Vec<_>>()
         });
         let (overlay, node) = (tables.overlay.clone(), tables.node.clone());
+        let host: Vec<IpAddr> = host_addresses(&tables.policy).collect();
+        // The node's ports a worker serves: its NodePorts and frontends, and masquerading's.
+        let host_ports: Vec<(u8, u16)> = frontends
+            .iter()
+            .filter(|(addr, ..)| host.contains(addr))
+            .map(|&(_, port, proto, _)| (proto, port))
+            .chain([ip::TCP, ip::UDP].into_iter().flat_map(|proto| SNAT_PORTS.map(move |port| (proto, port))))
+            .collect();
         self.shared.publish(tables);
         self.bells.iter().for_each(|b| b.ring());
         match &self.ingress {
             Some(ingress) => {
                 let mut ingress = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Before the services: a new NodePort's first frame finds its bit set.
+                ingress.set_host_ports(host_ports)?;
                 ingress.set_services(&frontends)?;
                 ingress.set_endpoints(&endpoints)?;
                 ingress.set_deny_list(&denied)?;
@@ -566,7 +631,7 @@ impl Datapath {
                 let cluster: Vec<(IpAddr, u8)> =
                     node.cluster_prefixes.iter().map(|net| (net.addr(), net.prefix_len())).collect();
                 ingress.set_cluster(&cluster)?;
-                ingress.set_config(&xdp_config(overlay.as_deref(), &node, self.config.flow_events))?;
+                ingress.set_config(&self.xdp_config(overlay.as_deref(), &node, &host))?;
             }
             None => self.steer()?,
         }
@@ -679,34 +744,17 @@ fn steered_endpoints(policy: &Policy) -> Vec<(IpAddr, EndpointInfo)> {
     let pods = policy.endpoints.iter().filter(|(_, e)| e.enforced()).map(|(addr, e)| {
         (*addr, EndpointInfo { identity: e.identity, flags: EndpointInfo::POLICY_ENFORCED })
     });
-    let host = policy
-        .ipcache
-        .entries()
-        .into_iter()
-        .filter(|(net, id)| *id == Identity::HOST && net.prefix_len() == net.max_prefix_len());
-    let host = host.map(|(net, id)| (net.addr(), EndpointInfo { identity: id, flags: EndpointInfo::HOST }));
+    let host = host_addresses(policy)
+        .map(|addr| (addr, EndpointInfo { identity: Identity::HOST, flags: EndpointInfo::HOST }));
     pods.chain(host).collect()
 }
 
-/// The XDP program's settings: in tunnel routing, this node's underlay addresses and the
-/// tunnel's port (the other protocol's port off), so tunnel frames are decapsulated; which
-/// families' pod traffic out of the cluster is masqueraded; whether its decisions are
-/// sampled for observers (drops always are).
-fn xdp_config(overlay: Option<&Overlay>, node: &LocalNode, flow_events: bool) -> XdpConfig {
-    let flags = if node.egress_masquerade_v4 { XdpConfig::MASQUERADE_V4 } else { 0 }
-        | if node.egress_masquerade_v6 { XdpConfig::MASQUERADE_V6 } else { 0 };
-    let trace_sample_every = if flow_events { XdpConfig::DEFAULT.trace_sample_every } else { 0 };
-    let Some(o) = overlay else { return XdpConfig { flags, trace_sample_every, ..XdpConfig::DEFAULT } };
-    let port = |p| if o.protocol == p { o.port } else { 0 };
-    XdpConfig {
-        tunnel_v4: o.local_v4.map_or([0; 4], |a| a.octets()),
-        tunnel_v6: o.local_v6.map_or([0; 16], |a| a.octets()),
-        vxlan_port: port(TunnelProtocol::Vxlan),
-        geneve_port: port(TunnelProtocol::Geneve),
-        flags,
-        trace_sample_every,
-        ..XdpConfig::DEFAULT
-    }
+/// The node's own addresses (the host identity's whole-address entries of the ipcache).
+fn host_addresses(policy: &Policy) -> impl Iterator<Item = IpAddr> {
+    let entries = policy.ipcache.entries().into_iter();
+    entries
+        .filter(|(net, id)| *id == Identity::HOST && net.prefix_len() == net.max_prefix_len())
+        .map(|(net, _)| net.addr())
 }
 
 fn change_ports<P: Send + 'static>(

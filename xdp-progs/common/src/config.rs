@@ -16,6 +16,23 @@ pub const XSK_QUEUES_PER_IF: u32 = 16;
 /// 110 pods per node by default; this leaves room above that).
 pub const XSK_INTERFACES: u32 = 256;
 
+/// The node's own addresses per family, and its host interfaces, that the program compares
+/// instead of looking up; those beyond take the lookups.
+pub const HOST_ADDRESSES: usize = 4;
+pub const HOST_INTERFACES: usize = 4;
+
+/// Words of [`HOST_PORTS`](crate::maps::HOST_PORTS) per protocol: a bit per port.
+pub const HOST_PORT_WORDS: u32 = 65536 / 64;
+
+/// The slot of `protocol`'s bits in `HOST_PORTS` (TCP, UDP); other protocols have none.
+pub const fn host_port_slot(protocol: u8) -> Option<u32> {
+    match protocol {
+        crate::proto::ip::TCP => Some(0),
+        crate::proto::ip::UDP => Some(1),
+        _ => None,
+    }
+}
+
 /// What `skiff_xdp_ingress` needs to know about this node. Addresses are in network byte
 /// order; ports and counts in host order.
 #[repr(C)]
@@ -38,8 +55,15 @@ pub struct XdpConfig {
     pub trace_sample_every: u32,
     /// [`XdpConfig::MASQUERADE_V4`], [`XdpConfig::MASQUERADE_V6`].
     pub flags: u32,
+    /// The node's own addresses (zeros: none). TCP or UDP to one of them, on a host
+    /// interface, to a port no worker serves (`HOST_PORTS`), passes without a lookup: the
+    /// node's own traffic costs the program next to nothing.
+    pub host_v6: [[u8; 16]; HOST_ADDRESSES],
+    pub host_v4: [[u8; 4]; HOST_ADDRESSES],
+    /// Interfaces no pod is behind (the uplinks; 0: none): their frames need no source check.
+    pub host_interfaces: [u32; HOST_INTERFACES],
 }
-const _: () = assert!(size_of::<XdpConfig>() == 36 && align_of::<XdpConfig>() == 4);
+const _: () = assert!(size_of::<XdpConfig>() == 132 && align_of::<XdpConfig>() == 4);
 
 impl XdpConfig {
     /// The defaults: tunnels on their usual ports, no tunnel address yet, drops sampled one in
@@ -52,6 +76,9 @@ impl XdpConfig {
         drop_sample_every: 16,
         trace_sample_every: 4096,
         flags: 0,
+        host_v6: [[0; 16]; HOST_ADDRESSES],
+        host_v4: [[0; 4]; HOST_ADDRESSES],
+        host_interfaces: [0; HOST_INTERFACES],
     };
     /// Pods' IPv4 traffic out of the cluster (outside `CLUSTER_V4`) goes to a worker, which
     /// masquerades it.

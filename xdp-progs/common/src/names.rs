@@ -104,6 +104,10 @@ map_names! {
     POD_SOURCES;
     /// `Array<XdpConfig>` with one slot: the ingress program's settings.
     CONFIG;
+    /// `Array<u64>`, [`HOST_PORT_WORDS`](crate::config::HOST_PORT_WORDS) per protocol
+    /// ([`host_port_slot`](crate::config::host_port_slot)), a bit per port: the ports of the
+    /// node's own addresses a worker serves (NodePorts, frontends on them, masquerading's).
+    HOST_PORTS;
     /// `HashMap<[u8; 4], u8>`: the other nodes' IPv4 underlay addresses (tunnel frames are
     /// decapsulated only from them).
     NODES_V4;

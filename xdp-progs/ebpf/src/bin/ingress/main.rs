@@ -4,7 +4,8 @@
 //! 1. [`parse`]: Ethernet (up to two VLAN tags), IPv4/IPv6 (extension headers, bounded) and
 //!    the L4 header; malformed frames are dropped with their reason.
 //! 2. [`prefilter`]: a source in a denied CIDR, or a pod's frame from another address than
-//!    its own, is dropped.
+//!    its own, is dropped. Then [`host`]: the node's own TCP or UDP on an uplink, to a port
+//!    no worker serves, passes on comparisons alone (no hash or trie lookup).
 //! 3. [`tunnel`]: VXLAN or Geneve to this node's tunnel address from a known node is
 //!    decapsulated in place, and the inner frame goes through steps 1–2, must claim its
 //!    source's identity (the ipcache), then goes to a worker.
@@ -20,6 +21,7 @@
 #![no_main]
 
 mod flows;
+mod host;
 mod maps;
 mod metrics;
 mod parse;
@@ -50,8 +52,9 @@ use crate::{
 #[xdp]
 pub fn skiff_xdp_ingress(ctx: XdpContext) -> u32 {
     let frame_len = len(&ctx) as u64;
-    let config = CONFIG.get(0).copied().unwrap_or(XdpConfig::DEFAULT);
-    match try_ingress(&ctx, &config) {
+    // A reference, not a copy: the settings are read where needed, not copied per frame.
+    let config = CONFIG.get(0).unwrap_or(&XdpConfig::DEFAULT);
+    match try_ingress(&ctx, config) {
         Ok((action, decision)) => {
             let n = metrics::count(&ACTION_COUNTS, action, frame_len);
             metrics::sample(&ctx, n, config.trace_sample_every, decision, 0);
@@ -162,16 +165,20 @@ fn ipv4(
 ) -> Result<Next, DropReason> {
     let h = parse::ipv4(ctx, l3)?;
     prefilter::check_v4(h.src)?;
-    if decap {
-        prefilter::check_source_v4(ctx, h.src)?;
-    } else {
+    let uplink = decap && host::on_host_interface(ctx, config);
+    if !decap {
         tunnel::check_identity_v4(out, h.src)?;
+    } else if !uplink {
+        prefilter::check_source_v4(ctx, h.src)?;
     }
     // A later fragment has no ports: the kernel reassembles it.
     if h.later_fragment {
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
+    if uplink && host::unserved(config, &config.host_v4, &h.dst, h.protocol, ports.1) {
+        return Ok(Next::Pass);
+    }
     let flow = CtKey4::new(h.src, ports.0, h.dst, ports.1, h.protocol);
     if let Some(entry) = CT_V4.get_ptr_mut(&flow) {
         // Only an outer frame: a decapsulated one a worker delivers.
@@ -202,16 +209,20 @@ fn ipv6(
 ) -> Result<Next, DropReason> {
     let mut h = parse::ipv6(ctx, l3)?;
     prefilter::check_v6(h.src)?;
-    if decap {
-        prefilter::check_source_v6(ctx, h.src)?;
-    } else {
+    let uplink = decap && host::on_host_interface(ctx, config);
+    if !decap {
         tunnel::check_identity_v6(out, h.src)?;
+    } else if !uplink {
+        prefilter::check_source_v6(ctx, h.src)?;
     }
     parse::extension_headers(ctx, &mut h)?;
     if h.later_fragment {
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
+    if uplink && host::unserved(config, &config.host_v6, &h.dst, h.protocol, ports.1) {
+        return Ok(Next::Pass);
+    }
     let flow = CtKey6::new(h.src, ports.0, h.dst, ports.1, h.protocol);
     if let Some(entry) = CT_V6.get_ptr_mut(&flow) {
         let forwarded = decap && flows::forward_v6(ctx, l3, h.l4, h.protocol, entry)?;

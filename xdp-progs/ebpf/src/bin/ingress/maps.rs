@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use skiff_common::{
     Counter, DropReason, XdpAction,
-    config::{XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
+    config::{HOST_PORT_WORDS, XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
     conntrack::{CT_CAPACITY, CtEntry, CtKey4, CtKey6, FlowPath},
     endpoint::{EndpointInfo, PodSources},
     identity::Identity,
@@ -18,6 +18,8 @@ use skiff_common::{
 
 #[map]
 pub static CONFIG: Array<XdpConfig> = Array::pinned(1, 0);
+#[map]
+pub static HOST_PORTS: Array<u64> = Array::pinned(2 * HOST_PORT_WORDS, 0);
 #[map]
 pub static ACTION_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(XdpAction::COUNT as u32, 0);
 #[map]
