@@ -11,37 +11,31 @@ use skiff_common::{
     conntrack::{CtEntry, FlowPath},
     proto::ip,
 };
-use skiff_xdp_ebpf::packet::{be16, bytes, bytes_mut, len};
+use skiff_xdp_ebpf::packet::{be16, bytes_mut, len};
 
 use crate::{
     maps::{FLOW_COUNTS, TX_PORTS},
     metrics::count,
-    parse::ETH_LEN,
+    parse::{ETH_LEN, Ip},
 };
 
 const V4_L4: usize = ETH_LEN + 20;
 const V6_L4: usize = ETH_LEN + 40;
 const TCP_SYN_FIN_RST: u8 = 0x07;
 
-/// Forwards an IPv4 packet whose tuple has the entry at `entry` (L3 at `l3`, L4 at `l4`):
-/// `Ok(true)`, redirected; `Ok(false)`, it goes to the worker.
+/// Forwards an IPv4 packet (L3 at `l3`, header `h` as parsed) whose tuple has the entry at
+/// `entry`: `Ok(true)`, redirected; `Ok(false)`, it goes to the worker.
 #[inline(always)]
 pub fn forward_v4(
     ctx: &XdpContext,
     l3: usize,
-    l4: usize,
-    protocol: u8,
+    h: &Ip<4>,
+    tcp_flags: u8,
     entry: *mut CtEntry,
 ) -> Result<bool, DropReason> {
-    let path = try_forward(ctx, entry, || {
-        // No VLAN tag, no options, not a fragment (MF or an offset), a TTL left.
-        let h: [u8; 20] = bytes(ctx, ETH_LEN).ok_or(FlowPath::NotSimple)?;
-        if l3 != ETH_LEN || l4 != V4_L4 || be16([h[6], h[7]]) & 0x3fff != 0 || h[8] <= 1 {
-            return Err(FlowPath::NotSimple);
-        }
-        Ok((V4_L4, protocol))
-    });
-    finish(ctx, path)
+    // No VLAN tag, no options, not a fragment (MF or an offset), a TTL left.
+    let plain = l3 == ETH_LEN && h.l4 == V4_L4 && !h.fragment && h.ttl > 1;
+    finish(ctx, try_forward(ctx, entry, plain, (V4_L4, h.protocol, tcp_flags)))
 }
 
 /// As [`forward_v4`], for IPv6 (no extension headers).
@@ -49,18 +43,12 @@ pub fn forward_v4(
 pub fn forward_v6(
     ctx: &XdpContext,
     l3: usize,
-    l4: usize,
-    protocol: u8,
+    h: &Ip<16>,
+    tcp_flags: u8,
     entry: *mut CtEntry,
 ) -> Result<bool, DropReason> {
-    let path = try_forward(ctx, entry, || {
-        let h: [u8; 40] = bytes(ctx, ETH_LEN).ok_or(FlowPath::NotSimple)?;
-        if l3 != ETH_LEN || l4 != V6_L4 || h[6] != protocol || h[7] <= 1 {
-            return Err(FlowPath::NotSimple);
-        }
-        Ok((V6_L4, protocol))
-    });
-    finish(ctx, path)
+    let plain = l3 == ETH_LEN && h.l4 == V6_L4 && h.ttl > 1;
+    finish(ctx, try_forward(ctx, entry, plain, (V6_L4, h.protocol, tcp_flags)))
 }
 
 #[inline(always)]
@@ -70,12 +58,14 @@ fn finish(ctx: &XdpContext, path: Result<FlowPath, DropReason>) -> Result<bool, 
     Ok(path == FlowPath::Forwarded)
 }
 
-/// `plain` checks the IP header and gives where L4 starts and its protocol.
+/// `plain`: the IP header is one the rewrite handles; then where L4 starts, its protocol
+/// and (TCP) flags, as parsed.
 #[inline(always)]
 fn try_forward(
     ctx: &XdpContext,
     entry: *mut CtEntry,
-    plain: impl FnOnce() -> Result<(usize, u8), FlowPath>,
+    plain: bool,
+    (l4, protocol, tcp_flags): (usize, u8, u8),
 ) -> Result<FlowPath, DropReason> {
     // SAFETY: a pointer from a successful lookup, valid for this run (an update replaces the
     // element under RCU: this run sees the old one or the new one, whole).
@@ -83,12 +73,12 @@ fn try_forward(
     if !e.offloaded() {
         return Ok(FlowPath::Worker);
     }
-    let (l4, protocol) = match plain() {
-        Ok(found) => found,
-        Err(path) => return Ok(path),
-    };
-    if let Err(path) = l4_plain(ctx, l4, protocol) {
-        return Ok(path);
+    match protocol {
+        _ if !plain => return Ok(FlowPath::NotSimple),
+        // TCP without SYN, FIN or RST, or UDP; anything else is the worker's.
+        ip::TCP if tcp_flags & TCP_SYN_FIN_RST != 0 => return Ok(FlowPath::TcpControl),
+        ip::TCP | ip::UDP => {}
+        _ => return Ok(FlowPath::NotSimple),
     }
     // The redirect is only recorded here (it happens when the program returns), so it is
     // asked for before the frame changes: an output missing from the devmap leaves the frame
@@ -96,7 +86,7 @@ fn try_forward(
     if TX_PORTS.redirect(e.ifindex, 0).is_err() {
         return Ok(FlowPath::NoDevice);
     }
-    // Bounds checked by `l4_plain` and `plain`: the rewrite cannot stop half way.
+    // Bounds checked by the parse: the rewrite cannot stop half way.
     if rewrite(ctx, e, l4, protocol).is_none() {
         return Err(DropReason::Internal);
     }
@@ -111,22 +101,6 @@ fn try_forward(
         (*entry).last_seen_ns = bpf_ktime_get_coarse_ns();
     }
     Ok(FlowPath::Forwarded)
-}
-
-/// TCP without SYN, FIN or RST, or UDP; anything else is the worker's.
-#[inline(always)]
-fn l4_plain(ctx: &XdpContext, l4: usize, protocol: u8) -> Result<(), FlowPath> {
-    match protocol {
-        ip::TCP => {
-            let t: [u8; 20] = bytes(ctx, l4).ok_or(FlowPath::NotSimple)?;
-            if t[13] & TCP_SYN_FIN_RST != 0 {
-                return Err(FlowPath::TcpControl);
-            }
-            Ok(())
-        }
-        ip::UDP => bytes::<8>(ctx, l4).map(|_| ()).ok_or(FlowPath::NotSimple),
-        _ => Err(FlowPath::NotSimple),
-    }
 }
 
 /// Writes the entry's tuple, checksums, TTL and MACs into the frame.

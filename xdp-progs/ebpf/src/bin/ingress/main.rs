@@ -176,26 +176,26 @@ fn ipv4(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
-    if uplink && host::unserved(config, &config.host_v4, &h.dst, h.protocol, ports.1) {
+    if uplink && host::unserved(config, &config.host_v4, &h.dst, h.protocol, ports.dst) {
         return Ok(Next::Pass);
     }
-    let flow = CtKey4::new(h.src, ports.0, h.dst, ports.1, h.protocol);
+    let flow = CtKey4::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
     if let Some(entry) = CT_V4.get_ptr_mut(&flow) {
         // Only an outer frame: a decapsulated one a worker delivers.
-        let forwarded = decap && flows::forward_v4(ctx, l3, h.l4, h.protocol, entry)?;
+        let forwarded = decap && flows::forward_v4(ctx, l3, &h, ports.tcp_flags, entry)?;
         return Ok(if forwarded { Next::Forwarded } else { Next::Redirect });
     }
     if config.tunnel_v4 != [0; 4]
         && h.dst == config.tunnel_v4
         && h.protocol == ip::UDP
-        && tunnel::is_port(config, ports.1)
+        && tunnel::is_port(config, ports.dst)
         && let Some(found) =
-            tunnel::admit(ctx, config, (h.l4, ports.1), decap, NODES_V4.get_ptr(&h.src).is_some())?
+            tunnel::admit(ctx, config, (h.l4, ports.dst), decap, NODES_V4.get_ptr(&h.src).is_some())?
     {
         *out = found;
         return Ok(Next::Decap);
     }
-    let need = redirect::need_v4(h.src, h.dst, ports.1, h.protocol);
+    let need = redirect::need_v4(h.src, h.dst, ports.dst, h.protocol);
     Ok(next(need, || redirect::masqueraded_v4(ctx, config, h.dst)))
 }
 
@@ -220,25 +220,25 @@ fn ipv6(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
-    if uplink && host::unserved(config, &config.host_v6, &h.dst, h.protocol, ports.1) {
+    if uplink && host::unserved(config, &config.host_v6, &h.dst, h.protocol, ports.dst) {
         return Ok(Next::Pass);
     }
-    let flow = CtKey6::new(h.src, ports.0, h.dst, ports.1, h.protocol);
+    let flow = CtKey6::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
     if let Some(entry) = CT_V6.get_ptr_mut(&flow) {
-        let forwarded = decap && flows::forward_v6(ctx, l3, h.l4, h.protocol, entry)?;
+        let forwarded = decap && flows::forward_v6(ctx, l3, &h, ports.tcp_flags, entry)?;
         return Ok(if forwarded { Next::Forwarded } else { Next::Redirect });
     }
     if config.tunnel_v6 != [0; 16]
         && h.dst == config.tunnel_v6
         && h.protocol == ip::UDP
-        && tunnel::is_port(config, ports.1)
+        && tunnel::is_port(config, ports.dst)
         && let Some(found) =
-            tunnel::admit(ctx, config, (h.l4, ports.1), decap, NODES_V6.get_ptr(&h.src).is_some())?
+            tunnel::admit(ctx, config, (h.l4, ports.dst), decap, NODES_V6.get_ptr(&h.src).is_some())?
     {
         *out = found;
         return Ok(Next::Decap);
     }
-    let need = redirect::need_v6(h.src, h.dst, ports.1, h.protocol);
+    let need = redirect::need_v6(h.src, h.dst, ports.dst, h.protocol);
     Ok(next(need, || redirect::masqueraded_v6(ctx, config, h.dst)))
 }
 

@@ -41,6 +41,10 @@ pub struct Ip<const N: usize> {
     pub l4: usize,
     /// A fragment after the first: it has no L4 header.
     pub later_fragment: bool,
+    /// Any IPv4 fragment (more fragments, or an offset).
+    pub fragment: bool,
+    /// The TTL or hop limit.
+    pub ttl: u8,
 }
 
 #[inline(always)]
@@ -63,6 +67,8 @@ pub fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Ip<4>, DropReason> {
         protocol: h[9],
         l4: l3 + header_len,
         later_fragment: be16([h[6], h[7]]) & 0x1fff != 0,
+        fragment: be16([h[6], h[7]]) & 0x3fff != 0,
+        ttl: h[8],
     })
 }
 
@@ -80,7 +86,7 @@ pub fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Ip<16>, DropReason> {
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
     dst.copy_from_slice(&h[24..40]);
-    Ok(Ip { src, dst, protocol: h[6], l4: l3 + 40, later_fragment: false })
+    Ok(Ip { src, dst, protocol: h[6], l4: l3 + 40, later_fragment: false, fragment: false, ttl: h[7] })
 }
 
 /// Follows hop-by-hop, routing, fragment and destination-options headers from the fixed
@@ -120,10 +126,16 @@ pub fn extension_headers(ctx: &XdpContext, h: &mut Ip<16>) -> Result<(), DropRea
     Err(DropReason::Ipv6ExtHeaderLimit)
 }
 
-/// Validates the L4 header at `offset` and returns (source, destination) port; ICMP's echo
-/// identifier stands in the source port.
+/// An L4 header's ports (ICMP's echo identifier stands in the source port) and TCP flags.
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+    pub tcp_flags: u8,
+}
+
+/// Validates the L4 header at `offset` and returns its ports.
 #[inline(always)]
-pub fn l4(ctx: &XdpContext, offset: usize, protocol: u8) -> Result<(u16, u16), DropReason> {
+pub fn l4(ctx: &XdpContext, offset: usize, protocol: u8) -> Result<Ports, DropReason> {
     if offset > MAX_L4_OFFSET {
         return Err(DropReason::Ipv6BadExtHeader);
     }
@@ -134,7 +146,7 @@ pub fn l4(ctx: &XdpContext, offset: usize, protocol: u8) -> Result<(u16, u16), D
             if data_offset < 20 || offset + data_offset > len(ctx) {
                 return Err(DropReason::TcpBadDataOffset);
             }
-            Ok((be16([t[0], t[1]]), be16([t[2], t[3]])))
+            Ok(Ports { src: be16([t[0], t[1]]), dst: be16([t[2], t[3]]), tcp_flags: t[13] })
         }
         ip::UDP => {
             let u: [u8; 8] = bytes(ctx, offset).ok_or(DropReason::UdpTruncated)?;
@@ -142,12 +154,12 @@ pub fn l4(ctx: &XdpContext, offset: usize, protocol: u8) -> Result<(u16, u16), D
             if udp_len < 8 || offset + udp_len > len(ctx) {
                 return Err(DropReason::UdpBadLength);
             }
-            Ok((be16([u[0], u[1]]), be16([u[2], u[3]])))
+            Ok(Ports { src: be16([u[0], u[1]]), dst: be16([u[2], u[3]]), tcp_flags: 0 })
         }
         ip::ICMP | ip::ICMPV6 => {
             let i: [u8; 8] = bytes(ctx, offset).ok_or(DropReason::IcmpTruncated)?;
-            Ok((be16([i[4], i[5]]), 0))
+            Ok(Ports { src: be16([i[4], i[5]]), dst: 0, tcp_flags: 0 })
         }
-        _ => Ok((0, 0)),
+        _ => Ok(Ports { src: 0, dst: 0, tcp_flags: 0 }),
     }
 }
