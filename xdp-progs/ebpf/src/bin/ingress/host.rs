@@ -18,7 +18,8 @@ pub fn on_host_interface(ctx: &XdpContext, config: &XdpConfig) -> bool {
     config.host_interfaces.iter().any(|&i| i == ifindex)
 }
 
-/// Whether a frame to `dst` is the node's own traffic that no worker serves.
+/// Whether a frame to `dst` is the node's own traffic that no worker serves. An unused slot
+/// (zeros) matches only the unspecified address, which no worker serves either.
 #[inline(always)]
 pub fn unserved<const N: usize>(
     config: &XdpConfig,
