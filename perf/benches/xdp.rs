@@ -33,6 +33,7 @@ use skiff_common::{
     endpoint::EndpointInfo,
     identity::Identity,
     lb::{BackendId, FrontendKind},
+    tunnel,
 };
 use skiff_engine::{
     conntrack::Timeouts,
@@ -87,14 +88,14 @@ fn per_packet(dir: &Path) -> Result<Vec<Record>> {
     config.tunnel_v4 = Env::NODE_V4.octets();
     config.tunnel_v6 = Env::NODE_V6.octets();
     // As the agent sets them: the node's addresses, its uplink (a test run's frames arrive on
-    // loopback), the ports a worker serves on them (masquerading's; the fixtures' service is
-    // a ClusterIP).
+    // loopback), the ports on them that need more than the kernel (masquerading's, the
+    // tunnels'; the fixtures' service is a ClusterIP).
     config.host_v4[0] = Env::NODE_V4.octets();
     config.host_v6[0] = Env::NODE_V6.octets();
     config.host_interfaces[0] = LOOPBACK;
     ingress.set_config(&config)?;
-    ingress
-        .set_host_ports([6, 17].into_iter().flat_map(|proto| SNAT_PORTS.map(move |port| (proto, port))))?;
+    let snat = [6, 17].into_iter().flat_map(|proto| SNAT_PORTS.map(move |port| (proto, port)));
+    ingress.set_host_ports(snat.chain([(17, tunnel::VXLAN_PORT), (17, tunnel::GENEVE_PORT)]))?;
     // 10 000 denied /32s across 198.19.128.0/17, plus the fixtures' /24.
     for i in 0..PREFIXES {
         ingress.deny(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 128, 0)) + i).into(), 32, i)?;

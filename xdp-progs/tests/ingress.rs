@@ -22,6 +22,7 @@ mod privileged {
         identity::Identity,
         lb::FrontendKind,
         meta::XdpMeta,
+        tunnel,
     };
     use skiff_testkit::{
         Expect, eth,
@@ -45,6 +46,7 @@ mod privileged {
             let ingress =
                 loaded.ingress.insert(Ingress::load(dir).expect("the verifier accepts skiff_xdp_ingress"));
             ingress.set_config(&fixture_config()).unwrap();
+            ingress.set_host_ports(host_ports(&[])).unwrap();
             ingress.deny(Env::DENIED_V4.0.into(), Env::DENIED_V4.1, 1).unwrap();
             ingress.deny(Env::DENIED_V6.0.into(), Env::DENIED_V6.1, 2).unwrap();
             ingress
@@ -74,6 +76,13 @@ mod privileged {
     /// The fixtures' settings. The node's own traffic on its uplink (a test run's frames
     /// arrive on loopback) passes without a lookup: every fixture gives its action with that
     /// on.
+    /// The node's ports that need more than the kernel, as the agent marks them: the tunnels'
+    /// (UDP) and `tcp`.
+    fn host_ports(tcp: &[u16]) -> Vec<(u8, u16)> {
+        let tunnels = [(17, tunnel::VXLAN_PORT), (17, tunnel::GENEVE_PORT)];
+        tunnels.into_iter().chain(tcp.iter().map(|&port| (6, port))).collect()
+    }
+
     fn fixture_config() -> XdpConfig {
         let mut config = XdpConfig::DEFAULT;
         config.tunnel_v4 = Env::NODE_V4.octets();
@@ -114,7 +123,6 @@ mod privileged {
         flows.insert(masqueraded, &CtEntry { flags: CtEntry::REPLY, ..CtEntry::default() }).unwrap();
         let to_node =
             |sport, dport| eth().ipv4(Env::CLIENT_V4, Env::NODE_V4).tcp(sport, dport).ack(1).build();
-        let marked = |ports: &[u16]| ports.iter().map(|&port| (6, port)).collect::<Vec<_>>();
         let to_worker = |ingress: &Ingress, frame: &[u8]| {
             let before = ingress.no_worker().unwrap().packets;
             assert_eq!(ingress.test_run(frame, 1).unwrap().action, XdpAction::Pass.code());
@@ -122,10 +130,10 @@ mod privileged {
         };
         assert!(!to_worker(ingress, &to_node(45000, 22)), "the node's own port: to the kernel");
         assert!(!to_worker(ingress, &to_node(45000, NODE_PORT)), "a port not marked: not looked up");
-        ingress.set_host_ports(marked(&[NODE_PORT, 61000])).unwrap();
+        ingress.set_host_ports(host_ports(&[NODE_PORT, 61000])).unwrap();
         assert!(to_worker(ingress, &to_node(45000, NODE_PORT)), "the NodePort: to a worker");
         assert!(to_worker(ingress, &to_node(443, 61000)), "a masqueraded reply: to its worker");
-        ingress.set_host_ports(marked(&[])).unwrap();
+        ingress.set_host_ports(host_ports(&[])).unwrap();
         assert!(!to_worker(ingress, &to_node(45000, NODE_PORT)), "unmarked again: to the kernel");
         // Not an uplink: a spoofed source is looked up and dropped.
         ingress.set_config(&XdpConfig { host_interfaces: [0; 4], ..fixture_config() }).unwrap();

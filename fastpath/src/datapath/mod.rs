@@ -571,7 +571,8 @@ impl Datapath {
     pub fn publish(&self, tables: Tables) -> Result<(), DatapathError> {
         let frontends: Vec<(IpAddr, u16, u8, FrontendKind)> =
             tables.services.iter().map(|(f, s)| (f.addr, f.port, f.protocol, s.config().kind)).collect();
-        let endpoints = steered_endpoints(&tables.policy);
+        let host: Vec<IpAddr> = host_addresses(&tables.policy).collect();
+        let endpoints = steered_endpoints(&tables.policy, &host);
         let denied: Vec<(IpAddr, u8, u32)> = tables
             .prefilter
             .entries()
@@ -600,21 +601,22 @@ impl Datapath {
             entries.map(|(net, id)| (net.addr(), net.prefix_len(), id)).collect::<Vec<_>>()
         });
         let (overlay, node) = (tables.overlay.clone(), tables.node.clone());
-        let host: Vec<IpAddr> = host_addresses(&tables.policy).collect();
-        // The node's ports a worker serves: its NodePorts and frontends, and masquerading's.
-        let host_ports: Vec<(u8, u16)> = frontends
-            .iter()
-            .filter(|(addr, ..)| host.contains(addr))
-            .map(|&(_, port, proto, _)| (proto, port))
-            .chain([ip::TCP, ip::UDP].into_iter().flat_map(|proto| SNAT_PORTS.map(move |port| (proto, port))))
-            .collect();
         self.shared.publish(tables);
         self.bells.iter().for_each(|b| b.ring());
         match &self.ingress {
             Some(ingress) => {
                 let mut ingress = ingress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                // Before the services: a new NodePort's first frame finds its bit set.
-                ingress.set_host_ports(host_ports)?;
+                // The node's ports that need more than the kernel: its NodePorts and frontends,
+                // masquerading's, the tunnel's. Before the services: a new NodePort's first
+                // frame finds its bit set.
+                let served = frontends.iter().filter(|(addr, ..)| host.contains(addr));
+                let snat = [ip::TCP, ip::UDP]
+                    .into_iter()
+                    .flat_map(|proto| SNAT_PORTS.map(move |port| (proto, port)));
+                let tunnel = overlay.as_ref().map(|o| (ip::UDP, o.port));
+                ingress.set_host_ports(
+                    served.map(|&(_, port, proto, _)| (proto, port)).chain(snat).chain(tunnel),
+                )?;
                 ingress.set_services(&frontends)?;
                 ingress.set_endpoints(&endpoints)?;
                 ingress.set_deny_list(&denied)?;
@@ -740,12 +742,12 @@ fn pod_sources(addresses: &[IpAddr]) -> Option<PodSources> {
 
 /// The endpoints whose frames the workers must see (pods under policy), and the node's own
 /// addresses (frames to them stay the kernel's).
-fn steered_endpoints(policy: &Policy) -> Vec<(IpAddr, EndpointInfo)> {
+fn steered_endpoints(policy: &Policy, host: &[IpAddr]) -> Vec<(IpAddr, EndpointInfo)> {
     let pods = policy.endpoints.iter().filter(|(_, e)| e.enforced()).map(|(addr, e)| {
         (*addr, EndpointInfo { identity: e.identity, flags: EndpointInfo::POLICY_ENFORCED })
     });
-    let host = host_addresses(policy)
-        .map(|addr| (addr, EndpointInfo { identity: Identity::HOST, flags: EndpointInfo::HOST }));
+    let host =
+        host.iter().map(|&addr| (addr, EndpointInfo { identity: Identity::HOST, flags: EndpointInfo::HOST }));
     pods.chain(host).collect()
 }
 

@@ -106,7 +106,8 @@ map_names! {
     CONFIG;
     /// `Array<u64>`, [`HOST_PORT_WORDS`](crate::config::HOST_PORT_WORDS) per protocol
     /// ([`host_port_slot`](crate::config::host_port_slot)), a bit per port: the ports of the
-    /// node's own addresses a worker serves (NodePorts, frontends on them, masquerading's).
+    /// node's own addresses that need more than the kernel (NodePorts, frontends on them,
+    /// masquerading's, the tunnel's).
     HOST_PORTS;
     /// `HashMap<[u8; 4], u8>`: the other nodes' IPv4 underlay addresses (tunnel frames are
     /// decapsulated only from them).

@@ -176,7 +176,7 @@ fn ipv4(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
-    if uplink && host::unserved(config, &config.host_v4, &h.dst, h.protocol, ports.dst) {
+    if uplink && host::unserved(&config.host_v4, &h.dst, h.protocol, ports.dst) {
         return Ok(Next::Pass);
     }
     let flow = CtKey4::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
@@ -220,7 +220,7 @@ fn ipv6(
         return Ok(Next::Pass);
     }
     let ports = parse::l4(ctx, h.l4, h.protocol)?;
-    if uplink && host::unserved(config, &config.host_v6, &h.dst, h.protocol, ports.dst) {
+    if uplink && host::unserved(&config.host_v6, &h.dst, h.protocol, ports.dst) {
         return Ok(Next::Pass);
     }
     let flow = CtKey6::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
