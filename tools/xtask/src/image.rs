@@ -52,10 +52,27 @@ pub fn ensure_bases(log: &mut Log) -> Result<bool> {
 }
 
 impl Base {
-    /// `name:tag`, the tag a digest of its recipe: its packages and, for the builder, the
-    /// versions of the toolchains it copies.
+    /// What mmdebstrap runs in the finished tree: the builder gets this machine's toolchains
+    /// without their documentation (1.7 of their 3 GB, which every build of the base would
+    /// copy twice more: into the tar, then into podman's storage).
+    fn hooks(&self) -> Option<String> {
+        let (rustup, cargo) = homes();
+        self.toolchains.then(|| {
+            format!(
+                "mkdir -p \"$1/usr/local/rustup\" \"$1/usr/local/cargo/bin\" \
+                 && tar -C {} --exclude='./toolchains/*/share/doc' -c . | tar -C \"$1/usr/local/rustup\" -x \
+                 && cp -a {}/. \"$1/usr/local/cargo/bin\"",
+                rustup.display(),
+                cargo.join("bin").display()
+            )
+        })
+    }
+
+    /// `name:tag`, the tag a digest of its recipe: its packages and, for the builder, how it
+    /// copies the toolchains and their versions.
     fn image(&self) -> Result<String> {
         let mut recipe = self.packages.join(" ");
+        recipe.extend(self.hooks());
         if self.toolchains {
             for cmd in [
                 &["rustc", "--version"][..],
@@ -83,15 +100,8 @@ impl Base {
         );
         let mut import = podman();
         import.arg("import");
+        mmdebstrap.args(self.hooks().map(|hook| format!("--customize-hook={hook}")));
         if self.toolchains {
-            let (rustup, cargo) = homes();
-            mmdebstrap
-                .arg("--customize-hook=mkdir -p \"$1/usr/local/rustup\" \"$1/usr/local/cargo/bin\"")
-                .arg(format!("--customize-hook=sync-in {} /usr/local/rustup", rustup.display()))
-                .arg(format!(
-                    "--customize-hook=sync-in {} /usr/local/cargo/bin",
-                    cargo.join("bin").display()
-                ));
             // As Rust's own images lay them out; offline: crates come from a volume.
             for env in [
                 "RUSTUP_HOME=/usr/local/rustup",

@@ -93,31 +93,32 @@ pub fn setup(purpose: Purpose) -> Result<()> {
         Purpose::Run => APT_RUN.to_vec(),
         Purpose::Test => [APT_RUN, APT_TEST].concat(),
     };
-    let mut steps: Vec<(String, &str, Box<Work>)> = vec![
-        ("apt packages".into(), "apt", Box::new(move |log| apt_packages(log, &packages))),
-        ("nightly rust-src (eBPF build-std)".into(), "rust-src", Box::new(rust_src)),
-        (format!("bpf-linker {BPF_LINKER_VERSION}"), "bpf-linker", Box::new(bpf_linker)),
-    ];
+    let count = if purpose == Purpose::Test { 5 } else { 3 };
+    let name = |i: usize, what: &str| format!("[{i}/{count}] {what}");
+    step(name(1, "apt packages"), "apt", true, move |log| apt_packages(log, &packages))?.report()?;
+    step(name(2, "nightly rust-src (eBPF build-std)"), "rust-src", true, rust_src)?.report()?;
+    step(name(3, &format!("bpf-linker {BPF_LINKER_VERSION}")), "bpf-linker", true, bpf_linker)?.report()?;
     if purpose == Purpose::Test {
-        let build =
-            |log: &mut Log| Ok(if crate::kube::ensure(log)? { Done::Installed } else { Done::Cached });
-        steps.push((
-            "Kubernetes v1.20.2: kube-apiserver, kubectl, kubelet, … (from Debian's source, ~5 min once)"
-                .into(),
-            "kube-apiserver",
-            Box::new(build),
-        ));
-        let bases =
-            |log: &mut Log| Ok(if crate::image::ensure_bases(log)? { Done::Installed } else { Done::Cached });
-        steps.push((
-            "the image's Debian bases (mmdebstrap, ~3 min once)".into(),
-            "image-bases",
-            Box::new(bases),
-        ));
-    }
-    let count = steps.len();
-    for (i, (name, log, f)) in steps.into_iter().enumerate() {
-        step(&format!("[{}/{count}] {name}", i + 1), log, f)?;
+        // The bases are mostly downloads and copies, the Kubernetes build is compiling: both
+        // at once take little longer than the build alone (the bases copy the toolchains, so
+        // they start after steps 2 and 3). The bases' line follows the build's.
+        let bases = name(5, "the image's Debian bases (mmdebstrap, ~3 min once)");
+        let bases = std::thread::spawn(move || {
+            step(bases, "image-bases", false, |log| {
+                Ok(if crate::image::ensure_bases(log)? { Done::Installed } else { Done::Cached })
+            })
+        });
+        let kube = name(
+            4,
+            "Kubernetes v1.20.2: kube-apiserver, kubectl, kubelet, … (from Debian's source, ~5 min once)",
+        );
+        let built = step(kube, "kube-apiserver", true, |log| {
+            Ok(if crate::kube::ensure(log)? { Done::Installed } else { Done::Cached })
+        })
+        .and_then(Step::report);
+        let made = bases.join().map_err(|_| anyhow::anyhow!("the image bases' thread panicked"))?;
+        built?;
+        made?.report()?;
     }
     println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -129,8 +130,6 @@ enum Done {
 }
 
 /// What a step does: checks, installs if it must, says which.
-type Work = dyn FnOnce(&mut Log) -> Result<Done>;
-
 /// A step's log file; the commands it runs write there.
 pub struct Log {
     path: PathBuf,
@@ -169,14 +168,21 @@ impl Log {
     }
 }
 
-/// Runs one step on one line: what it is, then `cached`, or how long the install took (with
-/// the seconds ticking on a terminal), or FAILED and the tail of its log.
-fn step(name: &str, log: &str, f: impl FnOnce(&mut Log) -> Result<Done>) -> Result<()> {
+/// A step's work done: what it was, its log, and how it went, to be reported on one line.
+struct Step {
+    name: String,
+    log: Log,
+    took: Duration,
+    outcome: Result<Done>,
+}
+
+/// Runs one step (with the seconds ticking on a terminal when `tick`).
+fn step(name: String, log: &str, tick: bool, f: impl FnOnce(&mut Log) -> Result<Done>) -> Result<Step> {
     let mut log = Log::open(log)?;
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
-    let ticker = std::io::stdout().is_terminal().then(|| {
-        let (done, name) = (done.clone(), name.to_owned());
+    let ticker = (tick && std::io::stdout().is_terminal()).then(|| {
+        let (done, name) = (done.clone(), name.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(500));
@@ -191,18 +197,25 @@ fn step(name: &str, log: &str, f: impl FnOnce(&mut Log) -> Result<Done>) -> Resu
         let _ = ticker.join();
         print!("\r\x1b[K");
     }
-    match outcome {
-        Ok(Done::Cached) => println!("setup: {name}: cached"),
-        Ok(Done::Installed) => {
-            println!("setup: {name}: installed in {:.1} s", started.elapsed().as_secs_f64())
+    Ok(Step { name, log, took: started.elapsed(), outcome })
+}
+
+impl Step {
+    /// One line: what it is, then `cached`, or how long the install took, or FAILED and the
+    /// tail of its log.
+    fn report(self) -> Result<()> {
+        let Step { name, log, took, outcome } = self;
+        match outcome {
+            Ok(Done::Cached) => println!("setup: {name}: cached"),
+            Ok(Done::Installed) => println!("setup: {name}: installed in {:.1} s", took.as_secs_f64()),
+            Err(e) => {
+                println!("setup: {name}: FAILED; the end of {}:", log.path.display());
+                println!("{}", log.tail(30));
+                return Err(e.context(format!("setup step '{name}' failed")));
+            }
         }
-        Err(e) => {
-            println!("setup: {name}: FAILED; the end of {}:", log.path.display());
-            println!("{}", log.tail(30));
-            return Err(e.context(format!("setup step '{name}' failed")));
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn apt_packages(log: &mut Log, packages: &[&str]) -> Result<Done> {
@@ -270,7 +283,7 @@ fn rust_src(log: &mut Log) -> Result<Done> {
 
 /// cargo-fuzz, only for `cargo xtask fuzz` (tests do not need it).
 pub fn cargo_fuzz(version: &str) -> Result<()> {
-    step(&format!("cargo-fuzz {version}"), "cargo-fuzz", |log| {
+    step(format!("cargo-fuzz {version}"), "cargo-fuzz", true, |log| {
         let installed = Command::new("cargo").args(["fuzz", "--version"]).output();
         if installed.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
         {
@@ -285,7 +298,8 @@ pub fn cargo_fuzz(version: &str) -> Result<()> {
             version,
         ]))?;
         Ok(Done::Installed)
-    })
+    })?
+    .report()
 }
 
 fn bpf_linker(log: &mut Log) -> Result<Done> {
