@@ -102,20 +102,16 @@ pub fn setup(purpose: Purpose) -> Result<()> {
         // The bases are mostly downloads and copies, the Kubernetes build is compiling: both
         // at once take little longer than the build alone (the bases copy the toolchains, so
         // they start after steps 2 and 3). The bases' line follows the build's.
-        let bases = name(5, "the image's Debian bases (mmdebstrap, ~3 min once)");
+        let bases = name(5, "the image's Debian bases (mmdebstrap, ~3–8 min once)");
         let bases = std::thread::spawn(move || {
-            step(bases, "image-bases", false, |log| {
-                Ok(if crate::image::ensure_bases(log)? { Done::Installed } else { Done::Cached })
-            })
+            step(bases, "image-bases", false, |log| crate::image::ensure_bases(log).map(Done::made))
         });
         let kube = name(
             4,
-            "Kubernetes v1.20.2: kube-apiserver, kubectl, kubelet, … (from Debian's source, ~5 min once)",
+            "Kubernetes v1.20.2: kube-apiserver, kubectl, kubelet, … (from Debian's source, ~5–13 min once)",
         );
-        let built = step(kube, "kube-apiserver", true, |log| {
-            Ok(if crate::kube::ensure(log)? { Done::Installed } else { Done::Cached })
-        })
-        .and_then(Step::report);
+        let built = step(kube, "kube-apiserver", true, |log| crate::kube::ensure(log).map(Done::made))
+            .and_then(Step::report);
         let made = bases.join().map_err(|_| anyhow::anyhow!("the image bases' thread panicked"))?;
         built?;
         made?.report()?;
@@ -129,7 +125,13 @@ enum Done {
     Installed,
 }
 
-/// What a step does: checks, installs if it must, says which.
+impl Done {
+    /// `Installed` when the step made something, else `Cached`.
+    fn made(made: bool) -> Done {
+        if made { Done::Installed } else { Done::Cached }
+    }
+}
+
 /// A step's log file; the commands it runs write there.
 pub struct Log {
     path: PathBuf,
