@@ -25,11 +25,16 @@ use skiff_common::{
     event::XdpEvent,
     identity::Identity,
     lb::{FrontendKind, ServiceKey4, ServiceKey6, ServiceScope, ServiceValue},
-    lpm::{DenyEntry, LpmKey4, LpmKey6},
+    lpm::{DENY_FREE_WORDS, DenyEntry, LpmKey4, LpmKey6},
     maps, programs,
 };
 
-use crate::{TestRun, XdpError, attach, bpffs, per_cpu_sum, sync, test_run::test_run};
+use crate::{
+    TestRun, XdpError, attach, bpffs,
+    deny_free::{self, DenyFree, Prefix},
+    per_cpu_sum, sync,
+    test_run::test_run,
+};
 
 /// A pair of prefix tries: IPv4, IPv6.
 type Tries = (&'static str, &'static str);
@@ -59,6 +64,8 @@ pub struct Ingress {
     restored: Restored,
     /// What `HOST_PORTS` holds, once read: a change writes only the words that differ.
     host_ports: Option<Vec<u64>>,
+    /// The denied prefixes behind `DENY_FREE`, once read.
+    deny_free: Option<DenyFree>,
 }
 
 /// An interface the program is attached to.
@@ -90,7 +97,8 @@ impl Ingress {
         let pin_dir = pin_dir.into();
         let (ebpf, maps_rebuilt) = crate::load_pinned(OBJECT, &pin_dir)?;
         let restored = Restored { maps_rebuilt, ..Restored::default() };
-        let mut ingress = Ingress { ebpf, pin_dir, links: Vec::new(), restored, host_ports: None };
+        let mut ingress =
+            Ingress { ebpf, pin_dir, links: Vec::new(), restored, host_ports: None, deny_free: None };
         let program = ingress.program_mut()?;
         crate::load(|| program.load()).map_err(program_error)?;
         ingress.adopt()?;
@@ -223,22 +231,46 @@ impl Ingress {
                 want[(slot * HOST_PORT_WORDS + u32::from(port / 64)) as usize] |= 1 << (port % 64);
             }
         }
-        let known = self.host_ports.take();
-        let mut array: Array<_, u64> = self.map_mut(maps::HOST_PORTS)?;
-        let known = match known {
+        let known = match self.host_ports.take() {
             Some(known) => known,
-            None => (0..2 * HOST_PORT_WORDS)
-                .map(|i| array.get(&i, 0))
-                .collect::<Result<_, _>>()
-                .map_err(XdpError::map(maps::HOST_PORTS))?,
+            None => self.words(maps::HOST_PORTS, 2 * HOST_PORT_WORDS)?,
         };
-        for ((i, &bits), &was) in (0u32..).zip(&want).zip(&known) {
-            if bits != was {
-                array.set(i, bits, 0).map_err(XdpError::map(maps::HOST_PORTS))?;
-            }
-        }
+        let changed = (0u32..).zip(&want).zip(&known).filter(|((_, bits), was)| bits != was);
+        self.write_words(maps::HOST_PORTS, changed.map(|((i, &bits), _)| (i, bits)))?;
         self.host_ports = Some(want);
         Ok(())
+    }
+
+    /// The first `n` words of the `Array<u64>` `name`.
+    fn words(&mut self, name: &'static str, n: u32) -> Result<Vec<u64>, XdpError> {
+        let array: Array<_, u64> = self.map_mut(name)?;
+        (0..n).map(|i| array.get(&i, 0)).collect::<Result<_, _>>().map_err(XdpError::map(name))
+    }
+
+    /// Writes `(index, word)`s into the `Array<u64>` `name`.
+    fn write_words(
+        &mut self,
+        name: &'static str,
+        words: impl IntoIterator<Item = (u32, u64)>,
+    ) -> Result<(), XdpError> {
+        let mut array: Array<_, u64> = self.map_mut(name)?;
+        words.into_iter().try_for_each(|(i, word)| array.set(i, word, 0)).map_err(XdpError::map(name))
+    }
+
+    /// Brings `DENY_FREE` in step after `edit` (of the denied prefixes it tracks, built from
+    /// the tries the first time).
+    fn edit_deny_free(&mut self, edit: impl FnOnce(&mut DenyFree)) -> Result<(), XdpError> {
+        let mut free = match self.deny_free.take() {
+            Some(free) => free,
+            None => {
+                let prefixes = self.prefixes::<DenyEntry>(DENY)?.into_keys();
+                DenyFree::new(prefixes, self.words(maps::DENY_FREE, DENY_FREE_WORDS)?)
+            }
+        };
+        edit(&mut free);
+        let changes = free.changes();
+        self.deny_free = Some(free);
+        self.write_words(maps::DENY_FREE, changes)
     }
 
     /// Drops every packet from `addr/prefix_len` on arrival, as CIDR rule `rule_id`.
@@ -254,7 +286,9 @@ impl Ingress {
     /// Makes the denied prefixes exactly `denied` (prefix, rule number): removes the others.
     pub fn set_deny_list(&mut self, denied: &[(IpAddr, u8, u32)]) -> Result<(), XdpError> {
         let want = denied.iter().map(|&(a, l, rule_id)| ((a, l), DenyEntry { rule_id })).collect();
-        self.sync_prefixes(DENY, &want)
+        self.sync_prefixes(DENY, &want)?;
+        // A new map (no slot free yet) comes in step even when the tries stay as they were.
+        self.edit_deny_free(|_| {})
     }
 
     /// Makes the overlay's tables exactly these: the other nodes' underlay addresses (tunnel
@@ -293,9 +327,21 @@ impl Ingress {
     fn sync_prefixes<V: aya::Pod + PartialEq>(
         &mut self,
         names: Tries,
-        want: &StdHashMap<(IpAddr, u8), V>,
+        want: &StdHashMap<Prefix, V>,
     ) -> Result<(), XdpError> {
-        let mut present: StdHashMap<(IpAddr, u8), V> = StdHashMap::new();
+        let present = self.prefixes::<V>(names)?;
+        for &(addr, len) in present.keys().filter(|k| !want.contains_key(k)) {
+            self.edit_prefix::<V>(names, addr, len, None)?;
+        }
+        for (&(addr, len), value) in want.iter().filter(|(k, v)| present.get(k) != Some(v)) {
+            self.edit_prefix(names, addr, len, Some(*value))?;
+        }
+        Ok(())
+    }
+
+    /// What the prefix tries `names` (IPv4, IPv6) hold.
+    fn prefixes<V: aya::Pod>(&mut self, names: Tries) -> Result<StdHashMap<Prefix, V>, XdpError> {
+        let mut present = StdHashMap::new();
         let v4: LpmTrie<_, [u8; 4], V> = self.map_mut(names.0)?;
         for entry in v4.iter() {
             let (key, value) = entry.map_err(XdpError::map(names.0))?;
@@ -308,17 +354,35 @@ impl Ingress {
             let len = u8::try_from(key.prefix_len()).unwrap_or(128);
             present.insert((std::net::Ipv6Addr::from(key.data()).into(), len), value);
         }
-        for &(addr, len) in present.keys().filter(|k| !want.contains_key(k)) {
-            self.edit_prefix::<V>(names, addr, len, None)?;
+        Ok(present)
+    }
+
+    /// Inserts (`Some`) or removes (`None`) a prefix in the trie of its family. A denied
+    /// prefix's slots stop skipping the tries before it is in one, and skip them again only
+    /// once it is gone: no source the tries deny ever skips them.
+    fn edit_prefix<V: aya::Pod>(
+        &mut self,
+        names: Tries,
+        addr: IpAddr,
+        prefix_len: u8,
+        value: Option<V>,
+    ) -> Result<(), XdpError> {
+        let bad_prefix = || bad_prefix(addr, prefix_len);
+        let denied = match names == DENY {
+            true => Some(deny_free::prefix(addr, prefix_len).ok_or_else(bad_prefix)?),
+            false => None,
+        };
+        if let (Some(prefix), Some(_)) = (denied, &value) {
+            self.edit_deny_free(|free| free.add(prefix))?;
         }
-        for (&(addr, len), value) in want.iter().filter(|(k, v)| present.get(k) != Some(v)) {
-            self.edit_prefix(names, addr, len, Some(*value))?;
+        self.edit_trie(names, addr, prefix_len, value)?;
+        if let (Some(prefix), None) = (denied, &value) {
+            self.edit_deny_free(|free| free.remove(prefix))?;
         }
         Ok(())
     }
 
-    /// Inserts (`Some`) or removes (`None`) a prefix in the trie of its family.
-    fn edit_prefix<V: aya::Pod>(
+    fn edit_trie<V: aya::Pod>(
         &mut self,
         names: Tries,
         addr: IpAddr,

@@ -12,6 +12,7 @@
 
 pub mod bpffs;
 mod count;
+mod deny_free;
 mod features;
 mod ingress;
 mod redirect;

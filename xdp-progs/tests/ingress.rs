@@ -293,6 +293,37 @@ mod privileged {
         assert!(bad.to_string().contains("0..=32"), "{bad}");
     }
 
+    /// A source skips the deny tries only where no denied prefix covers its slot: a short
+    /// prefix drops every address it spans, a longer one inside it keeps its slot covered
+    /// when the short one goes, and a replaced deny list leaves none of its slots behind.
+    #[test]
+    fn a_denied_prefix_drops_every_address_it_spans() {
+        let mut loaded = Loaded::new();
+        let ingress = loaded.get();
+        let action = |ingress: &mut Ingress, src: &str| {
+            let frame = match src.parse().unwrap() {
+                IpAddr::V4(a) => eth().ipv4(a, Env::NODE_V4).tcp(40000, 22).build(),
+                IpAddr::V6(a) => eth().ipv6(a, Env::NODE_V6).tcp(40000, 22).build(),
+            };
+            ingress.test_run(&frame, 1).unwrap().action
+        };
+        let (drop, pass) = (XdpAction::Drop.code(), XdpAction::Pass.code());
+        ingress.set_deny_list(&[]).unwrap();
+        assert_eq!(action(ingress, "198.19.200.1"), pass);
+        ingress.deny("198.18.0.0".parse().unwrap(), 15, 3).unwrap();
+        assert_eq!(action(ingress, "198.19.1.1"), drop, "the /15's second /16");
+        ingress.deny("198.19.200.0".parse().unwrap(), 24, 4).unwrap();
+        ingress.undeny("198.18.0.0".parse().unwrap(), 15).unwrap();
+        assert_eq!(action(ingress, "198.19.200.1"), drop, "still under the /24");
+        assert_eq!(action(ingress, "198.19.1.1"), pass);
+        ingress.deny("fd00::".parse().unwrap(), 8, 5).unwrap();
+        assert_eq!(action(ingress, "fd00:9:8:7::1"), drop, "a /8 covers every IPv6 slot");
+        ingress.set_deny_list(&[]).unwrap();
+        for src in ["198.19.200.1", "fd00:9:8:7::1"] {
+            assert_eq!(action(ingress, src), pass, "{src}");
+        }
+    }
+
     /// The program on the node's uplink of a lab (client → node), with the node's uplink
     /// address as its tunnel address.
     fn on_uplink(mode: XdpMode) -> (Lab, Loaded) {

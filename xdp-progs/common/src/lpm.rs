@@ -121,6 +121,56 @@ const _: () = assert!(size_of::<DenyEntry>() == 4 && align_of::<DenyEntry>() == 
 
 pod!(LpmKey4, LpmKey6, DenyEntry);
 
+/// Source slots per family in [`DENY_FREE`](crate::maps::DENY_FREE): a trie walk is a call
+/// into the kernel on every packet, a slot's bit an array read. A set bit promises that no
+/// denied prefix covers an address of the slot; a clear one (a new map's) sends the source to
+/// the trie, so the shortcut can only be slow, never let a denied source through.
+pub const DENY_SLOTS: u32 = 1 << 16;
+/// Words of `DENY_FREE`: IPv4's slots, then IPv6's.
+pub const DENY_FREE_WORDS: u32 = 2 * DENY_SLOTS / 64;
+
+/// An IPv4 source's slot: its first 16 bits.
+#[inline(always)]
+pub const fn deny_slot_v4(addr: [u8; 4]) -> u32 {
+    u16::from_be_bytes([addr[0], addr[1]]) as u32
+}
+
+/// An IPv6 source's slot: its first 48 bits (where providers' and sites' prefixes end)
+/// folded to 16.
+#[inline(always)]
+pub const fn deny_slot_v6(a: [u8; 16]) -> u32 {
+    let folded = u16::from_be_bytes([a[0], a[1]])
+        ^ u16::from_be_bytes([a[2], a[3]])
+        ^ u16::from_be_bytes([a[4], a[5]]);
+    DENY_SLOTS + folded as u32
+}
+
+impl LpmKey4 {
+    /// The slots holding an address of the prefix.
+    pub fn deny_slots(self) -> impl Iterator<Item = u32> {
+        spread(deny_slot_v4(self.addr), self.prefix_len, 16)
+    }
+}
+
+impl LpmKey6 {
+    /// The slots holding an address of the prefix.
+    pub fn deny_slots(self) -> impl Iterator<Item = u32> {
+        spread(deny_slot_v6(self.addr), self.prefix_len, 48)
+    }
+}
+
+/// The slots of a prefix of `len` bits whose first address (host bits clear) is in slot
+/// `first`, slots being made of an address's first `bits`: one when the prefix fixes them all;
+/// when it leaves the last `k` of them free (at most 16, those the fold ends with), the
+/// `2^k` slots `first ^ i`; else every slot of the family.
+fn spread(first: u32, len: u32, bits: u32) -> impl Iterator<Item = u32> {
+    let span = match bits.saturating_sub(len) {
+        free if free <= 16 => 1 << free,
+        _ => DENY_SLOTS,
+    };
+    (0..span).map(move |i| first ^ i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +188,34 @@ mod tests {
         assert_eq!(key.addr(), "fd00:1:2::".parse::<Ipv6Addr>().unwrap());
         assert_eq!(LpmKey6::new(Ipv6Addr::LOCALHOST, 128).unwrap().addr(), Ipv6Addr::LOCALHOST);
         assert_eq!(LpmKey6::new(Ipv6Addr::LOCALHOST, 129), None);
+    }
+
+    #[test]
+    fn a_prefix_covers_the_slots_of_its_addresses() {
+        let v4 = |a: [u8; 4], len| LpmKey4::new(a.into(), len).unwrap().deny_slots().collect::<Vec<_>>();
+        assert_eq!(v4([198, 19, 128, 7], 32), [deny_slot_v4([198, 19, 0, 0])]);
+        assert_eq!(v4([198, 18, 0, 0], 15), [deny_slot_v4([198, 18, 0, 0]), deny_slot_v4([198, 19, 0, 0])]);
+        let mut slash8 = v4([10, 0, 0, 0], 8);
+        slash8.sort();
+        assert_eq!(slash8, (0..=255).map(|b| deny_slot_v4([10, b, 0, 0])).collect::<Vec<_>>());
+        assert_eq!(v4([0; 4], 0).len(), DENY_SLOTS as usize);
+
+        let v6 =
+            |a: &str, len| LpmKey6::new(a.parse().unwrap(), len).unwrap().deny_slots().collect::<Vec<_>>();
+        assert_eq!(
+            v6("fd00:1:2:3::9", 64),
+            [deny_slot_v6(LpmKey6::new("fd00:1:2::".parse().unwrap(), 48).unwrap().addr)]
+        );
+        // A /40 leaves 8 folded bits free: every address of it lands in one of 256 slots.
+        let slash40 = v6("fd00:1:200::", 40);
+        assert_eq!(slash40.len(), 256);
+        for third in [0x200u16, 0x2ff, 0x2a5] {
+            let addr = std::net::Ipv6Addr::new(0xfd00, 1, third, 0, 0, 0, 0, 1).octets();
+            assert!(slash40.contains(&deny_slot_v6(addr)), "{third:x}");
+        }
+        let short = v6("fd00::", 20);
+        assert_eq!(short.len(), DENY_SLOTS as usize);
+        assert!(short.iter().all(|&s| (DENY_SLOTS..2 * DENY_SLOTS).contains(&s)));
     }
 
     #[cfg(feature = "user")]

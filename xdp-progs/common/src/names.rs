@@ -76,6 +76,10 @@ map_names! {
     /// `LpmTrie<[u8; 16], DenyEntry>` ([`LpmKey6`](crate::lpm::LpmKey6) layout): source
     /// prefixes dropped on arrival.
     DENY_V6;
+    /// `Array<u64>` of [`DENY_FREE_WORDS`](crate::lpm::DENY_FREE_WORDS), a bit per source slot
+    /// ([`deny_slot_v4`](crate::lpm::deny_slot_v4), `_v6`): set while no denied prefix covers
+    /// the slot, whose sources then skip the deny tries.
+    DENY_FREE;
     /// `HashMap<ServiceKey4, ServiceValue>`: IPv4 service frontends.
     SERVICES_V4;
     /// `HashMap<ServiceKey6, ServiceValue>`: IPv6 service frontends.

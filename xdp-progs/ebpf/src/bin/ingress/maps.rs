@@ -13,7 +13,7 @@ use skiff_common::{
     endpoint::{EndpointInfo, PodSources},
     identity::Identity,
     lb::{ServiceKey4, ServiceKey6, ServiceValue},
-    lpm::DenyEntry,
+    lpm::{DENY_FREE_WORDS, DenyEntry},
 };
 
 #[map]
@@ -28,6 +28,8 @@ pub static DROP_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(DropReason::C
 pub static DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::pinned(1 << 17, 0);
 #[map]
 pub static DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::pinned(1 << 17, 0);
+#[map]
+pub static DENY_FREE: Array<u64> = Array::pinned(DENY_FREE_WORDS, 0);
 #[map]
 pub static SERVICES_V4: HashMap<ServiceKey4, ServiceValue> = HashMap::pinned(1 << 16, 0);
 #[map]
