@@ -372,24 +372,10 @@ impl Ingress {
             true => Some(deny_free::prefix(addr, prefix_len).ok_or_else(bad_prefix)?),
             false => None,
         };
-        if let (Some(prefix), Some(_)) = (denied, &value) {
+        let adding = value.is_some();
+        if let Some(prefix) = denied.filter(|_| adding) {
             self.edit_deny_free(|free| free.add(prefix))?;
         }
-        self.edit_trie(names, addr, prefix_len, value)?;
-        if let (Some(prefix), None) = (denied, &value) {
-            self.edit_deny_free(|free| free.remove(prefix))?;
-        }
-        Ok(())
-    }
-
-    fn edit_trie<V: aya::Pod>(
-        &mut self,
-        names: Tries,
-        addr: IpAddr,
-        prefix_len: u8,
-        value: Option<V>,
-    ) -> Result<(), XdpError> {
-        let bad_prefix = || bad_prefix(addr, prefix_len);
         match addr {
             IpAddr::V4(a) => {
                 let k = LpmKey4::new(a, prefix_len.into()).ok_or_else(bad_prefix)?;
@@ -411,7 +397,11 @@ impl Ingress {
                 }
                 .map_err(XdpError::map(names.1))
             }
+        }?;
+        if let Some(prefix) = denied.filter(|_| !adding) {
+            self.edit_deny_free(|free| free.remove(prefix))?;
         }
+        Ok(())
     }
 
     /// Makes the service frontends exactly `frontends` (address, port, protocol, kind): adds
