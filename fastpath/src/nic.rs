@@ -53,7 +53,7 @@ impl Flows for NicFlows {
         directions.iter().all(|(key, entry)| {
             let now = table.get(*key);
             let wanted = now.map_or(*entry, |e| CtEntry {
-                last_seen_ns: e.last_seen_ns,
+                last_seen: e.last_seen,
                 packets: e.packets,
                 bytes: e.bytes,
                 ..*entry
@@ -75,8 +75,8 @@ impl Flows for NicFlows {
         let seen = [&flow.original, &flow.reply]
             .into_iter()
             .filter_map(|t| table.get(offload::key(t)))
-            .map(|e| e.last_seen_ns)
+            .filter_map(|e| table.seen_ns(&e))
             .max()?;
-        (seen != 0).then_some(seen / 1_000_000_000)
+        Some(seen / 1_000_000_000)
     }
 }

@@ -218,7 +218,9 @@ mod privileged {
         let key = CtKey::V4(CtKey4::new(CLIENT.octets(), 40000, VIP.octets(), 80, 6));
         let entry = bench.table().get(key).expect("the client's direction");
         assert_eq!((entry.packets, entry.bytes), (2, 2 * tcp.data[0].1.len() as u64));
-        assert_ne!(entry.last_seen_ns, 0);
+        let seen = bench.table().seen_ns(&entry).expect("a time recorded");
+        let ago = skiff_xdp::monotonic_ns().abs_diff(seen);
+        assert!(ago < 100_000_000, "forwarded {ago} ns from now, in the kernel's ticks");
     }
 
     #[test]

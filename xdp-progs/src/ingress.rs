@@ -30,7 +30,7 @@ use skiff_common::{
 };
 
 use crate::{
-    TestRun, XdpError, attach, bpffs,
+    Jiffies, TestRun, XdpError, attach, bpffs,
     deny_free::{self, DenyFree, Prefix},
     per_cpu_sum, sync,
     test_run::test_run,
@@ -643,11 +643,22 @@ impl std::os::fd::AsFd for EventRing {
 pub struct FlowTable {
     v4: HashMap<MapData, CtKey4, CtEntry>,
     v6: HashMap<MapData, CtKey6, CtEntry>,
+    clock: Jiffies,
 }
 
 impl FlowTable {
     pub fn open(pin_dir: &Path) -> Result<FlowTable, XdpError> {
-        Ok(FlowTable { v4: crate::pinned(pin_dir, maps::CT_V4)?, v6: crate::pinned(pin_dir, maps::CT_V6)? })
+        Ok(FlowTable {
+            v4: crate::pinned(pin_dir, maps::CT_V4)?,
+            v6: crate::pinned(pin_dir, maps::CT_V6)?,
+            clock: Jiffies::get()?,
+        })
+    }
+
+    /// When (CLOCK_MONOTONIC, ns) the XDP program last forwarded a packet of `entry`'s
+    /// direction, if it has.
+    pub fn seen_ns(&self, entry: &CtEntry) -> Option<u64> {
+        (entry.last_seen != 0).then(|| self.clock.monotonic_ns(entry.last_seen))
     }
 
     /// Sets a direction's entry. Fails when the table is full (`CT_CAPACITY`) and the key new.

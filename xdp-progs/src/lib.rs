@@ -6,11 +6,13 @@
 //! - [`SocketLb`]: socket-LB, cgroup socket programs translating services at connect time.
 //! - [`TrafficGen`]: the lab's traffic generator (benchmarks).
 //! - [`RedirectProgram`]: every frame out of another interface (the benchmarks' ceiling).
+//! - [`Jiffies`]: the kernel's tick count, the flow table's clock, told in CLOCK_MONOTONIC.
 //!
 //! Interface names resolve in the network namespace of the calling thread: attach from a
 //! thread inside the namespace that owns the interface.
 
 pub mod bpffs;
+mod clock;
 mod count;
 mod deny_free;
 mod features;
@@ -26,6 +28,7 @@ use aya::{
     maps::{HashMap, MapData},
     programs::{Xdp, XdpMode as AyaMode},
 };
+pub use clock::{Jiffies, monotonic_ns};
 pub use count::CountProgram;
 pub use features::takes_xdp_frames;
 pub use ingress::{
@@ -165,7 +168,8 @@ fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 /// 3: `XdpConfig` gained `trace_sample_every`; the event ring carries every decision.
 /// 4: the ipcache tries (`IPCACHE_V4`, `IPCACHE_V6`) replace `IDENTITIES`.
 /// 5: `XdpConfig` names the node's addresses and host interfaces; `HOST_PORTS`.
-pub const MAP_LAYOUT: u32 = 5;
+/// 6: `CtEntry::last_seen` is the kernel's tick count, no longer nanoseconds.
+pub const MAP_LAYOUT: u32 = 6;
 
 /// Loads `object`, pinning its maps in `pin_dir` (created if needed, on bpffs, mounted if it
 /// is not). Maps already pinned there are reused with their contents if their layout is this
@@ -191,6 +195,25 @@ where
 {
     let map = ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?;
     M::try_from(map).map_err(XdpError::map(name))
+}
+
+/// Verifies and loads XDP program `name` of `ebpf`.
+fn load_xdp(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<(), XdpError> {
+    let error = |source| XdpError::Program { name, source: Box::new(source) };
+    let program: &mut Xdp =
+        ebpf.program_mut(name).ok_or(XdpError::MissingProgram(name))?.try_into().map_err(error)?;
+    load(|| program.load()).map_err(error)
+}
+
+/// Runs loaded XDP program `name` of `ebpf` on `frame` in the kernel (`BPF_PROG_TEST_RUN`).
+fn run_xdp(ebpf: &aya::Ebpf, name: &'static str, frame: &[u8], repeat: u32) -> Result<TestRun, XdpError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let error = |source| XdpError::Program { name, source: Box::new(source) };
+    let program: &Xdp =
+        ebpf.program(name).ok_or(XdpError::MissingProgram(name))?.try_into().map_err(error)?;
+    let fd = program.fd().map_err(error)?;
+    test_run::test_run(fd.as_fd().as_raw_fd(), frame, repeat)
+        .map_err(|source| XdpError::Io { what: "BPF_PROG_TEST_RUN".into(), source })
 }
 
 /// A typed handle on map `name` pinned in `pin_dir` (opened by another part of the agent than

@@ -269,7 +269,7 @@ impl Sink for DatapathSink {
         let pins = self.pins.clone()?;
         Some(Arc::new(move || {
             let table = FlowTable::open(&pins).map_err(|e| e.to_string())?;
-            let (flows, _) = offload::pinned_flows(&table.entries());
+            let (flows, _) = offload::pinned_flows(&table.entries(), |e| table.seen_ns(e));
             Ok(flows.iter().map(flow_view).collect())
         }))
     }

@@ -161,7 +161,7 @@ pub struct Pinned {
     pub backend: BackendId,
     /// Both directions are forwarded at the NIC.
     pub offloaded: bool,
-    /// `bpf_ktime_get_coarse_ns` of the last packet the NIC forwarded (0: none).
+    /// When (CLOCK_MONOTONIC, ns) the NIC last forwarded a packet of it (0: never).
     pub last_seen_ns: u64,
     /// What the NIC forwarded of it, both directions.
     pub packets: u64,
@@ -171,8 +171,11 @@ pub struct Pinned {
 /// The flows in a flow table's `entries`, each found by the entry of its replies (every flow
 /// has one; it names the tuple they leave as, whose reverse is the original's); and the keys
 /// of original directions whose flow has no reply entry (left by a crash between two writes),
-/// for removal.
-pub fn pinned_flows(entries: &[(CtKey, CtEntry)]) -> (Vec<Pinned>, Vec<CtKey>) {
+/// for removal. `seen_ns` tells when an entry's last packet was forwarded, if one was.
+pub fn pinned_flows(
+    entries: &[(CtKey, CtEntry)],
+    seen_ns: impl Fn(&CtEntry) -> Option<u64>,
+) -> (Vec<Pinned>, Vec<CtKey>) {
     let originals: HashMap<CtKey, &CtEntry> =
         entries.iter().filter(|(_, e)| e.flags & CtEntry::REPLY == 0).map(|(k, e)| (*k, e)).collect();
     let mut matched = HashSet::new();
@@ -187,7 +190,12 @@ pub fn pinned_flows(entries: &[(CtKey, CtEntry)]) -> (Vec<Pinned>, Vec<CtKey>) {
             reply,
             backend: e.backend_id,
             offloaded: e.offloaded() && other.is_some_and(|o| o.offloaded()),
-            last_seen_ns: e.last_seen_ns.max(other.map_or(0, |o| o.last_seen_ns)),
+            last_seen_ns: [Some(e), other.copied()]
+                .into_iter()
+                .flatten()
+                .filter_map(&seen_ns)
+                .max()
+                .unwrap_or(0),
             packets: e.packets + other.map_or(0, |o| o.packets),
             bytes: e.bytes + other.map_or(0, |o| o.bytes),
         });
@@ -291,7 +299,7 @@ mod tests {
         }
         let orphan = Tuple::new(client, vip, ip::UDP, 5001, 53);
         entries.push((key(&orphan), CtEntry { ifindex: 1, ..CtEntry::default() }));
-        let (flows, orphans) = pinned_flows(&entries);
+        let (flows, orphans) = pinned_flows(&entries, |_| None);
         let got: Vec<_> = flows.iter().map(|f| (f.original, f.reply, f.offloaded, f.packets)).collect();
         assert_eq!(got, expected);
         assert_eq!(orphans, [key(&orphan)]);

@@ -188,14 +188,10 @@ pub struct Adopted {
     pub at_nic: usize,
 }
 
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` (and, a tick behind at most, of
-/// `bpf_ktime_get_coarse_ns`): conntrack compares the times the XDP program records with its
-/// own.
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` and of the flow table's times
+/// (`FlowTable::seen_ns`): conntrack compares them with its own.
 pub(crate) fn monotonic() -> Duration {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) };
-    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
+    Duration::from_nanos(skiff_xdp::monotonic_ns())
 }
 
 /// An interface the datapath serves.
@@ -290,7 +286,7 @@ impl Datapath {
                 // The flows an earlier agent left in the flow table, adopted by their owners
                 // before any frame of theirs reaches a worker.
                 let mut table = ingress.flow_table()?;
-                let (pinned, orphans) = offload::pinned_flows(&table.entries());
+                let (pinned, orphans) = offload::pinned_flows(&table.entries(), |e| table.seen_ns(e));
                 for key in orphans {
                     table.remove(key)?;
                 }

@@ -90,9 +90,9 @@ impl CtKey6 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct CtEntry {
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at the last tick) of the last packet the
-    /// XDP program forwarded.
-    pub last_seen_ns: u64,
+    /// The kernel's tick count (`bpf_jiffies64`) at the last packet the XDP program
+    /// forwarded; 0: none. `skiff_xdp::Jiffies` tells the time it was.
+    pub last_seen: u64,
     /// Packets and bytes the XDP program forwarded.
     pub packets: u64,
     pub bytes: u64,

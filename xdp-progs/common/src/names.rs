@@ -22,6 +22,9 @@ pub mod programs {
     pub const TRAFFICGEN: &str = "skiff_trafficgen";
     /// Every frame out of another interface, untouched (the benchmarks' ceiling).
     pub const REDIRECT: &str = "skiff_xdp_redirect";
+    /// Writes the kernel's tick count into the frame (run by `BPF_PROG_TEST_RUN`): the clock
+    /// of the flow table's last-seen times.
+    pub const CLOCK: &str = "skiff_xdp_clock";
     /// Socket-LB, one program per cgroup hook: a connect, or an unconnected datagram, to a
     /// service goes to a backend …
     pub const CONNECT4: &str = "skiff_connect4";
