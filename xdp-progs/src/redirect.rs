@@ -1,7 +1,7 @@
 //! The redirecting program: every frame out of one other interface, untouched (the ceiling
 //! of forwarding at the NIC, for benchmarks).
 
-use aya::{Ebpf, maps::DevMap, programs::Xdp};
+use aya::{Ebpf, maps::DevMap};
 use skiff_common::{maps, programs};
 
 use crate::{XdpError, XdpMode, attach};
@@ -21,13 +21,7 @@ impl RedirectProgram {
         let mut to: DevMap<_> = crate::map_mut(&mut ebpf, maps::REDIRECT_TO)?;
         to.set(0, ifindex, None, 0)
             .map_err(|e| XdpError::Invalid(format!("map {}: {e}", maps::REDIRECT_TO)))?;
-        let error = |source| XdpError::Program { name: programs::REDIRECT, source: Box::new(source) };
-        let program: &mut Xdp = ebpf
-            .program_mut(programs::REDIRECT)
-            .ok_or(XdpError::MissingProgram(programs::REDIRECT))?
-            .try_into()
-            .map_err(error)?;
-        crate::load(|| program.load()).map_err(error)?;
+        crate::load_xdp(&mut ebpf, programs::REDIRECT)?;
         Ok(RedirectProgram { ebpf })
     }
 

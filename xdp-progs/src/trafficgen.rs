@@ -29,13 +29,7 @@ impl TrafficGen {
         let mut job: Array<_, Job> =
             ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))?.try_into().map_err(XdpError::map(name))?;
         job.set(0, Job { frame, ifindex }, 0).map_err(XdpError::map(name))?;
-        let error = |source| XdpError::Program { name: programs::TRAFFICGEN, source: Box::new(source) };
-        let program: &mut Xdp = ebpf
-            .program_mut(programs::TRAFFICGEN)
-            .ok_or(XdpError::MissingProgram(programs::TRAFFICGEN))?
-            .try_into()
-            .map_err(error)?;
-        crate::load(|| program.load()).map_err(error)?;
+        crate::load_xdp(&mut ebpf, programs::TRAFFICGEN)?;
         Ok(TrafficGen { ebpf, frame: frame.to_vec() })
     }
 
