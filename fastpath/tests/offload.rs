@@ -15,7 +15,7 @@ mod privileged {
     use skiff_common::{
         XdpAction,
         config::XdpConfig,
-        conntrack::{CT_CAPACITY, CtEntry, CtKey, CtKey4, FlowPath},
+        conntrack::{CT_CAPACITY, CachedFlow, CtEntry, CtKey, CtKey4, FlowPath, cache_slot},
         lb::{BackendId, FrontendKind},
     };
     use skiff_engine::{
@@ -322,9 +322,84 @@ mod privileged {
         assert_eq!(bench.worker.stats.taken_back, 0);
     }
 
-    /// With the table one entry short of full, a new flow's replies are steered (the last
-    /// entry) but its established directions find no room: it stays on the worker path,
-    /// counted, and its packets are forwarded by the worker.
+    /// A direction whose flow-cache slot another holds lives in the hash map and is
+    /// forwarded from there, and stays there (never in both) when the slot frees.
+    #[test]
+    fn a_direction_whose_cache_slot_is_taken_is_forwarded_from_the_hash_map() {
+        let mut bench = Bench::new();
+        let mut table = bench.table();
+        let case = &cases()[0];
+        let client = CtKey4::new(CLIENT.octets(), 40000, VIP.octets(), 80, 6);
+        let reply = CtKey4::new(POD.octets(), 8080, CLIENT.octets(), 40000, 6);
+        // Directions of other flows that take both slots first.
+        let holders: Vec<CtKey> = [client, reply]
+            .iter()
+            .map(|key| {
+                let other = |n: u32| CtKey4::new(n.to_be_bytes(), 1, [10, 0, 0, 1], 2, 17);
+                let holder = (0..).map(other).find(|o| cache_slot(o) == cache_slot(key)).unwrap();
+                table.insert(CtKey::V4(holder), &CtEntry::default()).unwrap();
+                CtKey::V4(holder)
+            })
+            .collect();
+        open(&mut bench, case);
+        assert_eq!(bench.worker.stats.offloaded, 1, "offloaded into the hash map");
+        let forwarded = |bench: &mut Bench, when: &str| {
+            for (port, frame) in &case.data {
+                let (action, at_nic, path) = bench.nic(frame);
+                assert_eq!((action, path), (XdpAction::Redirect.code(), Some(FlowPath::Forwarded)), "{when}");
+                assert_eq!(Some(at_nic), bench.worker(*port, frame), "{when}: as the worker sends it");
+            }
+        };
+        forwarded(&mut bench, "beside the slots' holders");
+        assert!(holders.iter().all(|h| table.get(*h).is_some()), "the holders keep their slots");
+        for holder in &holders {
+            table.remove(*holder).unwrap();
+        }
+        forwarded(&mut bench, "with the slots free");
+        // Rewritten where it is: one entry for the direction, the new one.
+        let entry = table.get(CtKey::V4(client)).unwrap();
+        table.insert(CtKey::V4(client), &CtEntry { packets: 99, ..entry }).unwrap();
+        let entries = table.entries();
+        let found: Vec<_> = entries.iter().filter(|(k, _)| *k == CtKey::V4(client)).collect();
+        assert_eq!(found.len(), 1, "in one place: {found:?}");
+        assert_eq!(found[0].1.packets, 99);
+        forwarded(&mut bench, "after a rewrite");
+    }
+
+    /// A flow-cache slot an agent killed mid-write left locked (its sequence odd) sends its
+    /// direction's packets to the worker, counted, untouched; the next agent frees it.
+    #[test]
+    fn a_cache_slot_left_locked_goes_to_the_worker_until_freed() {
+        use aya::maps::{Array, Map, MapData};
+        let mut bench = Bench::new();
+        let case = &cases()[1];
+        open(&mut bench, case);
+        let frame = &case.data[0].1;
+        assert_eq!(bench.nic(frame).2, Some(FlowPath::Forwarded));
+        let pin = bench.dir.join(skiff_common::maps::FLOW_CACHE_V4);
+        let map = Map::from_map_data(MapData::from_pin(pin).unwrap()).unwrap();
+        let mut cache: Array<MapData, [u8; size_of::<CachedFlow<CtKey4>>()]> = map.try_into().unwrap();
+        let slot = cache_slot(&CtKey4::new(CLIENT.octets(), 5000, VIP.octets(), 53, 17));
+        let mut raw = cache.get(&slot, 0).unwrap();
+        let seq = u32::from_ne_bytes(raw[..4].try_into().unwrap());
+        assert_eq!(seq % 2, 0, "unlocked after its write");
+        raw[..4].copy_from_slice(&(seq + 1).to_ne_bytes());
+        cache.set(slot, raw, 0).unwrap();
+        let (action, out, path) = bench.nic(frame);
+        // No AF_XDP socket is bound in a test run: to the worker shows as a pass.
+        assert_eq!((action, path), (XdpAction::Pass.code(), Some(FlowPath::Busy)));
+        assert_eq!(&out, frame, "untouched");
+        assert_eq!(bench.table().settle(), 1);
+        assert_eq!(bench.table().settle(), 0, "freed once");
+        let key = CtKey::V4(CtKey4::new(CLIENT.octets(), 5000, VIP.octets(), 53, 17));
+        assert_eq!(bench.table().get(key), None, "the direction is lost, as a flow that ended");
+        assert_ne!(bench.nic(frame).2, Some(FlowPath::Forwarded));
+    }
+
+    /// With the table one entry short of full (every cache slot taken, the hash map one short
+    /// of `CT_CAPACITY`), a new flow's replies are steered (the last entry) but its
+    /// established directions find no room: it stays on the worker path, counted, and its
+    /// packets are forwarded by the worker.
     #[test]
     fn a_full_flow_table_leaves_flows_on_the_worker_path() {
         let mut bench = Bench::new();
@@ -333,9 +408,14 @@ mod privileged {
             let [a, b, c, d] = n.to_be_bytes();
             CtKey::V4(CtKey4::new([10, b, c, d], 1, [10, 0, 0, a], 2, 17))
         };
-        for n in 0..CT_CAPACITY - 1 {
-            table.insert(filler(n), &CtEntry::default()).unwrap();
+        // The first fillers take the cache's slots; past 2^20 of them, all but a share of
+        // e^-32 are taken, and the last fillers went to the hash map.
+        let mut n = 0;
+        while table.insert(filler(n), &CtEntry::default()).is_ok() {
+            n += 1;
         }
+        assert!(n > CT_CAPACITY, "{n} directions fill the table");
+        table.remove(filler(n - 1)).unwrap();
         let case = &cases()[1];
         open(&mut bench, case);
         let stats = bench.worker.stats;
@@ -345,8 +425,8 @@ mod privileged {
             assert!(bench.worker(*port, frame).is_some(), "forwarded by the worker");
         }
         // Room again: the next flow is offloaded.
-        table.remove(filler(0)).unwrap();
-        table.remove(filler(1)).unwrap();
+        table.remove(filler(n - 2)).unwrap();
+        table.remove(filler(n - 3)).unwrap();
         bench.worker(0, &eth().ipv4(CLIENT, VIP).udp(5001, 53).payload(b"q").build()).unwrap();
         bench.worker(1, &eth().ipv4(POD, CLIENT).udp(5353, 5001).payload(b"a").build()).unwrap();
         assert_eq!(bench.worker.stats.offloaded, 1);

@@ -20,7 +20,7 @@ use aya::{
 use skiff_common::{
     Counter, DropReason, XdpAction,
     config::{HOST_PORT_WORDS, XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig, XdpMode, host_port_slot},
-    conntrack::{CtEntry, CtKey, CtKey4, CtKey6, FlowPath},
+    conntrack::FlowPath,
     endpoint::{EndpointInfo, PodSources},
     event::XdpEvent,
     identity::Identity,
@@ -30,7 +30,7 @@ use skiff_common::{
 };
 
 use crate::{
-    Jiffies, TestRun, XdpError, attach, bpffs,
+    FlowTable, TestRun, XdpError, attach, bpffs,
     deny_free::{self, DenyFree, Prefix},
     per_cpu_sum, sync,
     test_run::test_run,
@@ -634,73 +634,6 @@ impl EventRing {
 impl std::os::fd::AsFd for EventRing {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.ring.as_fd()
-    }
-}
-
-/// The XDP program's flow table (each direction of the flows workers track, as it arrives:
-/// to the worker, or forwarded at the NIC), opened from its pins: each worker holds its own
-/// handle.
-pub struct FlowTable {
-    v4: HashMap<MapData, CtKey4, CtEntry>,
-    v6: HashMap<MapData, CtKey6, CtEntry>,
-    clock: Jiffies,
-}
-
-impl FlowTable {
-    pub fn open(pin_dir: &Path) -> Result<FlowTable, XdpError> {
-        Ok(FlowTable {
-            v4: crate::pinned(pin_dir, maps::CT_V4)?,
-            v6: crate::pinned(pin_dir, maps::CT_V6)?,
-            clock: Jiffies::get()?,
-        })
-    }
-
-    /// When (CLOCK_MONOTONIC, ns) the XDP program last forwarded a packet of `entry`'s
-    /// direction, if it has.
-    pub fn seen_ns(&self, entry: &CtEntry) -> Option<u64> {
-        (entry.last_seen != 0).then(|| self.clock.monotonic_ns(entry.last_seen))
-    }
-
-    /// Sets a direction's entry. Fails when the table is full (`CT_CAPACITY`) and the key new.
-    pub fn insert(&mut self, key: CtKey, entry: &CtEntry) -> Result<(), XdpError> {
-        match key {
-            CtKey::V4(k) => self.v4.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V4)),
-            CtKey::V6(k) => self.v6.insert(k, entry, 0).map_err(XdpError::map(maps::CT_V6)),
-        }
-    }
-
-    /// Every entry of both families (a restarted agent's workers adopt the flows).
-    pub fn entries(&self) -> Vec<(CtKey, CtEntry)> {
-        let v4 = self.v4.iter().filter_map(Result::ok).map(|(k, e)| (CtKey::V4(k), e));
-        let v6 = self.v6.iter().filter_map(Result::ok).map(|(k, e)| (CtKey::V6(k), e));
-        v4.chain(v6).collect()
-    }
-
-    /// A direction's entry, with the time and counts the XDP program recorded.
-    pub fn get(&self, key: CtKey) -> Option<CtEntry> {
-        match key {
-            CtKey::V4(k) => self.v4.get(&k, 0).ok(),
-            CtKey::V6(k) => self.v6.get(&k, 0).ok(),
-        }
-    }
-
-    /// Forgets a direction. A key already gone is not an error.
-    pub fn remove(&mut self, key: CtKey) -> Result<(), XdpError> {
-        let gone = |name| {
-            move |e| match e {
-                aya::maps::MapError::KeyNotFound => Ok(()),
-                aya::maps::MapError::SyscallError(ref e)
-                    if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    Ok(())
-                }
-                e => Err(XdpError::map(name)(e)),
-            }
-        };
-        match key {
-            CtKey::V4(k) => self.v4.remove(&k).or_else(gone(maps::CT_V4)),
-            CtKey::V6(k) => self.v6.remove(&k).or_else(gone(maps::CT_V6)),
-        }
     }
 }
 

@@ -16,6 +16,7 @@ mod clock;
 mod count;
 mod deny_free;
 mod features;
+mod flow_table;
 mod ingress;
 mod redirect;
 mod sock;
@@ -31,9 +32,8 @@ use aya::{
 pub use clock::{Jiffies, monotonic_ns};
 pub use count::CountProgram;
 pub use features::takes_xdp_frames;
-pub use ingress::{
-    DropCount, EventRing, FlowTable, Ingress, Restored, pinned_actions, pinned_drops, pinned_flow_paths,
-};
+pub use flow_table::FlowTable;
+pub use ingress::{DropCount, EventRing, Ingress, Restored, pinned_actions, pinned_drops, pinned_flow_paths};
 pub use redirect::RedirectProgram;
 /// How a program is attached (defined with the shared types, for the local API).
 pub use skiff_common::config::XdpMode;
@@ -169,7 +169,8 @@ fn prune<K: aya::Pod + Eq + Hash, V: aya::Pod>(
 /// 4: the ipcache tries (`IPCACHE_V4`, `IPCACHE_V6`) replace `IDENTITIES`.
 /// 5: `XdpConfig` names the node's addresses and host interfaces; `HOST_PORTS`.
 /// 6: `CtEntry::last_seen` is the kernel's tick count, no longer nanoseconds.
-pub const MAP_LAYOUT: u32 = 6;
+/// 7: the flow caches (`FLOW_CACHE_V4`, `FLOW_CACHE_V6`) in front of `CT_V4` and `CT_V6`.
+pub const MAP_LAYOUT: u32 = 7;
 
 /// Loads `object`, pinning its maps in `pin_dir` (created if needed, on bpffs, mounted if it
 /// is not). Maps already pinned there are reused with their contents if their layout is this

@@ -72,6 +72,9 @@ impl DatapathSink {
                 adopted.at_nic
             );
         }
+        if adopted.torn > 0 {
+            tracing::warn!("freed {} flow-table directions the last agent left half written", adopted.torn);
+        }
         let io = match (io, datapath.xdp_mode()) {
             (Io::AfXdp(requested), mode) => skiff_api::Io::AfXdp { xdp_mode: mode.unwrap_or(requested) },
             (Io::AfPacket, _) => skiff_api::Io::AfPacket,

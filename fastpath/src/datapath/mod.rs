@@ -186,6 +186,8 @@ pub struct Adopted {
     pub flows: usize,
     /// Of those, forwarded at the NIC.
     pub at_nic: usize,
+    /// Directions lost in flow-cache slots an agent killed mid-write left half written.
+    pub torn: usize,
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` and of the flow table's times
@@ -286,6 +288,7 @@ impl Datapath {
                 // The flows an earlier agent left in the flow table, adopted by their owners
                 // before any frame of theirs reaches a worker.
                 let mut table = ingress.flow_table()?;
+                datapath.adopted.torn = table.settle();
                 let (pinned, orphans) = offload::pinned_flows(&table.entries(), |e| table.seen_ns(e));
                 for key in orphans {
                     table.remove(key)?;

@@ -87,11 +87,16 @@ map_names! {
     SERVICES_V4;
     /// `HashMap<ServiceKey6, ServiceValue>`: IPv6 service frontends.
     SERVICES_V6;
-    /// `HashMap<CtKey4, CtEntry>`: each direction of the tracked IPv4 flows, as it arrives:
-    /// to the worker, or forwarded at the NIC (the flow table).
+    /// `HashMap<CtKey4, CtEntry>`: the flow table, each direction of the tracked IPv4 flows
+    /// as it arrives (to the worker, or forwarded at the NIC), but those in `FLOW_CACHE_V4`.
     CT_V4;
     /// `HashMap<CtKey6, CtEntry>`: as `CT_V4`, for IPv6.
     CT_V6;
+    /// `Array<CachedFlow<CtKey4>>` of [`FLOW_CACHE_SLOTS`](crate::conntrack::FLOW_CACHE_SLOTS),
+    /// memory-mapped by the workers: directions of the flow table, each in its key's slot.
+    FLOW_CACHE_V4;
+    /// `Array<CachedFlow<CtKey6>>`: as `FLOW_CACHE_V4`, for IPv6.
+    FLOW_CACHE_V6;
     /// `PerCpuArray<Counter>` indexed by [`FlowPath`](crate::conntrack::FlowPath) code.
     FLOW_COUNTS;
     /// `DevMapHash` keyed by interface index: the interfaces that take frames the XDP program

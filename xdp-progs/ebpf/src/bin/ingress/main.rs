@@ -44,7 +44,10 @@ use skiff_common::{
 use skiff_xdp_ebpf::packet::len;
 
 use crate::{
-    maps::{ACTION_COUNTS, CONFIG, CT_V4, CT_V6, DROP_COUNTS, NODES_V4, NODES_V6},
+    flows::Tracked,
+    maps::{
+        ACTION_COUNTS, CONFIG, CT_V4, CT_V6, DROP_COUNTS, FLOW_CACHE_V4, FLOW_CACHE_V6, NODES_V4, NODES_V6,
+    },
     redirect::Need,
     tunnel::Decap,
 };
@@ -147,6 +150,14 @@ fn classify(ctx: &XdpContext, config: &XdpConfig, tunnel: &mut Decap) -> u32 {
     Next::encode(decide::<false>(ctx, config, tunnel))
 }
 
+/// An outer IPv6 frame's decision, in a BPF-to-BPF call: inlined beside IPv4's, its locals
+/// take the program's frame past what the verifier allows with the inner frame's call (512
+/// bytes of stack down a chain of calls).
+#[inline(never)]
+fn outer_ipv6(ctx: &XdpContext, config: &XdpConfig, l3: usize, out: &mut Decap) -> u32 {
+    Next::encode(ipv6::<true>(ctx, config, l3, out))
+}
+
 /// Parses the frame now in `ctx` (`OUTER`: as it arrived; else decapsulated) and decides
 /// what happens to it.
 #[inline(always)]
@@ -158,7 +169,8 @@ fn decide<const OUTER: bool>(
     let (ethertype, l3) = parse::ethernet(ctx)?;
     match ethertype {
         ethertype::IPV4 => ipv4::<OUTER>(ctx, config, l3, out),
-        ethertype::IPV6 => ipv6::<OUTER>(ctx, config, l3, out),
+        ethertype::IPV6 if OUTER => Next::decode(outer_ipv6(ctx, config, l3, out)),
+        ethertype::IPV6 => ipv6::<false>(ctx, config, l3, out),
         // ARP, LLDP, …: the kernel's business.
         _ => Ok(Next::Pass),
     }
@@ -188,10 +200,17 @@ fn ipv4<const OUTER: bool>(
         return Ok(Next::Pass);
     }
     let flow = CtKey4::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
-    if let Some(entry) = CT_V4.get_ptr_mut(&flow) {
+    match flows::lookup(&FLOW_CACHE_V4, &CT_V4, &flow) {
         // Only an outer frame: a decapsulated one a worker delivers.
-        let forwarded = OUTER && flows::forward_v4(ctx, l3, &h, ports.tcp_flags, entry)?;
-        return Ok(if forwarded { Next::Forwarded } else { Next::Redirect });
+        Some(Tracked::Entry(e, at)) if OUTER && flows::forward_v4(ctx, l3, &h, ports.tcp_flags, (e, at))? => {
+            return Ok(Next::Forwarded);
+        }
+        Some(Tracked::Busy) if OUTER => {
+            flows::busy(ctx);
+            return Ok(Next::Redirect);
+        }
+        Some(_) => return Ok(Next::Redirect),
+        None => {}
     }
     if config.tunnel_v4 != [0; 4]
         && h.dst == config.tunnel_v4
@@ -231,9 +250,16 @@ fn ipv6<const OUTER: bool>(
         return Ok(Next::Pass);
     }
     let flow = CtKey6::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
-    if let Some(entry) = CT_V6.get_ptr_mut(&flow) {
-        let forwarded = OUTER && flows::forward_v6(ctx, l3, &h, ports.tcp_flags, entry)?;
-        return Ok(if forwarded { Next::Forwarded } else { Next::Redirect });
+    match flows::lookup(&FLOW_CACHE_V6, &CT_V6, &flow) {
+        Some(Tracked::Entry(e, at)) if OUTER && flows::forward_v6(ctx, l3, &h, ports.tcp_flags, (e, at))? => {
+            return Ok(Next::Forwarded);
+        }
+        Some(Tracked::Busy) if OUTER => {
+            flows::busy(ctx);
+            return Ok(Next::Redirect);
+        }
+        Some(_) => return Ok(Next::Redirect),
+        None => {}
     }
     if config.tunnel_v6 != [0; 16]
         && h.dst == config.tunnel_v6

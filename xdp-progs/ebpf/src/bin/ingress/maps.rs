@@ -2,14 +2,14 @@
 //! the loader's pin folder, so a restarted agent finds them with their state.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf, XskMap},
 };
 use skiff_common::{
     Counter, DropReason, XdpAction,
     config::{HOST_PORT_WORDS, XSK_INTERFACES, XSK_QUEUES_PER_IF, XdpConfig},
-    conntrack::{CT_CAPACITY, CtEntry, CtKey4, CtKey6, FlowPath},
+    conntrack::{CT_CAPACITY, CachedFlow, CtEntry, CtKey4, CtKey6, FLOW_CACHE_SLOTS, FlowPath},
     endpoint::{EndpointInfo, PodSources},
     identity::Identity,
     lb::{ServiceKey4, ServiceKey6, ServiceValue},
@@ -63,6 +63,15 @@ pub static IPCACHE_V6: LpmTrie<[u8; 16], Identity> = LpmTrie::pinned(1 << 18, 0)
 pub static CT_V4: HashMap<CtKey4, CtEntry> = HashMap::pinned(CT_CAPACITY, BPF_F_NO_PREALLOC);
 #[map]
 pub static CT_V6: HashMap<CtKey6, CtEntry> = HashMap::pinned(CT_CAPACITY, BPF_F_NO_PREALLOC);
+/// Memory-mapped: a worker writes a slot in place under its sequence lock, where a map
+/// update would copy it under the reader.
+#[map]
+pub static FLOW_CACHE_V4: Array<CachedFlow<CtKey4>> = Array::pinned(FLOW_CACHE_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static FLOW_CACHE_V6: Array<CachedFlow<CtKey6>> = Array::pinned(FLOW_CACHE_SLOTS, BPF_F_MMAPABLE);
+/// Where a cache slot is copied while it is read: room the BPF stack lacks.
+#[map]
+pub static COPY: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static FLOW_COUNTS: PerCpuArray<Counter> = PerCpuArray::pinned(FlowPath::COUNT as u32, 0);
 #[map]
