@@ -37,7 +37,7 @@ use aya_ebpf::{
 use skiff_common::{
     DropReason,
     config::XdpConfig,
-    conntrack::{CtKey4, CtKey6},
+    conntrack::{CtEntry, CtKey4, CtKey6},
     event::Decision,
     proto::{ethertype, ip},
 };
@@ -200,17 +200,11 @@ fn ipv4<const OUTER: bool>(
         return Ok(Next::Pass);
     }
     let flow = CtKey4::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
-    match flows::lookup(&FLOW_CACHE_V4, &CT_V4, &flow) {
-        // Only an outer frame: a decapsulated one a worker delivers.
-        Some(Tracked::Entry(e, at)) if OUTER && flows::forward_v4(ctx, l3, &h, ports.tcp_flags, (e, at))? => {
-            return Ok(Next::Forwarded);
-        }
-        Some(Tracked::Busy) if OUTER => {
-            flows::busy(ctx);
-            return Ok(Next::Redirect);
-        }
-        Some(_) => return Ok(Next::Redirect),
-        None => {}
+    let tracked = flows::lookup(&FLOW_CACHE_V4, &CT_V4, &flow);
+    if let Some(next) =
+        tracked_next::<OUTER>(ctx, tracked, |e| flows::forward_v4(ctx, l3, &h, ports.tcp_flags, e))?
+    {
+        return Ok(next);
     }
     if config.tunnel_v4 != [0; 4]
         && h.dst == config.tunnel_v4
@@ -250,16 +244,11 @@ fn ipv6<const OUTER: bool>(
         return Ok(Next::Pass);
     }
     let flow = CtKey6::new(h.src, ports.src, h.dst, ports.dst, h.protocol);
-    match flows::lookup(&FLOW_CACHE_V6, &CT_V6, &flow) {
-        Some(Tracked::Entry(e, at)) if OUTER && flows::forward_v6(ctx, l3, &h, ports.tcp_flags, (e, at))? => {
-            return Ok(Next::Forwarded);
-        }
-        Some(Tracked::Busy) if OUTER => {
-            flows::busy(ctx);
-            return Ok(Next::Redirect);
-        }
-        Some(_) => return Ok(Next::Redirect),
-        None => {}
+    let tracked = flows::lookup(&FLOW_CACHE_V6, &CT_V6, &flow);
+    if let Some(next) =
+        tracked_next::<OUTER>(ctx, tracked, |e| flows::forward_v6(ctx, l3, &h, ports.tcp_flags, e))?
+    {
+        return Ok(next);
     }
     if config.tunnel_v6 != [0; 16]
         && h.dst == config.tunnel_v6
@@ -273,6 +262,25 @@ fn ipv6<const OUTER: bool>(
     }
     let need = redirect::need_v6(h.src, h.dst, ports.dst, h.protocol);
     Ok(next(need, || redirect::masqueraded_v6(ctx, config, h.dst)))
+}
+
+/// Where a frame of a tracked flow goes (`None`: untracked): forwarded here if `forward`
+/// does it (only an outer frame: a decapsulated one a worker delivers), else to the worker.
+#[inline(always)]
+fn tracked_next<const OUTER: bool>(
+    ctx: &XdpContext,
+    tracked: Option<Tracked>,
+    forward: impl FnOnce((*const CtEntry, *mut CtEntry)) -> Result<bool, DropReason>,
+) -> Result<Option<Next>, DropReason> {
+    Ok(match tracked {
+        Some(Tracked::Entry(e, at)) if OUTER && forward((e, at))? => Some(Next::Forwarded),
+        Some(Tracked::Busy) if OUTER => {
+            flows::busy(ctx);
+            Some(Next::Redirect)
+        }
+        Some(_) => Some(Next::Redirect),
+        None => None,
+    })
 }
 
 /// Where a frame of no tracked flow goes: a worker for a verdict, a worker, or (unless a
