@@ -102,7 +102,7 @@ impl<K: Key> Family<K> {
 
     fn insert(&mut self, key: K, entry: &CtEntry) -> Result<(), XdpError> {
         // A direction stays where it is; a new one takes its cache slot if free.
-        let in_table = !self.cache.holds(&key) && self.table.get(&key, 0).is_ok();
+        let in_table = self.cache.get(&key).is_none() && self.table.get(&key, 0).is_ok();
         if !in_table && self.cache.write(&key, entry) {
             return Ok(());
         }
@@ -210,10 +210,6 @@ impl<K: Key> FlowCache<K> {
         None
     }
 
-    fn holds(&self, key: &K) -> bool {
-        self.read(self.slot(cache_slot(key))).is_some_and(|(k, _)| k == *key)
-    }
-
     fn get(&self, key: &K) -> Option<CtEntry> {
         self.read(self.slot(cache_slot(key))).and_then(|(k, e)| (k == *key).then_some(e))
     }
@@ -226,10 +222,7 @@ impl<K: Key> FlowCache<K> {
                 return false;
             }
             // SAFETY: the slot is in the mapping and locked by us.
-            unsafe {
-                ptr::write_volatile(&raw mut (*slot).key, *key);
-                ptr::write_volatile(&raw mut (*slot).entry, *entry);
-            }
+            unsafe { fill(slot, key, entry) };
             true
         })
     }
@@ -241,10 +234,7 @@ impl<K: Key> FlowCache<K> {
                 return false;
             }
             // SAFETY: as in `write`.
-            unsafe {
-                ptr::write_volatile(&raw mut (*slot).key, K::default());
-                ptr::write_volatile(&raw mut (*slot).entry, CtEntry::default());
-            }
+            unsafe { fill(slot, &K::default(), &CtEntry::default()) };
             true
         })
     }
@@ -288,15 +278,24 @@ impl<K: Key> FlowCache<K> {
             let now = seq.load(Ordering::Acquire);
             if now & 1 != 0 {
                 // SAFETY: the slot is in the mapping; no worker writes (the caller's promise).
-                unsafe {
-                    ptr::write_volatile(&raw mut (*slot).key, K::default());
-                    ptr::write_volatile(&raw mut (*slot).entry, CtEntry::default());
-                }
+                unsafe { fill(slot, &K::default(), &CtEntry::default()) };
                 seq.store(now.wrapping_add(1), Ordering::Release);
                 freed += 1;
             }
         }
         freed
+    }
+}
+
+/// Writes `key` and `entry` into `slot` (the default key and entry: frees it).
+///
+/// # Safety
+/// `slot` is in the mapping, and its writer holds it (its sequence odd, or no worker runs).
+unsafe fn fill<K: Key>(slot: *mut CachedFlow<K>, key: &K, entry: &CtEntry) {
+    // SAFETY: the caller's.
+    unsafe {
+        ptr::write_volatile(&raw mut (*slot).key, *key);
+        ptr::write_volatile(&raw mut (*slot).entry, *entry);
     }
 }
 

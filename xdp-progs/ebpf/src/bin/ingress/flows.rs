@@ -53,14 +53,16 @@ pub fn lookup<K: Copy>(
     table: &HashMap<K, CtEntry>,
     key: &K,
 ) -> Option<Tracked> {
-    if let (Some(cached), Some(copy)) = (cache.get_ptr_mut(cache_slot(key)), COPY.get_ptr_mut(0)) {
+    if let Some(cached) = cache.get_ptr_mut(cache_slot(key)) {
         // SAFETY: pointers from successful lookups, valid for this run (the copy's slot is
         // this CPU's, and XDP runs with preemption disabled). Volatile reads keep the
         // sequence lock's order (the seq, the key and the copy, the seq again); x86 keeps
         // loads in order.
         unsafe {
             let seq = read_volatile(&(*cached).seq);
-            if same_words(&raw const (*cached).key, key) {
+            if same_words(&raw const (*cached).key, key)
+                && let Some(copy) = COPY.get_ptr_mut(0)
+            {
                 copy_words(&raw const (*cached).entry, copy);
                 if seq & 1 != 0 || read_volatile(&(*cached).seq) != seq {
                     return Some(Tracked::Busy);
@@ -78,7 +80,7 @@ pub fn lookup<K: Copy>(
 #[inline(always)]
 unsafe fn same_words<K>(slot: *const K, key: &K) -> bool {
     let (slot, key) = (slot.cast::<u64>(), (key as *const K).cast::<u64>());
-    // SAFETY: the caller's; `key` may be unaligned (a stack value aligned to 2).
+    // SAFETY: the caller's; `key` is aligned to 4 only.
     (0..size_of::<K>() / 8).all(|i| unsafe { read_volatile(slot.add(i)) == key.add(i).read_unaligned() })
 }
 
